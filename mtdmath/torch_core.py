@@ -1,0 +1,468 @@
+"""The batched PyTorch core: lag factors, likelihood, mirror descent, EM and the all-prefix MD predictive.
+
+Torch twins of the NumPy functions in :mod:`mtdmath.model`, :mod:`mtdmath.likelihood` and
+:mod:`mtdmath.estimators` (MATH.md §2-3), with the same arguments, shapes, edge conventions
+and validation (``ValueError`` naming the argument, raised before any work). They run on any
+device (CPU, CUDA) and in any floating dtype:
+
+- a result lives on the device of the tensor argument it is computed from (``C``, or ``pi``
+  for the functions taking tokens) and has its floating dtype; NumPy arrays and Python
+  sequences become float64 tensors on the CPU (or on the device of the other tensor argument);
+- every other argument is converted to that dtype and device.
+
+Everything iterative runs in log space, like the NumPy core: ``log s_i = logsumexp_g(log C[i,g]
++ log lam_g)``, so long contexts (n in the thousands) never overflow and a tiny lag weight
+never underflows into a spurious ``s_i = 0``.
+
+The one function with no NumPy twin, :func:`md_predictive_all_prefixes`, returns the k-step MD
+predictive law after *every* prefix of a batch of sequences in one vectorised pass — the
+reference the constructed transformer of MATH.md §5 is compared with, and the fast route for
+the evaluation protocol of §6.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _validate as V
+
+__all__ = [
+    "lag_factors",
+    "log_likelihood",
+    "gradient",
+    "mirror_descent",
+    "em",
+    "one_step_md",
+    "md_predictive_all_prefixes",
+]
+
+#: upper bound on the elements of the (..., prefixes, n) work tensor of a k >= 2 step in
+#: :func:`md_predictive_all_prefixes`; prefixes are processed in chunks below it
+_CHUNK_ELEMENTS = 1 << 23
+
+
+# ----------------------------------------------------------------------------- conversion
+def _float_tensor(x: Any, name: str, *, dtype: torch.dtype | None = None,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """A real floating tensor; non-tensors become float64 (or ``dtype``) on ``device``."""
+    if isinstance(x, torch.Tensor):
+        if x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"{name} must be a real tensor (got dtype {x.dtype})")
+        if not x.is_floating_point():
+            x = x.to(torch.float64)
+        return x.to(dtype=dtype or x.dtype, device=device or x.device)
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an array of real numbers") from None
+    return torch.as_tensor(a, dtype=dtype or torch.float64, device=device)
+
+
+def _sum_tol(dtype: torch.dtype, size: int) -> float:
+    """Tolerance on a sum that should be 1: ``SUM_TOL`` of the NumPy core, or the rounding of
+    ``size`` terms of this dtype if coarser (a float32 pi has row sums 1 ± ~1e-7)."""
+    return max(V.SUM_TOL, 4.0 * size * torch.finfo(dtype).eps)
+
+
+def _bad(x: torch.Tensor) -> str:
+    return V._show(x.detach().to("cpu", torch.float64).numpy())
+
+
+# ----------------------------------------------------------------------------- validation
+# Torch-native versions of the checkers in mtdmath._validate (same checks, same messages), so
+# a CUDA tensor is checked where it lives; only the offending values travel to the CPU.
+def _check_finite_nonneg(a: torch.Tensor, name: str) -> None:
+    fin = torch.isfinite(a)
+    if not bool(fin.all()):
+        raise ValueError(f"{name} must be finite (got non-finite entries {_bad(a[~fin])})")
+    if bool((a < 0).any()):
+        raise ValueError(f"{name} must be nonnegative (got negative entries {_bad(a[a < 0])})")
+
+
+def _check_pi(pi: Any, name: str = "pi", *, device: torch.device | None = None) -> torch.Tensor:
+    """Row-stochastic (S, S) matrix, as a floating tensor (its own dtype/device if a tensor)."""
+    p = _float_tensor(pi, name, device=device)
+    if p.ndim != 2 or p.shape[0] != p.shape[1] or p.shape[0] < 1:
+        raise ValueError(f"{name} must be a square (S, S) matrix (got shape {tuple(p.shape)})")
+    _check_finite_nonneg(p, name)
+    rs = p.to(torch.float64).sum(dim=1)
+    bad = (rs - 1.0).abs() > _sum_tol(p.dtype, p.shape[0])
+    if bool(bad.any()):
+        raise ValueError(
+            f"{name}: rows must sum to 1 (got row sums of {_bad(rs[bad])} in rows {_bad(bad.nonzero()[:, 0])})"
+        )
+    return p
+
+
+def _check_simplex(lam: Any, name: str, *, m: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Lag weights (..., m) on the simplex, converted to ``dtype`` on ``device``."""
+    a = _float_tensor(lam, name)
+    if a.ndim < 1 or a.shape[-1] < 1:
+        raise ValueError(f"{name} must have at least one axis of length >= 1 (got shape {tuple(a.shape)})")
+    if a.shape[-1] != m:
+        raise ValueError(f"{name} has length {a.shape[-1]} on its last axis but C has m = {m} columns")
+    _check_finite_nonneg(a, name)
+    s = a.to(torch.float64).sum(dim=-1)
+    bad = (s - 1.0).abs() > _sum_tol(a.dtype, m)
+    if bool(bad.any()):
+        raise ValueError(f"{name} must lie on the simplex: entries must sum to 1 (got sums of {_bad(s[bad])})")
+    return a.to(dtype=dtype, device=device)
+
+
+def _check_alpha(alpha: Any, name: str = "alpha") -> np.ndarray:
+    """Dirichlet concentration as float64 NumPy (it is m numbers: validated on the CPU)."""
+    if isinstance(alpha, torch.Tensor):
+        alpha = alpha.detach().to("cpu", torch.float64).numpy()
+    return V.check_alpha(alpha, name)
+
+
+def _check_C(C: Any, name: str = "C", *, allow_impossible: bool = False) -> torch.Tensor:
+    """Lag factors (..., n, m): finite, nonnegative, and (unless allowed) no all-zero row."""
+    a = _float_tensor(C, name)
+    if a.ndim < 2:
+        raise ValueError(f"{name} must have shape (..., n, m) (got shape {tuple(a.shape)})")
+    if a.shape[-1] < 1:
+        raise ValueError(f"{name} must have m >= 1 columns (got shape {tuple(a.shape)})")
+    _check_finite_nonneg(a, name)
+    if not allow_impossible and a.numel():
+        zero_rows = (a == 0).all(dim=-1)
+        if bool(zero_rows.any()):
+            idx = zero_rows.nonzero()[:3].tolist()
+            raise ValueError(
+                f"{name} has a transition with probability 0 under every lag (rows {idx}): "
+                "the data are impossible under pi"
+            )
+    return a
+
+
+def check_tokens(tokens: Any, S: int, m: int | None = None, name: str = "tokens", *,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """Integer tokens in [0, S), shape (..., T) with T >= m, as an int64 tensor on ``device``.
+
+    Accepts an integer tensor (any device) or anything NumPy turns into an integer array;
+    the torch twin of :func:`mtdmath._validate.check_tokens` (same messages).
+    """
+    if isinstance(tokens, torch.Tensor):
+        y = tokens
+        if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+            raise ValueError(f"{name} must have an integer dtype (got dtype {y.dtype})")
+    else:
+        a = np.asarray(tokens)
+        if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{name} must have an integer dtype (got dtype {a.dtype})")
+        y = torch.as_tensor(a.astype(np.int64, copy=False))
+    if y.ndim < 1:
+        raise ValueError(f"{name} must have at least one axis (time last) (got a scalar)")
+    if y.numel():
+        out = (y < 0) | (y >= S)
+        if bool(out.any()):
+            raise ValueError(f"{name} must lie in [0, {S}) for S = {S} (got out-of-range values {_bad(y[out])})")
+    if m is not None and y.shape[-1] < m:
+        raise ValueError(f"{name} must have length T >= m = {m} on its last axis (got T = {y.shape[-1]})")
+    return y.to(device=device, dtype=torch.int64)
+
+
+def _check_eta(eta: Any, alpha: np.ndarray) -> float:
+    """Step size: default η* = eta_bayes(alpha) = 1/(1+α₀) (MATH.md §3, Theorem 1)."""
+    if eta is None:
+        return float(1.0 / (1.0 + alpha.sum()))
+    return V.check_float(eta, "eta", nonnegative=True)
+
+
+def _device_of(*xs: Any) -> torch.device | None:
+    for x in xs:
+        if isinstance(x, torch.Tensor):
+            return x.device
+    return None
+
+
+# ----------------------------------------------------------------------------- log-space kernels
+def _log(x: torch.Tensor) -> torch.Tensor:
+    """Elementwise log with log 0 = -inf (torch gives -inf without a warning)."""
+    return torch.log(x)
+
+
+def _log_grad(logC: torch.Tensor, loglam: torch.Tensor) -> torch.Tensor:
+    """log ∇ℓ(lam)_g = logsumexp_i(log C[i,g] - log s_i) (MATH.md §2), shape (..., m).
+
+    ``log s_i = logsumexp_g(log C[i,g] + log lam_g)``; an all-zero column gives -inf.
+    """
+    log_s = torch.logsumexp(logC + loglam.unsqueeze(-2), dim=-1)  # (..., n)
+    return torch.logsumexp(logC - log_s.unsqueeze(-1), dim=-2)  # (..., m)
+
+
+def _md_log_step(logC: torch.Tensor, loglam: torch.Tensor, eta: float) -> torch.Tensor:
+    """Exponentiated-gradient step (MATH.md §3): ``log lam⁺ = log_softmax(log lam + η ∇ℓ(lam))``."""
+    # ∇ℓ_g <= n / lam_g; only a lag weight below the dtype's tiny could overflow it, and a
+    # step of 1e300 (float64) / 1e38 (float32) already makes the softmax one-hot.
+    step = (eta * torch.exp(_log_grad(logC, loglam))).clamp(max=torch.finfo(loglam.dtype).max / 4)
+    return torch.log_softmax(loglam + step, dim=-1)
+
+
+def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate C and the start point (default uniform), broadcast them, check lam0 explains the data."""
+    C = _check_C(C, "C")
+    m = C.shape[-1]
+    if lam0 is None:
+        lam0 = torch.full((m,), 1.0 / m, dtype=C.dtype, device=C.device)
+    else:
+        lam0 = _check_simplex(lam0, name_lam0, m=m, dtype=C.dtype, device=C.device)
+    batch = torch.broadcast_shapes(C.shape[:-2], lam0.shape[:-1])
+    C = C.expand(batch + C.shape[-2:])
+    lam0 = lam0.expand(batch + (m,))
+    if C.shape[-2] and bool(((C @ lam0.unsqueeze(-1)) <= 0).any()):
+        raise ValueError(
+            f"{name_lam0} gives probability 0 to an observed transition (C[i]·{name_lam0} = 0): "
+            "put positive weight on a lag that explains every transition"
+        )
+    return C, lam0
+
+
+# ----------------------------------------------------------------------------- public
+def lag_factors(tokens: Any, pi: Any, m: int) -> torch.Tensor:
+    """Lag factors ``C[..., i, g-1] = pi[y[m+i-g], y[m+i]]`` (MATH.md §2).
+
+    Parameters
+    ----------
+    tokens : int tensor or array_like, shape (..., T), T >= m
+    pi : tensor or array_like, shape (S, S)
+        Row-stochastic; the result has its dtype and device (a NumPy ``pi`` gives float64 on
+        the device of ``tokens``).
+    m : int
+        Order, ``m >= 1``.
+
+    Returns
+    -------
+    C : tensor, shape (..., T - m, m)
+    """
+    m = V.check_int(m, "m", minimum=1)
+    pi = _check_pi(pi, "pi", device=None if isinstance(pi, torch.Tensor) else _device_of(tokens))
+    y = check_tokens(tokens, pi.shape[0], m, "tokens", device=pi.device)
+    return _lag_factors(y, pi, m)
+
+
+def _lag_factors(y: torch.Tensor, pi: torch.Tensor, m: int) -> torch.Tensor:
+    """Unchecked lag factors; y (..., T) int64 on pi's device."""
+    # windows[..., j, :] = y[..., j : j+m]; transition i uses window i reversed,
+    # i.e. the sources y[m+i-1], ..., y[i] for lags g = 1..m
+    n = y.shape[-1] - m
+    src = y.unfold(-1, m, 1)[..., :n, :].flip(-1)  # (..., n, m)
+    tgt = y[..., m:].unsqueeze(-1)  # (..., n, 1)
+    return pi[src, tgt]  # (..., n, m)
+
+
+def log_likelihood(lam: Any, C: Any) -> torch.Tensor:
+    """``ℓ(lam) = Σ_i log(C[i]·lam)`` (MATH.md §2); -inf for impossible data.
+
+    Parameters
+    ----------
+    lam : tensor or array_like, shape (..., m)
+    C : tensor or array_like, shape (..., n, m)
+
+    Returns
+    -------
+    tensor, shape (broadcast batch...), dtype/device of C
+    """
+    C = _check_C(C, "C", allow_impossible=True)
+    lam = _check_simplex(lam, "lam", m=C.shape[-1], dtype=C.dtype, device=C.device)
+    s = (C @ lam.unsqueeze(-1)).squeeze(-1)  # (..., n)
+    return torch.log(s).sum(dim=-1)
+
+
+def gradient(lam: Any, C: Any) -> torch.Tensor:
+    """``∇ℓ(lam)_g = Σ_i C[i,g] / s_i(lam)`` (MATH.md §2), shape (broadcast batch..., m).
+
+    Raises ``ValueError`` for impossible data or when ``lam`` gives an observed transition
+    probability 0 (the gradient is undefined there), as the NumPy core does.
+    """
+    C = _check_C(C, "C")
+    lam = _check_simplex(lam, "lam", m=C.shape[-1], dtype=C.dtype, device=C.device)
+    s = (C @ lam.unsqueeze(-1)).squeeze(-1)  # (..., n)
+    if bool((s <= 0).any()):
+        raise ValueError(
+            "lam gives probability 0 to an observed transition (C[i]·lam = 0 for some i): "
+            "the log-likelihood is -inf there and its derivatives are undefined"
+        )
+    return (C / s.unsqueeze(-1)).sum(dim=-2)
+
+
+def mirror_descent(C: Any, *, eta: float, steps: int = 1, lam0: Any = None) -> torch.Tensor:
+    """Mirror descent with the negative-entropy mirror map: ``lam⁺ = softmax(log lam + η ∇ℓ(lam))``.
+
+    MATH.md §3; computed in log space.
+
+    Parameters
+    ----------
+    C : tensor or array_like, shape (..., n, m)
+    eta : float
+        Step size ``>= 0``.
+    steps : int
+        ``>= 0``; 0 (or n = 0) returns the start point.
+    lam0 : tensor or array_like, shape (..., m), optional
+        Start point (default uniform); must give every transition positive probability.
+
+    Returns
+    -------
+    lam : tensor, shape (broadcast batch..., m), dtype/device of C
+    """
+    eta = V.check_float(eta, "eta", nonnegative=True)
+    steps = V.check_int(steps, "steps", minimum=0)
+    C, lam0 = _prepare(C, lam0)
+    if C.shape[-2] == 0 or steps == 0:
+        return lam0.clone()
+    logC, loglam = _log(C), _log(lam0)
+    for _ in range(steps):
+        loglam = _md_log_step(logC, loglam, eta)
+    return torch.exp(loglam)
+
+
+def em(C: Any, *, steps: int = 1, lam0: Any = None) -> torch.Tensor:
+    """EM: ``lam⁺_g = (1/n) Σ_i γ_i(g) = lam_g ∇ℓ(lam)_g / n`` (MATH.md §3), in log space.
+
+    Parameters and returns as :func:`mirror_descent` (no step size).
+    """
+    steps = V.check_int(steps, "steps", minimum=0)
+    C, lam0 = _prepare(C, lam0)
+    n = C.shape[-2]
+    if n == 0 or steps == 0:
+        return lam0.clone()
+    logC, loglam, log_n = _log(C), _log(lam0), float(np.log(n))
+    for _ in range(steps):
+        # renormalise against rounding, as the NumPy core does
+        loglam = torch.log_softmax(loglam + _log_grad(logC, loglam) - log_n, dim=-1)
+    return torch.exp(loglam)
+
+
+def one_step_md(C: Any, alpha: Any) -> torch.Tensor:
+    """One-step MD estimator (MATH.md §3): ``lam¹ = softmax(log μ + η* G/μ)``.
+
+    ``μ = alpha/α₀`` is the prior mean, ``η* = 1/(1+α₀)`` and ``G = Σ_i γ_i`` the summed
+    responsibilities under μ (so ``∇ℓ(μ) = G/μ``).
+
+    Parameters
+    ----------
+    C : tensor or array_like, shape (..., n, m)
+    alpha : array_like or tensor, shape (m,)
+
+    Returns
+    -------
+    lam¹ : tensor, shape (..., m), dtype/device of C
+    """
+    alpha = _check_alpha(alpha, "alpha")
+    C = _check_C(C, "C")
+    V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
+    eta = _check_eta(None, alpha)
+    mu = torch.as_tensor(alpha / alpha.sum(), dtype=C.dtype, device=C.device)  # (m,)
+    G = _responsibilities(C, mu).sum(dim=-2)  # (..., m)
+    return torch.softmax(torch.log(mu) + eta * G / mu, dim=-1)
+
+
+def _responsibilities(C: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """γ_i(g) = μ_g C[i,g] / (C[i]·μ) for a strictly positive μ (m,), shape (..., n, m)."""
+    w = C * mu  # (..., n, m)
+    return w / w.sum(dim=-1, keepdim=True)
+
+
+def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: float | None = None,
+                               steps: int = 1) -> torch.Tensor:
+    """The k-step MD predictive law of the next token after every prefix, in one vectorised pass.
+
+    For a sequence y of length T, row r (r = 0..T-m) is the prefix ``y[:m+r]`` (position
+    ``t = m-1+r``), whose transitions are ``i = 0..r-1`` (C rows of the whole sequence):
+    ``lam^(k)_r`` is k MD steps from the prior mean μ on ``C[:r]``, and the row is
+    ``p_r = Σ_g lam^(k)_r[g-1] · pi[y[t+1-g], :]`` (MATH.md §3, §5). Row 0 has no transition:
+    its lam is μ for every k (the prior predictive).
+
+    - ``steps == 1``: ``lam¹_r = softmax(log μ + η G_r/μ)`` with ``G_r = Σ_{i<r} γ_i`` the cumulative
+      responsibilities under μ — exactly the three-layer construction of MATH.md §5 (its
+      aggregation layer is this cumulative sum). Cost O(B·T·m) time and memory.
+    - ``steps >= 2``: the gradient at prefix r, ``Σ_{i<r} C[i]/(C[i]·lam_r)``, depends on the
+      prefix's own ``lam_r``, so every prefix carries its own iterate; each step forms the
+      masked (prefix r, transition i) matrix of ``log(C[i]·lam_r)`` in chunks of prefixes.
+      Cost O(k·B·T²·m) time, O(B·T·m + 2^23) memory (chunks of at most 2^23 (r, i) pairs).
+
+    Parameters
+    ----------
+    tokens : int tensor or array_like, shape (..., T), T >= m
+    pi : tensor or array_like, shape (S, S)
+        The result has its dtype and device (a NumPy ``pi``: float64 on the device of ``tokens``).
+    alpha : array_like or tensor, shape (m,)
+        Dirichlet prior; m = len(alpha). μ = alpha/α₀.
+    eta : float, optional
+        Step size ``>= 0``; default ``η* = 1/(1+α₀)`` (``eta_bayes(alpha)``).
+    steps : int
+        Number of MD steps k ``>= 0`` (0 gives the prior predictive at every prefix).
+
+    Returns
+    -------
+    p : tensor, shape (..., T-m+1, S)
+        Row r is the law of ``y[m+r]`` given ``y[:m+r]`` (the last row predicts beyond the sequence).
+
+    Raises
+    ------
+    ValueError
+        For bad arguments, or if a transition of ``tokens`` has probability 0 under every lag.
+    """
+    alpha = _check_alpha(alpha, "alpha")
+    m = alpha.shape[0]
+    eta = _check_eta(eta, alpha)
+    steps = V.check_int(steps, "steps", minimum=0)
+    pi = _check_pi(pi, "pi", device=None if isinstance(pi, torch.Tensor) else _device_of(tokens))
+    y = check_tokens(tokens, pi.shape[0], m, "tokens", device=pi.device)
+    C = _lag_factors(y, pi, m)  # (..., n, m)
+    if C.numel() and bool((C == 0).all(dim=-1).any()):
+        raise ValueError("tokens contain a transition with probability 0 under every lag of pi: "
+                         "the data are impossible under pi")
+    mu = torch.as_tensor(alpha / alpha.sum(), dtype=pi.dtype, device=pi.device)  # (m,)
+    log_mu = torch.log(mu)
+    batch, n = C.shape[:-2], C.shape[-2]
+
+    if steps == 0:
+        loglam = log_mu.expand(batch + (n + 1, m))
+    elif steps == 1:
+        # G_r = Σ_{i<r} γ_i under μ: an exclusive cumulative sum along the transitions
+        gam = _responsibilities(C, mu)  # (..., n, m)
+        G = torch.cat([torch.zeros_like(gam[..., :1, :]), gam.cumsum(dim=-2)], dim=-2)  # (..., n+1, m)
+        loglam = torch.log_softmax(log_mu + eta * G / mu, dim=-1)  # (..., n+1, m)
+    else:
+        loglam = _all_prefix_md(_log(C), log_mu, eta, steps)  # (..., n+1, m)
+
+    # predictive: sources of row r are y[m-1+r], ..., y[r] (lags 1..m) = window r reversed
+    src = y.unfold(-1, m, 1).flip(-1)  # (..., n+1, m)
+    rows = pi[src]  # (..., n+1, m, S)
+    return (torch.exp(loglam).unsqueeze(-2) @ rows).squeeze(-2)  # (..., n+1, S)
+
+
+def _all_prefix_md(logC: torch.Tensor, log_mu: torch.Tensor, eta: float, steps: int) -> torch.Tensor:
+    """k >= 2 MD steps from μ for every prefix r = 0..n of C; returns log lam (..., n+1, m).
+
+    Prefix r uses transitions i < r. Per step and chunk of prefixes [a, b): the (r, i) matrix
+    ``log s_{r,i} = logsumexp_g(log C[i,g] + log lam_r[g])`` for i < b-1, then
+    ``log ∇ℓ_r = logsumexp_{i<r}(log C[i] - log s_{r,i})`` with the terms i >= r masked to -inf.
+    """
+    batch, n, m = logC.shape[:-2], logC.shape[-2], logC.shape[-1]
+    loglam = log_mu.expand(batch + (n + 1, m)).clone()  # row 0 stays μ (n = 0 convention)
+    if n == 0:
+        return loglam
+    bsz = max(1, int(np.prod(batch, dtype=np.int64)))
+    chunk = max(1, _CHUNK_ELEMENTS // (bsz * n * m))
+    r_all = torch.arange(n + 1, device=logC.device)
+    ninf = torch.tensor(-torch.inf, dtype=logC.dtype, device=logC.device)
+    for _ in range(steps):
+        new = loglam.clone()
+        for a in range(1, n + 1, chunk):  # prefixes r in [a, b) with r >= 1
+            b = min(n + 1, a + chunk)
+            lC = logC[..., : b - 1, :]  # the transitions i < b-1 that some r < b uses: (..., b-1, m)
+            ll = loglam[..., a:b, :]  # (..., R, m)
+            # log s[r, i] = logsumexp_g(log C[i, g] + log lam_r[g]); shape (..., R, b-1)
+            log_s = torch.logsumexp(lC.unsqueeze(-3) + ll.unsqueeze(-2), dim=-1)
+            used = torch.arange(b - 1, device=logC.device) < r_all[a:b, None]  # (R, b-1): i < r
+            # log (C[i,g] / s[r,i]) for used i, -inf otherwise (masking, never -inf · 0)
+            terms = torch.where(used.unsqueeze(-1), lC.unsqueeze(-3) - log_s.unsqueeze(-1), ninf)  # (..., R, b-1, m)
+            log_grad = torch.logsumexp(terms, dim=-2)  # (..., R, m)
+            step = (eta * torch.exp(log_grad)).clamp(max=torch.finfo(logC.dtype).max / 4)
+            new[..., a:b, :] = torch.log_softmax(ll + step, dim=-1)
+        loglam = new
+    return loglam
