@@ -144,7 +144,7 @@ def posterior_mean(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
     """
     C, alpha = _prepare(C, alpha, allow_impossible=False)
     batch, (n, m) = C.shape[:-2], C.shape[-2:]
-    post, _ = _forward(C.reshape((-1, n, m)), alpha, max_bytes)
+    post, _ = _forward(C.reshape((int(np.prod(batch)), n, m)), alpha, max_bytes)
     return post.reshape(batch + (m,))
 
 
@@ -159,7 +159,7 @@ def log_evidence(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> n
     """
     C, alpha = _prepare(C, alpha, allow_impossible=True)
     batch, (n, m) = C.shape[:-2], C.shape[-2:]
-    Cf = C.reshape((-1, n, m))
+    Cf = C.reshape((int(np.prod(batch)), n, m))
     impossible = np.any(np.all(Cf == 0, axis=-1), axis=-1)  # (B,)
     # run the impossible elements on a harmless stand-in and report -inf for them
     Cf = np.where(impossible[:, None, None], 1.0, Cf)
@@ -196,7 +196,7 @@ def posterior_mean_mc(
     chunk = V.check_int(chunk, "chunk", minimum=1)
     gen = V.as_rng(rng)
     batch, (n, m) = C.shape[:-2], C.shape[-2:]
-    Cf = C.reshape((-1, n, m))
+    Cf = C.reshape((int(np.prod(batch)), n, m))
     Bn = Cf.shape[0]
     # running sums of w, w·lam, w²·lam, w²·lam², w², all relative to a running max log-weight
     top = np.full(Bn, -np.inf)

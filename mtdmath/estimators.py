@@ -60,7 +60,8 @@ def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[np.ndarray, np
 
 def _md_log_step(logC: np.ndarray, loglam: np.ndarray, eta: float) -> np.ndarray:
     """One exponentiated-gradient step in log space: ``log lam⁺ = log lam + η ∇ℓ(lam) - log Z``."""
-    step = eta * np.exp(_log_grad(logC, loglam))
+    with np.errstate(over="ignore"):
+        step = eta * np.exp(_log_grad(logC, loglam))
     # ∇ℓ_g ≤ n / lam_g is finite; only a lag weight below ~1e-300 could overflow it, and any
     # finite step above ~1e300 already makes the softmax one-hot in float64.
     step = np.minimum(step, 1e300)

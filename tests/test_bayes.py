@@ -1,0 +1,149 @@
+"""The exact Bayes posterior (MATH.md §4) against quadrature, brute-force enumeration and Monte Carlo."""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import integrate
+from scipy.special import gammaln
+
+import mtdmath as M
+from strategies import alphas, lag_factor_arrays
+
+
+def quad_m2(C, alpha):
+    """Posterior mean of lam_1 and log evidence for m = 2 by adaptive quadrature on x = lam_1.
+
+    The integrand is rescaled by its maximum on a grid (log space) so long products stay finite.
+    """
+    a1, a2 = alpha
+    logB = gammaln(a1) + gammaln(a2) - gammaln(a1 + a2)
+
+    def logf(x):
+        return np.sum(np.log(C[:, 0] * x + C[:, 1] * (1 - x))) + (a1 - 1) * np.log(x) + (a2 - 1) * np.log1p(-x) - logB
+
+    grid = np.linspace(1e-6, 1 - 1e-6, 2001)
+    top = max(logf(x) for x in grid)
+    pts = sorted(set([grid[np.argmax([logf(x) for x in grid])]]))
+    f = lambda x: np.exp(logf(x) - top)  # noqa: E731
+    kw = dict(epsabs=0, epsrel=1e-13, limit=500, points=pts)
+    Z = integrate.quad(f, 0, 1, **kw)[0]
+    Z1 = integrate.quad(lambda x: x * f(x), 0, 1, **kw)[0]
+    return Z1 / Z, np.log(Z) + top
+
+
+@given(lag_factor_arrays(m=2, batch=(), n=st.integers(0, 60)), alphas(m=2, low=1.0, high=20.0))
+def test_m2_matches_quadrature(C, alpha):
+    # alpha >= 1 keeps the integrand bounded at the end points, where quad is reliable to 1e-13;
+    # alpha < 1 is covered by the brute-force enumeration test below.
+    mean1, logZ = quad_m2(C, alpha)
+    post = M.posterior_mean(C, alpha)
+    np.testing.assert_allclose(post[0], mean1, rtol=1e-9)
+    np.testing.assert_allclose(M.log_evidence(C, alpha), logZ, rtol=1e-9, atol=1e-9)
+
+
+def brute_force(C, alpha):
+    """Expand Π_i C[i]·lam over all m^n lag assignments; Dirichlet moments via log-gamma."""
+    n, m = C.shape
+    a0 = alpha.sum()
+    Z, Zg = 0.0, np.zeros(m)
+    for assign in itertools.product(range(m), repeat=n):
+        k = np.bincount(np.array(assign, dtype=int), minlength=m) if n else np.zeros(m, int)
+        coef = np.prod([C[i, g] for i, g in enumerate(assign)]) if n else 1.0
+        mom = np.exp(np.sum(gammaln(alpha + k) - gammaln(alpha)) + gammaln(a0) - gammaln(a0 + n))
+        Z += coef * mom
+        Zg += coef * mom * (alpha + k) / (a0 + n)
+    return Zg / Z, np.log(Z)
+
+
+@given(
+    st.integers(1, 4).flatmap(
+        lambda m: st.tuples(lag_factor_arrays(m=m, batch=(), n=st.integers(0, max(1, 7 - m))), alphas(m=m))
+    )
+)
+def test_matches_brute_force_enumeration(case):
+    C, alpha = case
+    mean, logZ = brute_force(C, alpha)
+    np.testing.assert_allclose(M.posterior_mean(C, alpha), mean, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(M.log_evidence(C, alpha), logZ, rtol=1e-10, atol=1e-10)
+
+
+def test_m3_exact_vs_importance_sampling_within_5_stderr():
+    rng = np.random.default_rng(0)
+    pi = M.random_transition_matrix(5, rng=rng)
+    alpha = np.array([2.0, 0.7, 1.3])
+    y, _ = M.sample_icl(pi, alpha, 23, 6, rng=rng)
+    C = M.lag_factors(y, pi, 3)
+    exact = M.posterior_mean(C, alpha)
+    mc, se = M.posterior_mean_mc(C, alpha, samples=200_000, rng=1)
+    assert np.all(np.abs(mc - exact) <= 5 * se)
+    assert np.all(se < 0.02)  # the check has teeth: the errors bars are not huge
+    # and a wrong reference (the prior mean) is rejected by the same test
+    assert np.any(np.abs(mc - alpha / alpha.sum()) > 5 * se)
+
+
+def test_mc_stderr_is_honest_and_shrinks_like_root_K():
+    rng = np.random.default_rng(3)
+    C = rng.uniform(0.05, 1, size=(12, 3))
+    alpha = np.array([1.5, 0.8, 2.0])
+    exact = M.posterior_mean(C, alpha)
+    K = 2000
+    reps = [M.posterior_mean_mc(C, alpha, samples=K, rng=s) for s in range(60)]
+    means = np.array([r[0] for r in reps])
+    ses = np.array([r[1] for r in reps])
+    # the reported stderr matches the spread over independent replicates (ratio near 1)
+    ratio = ses.mean(0) / means.std(0, ddof=1)
+    assert np.all((ratio > 0.75) & (ratio < 1.33)), ratio
+    # and the replicates centre on the exact value
+    assert np.all(np.abs(means.mean(0) - exact) < 5 * means.std(0, ddof=1) / np.sqrt(60))
+    # K -> 16 K divides the stderr by about 4
+    _, se_big = M.posterior_mean_mc(C, alpha, samples=16 * K, rng=99)
+    r = ses.mean(0) / se_big
+    assert np.all((r > 3.2) & (r < 5.0)), r
+
+
+def test_n_zero_is_prior():
+    alpha = np.array([0.5, 2.0, 1.5])
+    C = np.zeros((4, 0, 3))
+    np.testing.assert_allclose(M.posterior_mean(C, alpha), np.broadcast_to(alpha / 4.0, (4, 3)))
+    np.testing.assert_array_equal(M.log_evidence(C, alpha), np.zeros(4))
+
+
+def test_impossible_data():
+    alpha = np.ones(2)
+    C = np.array([[[0.5, 0.5], [0.0, 0.0]], [[0.5, 0.5], [0.2, 0.1]]])
+    le = M.log_evidence(C, alpha)
+    assert le[0] == -np.inf and np.isfinite(le[1])
+    with pytest.raises(ValueError, match="C"):
+        M.posterior_mean(C, alpha)
+    with pytest.raises(ValueError, match="C"):
+        M.posterior_mean_mc(C, alpha, samples=10)
+
+
+def test_memory_budget_refuses_before_allocating():
+    C = np.full((400, 6), 0.5)
+    with pytest.raises(ValueError, match="posterior_mean_mc"):
+        M.posterior_mean(C, np.ones(6), max_bytes=2**20)
+
+
+def test_long_context_m2_no_overflow_and_concentrates():
+    rng = np.random.default_rng(4)
+    pi = M.random_transition_matrix(6, concentration=0.3, rng=rng)
+    lam = np.array([0.8, 0.2])
+    y = M.sample(pi, lam, 5002, rng=rng)
+    C = M.lag_factors(y, pi, 2)
+    post = M.posterior_mean(C, np.array([1.0, 1.0]))
+    assert np.all(np.isfinite(post)) and np.isfinite(M.log_evidence(C, np.ones(2)))
+    # with n = 5000 the posterior mean sits within a few 1/sqrt(n) of the MLE
+    assert np.abs(post - M.mle(C)).max() < 0.02
+
+
+def test_batched_matches_single():
+    rng = np.random.default_rng(5)
+    C = rng.uniform(0, 1, size=(2, 3, 9, 3))
+    alpha = np.array([0.3, 1.0, 4.0])
+    full = M.posterior_mean(C, alpha)
+    assert full.shape == (2, 3, 3)
+    np.testing.assert_allclose(full[1, 2], M.posterior_mean(C[1, 2], alpha), rtol=1e-13)
+    assert M.log_evidence(C, alpha).shape == (2, 3)
