@@ -7,6 +7,8 @@ from .bayes import log_evidence, n_states, posterior_mean, posterior_mean_mc
 from .estimators import em, eta_bayes, k_step_md, kkt_gap, mirror_descent, mle, one_step_md
 from .likelihood import gradient, hessian, kl, log_likelihood, responsibilities
 from .model import lag_factors, predictive, random_transition_matrix, sample, sample_icl
+from . import torch_core
+from .transformer import MDTransformer, StandardTransformer
 
 __version__ = "0.1.0"
 
@@ -32,4 +34,7 @@ __all__ = [
     "log_evidence",
     "posterior_mean_mc",
     "n_states",
+    "torch_core",
+    "MDTransformer",
+    "StandardTransformer",
 ]
