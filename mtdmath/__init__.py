@@ -5,6 +5,7 @@ Mirror Descent" (D'Angelo & Flammarion, ICLR 2026). The formulas are those of MA
 """
 from .bayes import log_evidence, n_states, posterior_mean, posterior_mean_mc
 from .estimators import em, eta_bayes, k_step_md, kkt_gap, mirror_descent, mle, one_step_md
+from .fit import MTDFit, fit, select_order
 from .likelihood import gradient, hessian, kl, log_likelihood, responsibilities
 from .model import lag_factors, predictive, random_transition_matrix, sample, sample_icl
 from . import torch_core
@@ -37,4 +38,7 @@ __all__ = [
     "torch_core",
     "MDTransformer",
     "StandardTransformer",
+    "fit",
+    "select_order",
+    "MTDFit",
 ]

@@ -9,8 +9,10 @@ Dirichlet(alpha + k), computed by the Pólya-urn forward recursion over count st
 - ``log p(y | pi, alpha) = log Σ_k W_n[k] - log (α₀)^(n)`` (rising factorial)
 
 All terms are nonnegative, so there is no cancellation; W is rescaled at every step and the
-log scale is kept. The count states of level t (``binom(t+m-1, m-1)`` of them) are stored densely
-in lexicographic order and addressed by a closed-form combinatorial rank.
+log scale is kept. The count states of level t (``binom(t+m-1, m-1)`` of them) are stored in a
+padded 2-D layout (prefix rows x one count per column, described below) in which every move
+``k - e_g -> k`` of the recursion is a slice, a column shift or a row gather: cost
+O(m · binom(n+m, m)) floating-point operations, with about 10-20 % padding.
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from . import _validate as V
-from .estimators import _logsumexp
 
 #: default memory budget (bytes) of the exact recursion; above it posterior_mean raises
 DEFAULT_MAX_BYTES = 2 * 2**30
@@ -32,59 +33,130 @@ def n_states(n: int, m: int) -> int:
     return comb(n + m - 1, m - 1)
 
 
+# ----------------------------------------------------------------------------- layout
+# The count states k of level L (|k| = L) are stored in a padded 2-D array W[q, c]:
+#
+# - the row q is the *prefix* (k_0, ..., k_{m-3}) (m-2 coordinates), in graded order: rows are
+#   sorted by the prefix sum ps_q, then lexicographically. All prefixes with ps <= n get a row
+#   once and for all, so a row means the same prefix at every level, and the rows in use at
+#   level L (ps <= L) are the first binom(L+m-2, m-2);
+# - the column c is k_{m-2}; the last count is implicit, k_{m-1} = L - ps_q - c, and a cell
+#   with c > L - ps_q is not a state: it holds 0.
+#
+# Then the three kinds of move k - e_g -> k of the recursion are array slices, not scatters:
+# lag m-1 stays in place (W[q, c]), lag m-2 is a column shift (W[q, c-1]), and a lag g < m-2
+# moves to the row of the prefix q - e_g (a row gather, one memcpy per row; a plain row shift
+# when m = 3). Rows with the same prefix sum s form a group of width L+1-s at level L; a level is
+# processed in a few chunks of consecutive groups, each padded to the width of its first group,
+# so the padding wasted stays small. Non-states hold 0 and receive only 0 (a non-state's
+# parents are non-states), so the padding never needs clearing.
+#
+# The layout depends on (n, m) only; it is cached (``_layout``, 8 entries): per prefix row its
+# counts, its sum and its m-2 parent rows, 2m-3 integers, plus a few chunks per level: 3 MB for
+# m = 5, n = 64 and 0.1 MB for m = 3, n = 512. The work arrays are not cached: W of two levels
+# and a scratch array, each batch x (rows + 1) x (n + 1) floats, about m-1 times the number of
+# states of level n (25 MB each for m = 5, n = 64; 2 MB for m = 3, n = 512).
+
+#: a chunk of groups is closed when the next group is narrower than this fraction of the
+#: chunk's width (bounds the padding to about 1/_CHUNK_RATIO - 1 of the useful cells) ...
+_CHUNK_RATIO = 0.75
+#: ... unless the chunk has fewer cells than this (small chunks: the call overhead dominates)
+_CHUNK_MIN_CELLS = 8192
+
+
+class _Layout:
+    """Data-independent structure of the padded recursion for (n, m), m >= 2 (see above)."""
+
+    def __init__(self, n: int, m: int) -> None:
+        P = m - 2  # prefix coordinates
+        pre = _prefixes(P, n)  # (R, P), lexicographic
+        ps = pre.sum(axis=1)
+        order = np.argsort(ps, kind="stable")  # graded: by prefix sum, then lex
+        self.pk = pre[order]  # (R, P) prefix counts
+        self.ps = ps[order]  # (R,) prefix sums, nondecreasing
+        R = self.ps.shape[0]
+        self.R = R
+        # group_start[s] = first row with prefix sum s (s = 0..n+1)
+        self.group_start = np.searchsorted(self.ps, np.arange(n + 2), side="left")
+        # par[g, q] = row of the prefix q - e_g, or the always-zero sentinel row R if q_g = 0
+        self.par = np.full((P, R), R, dtype=np.intp)
+        if P:
+            base = n + 1
+            w = base ** np.arange(P - 1, -1, -1, dtype=np.int64)
+            keys = self.pk @ w
+            korder = np.argsort(keys)
+            for g in range(P):
+                ok = self.pk[:, g] > 0
+                pkey = keys[ok] - w[g]
+                self.par[g, ok] = korder[np.searchsorted(keys, pkey, sorter=korder)]
+        self._plans: dict[int, list[tuple[int, int, int]]] = {}
+
+    def plan(self, L: int) -> list[tuple[int, int, int]]:
+        """Chunks (row start, row stop, width) covering the states of level L (1 <= L <= n)."""
+        if L in self._plans:
+            return self._plans[L]
+        gs = self.group_start
+        top = min(L, int(self.ps[-1]))  # the largest prefix sum in use at level L
+        chunks = []
+        a = 0
+        while a <= top:
+            w = L + 1 - a  # width of group a (the widest in its chunk)
+            # groups a..b-1 have widths > _CHUNK_RATIO·w ...
+            b = max(a + 1, L + 1 - int(_CHUNK_RATIO * w))
+            # ... and at least _CHUNK_MIN_CELLS cells, if there are that many left
+            b = max(b, int(np.searchsorted(gs, gs[a] - (-_CHUNK_MIN_CELLS // w), side="left")))
+            b = min(b, top + 1)
+            chunks.append((int(gs[a]), int(gs[b]), w))
+            a = b
+        self._plans[L] = chunks
+        return chunks
+
+
+def _prefixes(P: int, n: int) -> np.ndarray:
+    """All count vectors in N^P with sum <= n, in lexicographic order, shape (binom(n+P, P), P)."""
+    pre = np.zeros((1, 0), dtype=np.int64)
+    s = np.zeros(1, dtype=np.int64)  # the sums of the rows of pre
+    for _ in range(P):  # append a coordinate a = 0..n-s to every row (innermost: lex order)
+        cnt = n - s + 1
+        rep = np.repeat(np.arange(s.shape[0]), cnt)
+        a = np.arange(rep.shape[0]) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        pre = np.concatenate([pre[rep], a[:, None]], axis=1)
+        s = s[rep] + a
+    return pre
+
+
 @lru_cache(maxsize=8)
-def _binom_table(N: int, m: int) -> np.ndarray:
-    """``B[a, r] = binom(a, r)`` for a <= N, r <= m, as int64."""
-    B = np.zeros((N + 1, m + 1), dtype=np.int64)
-    for a in range(N + 1):
-        for r in range(min(a, m) + 1):
-            B[a, r] = comb(a, r)
-    return B
+def _layout(n: int, m: int) -> _Layout:
+    return _Layout(n, m)
 
 
-def _child_ranks(K: np.ndarray, level: int, Btab: np.ndarray) -> np.ndarray:
-    """Lex ranks at level+1 of the children ``k + e_g`` of the level states K (N, m), sorted by rank.
-
-    The lexicographic rank of k (|k| = L) is ``Σ_{j<m-1} [binom(s_j+r_j, r_j) - binom(s_j-k_j+r_j, r_j)]``
-    with ``r_j = m-1-j`` and ``s_j = L - Σ_{h<j} k_h`` (states with a smaller k_j, hockey-stick
-    identity). Adding e_g raises s_j by one for j <= g and k_g by one, so by Pascal's rule
-    ``rank(k + e_g) = rank(k) + Σ_{j<g} T_j + [g < m-1] binom(s_g+r_g, r_g-1)`` with
-    ``T_j = binom(s_j+r_j, r_j-1) - binom(s_j-k_j+r_j, r_j-1)``; and rank(k) is k's own row.
-
-    Returns
-    -------
-    ranks : (m, N) int64
-    """
-    N, m = K.shape
-    ranks = np.empty((m, N), dtype=np.int64)
-    acc = np.arange(N, dtype=np.int64)  # rank(k) + Σ_{j<g} T_j
-    s = np.full(N, level, dtype=np.int64)
-    for g in range(m):
-        r = m - 1 - g
-        if r == 0:  # the last coordinate is implicit in the rank
-            ranks[g] = acc
-            break
-        ranks[g] = acc + Btab[s + r, r - 1]
-        kg = K[:, g]
-        acc = acc + Btab[s + r, r - 1] - Btab[s - kg + r, r - 1]
-        s = s - kg
-    return ranks
+def _layout_rows(n: int, m: int) -> int:
+    """Rows of the padded layout: the prefixes with sum <= n, binom(n+m-2, m-2)."""
+    return comb(n + m - 2, m - 2)
 
 
 def _check_budget(batch: int, n: int, m: int, max_bytes: int) -> None:
-    N = n_states(n, m)
-    # W of two levels for the batch, the state array, the parent ranks and temporaries
-    need = 8 * N * (3 * batch + 2 * m + 4)
+    if m < 2 or n == 0:
+        return
+    R = _layout_rows(n, m)
+    # two W levels and a scratch array for the batch, the coefficient matrix, the layout
+    need = 8 * (R + 1) * (n + 1) * (3 * batch + 1) + 8 * R * (2 * m + 2)
     if need > max_bytes:
         raise ValueError(
             f"C: the exact posterior needs about {need / 2**30:.2f} GiB for n = {n}, m = {m} "
-            f"({N} count states x batch {batch}), above max_bytes = {max_bytes / 2**30:.2f} GiB; "
+            f"({n_states(n, m)} count states x batch {batch}), above max_bytes = {max_bytes / 2**30:.2f} GiB; "
             "raise max_bytes or use posterior_mean_mc"
         )
 
 
 def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run the Pólya-urn recursion on C (B, n, m) with every row nonzero.
+    """Run the Pólya-urn recursion (MATH.md §4) on C (B, n, m) with every row nonzero.
+
+    ``W_{i+1}[k] = Σ_g W_i[k - e_g] · C[i,g] · (alpha_g + k_g - 1)``, on the padded layout
+    described above. Rescaling (all terms are nonnegative): each row C[i] is divided by its
+    maximum, and each level is divided by the maximum of the level before (folded into the
+    coefficients), the logs of both going to the log scale together with ``-log(α₀ + i)``, which
+    builds the rising factorial ``(α₀)^(n)`` of the evidence.
 
     Returns
     -------
@@ -93,29 +165,76 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
     """
     B, n, m = C.shape
     _check_budget(B, n, m, max_bytes)
-    a0 = alpha.sum()
-    Btab = _binom_table(n + m, m)
-    K = np.zeros((1, m), dtype=np.int64)  # count states of the current level, lex order
-    W = np.ones((B, 1))
-    log_scale = np.zeros(B)
+    a0 = float(alpha.sum())
+    if n == 0:
+        return np.broadcast_to(alpha / a0, (B, m)).copy(), np.zeros(B)
+    cmax = C.max(axis=2)  # (B, n), > 0
+    Cn = C / cmax[..., None]
+    log_scale = np.log(cmax).sum(axis=1) - np.log(a0 + np.arange(n)).sum()
+    if m == 1:  # W_n = (α₀)^(n) Π C[i,0]: lam = 1 surely, and the evidence is Π C[i,0]
+        return np.ones((B, 1)), np.log(cmax).sum(axis=1)
+
+    lay = _layout(n, m)
+    P, R = m - 2, lay.R
+    W = np.zeros((B, R + 1, n + 1))  # row R: the sentinel, always 0
+    Wn = np.zeros_like(W)
+    scratch = np.empty(B * R * (n + 1))
+    Abuf = np.empty(R * (n + 1))
+    col = np.arange(n + 1, dtype=np.float64)
+    ps_f = lay.ps.astype(np.float64)
+    W[:, 0, 0] = 1.0  # level 0: the single state k = 0 (row 0 is the empty prefix)
+    mx = np.ones(B)  # maximum of the stored level
     for i in range(n):
-        ranks = _child_ranks(K, i, Btab)
-        Nn = n_states(i + 1, m)
-        Kn = np.empty((Nn, m), dtype=np.int64)
-        Wn = np.zeros((B, Nn))
-        for g in range(m):
-            # push W_i[k] · C[i,g] · (alpha_g + k_g) to the child k + e_g; within one g the
-            # children are distinct, so a fancy-index += is a correct scatter-add
-            Wn[:, ranks[g]] += W * (C[:, i, g, None] * (alpha[g] + K[:, g]))
-            Kn[ranks[g]] = K
-            Kn[ranks[g], g] += 1
-        # dividing by (α₀ + i) builds the rising factorial (α₀)^(n) into the scale as we go
-        mx = Wn.max(axis=1)
-        Wn /= mx[:, None]
-        log_scale += np.log(mx) - np.log(a0 + i)
-        K, W = Kn, Wn
-    tot = W.sum(axis=1)
-    post = (W @ (alpha[None, :] + K)) / ((a0 + n) * tot[:, None])
+        L = i + 1  # the child level
+        log_scale += np.log(mx)
+        c = Cn[:, i, :] / mx[:, None]  # (B, m): this step's coefficients, rescaled
+        new_mx = np.zeros(B)
+        for r0, r1, w in lay.plan(L):
+            nr = r1 - r0
+            src = W[:, r0:r1, :w]
+            out = Wn[:, r0:r1, :w]
+            # lag m-1 (implicit count, stays in place): factor alpha + k_{m-1} - 1 with the
+            # child's k_{m-1} = L - ps - c; the integer part is formed first, exactly
+            A = Abuf[: nr * w].reshape(nr, w)
+            np.subtract((i - ps_f[r0:r1])[:, None], col[None, :w], out=A)
+            A += alpha[m - 1]
+            np.multiply(src, A, out=out)
+            out *= c[:, m - 1, None, None]
+            # lag m-2 (the column): parent column c-1, factor alpha + c - 1
+            if w > 1:
+                t = scratch[: B * nr * (w - 1)].reshape(B, nr, w - 1)
+                colc = c[:, m - 2, None] * (alpha[m - 2] + col[: w - 1])  # (B, w-1)
+                np.multiply(W[:, r0:r1, : w - 1], colc[:, None, :], out=t)
+                out[:, :, 1:] += t
+            # lags g < m-2 (the prefix): parent row q - e_g, factor alpha_g + q_g - 1
+            for g in range(P):
+                rc = c[:, g, None] * (alpha[g] - 1.0 + lay.pk[r0:r1, g])  # (B, nr)
+                if P == 1:  # graded order of one coordinate: row q is k_0 = q, parent row q - 1
+                    q0 = max(r0, 1)
+                    if q0 >= r1:
+                        continue
+                    t = scratch[: B * (r1 - q0) * w].reshape(B, r1 - q0, w)
+                    np.multiply(W[:, q0 - 1 : r1 - 1, :w], rc[:, q0 - r0 :, None], out=t)
+                    out[:, q0 - r0 :] += t
+                else:
+                    t = W[:, lay.par[g, r0:r1], :w]  # sentinel rows give 0
+                    t *= rc[:, :, None]
+                    out += t
+            np.maximum(new_mx, out.max(axis=(1, 2)), out=new_mx)
+        mx = new_mx
+        W, Wn = Wn, W
+    # E[lam_g | y] = Σ_k W_n[k] (alpha_g + k_g) / ((α₀ + n) Σ_k W_n[k]); non-states hold 0
+    Wf = W[:, :R, :]
+    rows = Wf.sum(axis=2)  # (B, R)
+    tot = rows.sum(axis=1)
+    num = np.empty((B, m))
+    if P:
+        num[:, :P] = alpha[:P] * tot[:, None] + rows @ lay.pk.astype(np.float64)
+    num[:, m - 2] = alpha[m - 2] * tot + (Wf @ col).sum(axis=1)
+    # the implicit count n - ps - c, formed as an integer (clipped at 0 on non-states)
+    k_last = np.maximum(n - ps_f[:, None] - col[None, :], 0.0)
+    num[:, m - 1] = alpha[m - 1] * tot + np.einsum("brc,rc->b", Wf, k_last)
+    post = num / ((a0 + n) * tot[:, None])
     return post, np.log(tot) + log_scale
 
 

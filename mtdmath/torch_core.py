@@ -21,6 +21,7 @@ the evaluation protocol of §6.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -179,11 +180,6 @@ def _device_of(*xs: Any) -> torch.device | None:
 
 
 # ----------------------------------------------------------------------------- log-space kernels
-def _log(x: torch.Tensor) -> torch.Tensor:
-    """Elementwise log with log 0 = -inf (torch gives -inf without a warning)."""
-    return torch.log(x)
-
-
 def _log_grad(logC: torch.Tensor, loglam: torch.Tensor) -> torch.Tensor:
     """log ∇ℓ(lam)_g = logsumexp_i(log C[i,g] - log s_i) (MATH.md §2), shape (..., m).
 
@@ -195,10 +191,34 @@ def _log_grad(logC: torch.Tensor, loglam: torch.Tensor) -> torch.Tensor:
 
 def _md_log_step(logC: torch.Tensor, loglam: torch.Tensor, eta: float) -> torch.Tensor:
     """Exponentiated-gradient step (MATH.md §3): ``log lam⁺ = log_softmax(log lam + η ∇ℓ(lam))``."""
-    # ∇ℓ_g <= n / lam_g; only a lag weight below the dtype's tiny could overflow it, and a
-    # step of 1e300 (float64) / 1e38 (float32) already makes the softmax one-hot.
-    step = (eta * torch.exp(_log_grad(logC, loglam))).clamp(max=torch.finfo(loglam.dtype).max / 4)
-    return torch.log_softmax(loglam + step, dim=-1)
+    return _eg_update(loglam, _log_grad(logC, loglam), eta)
+
+
+def _eg_update(loglam: torch.Tensor, log_grad: torch.Tensor, eta: float) -> torch.Tensor:
+    """``log_softmax(log lam + η exp(log_grad))`` over the last axis, exact when the step overflows.
+
+    ``∇ℓ_g`` can exceed the dtype's range when a lag weight has collapsed (``lam_g`` below
+    ~1e-308 in float64 while a transition needs that lag). Let ``K = max_g η∇ℓ_g`` over the
+    support of lam. When ``K`` is not representable, ``log lam + η∇ℓ = K·w`` with
+    ``w_g = log lam_g / K + exp(log η∇ℓ_g - log K)`` (all of order 1 or below), and the softmax
+    of ``K·w`` with ``K > 1e307`` is one-hot on ``argmax w``, split evenly among exact ties —
+    the limit, not an approximation, at the dtype's resolution. (Clamping the step instead would
+    turn distinct huge steps into false ties.)
+    """
+    if eta == 0:
+        return torch.log_softmax(loglam, dim=-1)
+    log_huge = math.log(torch.finfo(loglam.dtype).max) - math.log(4.0)
+    log_step = math.log(eta) + log_grad  # (..., m)
+    support = loglam > -math.inf
+    log_K = log_step.masked_fill(~support, -math.inf).amax(dim=-1, keepdim=True)  # (..., 1)
+    out = torch.log_softmax(loglam + torch.exp(log_step.clamp(max=log_huge)), dim=-1)
+    overflow = log_K > log_huge  # (..., 1)
+    if bool(overflow.any()):
+        w = (loglam * torch.exp(-log_K) + torch.exp(log_step - log_K)).masked_fill(~support, -math.inf)
+        top = w == w.amax(dim=-1, keepdim=True)
+        limit = torch.where(top, -torch.log(top.sum(dim=-1, keepdim=True).to(w.dtype)), -math.inf)
+        out = torch.where(overflow, limit, out)
+    return out
 
 
 def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,7 +332,7 @@ def mirror_descent(C: Any, *, eta: float, steps: int = 1, lam0: Any = None) -> t
     C, lam0 = _prepare(C, lam0)
     if C.shape[-2] == 0 or steps == 0:
         return lam0.clone()
-    logC, loglam = _log(C), _log(lam0)
+    logC, loglam = torch.log(C), torch.log(lam0)
     for _ in range(steps):
         loglam = _md_log_step(logC, loglam, eta)
     return torch.exp(loglam)
@@ -328,7 +348,7 @@ def em(C: Any, *, steps: int = 1, lam0: Any = None) -> torch.Tensor:
     n = C.shape[-2]
     if n == 0 or steps == 0:
         return lam0.clone()
-    logC, loglam, log_n = _log(C), _log(lam0), float(np.log(n))
+    logC, loglam, log_n = torch.log(C), torch.log(lam0), float(np.log(n))
     for _ in range(steps):
         # renormalise against rounding, as the NumPy core does
         loglam = torch.log_softmax(loglam + _log_grad(logC, loglam) - log_n, dim=-1)
@@ -424,10 +444,10 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: float | No
     elif steps == 1:
         # G_r = Σ_{i<r} γ_i under μ: an exclusive cumulative sum along the transitions
         gam = _responsibilities(C, mu)  # (..., n, m)
-        G = torch.cat([torch.zeros_like(gam[..., :1, :]), gam.cumsum(dim=-2)], dim=-2)  # (..., n+1, m)
+        G = torch.cat([gam.new_zeros(batch + (1, m)), gam.cumsum(dim=-2)], dim=-2)  # (..., n+1, m)
         loglam = torch.log_softmax(log_mu + eta * G / mu, dim=-1)  # (..., n+1, m)
     else:
-        loglam = _all_prefix_md(_log(C), log_mu, eta, steps)  # (..., n+1, m)
+        loglam = _all_prefix_md(torch.log(C), log_mu, eta, steps)  # (..., n+1, m)
 
     # predictive: sources of row r are y[m-1+r], ..., y[r] (lags 1..m) = window r reversed
     src = y.unfold(-1, m, 1).flip(-1)  # (..., n+1, m)
@@ -462,7 +482,6 @@ def _all_prefix_md(logC: torch.Tensor, log_mu: torch.Tensor, eta: float, steps: 
             # log (C[i,g] / s[r,i]) for used i, -inf otherwise (masking, never -inf · 0)
             terms = torch.where(used.unsqueeze(-1), lC.unsqueeze(-3) - log_s.unsqueeze(-1), ninf)  # (..., R, b-1, m)
             log_grad = torch.logsumexp(terms, dim=-2)  # (..., R, m)
-            step = (eta * torch.exp(log_grad)).clamp(max=torch.finfo(logC.dtype).max / 4)
-            new[..., a:b, :] = torch.log_softmax(ll + step, dim=-1)
+            new[..., a:b, :] = _eg_update(ll, log_grad, eta)
         loglam = new
     return loglam

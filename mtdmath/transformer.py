@@ -68,6 +68,17 @@ def _masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor
     return torch.softmax(scores, dim=-1).masked_fill(~any_allowed, 0.0)
 
 
+def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``logsumexp`` that gives -inf where every term is -inf with a zero (not NaN) gradient there.
+
+    ``torch.logsumexp`` back-propagates ``exp(-inf - (-inf)) = NaN`` through an all -inf slice,
+    which would poison training of a model whose pi has zeros; such slices are masked out.
+    """
+    dead = torch.isneginf(x).all(dim=dim, keepdim=True)
+    out = torch.logsumexp(x.masked_fill(dead, 0.0), dim=dim, keepdim=True)
+    return out.masked_fill(dead, -math.inf).squeeze(dim)
+
+
 def _init_device(generator: torch.Generator | None) -> torch.device:
     """Weights are drawn on the generator's device (CPU by default), then moved: a CPU
     generator gives the same weights whatever the model's device."""
@@ -326,7 +337,7 @@ class MDTransformer(nn.Module):
         src = y.unfold(1, m, 1).flip(-1)  # (B, T', m)
         log_rows = torch.log_softmax(self.value_logits.masked_fill(self.pi_zero, -math.inf), dim=-1)
         log_vals = log_rows[src]  # (B, T', m, S)
-        return torch.logsumexp(log_att.unsqueeze(-1) + log_vals, dim=2)  # (B, T', S)
+        return _logsumexp(log_att.unsqueeze(-1) + log_vals, dim=2)  # (B, T', S)
 
 
 # ----------------------------------------------------------------------------- StandardTransformer

@@ -1,0 +1,150 @@
+"""Shared helpers of the benchmark suite: backends, the copy-bandwidth limit, recording, the targets summary."""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+#: backends and the device each one runs on
+BACKENDS = ("numpy", "torch-cpu", "torch-cuda")
+DEVICE = {"torch-cpu": "cpu", "torch-cuda": "cuda"}
+
+#: bytes/s of a large copy per device ("numpy", "cpu", "cuda"), filled on first use
+BANDWIDTH: dict[str, float] = {}
+#: median times and extra info of every benchmark of this run, for the targets summary
+RESULTS: dict[tuple, dict[str, Any]] = {}
+LOAD: dict[str, Any] = {}
+
+COPY_BYTES = 256 * 2**20  # 8x the 32 MiB L3 of the reference machine
+COPY_REPS = 9
+
+
+def _copy_limit_key(backend: str) -> str:
+    return "numpy" if backend == "numpy" else DEVICE[backend]
+
+
+def measure_copy_bandwidth(backend: str) -> float:
+    """Copy bandwidth of ``backend`` in bytes moved per second (read + write), median of 9 copies."""
+    key = _copy_limit_key(backend)
+    if key not in BANDWIDTH:
+        n = COPY_BYTES // 8
+        if key == "numpy":
+            src, dst = np.ones(n), np.empty(n)
+            fn = lambda: np.copyto(dst, src)  # noqa: E731
+        else:
+            src = torch.ones(n, dtype=torch.float64, device=key)
+            dst = torch.empty_like(src)
+            sync = torch.cuda.synchronize if key == "cuda" else (lambda: None)
+            fn = lambda: (dst.copy_(src), sync())  # noqa: E731
+        fn()
+        ts = []
+        for _ in range(COPY_REPS):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        BANDWIDTH[key] = 2 * n * 8 / statistics.median(ts)
+        del src, dst
+    return BANDWIDTH[key]
+
+
+def synced(fn: Callable[[], Any], backend: str) -> Callable[[], Any]:
+    """``fn`` followed by a device synchronisation for CUDA (kernels are asynchronous)."""
+    if backend != "torch-cuda":
+        return fn
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def run(benchmark, fn: Callable[[], Any], *, backend: str, rounds: int, warmup: int = 1) -> Any:
+    """Time ``fn`` with a fixed number of rounds (one call each) after ``warmup`` calls."""
+    return benchmark.pedantic(synced(fn, backend), rounds=rounds, warmup_rounds=warmup, iterations=1)
+
+
+def record(benchmark, key: tuple, *, backend: str, min_bytes: float, **extra: Any) -> None:
+    """Store min_bytes and the fraction of the copy bandwidth in ``benchmark.extra_info``.
+
+    ``key`` = (group, kernel, backend, dtype, size) identifies the result in the summary.
+    """
+    benchmark.extra_info.update(min_bytes=int(min_bytes), backend=backend,
+                                THP_MEM_ALLOC_ENABLE=os.environ.get("THP_MEM_ALLOC_ENABLE"),
+                                torch_threads=torch.get_num_threads(), **extra)
+    if benchmark.stats is None:  # benchmarks disabled (plain `pytest bench`): a smoke run
+        return
+    med = benchmark.stats.stats.median
+    limit = measure_copy_bandwidth(backend)
+    raw = min_bytes / med / limit
+    benchmark.extra_info.update(median_s=med, achieved_GBps=min_bytes / med / 1e9, limit_GBps=limit / 1e9,
+                                fraction_of_limit=min(1.0, raw), fraction_raw=raw)
+    RESULTS[key] = dict(benchmark.extra_info)
+
+
+def nbytes(*arrays: Any) -> int:
+    """Total bytes of NumPy arrays / torch tensors."""
+    total = 0
+    for a in arrays:
+        total += a.numel() * a.element_size() if isinstance(a, torch.Tensor) else np.asarray(a).nbytes
+    return total
+
+
+# ----------------------------------------------------------------------------- summary
+def _fmt_t(s: float) -> str:
+    return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def target_summary() -> list[str]:
+    if not RESULTS:
+        return []
+    out = []
+    if LOAD:
+        out.append(f"load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in LOAD.get('start', ()))}, "
+                   f"at end {tuple(round(x, 2) for x in LOAD.get('end', ()))}; "
+                   f"copy bandwidth {', '.join(f'{k} {v / 1e9:.1f} GB/s' for k, v in BANDWIDTH.items())}")
+    # md-predictive: fraction of the copy bandwidth and speed-up over the naive loop
+    for key, r in RESULTS.items():
+        group, kernel, backend, dtype, size = key
+        if group == "md-predictive" and kernel == "md_predictive_all_prefixes" and backend != "numpy":
+            target = 0.25 if backend == "torch-cpu" else 0.40
+            ok = "met" if r["fraction_raw"] >= target else "MISSED"
+            out.append(f"md-predictive torch_core.md_predictive_all_prefixes {backend} {dtype} {size}: {_fmt_t(r['median_s'])}, "
+                       f"{100 * r['fraction_raw']:.1f} % of copy bandwidth (target >= {100 * target:.0f} %: {ok})")
+            naive = RESULTS.get(("md-predictive", "naive_loop", "numpy", "float64", size))
+            if naive:
+                sp = naive["scaled_median_s"] / r["median_s"]
+                out.append(f"    naive loop (scaled to the full batch) {_fmt_t(naive['scaled_median_s'])}: "
+                           f"speed-up {sp:.0f}x (target >= 50x: {'met' if sp >= 50 else 'MISSED'})")
+    # torch CPU against NumPy at the largest size of each kernel
+    largest: dict[tuple, str] = {}
+    for (group, kernel, backend, dtype, size), r in RESULTS.items():
+        if backend == "numpy" and r.get("largest"):
+            largest[(group, kernel)] = size
+    for (group, kernel), size in sorted(largest.items()):
+        t_np = RESULTS[(group, kernel, "numpy", "float64", size)]["median_s"]
+        for dtype in ("float64", "float32"):
+            r = RESULTS.get((group, kernel, "torch-cpu", dtype, size))
+            if r:
+                ratio = r["median_s"] / t_np
+                ok = "met" if ratio <= 1.0 else "MISSED"
+                out.append(f"{group} {kernel} {size}: torch-cpu {dtype} {_fmt_t(r['median_s'])} vs numpy "
+                           f"{_fmt_t(t_np)} (torch/numpy {ratio:.2f}; no slower than NumPy: {ok})")
+    # exact posterior
+    for size, limit in (("m3-n512", 1.0), ("m5-n64", 2.0)):
+        r = RESULTS.get(("bayes", "posterior_mean", "numpy", "float64", size))
+        if r:
+            ok = "met" if r["median_s"] < limit else "MISSED"
+            out.append(f"bayes posterior_mean {size}: {_fmt_t(r['median_s'])} (target < {limit:.0f} s: {ok})")
+    for key, r in RESULTS.items():
+        if key[1] == "posterior_mean_mc":
+            ex = RESULTS.get(("bayes", "posterior_mean", "numpy", "float64", key[4].split("-K")[0]))
+            exs = f"; exact {_fmt_t(ex['median_s'])}" if ex else ""
+            out.append(f"bayes posterior_mean_mc {key[4]}: {_fmt_t(r['median_s'])} for max |error| "
+                       f"{r['abs_error']:.1e} (stderr {r['stderr']:.1e}, target 1e-4){exs}")
+    return out

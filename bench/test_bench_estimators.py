@@ -1,0 +1,85 @@
+"""Group ``estimators``: k-step mirror descent and EM (k = 1, 5, 50) from μ, and the MLE (MATH.md §3).
+
+B x n x m = 1024 x 256 x 3 (lag factors of sequences from the in-context task, S = 16). The torch
+core has no MLE, so ``mle`` runs on NumPy only. Torch results are checked against NumPy before timing.
+"""
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+
+import _common as C
+import mtdmath as M
+from mtdmath import torch_core as tc
+
+B, n, m, S = 1024, 256, 3, 16
+SIZE = f"B{B}-n{n}-m{m}"
+ALPHA = np.array([2.0, 1.0, 0.5])
+MU = ALPHA / ALPHA.sum()
+ETA = M.eta_bayes(ALPHA)
+KS = (1, 5, 50)
+ROUNDS = {1: 15, 5: 7, 50: 3}
+VARIANTS = [("numpy", "float64"), ("torch-cpu", "float64"), ("torch-cpu", "float32"),
+            ("torch-cuda", "float64"), ("torch-cuda", "float32")]
+
+
+@lru_cache(maxsize=1)
+def lag_factors():
+    rng = np.random.default_rng(5)
+    pi = M.random_transition_matrix(S, rng=rng)
+    tokens, _ = M.sample_icl(pi, ALPHA, n + m, B, rng=rng)
+    return M.lag_factors(tokens, pi, m)
+
+
+def _fns(backend, dtype, k):
+    C_ = lag_factors()
+    if backend == "numpy":
+        return C_, (lambda: M.mirror_descent(C_, eta=ETA, steps=k, lam0=MU)), (lambda: M.em(C_, steps=k, lam0=MU))
+    Ct = torch.as_tensor(C_).to(C.DEVICE[backend], getattr(torch, dtype))
+    return (Ct, lambda: tc.mirror_descent(Ct, eta=ETA, steps=k, lam0=MU),
+            lambda: tc.em(Ct, steps=k, lam0=MU))
+
+
+def _check(got, want, dtype):
+    got = got.detach().cpu().double().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-10 if dtype == "float64" else 1e-4, atol=1e-12)
+
+
+CASES = [(v, k) for k in KS for v in VARIANTS]
+IDS = [f"{v[0]}-{v[1]}-k{k}-{SIZE}" for v, k in CASES]
+
+
+def _bench(benchmark, kernel, variant, k):
+    backend, dtype = variant
+    Cx, md, em = _fns(backend, dtype, k)
+    fn = md if kernel == "mirror_descent" else em
+    if backend != "numpy":
+        ref = (M.mirror_descent(lag_factors()[:8], eta=ETA, steps=k, lam0=MU) if kernel == "mirror_descent"
+               else M.em(lag_factors()[:8], steps=k, lam0=MU))
+        _check(fn()[:8], ref, dtype)
+    C.run(benchmark, fn, backend=backend, rounds=ROUNDS[k])
+    C.record(benchmark, ("estimators", f"{kernel}-k{k}", backend, dtype, SIZE), backend=backend,
+             min_bytes=C.nbytes(Cx) + B * m * np.dtype(dtype).itemsize, largest=True)
+
+
+@pytest.mark.benchmark(group="estimators")
+@pytest.mark.parametrize("variant,k", CASES, ids=IDS)
+def test_mirror_descent(benchmark, variant, k):
+    _bench(benchmark, "mirror_descent", variant, k)
+
+
+@pytest.mark.benchmark(group="estimators")
+@pytest.mark.parametrize("variant,k", CASES, ids=IDS)
+def test_em(benchmark, variant, k):
+    _bench(benchmark, "em", variant, k)
+
+
+@pytest.mark.benchmark(group="estimators")
+@pytest.mark.parametrize("backend", ["numpy"], ids=[f"numpy-float64-{SIZE}"])
+def test_mle(benchmark, backend):
+    C_ = lag_factors()
+    lam = C.run(benchmark, lambda: M.mle(C_), backend="numpy", rounds=3)
+    assert np.all(M.kkt_gap(lam, C_) < 1e-10)
+    C.record(benchmark, ("estimators", "mle", "numpy", "float64", SIZE), backend="numpy",
+             min_bytes=C.nbytes(C_) + B * m * 8)

@@ -1,0 +1,31 @@
+"""Experiments reproducing the paper's figures (MATH.md §6).
+
+``python -m mtdmath.experiments SUBCOMMAND`` with SUBCOMMAND one of
+
+- ``estimators`` — KL to the ground truth vs context length for k-step MD, EM, MLE, exact Bayes
+  and the constructed transformer (:mod:`.estimators`);
+- ``train`` — train the disentangled and standard transformers (:mod:`.train`);
+- ``compare`` — trained vs constructed vs one-step MD; attention maps; learned W1 (:mod:`.compare`);
+- ``depth`` — the 5-layer model vs k-step MD vs Bayes (:mod:`.depth`);
+- ``all`` — all four with the default configs, plus a summary of the paper's targets.
+
+Each experiment has a config dataclass; the functions ``run_*`` take it, an output directory,
+a seed and a torch device, and return the dict written to JSON.
+"""
+from .cli import main, run_all
+from .compare import CompareConfig
+from .compare import run as run_compare
+from .depth import DepthConfig
+from .depth import run as run_depth
+from .estimators import EstimatorsConfig
+from .estimators import run as run_estimators
+from .prefix_bayes import posterior_mean_all_prefixes
+from .train import TrainConfig
+from .train import run as run_train
+
+__all__ = [
+    "main", "run_all",
+    "EstimatorsConfig", "TrainConfig", "CompareConfig", "DepthConfig",
+    "run_estimators", "run_train", "run_compare", "run_depth",
+    "posterior_mean_all_prefixes",
+]

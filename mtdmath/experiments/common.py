@@ -1,0 +1,306 @@
+"""Shared pieces of the experiments: seeds, the task, per-prefix predictors, KL curves, I/O, run metadata.
+
+Conventions (MATH.md §6):
+
+- a sequence y of length T gives contexts of length L = m … T; the predictors' row r = L - m is
+  the law of ``y[L]`` given ``y[:L]`` (the rows of ``MDTransformer.forward``);
+- the ground truth of row r is ``p* = Σ_g lam*_g pi[y[L-g], :]`` with the sequence's own lam*;
+- the curve of a method is ``KL(p* ‖ p̂)`` averaged over sequences, with the standard error over
+  sequences ``std(ddof=1) / sqrt(N)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+import mtdmath as M
+
+# --------------------------------------------------------------------------- seeds
+#: stream keys: every random stream is ``default_rng([seed, KEY, ...])``, so the experiments
+#: share pi (same seed, order and vocabulary) while their data streams never overlap
+KEY_PI, KEY_EVAL, KEY_TRAIN, KEY_INIT, KEY_ESTIM = 1, 2, 3, 4, 5
+
+#: context lengths of the results table
+TABLE_L = (16, 32, 64)
+
+
+def rng_for(seed: int, *keys: int) -> np.random.Generator:
+    """A NumPy generator for the stream ``(seed, *keys)`` (independent streams per key tuple)."""
+    return np.random.default_rng([int(seed), *map(int, keys)])
+
+
+def torch_seed_for(seed: int, *keys: int) -> int:
+    """A 63-bit torch seed for the stream ``(seed, *keys)``."""
+    return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def make_task(seed: int, m: int, S: int, concentration: float, alpha_value: float) -> tuple[np.ndarray, np.ndarray]:
+    """The in-context task of MATH.md §1: pi with rows ~ Dirichlet(concentration·1_S), alpha = alpha_value·1_m.
+
+    pi depends on (seed, m) only (and S, concentration), so ``estimators`` and ``train`` at the
+    same seed and order see the same pi.
+    """
+    pi = M.random_transition_matrix(S, concentration=concentration, rng=rng_for(seed, KEY_PI, m))
+    return pi, np.full(m, float(alpha_value))
+
+
+# --------------------------------------------------------------------------- device, threads
+def resolve_device(device: str) -> torch.device:
+    """``cpu`` or ``cuda``; a clear error if CUDA is asked for and absent."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda' (got {device!r})")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was requested but torch.cuda.is_available() is False")
+    return torch.device(device)
+
+
+# --------------------------------------------------------------------------- per-prefix predictors
+def truth_all_prefixes(tokens: np.ndarray, lam: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """``p*`` for every context length L = m … T: ``Σ_g lam*_g pi[y[L-g], :]``, shape (B, T-m+1, S).
+
+    Formed with :func:`mtdmath.predictive` one prefix at a time (the NumPy core's own route).
+    """
+    m, T = lam.shape[-1], tokens.shape[-1]
+    return np.stack([M.predictive(lam, tokens[:, :L], pi) for L in range(m, T + 1)], axis=1)
+
+
+def estimator_all_prefixes(tokens: np.ndarray, pi: np.ndarray, alpha: np.ndarray, methods: list[str], *,
+                           em_steps: int = 1, mle_tol: float = 1e-10, progress: bool = False,
+                           desc: str = "estimators") -> dict[str, np.ndarray]:
+    """Predictive law after every prefix for NumPy-core estimators of lam (MATH.md §3-4).
+
+    Parameters
+    ----------
+    tokens : int ndarray (B, T)
+    pi : (S, S); alpha : (m,)
+    methods : list of str
+        ``"md1"`` … ``"md9"`` (k-step MD from μ with η* = 1/(1+α₀)), ``"em"`` (``em_steps`` EM
+        steps from μ), ``"mle"`` (:func:`mtdmath.mle`), ``"bayes"`` (exact posterior mean,
+        all prefixes in one forward pass).
+    em_steps : int
+    mle_tol : float
+        KKT-gap tolerance of the MLE: ``ℓ(MLE) - ℓ(lam) <= n·tol``, far below the KL scale.
+
+    Returns
+    -------
+    dict method -> ndarray (B, T-m+1, S); row r is the law of ``y[m+r]`` given ``y[:m+r]``,
+    computed with :func:`mtdmath.predictive` from that prefix's lam.
+    """
+    from tqdm.auto import tqdm
+
+    from .prefix_bayes import posterior_mean_all_prefixes
+
+    m, (B, T) = alpha.shape[0], tokens.shape
+    C = M.lag_factors(tokens, pi, m)  # (B, T-m, m); a prefix of r transitions uses C[:, :r]
+    n_rows = T - m + 1
+    lams: dict[str, np.ndarray] = {k: np.empty((B, n_rows, m)) for k in methods}
+    md_ks = sorted(int(k[2:]) for k in methods if k.startswith("md"))
+    mu = alpha / alpha.sum()
+    eta = M.eta_bayes(alpha)
+    if "bayes" in methods:
+        with tqdm(total=B, desc=f"{desc}: exact Bayes", disable=not progress, leave=False) as bar:
+            lams["bayes"] = posterior_mean_all_prefixes(C, alpha, progress=bar.update)
+    for r in tqdm(range(n_rows), desc=f"{desc}: MD/EM/MLE per prefix", disable=not progress, leave=False):
+        Cr = C[:, :r]
+        if md_ks:
+            lam = M.k_step_md(Cr, alpha, 0)  # μ
+            for k in range(1, max(md_ks) + 1):
+                # k-step MD = one more MD step (η*) from the (k-1)-step iterate (MATH.md §3)
+                lam = M.mirror_descent(Cr, eta=eta, steps=1, lam0=lam)
+                if k in md_ks:
+                    lams[f"md{k}"][:, r] = lam
+        if "em" in methods:
+            lams["em"][:, r] = M.em(Cr, steps=em_steps, lam0=mu)
+        if "mle" in methods:
+            lams["mle"][:, r] = M.mle(Cr, tol=mle_tol)
+    out = {}
+    for k in methods:
+        # predictive of row r from the prefix y[:m+r] (MATH.md §1)
+        out[k] = np.stack([M.predictive(lams[k][:, r], tokens[:, : m + r], pi) for r in range(n_rows)], axis=1)
+    return out
+
+
+@torch.no_grad()
+def model_all_prefixes(model: torch.nn.Module, tokens: np.ndarray, *, device: torch.device,
+                       batch: int = 256) -> np.ndarray:
+    """A transformer's predictive after every prefix, evaluated in float64, (B, T-m+1, S) ndarray."""
+    model = model.to(device=device, dtype=torch.float64).eval()
+    outs = []
+    for a in range(0, tokens.shape[0], batch):
+        y = torch.as_tensor(tokens[a : a + batch], device=device)
+        outs.append(model(y).cpu().numpy())
+    return np.concatenate(outs, axis=0)
+
+
+# --------------------------------------------------------------------------- KL curves
+def kl_per_sequence(p_true: np.ndarray, p_hat: np.ndarray) -> np.ndarray:
+    """``KL(p* ‖ p̂)`` in float64 with :func:`mtdmath.kl`, shape (B, T-m+1)."""
+    return M.kl(np.asarray(p_true, np.float64), np.asarray(p_hat, np.float64))
+
+
+def mean_se(x: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error over sequences, ``std(ddof=1)/sqrt(N)`` (0 for N = 1)."""
+    x = np.asarray(x, np.float64)
+    N = x.shape[axis]
+    se = x.std(axis=axis, ddof=1) / np.sqrt(N) if N > 1 else np.zeros_like(x.mean(axis=axis))
+    return x.mean(axis=axis), se
+
+
+def curves(kls: dict[str, np.ndarray]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per-method mean and standard-error curves (lists, JSON-ready) from per-sequence KLs (B, R)."""
+    mean, se = {}, {}
+    for k, v in kls.items():
+        mu_, s_ = mean_se(v, axis=0)
+        mean[k], se[k] = mu_.tolist(), s_.tolist()
+    return mean, se
+
+
+def table_at(kls: dict[str, np.ndarray], m: int, T: int, Ls: tuple[int, ...] = TABLE_L) -> dict[str, dict[str, list[float]]]:
+    """``{L: {method: [mean, se]}}`` at the context lengths Ls that exist (m <= L <= T)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for L in Ls:
+        if m <= L <= T:
+            out[str(L)] = {k: [float(a) for a in mean_se(v[:, L - m])] for k, v in kls.items()}
+    return out
+
+
+def paired_diff(kls: dict[str, np.ndarray], a: str, b: str, m: int, T: int,
+                Ls: tuple[int, ...] = TABLE_L) -> dict[str, list[float]]:
+    """``KL_a - KL_b`` at each L, paired over the same sequences: ``{L: [mean, se]}``."""
+    return {str(L): [float(x) for x in mean_se(kls[a][:, L - m] - kls[b][:, L - m])]
+            for L in Ls if m <= L <= T}
+
+
+# --------------------------------------------------------------------------- I/O and metadata
+def package_versions() -> dict[str, str]:
+    import matplotlib
+    import scipy
+    import tqdm
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "torch": torch.__version__, "matplotlib": matplotlib.__version__, "tqdm": tqdm.__version__,
+            "mtdmath": M.__version__}
+
+
+def _git_state() -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"commit": None, "dirty": None}
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+@contextmanager
+def run_meta(seed: int, device: torch.device) -> Iterator[dict[str, Any]]:
+    """Collects the metadata of one run; ``run_time_s`` (wall clock) is filled in on exit."""
+    meta: dict[str, Any] = {
+        "seed": int(seed), "device": str(device), "versions": package_versions(), "git": _git_state(),
+        "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg_start": _loadavg(),
+    }
+    t0 = time.perf_counter()
+    yield meta
+    meta["run_time_s"] = round(time.perf_counter() - t0, 3)
+    meta["loadavg_end"] = _loadavg()
+
+
+def _jsonable(x: Any) -> Any:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return _jsonable(dataclasses.asdict(x))
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> Path:
+    """Write ``obj`` as JSON (NumPy arrays and dataclasses converted; floats at full precision)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(_jsonable(obj), f, indent=1, allow_nan=True)
+        f.write("\n")
+    return path
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 90) -> Path:
+    """Save a matplotlib figure as a small PNG (Agg) and close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+#: plotting style per method (label, colour, line style)
+STYLE = {
+    "bayes": ("exact Bayes", "black", "-"),
+    "md1": ("1-step MD (η*)", "tab:blue", "-"),
+    "construction": ("constructed transformer", "tab:cyan", ":"),
+    "md2": ("2-step MD", "tab:purple", "-"),
+    "md3": ("3-step MD", "tab:pink", "-"),
+    "md4": ("4-step MD", "tab:brown", "-"),
+    "md5": ("5-step MD", "tab:olive", "-"),
+    "em": ("EM", "tab:orange", "--"),
+    "mle": ("MLE", "tab:red", "--"),
+    "trained_md3": ("trained disentangled (3 layers)", "tab:green", "-"),
+    "std3": ("trained standard (3 layers)", "tab:gray", "-"),
+    "std5": ("trained standard (5 layers)", "darkgoldenrod", "-"),
+}
+
+
+def plot_curves(ax: Any, L: list[int], mean: dict[str, list[float]], se: dict[str, list[float]],
+                methods: list[str]) -> None:
+    """KL-vs-L lines with ±1 standard-error bands, log y axis."""
+    for k in methods:
+        label, color, ls = STYLE.get(k, (k, None, "-"))
+        mu_, s_ = np.asarray(mean[k]), np.asarray(se[k])
+        lw = 2.5 if k == "construction" else 1.4
+        ax.plot(L, mu_, ls, color=color, label=label, lw=lw)
+        ax.fill_between(L, np.maximum(mu_ - s_, 1e-12), mu_ + s_, color=color, alpha=0.15, lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("context length L")
+    ax.set_ylabel("KL(p* ‖ p̂) [nats]")
+    ax.grid(alpha=0.3, which="both")

@@ -1,0 +1,105 @@
+"""``estimators``: KL to the ground truth vs context length for the estimators of lam (MATH.md §3-6).
+
+For each order m: draw pi once (rows ~ Dirichlet(concentration·1_S)), N sequences of length T
+with their own lam* ~ Dirichlet(alpha), and after every prefix L = m … T compare the predictive
+law of y[L] of each method with ``p* = Σ_g lam*_g pi[y[L-g], :]``:
+
+- ``md1`` one-step MD from μ with η* = 1/(1+α₀) (Theorem 1), ``md2`` … ``md5`` k-step MD;
+- ``em`` (``em_steps`` EM steps from μ), ``mle`` (EM/SQUAREM to a KKT gap < 1e-10);
+- ``bayes`` the exact posterior mean (Pólya-urn forward recursion, MATH.md §4);
+- ``construction`` the three-layer transformer of MATH.md §5 (``MDTransformer.construct``,
+  float64), which must coincide with ``md1``: the largest difference of the two predictive laws
+  is recorded and checked (``construction_vs_md1``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import mtdmath as M
+
+from . import common as X
+
+METHODS = ["bayes", "md1", "md2", "md3", "md4", "md5", "em", "mle"]
+
+
+@dataclass
+class EstimatorsConfig:
+    """Configuration of the ``estimators`` experiment."""
+
+    orders: tuple[int, ...] = field(default=(2, 3, 5), metadata={"help": "MTD orders m, one panel each"})
+    n_seqs: tuple[int, ...] = field(default=(500, 500, 48), metadata={
+        "help": "sequences per order (same length as --orders); exact Bayes at m = 5 costs ~1 s per sequence"})
+    T: int = field(default=64, metadata={"help": "sequence length: contexts L = m … T"})
+    S: int = field(default=8, metadata={"help": "vocabulary size"})
+    concentration: float = field(default=0.5, metadata={"help": "Dirichlet concentration β of the rows of pi"})
+    alpha: float = field(default=1.0, metadata={"help": "Dirichlet prior of lam: alpha = ALPHA · 1_m"})
+    em_steps: int = field(default=1, metadata={"help": "EM steps from the prior mean μ for the 'em' curve"})
+    mle_tol: float = field(default=1e-10, metadata={"help": "KKT-gap tolerance of the MLE"})
+
+    def __post_init__(self) -> None:
+        self.orders, self.n_seqs = tuple(map(int, self.orders)), tuple(map(int, self.n_seqs))
+        if len(self.orders) != len(self.n_seqs):
+            raise ValueError(f"n_seqs must have one entry per order (orders={self.orders}, n_seqs={self.n_seqs})")
+        if any(m < 1 for m in self.orders) or any(n < 2 for n in self.n_seqs):
+            raise ValueError(f"orders must be >= 1 and n_seqs >= 2 (got {self.orders}, {self.n_seqs})")
+        if self.T < max(self.orders) + 1:
+            raise ValueError(f"T must exceed every order (got T={self.T}, orders={self.orders})")
+
+    @classmethod
+    def quick(cls) -> "EstimatorsConfig":
+        return cls(orders=(2, 3, 5), n_seqs=(16, 12, 6), T=16)
+
+
+def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
+    """Run the sweep; write ``estimators.json`` and ``estimators.png`` under ``out``; return the JSON dict."""
+    from tqdm.auto import tqdm
+
+    results: dict[str, Any] = {}
+    with X.run_meta(seed, device) as meta:
+        for m, N in tqdm(list(zip(cfg.orders, cfg.n_seqs)), desc="estimators: orders", disable=not progress):
+            pi, alpha = X.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
+            tokens, lam = M.sample_icl(pi, alpha, cfg.T, N, rng=X.rng_for(seed, X.KEY_ESTIM, m))
+            p_true = X.truth_all_prefixes(tokens, lam, pi)
+            preds = X.estimator_all_prefixes(tokens, pi, alpha, METHODS, em_steps=cfg.em_steps,
+                                             mle_tol=cfg.mle_tol, progress=progress, desc=f"m={m}")
+            # the constructed transformer of MATH.md §5, float64, on the same sequences
+            model = M.MDTransformer.construct(pi, alpha, dtype=torch.float64, device=device)
+            preds["construction"] = X.model_all_prefixes(model, tokens, device=device)
+            kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
+            mean, se = X.curves(kls)
+            results[f"m={m}"] = {
+                "m": m, "n_seqs": N, "pi": pi, "alpha": alpha, "eta": M.eta_bayes(alpha),
+                "L": list(range(m, cfg.T + 1)),
+                "kl_mean": mean, "kl_se": se,
+                "table": X.table_at(kls, m, cfg.T),
+                "construction_vs_md1": {
+                    "max_abs_prob_diff": float(np.abs(preds["construction"] - preds["md1"]).max()),
+                    "max_abs_kl_curve_diff": float(np.max(np.abs(np.asarray(mean["construction"]) - mean["md1"]))),
+                },
+                "md1_minus_bayes": X.paired_diff(kls, "md1", "bayes", m, cfg.T),
+            }
+    fig_path = _plot(results, out / "estimators.png")
+    res = {"experiment": "estimators", "config": cfg, "seed": seed, "meta": meta, "results": results,
+           "methods": METHODS + ["construction"], "figures": [fig_path.name]}
+    X.write_json(out / "estimators.json", res)
+    return res
+
+
+def _plot(results: dict[str, Any], path: Path) -> Path:
+    plt = X.pyplot()
+    keys = list(results)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        r = results[key]
+        X.plot_curves(ax, r["L"], r["kl_mean"], r["kl_se"],
+                      ["mle", "em", "md5", "md4", "md3", "md2", "md1", "construction", "bayes"])
+        ax.set_title(f"m = {r['m']}  ({r['n_seqs']} sequences)")
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    fig.suptitle("KL to the ground truth vs context length (mean ± s.e. over sequences)")
+    fig.tight_layout()
+    return X.save_figure(fig, path)

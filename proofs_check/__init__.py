@@ -1,0 +1,21 @@
+"""proofs_check: programs that check the mathematics of MATH.md, and can fail.
+
+* ``python -m proofs_check.first_order`` — Theorem 1 (MATH.md §3), rows T1.1–T1.5;
+* ``python -m proofs_check.hessian`` — derivatives and Hessian bounds (MATH.md §2), rows H.1–H.4;
+* ``python -m proofs_check`` — both, one table; ``--json PATH`` writes it as JSON.
+
+Each claim is a check function taking its candidate formula(s) as arguments (defaults: the
+MATH.md formulas) and returning a :class:`~proofs_check._report.CheckResult`; passing a wrong
+candidate makes it FAIL. Submodules are imported lazily so that ``python -m
+proofs_check.first_order`` does not import itself twice.
+"""
+from ._report import CheckResult, Claim, Row, run_claims
+
+__all__ = ["CheckResult", "Claim", "Row", "run_claims", "all_claims"]
+
+
+def all_claims() -> list[Claim]:
+    """Every claim of both modules, Theorem 1 first."""
+    from . import first_order, hessian
+
+    return list(first_order.CLAIMS) + list(hessian.CLAIMS)

@@ -1,0 +1,269 @@
+"""Smoke tests of ``python -m mtdmath.experiments`` (issue 5) and of its all-prefix exact Bayes.
+
+The subcommands run end to end with their ``--quick`` configs (seconds); the tests check the
+JSON files' keys, shapes and finiteness, the PNG sizes, and — inside the ``estimators`` output —
+that the constructed-transformer curve equals the one-step MD curve to 1e-10. Both are float64
+evaluations of the same softmax (the transformer's layer 3 vs the NumPy core's MD step, one prefix
+at a time); their observed difference is ~1e-16, and 1e-10 is the issue's tolerance.
+
+Independent routes:
+- ``posterior_mean_all_prefixes`` (one forward pass, posterior taken at every level) vs
+  :func:`mtdmath.posterior_mean` called on each truncated prefix, and for m = 2 vs adaptive
+  quadrature of the Beta-weighted likelihood (scipy ``quad`` with the algebraic weight);
+  tolerance 1e-12 / 1e-9 (sums of nonnegative terms, no cancellation: float64 rounding ~1e-15;
+  quad's requested accuracy ~1e-11);
+- the k-step MD curves (NumPy core, one prefix at a time) vs the vectorised torch route
+  :func:`mtdmath.torch_core.md_predictive_all_prefixes`, 1e-10;
+- the learned-W1 row KL in ``compare.json`` vs ``scipy.special.rel_entr`` on the checkpoint's W1.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate, special
+
+import mtdmath as M
+from mtdmath.experiments import common as X
+from mtdmath.experiments import posterior_mean_all_prefixes
+from mtdmath.experiments.cli import EXPERIMENTS, build_parser, main
+from mtdmath.experiments.train import load_checkpoint
+from strategies import alphas, lag_factor_arrays
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 3
+
+
+def _load(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _finite(x) -> bool:
+    return bool(np.all(np.isfinite(np.asarray(x, dtype=np.float64))))
+
+
+@pytest.fixture(scope="module")
+def quick_all(tmp_path_factory) -> Path:
+    """``all --quick`` once for the module (estimators, train, compare, depth, summary)."""
+    out = tmp_path_factory.mktemp("all")
+    main(["all", "--quick", "--out", str(out), "--seed", str(SEED), "--no-progress"])
+    return out
+
+
+# --------------------------------------------------------------------------- all --quick
+def test_all_writes_every_file_small_pngs(quick_all):
+    want = ["estimators/estimators.json", "estimators/estimators.png", "train/train.json", "train/train_loss.png",
+            "train/checkpoints/md3.pt", "train/checkpoints/std3.pt", "train/checkpoints/std5.pt",
+            "compare/compare.json", "compare/compare_kl.png", "compare/compare_attention.png",
+            "compare/compare_w1.png", "depth/depth.json", "depth/depth.png", "summary.json", "summary.md"]
+    for rel in want:
+        assert (quick_all / rel).is_file(), rel
+    for png in quick_all.rglob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size < 300_000, png
+
+
+def _check_meta(res: dict, seed: int = SEED) -> None:
+    assert res["seed"] == seed and res["meta"]["seed"] == seed
+    assert res["meta"]["run_time_s"] >= 0
+    for pkg in ("python", "numpy", "torch", "scipy", "matplotlib", "mtdmath"):
+        assert res["meta"]["versions"][pkg]
+    assert isinstance(res["config"], dict) and res["config"]
+
+
+def _check_curves(res: dict, methods: list[str], m: int, T: int) -> None:
+    assert res["L"] == list(range(m, T + 1))
+    for k in methods:
+        for key in ("kl_mean", "kl_se"):
+            v = np.asarray(res[key][k])
+            assert v.shape == (T - m + 1,), (k, key)
+            assert _finite(v) and np.all(v >= 0), (k, key)
+
+
+def test_estimators_json_and_construction_equals_one_step_md(quick_all):
+    res = _load(quick_all / "estimators/estimators.json")
+    _check_meta(res)
+    cfg = res["config"]
+    assert [r["m"] for r in res["results"].values()] == cfg["orders"]
+    for key, r in res["results"].items():
+        m = r["m"]
+        methods = ["bayes", "md1", "md2", "md3", "md4", "md5", "em", "mle", "construction"]
+        _check_curves(r, methods, m, cfg["T"])
+        assert np.asarray(r["pi"]).shape == (cfg["S"], cfg["S"])
+        # the constructed transformer IS one-step MD (MATH.md §5): curves equal to 1e-10
+        diff = np.abs(np.asarray(r["kl_mean"]["construction"]) - np.asarray(r["kl_mean"]["md1"]))
+        assert diff.max() <= 1e-10, (key, diff.max())
+        assert r["construction_vs_md1"]["max_abs_prob_diff"] <= 1e-10
+        # at L = m there is no transition: every estimator predicts with the prior mean μ
+        # (uniform here, alpha = 1), so the first points of MD, EM, Bayes and MLE coincide
+        first = [r["kl_mean"][k][0] for k in ("bayes", "md1", "md5", "em", "mle")]
+        np.testing.assert_allclose(first, first[0], rtol=1e-12, atol=0)
+        assert set(r["table"]) == {str(L) for L in X.TABLE_L if m <= L <= cfg["T"]}
+
+
+def test_train_json_and_checkpoints(quick_all):
+    res = _load(quick_all / "train/train.json")
+    _check_meta(res)
+    cfg = res["config"]
+    pi, _ = X.make_task(SEED, cfg["m"], cfg["S"], cfg["concentration"], cfg["alpha"])
+    np.testing.assert_array_equal(np.asarray(res["pi"]), pi)  # the same pi as `estimators` at this seed
+    for kind in cfg["models"]:
+        rec = res["models"][kind]
+        c = rec["loss_curve"]
+        n_points = len(c["step"])
+        assert n_points >= 1 and c["step"][-1] == rec["steps"]
+        for k in ("loss", "construction_nll", "lr"):
+            assert len(c[k]) == n_points and _finite(c[k])
+        model, ck = load_checkpoint(quick_all / f"train/checkpoints/{kind}.pt", torch.device("cpu"))
+        np.testing.assert_array_equal(ck["pi"].numpy(), pi)
+        y = torch.as_tensor(M.sample_icl(pi, ck["alpha"].numpy(), 10, 2, rng=0)[0])
+        p = model(y)
+        assert p.shape == (2, 10 - cfg["m"] + 1, cfg["S"]) and _finite(p.detach())
+
+
+def test_compare_json(quick_all):
+    res = _load(quick_all / "compare/compare.json")
+    _check_meta(res)
+    m, T, S = res["m"], res["config"]["T"], len(res["pi"])
+    _check_curves(res, ["trained_md3", "std3", "std5", "construction", "md1", "bayes"], m, T)
+    assert res["construction_vs_md1_max_abs_prob_diff"] <= 1e-10
+    for L, v in res["gap_trained_md3_minus_construction"].items():
+        assert len(v) == 2 and _finite(v)
+        t = res["table"][L]
+        np.testing.assert_allclose(v[0], t["trained_md3"][0] - t["construction"][0], rtol=0, atol=1e-12)
+    att = res["attention"]
+    Ta = res["config"]["attention_T"]
+    for key in ("trained_md3", "construction"):
+        A = np.asarray(att[key])
+        assert A.shape == (3, Ta, Ta) and _finite(A)
+        # causal, and the softmax layers' rows sum to 1 where defined (t >= m for layer 1)
+        assert np.all(np.triu(A[0], 0) == 0) and np.all(np.triu(A[2], 1) == 0)
+        np.testing.assert_allclose(A[0][m:].sum(axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(A[2][m - 1:].sum(axis=1), 1.0, atol=1e-5)
+    w1 = res["w1"]
+    learned, target = np.asarray(w1["learned_softmax_W1_T"]), np.asarray(w1["colnorm_pi_T"])
+    assert learned.shape == target.shape == (S, S)
+    # independent route: rel_entr on the checkpoint's W1
+    model, _ = load_checkpoint(quick_all / "train/checkpoints/md3.pt", torch.device("cpu"))
+    W1 = model.W1.detach().numpy()
+    q = np.exp(W1 - W1.max(axis=0)) / np.exp(W1 - W1.max(axis=0)).sum(axis=0)  # softmax over keys
+    pi = np.asarray(res["pi"])
+    p = pi / pi.sum(axis=0)
+    row_kl = special.rel_entr(p, q).sum(axis=0)  # one KL per query token (column of W1)
+    np.testing.assert_allclose(w1["row_kl"], row_kl, rtol=1e-9, atol=1e-12)
+    assert w1["mean_row_kl"] == pytest.approx(row_kl.mean(), rel=1e-9)
+
+
+def test_depth_json_and_summary(quick_all):
+    res = _load(quick_all / "depth/depth.json")
+    _check_meta(res)
+    m, T = res["m"], res["config"]["T"]
+    _check_curves(res, ["md1", "md2", "md3", "md4", "md5", "bayes", "std3", "std5"], m, T)
+    assert set(res["std5_minus_md"]) == {"md1", "md2", "md3", "md4", "md5"}
+    # depth and compare use the same evaluation sequences: their shared curves agree exactly
+    cmp_ = _load(quick_all / "compare/compare.json")
+    for k in ("md1", "bayes", "std5"):
+        assert res["kl_mean"][k] == cmp_["kl_mean"][k]
+    s = _load(quick_all / "summary.json")
+    for name in ("trained_md3_within_0.01_of_construction", "learned_W1_row_kl_below_0.05", "std5_no_worse_than_md2"):
+        assert isinstance(s["targets"][name]["met"], bool)
+    assert set(s["run_times_s"]) >= {"estimators", "train", "compare", "depth"}
+    md = (quick_all / "summary.md").read_text()
+    assert "| target (paper) | measured | met? |" in md and "exact Bayes" in md
+
+
+# --------------------------------------------------------------------------- each subcommand via the CLI
+def test_each_subcommand_with_explicit_options(quick_all, tmp_path):
+    ck = str(quick_all / "train/checkpoints")
+    est = main(["estimators", "--quick", "--orders", "2", "--n-seqs", "4", "--T", "9", "--seed", "1",
+                "--out", str(tmp_path / "e"), "--no-progress"])
+    assert est["config"].orders == (2,) and est["config"].T == 9
+    assert list(est["results"]) == ["m=2"] and len(est["results"]["m=2"]["L"]) == 8
+    tr = main(["train", "--quick", "--models", "md3", "--steps-md", "3", "--log-every", "1",
+               "--out", str(tmp_path / "t"), "--no-progress"])
+    assert list(tr["models"]) == ["md3"] and tr["models"]["md3"]["loss_curve"]["step"] == [1, 2, 3]
+    for cmd in ("compare", "depth"):
+        res = main([cmd, "--quick", "--checkpoints", ck, "--n-eval", "3", "--T", "8",
+                    "--out", str(tmp_path / cmd), "--no-progress"])
+        assert (tmp_path / cmd / f"{cmd}.json").is_file()
+        assert len(res["kl_mean"]["bayes"]) == 8 - res["m"] + 1
+
+
+def test_help_documents_every_option():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, (cfg_cls, _, _) in EXPERIMENTS.items():
+        text = sub.choices[name].format_help()
+        for opt in ("--seed", "--out", "--device", "--quick", "--threads"):
+            assert opt in text
+        for f in cfg_cls.__dataclass_fields__.values():
+            assert f"--{f.name.replace('_', '-')}" in text, (name, f.name)
+            assert f.metadata.get("help"), (name, f.name)
+    # the module entry point works
+    r = subprocess.run([sys.executable, "-m", "mtdmath.experiments", "--help"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and "estimators" in r.stdout and "depth" in r.stdout
+
+
+def test_bad_input():
+    with pytest.raises(SystemExit):
+        main(["estimators", "--device", "tpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="cuda"):
+            main(["estimators", "--quick", "--device", "cuda"])
+    with pytest.raises(ValueError, match="n_seqs"):
+        main(["estimators", "--quick", "--orders", "2", "3", "--n-seqs", "5", "--no-progress"])
+    with pytest.raises(ValueError, match="models"):
+        main(["train", "--quick", "--models", "gpt9", "--no-progress"])
+    with pytest.raises(ValueError, match="checkpoints"):
+        main(["compare", "--quick", "--checkpoints", "/nonexistent/dir", "--no-progress"])
+
+
+# --------------------------------------------------------------------------- building blocks
+@settings(max_examples=60)  # each example runs one recursion and n+1 reference calls
+@given(data=st.data())
+def test_prefix_bayes_matches_posterior_mean_per_prefix(data):
+    m = data.draw(st.integers(1, 5))
+    C = data.draw(lag_factor_arrays(m=m, n=st.integers(0, 14), batch=st.sampled_from([(1,), (3,)])))
+    alpha = data.draw(alphas(m=m, low=0.1, high=20.0))
+    post = posterior_mean_all_prefixes(C, alpha, chunk=2)
+    assert post.shape == (C.shape[0], C.shape[1] + 1, m)
+    for r in range(C.shape[1] + 1):
+        np.testing.assert_allclose(post[:, r], M.posterior_mean(C[:, :r], alpha), rtol=0, atol=1e-12)
+
+
+def test_prefix_bayes_matches_quadrature_m2():
+    rng = np.random.default_rng(0)
+    C = rng.uniform(0.01, 1.0, size=(2, 12, 2))
+    alpha = np.array([0.7, 2.5])
+    post = posterior_mean_all_prefixes(C, alpha)
+    for b in range(2):
+        for r in (0, 1, 5, 12):
+            def lik(x, k=0):
+                return x**k * np.prod(C[b, :r, 0] * x + C[b, :r, 1] * (1 - x))
+            # Beta(α1, α2) density ∝ x^(α1-1) (1-x)^(α2-1): the 'alg' weight of quad handles it exactly
+            kw = dict(weight="alg", wvar=(alpha[0] - 1, alpha[1] - 1), epsabs=0, epsrel=1e-12, limit=200)
+            num, _ = integrate.quad(lambda x: lik(x, 1), 0, 1, **kw)
+            den, _ = integrate.quad(lik, 0, 1, **kw)
+            assert post[b, r, 0] == pytest.approx(num / den, abs=1e-9)
+
+
+def test_kstep_md_curves_match_torch_all_prefix_route():
+    rng = np.random.default_rng(1)
+    pi = M.random_transition_matrix(5, concentration=0.5, rng=rng)
+    alpha = np.array([0.5, 1.5, 3.0])
+    tokens, _ = M.sample_icl(pi, alpha, 20, 3, rng=rng)
+    preds = X.estimator_all_prefixes(tokens, pi, alpha, ["md1", "md2", "md3"])
+    for k in (1, 2, 3):
+        want = M.torch_core.md_predictive_all_prefixes(tokens, pi, alpha, steps=k).numpy()
+        np.testing.assert_allclose(preds[f"md{k}"], want, rtol=0, atol=1e-10)
