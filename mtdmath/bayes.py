@@ -287,6 +287,27 @@ def log_evidence(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> n
     return le.reshape(batch)
 
 
+def _log_prod(x: np.ndarray) -> np.ndarray:
+    """``Σ log x`` over the last axis, x >= 0 (-inf if a factor is 0).
+
+    Speed: a log costs ~10x a product, so when every factor lies in [1e-36, 1e36] the factors
+    are first multiplied in pairs three times (a product of 8 such factors stays within
+    [1e-288, 1e288]: no underflow, no overflow) and only the products are logged.
+    """
+    acc = np.zeros(x.shape[:-1])
+    if x.shape[-1] >= 2 and x.min() >= 1e-36 and x.max() <= 1e36:
+        for _ in range(3):
+            L = x.shape[-1]
+            if L < 2:
+                break
+            h = L // 2
+            if L % 2:
+                acc += np.log(x[..., -1])
+            x = x[..., :h] * x[..., h: 2 * h]
+    with np.errstate(divide="ignore"):
+        return acc + np.log(x).sum(axis=-1)
+
+
 def posterior_mean_mc(
     C: Any, alpha: Any, *, samples: int, rng: Any = None, chunk: int = 4096
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -316,6 +337,7 @@ def posterior_mean_mc(
     gen = V.as_rng(rng)
     batch, (n, m) = C.shape[:-2], C.shape[-2:]
     Cf = C.reshape((int(np.prod(batch)), n, m))
+    CfT = np.ascontiguousarray(np.swapaxes(Cf, 1, 2))  # (B, m, n)
     Bn = Cf.shape[0]
     # running sums of w, w·lam, w²·lam, w²·lam², w², all relative to a running max log-weight
     top = np.full(Bn, -np.inf)
@@ -326,8 +348,7 @@ def posterior_mean_mc(
         k = min(chunk, samples - done)
         lam = gen.dirichlet(alpha, size=k)  # (k, m)
         lam /= lam.sum(axis=1, keepdims=True)
-        with np.errstate(divide="ignore"):
-            logw = np.log(np.einsum("bnm,km->bkn", Cf, lam)).sum(axis=-1)  # (B, k)
+        logw = _log_prod(np.matmul(lam, CfT))  # (B, k): Σ_i log(C[i]·lam_k)
         new_top = np.maximum(top, logw.max(axis=1))
         f = np.exp(top - new_top)  # rescale old sums to the new max (0 at the start)
         f = np.where(np.isfinite(top), f, 0.0)

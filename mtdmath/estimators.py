@@ -34,8 +34,35 @@ def _log_grad(logC: np.ndarray, loglam: np.ndarray) -> np.ndarray:
     return _logsumexp(logC - log_s[..., None], axis=-2)
 
 
-def _normalise_log(loglam: np.ndarray) -> np.ndarray:
-    return loglam - _logsumexp(loglam, axis=-1)[..., None]
+def _normalise_log(z: np.ndarray) -> np.ndarray:
+    """log_softmax over the last axis; shifting by the max *first* keeps huge z exact (no absorption)."""
+    top = np.max(z, axis=-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    shifted = z - top
+    with np.errstate(divide="ignore"):
+        return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+#: below this, s_i = C[i]·lam is recomputed in log space (the linear sum is exact to rounding above it)
+_TINY = 1e-250
+
+
+def _grad(C: np.ndarray, logC: np.ndarray, loglam: np.ndarray) -> np.ndarray:
+    """∇ℓ(lam)_g = Σ_i C[i,g] / s_i, shape (..., m); C and loglam share one batch shape.
+
+    The linear-space sum is the most accurate route; a batch element with some s_i below
+    1e-250 (a lag weight has collapsed) is recomputed in log space. The result may be +inf
+    (overflow) for a collapsed weight; callers handle it.
+    """
+    lam = np.exp(loglam)
+    s = (C @ lam[..., :, None])[..., 0]  # (..., n)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        g = (C / s[..., None]).sum(axis=-2)
+    bad = np.any(s < _TINY, axis=-1)
+    if np.any(bad):
+        with np.errstate(over="ignore"):
+            g[bad] = np.exp(_log_grad(logC[bad], loglam[bad]))
+    return g
 
 
 def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[np.ndarray, np.ndarray]:
@@ -58,19 +85,54 @@ def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[np.ndarray, np
     return C, lam0
 
 
-def _md_log_step(logC: np.ndarray, loglam: np.ndarray, eta: float) -> np.ndarray:
-    """One exponentiated-gradient step in log space: ``log lam⁺ = log lam + η ∇ℓ(lam) - log Z``."""
-    with np.errstate(over="ignore"):
-        step = eta * np.exp(_log_grad(logC, loglam))
-    # ∇ℓ_g ≤ n / lam_g is finite; only a lag weight below ~1e-300 could overflow it, and any
-    # finite step above ~1e300 already makes the softmax one-hot in float64.
-    step = np.minimum(step, 1e300)
-    return _normalise_log(loglam + step)
+_FMAX = np.finfo(np.float64).max
+_LOG_HUGE = np.log(_FMAX) - np.log(4.0)
 
 
-def _em_log_step(logC: np.ndarray, loglam: np.ndarray, log_n: float) -> np.ndarray:
-    """One EM step in log space: ``lam⁺_g = lam_g ∇ℓ(lam)_g / n`` (renormalised against rounding)."""
-    return _normalise_log(loglam + _log_grad(logC, loglam) - log_n)
+def _md_log_step(C: np.ndarray, logC: np.ndarray, loglam: np.ndarray, eta: float) -> np.ndarray:
+    """One exponentiated-gradient step in log space: ``log lam⁺ = log_softmax(log lam + η ∇ℓ(lam))``.
+
+    ``∇ℓ_g`` can overflow once a lag weight has collapsed (large steps). With
+    ``K = max_g η∇ℓ_g`` over the support, write ``log lam + η∇ℓ = K·w`` with
+    ``w_g = log lam_g / K + η∇ℓ_g / K`` (order 1): then ``log lam⁺ = K (w - max w) - log #ties``,
+    0 on the maximiser(s) and ``-K (max w - w_g)`` elsewhere, exact to the resolution of w
+    (clamping the step instead would create false ties). Log-weights are floored at
+    ``-finfo.max``: a weight on the support stays positive in log space, so no later
+    ``C[i]·lam`` is 0 and no NaN appears.
+    """
+    if eta == 0:
+        return _normalise_log(loglam)
+    support = loglam > -np.inf
+    with np.errstate(divide="ignore", over="ignore"):
+        step = eta * _grad(C, logC, loglam)  # (..., m), may be +inf
+        out = _normalise_log(loglam + np.minimum(step, np.exp(_LOG_HUGE)))
+        log_K = np.log(np.max(np.where(support, step, 0.0), axis=-1, keepdims=True))
+    over = log_K > _LOG_HUGE  # (..., 1)
+    if np.any(over):
+        log_step = np.log(eta) + _log_grad(logC, loglam)  # finite where the linear step overflowed
+        log_K = np.max(np.where(support, log_step, -np.inf), axis=-1, keepdims=True)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            w = np.where(support, loglam * np.exp(-log_K) + np.exp(log_step - log_K), -np.inf)
+            w_max = np.max(w, axis=-1, keepdims=True)
+            top = w == w_max
+            gap = -np.minimum(np.exp(log_K + np.log(w_max - w)), _FMAX)
+        limit = np.where(top, -np.log(top.sum(axis=-1, keepdims=True)), gap)
+        out = np.where(over, np.where(support, limit, -np.inf), out)
+    return np.where(support, np.maximum(out, -_FMAX), -np.inf)
+
+
+def _em_log_step(C: np.ndarray, logC: np.ndarray, loglam: np.ndarray, log_n: float) -> np.ndarray:
+    """One EM step in log space: ``lam⁺_g = lam_g ∇ℓ(lam)_g / n`` (renormalised against rounding).
+
+    ``lam_g ∇ℓ_g <= n``, so the product never overflows; where ∇ℓ_g itself overflowed its
+    log comes from the log-space route.
+    """
+    g = _grad(C, logC, loglam)
+    with np.errstate(divide="ignore"):
+        lg = np.log(g)
+    if not np.all(np.isfinite(g)):
+        lg = np.where(np.isfinite(g), lg, _log_grad(logC, loglam))
+    return _normalise_log(loglam + lg - log_n)
 
 
 # ----------------------------------------------------------------------------- public
@@ -102,7 +164,7 @@ def mirror_descent(C: Any, *, eta: float, steps: int = 1, lam0: Any = None) -> n
         return lam0.copy()
     logC, loglam = _log(C), _log(lam0)
     for _ in range(steps):
-        loglam = _md_log_step(logC, loglam, eta)
+        loglam = _md_log_step(C, logC, loglam, eta)
     return np.exp(loglam)
 
 
@@ -118,7 +180,7 @@ def em(C: Any, *, steps: int = 1, lam0: Any = None) -> np.ndarray:
         return lam0.copy()
     logC, loglam, log_n = _log(C), _log(lam0), np.log(n)
     for _ in range(steps):
-        loglam = _em_log_step(logC, loglam, log_n)
+        loglam = _em_log_step(C, logC, loglam, log_n)
     return np.exp(loglam)
 
 
@@ -135,7 +197,8 @@ def kkt_gap(lam: Any, C: Any) -> np.ndarray:
     batch = np.broadcast_shapes(C.shape[:-2], lam.shape[:-1])
     if n == 0:
         return np.zeros(batch)
-    return np.exp(_log_grad(_log(C), _log(lam))).max(axis=-1) / n - 1.0
+    C, lam = np.broadcast_to(C, batch + C.shape[-2:]), np.broadcast_to(lam, batch + lam.shape[-1:])
+    return _grad(C, _log(C), _log(lam)).max(axis=-1) / n - 1.0
 
 
 def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> np.ndarray:
@@ -168,7 +231,8 @@ def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> np.ndarray:
     batch, (n, m) = C.shape[:-2], C.shape[-2:]
     if n == 0 or m == 1:
         return lam0.copy()
-    logC = _log(C).reshape((-1, n, m))  # (B, n, m)
+    Cf = C.reshape((-1, n, m))  # (B, n, m)
+    logC = _log(Cf)
     loglam = _log(lam0).reshape((-1, m)).copy()
     log_n = np.log(n)
     active = np.arange(loglam.shape[0])
@@ -177,17 +241,18 @@ def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> np.ndarray:
         return _logsumexp(lC + ll_[..., None, :], axis=-1).sum(axis=-1)
 
     for _ in range(max_steps):
-        lC, x = logC[active], loglam[active]
-        lgrad = _log_grad(lC, x)
+        Ca, lC, x = Cf[active], logC[active], loglam[active]
+        with np.errstate(divide="ignore"):
+            lgrad = np.log(_grad(Ca, lC, x))
         gap = np.exp(lgrad.max(axis=-1) - log_n) - 1.0
         done = gap < tol
         if np.all(done):
             active = active[:0]
             break
         keep = ~done
-        active, lC, x, lgrad = active[keep], lC[keep], x[keep], lgrad[keep]
+        active, Ca, lC, x, lgrad = active[keep], Ca[keep], lC[keep], x[keep], lgrad[keep]
         f1 = _normalise_log(x + lgrad - log_n)
-        f2 = _em_log_step(lC, f1, log_n)
+        f2 = _em_log_step(Ca, lC, f1, log_n)
         lam, l1, l2 = np.exp(x), np.exp(f1), np.exp(f2)
         r, v = l1 - lam, l2 - 2 * l1 + lam
         rn, vn = np.linalg.norm(r, axis=-1), np.linalg.norm(v, axis=-1)
@@ -197,7 +262,7 @@ def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> np.ndarray:
         ext = lam - 2 * a * r + a * a * v
         ok = np.all(ext > 0, axis=-1)
         ext_log = _normalise_log(_log(np.where(ok[:, None], ext, l2)))
-        ext_log = _em_log_step(lC, ext_log, log_n)  # stabilising EM step
+        ext_log = _em_log_step(Ca, lC, ext_log, log_n)  # stabilising EM step
         better = ok & (ll(lC, ext_log) >= ll(lC, f2))
         loglam[active] = np.where(better[:, None], ext_log, f2)
     if active.size:

@@ -195,19 +195,23 @@ def _md_log_step(logC: torch.Tensor, loglam: torch.Tensor, eta: float) -> torch.
 
 
 def _eg_update(loglam: torch.Tensor, log_grad: torch.Tensor, eta: float) -> torch.Tensor:
-    """``log_softmax(log lam + η exp(log_grad))`` over the last axis, exact when the step overflows.
+    """``log_softmax(log lam + η exp(log_grad))`` over the last axis, kept finite on the support.
 
-    ``∇ℓ_g`` can exceed the dtype's range when a lag weight has collapsed (``lam_g`` below
-    ~1e-308 in float64 while a transition needs that lag). Let ``K = max_g η∇ℓ_g`` over the
-    support of lam. When ``K`` is not representable, ``log lam + η∇ℓ = K·w`` with
-    ``w_g = log lam_g / K + exp(log η∇ℓ_g - log K)`` (all of order 1 or below), and the softmax
-    of ``K·w`` with ``K > 1e307`` is one-hot on ``argmax w``, split evenly among exact ties —
-    the limit, not an approximation, at the dtype's resolution. (Clamping the step instead would
-    turn distinct huge steps into false ties.)
+    ``∇ℓ_g`` overflows when a lag weight has collapsed (mirror descent with a step far above
+    1/L, where ∇ℓ ~ 1/lam grows doubly exponentially). Let ``K = max_g η∇ℓ_g`` over the support
+    of lam. When K is not representable, write ``log lam + η∇ℓ = K·w`` with
+    ``w_g = log lam_g / K + exp(log η∇ℓ_g - log K)`` (all of order 1): then
+    ``log lam⁺_g = K (w_g - max w) - log #ties``, i.e. 0 on the maximiser(s) of w and
+    ``-exp(log K + log(max w - w_g))`` elsewhere — exact to the dtype's resolution of w.
+    (Clamping the step instead would turn distinct huge steps into false ties and leave the
+    simplex.) A value below ``-finfo.max`` is floored there: lam_g stays a positive (if
+    unrepresentably small) weight, as it is for every iterate of MD from an interior point,
+    so the next ``C[i]·lam`` is never 0 and no NaN appears.
     """
     if eta == 0:
         return torch.log_softmax(loglam, dim=-1)
-    log_huge = math.log(torch.finfo(loglam.dtype).max) - math.log(4.0)
+    fmax = torch.finfo(loglam.dtype).max
+    log_huge = math.log(fmax) - math.log(4.0)
     log_step = math.log(eta) + log_grad  # (..., m)
     support = loglam > -math.inf
     log_K = log_step.masked_fill(~support, -math.inf).amax(dim=-1, keepdim=True)  # (..., 1)
@@ -215,10 +219,12 @@ def _eg_update(loglam: torch.Tensor, log_grad: torch.Tensor, eta: float) -> torc
     overflow = log_K > log_huge  # (..., 1)
     if bool(overflow.any()):
         w = (loglam * torch.exp(-log_K) + torch.exp(log_step - log_K)).masked_fill(~support, -math.inf)
-        top = w == w.amax(dim=-1, keepdim=True)
-        limit = torch.where(top, -torch.log(top.sum(dim=-1, keepdim=True).to(w.dtype)), -math.inf)
-        out = torch.where(overflow, limit, out)
-    return out
+        w_max = w.amax(dim=-1, keepdim=True)
+        top = w == w_max
+        gap = -torch.exp(log_K + torch.log(w_max - w)).clamp(max=fmax)  # K (w_g - max w), floored
+        limit = torch.where(top, -torch.log(top.sum(dim=-1, keepdim=True).to(w.dtype)), gap)
+        out = torch.where(overflow, limit.masked_fill(~support, -math.inf), out)
+    return torch.where(support, out.clamp(min=-fmax), -math.inf)  # floor on the support only
 
 
 def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,3 +32,41 @@ def numpy_prefix_md(tokens, pi, alpha, *, eta=None, steps=1):
         lam[:, t - m + 1] = M.k_step_md(M.lag_factors(y, pi, m), alpha, steps, eta=eta)
         probs[:, t - m + 1] = M.predictive(lam[:, t - m + 1], y, pi)
     return lam, probs
+
+
+def md_well_conditioned(C, eta, steps, lam0=None, kappa=1e5):
+    """Whether ``steps`` MD steps on C are well conditioned in float64, per batch element.
+
+    True when every iterate before the last (as the NumPy core computes it) gives each
+    transition a probability ``C[i]·lam > 0`` and has ``κ = η·max_g ∇ℓ_g <= kappa``. κ is the
+    condition number of the step ``log lam⁺ = log lam + η∇ℓ - log Z``: a relative rounding
+    error ε of ∇ℓ moves log lam⁺ by ~κε, so two correct float64 implementations agree to
+    ~κ·1e-15 relative, and 1e-10 needs κ <= 1e5. Far beyond, mirror descent with a step far
+    above 1/L collapses a weight to ``exp(-huge)`` and the next gradient ~ 1/lam overflows: the
+    exact iterate is not representable (nor checkable with 60-digit mpmath). Returns a bool
+    array of shape ``C.shape[:-2]`` (broadcast with lam0).
+    """
+    C = np.asarray(C, dtype=np.float64)
+    m = C.shape[-1]
+    lam0 = np.full(m, 1.0 / m) if lam0 is None else np.asarray(lam0, dtype=np.float64)
+    ok = np.ones(np.broadcast_shapes(C.shape[:-2], lam0.shape[:-1]), dtype=bool)
+    if C.shape[-2] == 0:
+        return ok
+    for k in range(steps):
+        lam = M.mirror_descent(C, eta=eta, steps=k, lam0=lam0)  # (..., m)
+        s = (C @ lam[..., :, None])[..., 0]  # (..., n)
+        pos = np.all(s > 0, axis=-1)
+        grad = (C / np.where(s > 0, s, 1.0)[..., None]).sum(axis=-2)
+        ok &= pos & (eta * grad.max(axis=-1) <= kappa)
+    return ok
+
+
+def numpy_prefix_well_conditioned(tokens, pi, alpha, *, eta=None, steps=1, kappa=1e5):
+    """:func:`md_well_conditioned` for every prefix of every sequence, shape (B, T-m+1)."""
+    tokens = np.asarray(tokens)
+    alpha = np.asarray(alpha, dtype=np.float64)
+    m, (B, T) = alpha.shape[0], tokens.shape
+    eta = M.eta_bayes(alpha) if eta is None else eta
+    C = M.lag_factors(tokens, pi, m)  # (B, n, m); prefix r uses C[:, :r]
+    mu = alpha / alpha.sum()
+    return np.stack([md_well_conditioned(C[:, :r], eta, steps, mu, kappa) for r in range(T - m + 1)], axis=1)

@@ -300,21 +300,22 @@ def test_lam_only_em_with_known_pi_agrees_with_core_mle():
 
 
 def test_error_shrinks_like_inverse_root_n():
-    """RMS parameter error of the shared-model MLE over 4 replicates at n = 2000, 8000, 32000: the log-log
-    slope must be near -1/2 (accepted in [-0.8, -0.3]: with 4 replicates the RMS itself varies by ~25%)."""
+    """RMS parameter error of the shared-model MLE over 8 replicates at n = 2000, 8000, 32000: the log-log
+    slope must be near -1/2. Accepted in [-0.7, -0.35]: over 8 other seeds of this setup the slope spread
+    over -0.47..-0.63 (the RMS of 8 replicates still varies by ~20%); O(1) or n^-1 errors fall outside."""
     S, lags = 3, (1, 2)
     true = make_model(S, lags, "shared", seed=81, conc=0.7)
     truth = param_vector(true)
     ns, errs = [2000, 8000, 32000], []
     for n in ns:
         e2 = []
-        for rep in range(4):
+        for rep in range(8):
             y = true.sample(n + 2, rng=1000 * rep + n)
             f = fit(y, 2, n_states=S, restarts=1, rng=rep)
             e2.append(np.sum((param_vector(f) - truth) ** 2))
         errs.append(math.sqrt(np.mean(e2)))
     slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
-    assert -0.8 <= slope <= -0.3, (errs, slope)
+    assert -0.7 <= slope <= -0.35, (errs, slope)
 
 
 @pytest.mark.parametrize("m", [1, 2, 3])

@@ -267,9 +267,6 @@ def test_log_probs_stay_finite_when_probabilities_underflow():
 
 
 # ----------------------------------------------------------------------------- bad inputs
-PI = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [1 / 3, 1 / 3, 1 / 3]])
-
-
 @pytest.mark.parametrize("kind", [0, 1], ids=["md", "standard"])
 @pytest.mark.parametrize(
     "tokens",
