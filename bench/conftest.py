@@ -16,12 +16,23 @@ every fresh large torch tensor costs ~1.5 ms/MB of page faults on this VM (a 66 
 kernels. The harness therefore sets ``THP_MEM_ALLOC_ENABLE=1`` unless the variable is already set
 (``THP_MEM_ALLOC_ENABLE=0 pytest bench --benchmark-only`` measures the default allocator); the
 value is recorded in every benchmark's ``extra_info``.
+
+NumPy's BLAS: NumPy is single-threaded except in BLAS calls, and the kernels here only make tiny
+ones ((rows x 16) @ (16 x 16), (4096 x 3) @ (3 x n)). OpenBLAS's thread pool spin-waits on this
+shared 2-core VM and made those calls 2-5x slower in wall time than one thread, so the harness
+sets ``OPENBLAS_NUM_THREADS=1`` unless it is already set. Torch keeps its default intra-op
+threads (its BLAS is MKL with OpenMP, unaffected), so "torch no slower than NumPy" compares
+torch's threads against single-threaded NumPy.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # before torch is imported (see above)
+# before NumPy is imported (see above); recorded in machine_info
+_OPENBLAS_PRESET = "numpy" in sys.modules
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import time  # noqa: E402
 
@@ -51,6 +62,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["numpy"] = np.__version__
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["THP_MEM_ALLOC_ENABLE"] = os.environ.get("THP_MEM_ALLOC_ENABLE")
+    machine_info["OPENBLAS_NUM_THREADS"] = os.environ.get("OPENBLAS_NUM_THREADS")
+    machine_info["numpy_imported_before_harness"] = _OPENBLAS_PRESET
     machine_info["loadavg_at_end"] = os.getloadavg()
     machine_info["copy_bandwidth_GBps"] = {k: v / 1e9 for k, v in C.BANDWIDTH.items()}
 

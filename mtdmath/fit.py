@@ -44,10 +44,13 @@ from ._validate import as_rng, check_float, check_int, check_pi, check_prob_vect
 __all__ = ["fit", "select_order", "MTDFit"]
 
 VARIANTS = ("shared", "lagwise")
-#: default largest state space S^max_lag for :meth:`MTDFit.stationary_distribution` (sparse solve)
+#: default largest state space S^max_lag for :meth:`MTDFit.stationary_distribution` and a sparse expanded matrix
 MAX_STATES = 200_000
 #: default largest state space S^max_lag for a dense :meth:`MTDFit.expanded_matrix`
 MAX_DENSE_STATES = 4096
+#: stationary law: exact dense solve up to this many states, power iteration (then GMRES) above
+_DENSE_SOLVE_STATES = 2000
+_POWER_ITERS = 20_000
 #: relative drop of the log-likelihood between iterations that the convergence monitor reports
 MONITOR_RTOL = 1e-10
 #: pseudo-count added to every cell when building the "counts" start (keeps every entry > 0,
@@ -72,7 +75,8 @@ def _as_sequences(sequences: Any) -> list[np.ndarray]:
         else:
             arrs = [np.asarray(s) for s in sequences]
     else:
-        raise ValueError(f"sequences must be an integer array or a list of integer arrays (got {type(sequences).__name__})")
+        raise ValueError("sequences must be an integer array or a list of integer arrays "
+                         f"(got {type(sequences).__name__})")
     if len(arrs) == 0:
         raise ValueError("sequences is empty: no data to fit")
     out = []
@@ -281,7 +285,7 @@ class _Layout:
 
 
 class _EM:
-    """The EM map on aggregated counts. ``__call__(theta)`` returns (EM(theta), loglik(theta), kkt_gap(theta)).
+    """The EM map on aggregated counts: ``__call__(theta)`` returns (EM(theta), loglik(theta)).
 
     No BLAS in the hot loop: OpenBLAS threads on these small (U, K) products cost far more than the work
     when cores are shared, so products are einsum / elementwise (single-threaded C loops)."""
@@ -309,34 +313,50 @@ class _EM:
             self.group_row = uniq % n_rows
             self.group_u = uniq // n_rows
 
-    def __call__(self, theta: np.ndarray) -> tuple[np.ndarray, float, float]:
+    def __call__(self, theta: np.ndarray) -> tuple[np.ndarray, float]:
+        """One EM step: returns (EM(theta), loglik(theta)); loglik is -inf (and theta is returned) when the
+        data are impossible under theta."""
         K, S = self.K, self.lay.S
         lam = theta[:K]
         P = theta[self.idx]  # (K, U) emission probability of each component for each distinct tuple
         s = np.einsum("ku,k->u", P, lam)  # mixture probability of each tuple (MATH.md §1)
-        if not np.all(s > 0):
-            return theta, -math.inf, math.inf  # impossible data under theta
-        ll = float(np.sum(self.w * np.log(s)))
+        if not (s > 0).all():
+            return theta, -math.inf  # impossible data under theta
+        ll = float((self.w * np.log(s)).sum())
         q = self.w / s
-        g_lam = np.einsum("ku,u->k", P, q)  # dl/dlam_j (MATH.md §2 gradient, aggregated rows)
-        e_lam = lam * g_lam  # expected component counts sum_u w_u gamma_u(j)
+        e_lam = lam * np.einsum("ku,u->k", P, q)  # expected component counts sum_u w_u gamma_u(j)
         new = theta.copy()
         new[:K] = e_lam / e_lam.sum()  # lam M-step (MATH.md §3, EM); e_lam.sum() = N up to rounding
-        # Frank-Wolfe / KKT gap of the lam block, over the support: EM never moves an entry that is exactly 0
-        # (an explicit start may pin entries to 0), so the iteration is a search over that face
-        gap = float(np.max(np.where(lam > 0, g_lam, -np.inf)) - e_lam.sum())
         if not self.freeze_pi:
             # dl/dtheta for every emission entry: sum over (tuple, component) pairs using it of q_u lam_j
             G = np.bincount(self.idx_rest, weights=(lam[:, None] * q).ravel(), minlength=self.n_rest).reshape(-1, S)
-            rows = theta[K:].reshape(-1, S)
-            E = rows * G  # expected transition counts
+            E = theta[K:].reshape(-1, S) * G  # expected transition counts
             n_row = E.sum(axis=1)
             seen = n_row > 0
             new_rows = new[K:].reshape(-1, S)  # view into new
             new_rows[seen] = E[seen] / n_row[seen, None]  # exact M-step per row; unseen rows unchanged
-            Gmax = np.max(np.where(rows > 0, G, -np.inf), axis=1)
-            gap += float((Gmax[seen] - n_row[seen]).sum())
-        return new, ll, max(gap, 0.0)
+        return new, ll
+
+    def kkt_gap(self, theta: np.ndarray) -> float:
+        """Sum over simplex blocks of the Frank-Wolfe / KKT gap ``max_j g_j - theta_B . g_B``, the max over the
+        support: EM never moves an entry that is exactly 0 (an explicit start may pin entries to 0), so the
+        iteration searches that face."""
+        K, S = self.K, self.lay.S
+        lam = theta[:K]
+        P = theta[self.idx]
+        s = np.einsum("ku,k->u", P, lam)
+        if not (s > 0).all():
+            return math.inf
+        q = self.w / s
+        g_lam = np.einsum("ku,u->k", P, q)  # dl/dlam_j (MATH.md §2 gradient, aggregated rows)
+        gap = float(np.where(lam > 0, g_lam, -np.inf).max() - (lam * g_lam).sum())
+        if not self.freeze_pi:
+            G = np.bincount(self.idx_rest, weights=(lam[:, None] * q).ravel(), minlength=self.n_rest).reshape(-1, S)
+            rows = theta[K:].reshape(-1, S)
+            n_row = (rows * G).sum(axis=1)
+            seen = n_row > 0
+            gap += float((np.where(rows > 0, G, -np.inf).max(axis=1)[seen] - n_row[seen]).sum())
+        return max(gap, 0.0)
 
     def predicted_gain(self, theta: np.ndarray) -> float:
         """Sum over simplex blocks B of gap_B^2 / (2 c_B): the gain of the best Frank-Wolfe line step in
@@ -379,10 +399,10 @@ def _run_em(em: _EM, theta: np.ndarray, tol: float, max_iter: int, accelerate: b
     Returns (theta, loglik, n_evals, converged, history, kkt_gap); ``history[i]`` is the log-likelihood of the
     i-th accepted iterate, nondecreasing by construction; ``n_evals`` counts EM-map evaluations."""
     lay = em.lay
-    N = em.N
-    th1, ll, gap = em(theta)
+    th1, ll = em(theta)
     if not math.isfinite(ll):
-        raise ValueError("init: the start point gives the data probability 0 (it has a zero probability that the data use)")
+        raise ValueError("init: the start point gives the data probability 0 "
+                         "(it has a zero probability that the data use)")
     n_eval = 1
     hist = [ll]
     converged = False
@@ -395,10 +415,10 @@ def _run_em(em: _EM, theta: np.ndarray, tol: float, max_iter: int, accelerate: b
     while n_eval < max_iter:
         if not accelerate:
             theta = th1
-            th1, ll_new, gap = em(theta)
+            th1, ll_new = em(theta)
             n_eval += 1
         else:
-            th2, ll1, _ = em(th1)
+            th2, ll1 = em(th1)
             n_eval += 1
             r = th1 - theta
             v = th2 - th1 - r
@@ -422,15 +442,15 @@ def _run_em(em: _EM, theta: np.ndarray, tol: float, max_iter: int, accelerate: b
                 thp = lay.normalise(thp)
                 if em.freeze_pi:  # frozen rows are not iterated: keep them bit-exact
                     thp[lay.K :] = theta[lay.K :]
-            thn, llp, gapp = em(thp)
+            thn, llp = em(thp)
             n_eval += 1
             if llp >= ll1:  # extrapolation at least as good as the plain EM path: accept it
-                theta, th1, ll_new, gap = thp, thn, llp, gapp
+                theta, th1, ll_new = thp, thn, llp
                 if alpha == step_max:
                     step_max *= 4.0
             else:  # safeguard: fall back to the plain EM step th2 (ll(th2) >= ll1 >= ll by EM monotonicity)
                 theta = th2
-                th1, ll_new, gap = em(theta)
+                th1, ll_new = em(theta)
                 n_eval += 1
                 step_max = max(1.0, step_max / 4.0)
         monitor(ll_new, hist[-1])
@@ -443,7 +463,7 @@ def _run_em(em: _EM, theta: np.ndarray, tol: float, max_iter: int, accelerate: b
         if abs(rel) < tol and em.predicted_gain(theta) <= tol * max(abs(ll_new), 1.0):
             converged = True
             break
-    return theta, hist[-1], n_eval, converged, np.asarray(hist), gap
+    return theta, hist[-1], n_eval, converged, np.asarray(hist), em.kkt_gap(theta)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -555,7 +575,8 @@ class MTDFit:
     Attributes
     ----------
     pi : ndarray
-        (S, S) shared transition matrix, or (k, S, S) with ``pi[j]`` the matrix of lag ``lags[j]``.
+        (S, S) shared transition matrix, or (k, S, S) with ``pi[j]`` the matrix of lag ``lags[j]``. A row that
+        no transition of the data uses is not identified; :func:`fit` returns it uniform.
     lam : ndarray
         (k,) lag weights, ``lam[j]`` for lag ``lags[j]``; ``lam.sum() + lam0 == 1``.
     lags : tuple of int
@@ -765,7 +786,10 @@ class MTDFit:
         ``[s, s']`` is P(s -> s'), non-zero only when s' = s shifted by one token. Returns a dense
         (S^M, S^M) array (limit ``max_states``, default 4096) or a scipy CSR matrix with ``sparse=True``
         (default limit 200000); a ``ValueError`` names the limit when S^M is above it."""
-        limit = (MAX_STATES if sparse else MAX_DENSE_STATES) if max_states is None else check_int(max_states, "max_states", 1)
+        if max_states is None:
+            limit = MAX_STATES if sparse else MAX_DENSE_STATES
+        else:
+            limit = check_int(max_states, "max_states", 1)
         n = self._state_space(limit, "expanded_matrix")
         A = self._expanded_sparse(n)
         return A if sparse else A.toarray()
@@ -773,8 +797,12 @@ class MTDFit:
     def stationary_distribution(self, *, max_states: int = MAX_STATES) -> tuple[np.ndarray, np.ndarray]:
         """Stationary law of the chain on the max-lag state space and its one-token marginal.
 
-        Solves ``p A = p, sum p = 1`` for the expanded matrix A (sparse LU). Raises ``ValueError`` when
-        S^order exceeds ``max_states`` (naming the limit) or when the stationary law is not unique.
+        Solves ``p A = p, sum p = 1`` for the expanded matrix A: exactly (dense LU of
+        ``I - A^T + 1 1^T / n``, nonsingular iff the stationary law is unique) when S^order <= 2000, else by
+        power iteration of the lazy chain ``(I + A) / 2`` from the uniform law (sparse products only) to an
+        L1 change < 1e-14, finished by GMRES on the same nonsingular system if that is slow. Raises
+        ``ValueError`` when S^order exceeds ``max_states`` (naming the limit) or, for small state spaces,
+        when the law is not unique (for large ones a reducible chain gives the limit from the uniform start).
 
         Returns
         -------
@@ -783,25 +811,33 @@ class MTDFit:
         marginal : ndarray (S,)
             Law of one token under stationarity.
         """
-        import scipy.sparse as sp
-        import scipy.sparse.linalg as spl
-
         max_states = check_int(max_states, "max_states", 1)
         n = self._state_space(max_states, "stationary_distribution")
         S = self.n_states
-        A = self._expanded_sparse(n)
-        # (A^T - I) p = 0 with the last equation replaced by sum p = 1: nonsingular iff the law is unique
-        Mt = (A.T - sp.identity(n, format="csr")).tolil()
-        Mt[n - 1, :] = np.ones(n)
-        rhs = np.zeros(n)
-        rhs[-1] = 1.0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            p = spl.spsolve(Mt.tocsc(), rhs) if n > 1 else np.ones(1)
-        p = np.atleast_1d(p)
-        resid = np.abs(A.T @ p - p).max() if np.all(np.isfinite(p)) else math.inf
-        if not np.all(np.isfinite(p)) or resid > 1e-8 or p.min() < -1e-8:
-            raise ValueError("stationary_distribution: the chain has no unique stationary law (reducible chain)")
+        AT = self._expanded_sparse(n).T.tocsr()
+        if n <= _DENSE_SOLVE_STATES:
+            B = np.eye(n) - AT.toarray() + 1.0 / n
+            try:
+                p = np.linalg.solve(B, np.full(n, 1.0 / n))
+            except np.linalg.LinAlgError:  # exactly singular: several stationary laws
+                p = np.full(n, np.nan)
+        else:
+            p = np.full(n, 1.0 / n)
+            for _ in range(_POWER_ITERS):
+                q = AT @ p
+                delta = float(np.abs(q - p).sum())
+                p = 0.5 * (p + q)
+                if delta < 1e-14:
+                    break
+            else:
+                import scipy.sparse.linalg as spl
+
+                op = spl.LinearOperator((n, n), matvec=lambda x: x - AT @ x + x.sum() / n, dtype=np.float64)
+                p, _ = spl.gmres(op, np.full(n, 1.0 / n), x0=p, rtol=1e-13, atol=0.0, restart=50, maxiter=1000)
+        ok = np.all(np.isfinite(p)) and float(np.abs(AT @ p - p).sum()) <= 1e-9 and p.min() >= -1e-9
+        if not ok:
+            raise ValueError("stationary_distribution: the chain has no unique stationary law (reducible chain)"
+                             " or the solver did not converge")
         p = np.clip(p, 0.0, None)
         p /= p.sum()
         marginal = np.bincount(np.arange(n) % S, weights=p, minlength=S)
@@ -850,6 +886,13 @@ def _fit_impl(sequences, order=None, *, lags=None, n_states=None, variant="share
     if not converged:
         warnings.warn(f"EM did not converge in max_iter = {max_iter} EM steps (KKT gap {gap:.3g})",
                       RuntimeWarning, stacklevel=3)
+    if not freeze_pi:
+        # rows of pi that no transition uses do not enter the likelihood: report them as uniform rather than
+        # as whatever the winning start happened to hold
+        rows = theta[lay.K :].reshape(-1, lay.S)
+        unused = np.ones(rows.shape[0], dtype=bool)
+        unused[np.unique(em.idx_rest // lay.S)] = False
+        rows[unused] = 1.0 / lay.S
     par = lay.unpack(theta)
     return MTDFit(pi=par["pi"], lam=par["lam"], lags=data.lags, lam0=par.get("lam0"), p0=par.get("p0"),
                   loglik=ll, n_obs=data.N, n_iter=n_eval, converged=converged, history=hist, kkt_gap=gap,

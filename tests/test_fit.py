@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -112,6 +113,14 @@ def test_loglik_aggregated_equals_direct_multi_sequence_weighted():
     assert model.log_likelihood(seqs, weights=w) == pytest.approx(loglik_direct(model, seqs, w), rel=1e-12)
 
 
+def test_loglik_aggregation_without_integer_codes():
+    """S^(k+1) = 600^7 > 2^62: tuples cannot be packed into one int64, so rows are deduplicated instead."""
+    model = make_model(600, (1, 2, 3, 4, 5, 6), "shared", seed=8)
+    seqs = [np.random.default_rng(9).integers(0, 600, size=400), model.sample(50, rng=10)]
+    seqs.append(np.concatenate([seqs[1], seqs[1]]))  # repeated tuples, so deduplication has work to do
+    assert model.log_likelihood(seqs) == pytest.approx(loglik_direct(model, seqs), rel=1e-12)
+
+
 # --------------------------------------------------------------------------------------------------------
 # the EM step itself
 # --------------------------------------------------------------------------------------------------------
@@ -119,7 +128,7 @@ def _em_once(model, seq, variant, independent):
     data = _prepare(seq, None, model.lags, model.n_states, None)
     lay = _Layout(model.n_states, len(model.lags), variant, independent)
     theta = lay.pack(model.lam, model.pi, model.lam0, model.p0)
-    new, ll, gap = _EM(data, lay)(theta)
+    new, ll = _EM(data, lay)(theta)
     return lay.unpack(new), ll
 
 
@@ -143,7 +152,8 @@ def test_em_step_matches_per_transition_responsibilities_from_core():
     assert ll == pytest.approx(float(mtdmath.log_likelihood(model.lam, C)), rel=1e-12)
 
 
-@pytest.mark.parametrize("variant,independent", [("shared", False), ("shared", True), ("lagwise", False), ("lagwise", True)])
+@pytest.mark.parametrize("variant,independent",
+                         [("shared", False), ("shared", True), ("lagwise", False), ("lagwise", True)])
 def test_em_step_never_decreases_loglik_from_random_points(variant, independent):
     """EM ascent property at 20 random parameter points per variant (likelihood by the direct route)."""
     rng = np.random.default_rng(21)
@@ -248,17 +258,22 @@ def test_kkt_conditions_on_every_simplex(S, lags, variant, independent, n):
     f = fit(y, lags=lags, variant=variant, independent=independent, restarts=2, rng=1, tol=1e-14,
             max_iter=100_000)
     seen_rows = 0
+    fw_gap = 0.0
     for theta, g in _autograd_blocks(f, y):
         mu = float(theta @ g)
         if mu == 0:  # a row no transition uses: the likelihood does not depend on it
             continue
         seen_rows += 1
+        fw_gap += float(g[theta > 0].max() - mu)
         r = g / mu - 1.0
         # a tight fit (tol 1e-14) leaves relative KKT residuals ~1e-8 (measured); 1e-5 is 1000x above that and
         # below the ~2e-5 residuals that the default tol=1e-9 already leaves (so an unconverged point fails)
         assert np.max(r) <= 1e-5, (theta, r)
         assert np.max(theta * np.abs(r)) <= 1e-5, (theta, r)
     assert seen_rows >= 2
+    # the reported gap is the same Frank-Wolfe sum; each term is a difference of gradients ~n, so agreement
+    # is to rounding ~1e-12 n per block
+    assert f.kkt_gap == pytest.approx(fw_gap, abs=1e-9 * n * seen_rows)
 
 
 @pytest.mark.parametrize("variant", ["shared", "lagwise"])
@@ -352,9 +367,10 @@ def test_sparse_lags_equal_full_order_fit_with_zero_weights():
 # --------------------------------------------------------------------------------------------------------
 # parameter count
 # --------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("S,k,variant,independent", [(2, 1, "shared", False), (3, 1, "shared", True), (3, 2, "shared", False),
-                                                     (3, 3, "shared", True), (2, 3, "shared", False), (3, 2, "lagwise", False),
-                                                     (3, 3, "lagwise", True), (4, 2, "lagwise", False), (4, 1, "lagwise", True)])
+@pytest.mark.parametrize("S,k,variant,independent", [
+    (2, 1, "shared", False), (3, 1, "shared", True), (3, 2, "shared", False), (3, 3, "shared", True),
+    (2, 3, "shared", False), (3, 2, "lagwise", False), (3, 3, "lagwise", True), (4, 2, "lagwise", False),
+    (4, 1, "lagwise", True)])
 def test_n_params_equals_jacobian_rank(S, k, variant, independent):
     """n_params = rank of d P(b | context) / d(free parameters) at a random interior point (autograd, SVD)."""
     model = make_model(S, tuple(range(1, k + 1)), variant, seed=111, independent=independent)
@@ -444,6 +460,22 @@ def test_stationary_distribution_invariant_and_matches_long_sample(variant):
     np.testing.assert_allclose(freq, marg, atol=0.01)
     pair = np.bincount(y[1000:-1] * 3 + y[1001:], minlength=9) / (y.size - 1001)
     np.testing.assert_allclose(pair, joint, atol=0.01)
+
+
+@pytest.mark.parametrize("power_iters", [20_000, 3])
+def test_stationary_distribution_large_state_space_iterative(power_iters, monkeypatch):
+    """3^7 = 2187 states: above the dense-solve size, so power iteration (or, when it is cut short, GMRES)
+    is used; checked against the invariance p A = p with the sparse expanded matrix."""
+    # sys.modules: the attribute mtdmath.fit is the re-exported function, not the submodule
+    monkeypatch.setattr(sys.modules["mtdmath.fit"], "_POWER_ITERS", power_iters)
+    model = make_model(3, (1, 7), "lagwise", seed=165, independent=True)
+    joint, marg = model.stationary_distribution()
+    A = model.expanded_matrix(sparse=True)
+    assert joint.shape == (3**7,)
+    np.testing.assert_allclose(A.T @ joint, joint, atol=1e-13)
+    assert joint.sum() == pytest.approx(1.0, abs=1e-13)
+    y = model.sample(100_000, rng=166)
+    np.testing.assert_allclose(np.bincount(y, minlength=3) / y.size, marg, atol=0.01)
 
 
 def test_stationary_distribution_refuses_huge_state_space():

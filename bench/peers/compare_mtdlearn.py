@@ -84,7 +84,8 @@ def main() -> int:
         # mtdlearn's column c is lag m - c: reverse to mtdmath's lag order 1..m
         lam_p = np.asarray(peer["lambdas"])[::-1]
         pi_p = np.asarray(peer["transition_matrices"])[::-1]
-        peer_model = MTDFit(pi=pi_p / pi_p.sum(-1, keepdims=True), lam=lam_p / lam_p.sum(), lags=tuple(range(1, m + 1)))
+        peer_model = MTDFit(pi=pi_p / pi_p.sum(-1, keepdims=True), lam=lam_p / lam_p.sum(),
+                            lags=tuple(range(1, m + 1)))
         ll_peer = peer_model.log_likelihood(seq)
 
         t0 = time.perf_counter()

@@ -99,7 +99,8 @@ def _plot(results: dict[str, Any], path: Path) -> Path:
         X.plot_curves(ax, r["L"], r["kl_mean"], r["kl_se"],
                       ["mle", "em", "md5", "md4", "md3", "md2", "md1", "construction", "bayes"])
         ax.set_title(f"m = {r['m']}  ({r['n_seqs']} sequences)")
-    axes[0][0].legend(fontsize=7, loc="upper right")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=5, frameon=False)
     fig.suptitle("KL to the ground truth vs context length (mean ± s.e. over sequences)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return X.save_figure(fig, path)
