@@ -23,13 +23,21 @@ COPY_BYTES = 256 * 2**20  # 8x the 32 MiB L3 of the reference machine
 COPY_REPS = 9
 
 
-def _copy_limit_key(backend: str) -> str:
-    return "numpy" if backend == "numpy" else DEVICE[backend]
+def device_limit(backend: str) -> float:
+    """The memory-bandwidth limit of the device ``backend`` runs on, bytes/s.
+
+    CPU (``numpy``, ``torch-cpu``): the faster of the NumPy and the torch copy — both move the
+    same bytes through the same memory, so the better one is what the machine can do. CUDA: the
+    torch copy on the GPU.
+    """
+    if backend == "torch-cuda":
+        return measure_copy_bandwidth("torch-cuda")
+    return max(measure_copy_bandwidth("numpy"), measure_copy_bandwidth("torch-cpu"))
 
 
 def measure_copy_bandwidth(backend: str) -> float:
     """Copy bandwidth of ``backend`` in bytes moved per second (read + write), median of 9 copies."""
-    key = _copy_limit_key(backend)
+    key = "numpy" if backend == "numpy" else DEVICE[backend]
     if key not in BANDWIDTH:
         n = COPY_BYTES // 8
         if key == "numpy":
@@ -70,7 +78,7 @@ def run(benchmark, fn: Callable[[], Any], *, backend: str, rounds: int, warmup: 
 
 
 def record(benchmark, key: tuple, *, backend: str, min_bytes: float, **extra: Any) -> None:
-    """Store min_bytes and the fraction of the copy bandwidth in ``benchmark.extra_info``.
+    """Store min_bytes and the fraction of the device's copy bandwidth in ``benchmark.extra_info``.
 
     ``key`` = (group, kernel, backend, dtype, size) identifies the result in the summary.
     """
@@ -81,7 +89,7 @@ def record(benchmark, key: tuple, *, backend: str, min_bytes: float, **extra: An
     if benchmark.stats is None:  # benchmarks disabled (plain `pytest bench`): a smoke run
         return
     med = benchmark.stats.stats.median
-    limit = measure_copy_bandwidth(backend)
+    limit = device_limit(backend)
     raw = min_bytes / med / limit
     benchmark.extra_info.update(median_s=med, achieved_GBps=min_bytes / med / 1e9, limit_GBps=limit / 1e9,
                                 fraction_of_limit=min(1.0, raw), fraction_raw=raw)

@@ -3,7 +3,9 @@
 Usage::
 
     pytest bench --benchmark-only --benchmark-json=bench.json
-    python bench/report.py bench.json
+    python bench/report.py bench.json [--largest]
+
+``--largest`` drops the rows of the small sizes of the likelihood and md-predictive kernels.
 
 One row per benchmark, grouped as in the suite; "% of limit" is ``fraction_raw`` of extra_info
 (min_bytes / median time / copy bandwidth of the benchmark's backend, measured in the same run).
@@ -24,7 +26,7 @@ def fmt_time(s: float) -> str:
     return f"{s * 1e6:.0f} µs"
 
 
-def main(path: str) -> None:
+def main(path: str, largest_only: bool = False) -> None:
     d = json.load(open(path))
     mi = d["machine_info"]
     bw = mi.get("copy_bandwidth_GBps", {})
@@ -38,16 +40,19 @@ def main(path: str) -> None:
     rows = sorted(d["benchmarks"], key=lambda b: (ORDER.index(b["group"]) if b["group"] in ORDER else 99))
     for b in rows:
         e = b["extra_info"]
+        if largest_only and e.get("largest") is False:
+            continue
         name = b["name"].replace("test_", "", 1)
         t = fmt_time(b["stats"]["median"])
         if "scaled_median_s" in e:
             t += f" (x{e['scale']:.0f} = {fmt_time(e['scaled_median_s'])})"
         if "samples" in e:
-            name += f" K={e['samples']:,} (|err| {e['abs_error']:.1e})"
+            name += f" K={e['samples']:,}, max abs error {e['abs_error']:.1e}"
         frac = e.get("fraction_raw")
         pct = "–" if frac is None else (f"{100 * frac:.1f} %" if frac >= 0.001 else "<0.1 %")
         print(f"| {b['group']} | `{name}` | {t} | {pct} |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "bench.json")
+    args = [a for a in sys.argv[1:] if a != "--largest"]
+    main(args[0] if args else "bench.json", largest_only="--largest" in sys.argv[1:])

@@ -8,6 +8,7 @@ from .estimators import em, eta_bayes, k_step_md, kkt_gap, mirror_descent, mle, 
 from .fit import MTDFit, fit, select_order
 from .likelihood import gradient, hessian, kl, log_likelihood, responsibilities
 from .model import lag_factors, predictive, random_transition_matrix, sample, sample_icl
+from .prefix import md_predictive_all_prefixes
 from . import torch_core
 from .transformer import MDTransformer, StandardTransformer
 
@@ -34,6 +35,7 @@ __all__ = [
     "posterior_mean",
     "log_evidence",
     "posterior_mean_mc",
+    "md_predictive_all_prefixes",
     "n_states",
     "torch_core",
     "MDTransformer",

@@ -245,12 +245,31 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def _dumps(x: Any, level: int = 0) -> str:
+    """JSON text: dicts one key per line; a list of scalars on one line, a matrix one row per line."""
+    ind, ind1 = " " * level, " " * (level + 1)
+    if isinstance(x, dict):
+        if not x:
+            return "{}"
+        items = [f"{ind1}{json.dumps(k)}: {_dumps(v, level + 1)}" for k, v in x.items()]
+        return "{\n" + ",\n".join(items) + "\n" + ind + "}"
+    if isinstance(x, list) and x and all(isinstance(v, list) for v in x) and \
+            all(not isinstance(w, (dict, list)) for v in x for w in v):
+        return "[\n" + ",\n".join(ind1 + json.dumps(v, separators=(", ", ": ")) for v in x) + "\n" + ind + "]"
+    if isinstance(x, list) and any(isinstance(v, (dict, list)) for v in x):
+        return "[\n" + ",\n".join(ind1 + _dumps(v, level + 1) for v in x) + "\n" + ind + "]"
+    return json.dumps(x, separators=(", ", ": "))
+
+
 def write_json(path: Path, obj: dict[str, Any]) -> Path:
-    """Write ``obj`` as JSON (NumPy arrays and dataclasses converted; floats at full precision)."""
+    """Write ``obj`` as JSON (NumPy arrays and dataclasses converted; floats at full precision,
+    ``NaN``/``Infinity`` as Python's json writes them)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(_jsonable(obj), f, indent=1, allow_nan=True)
-        f.write("\n")
+    data = _jsonable(obj)
+    text = _dumps(data)
+    # the layout is lossless (compared as canonical text, so NaN compares equal to itself)
+    assert json.dumps(json.loads(text), sort_keys=True) == json.dumps(data, sort_keys=True)
+    path.write_text(text + "\n")
     return path
 
 

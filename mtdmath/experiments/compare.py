@@ -95,7 +95,7 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
         kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
         mean, se = X.curves(kls)
 
-        # attention maps on the first evaluation sequence (truncated/extended to attention_T)
+        # attention maps on one fresh sequence of length attention_T (its own stream, not the evaluation set)
         y_att, _ = M.sample_icl(pi, alpha, cfg.attention_T, 1, rng=X.rng_for(seed, X.KEY_EVAL, m, 1))
         with torch.no_grad():
             y_t = torch.as_tensor(y_att, device=device)
