@@ -116,7 +116,8 @@ def target_summary() -> list[str]:
     if LOAD:
         out.append(f"load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in LOAD.get('start', ()))}, "
                    f"at end {tuple(round(x, 2) for x in LOAD.get('end', ()))}; "
-                   f"copy bandwidth {', '.join(f'{k} {v / 1e9:.1f} GB/s' for k, v in BANDWIDTH.items())}")
+                   f"copy bandwidth {', '.join(f'{k} {v / 1e9:.1f} GB/s' for k, v in BANDWIDTH.items())} "
+                   "(cpu = torch on the CPU)")
     # md-predictive: fraction of the copy bandwidth and speed-up over the naive loop
     for key, r in RESULTS.items():
         group, kernel, backend, dtype, size = key

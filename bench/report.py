@@ -16,6 +16,7 @@ import json
 import sys
 
 ORDER = ["likelihood", "md-predictive", "estimators", "bayes", "bandwidth"]
+LABEL = {"numpy": "NumPy", "cpu": "torch CPU", "cuda": "torch CUDA"}
 
 
 def fmt_time(s: float) -> str:
@@ -33,7 +34,7 @@ def main(path: str, largest_only: bool = False) -> None:
     print(f"Run {d['datetime'][:16]} UTC; {mi.get('cpu', {}).get('brand_raw', mi.get('processor', ''))}; "
           f"torch {mi.get('torch')} ({mi.get('torch_threads')} threads), numpy {mi.get('numpy')}; "
           f"load average at the end {tuple(round(x, 1) for x in mi.get('loadavg_at_end', ()))}; "
-          f"copy bandwidth {', '.join(f'{k} {v:.1f} GB/s' for k, v in bw.items())}.")
+          f"copy bandwidth {', '.join(f'{LABEL.get(k, k)} {v:.1f} GB/s' for k, v in bw.items())}.")
     print()
     print("| group | benchmark | median | % of limit |")
     print("|---|---|---:|---:|")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import _validate as V
-from .estimators import _log, _logsumexp, eta_bayes
+from .estimators import _FMAX, _LOG_HUGE, _log, _logsumexp, _normalise_log, eta_bayes
 
 __all__ = ["md_predictive_all_prefixes"]
 
@@ -91,8 +91,7 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: float | No
         lam = _softmax0(z)  # (m, B, n+1)
     else:
         lam = np.exp(_all_prefix_md(_log(np.moveaxis(C, 0, -1)), np.log(mu), eta, steps))  # (B, n+1, m)
-        # steps η∇ℓ ~ 1e9 leave exp(x - logsumexp(x)) off the simplex by ~1e-7: renormalise
-        lam = np.moveaxis(lam / lam.sum(axis=-1, keepdims=True), -1, 0)
+        lam = np.moveaxis(lam, -1, 0)
 
     # p_r = Σ_g lam_r[g-1] pi[y[m-1+r+1-g]]: the weights of the source tokens (rows x S, at most
     # m nonzeros per row, summed where two lags see the same token), times pi
@@ -133,10 +132,33 @@ def _all_prefix_md(logC: np.ndarray, log_mu: np.ndarray, eta: float, steps: int)
             used = np.arange(b - 1)[None, :] < np.arange(a, b)[:, None]  # (R, b-1): i < r
             with np.errstate(invalid="ignore"):
                 terms = np.where(used[None, :, :, None], lC - log_s[..., None], -np.inf)  # (B, R, b-1, m)
-            with np.errstate(over="ignore"):
-                step = eta * np.exp(_logsumexp(terms, axis=-2))  # (B, R, m): η ∇ℓ_r
-            step = np.minimum(step, 1e300)  # as the NumPy core: a finite step above 1e300 is one-hot anyway
-            x = loglam[:, a:b, :] + step
-            new[:, a:b, :] = x - _logsumexp(x, axis=-1)[..., None]
+            new[:, a:b, :] = _eg_step(loglam[:, a:b, :], _logsumexp(terms, axis=-2), eta)
         loglam = new
     return loglam
+
+
+def _eg_step(loglam: np.ndarray, log_grad: np.ndarray, eta: float) -> np.ndarray:
+    """``log_softmax(log lam + η exp(log_grad))`` over the last axis (MATH.md §3), exact when the
+    step overflows — the limit of the NumPy core's ``estimators._md_log_step``, given log ∇ℓ.
+
+    With ``K = max_g η∇ℓ_g`` over the support, ``log lam + η∇ℓ = K·w`` where
+    ``w_g = log lam_g / K + η∇ℓ_g / K``; when K is not representable, ``log lam⁺`` is 0 on the
+    maximiser(s) of w (``-log #ties``) and ``-K (max w - w_g)`` elsewhere, floored at ``-finfo.max``.
+    """
+    if eta == 0:
+        return _normalise_log(loglam)
+    support = loglam > -np.inf
+    log_step = np.log(eta) + log_grad  # (..., m)
+    with np.errstate(over="ignore"):
+        out = _normalise_log(loglam + np.exp(np.minimum(log_step, _LOG_HUGE)))
+    log_K = np.max(np.where(support, log_step, -np.inf), axis=-1, keepdims=True)
+    over = log_K > _LOG_HUGE
+    if np.any(over):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            w = np.where(support, loglam * np.exp(-log_K) + np.exp(log_step - log_K), -np.inf)
+            w_max = np.max(w, axis=-1, keepdims=True)
+            top = w == w_max
+            gap = -np.minimum(np.exp(log_K + np.log(w_max - w)), _FMAX)
+        limit = np.where(top, -np.log(top.sum(axis=-1, keepdims=True)), gap)
+        out = np.where(over, np.where(support, limit, -np.inf), out)
+    return np.where(support, np.maximum(out, -_FMAX), -np.inf)

@@ -10,9 +10,11 @@ device (CPU, CUDA) and in any floating dtype:
   sequences become float64 tensors on the CPU (or on the device of the other tensor argument);
 - every other argument is converted to that dtype and device.
 
-Everything iterative runs in log space, like the NumPy core: ``log s_i = logsumexp_g(log C[i,g]
-+ log lam_g)``, so long contexts (n in the thousands) never overflow and a tiny lag weight
-never underflows into a spurious ``s_i = 0``.
+Everything iterative runs in log space, like the NumPy core: the iterate is ``log lam``, and the
+gradient is taken by linear-space sums (two batched matrix products) unless some ``s_i = C[i]·lam``
+is near underflow, where ``log s_i = logsumexp_g(log C[i,g] + log lam_g)`` takes over — so long
+contexts (n in the thousands) never overflow and a tiny lag weight never underflows into a
+spurious ``s_i = 0``.
 
 The one function with no NumPy twin, :func:`md_predictive_all_prefixes`, returns the k-step MD
 predictive law after *every* prefix of a batch of sequences in one vectorised pass — the
@@ -75,6 +77,10 @@ def _bad(x: torch.Tensor) -> str:
 # Torch-native versions of the checkers in mtdmath._validate (same checks, same messages), so
 # a CUDA tensor is checked where it lives; only the offending values travel to the CPU.
 def _check_finite_nonneg(a: torch.Tensor, name: str) -> None:
+    if a.numel():  # fast path (issue 6): one pass; a NaN propagates into the min and the max
+        lo, hi = torch.aminmax(a)
+        if bool(torch.isfinite(lo) & torch.isfinite(hi) & (lo >= 0)):
+            return
     fin = torch.isfinite(a)
     if not bool(fin.all()):
         raise ValueError(f"{name} must be finite (got non-finite entries {_bad(a[~fin])})")
@@ -128,7 +134,9 @@ def _check_C(C: Any, name: str = "C", *, allow_impossible: bool = False) -> torc
         raise ValueError(f"{name} must have m >= 1 columns (got shape {tuple(a.shape)})")
     _check_finite_nonneg(a, name)
     if not allow_impossible and a.numel():
-        zero_rows = (a == 0).all(dim=-1)
+        # a >= 0, so a row is all zero exactly when its sum is 0: a matrix-vector product, where
+        # an all() over the length-m last axis is a slow torch CPU reduction (issue 6)
+        zero_rows = (a @ torch.ones(a.shape[-1], dtype=a.dtype, device=a.device)) == 0
         if bool(zero_rows.any()):
             idx = zero_rows.nonzero()[:3].tolist()
             raise ValueError(
@@ -189,9 +197,22 @@ def _log_grad(logC: torch.Tensor, loglam: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logC - log_s.unsqueeze(-1), dim=-2)  # (..., m)
 
 
-def _md_log_step(logC: torch.Tensor, loglam: torch.Tensor, eta: float) -> torch.Tensor:
-    """Exponentiated-gradient step (MATH.md §3): ``log lam⁺ = log_softmax(log lam + η ∇ℓ(lam))``."""
-    return _eg_update(loglam, _log_grad(logC, loglam), eta)
+def _log_grad_lin(C: torch.Tensor, logC: torch.Tensor, loglam: torch.Tensor) -> torch.Tensor:
+    """``log ∇ℓ(lam)`` as :func:`_log_grad`, by the linear-space sums where they are safe.
+
+    Speed (issue 6): ``s = C lam`` and ``∇ℓ = Σ_i C[i]/s_i`` are two batched matrix products,
+    where the log-space route needs two logsumexps over (..., n, m) (torch CPU reductions over a
+    length-m last axis are slow). The linear sums of nonnegative terms are exact to rounding as
+    long as no s_i is near underflow (the NumPy core's ``_grad`` makes the same choice): a batch
+    element with some ``s_i < tiny^0.81`` (1e-249 in float64, 2e-31 in float32; a lag weight has
+    collapsed) is recomputed in log space. Above that bound ∇ℓ <= n / tiny^0.81 stays finite.
+    """
+    s = C @ torch.exp(loglam).unsqueeze(-1)  # (..., n, 1)
+    lg = torch.log((s.reciprocal().transpose(-1, -2) @ C).squeeze(-2))  # (..., m)
+    bad = (s.squeeze(-1) < torch.finfo(C.dtype).tiny ** 0.81).any(dim=-1)  # (...)
+    if bool(bad.any()):
+        lg = torch.where(bad.unsqueeze(-1), _log_grad(logC, loglam), lg)
+    return lg
 
 
 def _eg_update(loglam: torch.Tensor, log_grad: torch.Tensor, eta: float) -> torch.Tensor:
@@ -338,9 +359,10 @@ def mirror_descent(C: Any, *, eta: float, steps: int = 1, lam0: Any = None) -> t
     C, lam0 = _prepare(C, lam0)
     if C.shape[-2] == 0 or steps == 0:
         return lam0.clone()
+    C = C.contiguous()  # (an expanded C would be copied at every matrix product)
     logC, loglam = torch.log(C), torch.log(lam0)
     for _ in range(steps):
-        loglam = _md_log_step(logC, loglam, eta)
+        loglam = _eg_update(loglam, _log_grad_lin(C, logC, loglam), eta)
     return torch.exp(loglam)
 
 
@@ -354,10 +376,11 @@ def em(C: Any, *, steps: int = 1, lam0: Any = None) -> torch.Tensor:
     n = C.shape[-2]
     if n == 0 or steps == 0:
         return lam0.clone()
+    C = C.contiguous()
     logC, loglam, log_n = torch.log(C), torch.log(lam0), float(np.log(n))
     for _ in range(steps):
         # renormalise against rounding, as the NumPy core does
-        loglam = torch.log_softmax(loglam + _log_grad(logC, loglam) - log_n, dim=-1)
+        loglam = torch.log_softmax(loglam + _log_grad_lin(C, logC, loglam) - log_n, dim=-1)
     return torch.exp(loglam)
 
 
@@ -437,28 +460,52 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: float | No
     steps = V.check_int(steps, "steps", minimum=0)
     pi = _check_pi(pi, "pi", device=None if isinstance(pi, torch.Tensor) else _device_of(tokens))
     y = check_tokens(tokens, pi.shape[0], m, "tokens", device=pi.device)
-    C = _lag_factors(y, pi, m)  # (..., n, m)
-    if C.numel() and bool((C == 0).all(dim=-1).any()):
+    S = pi.shape[0]
+    batch, T = y.shape[:-1], y.shape[-1]
+    n = T - m
+    y2 = y.reshape(-1, T)
+    B = y2.shape[0]
+    # Speed (issue 6): the lags are kept as m planes of shape (B, n) in *window order* — plane j
+    # is lag g = m - j, whose source for transition i is y[i+j] and for prefix row r is y[r+j] —
+    # so reductions over the lags are elementwise across planes (torch CPU reductions over a
+    # length-m last axis are slow) and the unfolded windows of y are the bags of the predictive.
+    mu_w = torch.as_tensor(alpha[::-1] / alpha.sum(), dtype=pi.dtype, device=pi.device)  # (m,) μ, window order
+    idx = torch.empty((B, m, n), dtype=torch.int64, device=y.device)
+    for j in range(m):  # flat index of pi[y[i+j], y[m+i]]
+        torch.add(y2[:, m:], y2[:, j: j + n], alpha=S, out=idx[:, j])
+    C = torch.take(pi, idx)  # (B, m, n): the lag factors (MATH.md §2), one plane per lag
+    s = torch.matmul(mu_w, C)  # (B, n): s_i(μ) = C[i]·μ; 0 exactly when the row C[i] is 0 (μ > 0)
+    if n and bool((s == 0).any()):
         raise ValueError("tokens contain a transition with probability 0 under every lag of pi: "
                          "the data are impossible under pi")
-    mu = torch.as_tensor(alpha / alpha.sum(), dtype=pi.dtype, device=pi.device)  # (m,)
-    log_mu = torch.log(mu)
-    batch, n = C.shape[:-2], C.shape[-2]
 
     if steps == 0:
-        loglam = log_mu.expand(batch + (n + 1, m))
+        lam = mu_w[:, None].expand(B, m, n + 1)
     elif steps == 1:
-        # G_r = Σ_{i<r} γ_i under μ: an exclusive cumulative sum along the transitions
-        gam = _responsibilities(C, mu)  # (..., n, m)
-        G = torch.cat([gam.new_zeros(batch + (1, m)), gam.cumsum(dim=-2)], dim=-2)  # (..., n+1, m)
-        loglam = torch.log_softmax(log_mu + eta * G / mu, dim=-1)  # (..., n+1, m)
+        # η G_r/μ with G_r = Σ_{i<r} γ_i under μ, and γ_i/μ = C[i]/s_i(μ): an exclusive cumulative
+        # sum along the transitions (the aggregation layer of MATH.md §5)
+        z = torch.empty((B, m, n + 1), dtype=pi.dtype, device=pi.device)
+        z[:, :, 0] = 0
+        if C.requires_grad:  # autograd (pi requires grad): no in-place, no out=
+            z[:, :, 1:] = torch.cumsum(C / s.unsqueeze(1), dim=2)
+        else:  # reuse C's memory
+            z[:, :, 1:] = torch.cumsum(C.div_(s.unsqueeze(1)), dim=2, out=C)
+        z.mul_(eta).add_(torch.log(mu_w).unsqueeze(-1))
+        lam = torch.softmax(z, dim=1)  # (B, m, n+1): lam¹ of every prefix, window order
     else:
-        loglam = _all_prefix_md(torch.log(C), log_mu, eta, steps)  # (..., n+1, m)
+        logC = torch.log(C.flip(1).transpose(1, 2))  # (B, n, m), lag order g = 1..m
+        loglam = _all_prefix_md(logC, torch.log(mu_w.flip(0)), eta, steps)  # (B, n+1, m), lag order
+        lam = torch.exp(loglam).flip(-1).transpose(1, 2)  # (B, m, n+1), window order
 
-    # predictive: sources of row r are y[m-1+r], ..., y[r] (lags 1..m) = window r reversed
-    src = y.unfold(-1, m, 1).flip(-1)  # (..., n+1, m)
-    rows = pi[src]  # (..., n+1, m, S)
-    return (torch.exp(loglam).unsqueeze(-2) @ rows).squeeze(-2)  # (..., n+1, S)
+    # predictive p_r = Σ_g lam_r[g-1] pi[y[t+1-g], :]: one bag per prefix row, the m rows of pi
+    # indexed by the window y[r..r+m-1], weighted by lam_r (a fused gather-and-sum; int32 indices
+    # take the fast CPU kernel)
+    itype = torch.int32 if y.device.type == "cpu" else torch.int64
+    src = y2.to(itype).unfold(-1, m, 1).reshape(-1)  # (B*(n+1)*m,)
+    offsets = torch.arange(0, src.shape[0], m, dtype=itype, device=y.device)
+    p = torch.nn.functional.embedding_bag(src, pi, offsets, mode="sum",
+                                          per_sample_weights=lam.transpose(1, 2).reshape(-1))
+    return p.reshape(batch + (n + 1, S))
 
 
 def _all_prefix_md(logC: torch.Tensor, log_mu: torch.Tensor, eta: float, steps: int) -> torch.Tensor:
