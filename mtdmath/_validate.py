@@ -83,8 +83,8 @@ def check_pi(pi: Any, name: str = "pi") -> np.ndarray:
     return a
 
 
-def check_prob_vector(p: Any, name: str, size: int | None = None) -> np.ndarray:
-    """A probability vector over the last axis (batched allowed): finite, >= 0, sums to 1."""
+def check_prob_vector(p: Any, name: str, size: int | None = None, tol: float = SUM_TOL) -> np.ndarray:
+    """A probability vector over the last axis (batched allowed): finite, >= 0, sums to 1 within tol."""
     a = _float_array(p, name)
     if a.ndim < 1 or a.shape[-1] < 1:
         raise ValueError(f"{name} must have at least one axis of length >= 1 (got shape {a.shape})")
@@ -95,7 +95,7 @@ def check_prob_vector(p: Any, name: str, size: int | None = None) -> np.ndarray:
     if np.any(a < 0):
         raise ValueError(f"{name} must be nonnegative (got {_show(a[a < 0])})")
     s = a.sum(axis=-1)
-    bad = np.abs(s - 1.0) > SUM_TOL
+    bad = np.abs(s - 1.0) > tol
     if np.any(bad):
         raise ValueError(f"{name} must lie on the simplex: entries must sum to 1 (got sums of {_show(s[bad])})")
     return a

@@ -89,8 +89,8 @@ _FMAX = np.finfo(np.float64).max
 _LOG_HUGE = np.log(_FMAX) - np.log(4.0)
 
 
-def _md_log_step(C: np.ndarray, logC: np.ndarray, loglam: np.ndarray, eta: float) -> np.ndarray:
-    """One exponentiated-gradient step in log space: ``log lam⁺ = log_softmax(log lam + η ∇ℓ(lam))``.
+def _eg_update(loglam: np.ndarray, log_step: np.ndarray, step: np.ndarray | None = None) -> np.ndarray:
+    """``log_softmax(log lam + exp(log_step))`` over the last axis, exact when the step overflows.
 
     ``∇ℓ_g`` can overflow once a lag weight has collapsed (large steps). With
     ``K = max_g η∇ℓ_g`` over the support, write ``log lam + η∇ℓ = K·w`` with
@@ -98,19 +98,16 @@ def _md_log_step(C: np.ndarray, logC: np.ndarray, loglam: np.ndarray, eta: float
     0 on the maximiser(s) and ``-K (max w - w_g)`` elsewhere, exact to the resolution of w
     (clamping the step instead would create false ties). Log-weights are floored at
     ``-finfo.max``: a weight on the support stays positive in log space, so no later
-    ``C[i]·lam`` is 0 and no NaN appears.
+    ``C[i]·lam`` is 0 and no NaN appears. ``step``, if given, is ``exp(log_step)`` computed
+    more accurately by the caller (used where it is representable).
     """
-    if eta == 0:
-        return _normalise_log(loglam)
     support = loglam > -np.inf
-    with np.errstate(divide="ignore", over="ignore"):
-        step = eta * _grad(C, logC, loglam)  # (..., m), may be +inf
-        out = _normalise_log(loglam + np.minimum(step, np.exp(_LOG_HUGE)))
-        log_K = np.log(np.max(np.where(support, step, 0.0), axis=-1, keepdims=True))
+    if step is None:
+        step = np.exp(np.minimum(log_step, _LOG_HUGE))
+    out = _normalise_log(loglam + np.minimum(step, np.exp(_LOG_HUGE)))
+    log_K = np.max(np.where(support, log_step, -np.inf), axis=-1, keepdims=True)
     over = log_K > _LOG_HUGE  # (..., 1)
     if np.any(over):
-        log_step = np.log(eta) + _log_grad(logC, loglam)  # finite where the linear step overflowed
-        log_K = np.max(np.where(support, log_step, -np.inf), axis=-1, keepdims=True)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             w = np.where(support, loglam * np.exp(-log_K) + np.exp(log_step - log_K), -np.inf)
             w_max = np.max(w, axis=-1, keepdims=True)
@@ -119,6 +116,18 @@ def _md_log_step(C: np.ndarray, logC: np.ndarray, loglam: np.ndarray, eta: float
         limit = np.where(top, -np.log(top.sum(axis=-1, keepdims=True)), gap)
         out = np.where(over, np.where(support, limit, -np.inf), out)
     return np.where(support, np.maximum(out, -_FMAX), -np.inf)
+
+
+def _md_log_step(C: np.ndarray, logC: np.ndarray, loglam: np.ndarray, eta: float) -> np.ndarray:
+    """One exponentiated-gradient step in log space: ``log lam⁺ = log_softmax(log lam + η ∇ℓ(lam))``."""
+    if eta == 0:
+        return _normalise_log(loglam)
+    with np.errstate(divide="ignore", over="ignore"):
+        step = eta * _grad(C, logC, loglam)  # (..., m), +inf where ∇ℓ overflowed
+        log_step = np.log(step)
+    if not np.all(np.isfinite(step)):  # the log-space route is finite where the linear one overflowed
+        log_step = np.where(np.isfinite(step), log_step, np.log(eta) + _log_grad(logC, loglam))
+    return _eg_update(loglam, log_step, step)
 
 
 def _em_log_step(C: np.ndarray, logC: np.ndarray, loglam: np.ndarray, log_n: float) -> np.ndarray:

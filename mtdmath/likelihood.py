@@ -85,19 +85,8 @@ def kl(p: Any, q: Any) -> np.ndarray:
     must be probability vectors (nonnegative, summing to 1 within 1e-6, loose enough for
     float32 model outputs).
     """
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    for a, name in ((p, "p"), (q, "q")):
-        if a.ndim < 1:
-            raise ValueError(f"{name} must have at least one axis (got a scalar)")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name} must be finite")
-        if np.any(a < 0):
-            raise ValueError(f"{name} must be nonnegative (got {V._show(a[a < 0])})")
-        sums = a.sum(axis=-1)
-        bad = np.abs(sums - 1) > 1e-6
-        if np.any(bad):
-            raise ValueError(f"{name} must sum to 1 over the last axis (got sums of {V._show(sums[bad])})")
+    p = V.check_prob_vector(p, "p", tol=1e-6)
+    q = V.check_prob_vector(q, "q", tol=1e-6)
     if p.shape[-1] != q.shape[-1]:
         raise ValueError(f"p and q must have the same last axis (got {p.shape[-1]} and {q.shape[-1]})")
     p, q = np.broadcast_arrays(p, q)

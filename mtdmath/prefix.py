@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import _validate as V
-from .estimators import _FMAX, _LOG_HUGE, _log, _logsumexp, _normalise_log, eta_bayes
+from .estimators import _eg_update, _log, _logsumexp, _normalise_log, eta_bayes
 
 __all__ = ["md_predictive_all_prefixes"]
 
@@ -138,27 +138,8 @@ def _all_prefix_md(logC: np.ndarray, log_mu: np.ndarray, eta: float, steps: int)
 
 
 def _eg_step(loglam: np.ndarray, log_grad: np.ndarray, eta: float) -> np.ndarray:
-    """``log_softmax(log lam + η exp(log_grad))`` over the last axis (MATH.md §3), exact when the
-    step overflows — the limit of the NumPy core's ``estimators._md_log_step``, given log ∇ℓ.
-
-    With ``K = max_g η∇ℓ_g`` over the support, ``log lam + η∇ℓ = K·w`` where
-    ``w_g = log lam_g / K + η∇ℓ_g / K``; when K is not representable, ``log lam⁺`` is 0 on the
-    maximiser(s) of w (``-log #ties``) and ``-K (max w - w_g)`` elsewhere, floored at ``-finfo.max``.
-    """
+    """``log_softmax(log lam + η exp(log_grad))`` (MATH.md §3), exact when the step overflows
+    (see :func:`mtdmath.estimators._eg_update`)."""
     if eta == 0:
         return _normalise_log(loglam)
-    support = loglam > -np.inf
-    log_step = np.log(eta) + log_grad  # (..., m)
-    with np.errstate(over="ignore"):
-        out = _normalise_log(loglam + np.exp(np.minimum(log_step, _LOG_HUGE)))
-    log_K = np.max(np.where(support, log_step, -np.inf), axis=-1, keepdims=True)
-    over = log_K > _LOG_HUGE
-    if np.any(over):
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            w = np.where(support, loglam * np.exp(-log_K) + np.exp(log_step - log_K), -np.inf)
-            w_max = np.max(w, axis=-1, keepdims=True)
-            top = w == w_max
-            gap = -np.minimum(np.exp(log_K + np.log(w_max - w)), _FMAX)
-        limit = np.where(top, -np.log(top.sum(axis=-1, keepdims=True)), gap)
-        out = np.where(over, np.where(support, limit, -np.inf), out)
-    return np.where(support, np.maximum(out, -_FMAX), -np.inf)
+    return _eg_update(loglam, np.log(eta) + log_grad)
