@@ -9,8 +9,27 @@ from .fit import MTDFit, fit, select_order
 from .likelihood import gradient, hessian, kl, log_likelihood, responsibilities
 from .model import lag_factors, predictive, random_transition_matrix, sample, sample_icl
 from .prefix import md_predictive_all_prefixes
-from . import torch_core
-from .transformer import MDTransformer, StandardTransformer
+
+# The torch parts load on first use (PEP 562): importing torch takes ~1.5 s, and the NumPy
+# core, the fitting code and proofs_check do not need it.
+_LAZY = {"torch_core": (".torch_core", None), "MDTransformer": (".transformer", "MDTransformer"),
+         "StandardTransformer": (".transformer", "StandardTransformer")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module, __name__)
+        value = mod if attr is None else getattr(mod, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from . import _validate as V
+from .estimators import eta_bayes
 
 __all__ = [
     "lag_factors",
@@ -176,7 +177,7 @@ def check_tokens(tokens: Any, S: int, m: int | None = None, name: str = "tokens"
 def _check_eta(eta: Any, alpha: np.ndarray) -> float:
     """Step size: default η* = eta_bayes(alpha) = 1/(1+α₀) (MATH.md §3, Theorem 1)."""
     if eta is None:
-        return float(1.0 / (1.0 + alpha.sum()))
+        return eta_bayes(alpha)
     return V.check_float(eta, "eta", nonnegative=True)
 
 

@@ -200,24 +200,21 @@ def summary_markdown(s: dict[str, Any]) -> str:
     """Markdown tables of the summary (pasted into the README)."""
     lines = []
     names = {k: v[0] for k, v in X.STYLE.items()}
-    for key, tab in s["table"].items():
+
+    def kl_table(title: str, tab: dict) -> None:  # one row per method, one column per L
         Ls = list(tab)
         if not Ls:
-            continue
-        lines.append(f"**{key}** — KL(p* ‖ p̂) in nats, mean ± s.e. over sequences\n")
+            return
+        lines.append(title + "\n")
         lines.append("| method | " + " | ".join(f"L = {L}" for L in Ls) + " |")
         lines.append("|---|" + "---|" * len(Ls))
         for meth in tab[Ls[0]]:
             lines.append(f"| {names.get(meth, meth)} | " + " | ".join(_fmt(tab[L][meth]) for L in Ls) + " |")
         lines.append("")
-    tab = s["depth_table"]
-    Ls = list(tab)
-    lines.append("**depth** (5-layer standard transformer vs k-step MD) — KL in nats, mean ± s.e.\n")
-    lines.append("| method | " + " | ".join(f"L = {L}" for L in Ls) + " |")
-    lines.append("|---|" + "---|" * len(Ls))
-    for meth in tab[Ls[0]]:
-        lines.append(f"| {names.get(meth, meth)} | " + " | ".join(_fmt(tab[L][meth]) for L in Ls) + " |")
-    lines.append("")
+
+    for key, tab in s["table"].items():
+        kl_table(f"**{key}** — KL(p* ‖ p̂) in nats, mean ± s.e. over sequences", tab)
+    kl_table("**depth** (5-layer standard transformer vs k-step MD) — KL in nats, mean ± s.e.", s["depth_table"])
     t = s["targets"]
     a, b, c = (t["trained_md3_within_0.01_of_construction"], t["learned_W1_row_kl_below_0.05"],
                t["std5_no_worse_than_md2"])
