@@ -4,11 +4,11 @@ Implements, verifies and extends "Transformers Learn Latent Mixture Models In-Co
 Mirror Descent" (D'Angelo & Flammarion, ICLR 2026). The formulas are those of MATH.md.
 """
 from .bayes import log_evidence, n_states, posterior_mean, posterior_mean_mc
-from .estimators import em, eta_bayes, k_step_md, kkt_gap, mirror_descent, mle, one_step_md
+from .estimators import (em, eta_bayes, k_step_md, kkt_gap, md_predictive_all_prefixes, mirror_descent, mle,
+                         one_step_md)
 from .fit import MTDFit, fit, select_order
 from .likelihood import gradient, hessian, kl, log_likelihood, responsibilities
 from .model import lag_factors, predictive, random_transition_matrix, sample, sample_icl
-from .prefix import md_predictive_all_prefixes
 
 # The torch parts load on first use (PEP 562): importing torch takes ~1.5 s, and the NumPy
 # core, the fitting code and proofs_check do not need it.

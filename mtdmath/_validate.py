@@ -1,14 +1,21 @@
-"""Input validation shared by every public function of mtdmath.
+"""Input validation shared by every public function of mtdmath, for every array backend.
 
 Each checker raises ``ValueError`` whose message names the argument as the caller wrote it
 and shows the offending values, before any work is done. Checkers return the validated
-array (converted to float64 / int64 where appropriate) so callers use what was checked.
+array in the result's :class:`~mtdmath._xp.Space` (namespace, device, dtype; see
+:mod:`mtdmath._xp` for the backend contract), so callers use what was checked. The checks run
+on the array's own device with a few whole-array reductions; only the offending values of a
+failed check travel to the host, for the message.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+
+from . import _xp
+from ._xp import Space
 
 #: tolerance on row sums of pi, on the simplex constraint of lam and of probability vectors
 SUM_TOL = 1e-8
@@ -16,7 +23,7 @@ SUM_TOL = 1e-8
 
 def _show(x: Any, limit: int = 6) -> str:
     """Short printable form of (the first few) offending values."""
-    a = np.asarray(x).ravel()
+    a = _xp.to_numpy(x).ravel()
     s = np.array2string(a[:limit], precision=6, separator=", ")
     return s[:-1] + ", ...]" if a.size > limit else s
 
@@ -25,7 +32,8 @@ def as_rng(rng: Any, name: str = "rng") -> np.random.Generator:
     """``numpy.random.default_rng`` semantics: Generator, int seed, SeedSequence or None."""
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or isinstance(rng, (int, np.integer, np.random.SeedSequence)):
+    if rng is None or isinstance(rng, (np.random.SeedSequence,)) or (
+            isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
         if isinstance(rng, (int, np.integer)) and rng < 0:
             raise ValueError(f"{name} must be a non-negative seed (got {rng})")
         return np.random.default_rng(rng)
@@ -43,14 +51,26 @@ def check_int(value: Any, name: str, minimum: int | None = None) -> int:
 
 
 def check_float(value: Any, name: str, *, nonnegative: bool = False, positive: bool = False) -> float:
-    """A finite real scalar, optionally >= 0 or > 0."""
+    """A finite real scalar (a 0-d array of any backend allowed), optionally >= 0 or > 0.
+
+    Strings, booleans and complex numbers are refused rather than parsed or truncated.
+    """
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"{name} must be a real number (got {value!r})")
+    ndim = getattr(value, "ndim", None)
+    if ndim is None:
+        ndim = np.ndim(value)
+    if ndim != 0:
+        raise ValueError(f"{name} must be a scalar (got shape {tuple(getattr(value, 'shape', np.shape(value)))})")
+    if _xp._is_array(value):
+        value = _xp.to_numpy(value)[()]
+        if np.iscomplexobj(value):
+            raise ValueError(f"{name} must be a real number (got {value!r})")
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a real number (got {value!r})") from None
-    if np.ndim(value) != 0:
-        raise ValueError(f"{name} must be a scalar (got shape {np.shape(value)})")
-    if not np.isfinite(v):
+    if not math.isfinite(v):
         raise ValueError(f"{name} must be finite (got {v})")
     if nonnegative and v < 0:
         raise ValueError(f"{name} must be >= 0 (got {v})")
@@ -59,56 +79,103 @@ def check_float(value: Any, name: str, *, nonnegative: bool = False, positive: b
     return v
 
 
-def _float_array(x: Any, name: str) -> np.ndarray:
+def _host_kind_check(x: Any, name: str) -> None:
+    """Refuse complex, string and object inputs instead of truncating or parsing them."""
+    if _xp._is_array(x) and not _xp.is_numpy_array(x):
+        xp = _xp.array_namespace(x)
+        if xp.isdtype(x.dtype, "complex floating"):
+            raise ValueError(f"{name} must be real (got complex dtype {x.dtype})")
+        return
     try:
-        a = np.asarray(x, dtype=np.float64)
+        a = np.asarray(x)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be an array of real numbers") from None
-    return a
+    if a.dtype.kind == "c":
+        raise ValueError(f"{name} must be real (got complex dtype {a.dtype})")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be an array of real numbers (got dtype {a.dtype})")
 
 
-def check_pi(pi: Any, name: str = "pi") -> np.ndarray:
-    """A row-stochastic square matrix (S, S), S >= 1, float64."""
-    a = _float_array(pi, name)
+def float_array(x: Any, name: str, space: Space | None = None) -> Any:
+    """``x`` as a real floating array of ``space`` (default: its own data space)."""
+    _host_kind_check(x, name)
+    if space is None:
+        space = _xp.data_space(x)
+    try:
+        return _xp.convert(x, space)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an array of real numbers") from None
+
+
+def _input_eps(x: Any, a: Any) -> float:
+    """Machine epsilon of the coarser of the input's own float dtype and the computing dtype:
+    a float16 pi has row sums 1 ± S·1e-3, which the float32 computation must still accept."""
+    eps = float(_xp.array_namespace(a).finfo(a.dtype).eps)
+    if _xp._is_array(x):
+        xp = _xp.array_namespace(x)
+        if xp.isdtype(x.dtype, "real floating"):
+            eps = max(eps, float(xp.finfo(x.dtype).eps))
+    return eps
+
+
+def _check_finite_nonneg(a: Any, name: str, xp: Any, what: str = "entries") -> None:
+    if math.prod(a.shape) == 0:
+        return
+    # fast path: one bool from two reductions; a NaN propagates into the min and the max
+    lo, hi = xp.min(a), xp.max(a)
+    if bool(xp.isfinite(lo) & xp.isfinite(hi) & (lo >= 0)):
+        return
+    h = _xp.to_numpy(a)
+    fin = np.isfinite(h)
+    if not fin.all():
+        raise ValueError(f"{name} must be finite (got non-finite {what} {_show(h[~fin])})")
+    raise ValueError(f"{name} must be nonnegative (got negative {what} {_show(h[h < 0])})")
+
+
+def check_pi(pi: Any, name: str = "pi", space: Space | None = None) -> Any:
+    """A row-stochastic square matrix (S, S), S >= 1, in ``space``."""
+    a = float_array(pi, name, space)
+    xp = _xp.array_namespace(a)
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] < 1:
-        raise ValueError(f"{name} must be a square (S, S) matrix (got shape {a.shape})")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be finite (got non-finite entries {_show(a[~np.isfinite(a)])})")
-    if np.any(a < 0):
-        raise ValueError(f"{name} must be nonnegative (got negative entries {_show(a[a < 0])})")
-    rs = a.sum(axis=1)
-    bad = np.abs(rs - 1.0) > SUM_TOL
-    if np.any(bad):
-        raise ValueError(f"{name}: rows must sum to 1 (got row sums of {_show(rs[bad])} in rows {_show(np.flatnonzero(bad))})")
+        raise ValueError(f"{name} must be a square (S, S) matrix (got shape {tuple(a.shape)})")
+    _check_finite_nonneg(a, name, xp)
+    rs = xp.sum(a, axis=1)
+    tol = _xp.sum_tol(_input_eps(pi, a), a.shape[0], SUM_TOL)
+    if bool(xp.any(xp.abs(rs - 1.0) > tol)):
+        h = _xp.to_numpy(rs).astype(np.float64)
+        bad = np.abs(h - 1.0) > tol
+        raise ValueError(f"{name}: rows must sum to 1 (got row sums of {_show(h[bad])} in rows {_show(np.flatnonzero(bad))})")
     return a
 
 
-def check_prob_vector(p: Any, name: str, size: int | None = None, tol: float = SUM_TOL) -> np.ndarray:
+def check_prob_vector(p: Any, name: str, size: int | None = None, tol: float = SUM_TOL,
+                      space: Space | None = None) -> Any:
     """A probability vector over the last axis (batched allowed): finite, >= 0, sums to 1 within tol."""
-    a = _float_array(p, name)
+    a = float_array(p, name, space)
+    xp = _xp.array_namespace(a)
     if a.ndim < 1 or a.shape[-1] < 1:
-        raise ValueError(f"{name} must have at least one axis of length >= 1 (got shape {a.shape})")
+        raise ValueError(f"{name} must have at least one axis of length >= 1 (got shape {tuple(a.shape)})")
     if size is not None and a.shape[-1] != size:
-        raise ValueError(f"{name} must have length {size} on its last axis (got shape {a.shape})")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be finite (got {_show(a[~np.isfinite(a)])})")
-    if np.any(a < 0):
-        raise ValueError(f"{name} must be nonnegative (got {_show(a[a < 0])})")
-    s = a.sum(axis=-1)
-    bad = np.abs(s - 1.0) > tol
-    if np.any(bad):
-        raise ValueError(f"{name} must lie on the simplex: entries must sum to 1 (got sums of {_show(s[bad])})")
+        raise ValueError(f"{name} must have length {size} on its last axis (got shape {tuple(a.shape)})")
+    _check_finite_nonneg(a, name, xp, what="values")
+    tol = _xp.sum_tol(_input_eps(p, a), a.shape[-1], tol)
+    s = xp.sum(a, axis=-1)
+    if bool(xp.any(xp.abs(s - 1.0) > tol)):
+        h = _xp.to_numpy(s).astype(np.float64)
+        raise ValueError(f"{name} must lie on the simplex: entries must sum to 1 (got sums of {_show(h[np.abs(h - 1.0) > tol])})")
     return a
 
 
-def check_lam(lam: Any, name: str = "lam", m: int | None = None) -> np.ndarray:
+def check_lam(lam: Any, name: str = "lam", m: int | None = None, space: Space | None = None) -> Any:
     """Lag weights on the simplex Delta_m, shape (..., m)."""
-    return check_prob_vector(lam, name, m)
+    return check_prob_vector(lam, name, m, space=space)
 
 
 def check_alpha(alpha: Any, name: str = "alpha", m: int | None = None) -> np.ndarray:
-    """Dirichlet concentration: 1-D, length m, positive and finite."""
-    a = _float_array(alpha, name)
+    """Dirichlet concentration: 1-D, length m, positive and finite; float64 NumPy (m numbers,
+    validated and used on the host whatever the backend)."""
+    _host_kind_check(alpha, name)
+    a = np.asarray(_xp.to_numpy(alpha), dtype=np.float64)
     if a.ndim != 1 or a.shape[0] < 1:
         raise ValueError(f"{name} must be 1-D with length m >= 1 (got shape {a.shape})")
     if m is not None and a.shape[0] != m:
@@ -120,42 +187,60 @@ def check_alpha(alpha: Any, name: str = "alpha", m: int | None = None) -> np.nda
     return a
 
 
-def check_tokens(tokens: Any, S: int, m: int | None = None, name: str = "tokens") -> np.ndarray:
-    """Integer tokens in [0, S), shape (..., T) with T >= m; returned as int64."""
-    a = np.asarray(tokens)
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"{name} must have an integer dtype (got dtype {a.dtype})")
-    if a.ndim < 1:
+def check_tokens(tokens: Any, S: int, m: int | None = None, name: str = "tokens",
+                 space: Space | None = None) -> Any:
+    """Integer tokens in [0, S), shape (..., T) with T >= m; int64 in ``space``'s namespace and device.
+
+    The range is checked in the tokens' own dtype, before any cast, so an unsigned token of
+    2**63 or more is reported rather than wrapped to a negative int64.
+    """
+    if _xp._is_array(tokens) and not _xp.is_numpy_array(tokens):
+        y = tokens
+        xp = _xp.array_namespace(y)
+        if not xp.isdtype(y.dtype, "integral"):
+            raise ValueError(f"{name} must have an integer dtype (got dtype {y.dtype})")
+    else:
+        try:
+            y = np.asarray(tokens)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an array of integers") from None
+        if y.dtype == bool or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{name} must have an integer dtype (got dtype {y.dtype})")
+        xp = _xp._np_xp
+    if y.ndim < 1:
         raise ValueError(f"{name} must have at least one axis (time last) (got a scalar)")
-    if a.size:
-        lo, hi = a.min(), a.max()
-        if lo < 0 or hi >= S:
-            bad = a[(a < 0) | (a >= S)]
-            raise ValueError(f"{name} must lie in [0, {S}) for S = {S} (got out-of-range values {_show(bad)})")
-    if m is not None and a.shape[-1] < m:
-        raise ValueError(f"{name} must have length T >= m = {m} on its last axis (got T = {a.shape[-1]})")
-    return a.astype(np.int64, copy=False)
+    if math.prod(y.shape):
+        lo, hi = xp.min(y), xp.max(y)
+        if bool((lo < 0) | (hi >= S)):
+            h = _xp.to_numpy(y)
+            raise ValueError(f"{name} must lie in [0, {S}) for S = {S} "
+                             f"(got out-of-range values {_show(h[(h < 0) | (h >= S)])})")
+    if m is not None and y.shape[-1] < m:
+        raise ValueError(f"{name} must have length T >= m = {m} on its last axis (got T = {y.shape[-1]})")
+    if space is None:
+        space = _xp.data_space(tokens)
+    return _xp.convert(y, space, dtype=space.xp.int64)
 
 
-def check_C(C: Any, name: str = "C", *, allow_impossible: bool = False) -> np.ndarray:
-    """Lag factors, shape (..., n, m), finite and nonnegative.
+def check_C(C: Any, name: str = "C", *, allow_impossible: bool = False, space: Space | None = None) -> Any:
+    """Lag factors, shape (..., n, m), finite and nonnegative, in ``space`` (default: C's own).
 
     Unless ``allow_impossible``, a transition (row) that is zero under every lag raises:
     the data are impossible under pi and the quantity is undefined (MATH.md §2).
     """
-    a = _float_array(C, name)
+    a = float_array(C, name, space)
+    xp = _xp.array_namespace(a)
     if a.ndim < 2:
-        raise ValueError(f"{name} must have shape (..., n, m) (got shape {a.shape})")
+        raise ValueError(f"{name} must have shape (..., n, m) (got shape {tuple(a.shape)})")
     if a.shape[-1] < 1:
-        raise ValueError(f"{name} must have m >= 1 columns (got shape {a.shape})")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be finite (got {_show(a[~np.isfinite(a)])})")
-    if np.any(a < 0):
-        raise ValueError(f"{name} must be nonnegative (got {_show(a[a < 0])})")
-    if not allow_impossible and a.size:
-        zero_rows = np.all(a == 0, axis=-1)
-        if np.any(zero_rows):
-            idx = np.argwhere(zero_rows)[:3].tolist()
+        raise ValueError(f"{name} must have m >= 1 columns (got shape {tuple(a.shape)})")
+    _check_finite_nonneg(a, name, xp)
+    if not allow_impossible and math.prod(a.shape):
+        # a >= 0, so a row is all zero exactly when its sum is 0: one matrix-vector product
+        ones = xp.ones((a.shape[-1], 1), dtype=a.dtype, device=_xp._device(a))
+        zero_rows = (a @ ones)[..., 0] == 0
+        if bool(xp.any(zero_rows)):
+            idx = np.argwhere(_xp.to_numpy(zero_rows))[:3].tolist()
             raise ValueError(
                 f"{name} has a transition with probability 0 under every lag (rows {idx}): "
                 "the data are impossible under pi"

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import _validate as V
+from . import _xp
 
 #: default memory budget (bytes) of the exact recursion; above it posterior_mean raises
 DEFAULT_MAX_BYTES = 2 * 2**30
@@ -238,11 +239,14 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
     return post, np.log(tot) + log_scale
 
 
-def _prepare(C: Any, alpha: Any, allow_impossible: bool) -> tuple[np.ndarray, np.ndarray]:
-    C = V.check_C(C, "C", allow_impossible=allow_impossible)
+def _prepare(C: Any, alpha: Any, allow_impossible: bool) -> tuple[np.ndarray, np.ndarray, _xp.Space]:
+    """Validate in C's own space, then continue in float64 NumPy (the recursion is host code);
+    the space is returned so the result goes back to C's namespace, device and dtype."""
+    space = _xp.data_space(C)
+    C = V.check_C(C, "C", allow_impossible=allow_impossible, space=space)
     alpha = V.check_alpha(alpha, "alpha")
     V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
-    return C, alpha
+    return np.asarray(_xp.to_numpy(C), dtype=np.float64), alpha, space
 
 
 def posterior_mean(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
@@ -259,12 +263,14 @@ def posterior_mean(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
 
     Returns
     -------
-    ndarray, shape (..., m). For n = 0 the prior mean ``alpha / α₀``.
+    array, shape (..., m)
+        In C's namespace, device and float dtype (computed in float64 NumPy). For n = 0 the
+        prior mean ``alpha / α₀``.
     """
-    C, alpha = _prepare(C, alpha, allow_impossible=False)
+    C, alpha, space = _prepare(C, alpha, allow_impossible=False)
     batch, (n, m) = C.shape[:-2], C.shape[-2:]
     post, _ = _forward(C.reshape((int(np.prod(batch)), n, m)), alpha, max_bytes)
-    return post.reshape(batch + (m,))
+    return _xp.from_numpy(post.reshape(batch + (m,)), space)
 
 
 def log_evidence(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
@@ -274,9 +280,10 @@ def log_evidence(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> n
 
     Returns
     -------
-    ndarray, shape (...). 0 for n = 0.
+    array, shape (...)
+        In C's namespace, device and float dtype (computed in float64 NumPy). 0 for n = 0.
     """
-    C, alpha = _prepare(C, alpha, allow_impossible=True)
+    C, alpha, space = _prepare(C, alpha, allow_impossible=True)
     batch, (n, m) = C.shape[:-2], C.shape[-2:]
     Cf = C.reshape((int(np.prod(batch)), n, m))
     impossible = np.any(np.all(Cf == 0, axis=-1), axis=-1)  # (B,)
@@ -284,7 +291,7 @@ def log_evidence(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> n
     Cf = np.where(impossible[:, None, None], 1.0, Cf)
     _, le = _forward(Cf, alpha, max_bytes)
     le = np.where(impossible, -np.inf, le)
-    return le.reshape(batch)
+    return _xp.from_numpy(le.reshape(batch), space)
 
 
 def _log_prod(x: np.ndarray) -> np.ndarray:
@@ -329,9 +336,10 @@ def posterior_mean_mc(
 
     Returns
     -------
-    mean, stderr : ndarrays, shape (..., m)
+    mean, stderr : arrays, shape (..., m)
+        In C's namespace, device and float dtype (computed in float64 NumPy).
     """
-    C, alpha = _prepare(C, alpha, allow_impossible=False)
+    C, alpha, space = _prepare(C, alpha, allow_impossible=False)
     samples = V.check_int(samples, "samples", minimum=1)
     chunk = V.check_int(chunk, "chunk", minimum=1)
     gen = V.as_rng(rng)
@@ -363,4 +371,4 @@ def posterior_mean_mc(
     mean = s_wl / s_w[:, None]
     var_num = s_w2l2 - 2 * mean * s_w2l + mean**2 * s_w2[:, None]
     stderr = np.sqrt(np.maximum(var_num, 0.0)) / s_w[:, None]
-    return mean.reshape(batch + (m,)), stderr.reshape(batch + (m,))
+    return _xp.from_numpy(mean.reshape(batch + (m,)), space), _xp.from_numpy(stderr.reshape(batch + (m,)), space)

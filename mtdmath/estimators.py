@@ -1,95 +1,94 @@
-"""Estimators of lam with pi known (MATH.md §3): mirror descent, EM, MLE, one-step MD.
+"""Estimators of lam with pi known (MATH.md §3): mirror descent, EM, MLE, one-step and k-step MD,
+and the k-step MD predictive law after every prefix of a sequence.
 
-All iterations run in log space: ``log s_i = logsumexp_g(log C[i,g] + log lam_g)``, so a long
-context (n in the thousands) or a large step never overflows, and a lag weight that is tiny
-never underflows into a spurious ``s_i = 0``.
+All iterations run in log space: ``log s_i = logsumexp_g(log C[i,g] + log lam_g)`` where the
+linear sum would underflow, so a long context (n = 10^5) or a large step never overflows, and a
+lag weight that is tiny never underflows into a spurious ``s_i = 0``.
+
+Every function runs in the namespace and on the device of its data argument (``C``, or
+``tokens``/``pi``) and returns its float dtype (:mod:`mtdmath._xp` states the contract).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
 import numpy as np
 
 from . import _validate as V
+from . import _xp
+from ._squarem import squarem
+from .likelihood import _log_s
 
 
-# ----------------------------------------------------------------------------- helpers
-def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
-    amax = np.max(a, axis=axis, keepdims=True)
-    amax = np.where(np.isfinite(amax), amax, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(a - amax), axis=axis, keepdims=True)) + amax
-    return np.squeeze(out, axis=axis)
-
-
-def _log(a: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.log(a)
-
-
-def _log_grad(logC: np.ndarray, loglam: np.ndarray) -> np.ndarray:
+# ----------------------------------------------------------------------------- gradient
+def _log_grad(logC: Any, loglam: Any, xp: Any) -> Any:
     """log ∇ℓ(lam)_g = logsumexp_i(log C[i,g] - log s_i), shape (..., m); -inf for an all-zero column."""
-    log_s = _logsumexp(logC + loglam[..., None, :], axis=-1)  # (..., n)
-    return _logsumexp(logC - log_s[..., None], axis=-2)
+    log_s = _xp.logsumexp(logC + loglam[..., None, :], -1, xp)  # (..., n)
+    return _xp.logsumexp(logC - log_s[..., None], -2, xp)
 
 
-def _normalise_log(z: np.ndarray) -> np.ndarray:
-    """log_softmax over the last axis; shifting by the max *first* keeps huge z exact (no absorption)."""
-    top = np.max(z, axis=-1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    shifted = z - top
-    with np.errstate(divide="ignore"):
-        return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+def _tiny_s(dtype: Any, xp: Any) -> float:
+    """Below this, s_i = C[i]·lam is recomputed in log space (1e-249 in float64, 2e-31 in float32).
+
+    Above it the linear sums of nonnegative terms are exact to rounding, and
+    ``∇ℓ <= n / tiny^0.81`` stays finite for any n that fits in memory.
+    """
+    return _xp.finfo_tiny(xp, dtype) ** 0.81
 
 
-#: below this, s_i = C[i]·lam is recomputed in log space (the linear sum is exact to rounding above it)
-_TINY = 1e-250
-
-
-def _grad(C: np.ndarray, logC: np.ndarray, loglam: np.ndarray) -> np.ndarray:
+def _grad(C: Any, logC: Any, loglam: Any, xp: Any) -> Any:
     """∇ℓ(lam)_g = Σ_i C[i,g] / s_i, shape (..., m); C and loglam share one batch shape.
 
-    The linear-space sum is the most accurate route; a batch element with some s_i below
-    1e-250 (a lag weight has collapsed) is recomputed in log space. The result may be +inf
-    (overflow) for a collapsed weight; callers handle it.
+    Two batched matrix products (``s = C lam``, ``∇ℓ = (1/s)ᵀ C``), the most accurate and the
+    fastest route; a batch element with some s_i below :func:`_tiny_s` (a lag weight has
+    collapsed) is recomputed in log space. The result may be +inf (overflow) for a collapsed
+    weight; callers handle it.
     """
-    lam = np.exp(loglam)
-    s = (C @ lam[..., :, None])[..., 0]  # (..., n)
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        g = (C / s[..., None]).sum(axis=-2)
-    bad = np.any(s < _TINY, axis=-1)
-    if np.any(bad):
-        with np.errstate(over="ignore"):
-            g[bad] = np.exp(_log_grad(logC[bad], loglam[bad]))
+    s = (C @ xp.exp(loglam)[..., :, None])[..., 0]  # (..., n)
+    with _xp.quiet(xp):
+        g = (xp.reciprocal(s)[..., None, :] @ C)[..., 0, :]  # (..., m)
+    bad = xp.any(s < _tiny_s(s.dtype, xp), axis=-1)  # (...)
+    if bool(xp.any(bad)):
+        with _xp.quiet(xp):
+            g = xp.where(bad[..., None], xp.exp(_log_grad(logC, loglam, xp)), g)
     return g
 
 
-def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[np.ndarray, np.ndarray]:
+def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[Any, Any, Any]:
     """Validate C and the start point, broadcast them, check the start explains the data."""
-    C = V.check_C(C, "C")
+    space = _xp.data_space(C)
+    xp = space.xp
+    C = V.check_C(C, "C", space=space)
     m = C.shape[-1]
     if lam0 is None:
-        lam0 = np.full(m, 1.0 / m)
+        lam0 = xp.full((m,), 1.0 / m, dtype=C.dtype, device=space.device)
     else:
-        lam0 = V.check_lam(lam0, name_lam0)
+        lam0 = V.check_lam(lam0, name_lam0, space=space)
         V.check_same_m(m, lam0.shape[-1], name_lam0)
-    batch = np.broadcast_shapes(C.shape[:-2], lam0.shape[:-1])
-    C = np.broadcast_to(C, batch + C.shape[-2:])
-    lam0 = np.broadcast_to(lam0, batch + (m,))
-    if C.shape[-2] and np.any((C @ lam0[..., :, None]) <= 0):
+    batch = tuple(np.broadcast_shapes(tuple(C.shape[:-2]), tuple(lam0.shape[:-1])))
+    C = xp.broadcast_to(C, batch + tuple(C.shape[-2:]))
+    lam0 = xp.broadcast_to(lam0, batch + (m,))
+    if C.shape[-2] and bool(xp.any((C @ lam0[..., :, None]) <= 0)):
         raise ValueError(
             f"{name_lam0} gives probability 0 to an observed transition (C[i]·{name_lam0} = 0): "
             "put positive weight on a lag that explains every transition"
         )
-    return C, lam0
+    return C, lam0, xp
 
 
-_FMAX = np.finfo(np.float64).max
-_LOG_HUGE = np.log(_FMAX) - np.log(4.0)
+def _contiguous(C: Any, xp: Any) -> Any:
+    """A materialised copy of a broadcast C (an expanded array would be re-read at every product)."""
+    if _xp.is_torch_namespace(xp):
+        return C.contiguous()
+    if _xp.is_numpy_namespace(xp):
+        return np.ascontiguousarray(C)
+    return C
 
 
-def _eg_update(loglam: np.ndarray, log_step: np.ndarray, step: np.ndarray | None = None) -> np.ndarray:
+# ----------------------------------------------------------------------------- the MD update
+def _eg_update(loglam: Any, log_step: Any, xp: Any, step: Any = None) -> Any:
     """``log_softmax(log lam + exp(log_step))`` over the last axis, exact when the step overflows.
 
     ``∇ℓ_g`` can overflow once a lag weight has collapsed (large steps). With
@@ -101,51 +100,54 @@ def _eg_update(loglam: np.ndarray, log_step: np.ndarray, step: np.ndarray | None
     ``C[i]·lam`` is 0 and no NaN appears. ``step``, if given, is ``exp(log_step)`` computed
     more accurately by the caller (used where it is representable).
     """
-    support = loglam > -np.inf
-    if step is None:
-        step = np.exp(np.minimum(log_step, _LOG_HUGE))
-    out = _normalise_log(loglam + np.minimum(step, np.exp(_LOG_HUGE)))
-    log_K = np.max(np.where(support, log_step, -np.inf), axis=-1, keepdims=True)
-    over = log_K > _LOG_HUGE  # (..., 1)
-    if np.any(over):
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            w = np.where(support, loglam * np.exp(-log_K) + np.exp(log_step - log_K), -np.inf)
-            w_max = np.max(w, axis=-1, keepdims=True)
+    fmax = _xp.finfo_max(xp, loglam.dtype)
+    log_huge = math.log(fmax) - math.log(4.0)
+    ninf = xp.full_like(loglam, -math.inf)
+    support = loglam > -math.inf
+    with _xp.quiet(xp):
+        if step is None:
+            step = xp.exp(xp.clip(log_step, max=log_huge))
+        out = _xp.log_softmax(loglam + xp.clip(step, max=math.exp(log_huge)), xp)
+        log_K = xp.max(xp.where(support, log_step, ninf), axis=-1, keepdims=True)
+        over = log_K > log_huge  # (..., 1)
+        if bool(xp.any(over)):
+            w = xp.where(support, loglam * xp.exp(-log_K) + xp.exp(log_step - log_K), ninf)
+            w_max = xp.max(w, axis=-1, keepdims=True)
             top = w == w_max
-            gap = -np.minimum(np.exp(log_K + np.log(w_max - w)), _FMAX)
-        limit = np.where(top, -np.log(top.sum(axis=-1, keepdims=True)), gap)
-        out = np.where(over, np.where(support, limit, -np.inf), out)
-    return np.where(support, np.maximum(out, -_FMAX), -np.inf)
+            gap = -xp.clip(xp.exp(log_K + xp.log(w_max - w)), max=fmax)
+            ties = xp.sum(xp.astype(top, loglam.dtype), axis=-1, keepdims=True)
+            limit = xp.where(top, -xp.log(ties), gap)
+            out = xp.where(over, xp.where(support, limit, ninf), out)
+    return xp.where(support, xp.clip(out, min=-fmax), ninf)
 
 
-def _md_log_step(C: np.ndarray, logC: np.ndarray, loglam: np.ndarray, eta: float) -> np.ndarray:
+def _md_log_step(C: Any, logC: Any, loglam: Any, eta: float, xp: Any) -> Any:
     """One exponentiated-gradient step in log space: ``log lam⁺ = log_softmax(log lam + η ∇ℓ(lam))``."""
     if eta == 0:
-        return _normalise_log(loglam)
-    with np.errstate(divide="ignore", over="ignore"):
-        step = eta * _grad(C, logC, loglam)  # (..., m), +inf where ∇ℓ overflowed
-        log_step = np.log(step)
-    if not np.all(np.isfinite(step)):  # the log-space route is finite where the linear one overflowed
-        log_step = np.where(np.isfinite(step), log_step, np.log(eta) + _log_grad(logC, loglam))
-    return _eg_update(loglam, log_step, step)
+        return _xp.log_softmax(loglam, xp)
+    with _xp.quiet(xp):
+        step = eta * _grad(C, logC, loglam, xp)  # (..., m), +inf where ∇ℓ overflowed
+        log_step = xp.log(step)
+        if not bool(xp.all(xp.isfinite(step))):  # the log-space route is finite where the linear one overflowed
+            log_step = xp.where(xp.isfinite(step), log_step, math.log(eta) + _log_grad(logC, loglam, xp))
+    return _eg_update(loglam, log_step, xp, step)
 
 
-def _em_log_step(C: np.ndarray, logC: np.ndarray, loglam: np.ndarray, log_n: float) -> np.ndarray:
+def _em_log_step(C: Any, logC: Any, loglam: Any, log_n: float, xp: Any) -> Any:
     """One EM step in log space: ``lam⁺_g = lam_g ∇ℓ(lam)_g / n`` (renormalised against rounding).
 
     ``lam_g ∇ℓ_g <= n``, so the product never overflows; where ∇ℓ_g itself overflowed its
     log comes from the log-space route.
     """
-    g = _grad(C, logC, loglam)
-    with np.errstate(divide="ignore"):
-        lg = np.log(g)
-    if not np.all(np.isfinite(g)):
-        lg = np.where(np.isfinite(g), lg, _log_grad(logC, loglam))
-    return _normalise_log(loglam + lg - log_n)
+    g = _grad(C, logC, loglam, xp)
+    lg = _xp.log(g, xp)
+    if not bool(xp.all(xp.isfinite(g))):
+        lg = xp.where(xp.isfinite(g), lg, _log_grad(logC, loglam, xp))
+    return _xp.log_softmax(loglam + lg - log_n, xp)
 
 
 # ----------------------------------------------------------------------------- public
-def mirror_descent(C: Any, *, eta: float, steps: int = 1, lam0: Any = None) -> np.ndarray:
+def mirror_descent(C: Any, *, eta: float, steps: int = 1, lam0: Any = None) -> Any:
     """Mirror descent with the negative-entropy mirror map (exponentiated gradient) on ℓ.
 
     ``lam⁺ = softmax(log lam + η ∇ℓ(lam))``, the exact maximiser of
@@ -164,60 +166,65 @@ def mirror_descent(C: Any, *, eta: float, steps: int = 1, lam0: Any = None) -> n
 
     Returns
     -------
-    lam : ndarray, shape (broadcast batch..., m)
+    lam : array, shape (broadcast batch..., m)
+        In C's namespace, device and float dtype.
     """
     eta = V.check_float(eta, "eta", nonnegative=True)
     steps = V.check_int(steps, "steps", minimum=0)
-    C, lam0 = _prepare(C, lam0)
+    C, lam0, xp = _prepare(C, lam0)
     if C.shape[-2] == 0 or steps == 0:
-        return lam0.copy()
-    logC, loglam = _log(C), _log(lam0)
+        return xp.asarray(lam0, copy=True)
+    C = _contiguous(C, xp)
+    logC, loglam = _xp.log(C, xp), _xp.log(lam0, xp)
     for _ in range(steps):
-        loglam = _md_log_step(C, logC, loglam, eta)
-    return np.exp(loglam)
+        loglam = _md_log_step(C, logC, loglam, eta, xp)
+    return xp.exp(loglam)
 
 
-def em(C: Any, *, steps: int = 1, lam0: Any = None) -> np.ndarray:
+def em(C: Any, *, steps: int = 1, lam0: Any = None) -> Any:
     """EM for the lag weights: ``lam⁺_g = (1/n) Σ_i γ_i(g) = lam_g ∇ℓ(lam)_g / n`` (MATH.md §3).
 
     Parameters and returns as :func:`mirror_descent` (no step size). ℓ never decreases.
     """
     steps = V.check_int(steps, "steps", minimum=0)
-    C, lam0 = _prepare(C, lam0)
+    C, lam0, xp = _prepare(C, lam0)
     n = C.shape[-2]
     if n == 0 or steps == 0:
-        return lam0.copy()
-    logC, loglam, log_n = _log(C), _log(lam0), np.log(n)
+        return xp.asarray(lam0, copy=True)
+    C = _contiguous(C, xp)
+    logC, loglam, log_n = _xp.log(C, xp), _xp.log(lam0, xp), math.log(n)
     for _ in range(steps):
-        loglam = _em_log_step(C, logC, loglam, log_n)
-    return np.exp(loglam)
+        loglam = _em_log_step(C, logC, loglam, log_n, xp)
+    return xp.exp(loglam)
 
 
-def kkt_gap(lam: Any, C: Any) -> np.ndarray:
+def kkt_gap(lam: Any, C: Any) -> Any:
     """KKT gap of the MLE problem, ``max_g ∇ℓ(lam)_g / n - 1`` (>= 0 on the simplex).
 
     At a maximiser of ℓ on Δ_m, ``∇ℓ_g <= n`` with equality where ``lam_g > 0``, so the gap
     is 0; by concavity ``ℓ(MLE) - ℓ(lam) <= n · gap``. Shape (...); 0 when n = 0.
     """
-    C = V.check_C(C, "C")
-    lam = V.check_lam(lam, "lam")
+    space = _xp.data_space(C)
+    xp = space.xp
+    C = V.check_C(C, "C", space=space)
+    lam = V.check_lam(lam, "lam", space=space)
     V.check_same_m(C.shape[-1], lam.shape[-1], "lam")
     n = C.shape[-2]
-    batch = np.broadcast_shapes(C.shape[:-2], lam.shape[:-1])
+    batch = tuple(np.broadcast_shapes(tuple(C.shape[:-2]), tuple(lam.shape[:-1])))
     if n == 0:
-        return np.zeros(batch)
-    C, lam = np.broadcast_to(C, batch + C.shape[-2:]), np.broadcast_to(lam, batch + lam.shape[-1:])
-    return _grad(C, _log(C), _log(lam)).max(axis=-1) / n - 1.0
+        return xp.zeros(batch, dtype=C.dtype, device=space.device)
+    C = xp.broadcast_to(C, batch + tuple(C.shape[-2:]))
+    lam = xp.broadcast_to(lam, batch + tuple(lam.shape[-1:]))
+    return xp.max(_grad(C, _xp.log(C, xp), _xp.log(lam, xp), xp), axis=-1) / n - 1.0
 
 
-def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> np.ndarray:
+def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> Any:
     """Maximum-likelihood lag weights: the maximiser of ℓ on the simplex (concave problem).
 
-    EM from the uniform point, accelerated by SQUAREM (Varadhan & Roland 2008, scheme S3)
-    with a monotonicity safeguard: an extrapolated point is kept only if it stays inside the
-    simplex and its log-likelihood is no lower than two plain EM steps. Stops, per batch
-    element, when the KKT gap ``max_g ∇ℓ_g / n - 1`` (see :func:`kkt_gap`) is below ``tol``;
-    that bounds the suboptimality ``ℓ(MLE) - ℓ(lam) <= n · tol``.
+    EM from the uniform point, accelerated by the library's one SQUAREM (:mod:`mtdmath._squarem`:
+    Varadhan & Roland 2008, scheme S3, with a monotonicity safeguard). Stops, per batch element,
+    when the KKT gap ``max_g ∇ℓ_g / n - 1`` (see :func:`kkt_gap`) is below ``tol``; that bounds
+    the suboptimality ``ℓ(MLE) - ℓ(lam) <= n · tol``.
 
     Parameters
     ----------
@@ -230,58 +237,43 @@ def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> np.ndarray:
 
     Returns
     -------
-    lam : ndarray, shape (..., m)
-        n = 0 returns the uniform start point. When C has collinear columns the MLE is not
-        unique; any maximiser is returned.
+    lam : array, shape (..., m)
+        In C's namespace, device and float dtype. n = 0 returns the uniform start point. When C
+        has collinear columns the MLE is not unique; any maximiser is returned.
     """
     tol = V.check_float(tol, "tol", positive=True)
     max_steps = V.check_int(max_steps, "max_steps", minimum=1)
-    C, lam0 = _prepare(C, None)
-    batch, (n, m) = C.shape[:-2], C.shape[-2:]
+    C, lam0, xp = _prepare(C, None)
+    batch, (n, m) = tuple(C.shape[:-2]), tuple(C.shape[-2:])
     if n == 0 or m == 1:
-        return lam0.copy()
-    Cf = C.reshape((-1, n, m))  # (B, n, m)
-    logC = _log(Cf)
-    loglam = _log(lam0).reshape((-1, m)).copy()
-    log_n = np.log(n)
-    active = np.arange(loglam.shape[0])
+        return xp.asarray(lam0, copy=True)
+    Cf = xp.reshape(_contiguous(C, xp), (-1, n, m))  # (B, n, m)
+    logC = _xp.log(Cf, xp)
+    x0 = xp.asarray(xp.broadcast_to(xp.reshape(lam0, (-1, m)), (Cf.shape[0], m)), copy=True)  # (B, m)
+    log_n = math.log(n)
 
-    def ll(lC: np.ndarray, ll_: np.ndarray) -> np.ndarray:
-        return _logsumexp(lC + ll_[..., None, :], axis=-1).sum(axis=-1)
+    def em_map(x: Any, idx: Any) -> tuple[Any, Any]:
+        Ca, lC = xp.take(Cf, idx, axis=0), xp.take(logC, idx, axis=0)
+        return xp.exp(_em_log_step(Ca, lC, _xp.log(x, xp), log_n, xp)), xp.sum(_log_s(x, Ca, xp), axis=-1)
 
-    for _ in range(max_steps):
-        Ca, lC, x = Cf[active], logC[active], loglam[active]
-        with np.errstate(divide="ignore"):
-            lgrad = np.log(_grad(Ca, lC, x))
-        gap = np.exp(lgrad.max(axis=-1) - log_n) - 1.0
-        done = gap < tol
-        if np.all(done):
-            active = active[:0]
-            break
-        keep = ~done
-        active, Ca, lC, x, lgrad = active[keep], Ca[keep], lC[keep], x[keep], lgrad[keep]
-        f1 = _normalise_log(x + lgrad - log_n)
-        f2 = _em_log_step(Ca, lC, f1, log_n)
-        lam, l1, l2 = np.exp(x), np.exp(f1), np.exp(f2)
-        r, v = l1 - lam, l2 - 2 * l1 + lam
-        rn, vn = np.linalg.norm(r, axis=-1), np.linalg.norm(v, axis=-1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            a = np.where(vn > 0, -rn / vn, -1.0)
-        a = np.minimum(a, -1.0)[:, None]  # a = -1 reproduces two EM steps exactly
-        ext = lam - 2 * a * r + a * a * v
-        ok = np.all(ext > 0, axis=-1)
-        ext_log = _normalise_log(_log(np.where(ok[:, None], ext, l2)))
-        ext_log = _em_log_step(Ca, lC, ext_log, log_n)  # stabilising EM step
-        better = ok & (ll(lC, ext_log) >= ll(lC, f2))
-        loglam[active] = np.where(better[:, None], ext_log, f2)
-    if active.size:
+    def stop(x: Any, fx: Any, ll: Any, ll_prev: Any, idx: Any) -> Any:
+        Ca, lC = xp.take(Cf, idx, axis=0), xp.take(logC, idx, axis=0)
+        g = _grad(Ca, lC, _xp.log(x, xp), xp)
+        return xp.max(g, axis=-1) / n - 1.0 < tol
+
+    def normalise(x: Any, x_old: Any, idx: Any) -> Any:
+        return x / xp.sum(x, axis=-1, keepdims=True)
+
+    res = squarem(em_map, x0, stop=stop, max_iter=max_steps, normalise=normalise)
+    late = int(np.sum(~res.converged))
+    if late:
         warnings.warn(
-            f"mle: {active.size} of {loglam.shape[0]} problems did not reach KKT gap < {tol} "
+            f"mle: {late} of {res.converged.size} problems did not reach KKT gap < {tol} "
             f"within max_steps={max_steps}",
             RuntimeWarning,
             stacklevel=2,
         )
-    return np.exp(loglam).reshape(batch + (m,))
+    return xp.reshape(res.x, batch + (m,))
 
 
 def eta_bayes(alpha: Any) -> float:
@@ -290,7 +282,12 @@ def eta_bayes(alpha: Any) -> float:
     return float(1.0 / (1.0 + alpha.sum()))
 
 
-def one_step_md(C: Any, alpha: Any) -> np.ndarray:
+def _check_eta(eta: Any, alpha: np.ndarray) -> float:
+    """Step size: default η* = eta_bayes(alpha) = 1/(1+α₀) (MATH.md §3, Theorem 1)."""
+    return eta_bayes(alpha) if eta is None else V.check_float(eta, "eta", nonnegative=True)
+
+
+def one_step_md(C: Any, alpha: Any) -> Any:
     """One-step MD estimator ``lam¹ = softmax(log μ + η* ∇ℓ(μ))`` from the prior mean ``μ = alpha/α₀``.
 
     Equivalently ``softmax(log μ + η* G/μ)`` with ``G = Σ_i γ_i`` under μ (MATH.md §3).
@@ -302,16 +299,146 @@ def one_step_md(C: Any, alpha: Any) -> np.ndarray:
 
     Returns
     -------
-    ndarray, shape (..., m)
+    array, shape (..., m)
+        In C's namespace, device and float dtype.
     """
     return k_step_md(C, alpha, 1)
 
 
-def k_step_md(C: Any, alpha: Any, k: int, *, eta: float | None = None) -> np.ndarray:
+def k_step_md(C: Any, alpha: Any, k: int, *, eta: float | None = None) -> Any:
     """``k`` mirror-descent steps from the prior mean μ with step ``eta`` (default η* = eta_bayes(alpha))."""
     alpha = V.check_alpha(alpha, "alpha")
-    C = V.check_C(C, "C")
+    space = _xp.data_space(C)
+    C = V.check_C(C, "C", space=space)
     V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
     k = V.check_int(k, "k", minimum=0)
-    eta = eta_bayes(alpha) if eta is None else eta
+    eta = _check_eta(eta, alpha)
     return mirror_descent(C, eta=eta, steps=k, lam0=alpha / alpha.sum())
+
+
+# ----------------------------------------------------------------------------- all prefixes
+#: upper bound on the elements of the (batch, prefixes, n, m) work array of a k >= 2 step
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: float | None = None,
+                               steps: int = 1) -> Any:
+    """The k-step MD predictive law of the next token after every prefix, in one vectorised pass.
+
+    For a sequence y of length T, row r (r = 0..T-m) is the prefix ``y[:m+r]`` (position
+    ``t = m-1+r``), whose transitions are ``i = 0..r-1``: ``lam^(k)_r`` is k MD steps from the
+    prior mean μ on ``C[:r]``, and the row is ``p_r = Σ_g lam^(k)_r[g-1] · pi[y[t+1-g], :]``
+    (MATH.md §3, §5). Row 0 has no transition: its lam is μ for every k (the prior predictive).
+
+    - ``steps == 1``: ``lam¹_r = softmax(log μ + η G_r/μ)`` with ``G_r = Σ_{i<r} γ_i`` the
+      cumulative responsibilities under μ, and ``η G_r/μ = η Σ_{i<r} C[i]/s_i(μ)`` — an
+      exclusive cumulative sum, exactly the aggregation layer of the three-layer construction
+      (MATH.md §5). Cost O(B·T·m) time and memory.
+    - ``steps >= 2``: the gradient at prefix r depends on the prefix's own ``lam_r``, so every
+      prefix carries its own iterate; each step forms the masked (prefix r, transition i) matrix
+      of ``log(C[i]·lam_r)`` in chunks of prefixes. Cost O(k·B·T²·m) time.
+
+    Parameters
+    ----------
+    tokens : array_like of int, shape (..., T), T >= m
+    pi : array_like, shape (S, S)
+        Row-stochastic transition matrix.
+    alpha : array_like, shape (m,)
+        Dirichlet prior of lam; ``m = len(alpha)``, ``μ = alpha / α₀``.
+    eta : float, optional
+        Step size ``>= 0``; default ``η* = 1/(1+α₀)`` (:func:`eta_bayes`).
+    steps : int
+        Number of MD steps ``k >= 0`` from μ (0: the prior predictive at every prefix).
+
+    Returns
+    -------
+    p : array, shape (..., T-m+1, S)
+        Row r is the law of ``y[m+r]`` given ``y[:m+r]`` (the last row predicts beyond the
+        sequence); equal to ``predictive(k_step_md(lag_factors(y[:m+r], pi, m), alpha, k), y[:m+r], pi)``.
+        In the namespace, device and float dtype of ``tokens``/``pi``; differentiable in a torch
+        ``pi`` that requires grad.
+
+    Raises
+    ------
+    ValueError
+        For bad arguments, or if a transition of ``tokens`` has probability 0 under every lag.
+    """
+    alpha = V.check_alpha(alpha, "alpha")
+    m = alpha.shape[0]
+    eta = _check_eta(eta, alpha)
+    steps = V.check_int(steps, "steps", minimum=0)
+    space = _xp.data_space(tokens, pi)
+    xp = space.xp
+    pi = V.check_pi(pi, "pi", space)
+    S = pi.shape[0]
+    y = V.check_tokens(tokens, S, m, "tokens", space)
+    batch, T = tuple(y.shape[:-1]), y.shape[-1]
+    n = T - m
+    y = xp.reshape(y, (-1, T))
+    B = y.shape[0]
+    mu = xp.asarray(alpha / alpha.sum(), dtype=pi.dtype, device=space.device)  # (m,)
+
+    # lag factors, one (B, n) plane per lag: C_g[:, i] = pi[y[m+i-g], y[m+i]] (MATH.md §2)
+    flat = xp.reshape(pi, (-1,))
+    tgt = y[:, m:]
+    idx = xp.stack([y[:, m - g: T - g] * S + tgt for g in range(1, m + 1)])  # (m, B, n)
+    C = xp.reshape(xp.take(flat, xp.reshape(idx, (-1,))), (m, B, n))
+    s = xp.tensordot(mu, C, axes=1)  # (B, n): s_i(μ) = C[i]·μ; 0 exactly when the row C[i] is 0
+    if n and bool(xp.any(s == 0)):
+        raise ValueError("tokens contain a transition with probability 0 under every lag of pi: "
+                         "the data are impossible under pi")
+
+    if steps == 0:
+        lam = xp.broadcast_to(mu[:, None, None], (m, B, n + 1))
+    elif steps == 1:
+        z = _xp.exclusive_cumsum(C / s, 2, xp)  # (m, B, n+1): ∇ℓ(μ) of every prefix
+        z = eta * z + xp.log(mu)[:, None, None]
+        z = z - xp.max(z, axis=0, keepdims=True)
+        e = xp.exp(z)
+        lam = e / xp.sum(e, axis=0, keepdims=True)  # (m, B, n+1): lam¹ of every prefix
+    else:
+        logC = _xp.log(xp.permute_dims(C, (1, 2, 0)), xp)  # (B, n, m)
+        loglam = _all_prefix_md(logC, xp.log(mu), eta, steps, xp)  # (B, n+1, m)
+        lam = xp.permute_dims(xp.exp(loglam), (2, 0, 1))  # (m, B, n+1)
+
+    # p_r = Σ_g lam_r[g-1] pi[y[m-1+r+1-g]]: a weighted mixture of m rows of pi per prefix
+    src = xp.stack([y[:, m - g: T + 1 - g] for g in range(1, m + 1)])  # (m, B, n+1)
+    R = B * (n + 1)
+    p = _xp.weighted_rows(xp.reshape(src, (m, R)), xp.reshape(lam, (m, R)), pi, xp)
+    return xp.reshape(p, batch + (n + 1, S))
+
+
+def _all_prefix_md(logC: Any, log_mu: Any, eta: float, steps: int, xp: Any) -> Any:
+    """k >= 2 MD steps from μ for every prefix r = 0..n of logC (B, n, m); returns log lam (B, n+1, m).
+
+    Per step and chunk of prefixes [a, b): ``log s[r, i] = logsumexp_g(log C[i,g] + log lam_r[g])``
+    for i < b-1, then ``log ∇ℓ_r = logsumexp_{i<r}(log C[i] - log s[r, i])`` (terms i >= r are
+    -inf), and the step ``log lam_r⁺ = log_softmax(log lam_r + η ∇ℓ_r)`` (MATH.md §3).
+    """
+    B, n, m = logC.shape
+    loglam = xp.broadcast_to(log_mu, (B, n + 1, m))  # row 0 stays μ (n = 0 convention)
+    if n == 0:
+        return loglam
+    dev = _xp._device(logC)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, B * n * m))
+    ninf = xp.asarray(-math.inf, dtype=logC.dtype, device=dev)
+    for _ in range(steps):
+        parts = [loglam[:, :1, :]]
+        for a in range(1, n + 1, chunk):
+            b = min(n + 1, a + chunk)
+            lC = logC[:, None, : b - 1, :]  # (B, 1, b-1, m)
+            ll = loglam[:, a:b, None, :]  # (B, R, 1, m)
+            log_s = _xp.logsumexp(lC + ll, -1, xp)  # (B, R, b-1)
+            used = xp.arange(b - 1, device=dev)[None, :] < xp.arange(a, b, device=dev)[:, None]  # (R, b-1): i < r
+            with _xp.quiet(xp):
+                terms = xp.where(used[None, :, :, None], lC - log_s[..., None], ninf)  # (B, R, b-1, m)
+            parts.append(_eg_step(loglam[:, a:b, :], _xp.logsumexp(terms, -2, xp), eta, xp))
+        loglam = xp.concat(parts, axis=1)
+    return loglam
+
+
+def _eg_step(loglam: Any, log_grad: Any, eta: float, xp: Any) -> Any:
+    """``log_softmax(log lam + η exp(log_grad))`` (MATH.md §3), exact when the step overflows."""
+    if eta == 0:
+        return _xp.log_softmax(loglam, xp)
+    return _eg_update(loglam, math.log(eta) + log_grad, xp)

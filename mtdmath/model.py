@@ -1,4 +1,9 @@
-"""The MTD model (MATH.md §1): random transition matrices, sampling, lag factors, predictive law."""
+"""The MTD model (MATH.md §1): random transition matrices, sampling, lag factors, predictive law.
+
+:func:`lag_factors` and :func:`predictive` run in the namespace and on the device of their data
+(``tokens``/``pi``; see :mod:`mtdmath._xp`). The samplers draw with a NumPy ``Generator`` (the
+draws are sequential in time) and return their tokens in ``pi``'s namespace and device.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -6,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import _validate as V
+from . import _xp
 
 
 def random_transition_matrix(S: int, *, concentration: float = 1.0, rng: Any = None) -> np.ndarray:
@@ -52,16 +58,19 @@ def sample(pi: Any, lam: Any, T: int, *, rng: Any = None, init: Any = None) -> n
 
     Returns
     -------
-    tokens : ndarray of int64, shape ``lam.shape[:-1] + (T,)``
+    tokens : array of int64, shape ``lam.shape[:-1] + (T,)``
+        In ``pi``'s namespace and on its device (NumPy for NumPy or list input).
     """
-    pi = V.check_pi(pi, "pi")
+    space = _xp.data_space(pi)
+    pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
     S = pi.shape[0]
-    lam = V.check_lam(lam, "lam")
+    lam = _xp.to_numpy(V.check_lam(lam, "lam")).astype(np.float64)
     if lam.ndim > 2:
         raise ValueError(f"lam must have shape (m,) or (B, m) (got shape {lam.shape})")
     m = lam.shape[-1]
     T = V.check_int(T, "T", minimum=m)
-    init = np.full(S, 1.0 / S) if init is None else V.check_prob_vector(init, "init", S)
+    init = np.full(S, 1.0 / S) if init is None else \
+        _xp.to_numpy(V.check_prob_vector(init, "init", S)).astype(np.float64)
     if init.ndim != 1:
         raise ValueError(f"init must be a length-S vector (got shape {init.shape})")
     gen = V.as_rng(rng)
@@ -79,7 +88,7 @@ def sample(pi: Any, lam: Any, T: int, *, rng: Any = None, init: Any = None) -> n
         g = _inverse_cdf(lam_cdf, gen.random((B, 1)))[:, 0]  # latent lag index g-1, (B,)
         src = y[rows, t - 1 - g]  # the source token y[t - Z_t]
         y[:, t] = _inverse_cdf(pi_cdf[src], gen.random((B, 1)))[:, 0]
-    return y.reshape(batch_shape + (T,))
+    return _xp.from_numpy(y.reshape(batch_shape + (T,)), space, dtype=None)
 
 
 def _inverse_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -95,10 +104,12 @@ def sample_icl(pi: Any, alpha: Any, T: int, batch: int, *, rng: Any = None) -> t
 
     Returns
     -------
-    tokens : ndarray of int64, shape (batch, T)
-    lam : ndarray, shape (batch, m)
+    tokens : array of int64, shape (batch, T)
+    lam : array, shape (batch, m)
         The latent lag weights of each sequence (never shown to a predictor).
+        Both in ``pi``'s namespace and on its device; lam in pi's float dtype.
     """
+    space = _xp.data_space(pi)
     pi = V.check_pi(pi, "pi")
     alpha = V.check_alpha(alpha, "alpha")
     batch = V.check_int(batch, "batch", minimum=1)
@@ -106,10 +117,10 @@ def sample_icl(pi: Any, alpha: Any, T: int, batch: int, *, rng: Any = None) -> t
     gen = V.as_rng(rng)
     lam = gen.dirichlet(alpha, size=batch)
     lam = lam / lam.sum(axis=1, keepdims=True)
-    return sample(pi, lam, T, rng=gen), lam
+    return sample(pi, lam, T, rng=gen), _xp.from_numpy(lam, space)
 
 
-def lag_factors(tokens: Any, pi: Any, m: int) -> np.ndarray:
+def lag_factors(tokens: Any, pi: Any, m: int) -> Any:
     """Lag factors ``C[..., i, g-1] = pi[y[m+i-g], y[m+i]]`` (MATH.md §2).
 
     Parameters
@@ -121,22 +132,30 @@ def lag_factors(tokens: Any, pi: Any, m: int) -> np.ndarray:
 
     Returns
     -------
-    C : ndarray, shape (..., T - m, m)
-        Row i is transition i (into position m + i); column g-1 is lag g.
+    C : array, shape (..., T - m, m)
+        Row i is transition i (into position m + i); column g-1 is lag g. In the namespace and
+        on the device of ``tokens``/``pi``, in pi's float dtype (float16/bfloat16 as float32).
     """
     m = V.check_int(m, "m", minimum=1)
-    pi = V.check_pi(pi, "pi")
-    y = V.check_tokens(tokens, pi.shape[0], m, "tokens")
+    space = _xp.data_space(tokens, pi)
+    pi = V.check_pi(pi, "pi", space)
+    y = V.check_tokens(tokens, pi.shape[0], m, "tokens", space)
+    return _lag_factors(y, pi, m, space.xp)
+
+
+def _lag_factors(y: Any, pi: Any, m: int, xp: Any) -> Any:
+    """Unchecked lag factors: one gather from the flattened pi; y (..., T) int64, pi (S, S)."""
+    S = pi.shape[0]
     T = y.shape[-1]
     n = T - m
-    # source positions m+i-g for i < n, g = 1..m: shape (n, m)
-    src_pos = m + np.arange(n)[:, None] - np.arange(1, m + 1)[None, :]
-    src = y[..., src_pos]  # (..., n, m)
-    tgt = y[..., m:, None]  # (..., n, 1)
-    return pi[src, tgt]
+    tgt = y[..., m:]  # (..., n)
+    # lag g's source of transition i is y[m+i-g]: the slice y[m-g : T-g]; flat index src*S + tgt
+    idx = xp.stack([y[..., m - g: T - g] * S + tgt for g in range(1, m + 1)], axis=-1)  # (..., n, m)
+    flat = xp.take(xp.reshape(pi, (-1,)), xp.reshape(idx, (-1,)))
+    return xp.reshape(flat, tuple(y.shape[:-1]) + (n, m))
 
 
-def predictive(lam: Any, tokens: Any, pi: Any) -> np.ndarray:
+def predictive(lam: Any, tokens: Any, pi: Any) -> Any:
     """Next-token law after ``tokens``: ``p[b] = Σ_g lam[g-1] · pi[y[T-g], b]``.
 
     Parameters
@@ -148,13 +167,18 @@ def predictive(lam: Any, tokens: Any, pi: Any) -> np.ndarray:
 
     Returns
     -------
-    p : ndarray, shape (broadcast batch..., S)
+    p : array, shape (broadcast batch..., S)
+        In the namespace, device and float dtype of ``tokens``/``pi``.
     """
-    pi = V.check_pi(pi, "pi")
-    lam = V.check_lam(lam, "lam")
+    space = _xp.data_space(tokens, pi)
+    xp = space.xp
+    pi = V.check_pi(pi, "pi", space)
+    lam = V.check_lam(lam, "lam", space=space)
     m = lam.shape[-1]
-    y = V.check_tokens(tokens, pi.shape[0], m, "tokens")
+    y = V.check_tokens(tokens, pi.shape[0], m, "tokens", space)
     T = y.shape[-1]
-    last = y[..., T - np.arange(1, m + 1)]  # (..., m): y[T-1], ..., y[T-m] = lag 1..m
-    rows = pi[last]  # (..., m, S)
-    return np.einsum("...g,...gs->...s", lam, rows)
+    last = y[..., T - m:]  # (..., m): y[T-m], ..., y[T-1] = lags m..1
+    rows = xp.take(pi, xp.reshape(last, (-1,)), axis=0)  # (B*m, S)
+    rows = xp.reshape(rows, tuple(last.shape) + (pi.shape[0],))  # (..., m, S), lag order m..1
+    lam_rev = xp.flip(lam, axis=-1)[..., None]  # (..., m, 1): lag m first, as rows
+    return xp.sum(lam_rev * rows, axis=-2)

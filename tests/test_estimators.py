@@ -1,4 +1,9 @@
-"""Mirror descent, EM and the MLE (MATH.md §3), against independent routes."""
+"""Mirror descent, EM and the MLE (MATH.md §3), against independent routes, on every backend.
+
+References are plain NumPy/SciPy formulas written here (``_grad``: ∇ℓ by broadcasting;
+scipy's softmax; SLSQP; Newton on the KKT system; mpmath), evaluated on the very values each
+backend received (tests/backends.py).
+"""
 import warnings
 
 import numpy as np
@@ -9,7 +14,28 @@ from scipy import optimize
 from scipy.special import softmax
 
 import mtdmath as M
+from backends import ALL, FLOAT64, NUMPY, given_backends, params
 from strategies import alphas, batch_shapes, lag_factor_arrays, orders, simplex_points
+
+
+def _grad(lam, C):
+    """∇ℓ by plain broadcasting (the reference; the library uses batched matrix products)."""
+    return (C / (C @ lam[..., :, None])).sum(axis=-2)
+
+
+def _md_tol(bk, C, lam, eta):
+    """Absolute tolerance on one MD step's weights.
+
+    float64: the comparison's own 1e-10 relative. float32: the exponent log lam + η∇ℓ carries
+    the rounding of ∇ℓ, a sum of n + m nonnegative terms: absolute error <= (n + m)·eps·η·max∇ℓ,
+    plus eps·|log lam|; softmax turns an exponent error δ into a weight error <= 2δ (times the
+    weight). Factor 4 for the last roundings of the softmax itself.
+    """
+    if not bk.float32:
+        return None
+    n, m = C.shape[-2:]
+    g = _grad(lam, C) if n else np.zeros(m)
+    return 8 * (n + m) * bk.eps * (1 + eta * float(np.max(g, initial=0.0)) + float(np.max(np.abs(np.log(lam)))))
 
 
 @st.composite
@@ -22,26 +48,32 @@ def md_problems(draw):
     return C, lam0, eta
 
 
-@given(md_problems())
-def test_md_step_equals_closed_form_softmax(p):
+@given_backends(md_problems())
+def test_md_step_equals_closed_form_softmax(bk, p):
     # direct (linear-space) route: softmax(log lam + η ∇ℓ(lam)) with scipy's softmax
     C, lam0, eta = p
-    lam1 = M.mirror_descent(C, eta=eta, lam0=lam0)
-    want = softmax(np.log(lam0) + eta * M.gradient(lam0, C), axis=-1)
-    np.testing.assert_allclose(lam1, want, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(lam1.sum(-1), 1.0, atol=1e-13)
+    C, lam0 = bk.round_trip(C), bk.round_trip(lam0)
+    lam1 = bk.check(M.mirror_descent(bk.asarray(C), eta=eta, lam0=bk.asarray(lam0)))
+    want = softmax(np.log(lam0) + eta * _grad(lam0, C), axis=-1)
+    atol = _md_tol(bk, C, lam0, eta)
+    if atol is None:
+        np.testing.assert_allclose(lam1, want, rtol=1e-10, atol=1e-14)
+    else:
+        np.testing.assert_allclose(lam1, want, rtol=0, atol=atol)
+    np.testing.assert_allclose(lam1.sum(-1), 1.0, atol=1e-13 if atol is None else 8 * C.shape[-1] * bk.eps)
     assert np.all(lam1 >= 0)
 
 
-@given(md_problems(), st.integers(2, 4))
-def test_md_k_steps_compose(p, k):
+@given_backends(md_problems(), st.integers(2, 4), backends=FLOAT64)
+def test_md_k_steps_compose(bk, p, k):
     C, lam0, eta = p
     lam = lam0
     for _ in range(k):
         # the linear-space reference is only defined while no weight underflows to 0
         assume(np.all(lam > 1e-250))
-        lam = softmax(np.log(lam) + eta * M.gradient(lam, C), axis=-1)
-    np.testing.assert_allclose(M.mirror_descent(C, eta=eta, steps=k, lam0=lam0), lam, rtol=1e-9, atol=1e-13)
+        lam = softmax(np.log(lam) + eta * _grad(lam, C), axis=-1)
+    got = bk.check(M.mirror_descent(bk.asarray(C), eta=eta, steps=k, lam0=bk.asarray(lam0)))
+    np.testing.assert_allclose(got, lam, rtol=1e-9, atol=1e-13)
 
 
 @given(md_problems())
@@ -67,29 +99,35 @@ def test_md_step_is_argmax_of_kl_regularised_objective(p):
         np.testing.assert_allclose(res.x, lam1, atol=2e-5)
 
 
-@given(md_problems(), st.integers(1, 20))
-def test_em_monotone_and_closed_form(p, steps):
+@given_backends(md_problems(), st.integers(1, 20), backends=FLOAT64)
+def test_em_monotone_and_closed_form(bk, p, steps):
     C, lam0, _ = p
     n = C.shape[-2]
     lam = np.broadcast_to(lam0, C.shape[:-2] + lam0.shape[-1:])
-    prev = M.log_likelihood(lam, C)
+    Cb = bk.asarray(C)
+    prev = np.log(C @ lam[..., :, None])[..., 0].sum(-1)
     for _ in range(steps):
-        nxt = M.em(C, steps=1, lam0=lam)
+        nxt = bk.check(M.em(Cb, steps=1, lam0=bk.asarray(lam)))
         if n:
-            # closed form lam_g ∇ℓ_g / n = mean responsibilities
-            np.testing.assert_allclose(nxt, M.responsibilities(lam, C).mean(-2), rtol=1e-9, atol=1e-14)
-        ll = M.log_likelihood(nxt, C)
+            # closed form lam_g ∇ℓ_g / n = mean responsibilities (Bayes rule, by broadcasting)
+            resp = lam[..., None, :] * C / (C @ lam[..., :, None])
+            # 1e-9: a ratio of sums of <= 65 terms, rounded ~1e-14, but weights ~1e-12 of C
+            # make lam_g tiny after a few steps and the relative comparison looser
+            np.testing.assert_allclose(nxt, resp.mean(-2), rtol=1e-9, atol=1e-14)
+        with np.errstate(divide="ignore"):
+            ll = np.log(C @ nxt[..., :, None])[..., 0].sum(-1)
         assert np.all(ll >= prev - 1e-9 * np.maximum(1, np.abs(prev)))
         lam, prev = nxt, ll
-    np.testing.assert_allclose(M.em(C, steps=steps, lam0=lam0), lam, rtol=1e-8, atol=1e-13)
+    # k steps at once = k single steps: the same arithmetic, rounding only (1e-12 rel. per step)
+    np.testing.assert_allclose(bk.check(M.em(Cb, steps=steps, lam0=bk.asarray(lam0))), lam, rtol=1e-8, atol=1e-13)
 
 
-@given(lag_factor_arrays(batch=(), n=st.integers(1, 60)))
-def test_mle_satisfies_kkt_and_beats_scipy(C):
+@given_backends(lag_factor_arrays(batch=(), n=st.integers(1, 60)), backends=FLOAT64)
+def test_mle_satisfies_kkt_and_beats_scipy(bk, C):
     n, m = C.shape
-    lam = M.mle(C)
+    lam = bk.check(M.mle(bk.asarray(C)))
     np.testing.assert_allclose(lam.sum(), 1.0, atol=1e-13)
-    g = M.gradient(lam, C)
+    g = _grad(lam, C)
     # KKT: ∇ℓ_g <= n everywhere, = n where lam_g > 0 (tolerance: the documented tol 1e-12
     # bounds max ∇ℓ/n - 1; the support is taken as lam_g > 1e-6, where complementary
     # slackness must already be tight to the same order)
@@ -102,18 +140,22 @@ def test_mle_satisfies_kkt_and_beats_scipy(C):
         bounds=[(0, 1)] * m, constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}],
         options={"ftol": 1e-15, "maxiter": 1000},
     )
-    assert M.log_likelihood(lam, C) >= -res.fun - 1e-8 * max(1, abs(res.fun))
+    assert np.log(C @ lam).sum() >= -res.fun - 1e-8 * max(1, abs(res.fun))
 
 
-def test_mle_batched_and_limits():
+@pytest.mark.parametrize("bk", params(FLOAT64))
+def test_mle_batched_and_limits(bk):
     rng = np.random.default_rng(0)
     C = rng.uniform(0.01, 1, size=(5, 40, 3))
-    lam = M.mle(C)
+    lam = bk.check(M.mle(bk.asarray(C)))
     assert lam.shape == (5, 3)
-    assert np.all(M.kkt_gap(lam, C) < 1e-12)
-    np.testing.assert_allclose(lam[2], M.mle(C[2]), atol=1e-12)
+    assert np.all(_grad(lam, C).max(-1) / 40 - 1 < 1e-12)
+    assert np.all(bk.check(M.kkt_gap(bk.asarray(lam), bk.asarray(C))) < 1e-12)
+    # a batch element alone reaches the same maximiser: the KKT stop at 1e-12 bounds the
+    # difference (strictly concave here: C has full column rank)
+    np.testing.assert_allclose(lam[2], bk.check(M.mle(bk.asarray(C[2]))), atol=1e-12)
     with pytest.warns(RuntimeWarning, match="max_steps"):
-        M.mle(C, max_steps=1)
+        M.mle(bk.asarray(C), max_steps=1)
 
 
 def test_mle_interior_optimum_vs_newton_kkt_solve():
@@ -144,6 +186,7 @@ def test_mle_interior_optimum_vs_newton_kkt_solve():
 
 
 def test_long_context_no_overflow():
+    # (every backend at n = 100 000: tests/test_backends.py)
     rng = np.random.default_rng(2)
     pi = M.random_transition_matrix(8, concentration=0.3, rng=rng)
     y = M.sample(pi, np.array([0.6, 0.3, 0.1]), 5003, rng=rng)
@@ -160,42 +203,46 @@ def test_long_context_no_overflow():
         assert np.all(np.isfinite(M.mle(C)))
 
 
-def test_edges_n0_steps0_m1():
-    C0 = np.zeros((0, 3))
-    lam0 = np.array([0.2, 0.3, 0.5])
-    np.testing.assert_array_equal(M.mirror_descent(C0, eta=1.0, lam0=lam0), lam0)
-    np.testing.assert_array_equal(M.em(C0, steps=3, lam0=lam0), lam0)
-    np.testing.assert_array_equal(M.mle(C0), np.full(3, 1 / 3))
-    C = np.random.default_rng(0).uniform(0.1, 1, (7, 3))
-    np.testing.assert_array_equal(M.mirror_descent(C, eta=1.0, steps=0, lam0=lam0), lam0)
-    np.testing.assert_array_equal(M.em(C, steps=0, lam0=lam0), lam0)
-    C1 = np.random.default_rng(0).uniform(0.1, 1, (7, 1))
+@pytest.mark.parametrize("bk", params(ALL))
+def test_edges_n0_steps0_m1(bk):
+    C0 = bk.asarray(np.zeros((0, 3)))
+    lam0 = bk.round_trip([0.2, 0.3, 0.5])
+    L0 = bk.asarray(lam0)
+    np.testing.assert_array_equal(bk.check(M.mirror_descent(C0, eta=1.0, lam0=L0)), lam0)
+    np.testing.assert_array_equal(bk.check(M.em(C0, steps=3, lam0=L0)), lam0)
+    np.testing.assert_array_equal(bk.check(M.mle(C0)), bk.round_trip(np.full(3, 1 / 3)))
+    C = bk.asarray(np.random.default_rng(0).uniform(0.1, 1, (7, 3)))
+    np.testing.assert_array_equal(bk.check(M.mirror_descent(C, eta=1.0, steps=0, lam0=L0)), lam0)
+    np.testing.assert_array_equal(bk.check(M.em(C, steps=0, lam0=L0)), lam0)
+    C1 = bk.asarray(np.random.default_rng(0).uniform(0.1, 1, (7, 1)))
     for out in (M.mirror_descent(C1, eta=0.5), M.em(C1), M.mle(C1), M.one_step_md(C1, [2.0])):
-        np.testing.assert_allclose(out, [1.0])
+        np.testing.assert_allclose(bk.check(out), [1.0])
 
 
-def test_md_from_boundary_start_keeps_support():
-    C = np.array([[0.5, 0.1, 0.0], [0.2, 0.9, 0.3]])
-    lam = M.mirror_descent(C, eta=1.0, steps=3, lam0=[0.5, 0.5, 0.0])
-    assert lam[2] == 0.0 and abs(lam.sum() - 1) < 1e-14
+@pytest.mark.parametrize("bk", params(ALL))
+def test_md_from_boundary_start_keeps_support(bk):
+    C = bk.asarray(np.array([[0.5, 0.1, 0.0], [0.2, 0.9, 0.3]]))
+    lam = bk.check(M.mirror_descent(C, eta=1.0, steps=3, lam0=[0.5, 0.5, 0.0]))
+    assert lam[2] == 0.0 and abs(lam.sum() - 1) < 4 * bk.eps
     with pytest.raises(ValueError, match="lam0"):
         M.mirror_descent(C, eta=1.0, lam0=[0.0, 0.0, 1.0])  # first transition impossible
 
 
-@given(alphas(), st.integers(0, 2**32 - 1))
-def test_one_step_md_uniform_and_general_forms(alpha, seed):
+@given_backends(alphas(), st.integers(0, 2**32 - 1))
+def test_one_step_md_uniform_and_general_forms(bk, alpha, seed):
     # lam¹ = softmax(log μ + η* G/μ), G = Σ_i γ_i under μ (MATH.md §3): an independent route
     m = len(alpha)
-    C = np.random.default_rng(seed).uniform(0.01, 1, size=(2, 15, m))
+    C = bk.round_trip(np.random.default_rng(seed).uniform(0.01, 1, size=(2, 15, m)))
     mu = alpha / alpha.sum()
-    G = M.responsibilities(mu, C).sum(-2)
+    resp = lambda w: (w * C / (C @ w)[..., None]).sum(-2)  # noqa: E731  G = Σ_i γ_i by Bayes rule
+    G = resp(mu)
     want = softmax(np.log(mu) + M.eta_bayes(alpha) * G / mu, axis=-1)
-    np.testing.assert_allclose(M.one_step_md(C, alpha), want, rtol=1e-10, atol=1e-14)
+    atol = _md_tol(bk, C, mu, M.eta_bayes(alpha))
+    kw = dict(rtol=1e-10, atol=1e-14) if atol is None else dict(rtol=0, atol=atol)
+    np.testing.assert_allclose(bk.check(M.one_step_md(bk.asarray(C), alpha)), want, **kw)
     u = np.ones(m)
     np.testing.assert_allclose(
-        M.one_step_md(C, u), softmax(M.eta_bayes(u) * m * M.responsibilities(u / m, C).sum(-2), axis=-1),
-        rtol=1e-10, atol=1e-14,
-    )
+        bk.check(M.one_step_md(bk.asarray(C), u)), softmax(M.eta_bayes(u) * m * resp(u / m), axis=-1), **kw)
 
 
 def test_eta_bayes_is_python_float():
@@ -218,8 +265,9 @@ def _mp_mirror_descent(C, lam0, eta, steps, dps=80):
     return np.array([float(x) for x in lam])
 
 
+@pytest.mark.parametrize("bk", params(FLOAT64))
 @pytest.mark.parametrize("eta, steps", [(4.0, 1), (4.0, 2), (4.0, 3), (4.0, 4), (50.0, 3)])
-def test_md_with_collapsing_weights_matches_mpmath(eta, steps):
+def test_md_with_collapsing_weights_matches_mpmath(bk, eta, steps):
     # large steps collapse a weight so the next gradient overflows float64: the update must
     # return the exact limit (on the simplex, no false ties), as mpmath says
     lam0 = np.array([0.39235556, 0.58003382, 0.02761062])
@@ -228,13 +276,14 @@ def test_md_with_collapsing_weights_matches_mpmath(eta, steps):
         [9.69183948e-01, 0.0, 1.15081313e-01],
         [4.53619381e-13, 9.12531651e-01, 6.77722817e-01],
     ])
-    got = M.mirror_descent(C, eta=eta, steps=steps, lam0=lam0)
+    got = bk.check(M.mirror_descent(bk.asarray(C), eta=eta, steps=steps, lam0=lam0))
     want = _mp_mirror_descent(C, lam0, eta, steps)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-300)
     assert abs(got.sum() - 1) < 1e-15
 
 
-def test_one_step_md_long_context_matches_mpmath():
+@pytest.mark.parametrize("bk", params(FLOAT64))
+def test_one_step_md_long_context_matches_mpmath(bk):
     rng = np.random.default_rng(8)
     pi = M.random_transition_matrix(5, rng=rng)
     alpha = np.array([1.0, 2.0, 0.5])
@@ -242,4 +291,4 @@ def test_one_step_md_long_context_matches_mpmath():
     C = M.lag_factors(y[0], pi, 3)
     want = _mp_mirror_descent(C, alpha / alpha.sum(), M.eta_bayes(alpha), 1, dps=40)
     # float64 sums of 5000 terms: relative error ~1e-13 in the step, far inside 1e-10
-    np.testing.assert_allclose(M.one_step_md(C, alpha), want, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(bk.check(M.one_step_md(bk.asarray(C), alpha)), want, rtol=1e-10, atol=0)

@@ -1,12 +1,30 @@
-"""ℓ, ∇ℓ, ∇²ℓ and responsibilities (MATH.md §2), each against an independent route."""
+"""ℓ, ∇ℓ, ∇²ℓ and responsibilities (MATH.md §2), each against an independent route, on every backend.
+
+Each property test runs once per backend (tests/backends.py): the inputs are converted to the
+backend, the result is checked to be in the backend's namespace, device and dtype, and compared
+in float64 with a reference computed in plain NumPy or Python (brute-force loops, complex step,
+central differences, torch autograd) on the very values the backend received.
+
+float32 tolerances: every quantity here is a sum of at most n + m <= 65 nonnegative rounded
+terms, so its relative error is at most (n + m)·eps32 <= 65 · 1.2e-7 = 7.7e-6; rtol 1e-5.
+"""
 import numpy as np
 import pytest
-import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import mtdmath as M
+from backends import FLOAT64, TORCH32, given_backends
 from strategies import lag_factor_arrays, orders, sequences, simplex_points
+
+torch = pytest.importorskip("torch")
+
+#: float32 relative tolerance of a sum of at most 65 nonnegative rounded terms (see above)
+RTOL32 = 1e-5
+
+
+def _rt(bk, rtol64):
+    return RTOL32 if bk.float32 else rtol64
 
 
 def brute_loglik(lam, C):
@@ -32,18 +50,20 @@ def problems(draw, well_conditioned=False, interior=0.05):
     return lam, C
 
 
-@given(problems())
-def test_gradient_matches_complex_step(p):
+@given_backends(problems())
+def test_gradient_matches_complex_step(bk, p):
     # complex-step differentiation of the brute-force ℓ: exact to rounding, no h trade-off
     lam, C = p
+    lam, C = bk.round_trip(lam), bk.round_trip(C)
     h = 1e-30
     cs = np.array([brute_loglik(lam + 1j * h * e, C).imag / h for e in np.eye(len(lam))])
-    g = M.gradient(lam, C)
-    np.testing.assert_allclose(g, cs, rtol=1e-11, atol=1e-11 * max(1.0, np.abs(cs).max()))
+    g = bk.check(M.gradient(bk.asarray(lam), bk.asarray(C)))
+    tol = _rt(bk, 1e-11)
+    np.testing.assert_allclose(g, cs, rtol=tol, atol=tol * max(1.0, np.abs(cs).max()))
 
 
-@given(problems(well_conditioned=True, interior=0.2))
-def test_gradient_and_hessian_match_central_differences(p):
+@given_backends(problems(well_conditioned=True, interior=0.2), backends=FLOAT64)
+def test_gradient_and_hessian_match_central_differences(bk, p):
     # central differences of the brute-force ℓ (extended off the simplex through s_i = C[i]·x);
     # entries of C in [0.05, 1] and lam >= 0.04 keep the third derivative small, so h = 1e-5
     # gives truncation ~1e-8 relative and rounding ~1e-10 relative: rtol 1e-6 separates both.
@@ -52,14 +72,14 @@ def test_gradient_and_hessian_match_central_differences(p):
     E = np.eye(m)
     fd_g = np.array([(brute_loglik(lam + h * e, C) - brute_loglik(lam - h * e, C)) / (2 * h) for e in E])
     scale = max(1.0, np.abs(fd_g).max())
-    np.testing.assert_allclose(M.gradient(lam, C), fd_g, rtol=1e-6, atol=1e-6 * scale)
+    np.testing.assert_allclose(bk.check(M.gradient(bk.asarray(lam), bk.asarray(C))), fd_g, rtol=1e-6, atol=1e-6 * scale)
     fd_H = np.array([(brute_grad(lam + h * e, C) - brute_grad(lam - h * e, C)) / (2 * h) for e in E])
-    H = M.hessian(lam, C)
+    H = bk.check(M.hessian(bk.asarray(lam), bk.asarray(C)))
     np.testing.assert_allclose(H, fd_H, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(fd_H).max()))
 
 
-@given(problems())
-def test_gradient_and_hessian_match_torch_autograd(p):
+@given_backends(problems(), backends=FLOAT64)
+def test_gradient_and_hessian_match_torch_autograd(bk, p):
     lam, C = p
     Ct = torch.tensor(C, dtype=torch.float64)
 
@@ -69,48 +89,51 @@ def test_gradient_and_hessian_match_torch_autograd(p):
     x = torch.tensor(lam, dtype=torch.float64, requires_grad=True)
     g_ad = torch.autograd.grad(f(x), x)[0].numpy()
     H_ad = torch.autograd.functional.hessian(f, x.detach()).numpy()
-    np.testing.assert_allclose(M.gradient(lam, C), g_ad, rtol=1e-11, atol=1e-11 * max(1, np.abs(g_ad).max()))
-    np.testing.assert_allclose(M.hessian(lam, C), H_ad, rtol=1e-10, atol=1e-10 * max(1, np.abs(H_ad).max()))
+    lb, Cb = bk.asarray(lam), bk.asarray(C)
+    np.testing.assert_allclose(bk.check(M.gradient(lb, Cb)), g_ad, rtol=1e-11, atol=1e-11 * max(1, np.abs(g_ad).max()))
+    np.testing.assert_allclose(bk.check(M.hessian(lb, Cb)), H_ad, rtol=1e-10, atol=1e-10 * max(1, np.abs(H_ad).max()))
 
 
-@given(problems(interior=0.0))
-def test_hessian_symmetric_nsd_and_euler_identity(p):
+@given_backends(problems(interior=0.0), backends=FLOAT64)
+def test_hessian_symmetric_nsd_and_euler_identity(bk, p):
     lam, C = p
     n = C.shape[0]
-    if np.any(C @ lam <= 0):
-        return  # lam on the boundary may not explain the data: ℓ = -inf there
-    H = M.hessian(lam, C)
+    assume(np.all(C @ lam > 0))  # lam on the boundary may not explain the data: ℓ = -inf there
+    H = bk.check(M.hessian(bk.asarray(lam), bk.asarray(C)))
     scale = max(1.0, np.abs(H).max())
     np.testing.assert_allclose(H, H.T, rtol=0, atol=1e-13 * scale)
     assert np.linalg.eigvalsh(H).max() <= 1e-12 * scale
     # lam·∇ℓ(lam) = n on the simplex (homogeneity of degree 0 of each C[i]/s_i)
-    np.testing.assert_allclose(lam @ M.gradient(lam, C), n, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lam @ bk.check(M.gradient(bk.asarray(lam), bk.asarray(C))), n, rtol=1e-12, atol=1e-12)
 
 
-@given(problems(interior=0.0))
-def test_responsibilities_match_bayes_rule_by_loop(p):
+@given_backends(problems(interior=0.0))
+def test_responsibilities_match_bayes_rule_by_loop(bk, p):
     lam, C = p
-    if np.any(C @ lam <= 0):
-        return
-    R = M.responsibilities(lam, C)
+    lam, C = bk.round_trip(lam), bk.round_trip(C)
+    assume(np.all(C @ lam > 0))
+    R = bk.check(M.responsibilities(bk.asarray(lam), bk.asarray(C)))
+    # float32: a product and a quotient of rounded terms, m <= 5 summed: (m + 2)·eps32 < 1e-6
+    tol, tiny = (1e-6, 1e-30) if bk.float32 else (1e-12, 1e-300)
     for i in range(C.shape[0]):
         joint = [lam[g] * C[i, g] for g in range(len(lam))]
-        np.testing.assert_allclose(R[i], np.array(joint) / sum(joint), rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(R[i], np.array(joint) / sum(joint), rtol=tol, atol=tiny)
     if C.shape[0]:
-        np.testing.assert_allclose(R.sum(-1), 1.0, rtol=1e-12)
-        # G = Σ_i γ_i equals lam ∘ ∇ℓ (MATH.md §3)
-        np.testing.assert_allclose(R.sum(0), lam * M.gradient(lam, C), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(R.sum(-1), 1.0, rtol=tol)
+        # G = Σ_i γ_i equals lam ∘ ∇ℓ (MATH.md §3); ∇ℓ by the brute-force loop
+        np.testing.assert_allclose(R.sum(0), lam * brute_grad(lam, C), rtol=_rt(bk, 1e-10), atol=_rt(bk, 1e-12))
 
 
-@given(sequences())
-def test_lag_factors_and_loglik_match_brute_force_loop(data):
+@given_backends(sequences())
+def test_lag_factors_and_loglik_match_brute_force_loop(bk, data):
     tokens, pi, lam = data
+    pi, lam = bk.round_trip(pi), bk.round_trip(lam)
     m = lam.shape[-1]
-    C = M.lag_factors(tokens, pi, m)
+    C = bk.check(M.lag_factors(bk.asarray(tokens), bk.asarray(pi), m))
     y2 = tokens.reshape(-1, tokens.shape[-1])
     lam2 = np.broadcast_to(lam, tokens.shape[:-1] + (m,)).reshape(-1, m)
     C2 = C.reshape(y2.shape[:1] + C.shape[-2:])
-    ll = np.atleast_1d(M.log_likelihood(lam, C)).reshape(-1)
+    ll = np.atleast_1d(bk.check(M.log_likelihood(bk.asarray(lam), bk.asarray(C)))).reshape(-1)
     for b, y in enumerate(y2):
         T = len(y)
         brute = 0.0
@@ -118,20 +141,23 @@ def test_lag_factors_and_loglik_match_brute_force_loop(data):
             for g in range(1, m + 1):
                 assert C2[b, t - m, g - 1] == pi[y[t - g], y[t]]
             brute += np.log(sum(lam2[b, g - 1] * pi[y[t - g], y[t]] for g in range(1, m + 1)))
-        np.testing.assert_allclose(ll[b], brute, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ll[b], brute, rtol=_rt(bk, 1e-12), atol=_rt(bk, 1e-12))
 
 
-@given(sequences())
-def test_predictive_matches_definition(data):
+@given_backends(sequences())
+def test_predictive_matches_definition(bk, data):
     tokens, pi, lam = data
+    pi, lam = bk.round_trip(pi), bk.round_trip(lam)
     m = lam.shape[-1]
-    p = M.predictive(lam, tokens, pi)
+    p = bk.check(M.predictive(bk.asarray(lam), bk.asarray(tokens), bk.asarray(pi)))
     y2 = tokens.reshape(-1, tokens.shape[-1])
     lam2 = np.broadcast_to(lam, tokens.shape[:-1] + (m,)).reshape(-1, m)
     for b, y in enumerate(y2):
         T = len(y)
         want = sum(lam2[b, g - 1] * pi[y[T - g]] for g in range(1, m + 1))
-        np.testing.assert_allclose(p.reshape(-1, pi.shape[0])[b], want, rtol=1e-13, atol=1e-15)
+        # float32: m <= 5 products summed: 6·eps32 < 1e-6
+        rtol, atol = (1e-6, 1e-7) if bk.float32 else (1e-13, 1e-15)
+        np.testing.assert_allclose(p.reshape(-1, pi.shape[0])[b], want, rtol=rtol, atol=atol)
 
 
 def test_broadcasting_lam_against_batched_C():
@@ -164,17 +190,28 @@ def test_n_zero():
 
 
 # --------------------------------------------------------------------------- kl
-@given(st.integers(1, 8), st.integers(0, 2**32 - 1))
-def test_kl_matches_scipy_rel_entr(S, seed):
+@given_backends(st.integers(1, 8), st.integers(0, 2**32 - 1), backends=FLOAT64)
+def test_kl_matches_scipy_rel_entr(bk, S, seed):
     from scipy.special import rel_entr
 
     rng = np.random.default_rng(seed)
     p = rng.dirichlet(np.full(S, 0.3), size=(3,))
     q = rng.dirichlet(np.ones(S))
     want = rel_entr(p, q).sum(-1)
-    np.testing.assert_allclose(M.kl(p, q), want, rtol=1e-12, atol=1e-15)
-    assert np.all(M.kl(p, q) >= -1e-15)
-    np.testing.assert_allclose(M.kl(q, q), 0.0, atol=1e-15)
+    got = bk.check(M.kl(bk.asarray(p), bk.asarray(q)))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    assert np.all(got >= -1e-15)
+    np.testing.assert_allclose(bk.check(M.kl(bk.asarray(q), bk.asarray(q))), 0.0, atol=1e-15)
+
+
+def test_log_likelihood_below_the_smallest_double_is_finite():
+    # s = 1e-30 · 1e-300 = 1e-330 underflows in linear space; ℓ = log(1e-330) + log(.2·(1-1e-30))
+    # (second row), by hand: -759.85... - 1.609... ; -inf is kept for impossible data only
+    lam = [1e-30, 1 - 1e-30]
+    C = np.array([[1e-300, 0.0], [0.2, 0.5]])
+    want = np.log(1e-30) + np.log(1e-300) + np.log(0.2 * 1e-30 + 0.5 * (1 - 1e-30))
+    np.testing.assert_allclose(M.log_likelihood(lam, C), want, rtol=1e-14)
+    assert M.log_likelihood(lam, np.array([[0.0, 0.0], [0.2, 0.5]])) == -np.inf
 
 
 def test_kl_zero_conventions():
