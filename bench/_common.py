@@ -124,7 +124,7 @@ def target_summary() -> list[str]:
         if group == "md-predictive" and kernel == "md_predictive_all_prefixes" and backend != "numpy" and r.get("largest"):
             target = 0.25 if backend == "torch-cpu" else 0.40
             ok = "met" if r["fraction_raw"] >= target else "MISSED"
-            out.append(f"md-predictive torch_core.md_predictive_all_prefixes {backend} {dtype} {size}: {_fmt_t(r['median_s'])}, "
+            out.append(f"md-predictive md_predictive_all_prefixes {backend} {dtype} {size}: {_fmt_t(r['median_s'])}, "
                        f"{100 * r['fraction_raw']:.1f} % of copy bandwidth (target >= {100 * target:.0f} %: {ok})")
             naive = RESULTS.get(("md-predictive", "naive_loop", "numpy", "float64", size))
             if naive:

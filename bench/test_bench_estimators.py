@@ -1,7 +1,7 @@
 """Group ``estimators``: k-step mirror descent and EM (k = 1, 5, 50) from μ, and the MLE (MATH.md §3).
 
-B x n x m = 1024 x 256 x 3 (lag factors of sequences from the in-context task, S = 16). The torch
-core has no MLE, so ``mle`` runs on NumPy only. Torch results are checked against NumPy before timing.
+B x n x m = 1024 x 256 x 3 (lag factors of sequences from the in-context task, S = 16). One
+implementation serves every backend; torch results are checked against NumPy before timing.
 """
 from functools import lru_cache
 
@@ -11,7 +11,6 @@ import torch
 
 import _common as C
 import mtdmath as M
-from mtdmath import torch_core as tc
 
 B, n, m, S = 1024, 256, 3, 16
 SIZE = f"B{B}-n{n}-m{m}"
@@ -37,7 +36,7 @@ def _fn(kernel, backend, dtype, k, rows=slice(None)):
     C_ = lag_factors()[rows]
     if backend != "numpy":
         C_ = torch.as_tensor(C_).to(C.DEVICE[backend], getattr(torch, dtype))
-    lib = M if backend == "numpy" else tc
+    lib = M  # one implementation for every backend
     if kernel == "mirror_descent":
         return C_, lambda: lib.mirror_descent(C_, eta=ETA, steps=k, lam0=MU)
     return C_, lambda: lib.em(C_, steps=k, lam0=MU)
@@ -74,11 +73,17 @@ def test_em(benchmark, variant, k):
     _bench(benchmark, "em", variant, k)
 
 
+MLE_VARIANTS = [("numpy", "float64"), ("torch-cpu", "float64"), ("torch-cuda", "float64")]
+
+
 @pytest.mark.benchmark(group="estimators")
-@pytest.mark.parametrize("backend", ["numpy"], ids=[f"numpy-float64-{SIZE}"])
-def test_mle(benchmark, backend):
+@pytest.mark.parametrize("variant", MLE_VARIANTS, ids=[f"{v[0]}-{v[1]}-{SIZE}" for v in MLE_VARIANTS])
+def test_mle(benchmark, variant):
+    backend, dtype = variant
     C_ = lag_factors()
-    lam = C.run(benchmark, lambda: M.mle(C_), backend="numpy", rounds=3)
+    Cx = C_ if backend == "numpy" else torch.as_tensor(C_).to(C.DEVICE[backend], getattr(torch, dtype))
+    lam = C.run(benchmark, lambda: M.mle(Cx), backend=backend, rounds=3)
+    lam = lam if backend == "numpy" else lam.detach().cpu().numpy()
     assert np.all(M.kkt_gap(lam, C_) < 1e-10)
-    C.record(benchmark, ("estimators", "mle", "numpy", "float64", SIZE), backend="numpy",
+    C.record(benchmark, ("estimators", "mle", backend, dtype, SIZE), backend=backend,
              min_bytes=C.nbytes(C_) + B * m * 8)

@@ -1,6 +1,6 @@
 """Group ``likelihood``: log_likelihood, gradient, hessian of lam (MATH.md §2), B x n x m up to 4096 x 1024 x 5.
 
-torch_core has no Hessian, so ``hessian`` runs on NumPy only. Before timing, each torch result is
+One implementation serves every backend. Before timing, each torch result is
 checked against NumPy on the first batch elements (float64: rtol 1e-10; float32: rtol 1e-4).
 """
 from functools import lru_cache
@@ -11,7 +11,6 @@ import torch
 
 import _common as C
 import mtdmath as M
-from mtdmath import torch_core as tc
 
 SIZES = [(256, 128, 3), (4096, 1024, 5)]  # (B, n, m); the last is the largest
 VARIANTS = [("numpy", "float64"), ("torch-cpu", "float64"), ("torch-cpu", "float32"),
@@ -61,16 +60,16 @@ IDS = [_id(v, s) for v, s in CASES]
 @pytest.mark.benchmark(group="likelihood")
 @pytest.mark.parametrize("variant,size", CASES, ids=IDS)
 def test_log_likelihood(benchmark, variant, size):
-    _bench(benchmark, "log_likelihood", M.log_likelihood, tc.log_likelihood, *variant, size, (size[0],))
+    _bench(benchmark, "log_likelihood", M.log_likelihood, M.log_likelihood, *variant, size, (size[0],))
 
 
 @pytest.mark.benchmark(group="likelihood")
 @pytest.mark.parametrize("variant,size", CASES, ids=IDS)
 def test_gradient(benchmark, variant, size):
-    _bench(benchmark, "gradient", M.gradient, tc.gradient, *variant, size, (size[0], size[2]))
+    _bench(benchmark, "gradient", M.gradient, M.gradient, *variant, size, (size[0], size[2]))
 
 
 @pytest.mark.benchmark(group="likelihood")
-@pytest.mark.parametrize("size", SIZES, ids=[_id(("numpy", "float64"), s) for s in SIZES])
-def test_hessian(benchmark, size):
-    _bench(benchmark, "hessian", M.hessian, None, "numpy", "float64", size, (size[0], size[2], size[2]))
+@pytest.mark.parametrize("variant,size", CASES, ids=IDS)
+def test_hessian(benchmark, variant, size):
+    _bench(benchmark, "hessian", M.hessian, M.hessian, *variant, size, (size[0], size[2], size[2]))

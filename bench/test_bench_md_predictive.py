@@ -2,8 +2,8 @@
 
 B x T = 4096 x 256 and 256 x 64, m = 3, S = 16. Kernels:
 
-- ``md_predictive_all_prefixes``: NumPy vectorised (:mod:`mtdmath.prefix`, float64) and
-  :func:`mtdmath.torch_core.md_predictive_all_prefixes` (torch, float64 and float32);
+- ``md_predictive_all_prefixes``: the one implementation on NumPy (float64; the ``bincount @ pi``
+  fast path) and torch (float64 and float32; the ``embedding_bag`` fast path);
 - ``transformer``: the forward pass of ``MDTransformer.construct(pi, alpha)`` (float32). It forms
   (B, T, T) attention matrices as a transformer does; at T = 256 that is 0.27 GB per matrix per
   512 sequences, so it runs on B = 512 there (its own id), not 4096;
@@ -22,8 +22,6 @@ import torch
 
 import _common as C
 import mtdmath as M
-from mtdmath import torch_core as tc
-from mtdmath.prefix import md_predictive_all_prefixes as np_all_prefixes
 
 S, m = 16, 3
 ALPHA = np.array([2.0, 1.0, 0.5])
@@ -62,7 +60,7 @@ def naive(tokens, pi, alpha):
 
 
 def _check(got, tokens, pi, dtype):
-    ref = np_all_prefixes(tokens[:3], pi, ALPHA)
+    ref = M.md_predictive_all_prefixes(tokens[:3], pi, ALPHA)
     got = got.detach().cpu().double().numpy() if isinstance(got, torch.Tensor) else got
     np.testing.assert_allclose(got[:3], ref, rtol=0, atol=1e-10 if dtype == "float64" else 1e-5)
 
@@ -79,14 +77,14 @@ def test_all_prefixes(benchmark, variant, size):
     backend, dtype = variant
     tokens, pi = get(*size)
     if backend == "numpy":
-        fn = lambda: np_all_prefixes(tokens, pi, ALPHA)  # noqa: E731
+        fn = lambda: M.md_predictive_all_prefixes(tokens, pi, ALPHA)  # noqa: E731
     else:
         dev = C.DEVICE[backend]
         yt = torch.as_tensor(tokens).to(dev)
         pit = torch.as_tensor(pi).to(dev, getattr(torch, dtype))
-        fn = lambda: tc.md_predictive_all_prefixes(yt, pit, ALPHA)  # noqa: E731
-    if backend != "numpy":  # (the NumPy kernel itself is tested in tests/test_prefix.py)
-        _check(tc.md_predictive_all_prefixes(yt[:3], pit, ALPHA), tokens, pi, dtype)
+        fn = lambda: M.md_predictive_all_prefixes(yt, pit, ALPHA)  # noqa: E731
+    if backend != "numpy":  # (every backend is tested in tests/test_backends.py)
+        _check(M.md_predictive_all_prefixes(yt[:3], pit, ALPHA), tokens, pi, dtype)
     C.run(benchmark, fn, backend=backend, rounds=ROUNDS[size])
     C.record(benchmark, ("md-predictive", "md_predictive_all_prefixes", backend, dtype, f"B{size[0]}-T{size[1]}"),
              backend=backend, min_bytes=min_bytes(*size, np.dtype(dtype).itemsize), largest=size == LARGE)

@@ -57,6 +57,7 @@ __all__ = [
     "finfo_max",
     "finfo_tiny",
     "exclusive_cumsum",
+    "softmax_first_axis",
     "weighted_rows",
     "is_numpy_namespace",
     "is_torch_namespace",
@@ -263,6 +264,29 @@ def exclusive_cumsum(x: Any, axis: int, xp: Any, *, generic: bool = False) -> An
         torch.cumsum(x, dim=axis, out=out.narrow(axis, 1, x.shape[axis]))
         return out
     return xp.cumulative_sum(x, axis=axis, include_initial=True)
+
+
+def softmax_first_axis(z: Any, scale: float, shift: Any, xp: Any, *, generic: bool = False) -> Any:
+    """``softmax(scale·z + shift)`` over axis 0 (the lags), ``shift`` of shape (z.shape[0],).
+
+    Fast path: NumPy and torch (without autograd) work in place on ``z`` (a buffer the caller
+    owns): on the all-prefix predictive each (m, B, n+1) temporary costs a page-faulting
+    allocation of tens of MB. ``generic=True`` forces the functional route.
+    """
+    shift = xp.reshape(shift, (-1,) + (1,) * (z.ndim - 1))
+    if not generic and (is_numpy_namespace(xp) or (is_torch_namespace(xp) and not _requires_grad(z, shift))):
+        z *= scale
+        z += shift
+        z -= xp.max(z, axis=0, keepdims=True)
+        if is_numpy_namespace(xp):
+            np.exp(z, out=z)
+        else:
+            z.exp_()
+        z /= xp.sum(z, axis=0, keepdims=True)
+        return z
+    z = scale * z + shift
+    e = xp.exp(z - xp.max(z, axis=0, keepdims=True))
+    return e / xp.sum(e, axis=0, keepdims=True)
 
 
 def weighted_rows(src: Any, w: Any, table: Any, xp: Any, *, generic: bool = False) -> Any:

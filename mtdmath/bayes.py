@@ -153,11 +153,14 @@ def _check_budget(batch: int, n: int, m: int, max_bytes: int) -> None:
 def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Run the Pólya-urn recursion (MATH.md §4) on C (B, n, m) with every row nonzero.
 
-    ``W_{i+1}[k] = Σ_g W_i[k - e_g] · C[i,g] · (alpha_g + k_g - 1)``, on the padded layout
-    described above. Rescaling (all terms are nonnegative): each row C[i] is divided by its
-    maximum, and each level is divided by the maximum of the level before (folded into the
-    coefficients), the logs of both going to the log scale together with ``-log(α₀ + i)``, which
-    builds the rising factorial ``(α₀)^(n)`` of the evidence.
+    ``W_{i+1}[k] = Σ_g W_i[k - e_g] · C[i,g] · (alpha_g + k_g - 1) / (α₀ + i)``, on the padded
+    layout described above. The Pólya factor ``(alpha_g + j) / (α₀ + i)`` (j = k_g - 1 >= 0, an
+    integer added to alpha_g, never ``alpha_g - 1`` first: no cancellation for tiny alpha) lies in
+    [0, 1] for every alpha, so no product overflows whatever alpha is (1e-300 to 1e300 tested).
+    Rescaling (all terms are nonnegative): each row C[i] is divided by its maximum, and each level
+    by the maximum of the level before (folded into the next coefficients, or applied to the
+    level when that maximum is below 1e-150, so a coefficient never overflows); the logs of both
+    go to the log scale. Then ``Σ_k W_n[k]`` times the scale is the evidence itself.
 
     Returns
     -------
@@ -171,9 +174,9 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
         return np.broadcast_to(alpha / a0, (B, m)).copy(), np.zeros(B)
     cmax = C.max(axis=2)  # (B, n), > 0
     Cn = C / cmax[..., None]
-    log_scale = np.log(cmax).sum(axis=1) - np.log(a0 + np.arange(n)).sum()
-    if m == 1:  # W_n = (α₀)^(n) Π C[i,0]: lam = 1 surely, and the evidence is Π C[i,0]
-        return np.ones((B, 1)), np.log(cmax).sum(axis=1)
+    log_scale = np.log(cmax).sum(axis=1)
+    if m == 1:  # lam = 1 surely, and the evidence is Π C[i,0]
+        return np.ones((B, 1)), log_scale
 
     lay = _layout(n, m)
     P, R = m - 2, lay.R
@@ -187,8 +190,14 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
     mx = np.ones(B)  # maximum of the stored level
     for i in range(n):
         L = i + 1  # the child level
+        tiny = mx < 1e-150
+        if np.any(tiny):  # bring the stored level back to max 1 rather than fold a huge 1/mx
+            W[tiny, : lay.group_start[min(i, n) + 1], : i + 1] /= mx[tiny, None, None]
+            log_scale[tiny] += np.log(mx[tiny])
+            mx = np.where(tiny, 1.0, mx)
         log_scale += np.log(mx)
-        c = Cn[:, i, :] / mx[:, None]  # (B, m): this step's coefficients, rescaled
+        denom = a0 + i
+        c = Cn[:, i, :] / (mx[:, None] * denom)  # (B, m): this step's coefficients, rescaled
         new_mx = np.zeros(B)
         for r0, r1, w in lay.plan(L):
             nr = r1 - r0
@@ -199,17 +208,17 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
             A = Abuf[: nr * w].reshape(nr, w)
             np.subtract((i - ps_f[r0:r1])[:, None], col[None, :w], out=A)
             A += alpha[m - 1]
-            np.multiply(src, A, out=out)
-            out *= c[:, m - 1, None, None]
+            np.multiply(src, c[:, m - 1, None, None], out=out)
+            out *= A
             # lag m-2 (the column): parent column c-1, factor alpha + c - 1
             if w > 1:
                 t = scratch[: B * nr * (w - 1)].reshape(B, nr, w - 1)
                 colc = c[:, m - 2, None] * (alpha[m - 2] + col[: w - 1])  # (B, w-1)
                 np.multiply(W[:, r0:r1, : w - 1], colc[:, None, :], out=t)
                 out[:, :, 1:] += t
-            # lags g < m-2 (the prefix): parent row q - e_g, factor alpha_g + q_g - 1
+            # lags g < m-2 (the prefix): parent row q - e_g, factor alpha_g + (q_g - 1)
             for g in range(P):
-                rc = c[:, g, None] * (alpha[g] - 1.0 + lay.pk[r0:r1, g])  # (B, nr)
+                rc = c[:, g, None] * (alpha[g] + (lay.pk[r0:r1, g] - 1))  # (B, nr)
                 if P == 1:  # graded order of one coordinate: row q is k_0 = q, parent row q - 1
                     q0 = max(r0, 1)
                     if q0 >= r1:

@@ -392,10 +392,7 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: float | No
         lam = xp.broadcast_to(mu[:, None, None], (m, B, n + 1))
     elif steps == 1:
         z = _xp.exclusive_cumsum(C / s, 2, xp)  # (m, B, n+1): ∇ℓ(μ) of every prefix
-        z = eta * z + xp.log(mu)[:, None, None]
-        z = z - xp.max(z, axis=0, keepdims=True)
-        e = xp.exp(z)
-        lam = e / xp.sum(e, axis=0, keepdims=True)  # (m, B, n+1): lam¹ of every prefix
+        lam = _xp.softmax_first_axis(z, eta, xp.log(mu), xp)  # (m, B, n+1): lam¹ of every prefix
     else:
         logC = _xp.log(xp.permute_dims(C, (1, 2, 0)), xp)  # (B, n, m)
         loglam = _all_prefix_md(logC, xp.log(mu), eta, steps, xp)  # (B, n+1, m)

@@ -317,6 +317,11 @@ def test_fast_paths_equal_their_generic_routes(bk):
         fast = bk.to_numpy(_xp.exclusive_cumsum(x, axis, xp))
         generic = bk.to_numpy(_xp.exclusive_cumsum(x, axis, xp, generic=True))
         np.testing.assert_array_equal(fast, generic)  # the same sums in the same order
+    z = bk.asarray(rng.normal(size=(3, 4, 50)))
+    shift = bk.asarray(rng.normal(size=3))
+    generic = bk.to_numpy(_xp.softmax_first_axis(z, 0.7, shift, xp, generic=True))
+    fast = bk.to_numpy(_xp.softmax_first_axis(z, 0.7, shift, xp))  # in place on z: after generic
+    np.testing.assert_allclose(fast, generic, rtol=4 * bk.eps, atol=0)  # same operations, in place
     S, m, R = 7, 3, 200
     table = bk.asarray(rng.dirichlet(np.ones(S), size=S))
     src = bk.asarray(rng.integers(0, S, size=(m, R)))
@@ -446,3 +451,22 @@ def test_cuda_parity_with_the_cpu(bk):
             a, b = f(C), f(Cg)
             assert b.device.type == "cuda"
             np.testing.assert_allclose(b.cpu().double().numpy(), a.double().numpy(), rtol=rtol * 100, atol=rtol)
+
+
+def test_torch_core_is_a_deprecated_re_export():
+    import importlib
+    import sys
+
+    sys.modules.pop("mtdmath.torch_core", None)
+    with pytest.warns(DeprecationWarning, match="torch_core is deprecated"):
+        tc = importlib.import_module("mtdmath.torch_core")
+    assert tc.mirror_descent is M.mirror_descent and tc.md_predictive_all_prefixes is M.md_predictive_all_prefixes
+
+
+def test_import_mtdmath_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, mtdmath; print('torch' in sys.modules, 'array_api_strict' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

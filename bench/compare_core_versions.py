@@ -1,0 +1,137 @@
+"""Time the core of an earlier commit against the working tree, side by side in one run.
+
+The earlier core had a NumPy implementation (``mtdmath``) and a torch twin (``mtdmath.torch_core``,
+``mtdmath.prefix``); today one implementation serves both. This script extracts the package of
+``--old-rev`` from git into a temporary folder as ``mtdmath_old``, then times each kernel at the
+benchmark suite's largest sizes, alternating old and new calls, and prints the median of each and
+the ratio new/old (< 1: the new core is faster)::
+
+    python bench/compare_core_versions.py --old-rev 9b3a2b0 [--repeats 7] [--json out.json]
+
+Results are checked equal (float64: rtol 1e-10) before timing.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from statistics import median
+
+import numpy as np
+import torch
+
+
+def _extract(rev: str) -> str:
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True).stdout.strip()
+    out = tempfile.mkdtemp(prefix="mtdmath_old_")
+    archive = subprocess.run(["git", "-C", root, "archive", rev, "mtdmath"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", out], input=archive, check=True)
+    os.rename(os.path.join(out, "mtdmath"), os.path.join(out, "mtdmath_old"))
+    return out
+
+
+def _time(fn, repeats: int) -> float:
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return median(ts)
+
+
+def _np(x):
+    return x.detach().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--old-rev", default="9b3a2b0", help="git revision of the old core (default: the last two-core commit)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--json", default=None, help="write the table as JSON here")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, _extract(args.old_rev))
+    import mtdmath as new
+
+    old = importlib.import_module("mtdmath_old")
+    old_tc = importlib.import_module("mtdmath_old.torch_core")
+    old_prefix = importlib.import_module("mtdmath_old.prefix")
+
+    rng = np.random.default_rng(0)
+    B, n, m = 4096, 1024, 5
+    C_big = rng.uniform(0.01, 1.0, size=(B, n, m))
+    lam_big = rng.dirichlet(np.ones(m), size=B)
+    S = 16
+    alpha = np.array([2.0, 1.0, 0.5])
+    pi = new.random_transition_matrix(S, rng=1)
+    tokens = new.sample_icl(pi, alpha, 256, 4096, rng=2)[0]
+    C_est = new.lag_factors(tokens[:1024], pi, 3)  # (1024, 253, 3)
+    mu = alpha / alpha.sum()
+    eta = new.eta_bayes(alpha)
+
+    cases = []  # (kernel, backend, dtype, size, old fn, new fn)
+    for bk, dt in (("numpy", "float64"), ("torch-cpu", "float64"), ("torch-cpu", "float32")):
+        if bk == "numpy":
+            Cb, lb, Ce, tok, P = C_big, lam_big, C_est, tokens, pi
+            o = old
+            o_prefix = old_prefix.md_predictive_all_prefixes
+        else:
+            d = getattr(torch, dt)
+            Cb, lb, Ce = (torch.as_tensor(a, dtype=d) for a in (C_big, lam_big, C_est))
+            tok, P = torch.as_tensor(tokens), torch.as_tensor(pi, dtype=d)
+            o = old_tc
+            o_prefix = old_tc.md_predictive_all_prefixes
+        size_big, size_est = f"B{B}-n{n}-m{m}", "B1024-n253-m3"
+        cases += [
+            ("log_likelihood", bk, dt, size_big, lambda o=o, Cb=Cb, lb=lb: o.log_likelihood(lb, Cb),
+             lambda Cb=Cb, lb=lb: new.log_likelihood(lb, Cb)),
+            ("gradient", bk, dt, size_big, lambda o=o, Cb=Cb, lb=lb: o.gradient(lb, Cb),
+             lambda Cb=Cb, lb=lb: new.gradient(lb, Cb)),
+            ("mirror_descent k=5", bk, dt, size_est, lambda o=o, Ce=Ce: o.mirror_descent(Ce, eta=eta, steps=5, lam0=mu),
+             lambda Ce=Ce: new.mirror_descent(Ce, eta=eta, steps=5, lam0=mu)),
+            ("em k=5", bk, dt, size_est, lambda o=o, Ce=Ce: o.em(Ce, steps=5, lam0=mu),
+             lambda Ce=Ce: new.em(Ce, steps=5, lam0=mu)),
+            ("one_step_md", bk, dt, size_est, lambda o=o, Ce=Ce: o.one_step_md(Ce, alpha),
+             lambda Ce=Ce: new.one_step_md(Ce, alpha)),
+            ("lag_factors", bk, dt, "B4096-T256", lambda o=o, tok=tok, P=P: o.lag_factors(tok, P, 3),
+             lambda tok=tok, P=P: new.lag_factors(tok, P, 3)),
+            ("md_predictive_all_prefixes", bk, dt, "B4096-T256", lambda f=o_prefix, tok=tok, P=P: f(tok, P, alpha),
+             lambda tok=tok, P=P: new.md_predictive_all_prefixes(tok, P, alpha)),
+        ]
+        if bk == "numpy":  # the old torch twin had no Hessian and no MLE
+            cases += [
+                ("hessian", bk, dt, size_big, lambda: old.hessian(lam_big, C_big), lambda: new.hessian(lam_big, C_big)),
+                ("mle", bk, dt, size_est, lambda: old.mle(C_est), lambda: new.mle(C_est)),
+            ]
+    rows = []
+    for kernel, bk, dt, size, f_old, f_new in cases:
+        a, b = _np(f_old()), _np(f_new())
+        if kernel == "mle":  # two KKT-stopped runs (gap < 1e-12) may differ along flat directions:
+            # compare what the stopping rule guarantees, ℓ(MLE) - ℓ(lam) <= n·gap
+            assert np.all(new.kkt_gap(b, C_est) < 1e-12)
+            np.testing.assert_allclose(new.log_likelihood(b, C_est), new.log_likelihood(a, C_est),
+                                       rtol=0, atol=2 * C_est.shape[-2] * 1e-12)
+        else:
+            rtol = 1e-10 if dt == "float64" else 1e-4
+            np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * 1e-2, err_msg=kernel)
+        t_old, t_new = [], []
+        for _ in range(args.repeats):  # alternate, so load changes hit both alike
+            t_old.append(_time(f_old, 1))
+            t_new.append(_time(f_new, 1))
+        row = dict(kernel=kernel, backend=bk, dtype=dt, size=size, old_s=median(t_old), new_s=median(t_new))
+        row["ratio_new_over_old"] = row["new_s"] / row["old_s"]
+        rows.append(row)
+        print(f"{kernel:28s} {bk:9s} {dt:7s} {size:16s} old {row['old_s'] * 1e3:9.2f} ms  "
+              f"new {row['new_s'] * 1e3:9.2f} ms  new/old {row['ratio_new_over_old']:.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(old_rev=args.old_rev, torch_threads=torch.get_num_threads(), rows=rows), fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
