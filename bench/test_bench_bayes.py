@@ -42,6 +42,24 @@ def test_posterior_mean(benchmark, m, n):
              min_bytes=C.nbytes(C_) + 8 * m, states=M.n_states(n, m))
 
 
+@pytest.mark.benchmark(group="bayes")
+@pytest.mark.parametrize("m,n", [(3000, 1)], ids=["numpy-float64-layout-m3000-n1"])
+def test_posterior_mean_many_lags(benchmark, m, n):
+    # target: under a second, layout included (it is rebuilt every round: the cache is cleared)
+    from mtdmath import bayes as Bm
+
+    C_ = np.random.default_rng(7).uniform(0.1, 1.0, (n, m))
+
+    def fn():
+        Bm._layout.cache_clear()
+        return M.posterior_mean(C_, np.ones(m))
+
+    post = C.run(benchmark, fn, backend="numpy", rounds=3)
+    assert abs(post.sum() - 1) < 1e-12
+    C.record(benchmark, ("bayes", "posterior_mean_layout", "numpy", "float64", f"m{m}-n{n}"), backend="numpy",
+             min_bytes=C.nbytes(C_) + 8 * m, states=M.n_states(n, m))
+
+
 @lru_cache(maxsize=1)
 def mc_sample_count():
     """K with stderr <= MC_TARGET/2 on every coordinate, from a pilot of 2^16 draws (stderr ∝ K^(-1/2))."""

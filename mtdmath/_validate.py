@@ -184,6 +184,10 @@ def check_alpha(alpha: Any, name: str = "alpha", m: int | None = None) -> np.nda
         raise ValueError(f"{name} must be finite (got {_show(a)})")
     if np.any(a <= 0):
         raise ValueError(f"{name} must be positive (got {_show(a)})")
+    with np.errstate(over="ignore"):
+        total = float(np.sum(a))
+    if not math.isfinite(total):
+        raise ValueError(f"{name}: the sum α₀ = Σ {name} overflows (got {_show(a)})")
     return a
 
 

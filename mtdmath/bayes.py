@@ -17,6 +17,7 @@ O(m · binom(n+m, m)) floating-point operations, with about 10-20 % padding.
 from __future__ import annotations
 
 from functools import lru_cache
+import math
 from math import comb
 from typing import Any
 
@@ -31,6 +32,8 @@ DEFAULT_MAX_BYTES = 2 * 2**30
 
 def n_states(n: int, m: int) -> int:
     """Number of count vectors k in N^m with |k| = n: ``binom(n+m-1, m-1)``."""
+    n = V.check_int(n, "n", minimum=0)
+    m = V.check_int(m, "m", minimum=1)
     return comb(n + m - 1, m - 1)
 
 
@@ -82,14 +85,13 @@ class _Layout:
         # par[g, q] = row of the prefix q - e_g, or the always-zero sentinel row R if q_g = 0
         self.par = np.full((P, R), R, dtype=np.intp)
         if P:
-            base = n + 1
-            w = base ** np.arange(P - 1, -1, -1, dtype=np.int64)
-            keys = self.pk @ w
-            korder = np.argsort(keys)
+            keys, korder = _row_keys(self.pk, n)
             for g in range(P):
-                ok = self.pk[:, g] > 0
-                pkey = keys[ok] - w[g]
-                self.par[g, ok] = korder[np.searchsorted(keys, pkey, sorter=korder)]
+                ok = np.flatnonzero(self.pk[:, g] > 0)
+                parent = self.pk[ok]  # a copy (fancy index): the prefixes q with q_g > 0 ...
+                parent[:, g] -= 1  # ... and their parents q - e_g
+                pkeys, _ = _row_keys(parent, n, sort=False)
+                self.par[g, ok] = korder[np.searchsorted(keys, pkeys, sorter=korder)]
         self._plans: dict[int, list[tuple[int, int, int]]] = {}
 
     def plan(self, L: int) -> list[tuple[int, int, int]]:
@@ -113,16 +115,42 @@ class _Layout:
         return chunks
 
 
+def _row_keys(rows: np.ndarray, n: int, sort: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """A key per row of counts (each in 0..n) that is equal exactly for equal rows, and its sort order.
+
+    Base-(n+1) integers where they fit in int64; otherwise (many lags, e.g. m = 3000) the rows'
+    bytes, compared as opaque fixed-size records.
+    """
+    P = rows.shape[1]
+    if P * math.log2(n + 1) < 62:
+        w = (n + 1) ** np.arange(P - 1, -1, -1, dtype=np.int64)
+        keys = rows @ w
+    else:
+        keys = np.ascontiguousarray(rows, dtype=np.int64).view(np.dtype((np.void, 8 * P))).ravel()
+    return keys, (np.argsort(keys, kind="stable") if sort else None)
+
+
 def _prefixes(P: int, n: int) -> np.ndarray:
-    """All count vectors in N^P with sum <= n, in lexicographic order, shape (binom(n+P, P), P)."""
-    pre = np.zeros((1, 0), dtype=np.int64)
-    s = np.zeros(1, dtype=np.int64)  # the sums of the rows of pre
+    """All count vectors in N^P with sum <= n, in lexicographic order, shape (binom(n+P, P), P).
+
+    Built one coordinate at a time (each row of stage j gets the values a = 0..n-sum), keeping
+    only each stage's parent index and new value; the columns are read back at the end through
+    the parent chain. Cost O(P · rows) time, so m = 3000 lags with n = 1 takes milliseconds.
+    """
+    s = np.zeros(1, dtype=np.int64)  # the sums of the rows of the current stage
+    reps, vals = [], []
     for _ in range(P):  # append a coordinate a = 0..n-s to every row (innermost: lex order)
         cnt = n - s + 1
         rep = np.repeat(np.arange(s.shape[0]), cnt)
         a = np.arange(rep.shape[0]) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        pre = np.concatenate([pre[rep], a[:, None]], axis=1)
         s = s[rep] + a
+        reps.append(rep)
+        vals.append(a)
+    pre = np.empty((s.shape[0], P), dtype=np.int64)
+    idx = np.arange(s.shape[0])
+    for j in range(P - 1, -1, -1):
+        pre[:, j] = vals[j][idx]
+        idx = reps[j][idx]
     return pre
 
 
@@ -136,12 +164,22 @@ def _layout_rows(n: int, m: int) -> int:
     return comb(n + m - 2, m - 2)
 
 
-def _check_budget(batch: int, n: int, m: int, max_bytes: int) -> None:
+def _bytes_needed(batch: int, n: int, m: int) -> int:
+    """An upper bound of the peak memory of the exact recursion (bytes), checked with tracemalloc.
+
+    The work arrays (two levels W, a scratch array, a row gather's temporary, the factor buffer:
+    about 4·batch + 1 padded levels of (R+1)·(n+1) floats, and 3 more for the final moments), the layout (the prefixes with their
+    build stages, their parents and keys: about 4(m-2) + 8 integers per row), the copies of C
+    (three), and a fixed 64 KiB of small arrays.
+    """
     if m < 2 or n == 0:
-        return
+        return 24 * batch * max(n, 1) * m + 2**16
     R = _layout_rows(n, m)
-    # two W levels and a scratch array for the batch, the coefficient matrix, the layout
-    need = 8 * (R + 1) * (n + 1) * (3 * batch + 1) + 8 * R * (2 * m + 2)
+    return 8 * (R + 1) * (n + 1) * (4 * batch + 4) + 8 * R * (4 * (m - 2) + 8) + 24 * batch * n * m + 2**16
+
+
+def _check_budget(batch: int, n: int, m: int, max_bytes: float) -> None:
+    need = _bytes_needed(batch, n, m)
     if need > max_bytes:
         raise ValueError(
             f"C: the exact posterior needs about {need / 2**30:.2f} GiB for n = {n}, m = {m} "
@@ -276,6 +314,7 @@ def posterior_mean(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
         In C's namespace, device and float dtype (computed in float64 NumPy). For n = 0 the
         prior mean ``alpha / α₀``.
     """
+    max_bytes = V.check_float(max_bytes, "max_bytes", positive=True)
     C, alpha, space = _prepare(C, alpha, allow_impossible=False)
     batch, (n, m) = C.shape[:-2], C.shape[-2:]
     post, _ = _forward(C.reshape((int(np.prod(batch)), n, m)), alpha, max_bytes)
@@ -292,6 +331,7 @@ def log_evidence(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> n
     array, shape (...)
         In C's namespace, device and float dtype (computed in float64 NumPy). 0 for n = 0.
     """
+    max_bytes = V.check_float(max_bytes, "max_bytes", positive=True)
     C, alpha, space = _prepare(C, alpha, allow_impossible=True)
     batch, (n, m) = C.shape[:-2], C.shape[-2:]
     Cf = C.reshape((int(np.prod(batch)), n, m))
@@ -325,7 +365,7 @@ def _log_prod(x: np.ndarray) -> np.ndarray:
 
 
 def posterior_mean_mc(
-    C: Any, alpha: Any, *, samples: int, rng: Any = None, chunk: int = 4096
+    C: Any, alpha: Any, *, samples: int, rng: Any = None, chunk: int = 4096, max_bytes: float = DEFAULT_MAX_BYTES
 ) -> tuple[np.ndarray, np.ndarray]:
     """Monte Carlo posterior mean: self-normalised importance sampling from the prior.
 
@@ -341,21 +381,37 @@ def posterior_mean_mc(
         Number of prior draws K >= 1 (shared by every batch element).
     rng : Generator, int or None
     chunk : int
-        Draws processed at a time (bounds memory to about chunk·batch·n floats).
+        Draws processed at a time; lowered so that the (batch, chunk, n) work array fits in
+        ``max_bytes``.
+    max_bytes : float
+        Memory budget of the work arrays (bytes, > 0).
 
     Returns
     -------
     mean, stderr : arrays, shape (..., m)
         In C's namespace, device and float dtype (computed in float64 NumPy).
+
+    Raises
+    ------
+    ValueError
+        When no prior draw gives the data positive probability (importance sampling from the
+        prior has no effective sample: use the exact :func:`posterior_mean`), or when the prior
+        draws themselves are not finite (alpha outside what the Dirichlet sampler supports).
     """
+    max_bytes = V.check_float(max_bytes, "max_bytes", positive=True)
     C, alpha, space = _prepare(C, alpha, allow_impossible=False)
     samples = V.check_int(samples, "samples", minimum=1)
     chunk = V.check_int(chunk, "chunk", minimum=1)
     gen = V.as_rng(rng)
     batch, (n, m) = C.shape[:-2], C.shape[-2:]
-    Cf = C.reshape((int(np.prod(batch)), n, m))
+    Bn = int(np.prod(batch))
+    if Bn == 0:
+        empty = np.zeros(batch + (m,))
+        return _xp.from_numpy(empty, space), _xp.from_numpy(empty.copy(), space)
+    # the (B, chunk, n) products and their logs: 2 arrays of 8-byte floats
+    chunk = max(1, min(chunk, int(max_bytes // (16 * Bn * max(n, 1)))))
+    Cf = C.reshape((Bn, n, m))
     CfT = np.ascontiguousarray(np.swapaxes(Cf, 1, 2))  # (B, m, n)
-    Bn = Cf.shape[0]
     # running sums of w, w·lam, w²·lam, w²·lam², w², all relative to a running max log-weight
     top = np.full(Bn, -np.inf)
     s_w, s_w2 = np.zeros(Bn), np.zeros(Bn)
@@ -363,13 +419,18 @@ def posterior_mean_mc(
     done = 0
     while done < samples:
         k = min(chunk, samples - done)
-        lam = gen.dirichlet(alpha, size=k)  # (k, m)
-        lam /= lam.sum(axis=1, keepdims=True)
+        with np.errstate(all="ignore"):
+            lam = gen.dirichlet(alpha, size=k)  # (k, m)
+            lam /= lam.sum(axis=1, keepdims=True)
+        if not np.all(np.isfinite(lam)):
+            raise ValueError(f"alpha: the Dirichlet prior draws are not finite for alpha = {V._show(alpha)}; "
+                             "use the exact posterior_mean")
         logw = _log_prod(np.matmul(lam, CfT))  # (B, k): Σ_i log(C[i]·lam_k)
         new_top = np.maximum(top, logw.max(axis=1))
-        f = np.exp(top - new_top)  # rescale old sums to the new max (0 at the start)
-        f = np.where(np.isfinite(top), f, 0.0)
-        w = np.exp(logw - new_top[:, None])  # (B, k)
+        ref = np.where(np.isfinite(new_top), new_top, 0.0)  # all weights 0 so far: nothing to rescale
+        with np.errstate(invalid="ignore", over="ignore"):
+            f = np.where(np.isfinite(top), np.exp(top - ref), 0.0)  # rescale old sums to the new max
+            w = np.exp(logw - ref[:, None])  # (B, k)
         s_w = s_w * f + w.sum(1)
         s_w2 = s_w2 * f**2 + (w**2).sum(1)
         s_wl = s_wl * f[:, None] + w @ lam
@@ -377,6 +438,10 @@ def posterior_mean_mc(
         s_w2l2 = s_w2l2 * f[:, None] ** 2 + (w**2) @ lam**2
         top = new_top
         done += k
+    if not np.all(s_w > 0):
+        raise ValueError(
+            "C, alpha: no prior draw gives the data positive probability (importance sampling from the prior "
+            f"has no effective sample in {int(np.sum(s_w <= 0))} of {Bn} problems); use the exact posterior_mean")
     mean = s_wl / s_w[:, None]
     var_num = s_w2l2 - 2 * mean * s_w2l + mean**2 * s_w2[:, None]
     stderr = np.sqrt(np.maximum(var_num, 0.0)) / s_w[:, None]

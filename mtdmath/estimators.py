@@ -19,41 +19,7 @@ import numpy as np
 from . import _validate as V
 from . import _xp
 from ._squarem import squarem
-from .likelihood import _log_s
-
-
-# ----------------------------------------------------------------------------- gradient
-def _log_grad(logC: Any, loglam: Any, xp: Any) -> Any:
-    """log ∇ℓ(lam)_g = logsumexp_i(log C[i,g] - log s_i), shape (..., m); -inf for an all-zero column."""
-    log_s = _xp.logsumexp(logC + loglam[..., None, :], -1, xp)  # (..., n)
-    return _xp.logsumexp(logC - log_s[..., None], -2, xp)
-
-
-def _tiny_s(dtype: Any, xp: Any) -> float:
-    """Below this, s_i = C[i]·lam is recomputed in log space (1e-249 in float64, 2e-31 in float32).
-
-    Above it the linear sums of nonnegative terms are exact to rounding, and
-    ``∇ℓ <= n / tiny^0.81`` stays finite for any n that fits in memory.
-    """
-    return _xp.finfo_tiny(xp, dtype) ** 0.81
-
-
-def _grad(C: Any, logC: Any, loglam: Any, xp: Any) -> Any:
-    """∇ℓ(lam)_g = Σ_i C[i,g] / s_i, shape (..., m); C and loglam share one batch shape.
-
-    Two batched matrix products (``s = C lam``, ``∇ℓ = (1/s)ᵀ C``), the most accurate and the
-    fastest route; a batch element with some s_i below :func:`_tiny_s` (a lag weight has
-    collapsed) is recomputed in log space. The result may be +inf (overflow) for a collapsed
-    weight; callers handle it.
-    """
-    s = (C @ xp.exp(loglam)[..., :, None])[..., 0]  # (..., n)
-    with _xp.quiet(xp):
-        g = (xp.reciprocal(s)[..., None, :] @ C)[..., 0, :]  # (..., m)
-    bad = xp.any(s < _tiny_s(s.dtype, xp), axis=-1)  # (...)
-    if bool(xp.any(bad)):
-        with _xp.quiet(xp):
-            g = xp.where(bad[..., None], xp.exp(_log_grad(logC, loglam, xp)), g)
-    return g
+from .likelihood import _broadcast_batch, _grad, _log_grad, _log_s, check_possible
 
 
 def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[Any, Any, Any]:
@@ -67,14 +33,17 @@ def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[Any, Any, Any]
     else:
         lam0 = V.check_lam(lam0, name_lam0, space=space)
         V.check_same_m(m, lam0.shape[-1], name_lam0)
-    batch = tuple(np.broadcast_shapes(tuple(C.shape[:-2]), tuple(lam0.shape[:-1])))
+    batch = _broadcast_batch(lam0, C, name_lam0, "C", 1, 2)
     C = xp.broadcast_to(C, batch + tuple(C.shape[-2:]))
     lam0 = xp.broadcast_to(lam0, batch + (m,))
-    if C.shape[-2] and bool(xp.any((C @ lam0[..., :, None]) <= 0)):
-        raise ValueError(
-            f"{name_lam0} gives probability 0 to an observed transition (C[i]·{name_lam0} = 0): "
-            "put positive weight on a lag that explains every transition"
-        )
+    if C.shape[-2]:
+        try:
+            check_possible(lam0, C, xp, name_lam0)
+        except ValueError:
+            raise ValueError(
+                f"{name_lam0} gives probability 0 to an observed transition (C[i]·{name_lam0} = 0): "
+                "put positive weight on a lag that explains every transition"
+            ) from None
     return C, lam0, xp
 
 
@@ -210,11 +179,12 @@ def kkt_gap(lam: Any, C: Any) -> Any:
     lam = V.check_lam(lam, "lam", space=space)
     V.check_same_m(C.shape[-1], lam.shape[-1], "lam")
     n = C.shape[-2]
-    batch = tuple(np.broadcast_shapes(tuple(C.shape[:-2]), tuple(lam.shape[:-1])))
+    batch = _broadcast_batch(lam, C, "lam", "C", 1, 2)
     if n == 0:
         return xp.zeros(batch, dtype=C.dtype, device=space.device)
     C = xp.broadcast_to(C, batch + tuple(C.shape[-2:]))
     lam = xp.broadcast_to(lam, batch + tuple(lam.shape[-1:]))
+    check_possible(lam, C, xp)  # the gap is undefined (∇ℓ infinite) where lam cannot explain the data
     return xp.max(_grad(C, _xp.log(C, xp), _xp.log(lam, xp), xp), axis=-1) / n - 1.0
 
 

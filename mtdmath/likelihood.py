@@ -15,8 +15,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import _validate as V
 from . import _xp
+
+
+def _broadcast_batch(a: Any, b: Any, name_a: str, name_b: str, core_a: int, core_b: int) -> tuple:
+    """The broadcast batch shape of a and b (their shapes less ``core_*`` trailing axes), or a
+    ValueError that names both arguments and shows their shapes."""
+    sa, sb = tuple(a.shape[: a.ndim - core_a]), tuple(b.shape[: b.ndim - core_b])
+    try:
+        return tuple(np.broadcast_shapes(sa, sb))
+    except ValueError:
+        raise ValueError(f"{name_a} and {name_b} have batch shapes {sa} and {sb} that do not broadcast "
+                         f"(shapes {tuple(a.shape)} and {tuple(b.shape)})") from None
 
 
 def _lam_C(lam: Any, C: Any, allow_impossible: bool) -> tuple[Any, Any, Any]:
@@ -24,6 +37,7 @@ def _lam_C(lam: Any, C: Any, allow_impossible: bool) -> tuple[Any, Any, Any]:
     C = V.check_C(C, "C", allow_impossible=allow_impossible, space=space)
     lam = V.check_lam(lam, "lam", space=space)
     V.check_same_m(C.shape[-1], lam.shape[-1], "lam")
+    _broadcast_batch(lam, C, "lam", "C", 1, 2)
     return lam, C, space.xp
 
 
@@ -32,14 +46,69 @@ def _s(lam: Any, C: Any) -> Any:
     return (C @ lam[..., :, None])[..., 0]
 
 
-def _positive_s(lam: Any, C: Any, xp: Any, name: str = "lam") -> Any:
-    s = _s(lam, C)
-    if bool(xp.any(s <= 0)):
-        raise ValueError(
-            f"{name} gives probability 0 to an observed transition (C[i]·{name} = 0 for some i): "
-            "the log-likelihood is -inf there and its derivatives are undefined"
-        )
+def _tiny_s(dtype: Any, xp: Any) -> float:
+    """Below this, s_i = C[i]·lam is recomputed in log space (1e-249 in float64, 2e-31 in float32).
+
+    Above it the linear sums of nonnegative terms are exact to rounding, and
+    ``∇ℓ <= n / tiny^0.81`` stays finite for any n that fits in memory.
+    """
+    return _xp.finfo_tiny(xp, dtype) ** 0.81
+
+
+def check_possible(lam: Any, C: Any, xp: Any, name: str = "lam", s: Any = None) -> Any:
+    """Raise if ``lam`` gives an observed transition probability exactly 0; return ``s = C lam``.
+
+    Decided exactly: ``s_i = 0`` only when every ``C[i,g]·lam_g`` is 0. A linear ``s_i`` that
+    underflowed (C[i,g] ~ 1e-300 with lam_g ~ 1e-30) is still a possible transition.
+    """
+    if s is None:
+        s = _s(lam, C)
+    low = s < _tiny_s(s.dtype, xp)
+    if bool(xp.any(low)):
+        possible = xp.any((C > 0) & (lam[..., None, :] > 0), axis=-1)
+        if not bool(xp.all(possible)):
+            raise ValueError(
+                f"{name} gives probability 0 to an observed transition (C[i]·{name} = 0 for some i): "
+                "the log-likelihood is -inf there and its derivatives are undefined"
+            )
     return s
+
+
+def _log_grad(logC: Any, loglam: Any, xp: Any) -> Any:
+    """log ∇ℓ(lam)_g = logsumexp_i(log C[i,g] - log s_i), shape (..., m); -inf for an all-zero column."""
+    log_s = _xp.logsumexp(logC + loglam[..., None, :], -1, xp)  # (..., n)
+    return _xp.logsumexp(logC - log_s[..., None], -2, xp)
+
+
+def _grad(C: Any, logC: Any, loglam: Any, xp: Any) -> Any:
+    """∇ℓ(lam)_g = Σ_i C[i,g] / s_i, shape (..., m).
+
+    Two batched matrix products (``s = C lam``, ``∇ℓ = (1/s)ᵀ C``), the most accurate and the
+    fastest route; a batch element with some s_i below :func:`_tiny_s` (a lag weight has
+    collapsed, or C[i] is tiny) is recomputed in log space. The result may be +inf (overflow)
+    for a collapsed weight; callers handle it.
+    """
+    s = (C @ xp.exp(loglam)[..., :, None])[..., 0]  # (..., n)
+    with _xp.quiet(xp):
+        g = (xp.reciprocal(s)[..., None, :] @ C)[..., 0, :]  # (..., m)
+    bad = xp.any(s < _tiny_s(s.dtype, xp), axis=-1)  # (...)
+    if bool(xp.any(bad)):
+        with _xp.quiet(xp):
+            g = xp.where(bad[..., None], xp.exp(_log_grad(logC, loglam, xp)), g)
+    return g
+
+
+def _C_over_s(lam: Any, C: Any, s: Any, xp: Any) -> Any:
+    """``C[i] / s_i`` (..., n, m), in log space on the rows where the linear s_i underflows."""
+    with _xp.quiet(xp):
+        out = C / s[..., None]
+    low = s < _tiny_s(s.dtype, xp)
+    if bool(xp.any(low)):
+        logC = _xp.log(C, xp)
+        log_s = _xp.logsumexp(logC + _xp.log(lam, xp)[..., None, :], -1, xp)
+        with _xp.quiet(xp):
+            out = xp.where(low[..., None], xp.exp(logC - log_s[..., None]), out)
+    return out
 
 
 def _log_s(lam: Any, C: Any, xp: Any) -> Any:
@@ -78,23 +147,21 @@ def log_likelihood(lam: Any, C: Any) -> Any:
 def gradient(lam: Any, C: Any) -> Any:
     """``∇ℓ(lam)_g = Σ_i C[i,g] / s_i(lam)``, shape (broadcast batch..., m)."""
     lam, C, xp = _lam_C(lam, C, allow_impossible=False)
-    s = _positive_s(lam, C, xp)
-    return (xp.reciprocal(s)[..., None, :] @ C)[..., 0, :]
+    check_possible(lam, C, xp)
+    return _grad(C, _xp.log(C, xp), _xp.log(lam, xp), xp)
 
 
 def hessian(lam: Any, C: Any) -> Any:
     """``∇²ℓ(lam) = -Σ_i C[i] C[i]ᵀ / s_i(lam)²``, shape (..., m, m); negative semidefinite."""
     lam, C, xp = _lam_C(lam, C, allow_impossible=False)
-    s = _positive_s(lam, C, xp)
-    Cs = C / s[..., None]  # (..., n, m)
+    Cs = _C_over_s(lam, C, check_possible(lam, C, xp), xp)  # (..., n, m)
     return -(xp.matrix_transpose(Cs) @ Cs)
 
 
 def responsibilities(lam: Any, C: Any) -> Any:
     """Posterior of the latent lag, ``γ_i(g) = lam_g C[i,g] / s_i(lam)``, shape (..., n, m)."""
     lam, C, xp = _lam_C(lam, C, allow_impossible=False)
-    s = _positive_s(lam, C, xp)
-    return lam[..., None, :] * C / s[..., None]
+    return lam[..., None, :] * _C_over_s(lam, C, check_possible(lam, C, xp), xp)
 
 
 def kl(p: Any, q: Any) -> Any:
@@ -110,6 +177,7 @@ def kl(p: Any, q: Any) -> Any:
     q = V.check_prob_vector(q, "q", tol=1e-6, space=space)
     if p.shape[-1] != q.shape[-1]:
         raise ValueError(f"p and q must have the same last axis (got {p.shape[-1]} and {q.shape[-1]})")
+    _broadcast_batch(p, q, "p", "q", 1, 1)
     p, q = xp.broadcast_arrays(p, q)
     with _xp.quiet(xp):
         terms = xp.where(p > 0, p * (_xp.log(p, xp) - _xp.log(q, xp)), xp.zeros_like(p))

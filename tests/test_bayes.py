@@ -187,3 +187,75 @@ def test_extreme_alpha_matches_mpmath(m, n, a):
         assert np.all(np.isfinite(pm)) and np.isfinite(le)
         np.testing.assert_allclose(pm, want_pm, rtol=1e-11, atol=0)
         np.testing.assert_allclose(le, want_le, rtol=1e-12, atol=1e-12)
+
+
+def test_mc_without_effective_samples_raises_and_points_to_the_exact_method():
+    # alpha = 1e-8: every prior draw is (numerically) one-hot, and each lag alone is impossible
+    C = np.random.default_rng(0).uniform(0.1, 1, (20, 2))
+    C[3, 0] = C[5, 1] = 0.0
+    with pytest.raises(ValueError, match="no effective sample.*posterior_mean"):
+        M.posterior_mean_mc(C, [1e-8, 1e-8], samples=1000, rng=0)
+    with pytest.raises(ValueError, match="alpha"):
+        M.posterior_mean_mc(C, [1e308, 1e308], samples=10, rng=0)  # α₀ overflows
+    # the exact method has no such problem
+    assert np.all(np.isfinite(M.posterior_mean(C, [1e-8, 1e-8])))
+
+
+def test_mc_chunk_adapts_to_the_budget_and_results_do_not_depend_on_it():
+    rng = np.random.default_rng(1)
+    C = rng.uniform(0.1, 1, (3, 50, 2))
+    a = M.posterior_mean_mc(C, [1.0, 2.0], samples=300, rng=5, chunk=7)
+    # a budget of 16·B·n·7 bytes lowers the default chunk to 7: the same draws, the same sums
+    b = M.posterior_mean_mc(C, [1.0, 2.0], samples=300, rng=5, max_bytes=16 * 3 * 50 * 7)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    empty = M.posterior_mean_mc(np.zeros((0, 5, 2)) + 0.5, [1.0, 1.0], samples=10)
+    assert empty[0].shape == (0, 2)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0, 0.0, "1e9"])
+def test_budgets_are_validated(bad):
+    C = np.full((4, 2), 0.5)
+    for f in (M.posterior_mean, M.log_evidence):
+        with pytest.raises(ValueError, match="max_bytes"):
+            f(C, [1.0, 1.0], max_bytes=bad)
+    with pytest.raises(ValueError, match="max_bytes"):
+        M.posterior_mean_mc(C, [1.0, 1.0], samples=4, max_bytes=bad)
+
+
+@pytest.mark.parametrize("n, m, name", [(-1, 3, "n"), (2.0, 3, "n"), ("2", 3, "n"), (None, 3, "n"), (2, 0, "m")])
+def test_n_states_validates(n, m, name):
+    with pytest.raises(ValueError, match=name):
+        M.n_states(n, m)
+
+
+@pytest.mark.parametrize("B, n, m", [(1, 40, 2), (4, 40, 2), (1, 64, 3), (8, 64, 3), (1, 24, 4), (3, 24, 4),
+                                     (1, 16, 5), (2, 16, 5), (1, 3, 30), (1, 1, 3000), (2, 40, 5)])
+def test_budget_estimate_bounds_the_measured_peak(B, n, m):
+    # the budget check must refuse before allocating, so its estimate must bound the real peak
+    import tracemalloc
+
+    from mtdmath import bayes as Bm
+
+    C = np.random.default_rng(0).uniform(0.1, 1, (B, n, m))
+    Bm._layout.cache_clear()  # the layout is part of the peak
+    tracemalloc.start()
+    try:
+        M.posterior_mean(C, np.ones(m))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= Bm._bytes_needed(B, n, m)
+    with pytest.raises(ValueError, match="max_bytes"):  # one byte short of the estimate: refused
+        M.posterior_mean(C, np.ones(m), max_bytes=Bm._bytes_needed(B, n, m) - 1)
+
+
+def test_many_lags_few_transitions():
+    # m = 3000, n = 1: the layout is built in O(m · rows) (bench/test_bench_bayes.py times it)
+    post = M.posterior_mean(np.ones((1, 3000)), np.ones(3000))
+    np.testing.assert_allclose(post, 1 / 3000, rtol=1e-12)
+    C = np.random.default_rng(3).uniform(0.1, 1, (1, 3000))
+    alpha = np.random.default_rng(4).uniform(0.5, 2, 3000)
+    # one transition: E[lam_g | y] = (alpha_g + C_g alpha_g / (C·alpha)) / (α₀ + 1), by Bayes on one draw
+    want = (alpha + C[0] * alpha / (C[0] @ alpha)) / (alpha.sum() + 1)
+    np.testing.assert_allclose(M.posterior_mean(C, alpha), want, rtol=1e-12)

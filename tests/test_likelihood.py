@@ -222,3 +222,44 @@ def test_kl_zero_conventions():
         M.kl([0.5, 0.6], [0.5, 0.5])
     with pytest.raises(ValueError, match="q"):
         M.kl([0.5, 0.5], [-0.1, 1.1])
+
+
+@given_backends(problems(interior=0.05), st.integers(0, 2**32 - 1), backends=FLOAT64)
+def test_rows_scaled_down_to_1e_320_match_mpmath(bk, p, seed):
+    # Rows of C scaled by 1e-300 .. 1e-320 (subnormal) give s_i below the smallest normal double:
+    # still possible transitions. ℓ against 50-digit mpmath on the exact stored values; ∇ℓ,
+    # γ and MD are invariant under scaling a row, so they must equal the unscaled results.
+    import mpmath as mp
+
+    lam, C = p
+    assume(C.shape[0] > 0)
+    rng = np.random.default_rng(seed)
+    scale = np.where(rng.random(C.shape[0]) < 0.5, 10.0 ** -rng.integers(300, 321, C.shape[0]), 1.0)
+    Cs = C * scale[:, None]
+    assume(np.all((Cs > 0) == (C > 0)))  # subnormal scaling may flush an entry to 0: then not invariant
+    with mp.workdps(50):
+        want = float(mp.fsum(mp.log(mp.fsum(mp.mpf(float(c)) * mp.mpf(float(w)) for c, w in zip(row, lam)))
+                             for row in Cs))
+    ll = bk.check(M.log_likelihood(bk.asarray(lam), bk.asarray(Cs)))
+    assert np.isfinite(ll)
+    # a subnormal entry carries as few as 1 significant bit relative error 2^-(1074+log2 c):
+    # the reference uses the same stored values, so only ℓ's own rounding remains (n terms)
+    np.testing.assert_allclose(ll, want, rtol=1e-13)
+    lb = bk.asarray(lam)
+    # ∇ℓ: each term C[i,g]/s_i is scale-free, but a subnormal C[i,g] (1e-320 keeps ~11 bits) is
+    # rounded relative to C, so the invariance is compared where the scaled row kept full precision
+    full = (Cs >= np.finfo(float).tiny) | (Cs == 0)
+    keep = np.all(full, axis=1)
+    g = bk.check(M.gradient(lb, bk.asarray(Cs)))
+    ref = (C[keep] / (C[keep] @ lam)[:, None]).sum(0)
+    if keep.all():
+        np.testing.assert_allclose(g, ref, rtol=1e-12)
+    else:
+        assert np.all(np.isfinite(g))
+    R = bk.check(M.responsibilities(lb, bk.asarray(Cs)))
+    np.testing.assert_allclose(R[keep], lam * C[keep] / (C[keep] @ lam)[:, None], rtol=1e-12, atol=1e-300)
+    md = bk.check(M.mirror_descent(bk.asarray(Cs), eta=0.1, steps=2, lam0=lb))
+    assert np.all(np.isfinite(md)) and abs(md.sum() - 1) < 1e-13
+    if keep.all():
+        np.testing.assert_allclose(md, bk.check(M.mirror_descent(bk.asarray(C), eta=0.1, steps=2, lam0=lb)),
+                                   rtol=1e-10, atol=1e-14)
