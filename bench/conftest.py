@@ -6,7 +6,7 @@
   device, measured in this run: on the CPU the faster of the NumPy and the torch copy of a
   256 MiB array, on a GPU the torch copy) and ``fraction_of_limit`` (their ratio, clipped to
   [0, 1]; ``fraction_raw`` unclipped — above 1 only when the data sit in cache).
-- At the end a "targets" summary (issue 6) is printed: the md-predictive fraction of the copy
+- At the end a "targets" summary is printed: the md-predictive fraction of the copy
   bandwidth, the speed-up over the naive loop, torch CPU against NumPy at the largest sizes, and
   the exact-posterior times.
 
@@ -95,6 +95,6 @@ def _report_load():
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     lines = C.target_summary()
     if lines:
-        terminalreporter.section("issue 6 targets (measured in this run)")
+        terminalreporter.section("performance targets (measured in this run)")
         for ln in lines:
             terminalreporter.write_line(ln)

@@ -12,6 +12,7 @@ One row per benchmark, grouped as in the suite; "% of limit" is ``fraction_raw``
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -55,5 +56,12 @@ def main(path: str, largest_only: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--largest"]
-    main(args[0] if args else "bench.json", largest_only="--largest" in sys.argv[1:])
+    ap = argparse.ArgumentParser(description="Markdown table of a pytest-benchmark JSON file "
+                                 "(from `pytest bench --benchmark-only --benchmark-json=bench.json`).")
+    ap.add_argument("path", nargs="?", default="bench.json", help="the JSON file (default: bench.json)")
+    ap.add_argument("--largest", action="store_true", help="only the largest sizes of each kernel")
+    a = ap.parse_args()
+    try:
+        main(a.path, largest_only=a.largest)
+    except FileNotFoundError:
+        ap.error(f"no such file: {a.path} (run `pytest bench --benchmark-only --benchmark-json={a.path}` first)")
