@@ -20,6 +20,19 @@ from ._xp import Space
 #: tolerance on row sums of pi, on the simplex constraint of lam and of probability vectors
 SUM_TOL = 1e-8
 
+#: the largest work or output array (bytes) a function allocates from sizes the caller gives
+#: (T, S, m, batch, ...); above it a ValueError names the argument before anything is allocated.
+#: Raise it on a machine with more memory: ``mtdmath._validate.MAX_ALLOC_BYTES = 64 * 2**30``.
+MAX_ALLOC_BYTES = 8 * 2**30
+
+
+def check_alloc(n_elements: int, itemsize: int, name: str, what: str) -> None:
+    """Refuse, before allocating, an array of ``n_elements`` items above :data:`MAX_ALLOC_BYTES`."""
+    need = int(n_elements) * int(itemsize)
+    if need > MAX_ALLOC_BYTES:
+        raise ValueError(f"{name}: {what} would need {need / 2**30:.2f} GiB, above the budget of "
+                         f"{MAX_ALLOC_BYTES / 2**30:.2f} GiB (mtdmath._validate.MAX_ALLOC_BYTES)")
+
 
 def _show(x: Any, limit: int = 6) -> str:
     """Short printable form of (the first few) offending values."""

@@ -344,6 +344,9 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: float | No
     y = V.check_tokens(tokens, S, m, "tokens", space)
     batch, T = tuple(y.shape[:-1]), y.shape[-1]
     n = T - m
+    # the (..., n+1, S) output and about 4 (m, B, n+1) work arrays
+    rows = int(np.prod(batch)) * (n + 1)
+    V.check_alloc(rows * (S + 4 * m), 8, "tokens", f"the predictive of {rows} prefixes over S = {S} tokens")
     y = xp.reshape(y, (-1, T))
     B = y.shape[0]
     mu = xp.asarray(alpha / alpha.sum(), dtype=pi.dtype, device=space.device)  # (m,)

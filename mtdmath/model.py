@@ -32,6 +32,7 @@ def random_transition_matrix(S: int, *, concentration: float = 1.0, rng: Any = N
         ``pi[a, b] = P(next = b | source token a)``; rows sum to 1.
     """
     S = V.check_int(S, "S", minimum=1)
+    V.check_alloc(S * S, 8, "S", f"an (S, S) matrix for S = {S}")
     concentration = V.check_float(concentration, "concentration", positive=True)
     gen = V.as_rng(rng)
     pi = gen.dirichlet(np.full(S, concentration), size=S)
@@ -69,6 +70,7 @@ def sample(pi: Any, lam: Any, T: int, *, rng: Any = None, init: Any = None) -> n
         raise ValueError(f"lam must have shape (m,) or (B, m) (got shape {lam.shape})")
     m = lam.shape[-1]
     T = V.check_int(T, "T", minimum=m)
+    V.check_alloc(int(np.prod(lam.shape[:-1])) * T, 8 * 3, "T", f"{int(np.prod(lam.shape[:-1]))} sequences of length T = {T}")
     init = np.full(S, 1.0 / S) if init is None else \
         _xp.to_numpy(V.check_prob_vector(init, "init", S)).astype(np.float64)
     if init.ndim != 1:
@@ -114,6 +116,7 @@ def sample_icl(pi: Any, alpha: Any, T: int, batch: int, *, rng: Any = None) -> t
     alpha = V.check_alpha(alpha, "alpha")
     batch = V.check_int(batch, "batch", minimum=1)
     T = V.check_int(T, "T", minimum=alpha.shape[0])
+    V.check_alloc(batch * T, 8 * 3, "T", f"batch = {batch} sequences of length T = {T}")
     gen = V.as_rng(rng)
     lam = gen.dirichlet(alpha, size=batch)
     lam = lam / lam.sum(axis=1, keepdims=True)
@@ -140,6 +143,9 @@ def lag_factors(tokens: Any, pi: Any, m: int) -> Any:
     space = _xp.data_space(tokens, pi)
     pi = V.check_pi(pi, "pi", space)
     y = V.check_tokens(tokens, pi.shape[0], m, "tokens", space)
+    n = y.shape[-1] - m
+    # the output and its flat index: (itemsize + 8) bytes per entry
+    V.check_alloc(int(np.prod(y.shape[:-1])) * n * m, 16, "m", f"lag factors of shape {tuple(y.shape[:-1]) + (n, m)}")
     return _lag_factors(y, pi, m, space.xp)
 
 

@@ -164,3 +164,73 @@ def test_impossible_transition_named_C():
             f()
     assert M.log_likelihood(LAM, Cz) == -np.inf
     assert M.log_evidence(Cz, ALPHA) == -np.inf
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: M.sample(np.eye(2), [1.0], 10**11), "T"),
+    (lambda: M.sample_icl(np.eye(2), [1.0, 1.0], 10**6, 10**5), "T"),
+    (lambda: M.random_transition_matrix(10**6), "S"),
+    (lambda: M.lag_factors(np.zeros((10**4, 3000), dtype=np.int64), np.eye(2), 2000), "m"),
+    (lambda: M.md_predictive_all_prefixes(np.zeros((10**5, 10**3), dtype=np.int64), np.eye(64), [1.0]), "tokens"),
+])
+def test_oversized_requests_are_refused_before_allocating(call, name):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=rf"^{name}: .* GiB, above the budget"):
+            call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**31  # nothing near the refused size was allocated (the inputs themselves aside)
+
+
+@pytest.mark.parametrize("call, names", [
+    (lambda: M.log_likelihood(np.full((2, 2), 0.5), np.full((3, 4, 2), 0.5)), ("lam", "C")),
+    (lambda: M.gradient(np.full((2, 2), 0.5), np.full((3, 4, 2), 0.5)), ("lam", "C")),
+    (lambda: M.mirror_descent(np.full((3, 4, 2), 0.5), eta=0.1, lam0=np.full((2, 2), 0.5)), ("lam0", "C")),
+    (lambda: M.kkt_gap(np.full((2, 2), 0.5), np.full((3, 4, 2), 0.5)), ("lam", "C")),
+    (lambda: M.kl(np.full((2, 3), 1 / 3), np.full((3, 3), 1 / 3)), ("p", "q")),
+])
+def test_batch_mismatch_names_both_arguments(call, names):
+    with pytest.raises(ValueError, match=rf"{names[0]} and {names[1]} have batch shapes"):
+        call()
+
+
+@pytest.mark.parametrize("bad", [[[0.5, 0.5], [0.5]], "abc", [object(), object()], [0.5 + 1j, 0.5]])
+def test_ragged_string_object_and_complex_arrays_are_refused(bad):
+    with pytest.raises(ValueError, match="lam"):
+        M.log_likelihood(bad, C)
+    with pytest.raises(ValueError, match="C"):
+        M.log_likelihood(LAM, [bad, bad])
+
+
+@pytest.mark.parametrize("bad", ["0.5", True, 0.5 + 0j, np.array([0.5, 0.5]), None])
+def test_scalar_arguments_refuse_strings_bools_complex_arrays(bad):
+    with pytest.raises(ValueError, match="eta"):
+        M.mirror_descent(C, eta=bad)
+
+
+def test_uint64_tokens_beyond_int64_are_reported_not_wrapped():
+    y = np.array([0, 1, 2**63], dtype=np.uint64)
+    with pytest.raises(ValueError, match=r"tokens must lie in \[0, 2\)"):
+        M.lag_factors(y, PI, 1)
+
+
+def test_alpha_whose_sum_overflows_is_named():
+    for f in (lambda: M.one_step_md(C, [1e308, 1e308]), lambda: M.sample_icl(PI, [1e308, 1e308], 5, 2),
+              lambda: M.md_predictive_all_prefixes(Y, PI, [1e308, 1e308])):
+        with pytest.raises(ValueError, match="alpha: the sum"):
+            f()
+
+
+def test_half_precision_probabilities_are_accepted_with_their_own_tolerance():
+    torch = pytest.importorskip("torch")
+    pi16 = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]], dtype=torch.float16)
+    C16 = M.lag_factors(np.array([0, 1, 2, 0, 1]), pi16, 2)  # rows sum to 1 ± 1e-3 in float16
+    assert C16.dtype == torch.float32
+    lam32 = np.array([0.3, 0.7], dtype=np.float32)  # a float32 lam sums to 1 ± 6e-8
+    assert np.isfinite(float(M.log_likelihood(lam32, C16)))
+    with pytest.raises(ValueError, match="pi: rows must sum to 1"):  # but a real violation is still caught
+        M.lag_factors(np.array([0, 1, 2]), pi16 * 1.05, 1)  # tolerance 4·S·eps16 = 0.012 for S = 3
