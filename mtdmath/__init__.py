@@ -4,8 +4,8 @@ Implements, verifies and extends "Transformers Learn Latent Mixture Models In-Co
 Mirror Descent" (D'Angelo & Flammarion, ICLR 2026). The formulas are those of MATH.md.
 """
 from .bayes import log_evidence, n_states, posterior_mean, posterior_mean_mc
-from .estimators import (em, eta_bayes, k_step_md, kkt_gap, md_predictive_all_prefixes, mirror_descent, mle,
-                         one_step_md)
+from .estimators import (corrected_one_step_md, em, eta_bayes, k_step_md, kkt_gap, md_predictive_all_prefixes,
+                         mirror_descent, mle, one_step_md)
 from .fit import MTDFit, fit, select_order
 from .likelihood import gradient, hessian, kl, log_likelihood, responsibilities
 from .model import lag_factors, predictive, random_transition_matrix, sample, sample_icl
@@ -50,6 +50,7 @@ __all__ = [
     "kkt_gap",
     "eta_bayes",
     "one_step_md",
+    "corrected_one_step_md",
     "k_step_md",
     "posterior_mean",
     "log_evidence",

@@ -92,6 +92,26 @@ def check_float(value: Any, name: str, *, nonnegative: bool = False, positive: b
     return v
 
 
+def check_schedule(eta: Any, steps: int | None, name: str = "eta", steps_name: str = "steps") -> list[float]:
+    """A step-size schedule: a scalar (the same every step) or a length-``steps`` sequence, each >= 0.
+
+    ``steps=None`` takes the length from a sequence (1 for a scalar). Returns the list of steps.
+    """
+    if isinstance(eta, (str, bytes)) or (not _xp._is_array(eta) and np.ndim(eta) == 0) or \
+            (_xp._is_array(eta) and eta.ndim == 0):
+        v = check_float(eta, name, nonnegative=True)
+        k = 1 if steps is None else steps
+        return [v] * k
+    try:
+        seq = [check_float(e, f"{name}[{j}]", nonnegative=True) for j, e in enumerate(list(_xp.to_numpy(eta)
+               if _xp._is_array(eta) else eta))]
+    except TypeError:
+        raise ValueError(f"{name} must be a real number or a sequence of them (got {eta!r})") from None
+    if steps is not None and len(seq) != steps:
+        raise ValueError(f"{name} has {len(seq)} steps but {steps_name} = {steps}: give one step size per step")
+    return seq
+
+
 def _host_kind_check(x: Any, name: str) -> None:
     """Refuse complex, string and object inputs instead of truncating or parsing them."""
     if _xp._is_array(x) and not _xp.is_numpy_array(x):

@@ -19,7 +19,7 @@ import numpy as np
 from . import _validate as V
 from . import _xp
 from ._squarem import squarem
-from .likelihood import _broadcast_batch, _grad, _log_grad, _log_s, check_possible
+from .likelihood import _C_over_s, _broadcast_batch, _grad, _log_grad, _log_s, check_possible
 
 
 def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[Any, Any, Any]:
@@ -116,7 +116,7 @@ def _em_log_step(C: Any, logC: Any, loglam: Any, log_n: float, xp: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- public
-def mirror_descent(C: Any, *, eta: float, steps: int = 1, lam0: Any = None) -> Any:
+def mirror_descent(C: Any, *, eta: Any, steps: int | None = None, lam0: Any = None) -> Any:
     """Mirror descent with the negative-entropy mirror map (exponentiated gradient) on ℓ.
 
     ``lam⁺ = softmax(log lam + η ∇ℓ(lam))``, the exact maximiser of
@@ -126,10 +126,12 @@ def mirror_descent(C: Any, *, eta: float, steps: int = 1, lam0: Any = None) -> A
     ----------
     C : array_like, shape (..., n, m)
         Lag factors; no all-zero row.
-    eta : float
-        Step size, ``>= 0``.
-    steps : int
-        Number of steps, ``>= 0`` (0 returns the start point).
+    eta : float or sequence of float
+        Step size ``>= 0``, the same every step, or a schedule ``(η₁, ..., η_k)``, one per step
+        (MATH.md §3: the first-order coefficient of k steps is ``Σ_j η_j``).
+    steps : int, optional
+        Number of steps, ``>= 0`` (0 returns the start point); default 1 for a scalar ``eta``,
+        the schedule's length for a sequence (which must equal ``steps`` when both are given).
     lam0 : array_like, shape (..., m), optional
         Start point (default uniform); must give every transition positive probability.
 
@@ -138,15 +140,16 @@ def mirror_descent(C: Any, *, eta: float, steps: int = 1, lam0: Any = None) -> A
     lam : array, shape (broadcast batch..., m)
         In C's namespace, device and float dtype.
     """
-    eta = V.check_float(eta, "eta", nonnegative=True)
-    steps = V.check_int(steps, "steps", minimum=0)
+    if steps is not None:
+        steps = V.check_int(steps, "steps", minimum=0)
+    etas = V.check_schedule(eta, steps)
     C, lam0, xp = _prepare(C, lam0)
-    if C.shape[-2] == 0 or steps == 0:
+    if C.shape[-2] == 0 or not etas:
         return xp.asarray(lam0, copy=True)
     C = _contiguous(C, xp)
     logC, loglam = _xp.log(C, xp), _xp.log(lam0, xp)
-    for _ in range(steps):
-        loglam = _md_log_step(C, logC, loglam, eta, xp)
+    for e in etas:
+        loglam = _md_log_step(C, logC, loglam, e, xp)
     return xp.exp(loglam)
 
 
@@ -257,10 +260,61 @@ def _check_eta(eta: Any, alpha: np.ndarray) -> float:
     return eta_bayes(alpha) if eta is None else V.check_float(eta, "eta", nonnegative=True)
 
 
-def one_step_md(C: Any, alpha: Any) -> Any:
-    """One-step MD estimator ``lam¹ = softmax(log μ + η* ∇ℓ(μ))`` from the prior mean ``μ = alpha/α₀``.
+def _check_etas(eta: Any, alpha: np.ndarray, k: int, steps_name: str) -> list[float]:
+    """A k-step schedule: default η* every step; a scalar every step; or a length-k sequence."""
+    return V.check_schedule(eta_bayes(alpha) if eta is None else eta, k, "eta", steps_name)
 
-    Equivalently ``softmax(log μ + η* G/μ)`` with ``G = Σ_i γ_i`` under μ (MATH.md §3).
+
+def one_step_md(C: Any, alpha: Any, *, eta: Any = None) -> Any:
+    """One-step MD estimator ``lam¹ = softmax(log μ + η ∇ℓ(μ))`` from the prior mean ``μ = alpha/α₀``.
+
+    Equivalently ``softmax(log μ + η G/μ)`` with ``G = Σ_i γ_i`` under μ (MATH.md §3); the
+    default step is η* = 1/(1+α₀), the Bayes-consistent one (Theorem 1).
+
+    Parameters
+    ----------
+    C : array_like, shape (..., n, m)
+    alpha : array_like, shape (m,)
+    eta : float or length-1 sequence, optional
+        Step size ``>= 0`` (default η*).
+
+    Returns
+    -------
+    array, shape (..., m)
+        In C's namespace, device and float dtype.
+    """
+    return k_step_md(C, alpha, 1, eta=eta)
+
+
+def k_step_md(C: Any, alpha: Any, k: int, *, eta: Any = None) -> Any:
+    """``k`` mirror-descent steps from the prior mean μ = alpha/α₀.
+
+    ``eta`` is a scalar (the same every step; default η* = eta_bayes(alpha)) or a schedule of
+    length k. A constant η* is first-order consistent only for k = 1: the first-order coefficient
+    of k steps is ``Σ_j η_j`` (MATH.md §3), so ``Σ_j η_j = η*`` is the consistent choice.
+    """
+    alpha = V.check_alpha(alpha, "alpha")
+    space = _xp.data_space(C)
+    C = V.check_C(C, "C", space=space)
+    V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
+    k = V.check_int(k, "k", minimum=0)
+    etas = _check_etas(eta, alpha, k, "k")
+    return mirror_descent(C, eta=etas, steps=k, lam0=alpha / alpha.sum())
+
+
+def corrected_one_step_md(C: Any, alpha: Any) -> Any:
+    """A second-order one-step estimator of the posterior mean (MATH.md §3, K.2).
+
+    ``λ = softmax(log μ + ∇ℓ(μ)/(1+α₀) + ζ)`` with ``ũ_i = γ_i/μ - 1`` (the responsibilities
+    under μ over μ, minus 1: ``C[i]/(C[i]·μ) - 1``), ``g̃ = Σ_i ũ_i`` and
+
+    ``ζ_g = (g̃_g² - Σ_i ũ_ig²) / ((1+α₀)(2+α₀)) - g̃_g² / (2(1+α₀)²)``.
+
+    On the no-evidence path ``C[i] = b_i(1 + ε d_i)`` it equals the Bayes posterior mean at
+    orders ε⁰, ε¹ and ε² (one-step MD matches only ε⁰ and ε¹): ``python -m proofs_check`` row
+    K.2 checks this symbolically and through this function. Far from that regime (long
+    contexts, where g̃ ~ n) the quadratic correction is not a good approximation; the README
+    reports where it helps.
 
     Parameters
     ----------
@@ -272,18 +326,20 @@ def one_step_md(C: Any, alpha: Any) -> Any:
     array, shape (..., m)
         In C's namespace, device and float dtype.
     """
-    return k_step_md(C, alpha, 1)
-
-
-def k_step_md(C: Any, alpha: Any, k: int, *, eta: float | None = None) -> Any:
-    """``k`` mirror-descent steps from the prior mean μ with step ``eta`` (default η* = eta_bayes(alpha))."""
     alpha = V.check_alpha(alpha, "alpha")
     space = _xp.data_space(C)
+    xp = space.xp
     C = V.check_C(C, "C", space=space)
     V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
-    k = V.check_int(k, "k", minimum=0)
-    eta = _check_eta(eta, alpha)
-    return mirror_descent(C, eta=eta, steps=k, lam0=alpha / alpha.sum())
+    a0 = float(alpha.sum())
+    mu = xp.asarray(alpha / a0, dtype=C.dtype, device=space.device)
+    s = (C @ mu[:, None])[..., 0]  # (..., n), > 0 where C[i] != 0 (μ > 0)
+    u = _C_over_s(mu, C, s, xp) - 1.0  # (..., n, m): γ_i/μ - 1
+    g = xp.sum(u, axis=-2)  # (..., m): ∇ℓ(μ) - n
+    zeta = (g * g - xp.sum(u * u, axis=-2)) / ((1 + a0) * (2 + a0)) - g * g / (2 * (1 + a0) ** 2)
+    # log μ + (n + g̃)/(1+α₀) + ζ; the common n/(1+α₀) cancels in the softmax
+    z = xp.log(mu) + g / (1 + a0) + zeta
+    return xp.exp(_xp.log_softmax(z, xp))
 
 
 # ----------------------------------------------------------------------------- all prefixes
@@ -291,7 +347,7 @@ def k_step_md(C: Any, alpha: Any, k: int, *, eta: float | None = None) -> Any:
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: float | None = None,
+def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None,
                                steps: int = 1) -> Any:
     """The k-step MD predictive law of the next token after every prefix, in one vectorised pass.
 
@@ -315,8 +371,9 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: float | No
         Row-stochastic transition matrix.
     alpha : array_like, shape (m,)
         Dirichlet prior of lam; ``m = len(alpha)``, ``μ = alpha / α₀``.
-    eta : float, optional
-        Step size ``>= 0``; default ``η* = 1/(1+α₀)`` (:func:`eta_bayes`).
+    eta : float or sequence of float, optional
+        Step size ``>= 0`` (the same every step; default ``η* = 1/(1+α₀)``, :func:`eta_bayes`),
+        or a schedule of length ``steps``.
     steps : int
         Number of MD steps ``k >= 0`` from μ (0: the prior predictive at every prefix).
 
@@ -335,8 +392,8 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: float | No
     """
     alpha = V.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
-    eta = _check_eta(eta, alpha)
     steps = V.check_int(steps, "steps", minimum=0)
+    etas = _check_etas(eta, alpha, steps, "steps")
     space = _xp.data_space(tokens, pi)
     xp = space.xp
     pi = V.check_pi(pi, "pi", space)
@@ -365,10 +422,10 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: float | No
         lam = xp.broadcast_to(mu[:, None, None], (m, B, n + 1))
     elif steps == 1:
         z = _xp.exclusive_cumsum(C / s, 2, xp)  # (m, B, n+1): ∇ℓ(μ) of every prefix
-        lam = _xp.softmax_first_axis(z, eta, xp.log(mu), xp)  # (m, B, n+1): lam¹ of every prefix
+        lam = _xp.softmax_first_axis(z, etas[0], xp.log(mu), xp)  # (m, B, n+1): lam¹ of every prefix
     else:
         logC = _xp.log(xp.permute_dims(C, (1, 2, 0)), xp)  # (B, n, m)
-        loglam = _all_prefix_md(logC, xp.log(mu), eta, steps, xp)  # (B, n+1, m)
+        loglam = _all_prefix_md(logC, xp.log(mu), etas, xp)  # (B, n+1, m)
         lam = xp.permute_dims(xp.exp(loglam), (2, 0, 1))  # (m, B, n+1)
 
     # p_r = Σ_g lam_r[g-1] pi[y[m-1+r+1-g]]: a weighted mixture of m rows of pi per prefix
@@ -378,8 +435,9 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: float | No
     return xp.reshape(p, batch + (n + 1, S))
 
 
-def _all_prefix_md(logC: Any, log_mu: Any, eta: float, steps: int, xp: Any) -> Any:
-    """k >= 2 MD steps from μ for every prefix r = 0..n of logC (B, n, m); returns log lam (B, n+1, m).
+def _all_prefix_md(logC: Any, log_mu: Any, etas: list[float], xp: Any) -> Any:
+    """k = len(etas) >= 2 MD steps from μ for every prefix r = 0..n of logC (B, n, m); returns
+    log lam (B, n+1, m).
 
     Per step and chunk of prefixes [a, b): ``log s[r, i] = logsumexp_g(log C[i,g] + log lam_r[g])``
     for i < b-1, then ``log ∇ℓ_r = logsumexp_{i<r}(log C[i] - log s[r, i])`` (terms i >= r are
@@ -392,7 +450,7 @@ def _all_prefix_md(logC: Any, log_mu: Any, eta: float, steps: int, xp: Any) -> A
     dev = _xp._device(logC)
     chunk = max(1, _CHUNK_ELEMENTS // max(1, B * n * m))
     ninf = xp.asarray(-math.inf, dtype=logC.dtype, device=dev)
-    for _ in range(steps):
+    for eta in etas:
         parts = [loglam[:, :1, :]]
         for a in range(1, n + 1, chunk):
             b = min(n + 1, a + chunk)

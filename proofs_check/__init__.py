@@ -2,7 +2,8 @@
 
 * ``python -m proofs_check.first_order`` — Theorem 1 (MATH.md §3), rows T1.1–T1.5;
 * ``python -m proofs_check.hessian`` — derivatives and Hessian bounds (MATH.md §2), rows H.1–H.4;
-* ``python -m proofs_check`` — both, one table; ``--json PATH`` writes it as JSON.
+* ``python -m proofs_check.steps`` — step schedules and a second-order estimator (MATH.md §3), K.1–K.2;
+* ``python -m proofs_check`` — all of them, one table; ``--json PATH`` writes it as JSON.
 
 Each claim is a check function taking its candidate formula(s) as arguments (defaults: the
 MATH.md formulas) and returning a :class:`~proofs_check._report.CheckResult`; passing a wrong
@@ -15,7 +16,7 @@ __all__ = ["CheckResult", "Claim", "Row", "run_claims", "all_claims"]
 
 
 def all_claims() -> list[Claim]:
-    """Every claim of both modules, Theorem 1 first."""
-    from . import first_order, hessian
+    """Every claim of the modules, Theorem 1 first."""
+    from . import first_order, hessian, steps
 
-    return list(first_order.CLAIMS) + list(hessian.CLAIMS)
+    return list(first_order.CLAIMS) + list(hessian.CLAIMS) + list(steps.CLAIMS)

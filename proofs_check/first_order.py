@@ -492,8 +492,8 @@ def check_first_order_match(eta: Callable[[Any], Any] = eta_star, covariance: Ca
 T14_CASES = ((2, 1), (2, 2), (2, 3), (3, 1), (3, 2))
 
 
-def _exact_gap_series(m: int, n: int, eta: Callable, moment: Callable):
-    """ε-expansion (orders 0..2) of ``E[lam|y] - lam¹`` along ``C[i,g] = b_i (1 + ε d[i,g])``.
+def _path_posterior(m: int, n: int, moment: Callable, extra: Sequence[str] = ()):
+    """The exact posterior mean along ``C[i,g] = b_i (1 + ε d[i,g])``, as truncated ε-series.
 
     The posterior mean is built for *fully symbolic* C: ``Π_i (C[i]·lam)`` is expanded into
     monomials lam^k (sympy.Poly) and integrated against Dirichlet(alpha) with the moments
@@ -501,18 +501,18 @@ def _exact_gap_series(m: int, n: int, eta: Callable, moment: Callable):
     ``E[lam_g|y] = Σ_k coef_k(C) E[lam^(k+e_g)] / Σ_k coef_k(C) E[lam^k]`` — a rational function
     of C and alpha. The ε-path is then substituted, C[i,g] -> the series b_i + ε b_i d[i,g], and
     all arithmetic is done in truncated power series whose coefficients live in the field
-    QQ(alpha, b, d) (canonical, so "== 0" is an exact test). The one-step MD estimator
-    ``softmax(log μ + η ∇ℓ(μ))`` uses the exact gradient ``∇ℓ(μ)_g = Σ_i C[i,g]/(C[i]·μ)``.
-    Returns (gap series per component, field generators).
+    QQ(alpha, b, d, extra) (canonical, so "== 0" is an exact test).
+
+    Returns (posterior series per component, C as series (n, m), the field, alpha, b, d, the
+    generators named in ``extra``).
     """
     names = ([f"alpha{g + 1}" for g in range(m)] + [f"b{i + 1}" for i in range(n)]
-             + [f"d{i + 1}_{g + 1}" for i in range(n) for g in range(m)])
+             + [f"d{i + 1}_{g + 1}" for i in range(n) for g in range(m)] + list(extra))
     F, *gens = _rational_field(",".join(names), sp.QQ)
     alpha = gens[:m]
     b = gens[m:m + n]
     d = [gens[m + n + i * m: m + n + (i + 1) * m] for i in range(n)]
-    a0 = _sum(alpha)
-    mu = [a / a0 for a in alpha]
+    extras = gens[m + n + n * m:]
     lam = sp.symbols(f"lambda1:{m + 1}")
     csym = [[sp.Symbol(f"c{i + 1}_{g + 1}") for g in range(m)] for i in range(n)]
     flat_c = [x for row in csym for x in row]
@@ -538,18 +538,50 @@ def _exact_gap_series(m: int, n: int, eta: Callable, moment: Callable):
         N = _sum([cf * moment(alpha, tuple(kk + int(h == g) for h, kk in enumerate(k))) for k, cf in terms],
                  _Series([0]))
         post.append(N / Z)
-    # one MD step from μ with the exact gradient on the path
     C = [[path[csym[i][g]] for g in range(m)] for i in range(n)]
-    grad = [_sum([C[i][g] / _sum([C[i][h] * mu[h] for h in range(m)], _Series([0])) for i in range(n)],
+    return post, C, F, alpha, b, d, extras
+
+
+def _path_gradient(C: Sequence[Sequence[_Series]], lam: Sequence[Any]) -> list[_Series]:
+    """``∇ℓ(lam)_g = Σ_i C[i,g] / (C[i]·lam)`` in series arithmetic (lam: constants or series)."""
+    n, m = len(C), len(C[0])
+    return [_sum([C[i][g] / _sum([C[i][h] * lam[h] for h in range(m)], _Series([0])) for i in range(n)],
                  _Series([0])) for g in range(m)]
-    const = grad[0].c[0]
-    if any(gr.c[0] != const for gr in grad):
-        raise AssertionError("the ε⁰ gradient is not the same for every lag")  # softmax shift needs it
-    et = eta(a0)
-    # softmax is invariant to a common shift: drop exp(η·const) from every weight
-    wts = [mu[g] * ((grad[g] - _Series([const])) * et).exp_zero_const() for g in range(m)]
+
+
+def _softmax_step(lam: Sequence[Any], exponent: Sequence[_Series]) -> list[_Series]:
+    """``lam⁺_g ∝ lam_g exp(exponent_g)`` in series arithmetic.
+
+    On the path every component of the exponent has the same ε⁰ term, and softmax is invariant
+    to a common shift: it is dropped, so only ``exp`` of a series with zero constant is needed.
+    """
+    const = exponent[0].c[0]
+    if any(x.c[0] != const for x in exponent):
+        raise AssertionError("the ε⁰ exponent is not the same for every lag")
+    wts = [lam[g] * (exponent[g] - _Series([const])).exp_zero_const() for g in range(len(lam))]
     W = _sum(wts, _Series([0]))
-    md = [x / W for x in wts]
+    return [x / W for x in wts]
+
+
+def md_path_series(C: Sequence[Sequence[_Series]], mu: Sequence[Any], etas: Sequence[Any]) -> list[_Series]:
+    """Mirror descent from μ with the schedule ``etas`` (one step per entry), as ε-series."""
+    lam: Sequence[Any] = mu
+    for et in etas:
+        lam = _softmax_step(lam, [gr * et for gr in _path_gradient(C, lam)])
+    return list(lam)
+
+
+def _exact_gap_series(m: int, n: int, eta: Callable, moment: Callable):
+    """ε-expansion (orders 0..2) of ``E[lam|y] - lam¹`` along ``C[i,g] = b_i (1 + ε d[i,g])``.
+
+    The posterior mean is :func:`_path_posterior` (fully symbolic C); the one-step MD estimator
+    ``softmax(log μ + η ∇ℓ(μ))`` uses the exact gradient ``∇ℓ(μ)_g = Σ_i C[i,g]/(C[i]·μ)``.
+    Returns (gap series per component, field generators).
+    """
+    post, C, F, alpha, b, d, _ = _path_posterior(m, n, moment)
+    a0 = _sum(alpha)
+    mu = [a / a0 for a in alpha]
+    md = md_path_series(C, mu, [eta(a0)])
     gap = [p - q for p, q in zip(post, md)]
     return gap, (F, alpha, b, d)
 

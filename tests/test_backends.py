@@ -470,3 +470,13 @@ def test_import_mtdmath_does_not_import_torch():
     code = "import sys, mtdmath; print('torch' in sys.modules, 'array_api_strict' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@given_backends(icl_batches(max_T=25), st.lists(st.floats(0.0, 2.0), min_size=2, max_size=3), backends=FLOAT64)
+def test_all_prefixes_with_a_schedule(bk, case, etas):
+    tokens, pi, alpha = case
+    got = bk.check(M.md_predictive_all_prefixes(bk.asarray(tokens), bk.asarray(pi), alpha, eta=etas,
+                                                steps=len(etas)))
+    _, ref = numpy_prefix_md(tokens, pi, alpha, eta=etas, steps=len(etas))
+    ok = numpy_prefix_well_conditioned(tokens, pi, alpha, eta=max(etas), steps=len(etas))
+    np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-9, atol=1e-11)

@@ -294,3 +294,45 @@ def test_one_step_md_long_context_matches_mpmath(bk):
     want = _mp_mirror_descent(C, alpha / alpha.sum(), M.eta_bayes(alpha), 1, dps=40)
     # float64 sums of 5000 terms: relative error ~1e-13 in the step, far inside 1e-10
     np.testing.assert_allclose(bk.check(M.one_step_md(bk.asarray(C), alpha)), want, rtol=1e-10, atol=0)
+
+
+# ----------------------------------------------------------------------------- step schedules
+@given_backends(md_problems(), st.lists(st.sampled_from([0.0, 1e-3, 0.05, 0.3, 1.0]), min_size=1, max_size=4),
+                backends=FLOAT64)
+def test_md_schedule_equals_steps_of_each_size(bk, p, etas):
+    # a schedule (η₁, ..., η_k) is k steps, step j of size η_j: the linear-space closed form, step by step
+    C, lam0, _ = p
+    lam = lam0
+    for e in etas:
+        assume(np.all(lam > 1e-250))
+        lam = softmax(np.log(lam) + e * _grad(lam, C), axis=-1)
+    got = bk.check(M.mirror_descent(bk.asarray(C), eta=etas, lam0=bk.asarray(lam0)))
+    np.testing.assert_allclose(got, lam, rtol=1e-9, atol=1e-13)
+    got = bk.check(M.mirror_descent(bk.asarray(C), eta=np.array(etas), steps=len(etas), lam0=bk.asarray(lam0)))
+    np.testing.assert_allclose(got, lam, rtol=1e-9, atol=1e-13)
+
+
+def test_k_step_md_and_one_step_md_take_schedules():
+    rng = np.random.default_rng(3)
+    C = rng.uniform(0.05, 1, size=(4, 30, 3))
+    alpha = np.array([2.0, 1.0, 0.5])
+    mu = alpha / alpha.sum()
+    lam = mu
+    for e in (0.1, 0.02):
+        lam = softmax(np.log(lam) + e * _grad(lam, C), axis=-1)
+    np.testing.assert_allclose(M.k_step_md(C, alpha, 2, eta=[0.1, 0.02]), lam, rtol=1e-12)
+    # a scalar is the same every step; the default is η* every step (not first-order consistent for k >= 2)
+    np.testing.assert_array_equal(M.k_step_md(C, alpha, 2, eta=0.1), M.k_step_md(C, alpha, 2, eta=[0.1, 0.1]))
+    e = M.eta_bayes(alpha)
+    np.testing.assert_array_equal(M.k_step_md(C, alpha, 3), M.k_step_md(C, alpha, 3, eta=[e, e, e]))
+    np.testing.assert_allclose(M.one_step_md(C, alpha, eta=0.3),
+                               softmax(np.log(mu) + 0.3 * _grad(mu, C), axis=-1), rtol=1e-12)
+    with pytest.raises(ValueError, match="eta has 2 steps but k = 3"):
+        M.k_step_md(C, alpha, 3, eta=[0.1, 0.2])
+    with pytest.raises(ValueError, match=r"eta\[1\] must be >= 0"):
+        M.mirror_descent(C, eta=[0.1, -0.2])
+    with pytest.raises(ValueError, match="eta has 2 steps but steps = 1"):
+        M.mirror_descent(C, eta=[0.1, 0.2], steps=1)
+    with pytest.raises(ValueError, match="eta has 1 steps but steps = 2"):
+        M.md_predictive_all_prefixes(np.array([0, 1, 2, 0]), M.random_transition_matrix(3, rng=0), alpha[:2],
+                                     eta=[0.1], steps=2)

@@ -42,18 +42,20 @@ def test_python_m_proofs_check_all_pass(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "proofs_check", "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    ids = [c.key for c in F.CLAIMS] + [c.key for c in H.CLAIMS]
+    from proofs_check import steps
+
+    ids = [c.key for c in F.CLAIMS] + [c.key for c in H.CLAIMS] + [c.key for c in steps.CLAIMS]
     table = proc.stdout.split("Summary:")[0].splitlines()
     # table rows start at column 0 with the claim id (continuation and detail lines are indented)
     rows = {ln.split()[0]: ln for ln in table if ln[:1].strip() and ln.split()[0] in ids}
     assert sorted(rows) == sorted(ids)
     for key, line in rows.items():
         assert " PASS " in line and "FAIL" not in line, line
-    assert "Summary: 9/9 claims PASS (ALL PASS)" in proc.stdout
+    assert "Summary: 11/11 claims PASS (ALL PASS)" in proc.stdout
     report = json.loads(out.read_text())
     assert [r["id"] for r in report["rows"]] == ids
     assert all(r["result"] == "PASS" for r in report["rows"])
-    assert report["summary"] == {**report["summary"], "passed": 9, "total": 9, "all_pass": True}
+    assert report["summary"] == {**report["summary"], "passed": 11, "total": 11, "all_pass": True}
 
 
 # ------------------------------------------------------------------------------------------
@@ -405,3 +407,37 @@ def test_h4_fails_on_h1_bound_without_square():
 
 def test_h4_fails_on_h2_bound_without_square():
     _fails(H.check_numeric_bounds(bound_h2=lambda n, m: n * m, n_cases=2000), "H2 violated")
+
+
+# ----------------------------------------------------------------------------- K.1, K.2 (steps)
+SMALL_CASES = ((2, 1), (3, 1))
+
+
+def test_k1_passes_and_fails_on_wrong_equivalent_steps():
+    from proofs_check import steps
+
+    assert steps.check_schedules(cases=SMALL_CASES).passed
+    for wrong in (lambda e: e[0], lambda e: (e[0] + e[1]) / 2, lambda e: e[0] * e[1] + e[1]):
+        res = steps.check_schedules(equivalent=wrong, cases=SMALL_CASES)
+        assert not res.passed and "FAILED" in res.details
+
+
+def test_k2_passes_and_fails_on_wrong_corrections():
+    from proofs_check import steps
+
+    assert steps.check_second_order_estimator(cases=SMALL_CASES).passed
+
+    def no_correction(u, a0):
+        return [0 * u[0][g] for g in range(len(u[0]))]
+
+    def no_square_term(u, a0):  # drops -g̃²/(2(1+α₀)²)
+        m = len(u[0])
+        gt = [sum(row[g] for row in u) for g in range(m)]
+        return [(gt[g] * gt[g] - sum(row[g] * row[g] for row in u)) / ((1 + a0) * (2 + a0)) for g in range(m)]
+
+    def flipped(u, a0):
+        return [-z for z in steps.zeta_k2(u, a0)]
+
+    for wrong in (no_correction, no_square_term, flipped):
+        res = steps.check_second_order_estimator(zeta=wrong, cases=SMALL_CASES)
+        assert not res.passed and "FAILED" in res.details
