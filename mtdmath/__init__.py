@@ -9,6 +9,7 @@ from .estimators import (corrected_one_step_md, em, eta_bayes, k_step_md, kkt_ga
 from .fit import MTDFit, fit, select_order
 from .likelihood import gradient, hessian, kl, log_likelihood, responsibilities
 from .model import lag_factors, predictive, random_transition_matrix, sample, sample_icl
+from .stepsize import optimal_step
 
 # The torch parts load on first use (PEP 562): importing torch takes ~1.5 s, and the NumPy
 # core, the fitting code and proofs_check do not need it.
@@ -51,6 +52,7 @@ __all__ = [
     "eta_bayes",
     "one_step_md",
     "corrected_one_step_md",
+    "optimal_step",
     "k_step_md",
     "posterior_mean",
     "log_evidence",
