@@ -307,7 +307,8 @@ def weighted_rows(src: Any, w: Any, table: Any, xp: Any, *, generic: bool = Fals
         rows = np.arange(R, dtype=np.int64) * table.shape[0]
         weights = np.bincount((src + rows).ravel(), weights=np.ascontiguousarray(w).ravel(),
                               minlength=R * table.shape[0])
-        return weights.reshape(R, table.shape[0]) @ table
+        # float64 weights times the table, rounded once to the table's dtype
+        return (weights.reshape(R, table.shape[0]) @ table).astype(table.dtype, copy=False)
     if not generic and is_torch_namespace(xp):
         import torch
 

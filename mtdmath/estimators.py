@@ -348,7 +348,7 @@ _CHUNK_ELEMENTS = 1 << 22
 
 
 def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None,
-                               steps: int = 1) -> Any:
+                               steps: int = 1, *, out: Any = None) -> Any:
     """The k-step MD predictive law of the next token after every prefix, in one vectorised pass.
 
     For a sequence y of length T, row r (r = 0..T-m) is the prefix ``y[:m+r]`` (position
@@ -376,6 +376,9 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
         or a schedule of length ``steps``.
     steps : int
         Number of MD steps ``k >= 0`` from μ (0: the prior predictive at every prefix).
+    out : array, shape (..., T-m+1, S), optional
+        A buffer of the result's namespace, device and dtype to write the result into (and
+        return), so that repeated calls reuse one allocation.
 
     Returns
     -------
@@ -383,7 +386,8 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
         Row r is the law of ``y[m+r]`` given ``y[:m+r]`` (the last row predicts beyond the
         sequence); equal to ``predictive(k_step_md(lag_factors(y[:m+r], pi, m), alpha, k), y[:m+r], pi)``.
         In the namespace, device and float dtype of ``tokens``/``pi``; differentiable in a torch
-        ``pi`` that requires grad.
+        ``pi`` that requires grad. For NumPy and CPU torch inputs and ``steps == 1`` a fused
+        compiled kernel (:mod:`mtdmath._kernels`, float64 accumulation) computes it.
 
     Raises
     ------
@@ -404,9 +408,77 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     # the (..., n+1, S) output and about 4 (m, B, n+1) work arrays
     rows = int(np.prod(batch)) * (n + 1)
     V.check_alloc(rows * (S + 4 * m), 8, "tokens", f"the predictive of {rows} prefixes over S = {S} tokens")
+    if out is not None:
+        _check_out(out, space, batch + (n + 1, S), pi.dtype)
+    mu_np = alpha / alpha.sum()
+    if steps == 1 and _use_kernel(space, pi):
+        return _kernel_one_step(y, pi, mu_np, etas[0], space, batch, out)
+    p = _md_predictive_generic(y, pi, mu_np, etas, steps, space, batch)
+    if out is None:
+        return p
+    if _xp.is_torch_namespace(xp):
+        with __import__("torch").no_grad():
+            out.copy_(p)
+    else:
+        out[...] = p
+    return out
+
+
+def _check_out(out: Any, space: Any, shape: tuple, dtype: Any) -> None:
+    """``out`` must be an array of the result's namespace and device, shape and dtype."""
+    if not _xp._is_array(out) or _xp.array_namespace(out) is not space.xp:
+        raise ValueError(f"out must be an array of the result's namespace {space.xp.__name__} (got {type(out).__name__})")
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"out must have shape {tuple(shape)} and dtype {dtype} (got {tuple(out.shape)}, {out.dtype})")
+    if _xp._device(out) != space.device:
+        raise ValueError(f"out must be on device {space.device} (got {_xp._device(out)})")
+
+
+def _use_kernel(space: Any, pi: Any) -> bool:
+    """The compiled path serves NumPy and CPU torch (without autograd) in float32/float64."""
+    from . import _kernels
+
+    if not _kernels.enabled():
+        return False
+    if space.is_numpy:
+        return True
+    return bool(space.is_torch and space.device.type == "cpu" and not pi.requires_grad)
+
+
+def _kernel_one_step(y: Any, pi: Any, mu: np.ndarray, eta: float, space: Any, batch: tuple, out: Any) -> Any:
+    """The fused one-step kernel on host arrays (zero-copy views of CPU torch tensors)."""
+    from ._kernels.allprefix import one_step_all_prefixes
+
+    T = y.shape[-1]
+    y_np = np.ascontiguousarray(_xp.to_numpy(y).reshape(-1, T), dtype=np.int64)
+    pi_np = np.ascontiguousarray(_xp.to_numpy(pi))
+    shape = (y_np.shape[0], T - mu.shape[0] + 1, pi_np.shape[0])
+    target = None if out is None else _xp.to_numpy(out)  # a view: CPU torch tensors share their memory
+    direct = target is not None and target.flags.c_contiguous
+    buf = target.reshape(shape) if direct else np.empty(shape, dtype=pi_np.dtype)
+    with np.errstate(divide="ignore"):
+        log_mu = np.log(mu)
+    if one_step_all_prefixes(y_np, pi_np, log_mu, mu, float(eta), buf):
+        raise ValueError("tokens contain a transition with probability 0 under every lag of pi: "
+                         "the data are impossible under pi")
+    if out is not None:
+        if not direct:
+            target[...] = buf.reshape(target.shape)
+        return out
+    return _xp.from_numpy(buf.reshape(batch + shape[1:]), space)
+
+
+def _md_predictive_generic(y: Any, pi: Any, mu_np: np.ndarray, etas: list[float], steps: int, space: Any,
+                           batch: tuple) -> Any:
+    """The Array-API route of :func:`md_predictive_all_prefixes` (y validated, (..., T))."""
+    xp = space.xp
+    m = mu_np.shape[0]
+    S = pi.shape[0]
+    T = y.shape[-1]
+    n = T - m
     y = xp.reshape(y, (-1, T))
     B = y.shape[0]
-    mu = xp.asarray(alpha / alpha.sum(), dtype=pi.dtype, device=space.device)  # (m,)
+    mu = xp.asarray(mu_np, dtype=pi.dtype, device=space.device)  # (m,)
 
     # lag factors, one (B, n) plane per lag: C_g[:, i] = pi[y[m+i-g], y[m+i]] (MATH.md §2)
     flat = xp.reshape(pi, (-1,))

@@ -480,3 +480,18 @@ def test_all_prefixes_with_a_schedule(bk, case, etas):
     _, ref = numpy_prefix_md(tokens, pi, alpha, eta=etas, steps=len(etas))
     ok = numpy_prefix_well_conditioned(tokens, pi, alpha, eta=max(etas), steps=len(etas))
     np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-9, atol=1e-11)
+
+
+def test_numpy_float32_data_give_float32_results(monkeypatch):
+    rng = np.random.default_rng(13)
+    pi = M.random_transition_matrix(4, rng=rng).astype(np.float32)
+    y = M.sample_icl(pi, [1.0, 2.0], 12, 2, rng=rng)[0]
+    C = M.lag_factors(y, pi, 2)
+    assert C.dtype == np.float32
+    for out in (M.log_likelihood([0.5, 0.5], C), M.gradient([0.5, 0.5], C), M.mirror_descent(C, eta=0.1),
+                M.em(C), M.one_step_md(C, [1.0, 2.0]), M.posterior_mean(C, [1.0, 2.0]),
+                M.md_predictive_all_prefixes(y, pi, [1.0, 2.0], steps=2)):
+        assert out.dtype == np.float32
+    for disable in ("0", "1"):  # the compiled kernel and the generic route
+        monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", disable)
+        assert M.md_predictive_all_prefixes(y, pi, [1.0, 2.0]).dtype == np.float32

@@ -1,0 +1,94 @@
+"""Compiled kernels (mtdmath/_kernels) against the generic Array-API routes they stand in for.
+
+The generic route is selected with ``MTDMATH_DISABLE_KERNELS=1``. float64: the same sums in the
+same order except the final mixture of m rows (a matrix product in the generic NumPy route), so
+agreement to 1e-12 relative is required (2.5e-14 seen). float32: the kernel accumulates in
+float64 and rounds once; the generic float32 route rounds every partial sum, so both are
+compared with the float64 generic route, the kernel to 1e-6 (a few float32 roundings of the
+output) and better than the generic float32 route.
+"""
+import numpy as np
+import pytest
+from hypothesis import strategies as st
+
+import mtdmath as M
+from backends import NUMPY, TORCH32, TORCH64, given_backends
+from strategies import icl_batches
+
+pytest.importorskip("numba")
+
+
+def _generic(monkeypatch, fn):
+    with monkeypatch.context() as mp:
+        mp.setenv("MTDMATH_DISABLE_KERNELS", "1")
+        return fn()
+
+
+@given_backends(icl_batches(max_T=40), st.one_of(st.none(), st.floats(0.0, 3.0)), backends=(NUMPY, TORCH64))
+def test_all_prefix_kernel_equals_the_generic_route_float64(bk, case, eta):
+    import os
+
+    tokens, pi, alpha = case
+    y, P = bk.asarray(tokens), bk.asarray(pi)
+    fast = bk.check(M.md_predictive_all_prefixes(y, P, alpha, eta=eta))
+    os.environ["MTDMATH_DISABLE_KERNELS"] = "1"
+    try:
+        generic = bk.check(M.md_predictive_all_prefixes(y, P, alpha, eta=eta))
+    finally:
+        del os.environ["MTDMATH_DISABLE_KERNELS"]
+    np.testing.assert_allclose(fast, generic, rtol=1e-12, atol=1e-300)
+
+
+def test_all_prefix_kernel_float32_accumulates_in_float64(monkeypatch):
+    rng = np.random.default_rng(0)
+    pi = M.random_transition_matrix(8, concentration=0.5, rng=rng)
+    alpha = np.array([0.5, 1.0, 2.0])
+    y = M.sample_icl(pi, alpha, 400, 4, rng=rng)[0]
+    pi32 = pi.astype(np.float32)
+    p64 = pi32.astype(np.float64)
+    p64 /= p64.sum(1, keepdims=True)  # float32 rows sum to 1 ± 5e-7, outside the float64 check; moves pi by ~5e-7
+    ref = _generic(monkeypatch, lambda: M.md_predictive_all_prefixes(y, p64, alpha))
+    fast = M.md_predictive_all_prefixes(y, pi32, alpha)
+    slow = _generic(monkeypatch, lambda: M.md_predictive_all_prefixes(y, pi32, alpha))
+    assert fast.dtype == np.float32 and slow.dtype == np.float32
+    err_fast = np.abs(fast - ref).max()
+    assert err_fast < 2e-6  # output rounding to float32 (6e-8), plus the 5e-7 renormalisation of the reference
+    assert err_fast <= np.abs(slow - ref).max()
+
+
+def test_out_buffer_is_written_and_returned(monkeypatch):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    pi = M.random_transition_matrix(5, rng=rng)
+    alpha = np.array([1.0, 2.0])
+    y = M.sample_icl(pi, alpha, 20, 3, rng=rng)[0]
+    want = M.md_predictive_all_prefixes(y, pi, alpha)
+    out = np.full(want.shape, np.nan)
+    assert M.md_predictive_all_prefixes(y, pi, alpha, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    strided = np.full((want.shape[0], want.shape[1], 2 * want.shape[2]), np.nan)[..., ::2]  # not contiguous
+    M.md_predictive_all_prefixes(y, pi, alpha, out=strided)
+    np.testing.assert_array_equal(strided, want)
+    tout = torch.empty(want.shape, dtype=torch.float64)
+    assert M.md_predictive_all_prefixes(torch.as_tensor(y), torch.as_tensor(pi), alpha, out=tout) is tout
+    np.testing.assert_array_equal(tout.numpy(), want)
+    gen = np.full(want.shape, np.nan)  # the generic route (steps = 2) fills out too
+    got = M.md_predictive_all_prefixes(y, pi, alpha, steps=2, out=gen)
+    np.testing.assert_array_equal(got, M.md_predictive_all_prefixes(y, pi, alpha, steps=2))
+    for bad, msg in ((np.empty((1, 2)), "shape"), (np.empty(want.shape, np.float32), "dtype"),
+                     (torch.empty(want.shape, dtype=torch.float64), "namespace")):
+        with pytest.raises(ValueError, match=f"out must .*{msg}|out must be an array of the result's {msg}"):
+            M.md_predictive_all_prefixes(y, pi, alpha, out=bad)
+
+
+def test_kernel_reports_impossible_data():
+    with pytest.raises(ValueError, match="impossible"):
+        M.md_predictive_all_prefixes(np.array([[0, 1, 0, 0]]), np.array([[0.0, 1.0], [1.0, 0.0]]), [1.0])
+
+
+def test_import_compiles_nothing():
+    import subprocess
+    import sys
+
+    code = "import sys, mtdmath; mtdmath.md_predictive_all_prefixes; print('numba' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
