@@ -164,18 +164,30 @@ def _layout_rows(n: int, m: int) -> int:
     return comb(n + m - 2, m - 2)
 
 
-def _bytes_needed(batch: int, n: int, m: int) -> int:
-    """An upper bound of the peak memory of the exact recursion (bytes), checked with tracemalloc.
+def _bytes_needed(batch: int, n: int, m: int, kernel: bool | None = None) -> int:
+    """An upper bound of the peak memory of the exact recursion (bytes), checked in the tests.
 
-    The work arrays (two levels W, a scratch array, a row gather's temporary, the factor buffer:
-    about 4·batch + 1 padded levels of (R+1)·(n+1) floats, and 3 more for the final moments), the layout (the prefixes with their
-    build stages, their parents and keys: about 4(m-2) + 8 integers per row), the copies of C
-    (three), and a fixed 64 KiB of small arrays.
+    NumPy route (tracemalloc): the work arrays (two levels W, a scratch array, a row gather's
+    temporary, the factor buffer: about 4·batch + 1 padded levels of (R+1)·(n+1) floats, and 3
+    more for the final moments). Compiled route (peak RSS): two padded levels per sequence in
+    flight (one per thread). Both: the layout (the prefixes with their build stages, their
+    parents and keys: about 4(m-2) + 8 integers per row), the copies of C (three), and a fixed
+    64 KiB of small arrays.
     """
     if m < 2 or n == 0:
         return 24 * batch * max(n, 1) * m + 2**16
+    if kernel is None:
+        from . import _kernels
+
+        kernel = _kernels.enabled()
     R = _layout_rows(n, m)
-    return 8 * (R + 1) * (n + 1) * (4 * batch + 4) + 8 * R * (4 * (m - 2) + 8) + 24 * batch * n * m + 2**16
+    if kernel:
+        import numba
+
+        levels = 2 * min(batch, numba.get_num_threads())
+    else:
+        levels = 4 * batch + 4
+    return 8 * (R + 1) * (n + 1) * levels + 8 * R * (4 * (m - 2) + 8) + 24 * batch * n * m + 2**16
 
 
 def _check_budget(batch: int, n: int, m: int, max_bytes: float) -> None:
@@ -218,6 +230,15 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
 
     lay = _layout(n, m)
     P, R = m - 2, lay.R
+    from . import _kernels
+
+    if _kernels.enabled():  # the fused level kernel: the same recursion, one pass per level
+        from ._kernels.bayes import forward
+
+        post = np.empty((B, m))
+        forward(np.ascontiguousarray(Cn), np.ascontiguousarray(alpha, dtype=np.float64), lay.pk, lay.ps,
+                lay.par, lay.group_start, post, log_scale)
+        return post, log_scale
     W = np.zeros((B, R + 1, n + 1))  # row R: the sentinel, always 0
     Wn = np.zeros_like(W)
     scratch = np.empty(B * R * (n + 1))

@@ -231,11 +231,15 @@ def test_n_states_validates(n, m, name):
 
 @pytest.mark.parametrize("B, n, m", [(1, 40, 2), (4, 40, 2), (1, 64, 3), (8, 64, 3), (1, 24, 4), (3, 24, 4),
                                      (1, 16, 5), (2, 16, 5), (1, 3, 30), (1, 1, 3000), (2, 40, 5)])
-def test_budget_estimate_bounds_the_measured_peak(B, n, m):
-    # the budget check must refuse before allocating, so its estimate must bound the real peak
+def test_budget_estimate_bounds_the_measured_peak(B, n, m, monkeypatch):
+    # the budget check must refuse before allocating, so its estimate must bound the real peak.
+    # The NumPy route is measured with tracemalloc (the compiled route allocates outside
+    # Python's allocator: test_compiled_route_peak_rss_is_bounded measures it)
     import tracemalloc
 
     from mtdmath import bayes as Bm
+
+    monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", "1")
 
     C = np.random.default_rng(0).uniform(0.1, 1, (B, n, m))
     Bm._layout.cache_clear()  # the layout is part of the peak
@@ -259,3 +263,25 @@ def test_many_lags_few_transitions():
     # one transition: E[lam_g | y] = (alpha_g + C_g alpha_g / (C·alpha)) / (α₀ + 1), by Bayes on one draw
     want = (alpha + C[0] * alpha / (C[0] @ alpha)) / (alpha.sum() + 1)
     np.testing.assert_allclose(M.posterior_mean(C, alpha), want, rtol=1e-12)
+
+
+def test_compiled_route_peak_rss_is_bounded():
+    # the compiled recursion keeps two padded levels per thread: its peak resident memory, from a
+    # fresh process (ru_maxrss, KiB on Linux), must stay below the estimate that guards it
+    pytest.importorskip("numba")
+    import subprocess
+    import sys
+
+    code = """
+import resource, numpy as np, mtdmath as M
+from mtdmath import bayes as Bm
+C = np.random.default_rng(0).uniform(0.1, 1, (1, 48, 5))
+M.posterior_mean(C[:, :3], np.ones(5))  # load the compiled kernel and numba first
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+M.posterior_mean(C, np.ones(5))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(peak - base, Bm._bytes_needed(1, 48, 5, kernel=True))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    grew, bound = int(out[0]), int(out[1])
+    assert grew <= bound, (grew, bound)
