@@ -28,6 +28,8 @@ from . import _xp
 
 #: default memory budget (bytes) of the exact recursion; above it posterior_mean raises
 DEFAULT_MAX_BYTES = 2 * 2**30
+#: the compiled recursion splits a level over threads when the last level has this many states
+_PARALLEL_STATES = 1 << 20
 
 
 def n_states(n: int, m: int) -> int:
@@ -169,10 +171,10 @@ def _bytes_needed(batch: int, n: int, m: int, kernel: bool | None = None) -> int
 
     NumPy route (tracemalloc): the work arrays (two levels W, a scratch array, a row gather's
     temporary, the factor buffer: about 4·batch + 1 padded levels of (R+1)·(n+1) floats, and 3
-    more for the final moments). Compiled route (peak RSS): two padded levels per sequence in
-    flight (one per thread). Both: the layout (the prefixes with their build stages, their
-    parents and keys: about 4(m-2) + 8 integers per row), the copies of C (three), and a fixed
-    64 KiB of small arrays.
+    more for the final moments). Compiled route (peak RSS): two ragged levels of exactly
+    n_states(n, m) floats (no padding), per-row maxima and moment sums. Both: the layout (the
+    prefixes with their build stages, their parents, keys and row offsets: about 4(m-2) + 10
+    integers per row), the copies of C (three), and a fixed 64 KiB of small arrays.
     """
     if m < 2 or n == 0:
         return 24 * batch * max(n, 1) * m + 2**16
@@ -181,13 +183,10 @@ def _bytes_needed(batch: int, n: int, m: int, kernel: bool | None = None) -> int
 
         kernel = _kernels.enabled()
     R = _layout_rows(n, m)
-    if kernel:
-        import numba
-
-        levels = 2 * min(batch, numba.get_num_threads())
-    else:
-        levels = 4 * batch + 4
-    return 8 * (R + 1) * (n + 1) * levels + 8 * R * (4 * (m - 2) + 8) + 24 * batch * n * m + 2**16
+    layout = 8 * R * (4 * (m - 2) + 10) + 24 * batch * n * m + 2**16
+    if kernel:  # two ragged levels of n_states(n, m) cells, row maxima and moment sums
+        return 16 * n_states(n, m) + 8 * R * (m + 2) + layout
+    return 8 * (R + 1) * (n + 1) * (4 * batch + 4) + layout
 
 
 def _check_budget(batch: int, n: int, m: int, max_bytes: float) -> None:
@@ -233,11 +232,24 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
     from . import _kernels
 
     if _kernels.enabled():  # the fused level kernel: the same recursion, one pass per level
-        from ._kernels.bayes import forward
+        import numba
+
+        from ._kernels.bayes import forward, forward_parallel
+
+        # threads pay off only for large levels: a barrier per level costs more than a small level
+        threads = numba.get_num_threads()
+        parallel = threads > 1 and n_states(n, m) >= _PARALLEL_STATES
 
         post = np.empty((B, m))
-        forward(np.ascontiguousarray(Cn), np.ascontiguousarray(alpha, dtype=np.float64), lay.pk, lay.ps,
-                lay.par, lay.group_start, post, log_scale)
+        # the ragged layout: row q keeps its n - ps_q + 1 usable cells, rows one after another
+        row_start = np.zeros(R + 1, dtype=np.int64)
+        np.cumsum(n - lay.ps + 1, out=row_start[1:])
+        args = (np.ascontiguousarray(Cn), np.ascontiguousarray(alpha, dtype=np.float64), lay.pk, lay.ps,
+                lay.par, lay.group_start, row_start, post, log_scale)
+        if parallel:
+            forward_parallel(*args, 4 * threads)
+        else:
+            forward(*args)
         return post, log_scale
     W = np.zeros((B, R + 1, n + 1))  # row R: the sentinel, always 0
     Wn = np.zeros_like(W)

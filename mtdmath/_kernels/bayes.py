@@ -1,6 +1,15 @@
-"""Fused level step of the exact count-state recursion (MATH.md §4) on the padded layout of
-:mod:`mtdmath.bayes`: one pass over the live cells of each level, all m moves and the rescaling
-folded in, no temporaries; two levels per sequence in memory; sequences in parallel.
+"""Fused level step of the exact count-state recursion (MATH.md §4), on a ragged layout.
+
+The rows q of the padded layout of :mod:`mtdmath.bayes` (a prefix (k_0, ..., k_{m-3}) with sum
+ps_q) are kept, but row q stores only its ``n - ps_q + 1`` cells (the columns it can ever use), one
+row after another: a level then takes exactly ``binom(n+m-1, m-1)`` floats, the number of count
+states of the last level, with no padding. Every move of the recursion stays O(1): lag m-1 is the
+same cell, lag m-2 the previous cell, a lag g < m-2 the same column of the parent row. Each level
+is one pass over its live cells, all m moves and the rescaling folded in.
+
+Two entry points with the same arithmetic: :func:`forward` runs serially (a parallel region per
+level costs a thread barrier, which dominates small levels and degrades badly on a loaded
+machine), :func:`forward_parallel` splits each level's rows over the threads, for large problems.
 """
 from __future__ import annotations
 
@@ -10,69 +19,136 @@ import numba as nb
 import numpy as np
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
-def forward(Cn, alpha, pk, ps, par, group_start, post, log_scale):  # pragma: no cover - compiled
-    """Run the recursion on row-normalised lag factors Cn (B, n, m), m >= 2.
+@nb.njit(cache=True, nogil=True, inline="always")
+def _rows(W, Wn, c, alpha, pk, ps, par, row_start, L, q0, q1):  # pragma: no cover - compiled
+    """Level L of rows q0..q1-1 from level L-1 in W into Wn; returns their maximum."""
+    m = alpha.shape[0]
+    P = m - 2
+    best = 0.0
+    for q in range(q0, q1):
+        top = L - ps[q]
+        base = row_start[q]
+        for col in range(top + 1):
+            klast = top - col  # the child's implicit last count
+            v = 0.0
+            if klast >= 1:  # lag m-1: parent in place, factor alpha + k_{m-1} - 1
+                v += W[base + col] * c[m - 1] * (alpha[m - 1] + (klast - 1))
+            if col >= 1:  # lag m-2: parent column col-1, factor alpha + col - 1
+                v += W[base + col - 1] * c[m - 2] * (alpha[m - 2] + (col - 1))
+            for g in range(P):  # lags g < m-2: parent row q - e_g, factor alpha_g + q_g - 1
+                kg = pk[q, g]
+                if kg >= 1:
+                    v += W[row_start[par[g, q]] + col] * c[g] * (alpha[g] + (kg - 1))
+            Wn[base + col] = v
+            if v > best:
+                best = v
+    return best
 
-    Writes the posterior mean into post (B, m) and adds the log of the level rescalings and of
-    Σ_k W_n[k] to log_scale (B,) (which holds Σ_i log max_g C[i,g] on entry), so that log_scale is
-    then the log evidence. Same arithmetic as the NumPy route of ``bayes._forward``.
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _moments(W, pk, ps, row_start, n, m, q0, q1, acc):  # pragma: no cover - compiled
+    """Σ_k W_n[k] (acc[m]) and Σ_k W_n[k] k_g (acc[g]) over the rows q0..q1-1, added to acc."""
+    P = m - 2
+    for q in range(q0, q1):
+        top = n - ps[q]
+        base = row_start[q]
+        for col in range(top + 1):
+            v = W[base + col]
+            acc[m] += v
+            for g in range(P):
+                acc[g] += v * pk[q, g]
+            acc[m - 2] += v * col
+            acc[m - 1] += v * (top - col)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _coefficients(Cn, b, i, mx, a0, c):  # pragma: no cover - compiled
+    inv = 1.0 / (mx * (a0 + i))
+    for g in range(c.shape[0]):
+        c[g] = Cn[b, i, g] * inv
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _finish(acc, alpha, a0, n, ls, b, post, log_scale):  # pragma: no cover - compiled
+    m = alpha.shape[0]
+    tot = acc[m]
+    for g in range(m):
+        post[b, g] = (alpha[g] * tot + acc[g]) / ((a0 + n) * tot)
+    log_scale[b] += ls + math.log(tot)
+
+
+@nb.njit(cache=True, nogil=True)
+def _rescale(W, ps, row_start, group_start, i, mx):  # pragma: no cover - compiled
+    for q in range(group_start[i + 1]):
+        for col in range(i + 1 - ps[q]):
+            W[row_start[q] + col] /= mx
+
+
+@nb.njit(cache=True, nogil=True)
+def forward(Cn, alpha, pk, ps, par, group_start, row_start, post, log_scale):  # pragma: no cover - compiled
+    """Run the recursion on row-normalised lag factors Cn (B, n, m), m >= 2, serially.
+
+    ``row_start`` (R+1,): offset of row q's cells (row q holds n - ps_q + 1 of them). Writes the
+    posterior mean into post (B, m) and adds the log of the level rescalings and of Σ_k W_n[k]
+    to log_scale (B,) (which holds Σ_i log max_g C[i,g] on entry): log_scale is then the log
+    evidence. Same arithmetic, cell by cell, as the NumPy route of ``bayes._forward``.
     """
     B, n, m = Cn.shape
     R = ps.shape[0]
-    P = m - 2
-    a0 = 0.0
-    for g in range(m):
-        a0 += alpha[g]
-    for b in nb.prange(B):
-        W = np.zeros((R + 1, n + 1))
-        Wn = np.zeros((R + 1, n + 1))
-        W[0, 0] = 1.0
-        mx = 1.0
-        ls = 0.0
-        c = np.empty(m)
+    a0 = alpha.sum()
+    W = np.zeros(row_start[R])
+    Wn = np.zeros(row_start[R])
+    c = np.empty(m)
+    for b in range(B):
+        # level 0: the single state k = 0. Every level writes all its live cells and reads only
+        # live cells of the level before, so no clearing is needed.
+        W[0] = 1.0
+        mx, ls = 1.0, 0.0
         for i in range(n):
-            L = i + 1
             if mx < 1e-150:  # bring the stored level back to max 1 rather than fold a huge 1/mx
-                for q in range(group_start[i + 1]):
-                    for col in range(i + 1 - ps[q]):
-                        W[q, col] /= mx
+                _rescale(W, ps, row_start, group_start, i, mx)
                 ls += math.log(mx)
                 mx = 1.0
             ls += math.log(mx)
-            inv = 1.0 / (mx * (a0 + i))
-            for g in range(m):
-                c[g] = Cn[b, i, g] * inv
-            new_mx = 0.0
-            for q in range(group_start[L + 1]):  # the rows with prefix sum <= L
-                top = L - ps[q]
-                for col in range(top + 1):
-                    klast = top - col  # the child's implicit last count
-                    v = 0.0
-                    if klast >= 1:  # lag m-1: parent in place, factor alpha + k_{m-1} - 1
-                        v += W[q, col] * c[m - 1] * (alpha[m - 1] + (klast - 1))
-                    if col >= 1:  # lag m-2: parent column col-1, factor alpha + col - 1
-                        v += W[q, col - 1] * c[m - 2] * (alpha[m - 2] + (col - 1))
-                    for g in range(P):  # lags g < m-2: parent row q - e_g, factor alpha_g + q_g - 1
-                        kg = pk[q, g]
-                        if kg >= 1:
-                            v += W[par[g, q], col] * c[g] * (alpha[g] + (kg - 1))
-                    Wn[q, col] = v
-                    if v > new_mx:
-                        new_mx = v
-            mx = new_mx
+            _coefficients(Cn, b, i, mx, a0, c)
+            mx = _rows(W, Wn, c, alpha, pk, ps, par, row_start, i + 1, 0, group_start[i + 2])
             W, Wn = Wn, W
-        tot = 0.0
-        num = np.zeros(m)
-        for q in range(R):
-            top = n - ps[q]
-            for col in range(top + 1):
-                v = W[q, col]
-                tot += v
-                for g in range(P):
-                    num[g] += v * pk[q, g]
-                num[m - 2] += v * col
-                num[m - 1] += v * (top - col)
-        for g in range(m):
-            post[b, g] = (alpha[g] * tot + num[g]) / ((a0 + n) * tot)
-        log_scale[b] += ls + math.log(tot)
+        acc = np.zeros(m + 1)
+        _moments(W, pk, ps, row_start, n, m, 0, R, acc)
+        _finish(acc, alpha, a0, n, ls, b, post, log_scale)
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def forward_parallel(Cn, alpha, pk, ps, par, group_start, row_start, post, log_scale, nch):  # pragma: no cover
+    """:func:`forward` with each level's rows split into ``nch`` chunks over the threads."""
+    B, n, m = Cn.shape
+    R = ps.shape[0]
+    a0 = alpha.sum()
+    W = np.zeros(row_start[R])
+    Wn = np.zeros(row_start[R])
+    c = np.empty(m)
+    best = np.zeros(nch)
+    accs = np.zeros((nch, m + 1))
+    for b in range(B):
+        W[0] = 1.0
+        mx, ls = 1.0, 0.0
+        for i in range(n):
+            if mx < 1e-150:
+                _rescale(W, ps, row_start, group_start, i, mx)
+                ls += math.log(mx)
+                mx = 1.0
+            ls += math.log(mx)
+            _coefficients(Cn, b, i, mx, a0, c)
+            rows = group_start[i + 2]
+            for j in nb.prange(nch):
+                best[j] = _rows(W, Wn, c, alpha, pk, ps, par, row_start, i + 1, j * rows // nch,
+                                (j + 1) * rows // nch)
+            mx = best.max()
+            W, Wn = Wn, W
+        for j in nb.prange(nch):
+            accs[j, :] = 0.0
+            _moments(W, pk, ps, row_start, n, m, j * R // nch, (j + 1) * R // nch, accs[j])
+        acc = np.zeros(m + 1)
+        for j in range(nch):
+            acc += accs[j]
+        _finish(acc, alpha, a0, n, ls, b, post, log_scale)
