@@ -157,4 +157,49 @@ def target_summary() -> list[str]:
             exs = f"; exact {_fmt_t(ex['median_s'])}" if ex else ""
             out.append(f"bayes posterior_mean_mc {key[4]}: {_fmt_t(r['median_s'])} for max |error| "
                        f"{r['abs_error']:.1e} (stderr {r['stderr']:.1e}, target 1e-4){exs}")
+    out += _kernel_targets()
+    return out
+
+
+def _kernel_targets() -> list[str]:
+    """The compiled kernels' targets (group ``kernels``, one thread), as met/MISSED lines."""
+    out = []
+    get = lambda kernel, backend, dtype, size: RESULTS.get(("kernels", kernel, backend, dtype, size))  # noqa: E731
+    size = "B4096-T256"
+    tg = get("allprefix_generic", "torch-cpu", "float32", size)
+    ng = get("allprefix_generic", "numpy", "float64", size)
+    for dtype in ("float32", "float64"):
+        k = get("allprefix_kernel", "numpy", dtype, size)
+        if not k:
+            continue
+        fresh, pre = get("write_ceiling", "numpy", dtype, size), get("write_ceiling_prealloc", "numpy", dtype, size)
+        if fresh:
+            frac = fresh["median_s"] / k["median_s"]
+            pfrac = pre["median_s"] / k["median_s"] if pre else float("nan")
+            out.append(f"kernels all-prefix {dtype}: {_fmt_t(k['median_s'])} = {100 * frac:.0f} % of the write ceiling "
+                       f"(fresh {_fmt_t(fresh['median_s'])}; {100 * pfrac:.0f} % of the preallocated one; "
+                       f"{100 * k['fraction_raw']:.1f} % of copy bandwidth) (target >= 40 %: "
+                       f"{'met' if frac >= 0.4 else 'MISSED'})")
+        if tg:
+            r = tg["median_s"] / k["median_s"]
+            out.append(f"kernels all-prefix {dtype} vs the generic torch float32 route {_fmt_t(tg['median_s'])}: "
+                       f"{r:.1f}x (target >= 3x: {'met' if r >= 3 else 'MISSED'})")
+        if ng and dtype == "float64":
+            r = ng["median_s"] / k["median_s"]
+            out.append(f"kernels all-prefix float64 vs the generic NumPy route {_fmt_t(ng['median_s'])}: "
+                       f"{r:.1f}x (target >= 5x: {'met' if r >= 5 else 'MISSED'})")
+    for sz in ("m3-n512", "m5-n64", "m5-n256"):
+        k, g = get("bayes_kernel", "numpy", "float64", sz), get("bayes_generic", "numpy", "float64", sz)
+        if k and g:
+            r = g["ns_per_state_step"] / k["ns_per_state_step"]
+            out.append(f"kernels exact posterior {sz}: {k['ns_per_state_step']:.1f} ns per state-step against "
+                       f"{g['ns_per_state_step']:.1f} (generic): {r:.1f}x (target >= 5x: {'met' if r >= 5 else 'MISSED'})")
+        elif k:
+            out.append(f"kernels exact posterior {sz}: {_fmt_t(k['median_s'])}, {k['ns_per_state_step']:.1f} ns per "
+                       "state-step (completes within 8 GiB: met)")
+    rss = get("bayes_peak_rss", "numpy", "float64", "m5-n128")
+    if rss:
+        gib = rss["peak_bytes"] / 2**30
+        out.append(f"kernels exact posterior m5-n128 peak memory {gib:.2f} GiB (target < 0.5 GiB: "
+                   f"{'met' if gib < 0.5 else 'MISSED'})")
     return out

@@ -29,6 +29,7 @@ def one_step_all_prefixes(y, pi, log_mu, mu, eta, out):  # pragma: no cover - co
         G = np.zeros(m)
         z = np.empty(m)
         c = np.empty(m)
+        acc = np.empty(S)  # the output row, accumulated in float64
         for r in range(n + 1):
             top = -np.inf
             for g in range(m):
@@ -39,15 +40,16 @@ def one_step_all_prefixes(y, pi, log_mu, mu, eta, out):  # pragma: no cover - co
             for g in range(m):
                 z[g] = math.exp(z[g] - top)
                 tot += z[g]
-            for g in range(m):
-                z[g] /= tot
             # p_r = Σ_g lam_r[g] pi[y[m+r-1-g], :] (lag g+1 of position t = m-1+r looks at t-g)
-            row = out[b, r]
             for s in range(S):
-                acc = 0.0
-                for g in range(m):
-                    acc += z[g] * pi[y[b, m + r - 1 - g], s]
-                row[s] = acc
+                acc[s] = 0.0
+            for g in range(m):
+                zg = z[g] / tot
+                src = y[b, m + r - 1 - g]
+                for s in range(S):
+                    acc[s] += zg * pi[src, s]
+            for s in range(S):
+                out[b, r, s] = acc[s]
             if r < n:  # fold transition i = r (into position m+r) into G
                 tgt = y[b, m + r]
                 sv = 0.0
@@ -57,6 +59,7 @@ def one_step_all_prefixes(y, pi, log_mu, mu, eta, out):  # pragma: no cover - co
                 if sv == 0.0:
                     bad += 1
                     break
+                inv = 1.0 / sv
                 for g in range(m):
-                    G[g] += c[g] / sv
+                    G[g] += c[g] * inv
     return bad

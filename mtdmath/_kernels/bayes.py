@@ -21,24 +21,37 @@ import numpy as np
 
 @nb.njit(cache=True, nogil=True, inline="always")
 def _rows(W, Wn, c, alpha, pk, ps, par, row_start, L, q0, q1):  # pragma: no cover - compiled
-    """Level L of rows q0..q1-1 from level L-1 in W into Wn; returns their maximum."""
+    """Level L of rows q0..q1-1 from level L-1 in W into Wn; returns their maximum.
+
+    Per row, the prefix lags' parent offsets and factors are fixed (hoisted out of the cell
+    loop); the first and last cells, where a move is absent, are done apart from the interior.
+    """
     m = alpha.shape[0]
     P = m - 2
     best = 0.0
+    pbase = np.empty(max(P, 1), dtype=np.int64)
+    pfac = np.empty(max(P, 1))
+    a_last, a_col = alpha[m - 1], alpha[m - 2]
+    c_last, c_col = c[m - 1], c[m - 2]
     for q in range(q0, q1):
         top = L - ps[q]
         base = row_start[q]
+        npar = 0
+        for g in range(P):  # lags g < m-2: parent row q - e_g, factor alpha_g + q_g - 1
+            kg = pk[q, g]
+            if kg >= 1:
+                pbase[npar] = row_start[par[g, q]]
+                pfac[npar] = c[g] * (alpha[g] + (kg - 1))
+                npar += 1
         for col in range(top + 1):
             klast = top - col  # the child's implicit last count
             v = 0.0
             if klast >= 1:  # lag m-1: parent in place, factor alpha + k_{m-1} - 1
-                v += W[base + col] * c[m - 1] * (alpha[m - 1] + (klast - 1))
+                v += W[base + col] * c_last * (a_last + (klast - 1))
             if col >= 1:  # lag m-2: parent column col-1, factor alpha + col - 1
-                v += W[base + col - 1] * c[m - 2] * (alpha[m - 2] + (col - 1))
-            for g in range(P):  # lags g < m-2: parent row q - e_g, factor alpha_g + q_g - 1
-                kg = pk[q, g]
-                if kg >= 1:
-                    v += W[row_start[par[g, q]] + col] * c[g] * (alpha[g] + (kg - 1))
+                v += W[base + col - 1] * c_col * (a_col + (col - 1))
+            for j in range(npar):
+                v += W[pbase[j] + col] * pfac[j]
             Wn[base + col] = v
             if v > best:
                 best = v
