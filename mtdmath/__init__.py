@@ -13,8 +13,10 @@ from .stepsize import optimal_step
 
 # The torch parts load on first use (PEP 562): importing torch takes ~1.5 s, and the NumPy
 # core, the fitting code and proofs_check do not need it.
-_LAZY = {"torch_core": (".torch_core", None), "MDTransformer": (".transformer", "MDTransformer"),
-         "StandardTransformer": (".transformer", "StandardTransformer")}
+_LAZY = {"torch_core": (".torch_core", None), "nn": (".nn", None),
+         **{name: (".nn", name) for name in ("MDTransformer", "StandardTransformer", "ICLTask", "train",
+                                              "TrainHistory", "save_checkpoint", "load_checkpoint",
+                                              "model_from_spec", "parse_model_spec")}}
 
 
 def __getattr__(name: str):
@@ -60,8 +62,16 @@ __all__ = [
     "md_predictive_all_prefixes",
     "n_states",
     "torch_core",
+    "nn",
     "MDTransformer",
     "StandardTransformer",
+    "ICLTask",
+    "train",
+    "TrainHistory",
+    "save_checkpoint",
+    "load_checkpoint",
+    "model_from_spec",
+    "parse_model_spec",
     "fit",
     "select_order",
     "MTDFit",

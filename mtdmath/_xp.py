@@ -185,6 +185,16 @@ def convert(x: Any, space: Space, *, dtype: Any = "float") -> Any:
     return from_numpy(to_numpy(x), space, dtype=dtype)
 
 
+def torch_space(device: Any = None, dtype: Any = None, like: Any = None) -> Space:
+    """The torch :class:`Space` on ``device`` (default: ``like``'s device if it is a tensor, else the
+    CPU) with float ``dtype`` (default float64), for torch-only code (the transformers, the task)."""
+    import torch
+
+    if device is None:
+        device = like.device if is_torch_array(like) else torch.device("cpu")
+    return Space(array_namespace(torch.empty(0)), torch.device(device), dtype or torch.float64)
+
+
 # ----------------------------------------------------------------------------- what the standard lacks
 @contextlib.contextmanager
 def quiet(xp: Any):

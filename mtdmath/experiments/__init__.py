@@ -6,7 +6,8 @@
   and the constructed transformer (:mod:`.estimators`);
 - ``train`` — train the disentangled and standard transformers (:mod:`.train`);
 - ``compare`` — trained vs constructed vs one-step MD; attention maps; learned W1 (:mod:`.compare`);
-- ``depth`` — the 5-layer model vs k-step MD vs Bayes (:mod:`.depth`);
+- ``depth`` — the standard models (the deepest compared) vs k-step MD vs Bayes (:mod:`.depth`);
+- ``sweep`` — a grid of seeds × orders × T × model specs × steps, locally or on Ray (:mod:`.sweep`);
 - ``all`` — all four with the default configs, plus a summary of the paper's targets.
 
 Each experiment has a config dataclass; the functions ``run_*`` take it, an output directory,
@@ -20,12 +21,14 @@ from .depth import run as run_depth
 from .estimators import EstimatorsConfig
 from .estimators import run as run_estimators
 from .prefix_bayes import posterior_mean_all_prefixes
+from .sweep import SweepConfig
+from .sweep import run as run_sweep
 from .train import TrainConfig
 from .train import run as run_train
 
 __all__ = [
     "main", "run_all",
-    "EstimatorsConfig", "TrainConfig", "CompareConfig", "DepthConfig",
-    "run_estimators", "run_train", "run_compare", "run_depth",
+    "EstimatorsConfig", "TrainConfig", "CompareConfig", "DepthConfig", "SweepConfig",
+    "run_estimators", "run_train", "run_compare", "run_depth", "run_sweep",
     "posterior_mean_all_prefixes",
 ]

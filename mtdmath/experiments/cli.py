@@ -24,6 +24,8 @@ from .depth import DepthConfig
 from .depth import run as run_depth
 from .estimators import EstimatorsConfig
 from .estimators import run as run_estimators
+from .sweep import SweepConfig
+from .sweep import run as run_sweep
 from .train import TrainConfig
 from .train import run as run_train
 
@@ -32,13 +34,19 @@ EXPERIMENTS = {
                    "KL to the ground truth vs context length for one-step MD, k-step MD (k = 1…5), EM, MLE, exact "
                    "Bayes and the constructed transformer (which must coincide with one-step MD); orders m = 2, 3, 5."),
     "train": (TrainConfig, run_train,
-              "Train the disentangled 3-layer MDTransformer and 3- and 5-layer StandardTransformers from scratch on "
-              "the in-context MTD task (next-token cross-entropy, AdamW); saves checkpoints and loss curves."),
+              "Train transformers given by spec (md: the disentangled 3-layer MDTransformer; std:L=5,d=32,h=2: a "
+              "StandardTransformer of any depth/width/heads) from scratch on the in-context MTD task (next-token "
+              "cross-entropy, AdamW, batches drawn on the device); saves checkpoints and loss curves."),
     "compare": (CompareConfig, run_compare,
                 "From `train` checkpoints: KL vs L for the trained models, the construction, one-step MD and exact "
                 "Bayes; attention maps trained vs constructed; learned W1 vs column-normalised pi."),
     "depth": (DepthConfig, run_depth,
-              "From `train` checkpoints: the 5-layer standard transformer vs k-step MD (k = 1…5) vs exact Bayes."),
+              "From `train` checkpoints: the standard transformers (the deepest compared in pairs) vs k-step MD "
+              "(k = 1…5) vs exact Bayes."),
+    "sweep": (SweepConfig, run_sweep,
+              "A grid of independent train-and-evaluate jobs (seeds × orders × T × model specs × steps) on a local "
+              "process pool or on Ray (--backend ray [--address ADDR]); resumable (finished jobs are skipped by a "
+              "config hash); aggregates mean ± s.e. over seeds."),
 }
 
 COMMON_HELP = """common options:
@@ -72,7 +80,12 @@ def _add_config_options(p: argparse.ArgumentParser, cfg_cls: type, quick: Any) -
             return " ".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
         extra = f" (default: {show(default)}" + ("" if qd == default else f"; with --quick: {show(qd)}") + ")"
-        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", type=tp, nargs=nargs,
+        opt = f"--{f.name.replace('_', '-')}"
+        if tp is bool:
+            g.add_argument(opt, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction, default=None,
+                           help=f.metadata.get("help", "") + extra)
+            continue
+        g.add_argument(opt, dest=f"cfg_{f.name}", type=tp, nargs=nargs,
                        default=None, metavar=f.name.upper(), help=f.metadata.get("help", "") + extra)
 
 
@@ -109,30 +122,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _make_config(cfg_cls: type, args: argparse.Namespace, **quick_kw: Any) -> Any:
-    base = cfg_cls.quick(**quick_kw) if args.quick else cfg_cls()
+def _make_config(cfg_cls: type, args: argparse.Namespace) -> Any:
+    """The config from the options given (the rest: defaults, or the --quick ones), validated by
+    the dataclass itself, so options that depend on each other (--orders and --n-seqs) agree."""
     given = {f.name: getattr(args, f"cfg_{f.name}") for f in dataclasses.fields(cfg_cls)
              if getattr(args, f"cfg_{f.name}", None) is not None}
-    return dataclasses.replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+    return cfg_cls.quick(**given) if args.quick else cfg_cls(**given)
+
+
+def _fail(msg: str) -> typing.NoReturn:
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` and run; returns the JSON dict of the run (the summary for ``all``)."""
+    """Parse ``argv`` and run; returns the JSON dict of the run (the summary for ``all``).
+
+    A configuration error (a bad option value, a missing checkpoint, an option that contradicts
+    another) prints one line ``error: …`` to stderr and exits with status 2, as argparse does for
+    unknown options; no traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
         device = X.resolve_device(args.device)
         if args.threads < 1:
             raise ValueError(f"threads must be >= 1 (got {args.threads})")
+        if args.seed < 0:
+            raise ValueError(f"seed must be >= 0 (got {args.seed})")
+        cfg = None if args.command == "all" else _make_config(EXPERIMENTS[args.command][0], args)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        _fail(str(e))
     torch.set_num_threads(args.threads)
     out = args.out if args.out is not None else Path("runs") / args.command
     progress = not args.no_progress
-    if args.command == "all":
-        return run_all(out, seed=args.seed, device=device, quick=args.quick, progress=progress)
-    cfg_cls, run, _ = EXPERIMENTS[args.command]
-    cfg = _make_config(cfg_cls, args)
-    res = run(cfg, out, seed=args.seed, device=device, progress=progress)
+    try:
+        if args.command == "all":
+            return run_all(out, seed=args.seed, device=device, quick=args.quick, progress=progress)
+        run = EXPERIMENTS[args.command][1]
+        res = run(cfg, out, seed=args.seed, device=device, progress=progress)
+    except X.ConfigError as e:
+        # found when the run starts: missing or mismatched checkpoints, a backend not installed
+        _fail(str(e))
     print(f"{args.command}: wrote {out}/ in {res['meta']['run_time_s']:.1f} s", file=sys.stderr)
     return res
 
@@ -165,27 +196,35 @@ def summarize(est: dict, tr: dict, cmp_: dict, dep: dict) -> dict[str, Any]:
     for key, r in est["results"].items():
         table[f"estimators {key}"] = r["table"]
     table[f"trained m={cmp_['m']}"] = {
-        L: {k: v for k, v in row.items() if k in ("trained_md3", "std3", "std5", "construction", "bayes")}
+        L: {k: v for k, v in row.items() if k in ("trained_md3", "construction", "bayes") or k.startswith("std")}
         for L, row in cmp_["table"].items()}
     Lmax = max(cmp_["gap_trained_md3_minus_construction"], key=int)
     gap = cmp_["gap_trained_md3_minus_construction"][Lmax]
     w1 = cmp_["w1"]["mean_row_kl"]
-    d2 = dep["std5_minus_md"]["md2"]
-    std5_vs_md2 = {L: {"std5": dep["table"][L]["std5"], "md2": dep["table"][L]["md2"], "paired_diff": d2[L]}
+    deep = dep["deepest"]
+    d2 = dep["deepest_minus_md"]["md2"]
+    deep_vs_md2 = {L: {deep: dep["table"][L][deep], "md2": dep["table"][L]["md2"], "paired_diff": d2[L]}
                    for L in dep["table"]}
     targets = {
         "trained_md3_within_0.01_of_construction": {
             "L": int(Lmax), "gap_mean": gap[0], "gap_se": gap[1], "target": "|gap| < 0.01 nats",
             "met": bool(abs(gap[0]) < 0.01)},
-        "learned_W1_row_kl_below_0.05": {"mean_row_kl": w1, "target": "< 0.05", "met": bool(w1 < 0.05)},
-        "std5_no_worse_than_md2": {
-            "per_L": std5_vs_md2, "target": "mean KL(std5) <= mean KL(2-step MD) at every table L",
-            "met": bool(all(v["std5"][0] <= v["md2"][0] for v in std5_vs_md2.values()))},
+        "learned_W1_row_kl_below_0.05": {"mean_row_kl": w1, "target": "< 0.05", "met": bool(w1 < 0.05),
+                                         **({"mean_row_kl_negated": cmp_["w1"]["mean_row_kl_negated"]}
+                                            if "mean_row_kl_negated" in cmp_["w1"] else {})},
+        "deepest_standard_no_worse_than_md2": {
+            "model": deep, "per_L": deep_vs_md2, "target": f"mean KL({deep}) <= mean KL(2-step MD) at every table L",
+            "met": bool(all(v[deep][0] <= v["md2"][0] for v in deep_vs_md2.values()))},
     }
+    bd = cmp_["band_difference"]
+    band = {"max": bd["max"], "layer1_aligned": bd["layer1_aligned"]["max"], "layer1_aligned_mean": bd["layer1_aligned"]["mean"],
+            "layer1": bd["layer1"]["max"], "layer3": bd["layer3"]["max"],
+            "n_sequences": bd["n_sequences"]}
     times = {"estimators": est["meta"]["run_time_s"], "train": tr["meta"]["run_time_s"],
              "train_per_model": {k: v["train_time_s"] for k, v in tr["models"].items()},
              "compare": cmp_["meta"]["run_time_s"], "depth": dep["meta"]["run_time_s"]}
-    return {"table": table, "depth_table": dep["table"], "targets": targets, "run_times_s": times,
+    return {"table": table, "depth_table": dep["table"], "targets": targets, "band_difference": band,
+            "labels": est.get("labels", {}), "run_times_s": times,
             "construction_vs_md1_max_abs_prob_diff": {k: r["construction_vs_md1"]["max_abs_prob_diff"]
                                                       for k, r in est["results"].items()},
             "loadavg": {"estimators": [est["meta"]["loadavg_start"], est["meta"]["loadavg_end"]],
@@ -199,7 +238,7 @@ def _fmt(v: list[float]) -> str:
 def summary_markdown(s: dict[str, Any]) -> str:
     """Markdown tables of the summary (pasted into the README)."""
     lines = []
-    names = {k: v[0] for k, v in X.STYLE.items()}
+    labels = s.get("labels", {})
 
     def kl_table(title: str, tab: dict) -> None:  # one row per method, one column per L
         Ls = list(tab)
@@ -209,25 +248,31 @@ def summary_markdown(s: dict[str, Any]) -> str:
         lines.append("| method | " + " | ".join(f"L = {L}" for L in Ls) + " |")
         lines.append("|---|" + "---|" * len(Ls))
         for meth in tab[Ls[0]]:
-            lines.append(f"| {names.get(meth, meth)} | " + " | ".join(_fmt(tab[L][meth]) for L in Ls) + " |")
+            lines.append(f"| {X.style(meth, labels)[0]} | " + " | ".join(_fmt(tab[L][meth]) for L in Ls) + " |")
         lines.append("")
 
     for key, tab in s["table"].items():
         kl_table(f"**{key}** — KL(p* ‖ p̂) in nats, mean ± s.e. over sequences", tab)
-    kl_table("**depth** (5-layer standard transformer vs k-step MD) — KL in nats, mean ± s.e.", s["depth_table"])
+    kl_table("**depth** (standard transformers vs k-step MD) — KL in nats, mean ± s.e.", s["depth_table"])
     t = s["targets"]
     a, b, c = (t["trained_md3_within_0.01_of_construction"], t["learned_W1_row_kl_below_0.05"],
-               t["std5_no_worse_than_md2"])
+               t["deepest_standard_no_worse_than_md2"])
     lines.append("| target (paper) | measured | met? |")
     lines.append("|---|---|---|")
     lines.append(f"| trained disentangled within 0.01 nats of the construction at L = {a['L']} | "
                  f"KL(trained) − KL(construction) = {a['gap_mean']:+.4f} ± {a['gap_se']:.4f} (paired) | "
                  f"{'met' if a['met'] else 'missed'} |")
+    neg = f" (of −W1: {b['mean_row_kl_negated']:.4f})" if "mean_row_kl_negated" in b else ""
     lines.append(f"| learned W1 (softmax over keys) vs column-normalised pi: mean row KL < 0.05 | "
-                 f"{b['mean_row_kl']:.4f} | {'met' if b['met'] else 'missed'} |")
+                 f"{b['mean_row_kl']:.4f}{neg} | {'met' if b['met'] else 'missed'} |")
     per = "; ".join(f"L={L}: {v['paired_diff'][0]:+.4f} ± {v['paired_diff'][1]:.4f}" for L, v in c["per_L"].items())
-    lines.append(f"| 5-layer model no worse than 2-step MD | KL(5-layer) − KL(2-step MD): {per} | "
+    lines.append(f"| deepest standard model ({c['model']}) no worse than 2-step MD | KL({c['model']}) − KL(2-step MD): {per} | "
                  f"{'met' if c['met'] else 'missed'} |")
+    lines.append("")
+    bd = s["band_difference"]
+    lines.append(f"Attention band difference, max |trained − constructed| over {bd['n_sequences']} sequences: "
+                 f"layer 1 aligned {bd['layer1_aligned']:.4f} (mean {bd['layer1_aligned_mean']:.4f}), layer 1 raw "
+                 f"{bd['layer1']:.4f}, layer 3 {bd['layer3']:.4f}.")
     lines.append("")
     rt = s["run_times_s"]
     lines.append("Run times (s, wall clock): " + ", ".join(

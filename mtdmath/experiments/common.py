@@ -26,6 +26,11 @@ import torch
 
 import mtdmath as M
 
+class ConfigError(ValueError):
+    """A configuration error found when a run starts (a missing checkpoint, a backend that is not
+    installed): the CLI prints it as one ``error:`` line and exits with status 2."""
+
+
 # --------------------------------------------------------------------------- seeds
 #: stream keys: every random stream is ``default_rng([seed, KEY, ...])``, so the experiments
 #: share pi (same seed, order and vocabulary) while their data streams never overlap
@@ -310,11 +315,41 @@ STYLE = {
 }
 
 
+def curve_name(checkpoint_name: str) -> str:
+    """Curve key of a trained model from its checkpoint name: ``md3`` -> ``trained_md3`` (``md3``
+    is also the 3-step MD curve), standard models keep theirs (``std5``, ``std7_d64_h4``)."""
+    return "trained_md3" if checkpoint_name == "md3" else checkpoint_name
+
+
+def style(key: str, labels: dict[str, str] | None = None) -> tuple[str, Any, str]:
+    """(label, colour, line style) of a curve; standard models of any depth get a generated label.
+
+    ``labels`` overrides the label (e.g. ``{"em": "EM (3 steps)"}``: labels say what was run).
+    """
+    if key in STYLE:
+        label, color, ls = STYLE[key]
+    else:
+        import re
+
+        mt = re.fullmatch(r"std(\d+)(?:_d(\d+)_h(\d+))?", key)
+        if mt:
+            extra = f", d={mt.group(2)}, h={mt.group(3)}" if mt.group(2) else ""
+            label, color, ls = f"trained standard ({mt.group(1)} layers{extra})", None, "-"
+        else:
+            label, color, ls = key, None, "-"
+    return (labels or {}).get(key, label), color, ls
+
+
+def em_label(steps: int) -> str:
+    """``EM (1 step)``, ``EM (5 steps)``: the label says how many EM steps were run."""
+    return f"EM ({steps} step{'s' if steps != 1 else ''})"
+
+
 def plot_curves(ax: Any, L: list[int], mean: dict[str, list[float]], se: dict[str, list[float]],
-                methods: list[str]) -> None:
+                methods: list[str], labels: dict[str, str] | None = None) -> None:
     """KL-vs-L lines with ±1 standard-error bands, log y axis."""
     for k in methods:
-        label, color, ls = STYLE.get(k, (k, None, "-"))
+        label, color, ls = style(k, labels)
         mu_, s_ = np.asarray(mean[k]), np.asarray(se[k])
         lw = 2.5 if k == "construction" else 1.4
         ax.plot(L, mu_, ls, color=color, label=label, lw=lw)

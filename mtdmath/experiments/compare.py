@@ -5,14 +5,24 @@ On fresh evaluation sequences of the checkpoints' task (same pi and alpha):
 - KL(p* ‖ p̂) vs L (MATH.md §6) for the trained models, the constructed transformer
   (``MDTransformer.construct``), one-step MD and exact Bayes (NumPy core); the trained
   disentangled model's gap to the construction, paired over sequences;
-- the attention maps of the trained and the constructed disentangled models on one sequence,
-  side by side (layer 2 is the fixed causal all-ones aggregation in both);
+- the lag band of the attention of the trained and the constructed disentangled models: the
+  (T × m) image ``band[t, g-1]`` of the weight of query t on the key at lag g (layer 1: key t-g,
+  the responsibility of lag g; layer 3: key t+1-g, the MD weight lam¹_g), side by side with the
+  trained-minus-constructed difference (the full T × T maps are fixed masks outside the band).
+  Layer 1 is shown raw and *aligned*: its output r_t mapped onto the constructed band by the
+  least-squares affine map, because layer 3 reads r only through a linear map (for m = 2,
+  ``W1 -> -W1`` with v1's rows swapped even computes the same model with the responsibilities
+  swapped). The band difference ``max |aligned trained − constructed|`` over the first
+  ``n_band`` evaluation sequences is printed and written (``band_difference``, with the raw
+  layer-1 and layer-3 differences and layer 3 against the exact posterior mean): the number
+  that tells a badly trained model from a good one;
 - the learned ``W1`` after a softmax over the key axis (``softmax(W1, dim=0)``, one distribution
   over source tokens a per query token b) against column-normalised pi (MATH.md §5), with the
   per-query KL ``KL(pi[:, b]/Σ_a pi[a, b] ‖ softmax(W1)[:, b])`` averaged over b.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +32,10 @@ import torch
 
 import mtdmath as M
 
-from . import common as X
-from .train import MODEL_KINDS, load_checkpoint
+from mtdmath.nn import MDTransformer, load_checkpoint
 
-#: names of the trained models in the curves
-CURVE_NAME = {"md3": "trained_md3", "std3": "std3", "std5": "std5"}
+from . import common as X
+from .prefix_bayes import posterior_mean_all_prefixes
 
 
 @dataclass
@@ -37,35 +46,143 @@ class CompareConfig:
         "help": "directory holding md3.pt / std3.pt / std5.pt from `train` (those present are used; md3.pt is required)"})
     n_eval: int = field(default=1000, metadata={"help": "evaluation sequences (fresh, from the checkpoints' pi)"})
     T: int = field(default=64, metadata={"help": "evaluation sequence length: contexts L = m … T"})
-    attention_T: int = field(default=64, metadata={"help": "length of the sequence whose attention maps are shown"})
+    attention_T: int = field(default=64, metadata={"help": "length of the sequence whose attention band is shown"})
+    n_band: int = field(default=256, metadata={
+        "help": "evaluation sequences over which the band difference is measured (the first N_BAND)"})
 
     def __post_init__(self) -> None:
         if self.n_eval < 2:
             raise ValueError(f"n_eval must be >= 2 (got {self.n_eval})")
+        if self.n_band < 1:
+            raise ValueError(f"n_band must be >= 1 (got {self.n_band})")
+        for name in ("T", "attention_T"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name} must be >= 2 (got {getattr(self, name)})")
 
     @classmethod
-    def quick(cls, checkpoints: str = "runs/train/checkpoints") -> "CompareConfig":
-        return cls(checkpoints=checkpoints, n_eval=16, T=16, attention_T=16)
+    def quick(cls, checkpoints: str = "runs/train/checkpoints", **kw: Any) -> "CompareConfig":
+        return cls(**(dict(checkpoints=checkpoints, n_eval=16, T=16, attention_T=16, n_band=16) | kw))
 
 
 def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = ("md3",)):
-    """Load the checkpoints present in ``ck_dir``; check they share one task (pi, alpha)."""
-    models, cks = {}, {}
-    for kind in MODEL_KINDS:
-        p = ck_dir / f"{kind}.pt"
-        if p.exists():
-            models[kind], cks[kind] = load_checkpoint(p, device)
-    missing = [k for k in required if k not in models]
+    """Load every ``*.pt`` checkpoint in ``ck_dir`` (named by file stem); check they share one task.
+
+    ``required`` names the models that must be present: ``"md3"`` (the disentangled model) or
+    ``"std"`` (at least one standard model). Returns (models, infos, pi, alpha), models in
+    float64 on ``device``, standard models sorted by depth.
+    """
+    if not ck_dir.is_dir():
+        raise X.ConfigError(f"checkpoints: {ck_dir} is not a directory (run `train` first)")
+    models, infos = {}, {}
+    for p in sorted(ck_dir.glob("*.pt")):
+        models[p.stem], infos[p.stem] = load_checkpoint(p, device=device, dtype=torch.float64)
+    has_md = "md3" in models and isinstance(models["md3"], MDTransformer)
+    std = sorted((k for k, v in models.items() if not isinstance(v, MDTransformer)),
+                 key=lambda k: (models[k].config.n_layers, k))
+    missing = [w for w, ok in (("md3.pt", "md3" not in required or has_md),
+                               ("a standard model (e.g. std5.pt)", "std" not in required or bool(std))) if not ok]
     if missing:
-        raise ValueError(f"checkpoints: {ck_dir} lacks {', '.join(k + '.pt' for k in missing)} (run `train` first)")
-    ref = next(iter(cks.values()))
-    for k, ck in cks.items():
-        if not (torch.equal(ck["pi"], ref["pi"]) and torch.equal(ck["alpha"], ref["alpha"])):
-            raise ValueError(f"checkpoints: {k}.pt was trained on a different task (pi/alpha) than the others")
-    return models, cks, ref["pi"].numpy(), ref["alpha"].numpy()
+        raise X.ConfigError(f"checkpoints: {ck_dir} lacks {' and '.join(missing)} (run `train` first)")
+    tasks = {k: info["task"] for k, info in infos.items()}
+    if any(t is None for t in tasks.values()):
+        raise X.ConfigError(f"checkpoints: {', '.join(k for k, t in tasks.items() if t is None)} saved no task")
+    ref = next(iter(tasks.values()))
+    for k, t in tasks.items():
+        if not (torch.equal(t.pi.cpu(), ref.pi.cpu()) and np.array_equal(t.alpha, ref.alpha)):
+            raise X.ConfigError(f"checkpoints: {k}.pt was trained on a different task (pi/alpha) than the others")
+    order = (["md3"] if has_md else []) + std + [k for k in models if k not in std and k != "md3"]
+    return ({k: models[k] for k in order}, {k: infos[k] for k in order}, ref.pi.cpu().numpy(), ref.alpha)
 
 
-def w1_vs_pi(W1: np.ndarray, pi: np.ndarray) -> dict[str, Any]:
+@torch.no_grad()
+def attention_bands(model: MDTransformer, tokens: np.ndarray, *, device: torch.device, batch: int = 256
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The lag bands of layers 1 and 3, each (B, T, m): ``band1[b, t, g-1] = A1[t, t-g]`` (rows t < m
+    are 0) and ``band3[b, t, g-1] = A3[t, t+1-g]`` (rows t < m-1 are 0), read from the cache."""
+    m = model.m
+    out1, out3 = [], []
+    for a in range(0, tokens.shape[0], batch):
+        y = torch.as_tensor(tokens[a:a + batch], device=device)
+        _, cache = model(y, return_cache=True)
+        A1 = cache["blocks.0.attn.hook_pattern"][:, 0]  # (B, T, T)
+        A3 = cache["blocks.2.attn.hook_pattern"][:, 0]
+        T = A1.shape[-1]
+        pos = torch.arange(T, device=device)[:, None]
+        g = torch.arange(1, m + 1, device=device)[None, :]
+        k1, k3 = pos - g, pos + 1 - g  # (T, m) key positions of lag g
+        b1 = A1.gather(2, k1.clamp(min=0).expand(A1.shape[0], T, m)) * (k1 >= 0)
+        b3 = A3.gather(2, k3.clamp(min=0).expand(A3.shape[0], T, m)) * (k3 >= 0)
+        out1.append(b1.cpu().numpy())
+        out3.append(b3.cpu().numpy())
+    return np.concatenate(out1), np.concatenate(out3)
+
+
+def _layer1_outputs(model: MDTransformer, tokens: np.ndarray, *, device: torch.device, batch: int = 256) -> np.ndarray:
+    """The layer-1 output ``r_t`` (cache ``blocks.0.hook_r``), (B, T, m) float64."""
+    outs = []
+    with torch.no_grad():
+        for a in range(0, tokens.shape[0], batch):
+            _, cache = model(torch.as_tensor(tokens[a:a + batch], device=device), return_cache=True)
+            outs.append(cache["blocks.0.hook_r"].cpu().numpy())
+    return np.concatenate(outs)
+
+
+def align_layer1(r_trained: np.ndarray, band_constructed: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares affine map from the trained layer-1 output r_t to the constructed band.
+
+    Why: layer 1 is identified only through what layer 3 reads, ``G = Σ r`` and then ``G w_q``, so
+    any invertible affine map of r is absorbed by ``w_q`` and ``q_bias``; for m = 2,
+    ``W1 -> -W1`` even swaps the two responsibilities exactly (``(1/a)/(1/a + 1/b) = b/(a + b)``)
+    and ``v1`` swaps them back. The raw band then differs from the construction's by up to 1 for
+    a model that computes the same thing. Returns (the aligned band (B, T, m), the map (m+1, m)),
+    fitted on the rows t >= m of every sequence.
+    """
+    B, T, _ = r_trained.shape
+    Xf = np.concatenate([r_trained, np.ones((B, T, 1))], axis=-1)  # (B, T, m+1)
+    W, *_ = np.linalg.lstsq(Xf[:, m:].reshape(-1, m + 1), band_constructed[:, m:].reshape(-1, m), rcond=None)
+    aligned = Xf @ W
+    aligned[:, :m] = 0.0  # undefined rows stay 0, as in the band
+    return aligned, W
+
+
+def band_difference(trained: MDTransformer, construction: MDTransformer, tokens: np.ndarray, *,
+                    device: torch.device, posterior: np.ndarray | None = None) -> dict[str, Any]:
+    """How far the trained disentangled model's attention bands are from the construction's, over ``tokens`` (B, T).
+
+    Entries (each with ``max``, ``mean`` of the absolute difference on the defined rows —
+    layer 1: t >= m, layer 3: t >= m-1 — and ``per_sequence_max`` as [mean, s.e.]):
+
+    - ``layer1``: raw band of layer 1 (responsibilities) minus the construction's;
+    - ``layer1_aligned``: the trained layer-1 output after the least-squares affine map onto the
+      constructed band (:func:`align_layer1`): the part of the responsibilities that the trained
+      layer 1 does not compute. ``max`` of this is the headline ``band difference``;
+    - ``layer3``: raw band of layer 3 (the lag weights the model mixes with) minus the
+      construction's one-step MD weights lam¹;
+    - ``layer3_vs_bayes`` (when ``posterior`` (B, T-m+1, m), the exact posterior mean after every
+      prefix, is given): layer 3 minus E[lam | prefix].
+    """
+    m = construction.m
+    (t1, t3), (c1, c3) = (attention_bands(x, tokens, device=device) for x in (trained, construction))
+    aligned, W = align_layer1(_layer1_outputs(trained, tokens, device=device), c1, m)
+
+    def stats(d: np.ndarray) -> dict[str, Any]:
+        per_seq = d.max(axis=(1, 2))
+        mu, se = X.mean_se(per_seq)
+        return {"max": float(d.max()), "mean": float(d.mean()), "per_sequence_max": [float(mu), float(se)]}
+
+    res: dict[str, Any] = {"n_sequences": int(tokens.shape[0]), "T": int(tokens.shape[1]),
+                           "layer1": stats(np.abs(t1 - c1)[:, m:]),
+                           "layer1_aligned": stats(np.abs(aligned - c1)[:, m:]),
+                           "layer3": stats(np.abs(t3 - c3)[:, m - 1:]),
+                           "layer1_alignment_map": W}
+    if posterior is not None:
+        res["layer3_vs_bayes"] = stats(np.abs(t3[:, m - 1:] - posterior))
+        res["construction_layer3_vs_bayes"] = stats(np.abs(c3[:, m - 1:] - posterior))
+    res["max"] = res["layer1_aligned"]["max"]
+    return res
+
+
+def w1_vs_pi(W1: np.ndarray, pi: np.ndarray, m: int | None = None) -> dict[str, Any]:
     """Learned W1 (softmax over the key axis 0) vs column-normalised pi; per-query KLs and their mean.
 
     Both matrices are returned transposed, ``[query b, key a]``, so each *row* is one distribution
@@ -75,7 +192,13 @@ def w1_vs_pi(W1: np.ndarray, pi: np.ndarray) -> dict[str, Any]:
     learned = torch.softmax(W, dim=0).numpy().T  # [b, a]
     target = (pi / pi.sum(axis=0, keepdims=True)).T  # [b, a]
     row_kl = M.kl(target, learned)
-    return {"learned_softmax_W1_T": learned, "colnorm_pi_T": target, "row_kl": row_kl, "mean_row_kl": float(row_kl.mean())}
+    out = {"learned_softmax_W1_T": learned, "colnorm_pi_T": target, "row_kl": row_kl, "mean_row_kl": float(row_kl.mean())}
+    if m == 2:
+        # for m = 2, -W1 (with v1's rows swapped) computes the same layer-1 output: W1 is identified
+        # only up to this sign (see align_layer1), so the row KL of -W1 is reported too
+        neg = torch.softmax(-W, dim=0).numpy().T
+        out["mean_row_kl_negated"] = float(M.kl(target, neg).mean())
+    return out
 
 
 def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
@@ -83,49 +206,68 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
     from tqdm.auto import tqdm
 
     with X.run_meta(seed, device) as meta:
-        models, cks, pi, alpha = load_models(Path(cfg.checkpoints), device)
+        models, infos, pi, alpha = load_models(Path(cfg.checkpoints), device)
         m = alpha.shape[0]
         tokens, lam = M.sample_icl(pi, alpha, cfg.T, cfg.n_eval, rng=X.rng_for(seed, X.KEY_EVAL, m))
         p_true = X.truth_all_prefixes(tokens, lam, pi)
         preds = X.estimator_all_prefixes(tokens, pi, alpha, ["md1", "bayes"], progress=progress, desc="compare")
         construction = M.MDTransformer.construct(pi, alpha, dtype=torch.float64, device=device)
         preds["construction"] = X.model_all_prefixes(construction, tokens, device=device)
-        for kind, model in tqdm(models.items(), desc="compare: trained models", disable=not progress):
-            preds[CURVE_NAME[kind]] = X.model_all_prefixes(model, tokens, device=device)
+        for name, model in tqdm(models.items(), desc="compare: trained models", disable=not progress):
+            preds[X.curve_name(name)] = X.model_all_prefixes(model, tokens, device=device)
         kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
         mean, se = X.curves(kls)
 
-        # attention maps on one fresh sequence of length attention_T (its own stream, not the evaluation set)
+        trained = models["md3"]
+        tok_band = tokens[: cfg.n_band]
+        post = posterior_mean_all_prefixes(M.lag_factors(tok_band, pi, m), alpha)  # (B, T-m+1, m)
+        band = band_difference(trained, construction, tok_band, device=device, posterior=post)
+        # the bands on one fresh sequence of length attention_T (its own stream, not the evaluation set)
         y_att, _ = M.sample_icl(pi, alpha, cfg.attention_T, 1, rng=X.rng_for(seed, X.KEY_EVAL, m, 1))
+        (tr1, tr3), (co1, co3) = (attention_bands(x, y_att, device=device) for x in (trained, construction))
+        r_att = _layer1_outputs(trained, y_att, device=device)
+        al1 = np.concatenate([r_att, np.ones(r_att.shape[:2] + (1,))], axis=-1) @ band["layer1_alignment_map"]
+        al1[:, :m] = 0.0
         with torch.no_grad():
             y_t = torch.as_tensor(y_att, device=device)
-            _, att_tr = models["md3"](y_t, return_attention=True)
+            _, att_tr = trained(y_t, return_attention=True)
             _, att_co = construction(y_t, return_attention=True)
         attention = {"tokens": y_att[0], "trained_md3": [a[0].cpu().numpy().round(6) for a in att_tr],
-                     "construction": [a[0].cpu().numpy().round(6) for a in att_co]}
-        w1 = w1_vs_pi(models["md3"].W1.detach().cpu().numpy(), pi)
+                     "construction": [a[0].cpu().numpy().round(6) for a in att_co],
+                     "band": {"trained_md3": {"layer1": tr1[0], "layer1_aligned": al1[0], "layer3": tr3[0]},
+                              "construction": {"layer1": co1[0], "layer3": co3[0]},
+                              "difference_max": {"layer1": float(np.abs(tr1 - co1)[0, m:].max()),
+                                                 "layer1_aligned": float(np.abs(al1 - co1)[0, m:].max()),
+                                                 "layer3": float(np.abs(tr3 - co3)[0, m - 1:].max())}}}
+        w1 = w1_vs_pi(trained.W1.detach().cpu().numpy(), pi, m)
 
     T = cfg.T
     res = {
         "experiment": "compare", "config": cfg, "seed": seed, "meta": meta, "m": m, "pi": pi, "alpha": alpha,
-        "L": list(range(m, T + 1)), "kl_mean": mean, "kl_se": se, "table": X.table_at(kls, m, T),
+        "models": list(models), "L": list(range(m, T + 1)), "kl_mean": mean, "kl_se": se,
+        "table": X.table_at(kls, m, T),
         "gap_trained_md3_minus_construction": X.paired_diff(kls, "trained_md3", "construction", m, T),
         "gap_trained_md3_minus_bayes": X.paired_diff(kls, "trained_md3", "bayes", m, T),
         "construction_vs_md1_max_abs_prob_diff": float(np.abs(preds["construction"] - preds["md1"]).max()),
-        "w1": w1, "attention": attention,
-        "train_time_s": {k: ck["train_time_s"] for k, ck in cks.items()},
+        "band_difference": band, "w1": w1, "attention": attention,
+        "train_time_s": {k: info["extra"].get("train_time_s") for k, info in infos.items()},
     }
-    figs = [_plot_kl(res, out / "compare_kl.png"), _plot_attention(attention, out / "compare_attention.png"),
+    figs = [_plot_kl(res, out / "compare_kl.png"), _plot_attention(attention, band, out / "compare_attention.png"),
             _plot_w1(w1, out / "compare_w1.png")]
     res["figures"] = [f.name for f in figs]
     X.write_json(out / "compare.json", res)
+    print(f"compare: band difference (max |trained − constructed| over {band['n_sequences']} sequences): "
+          f"layer 1 aligned {band['layer1_aligned']['max']:.4f} (mean {band['layer1_aligned']['mean']:.4f}); "
+          f"layer 1 raw {band['layer1']['max']:.4f}; layer 3 {band['layer3']['max']:.4f} "
+          f"(mean {band['layer3']['mean']:.4f})", file=sys.stderr)
     return res
 
 
 def _plot_kl(res: dict[str, Any], path: Path) -> Path:
     plt = X.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    methods = [k for k in ("std3", "std5", "trained_md3", "md1", "construction", "bayes") if k in res["kl_mean"]]
+    std = [X.curve_name(k) for k in res["models"] if k != "md3"]
+    methods = [k for k in std + ["trained_md3", "md1", "construction", "bayes"] if k in res["kl_mean"]]
     X.plot_curves(ax, res["L"], res["kl_mean"], res["kl_se"], methods)
     g = res["gap_trained_md3_minus_construction"]
     last = max(g, key=int) if g else None
@@ -136,22 +278,37 @@ def _plot_kl(res: dict[str, Any], path: Path) -> Path:
     return X.save_figure(fig, path)
 
 
-def _plot_attention(att: dict[str, Any], path: Path) -> Path:
+def _plot_attention(att: dict[str, Any], band: dict[str, Any], path: Path) -> Path:
+    """Lag bands (T × m images of values): constructed, trained, trained − constructed; rows: layer 1
+    raw, layer 1 aligned (the trained layer-1 output mapped onto the constructed band), layer 3."""
     plt = X.pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(10.5, 7))
-    titles = ["layer 1: responsibilities", "layer 2: aggregation (fixed)", "layer 3: mirror step"]
-    for row, key in enumerate(("construction", "trained_md3")):
-        for j in range(3):
-            A = np.asarray(att[key][j])
+    b = att["band"]
+    T = len(att["tokens"])
+    rows = (("layer1", "layer1", "layer 1: responsibility of lag g (raw)"),
+            ("layer1_aligned", "layer1", "layer 1 aligned: affine map of r_t onto the construction"),
+            ("layer3", "layer3", "layer 3: mirror-step weight of lag g"))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9.5, 12))
+    for row, (key, ref, title) in enumerate(rows):
+        co, tr = np.asarray(b["construction"][ref]), np.asarray(b["trained_md3"][key])
+        m = co.shape[1]
+        diff = tr - co
+        lim = max(float(np.abs(diff).max()), 1e-6)
+        for j, (A, cmap, vmin, vmax, name) in enumerate(((co, "viridis", 0.0, 1.0, "constructed"),
+                                                         (tr, "viridis", 0.0, 1.0, "trained"),
+                                                         (diff, "RdBu_r", -lim, lim, "trained − constructed"))):
             ax = axes[row][j]
-            vmax = max(1.0, float(A.max())) if j == 1 else 1.0
-            im = ax.imshow(A, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
-            ax.set_title(f"{'constructed' if row == 0 else 'trained'} — {titles[j]}", fontsize=8)
-            ax.set_xlabel("key position s", fontsize=7)
+            im = ax.imshow(A, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest",
+                           extent=(0.5, m + 0.5, T - 0.5, -0.5))
+            ax.set_xticks(range(1, m + 1))
+            sub = (f"\nthis sequence: max |diff| = {float(np.abs(diff).max()):.4f}; over {band['n_sequences']}: "
+                   f"{band[key]['max']:.4f}") if j == 2 else ""
+            ax.set_title(f"{name}\n{title}{sub}", fontsize=7)
+            ax.set_xlabel("lag g", fontsize=7)
             ax.set_ylabel("query position t", fontsize=7)
             ax.tick_params(labelsize=6)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
-    fig.suptitle(f"Attention of the disentangled transformer, one sequence of length {len(att['tokens'])}")
+    fig.suptitle(f"Attention lag bands, one sequence of length {T}. Band difference (layer 1 aligned, max over "
+                 f"{band['n_sequences']} sequences): {band['max']:.4f}", fontsize=9)
     fig.tight_layout()
     return X.save_figure(fig, path)
 

@@ -32,8 +32,9 @@ class EstimatorsConfig:
     """Configuration of the ``estimators`` experiment."""
 
     orders: tuple[int, ...] = field(default=(2, 3, 5), metadata={"help": "MTD orders m, one panel each"})
-    n_seqs: tuple[int, ...] = field(default=(500, 500, 48), metadata={
-        "help": "sequences per order (same length as --orders); exact Bayes at m = 5 costs ~1 s per sequence"})
+    n_seqs: tuple[int, ...] = field(default=(), metadata={
+        "help": "sequences per order (one per --orders entry); default per order m: 500 for m <= 3, 200 for m = 4, "
+                "48 for m >= 5 (exact Bayes at m = 5 costs ~1 s per sequence)"})
     T: int = field(default=64, metadata={"help": "sequence length: contexts L = m … T"})
     S: int = field(default=8, metadata={"help": "vocabulary size"})
     concentration: float = field(default=0.5, metadata={"help": "Dirichlet concentration β of the rows of pi"})
@@ -42,17 +43,38 @@ class EstimatorsConfig:
     mle_tol: float = field(default=1e-10, metadata={"help": "KKT-gap tolerance of the MLE"})
 
     def __post_init__(self) -> None:
-        self.orders, self.n_seqs = tuple(map(int, self.orders)), tuple(map(int, self.n_seqs))
+        self.orders = tuple(map(int, self.orders))
+        if not self.orders or any(m < 1 for m in self.orders):
+            raise ValueError(f"orders must be one or more integers >= 1 (got {self.orders})")
+        if not self.n_seqs:
+            self.n_seqs = tuple(default_n_seqs(m) for m in self.orders)
+        self.n_seqs = tuple(map(int, self.n_seqs))
         if len(self.orders) != len(self.n_seqs):
             raise ValueError(f"n_seqs must have one entry per order (orders={self.orders}, n_seqs={self.n_seqs})")
-        if any(m < 1 for m in self.orders) or any(n < 2 for n in self.n_seqs):
-            raise ValueError(f"orders must be >= 1 and n_seqs >= 2 (got {self.orders}, {self.n_seqs})")
+        if any(n < 2 for n in self.n_seqs):
+            raise ValueError(f"n_seqs must be >= 2 (got {self.n_seqs})")
         if self.T < max(self.orders) + 1:
             raise ValueError(f"T must exceed every order (got T={self.T}, orders={self.orders})")
+        if self.S < 1:
+            raise ValueError(f"S must be >= 1 (got {self.S})")
+        if self.em_steps < 0:
+            raise ValueError(f"em_steps must be >= 0 (got {self.em_steps})")
+        for name in ("concentration", "alpha", "mle_tol"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
 
     @classmethod
-    def quick(cls) -> "EstimatorsConfig":
-        return cls(orders=(2, 3, 5), n_seqs=(16, 12, 6), T=16)
+    def quick(cls, **kw: Any) -> "EstimatorsConfig":
+        orders = tuple(kw.get("orders", (2, 3, 5)))
+        base = dict(orders=orders, n_seqs=tuple(default_n_seqs(m, quick=True) for m in orders), T=16)
+        return cls(**(base | kw))
+
+
+def default_n_seqs(m: int, quick: bool = False) -> int:
+    """Sequences per order when ``--n-seqs`` is not given: fewer where exact Bayes is costly."""
+    if quick:
+        return 16 if m <= 2 else 12 if m == 3 else 6
+    return 500 if m <= 3 else 200 if m == 4 else 48
 
 
 def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
@@ -83,21 +105,22 @@ def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, pr
                 },
                 "md1_minus_bayes": X.paired_diff(kls, "md1", "bayes", m, cfg.T),
             }
-    fig_path = _plot(results, out / "estimators.png")
+    labels = {"em": X.em_label(cfg.em_steps), "mle": f"MLE (KKT gap < {cfg.mle_tol:g})"}
+    fig_path = _plot(results, labels, out / "estimators.png")
     res = {"experiment": "estimators", "config": cfg, "seed": seed, "meta": meta, "results": results,
-           "methods": METHODS + ["construction"], "figures": [fig_path.name]}
+           "methods": METHODS + ["construction"], "labels": labels, "figures": [fig_path.name]}
     X.write_json(out / "estimators.json", res)
     return res
 
 
-def _plot(results: dict[str, Any], path: Path) -> Path:
+def _plot(results: dict[str, Any], labels: dict[str, str], path: Path) -> Path:
     plt = X.pyplot()
     keys = list(results)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
         r = results[key]
         X.plot_curves(ax, r["L"], r["kl_mean"], r["kl_se"],
-                      ["mle", "em", "md5", "md4", "md3", "md2", "md1", "construction", "bayes"])
+                      ["mle", "em", "md5", "md4", "md3", "md2", "md1", "construction", "bayes"], labels)
         ax.set_title(f"m = {r['m']}  ({r['n_seqs']} sequences)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=5, frameon=False)

@@ -1,28 +1,30 @@
 """``train``: train transformers from scratch on the in-context MTD task (MATH.md §1, §5).
 
 The task: pi is drawn once (the same pi as ``estimators`` at this seed and order); every
-sequence draws its own lam ~ Dirichlet(alpha). Fresh batches every step (online), the same
-batch stream for every model. Loss: next-token cross-entropy on the targets ``y[m:]``
-(``log_probs`` rows 0 … T-m-1); AdamW, linear warm-up then cosine decay to 0, gradient
-clipping.
+sequence draws its own lam ~ Dirichlet(alpha). Fresh batches every step (online), drawn in torch
+on the training device by :class:`mtdmath.nn.ICLTask`, the same batch stream for every model.
+Training is :func:`mtdmath.nn.train`: next-token cross-entropy on the targets ``y[m:]``, AdamW,
+linear warm-up then cosine decay to 0, gradient clipping.
 
-Models (``--models``):
+Models (``--models``) are specs (:func:`mtdmath.nn.model_from_spec`):
 
-- ``md3``  — :class:`mtdmath.MDTransformer`, the disentangled three-layer architecture of
+- ``md`` (``md3``) — :class:`mtdmath.MDTransformer`, the disentangled three-layer architecture of
   MATH.md §5 with random learnable weights (the construction is one point of its parameter space);
-- ``std3``, ``std5`` — :class:`mtdmath.StandardTransformer` (GPT-style) with 3 and 5 layers.
+- ``std:L=5,d=32,h=2`` — :class:`mtdmath.StandardTransformer` (GPT-style) of any depth L, width d
+  and heads h (omitted keys: ``--d-model``, ``--n-heads``); ``std3``, ``std5`` are ``std:L=3``, ``std:L=5``.
 
 Sequences are ``T = 65`` tokens long by default so that the prediction after a context of
 length L = 64 (position 63) is trained; ``compare`` and ``depth`` evaluate L up to 64.
 
-Each model is saved to ``OUT/checkpoints/<name>.pt`` with its constructor arguments, weights,
-pi, alpha, the training config and its loss curve. The loss curve is also compared with the
-NLL of the one-step MD construction on the same batches (the "construction" reference line).
+Each model is saved with :func:`mtdmath.nn.save_checkpoint` to ``OUT/checkpoints/<name>.pt``
+(``md3``, ``std{L}`` or ``std{L}_d{D}_h{H}``): weights, config, the task (pi, alpha, T), its loss
+curve. The loss curve is also compared with the NLL of the one-step MD construction on the same
+batches (the "construction" reference line).
 """
 from __future__ import annotations
 
-import math
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,19 +32,22 @@ from typing import Any
 import numpy as np
 import torch
 
-import mtdmath as M
-from mtdmath.torch_core import md_predictive_all_prefixes
+from mtdmath.nn import ICLTask, model_from_spec, parse_model_spec, save_checkpoint, spec_name
+from mtdmath.nn import train as nn_train
+from mtdmath import md_predictive_all_prefixes
 
 from . import common as X
 
-MODEL_KINDS = ("md3", "std3", "std5")
+DEFAULT_MODELS = ("md", "std:L=3", "std:L=5")
 
 
 @dataclass
 class TrainConfig:
     """Configuration of the ``train`` experiment."""
 
-    models: tuple[str, ...] = field(default=MODEL_KINDS, metadata={"help": "models to train: md3 std3 std5"})
+    models: tuple[str, ...] = field(default=DEFAULT_MODELS, metadata={
+        "help": "model specs: md (the disentangled 3-layer model), std:L=5,d=32,h=2 (a standard model of any "
+                "depth L, width d, heads h; omitted keys: --d-model, --n-heads); std3/std5 = std:L=3/std:L=5"})
     m: int = field(default=2, metadata={"help": "MTD order of the task"})
     S: int = field(default=8, metadata={"help": "vocabulary size"})
     concentration: float = field(default=0.5, metadata={"help": "Dirichlet concentration β of the rows of pi"})
@@ -58,121 +63,99 @@ class TrainConfig:
     wd_std: float = field(default=0.01, metadata={"help": "AdamW weight decay of the standard models"})
     warmup: int = field(default=200, metadata={"help": "linear warm-up steps (then cosine decay to 0)"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clipping threshold"})
-    d_model: int = field(default=32, metadata={"help": "width of the standard models"})
-    n_heads: int = field(default=2, metadata={"help": "attention heads per layer of the standard models"})
+    d_model: int = field(default=32, metadata={"help": "width of the standard models whose spec omits d"})
+    n_heads: int = field(default=2, metadata={"help": "attention heads per layer of the standard models whose spec omits h"})
     log_every: int = field(default=50, metadata={"help": "steps per point of the loss curve (window mean)"})
+    reference: bool = field(default=True, metadata={
+        "help": "also log the one-step MD construction's NLL on every batch (the reference line; costs 15-35 %% of the CPU step time)"})
 
     def __post_init__(self) -> None:
         self.models = tuple(self.models)
-        bad = [k for k in self.models if k not in MODEL_KINDS]
-        if bad or not self.models:
-            raise ValueError(f"models must be a non-empty subset of {MODEL_KINDS} (got {self.models})")
+        if not self.models:
+            raise ValueError("models must name at least one model spec (e.g. md std:L=5,d=32,h=2)")
+        for spec in self.models:
+            parse_model_spec(spec)  # raises a ValueError naming the bad spec
+        names = [spec_name(s, d_model=self.d_model, n_heads=self.n_heads) for s in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models must be distinct (got {self.models}, i.e. {names})")
+        for name in ("m", "S"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.T < self.m + 2:
             raise ValueError(f"T must be >= m + 2 (got T={self.T}, m={self.m})")
         for name in ("batch", "steps_md", "steps_std", "log_every", "d_model", "n_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0 (got {self.warmup})")
+        for name in ("lr_md", "lr_std", "grad_clip", "concentration", "alpha"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
+
+    def names(self) -> list[str]:
+        """Checkpoint names of the models, in order (``md3``, ``std3``, ``std5_d64_h4`` …)."""
+        return [spec_name(s, d_model=self.d_model, n_heads=self.n_heads) for s in self.models]
 
     @classmethod
-    def quick(cls) -> "TrainConfig":
-        return cls(T=17, batch=8, steps_md=30, steps_std=20, warmup=5, d_model=16, n_heads=2, log_every=5)
+    def quick(cls, **kw: Any) -> "TrainConfig":
+        base = dict(T=17, batch=8, steps_md=30, steps_std=20, warmup=5, d_model=16, n_heads=2, log_every=5)
+        return cls(**(base | kw))
 
 
-def build_model(kind: str, S: int, m: int, *, max_len: int, d_model: int, n_heads: int,
-                generator: torch.Generator | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A fresh model of ``kind`` and the keyword arguments that rebuild it."""
-    if kind == "md3":
-        init = {"S": S, "m": m}
-        return M.MDTransformer(S, m, generator=generator), init
-    n_layers = {"std3": 3, "std5": 5}[kind]
-    init = {"S": S, "m": m, "n_layers": n_layers, "d_model": d_model, "n_heads": n_heads, "max_len": max_len}
-    return M.StandardTransformer(**init, generator=generator), init
+def init_seed(seed: int, name: str) -> int:
+    """Seed of a model's initial weights: a stream per (seed, model name), stable across model lists."""
+    return X.torch_seed_for(seed, X.KEY_INIT, zlib.crc32(name.encode()))
 
 
-def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a model saved by :func:`run`; returns (model in float64 on ``device``, checkpoint dict)."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    cls = M.MDTransformer if ck["kind"] == "md3" else M.StandardTransformer
-    model = cls(**ck["init"])
-    model.load_state_dict(ck["state_dict"])
-    return model.to(device=device, dtype=torch.float64).eval(), ck
-
-
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return f
-
-
-def train_one(kind: str, cfg: TrainConfig, pi: np.ndarray, alpha: np.ndarray, *, seed: int,
-              device: torch.device, progress: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train one model; returns it and its record (init kwargs, loss curve, timings)."""
-    from tqdm.auto import tqdm
-
-    idx = MODEL_KINDS.index(kind)
-    gen = torch.Generator().manual_seed(X.torch_seed_for(seed, X.KEY_INIT, idx))
-    model, init = build_model(kind, cfg.S, cfg.m, max_len=cfg.T, d_model=cfg.d_model, n_heads=cfg.n_heads,
-                              generator=gen)
-    model = model.to(device)
-    is_md = kind == "md3"
+def train_one(spec: str, cfg: TrainConfig, task: ICLTask, *, seed: int, device: torch.device,
+              progress: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train one model; returns it and its record (spec, config, loss curve, timings)."""
+    name = spec_name(spec, d_model=cfg.d_model, n_heads=cfg.n_heads)
+    gen = torch.Generator().manual_seed(init_seed(seed, name))
+    model = model_from_spec(spec, cfg.S, cfg.m, max_len=cfg.T, d_model=cfg.d_model, n_heads=cfg.n_heads,
+                            generator=gen)
+    is_md = parse_model_spec(spec)[0] == "md"
     steps, lr, wd = (cfg.steps_md, cfg.lr_md, cfg.wd_md) if is_md else (cfg.steps_std, cfg.lr_std, cfg.wd_std)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(min(cfg.warmup, steps), steps))
-    data_rng = X.rng_for(seed, X.KEY_TRAIN, cfg.m)  # the same batch stream for every model
-    pi_t = torch.as_tensor(pi, dtype=torch.float64, device=device)
-    m = cfg.m
-    curve = {"step": [], "loss": [], "construction_nll": [], "lr": []}
-    win_loss, win_ref = [], []
+    callbacks = []
+    if cfg.reference:
+        pi_t = task.pi.to(device)
+        m = cfg.m
+
+        @torch.no_grad()
+        def construction_nll(*, tokens: torch.Tensor, **_: Any) -> dict[str, float]:
+            # NLL of the one-step MD construction (MATH.md §5) on the same batch
+            p_ref = md_predictive_all_prefixes(tokens, pi_t, task.alpha)[:, :-1]
+            return {"construction_nll": float(-torch.log(p_ref.gather(2, tokens[:, m:, None])).mean())}
+
+        callbacks.append(construction_nll)
+    data_seed = X.torch_seed_for(seed, X.KEY_TRAIN, cfg.m)  # the same batch stream for every model
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"train {kind}", disable=not progress)
-    for step in bar:
-        y_np, _ = M.sample_icl(pi, alpha, cfg.T, cfg.batch, rng=data_rng)
-        y = torch.as_tensor(y_np, device=device)
-        tgt = y[:, m:, None]  # (B, T-m, 1)
-        lp = model.log_probs(y)[:, :-1]  # (B, T-m, S): row r predicts y[m+r]
-        loss = -lp.gather(2, tgt).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        with torch.no_grad():  # NLL of the one-step MD construction (MATH.md §5) on the same batch
-            p_ref = md_predictive_all_prefixes(y, pi_t, alpha)[:, :-1]
-            ref = -torch.log(p_ref.gather(2, tgt)).mean()
-        win_loss.append(float(loss.detach()))
-        win_ref.append(float(ref))
-        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
-            curve["step"].append(step + 1)
-            curve["loss"].append(float(np.mean(win_loss)))
-            curve["construction_nll"].append(float(np.mean(win_ref)))
-            curve["lr"].append(float(sched.get_last_lr()[0]))
-            bar.set_postfix(loss=f"{curve['loss'][-1]:.4f}", excess=f"{curve['loss'][-1] - curve['construction_nll'][-1]:+.4f}")
-            win_loss, win_ref = [], []
-    bar.close()
+    hist = nn_train(model, task, steps=steps, batch_size=cfg.batch, lr=lr, schedule="cosine",
+                    warmup=min(cfg.warmup, steps), weight_decay=wd, grad_clip=cfg.grad_clip, device=device,
+                    seed=data_seed, log_every=cfg.log_every, callbacks=callbacks, progress=progress,
+                    desc=f"train {name}")
     seconds = time.perf_counter() - t0
-    record = {"kind": kind, "init": init, "steps": steps, "lr": lr, "weight_decay": wd,
-              "n_params": sum(p.numel() for p in model.parameters()), "train_time_s": round(seconds, 3),
-              "loss_curve": curve}
+    curve = hist.as_dict()
+    record = {"name": name, "spec": spec, "model_config": asdict(model.config), "steps": steps, "lr": lr,
+              "weight_decay": wd, "n_params": sum(p.numel() for p in model.parameters()),
+              "train_time_s": round(seconds, 3), "steps_per_s": round(hist.steps_per_s, 3), "loss_curve": curve}
     return model, record
 
 
 def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
     """Train every model of ``cfg.models``; write checkpoints, ``train.json`` and ``train_loss.png``."""
     pi, alpha = X.make_task(seed, cfg.m, cfg.S, cfg.concentration, cfg.alpha)
+    task = ICLTask(pi, alpha, cfg.T, device=device)
     records = {}
     ck_dir = out / "checkpoints"
-    ck_dir.mkdir(parents=True, exist_ok=True)
     with X.run_meta(seed, device) as meta:
-        for kind in cfg.models:
-            model, rec = train_one(kind, cfg, pi, alpha, seed=seed, device=device, progress=progress)
-            ck = {"kind": kind, "init": rec["init"], "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                  "pi": torch.as_tensor(pi), "alpha": torch.as_tensor(alpha), "config": asdict(cfg), "seed": seed,
-                  "loss_curve": rec["loss_curve"], "train_time_s": rec["train_time_s"]}
-            torch.save(ck, ck_dir / f"{kind}.pt")
-            rec["checkpoint"] = str((ck_dir / f"{kind}.pt"))
-            records[kind] = rec
+        for spec in cfg.models:
+            model, rec = train_one(spec, cfg, task, seed=seed, device=device, progress=progress)
+            path = save_checkpoint(ck_dir / f"{rec['name']}.pt", model, task=task, history=rec["loss_curve"],
+                                   extra={"seed": seed, "spec": spec, "train_config": asdict(cfg),
+                                          "train_time_s": rec["train_time_s"]})
+            rec["checkpoint"] = str(path)
+            records[rec["name"]] = rec
     fig = _plot(records, out / "train_loss.png")
     res = {"experiment": "train", "config": cfg, "seed": seed, "meta": meta, "pi": pi, "alpha": alpha,
            "models": records, "figures": [fig.name]}
@@ -183,15 +166,17 @@ def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progres
 def _plot(records: dict[str, Any], path: Path) -> Path:
     plt = X.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    names = {"md3": "trained_md3", "std3": "std3", "std5": "std5"}
     for kind, rec in records.items():
-        label, color, _ = X.STYLE[names[kind]]
+        label, color, _ = X.style(X.curve_name(kind))
         c = rec["loss_curve"]
         axes[0].plot(c["step"], c["loss"], color=color, label=label)
-        axes[1].plot(c["step"], np.asarray(c["loss"]) - np.asarray(c["construction_nll"]), color=color, label=label)
+        if "construction_nll" in c:
+            axes[1].plot(c["step"], np.asarray(c["loss"]) - np.asarray(c["construction_nll"]), color=color,
+                         label=label)
     first = next(iter(records.values()))["loss_curve"]
-    axes[0].plot(first["step"], first["construction_nll"], ":", color="tab:cyan", lw=2,
-                 label="one-step MD construction (same batches)")
+    if "construction_nll" in first:
+        axes[0].plot(first["step"], first["construction_nll"], ":", color="tab:cyan", lw=2,
+                     label="one-step MD construction (same batches)")
     axes[0].set_ylabel("training NLL [nats/token]")
     axes[1].axhline(0.0, color="tab:cyan", ls=":", lw=2)
     axes[1].set_ylabel("NLL − construction NLL")
