@@ -1,0 +1,265 @@
+"""Sphinx configuration of the mtdmath documentation.
+
+Build (from the repository root, with the ``docs`` extra installed)::
+
+    sphinx-build -W --keep-going -b html docs docs/_build/html
+
+The API reference and the CLI reference are generated here, at configuration time, from
+``mtdmath.__all__``, ``mtdmath.experiments.__all__`` and the argparse parser of
+``python -m mtdmath.experiments``, into ``docs/reference/`` (not tracked), so they follow the
+code as it changes: a new public name gets a page on the next build.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import mtdmath  # noqa: E402
+
+project = "mtdmath"
+author = "the mtdmath developers"
+copyright = "2026, the mtdmath developers"
+release = version = mtdmath.__version__
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "numpydoc",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "figures/*.json", "figures/*.md", "**/.ipynb_checkpoints"]
+
+# Docstrings write absolute values and norms as |x| in plain text, which reStructuredText reads
+# as a substitution reference; the ones in use are defined to print themselves. (Writing them as
+# ``|x|`` in the docstrings makes these lines unnecessary.)
+_ABS = ["k", "loglik"]
+rst_epilog = "\n".join(f".. |{x}| replace:: \\|{x}\\|" for x in _ABS) + "\n"
+
+# MyST: $...$ and $$...$$ maths (rendered by MathJax), (label)= targets, equation labels
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_dmath_double_inline = True
+myst_heading_anchors = 4
+
+# autodoc + numpydoc (NumPy-style docstrings)
+autodoc_member_order = "bysource"
+autodoc_typehints = "none"  # the numpydoc "Parameters" sections carry the types
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+numpydoc_xref_param_type = False
+
+html_theme = "pydata_sphinx_theme"
+html_title = f"mtdmath {release}"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+# MathJax comes from its CDN. For offline reading, point MTDMATH_MATHJAX_DIR at a local MathJax 3
+# "es5" folder (e.g. node_modules/mathjax/es5 after `npm install mathjax@3`): it is copied into
+# the site and used instead.
+if os.environ.get("MTDMATH_MATHJAX_DIR"):
+    html_static_path.append(os.environ["MTDMATH_MATHJAX_DIR"])
+    mathjax_path = "tex-mml-chtml.js"
+html_theme_options = {
+    "navigation_with_keys": False,
+    "header_links_before_dropdown": 6,
+    "show_toc_level": 2,
+    "secondary_sidebar_items": ["page-toc"],
+    "footer_start": ["copyright"],
+    "footer_end": [],
+}
+# no left sidebar where there is no section to navigate
+html_sidebars = {"index": [], "quickstart": [], "math": [], "reference/cli": []}
+html_show_sourcelink = False
+
+
+# --------------------------------------------------------------------------- links to the maths
+_MATH_LABELS = set(re.findall(r"^\(([\w-]+)\)=\s*$", (HERE / "math.md").read_text(), flags=re.M))
+_SECTION = re.compile(r"(?<![\w`])(?:docs/)?(?:MATH|math)\.md §(\d+(?:\.\d+)*)")
+
+
+def _math_links(text: str) -> str:
+    """ "MATH.md §N" / "docs/math.md §N" outside literals -> a link to that section of the maths."""
+
+    def repl(m: re.Match) -> str:
+        num = m.group(1).rstrip(".")
+        label = "math-" + num.replace(".", "-")
+        return f":ref:`docs/math.md §{num} <{label}>`" if label in _MATH_LABELS else m.group(0)
+
+    parts = re.split(r"(``.*?``)", text)  # never rewrite inside a literal
+    return "".join(p if k % 2 else _SECTION.sub(repl, p) for k, p in enumerate(parts))
+
+
+# --------------------------------------------------------------------------- generated reference
+REF = HERE / "reference"
+
+#: section titles of the API reference, by the module (prefix) that defines the object, in order
+GROUPS = [
+    (("mtdmath.model",), "The MTD model"),
+    (("mtdmath.likelihood",), "Likelihood and derivatives"),
+    (("mtdmath.estimators",), "Estimators of lam (pi known)"),
+    (("mtdmath.bayes",), "Exact Bayes and Monte Carlo"),
+    (("mtdmath.prefix",), "All-prefix predictive"),
+    (("mtdmath.transformer", "mtdmath.nn"), "Transformers"),
+    (("mtdmath.fit", "mtdmath.fitting"), "Fitting MTD models (pi unknown)"),
+    (("mtdmath.torch_core",), "Torch core"),
+]
+OTHER = "Other public names"
+
+
+def _group(module: str) -> str:
+    for prefixes, title in GROUPS:
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return title
+    return OTHER
+
+
+def _kind(obj: object) -> str:
+    if inspect.ismodule(obj):
+        return "module"
+    if inspect.isclass(obj):
+        return "class"
+    if callable(obj):
+        return "function"
+    return "data"
+
+
+def _summary(obj: object) -> str:
+    doc = inspect.getdoc(obj) or ""
+    line = doc.strip().split("\n\n")[0].replace("\n", " ").strip()
+    return _math_links(line)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:  # unchanged files keep Sphinx's cache valid
+        path.write_text(text)
+
+
+def _stub(qualname: str, obj: object) -> str:
+    title = qualname
+    kind = _kind(obj)
+    head = f".. _api-{qualname}:\n\n{title}\n{'=' * len(title)}\n\n"
+    if kind == "module":
+        return head + f".. automodule:: {qualname}\n   :members:\n   :no-index:\n"
+    if kind == "class":
+        return head + f".. autoclass:: {qualname}\n   :members:\n"
+    if kind == "function":
+        return head + f".. autofunction:: {qualname}\n"
+    return head + f".. autodata:: {qualname}\n"
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    out = [".. list-table::", "   :header-rows: 0", "   :widths: 30 70", ""]
+    for qual, obj in rows:
+        out += [f"   * - :doc:`{qual} <{qual}>`", f"     - {_summary(obj) or ' '}"]
+    return "\n".join(out) + "\n"
+
+
+def _generate_api() -> list[str]:
+    """One page per public name of ``mtdmath.__all__`` and ``mtdmath.experiments.__all__``."""
+    written = []
+    rows: dict[str, list[tuple[str, object]]] = {}
+    for name in mtdmath.__all__:
+        obj = getattr(mtdmath, name)
+        qual = f"mtdmath.{name}"
+        home = obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", "mtdmath")
+        rows.setdefault(_group(home), []).append((qual, obj))
+        _write(REF / f"{qual}.rst", _stub(qual, obj))
+        written.append(qual)
+    exp = importlib.import_module("mtdmath.experiments")
+    exp_rows = []
+    for name in exp.__all__:
+        obj = getattr(exp, name)
+        qual = f"mtdmath.experiments.{name}"
+        exp_rows.append((qual, obj))
+        _write(REF / f"{qual}.rst", _stub(qual, obj))
+        written.append(qual)
+
+    lines = [
+        ".. _api:", "", "API reference", "=============", "",
+        "Generated from the docstrings of every public name in ``mtdmath.__all__`` (importable as",
+        "``mtdmath.NAME``) and ``mtdmath.experiments.__all__``, grouped by the module that defines it.",
+        "Formulas are cited as \"§N\" of :doc:`../math`; the array-backend contract is :ref:`math-8`.",
+        "The command line is documented in :doc:`cli`.", "",
+    ]
+    groups = [(t, rows[t]) for t in [t for _, t in GROUPS] + [OTHER] if t in rows]
+    groups.append(("Experiments (mtdmath.experiments)", exp_rows))
+    for title, grp in groups:
+        lines += [title, "-" * len(title), "", _table(grp)]
+        # one hidden toctree per group: its caption heads the group in the sidebar
+        lines += [".. toctree::", "   :hidden:", f"   :caption: {title}", ""] + [f"   {q}" for q, _ in grp] + [""]
+    _write(REF / "index.rst", "\n".join(lines))
+    # a name that left __all__ loses its page (an orphan page would be a build warning)
+    for old in REF.glob("mtdmath.*.rst"):
+        if old.stem not in written:
+            old.unlink()
+    return written
+
+
+def _wrap(text: str, width: int = 78) -> list[str]:
+    """Wrap the lines argparse leaves long (raw description and epilog), keeping two-column layouts."""
+    import textwrap
+
+    out, col = [], 0
+    for ln in text.splitlines():
+        m = re.match(r"^(\s*-\S.*?\s{2,})(\S.*)$", ln)  # "  --opt VALUE    help text"
+        if m and len(m.group(1)) < width // 2:
+            col = len(m.group(1))  # the help column of this option table
+        if len(ln) <= width:
+            out.append(ln)
+            continue
+        if ln.lstrip().startswith("-") and col and len(ln) > col and ln[col - 1] == " ":
+            lead, body = ln[:col], ln[col:]  # an option whose name runs into the help column
+        else:
+            lead = re.match(r"^\s*", ln).group(0)
+            body = ln[len(lead):]
+        out += textwrap.wrap(body, width, initial_indent=lead, subsequent_indent=" " * len(lead))
+    return out
+
+
+def _generate_cli() -> None:
+    """``--help`` of ``python -m mtdmath.experiments`` and of every subcommand, verbatim."""
+    import argparse
+
+    from mtdmath.experiments.cli import build_parser
+
+    os.environ["COLUMNS"] = "78"  # argparse wraps at the terminal width: reproducible, and fits the page
+    parser = build_parser()
+    lines = [".. _cli:", "", "Command line", "============", "",
+             "``python -m mtdmath.experiments SUBCOMMAND [options]``. This page is generated from the",
+             "argument parser: every subcommand and option, with its default and its ``--quick`` value.",
+             "See :doc:`../guide/paper` for what each subcommand produces.", "",
+             ".. code-block:: text", ""]
+    lines += ["   " + ln if ln else "" for ln in _wrap(parser.format_help())] + [""]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        title = f"``{name}``"
+        lines += [f".. _cli-{name}:", "", title, "-" * len(title), "", ".. code-block:: text", ""]
+        lines += ["   " + ln if ln else "" for ln in _wrap(p.format_help())] + [""]
+    _write(REF / "cli.rst", "\n".join(lines))
+
+
+_generate_api()
+_generate_cli()
+
+
+def _link_math(app, what, name, obj, options, lines) -> None:
+    """Turn "MATH.md §N" / "docs/math.md §N" in docstrings into links to that section."""
+    for i, line in enumerate(lines):
+        lines[i] = _math_links(line)
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _link_math)
+    return {"parallel_read_safe": True}
