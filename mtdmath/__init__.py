@@ -16,7 +16,7 @@ from .stepsize import optimal_step
 _LAZY = {"torch_core": (".torch_core", None), "nn": (".nn", None),
          **{name: (".nn", name) for name in ("MDTransformer", "StandardTransformer", "ICLTask", "train",
                                               "TrainHistory", "save_checkpoint", "load_checkpoint",
-                                              "model_from_spec", "parse_model_spec")}}
+                                              "model_from_spec", "parse_model_spec", "effective_step")}}
 
 
 def __getattr__(name: str):
@@ -72,6 +72,7 @@ __all__ = [
     "load_checkpoint",
     "model_from_spec",
     "parse_model_spec",
+    "effective_step",
     "fit",
     "select_order",
     "MTDFit",

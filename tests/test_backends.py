@@ -136,14 +136,19 @@ def test_all_prefix_predictive_is_differentiable_in_pi(steps):
         (pi,), eps=1e-6, atol=1e-7)
 
 
+def _long_sequence(seed, S, concentration, floor, alpha):
+    """One sequence of n = 100 000 transitions of the in-context task, pi floored at ``floor``."""
+    rng = np.random.default_rng(seed)
+    pi = M.random_transition_matrix(S, concentration=concentration, rng=rng)
+    pi = np.maximum(pi, floor)
+    pi /= pi.sum(1, keepdims=True)
+    return pi, M.sample_icl(pi, alpha, 100_003, 1, rng=rng)[0]
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_is_computed_and_returned_in_float32(dtype):
-    rng = np.random.default_rng(4)
-    pi = M.random_transition_matrix(5, concentration=0.5, rng=rng)
-    pi = np.maximum(pi, 1e-3)
-    pi /= pi.sum(1, keepdims=True)
     alpha = np.array([1.0, 2.0, 0.5])
-    y = M.sample_icl(pi, alpha, 100_003, 1, rng=rng)[0]
+    pi, y = _long_sequence(4, 5, 0.5, 1e-3, alpha)
     Ph = torch.as_tensor(pi).to(getattr(torch, dtype))
     P32 = Ph.to(torch.float32)  # what the core computes with
     C = M.lag_factors(y, Ph, 3)  # tokens NumPy, pi torch: torch out
@@ -177,12 +182,8 @@ def test_half_precision_is_computed_and_returned_in_float32(dtype):
 
 @pytest.mark.parametrize("bk", params((NUMPY, STRICT, TORCH64, TORCH32, CUDA64)))
 def test_n_100000_no_overflow_or_underflow(bk):
-    rng = np.random.default_rng(5)
-    pi = M.random_transition_matrix(6, concentration=0.3, rng=rng)
-    pi = np.maximum(pi, 1e-12)
-    pi /= pi.sum(1, keepdims=True)
     alpha = np.array([0.1, 0.5, 2.0])
-    y = M.sample_icl(pi, alpha, 100_003, 1, rng=rng)[0]
+    pi, y = _long_sequence(5, 6, 0.3, 1e-12, alpha)
     pib = bk.round_trip(pi)
     C = M.lag_factors(bk.asarray(y), bk.asarray(pi), 3)
     n = y.shape[-1] - 3

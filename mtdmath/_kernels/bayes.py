@@ -74,11 +74,27 @@ def _moments(W, pk, ps, row_start, n, m, q0, q1, acc):  # pragma: no cover - com
             acc[m - 1] += v * (top - col)
 
 
+@nb.njit(cache=True, nogil=True)
+def _rescale(W, ps, row_start, group_start, i, mx):  # pragma: no cover - compiled
+    for q in range(group_start[i + 1]):
+        for col in range(i + 1 - ps[q]):
+            W[row_start[q] + col] /= mx
+
+
 @nb.njit(cache=True, nogil=True, inline="always")
-def _coefficients(Cn, b, i, mx, a0, c):  # pragma: no cover - compiled
+def _start_level(W, ps, row_start, group_start, Cn, b, i, mx, ls, a0, c):  # pragma: no cover - compiled
+    """Before level i+1: the log scale of the stored level (max mx) and this step's coefficients
+    ``c_g = C[i,g] / (mx (α₀ + i))``; a stored level with max below 1e-150 is first brought back
+    to max 1 (rather than fold a huge 1/mx into c). Returns the updated log scale."""
+    if mx < 1e-150:
+        _rescale(W, ps, row_start, group_start, i, mx)
+        ls += math.log(mx)
+        mx = 1.0
+    ls += math.log(mx)
     inv = 1.0 / (mx * (a0 + i))
     for g in range(c.shape[0]):
         c[g] = Cn[b, i, g] * inv
+    return ls
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -88,13 +104,6 @@ def _finish(acc, alpha, a0, n, ls, b, post, log_scale):  # pragma: no cover - co
     for g in range(m):
         post[b, g] = (alpha[g] * tot + acc[g]) / ((a0 + n) * tot)
     log_scale[b] += ls + math.log(tot)
-
-
-@nb.njit(cache=True, nogil=True)
-def _rescale(W, ps, row_start, group_start, i, mx):  # pragma: no cover - compiled
-    for q in range(group_start[i + 1]):
-        for col in range(i + 1 - ps[q]):
-            W[row_start[q] + col] /= mx
 
 
 @nb.njit(cache=True, nogil=True)
@@ -118,12 +127,7 @@ def forward(Cn, alpha, pk, ps, par, group_start, row_start, post, log_scale):  #
         W[0] = 1.0
         mx, ls = 1.0, 0.0
         for i in range(n):
-            if mx < 1e-150:  # bring the stored level back to max 1 rather than fold a huge 1/mx
-                _rescale(W, ps, row_start, group_start, i, mx)
-                ls += math.log(mx)
-                mx = 1.0
-            ls += math.log(mx)
-            _coefficients(Cn, b, i, mx, a0, c)
+            ls = _start_level(W, ps, row_start, group_start, Cn, b, i, mx, ls, a0, c)
             mx = _rows(W, Wn, c, alpha, pk, ps, par, row_start, i + 1, 0, group_start[i + 2])
             W, Wn = Wn, W
         acc = np.zeros(m + 1)
@@ -146,12 +150,7 @@ def forward_parallel(Cn, alpha, pk, ps, par, group_start, row_start, post, log_s
         W[0] = 1.0
         mx, ls = 1.0, 0.0
         for i in range(n):
-            if mx < 1e-150:
-                _rescale(W, ps, row_start, group_start, i, mx)
-                ls += math.log(mx)
-                mx = 1.0
-            ls += math.log(mx)
-            _coefficients(Cn, b, i, mx, a0, c)
+            ls = _start_level(W, ps, row_start, group_start, Cn, b, i, mx, ls, a0, c)
             rows = group_start[i + 2]
             for j in nb.prange(nch):
                 best[j] = _rows(W, Wn, c, alpha, pk, ps, par, row_start, i + 1, j * rows // nch,
