@@ -206,7 +206,7 @@ def test_ragged_string_object_and_complex_arrays_are_refused(bad):
         M.log_likelihood(LAM, [bad, bad])
 
 
-@pytest.mark.parametrize("bad", ["0.5", True, 0.5 + 0j, np.array([0.5, 0.5]), None])
+@pytest.mark.parametrize("bad", ["0.5", True, 0.5 + 0j, np.array([[0.5, 0.5]]), None])  # a 1-D array is a schedule
 def test_scalar_arguments_refuse_strings_bools_complex_arrays(bad):
     with pytest.raises(ValueError, match="eta"):
         M.mirror_descent(C, eta=bad)
