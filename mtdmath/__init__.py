@@ -6,7 +6,7 @@ Mirror Descent" (D'Angelo & Flammarion, ICLR 2026). The formulas are those of MA
 from .bayes import log_evidence, n_states, posterior_mean, posterior_mean_mc
 from .estimators import (corrected_one_step_md, em, eta_bayes, k_step_md, kkt_gap, md_predictive_all_prefixes,
                          mirror_descent, mle, one_step_md)
-from .fit import MTDFit, fit, select_order
+from .fitting import ConvergenceMonitor, ICLFit, MTD, MTDFit, MTDModel, fit, fit_icl, select_lags, select_order
 from .likelihood import gradient, hessian, kl, log_likelihood, responsibilities
 from .model import lag_factors, predictive, random_transition_matrix, sample, sample_icl
 from .stepsize import optimal_step
@@ -75,5 +75,11 @@ __all__ = [
     "effective_step",
     "fit",
     "select_order",
+    "select_lags",
+    "MTD",
+    "MTDModel",
     "MTDFit",
+    "ConvergenceMonitor",
+    "fit_icl",
+    "ICLFit",
 ]

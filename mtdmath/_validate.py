@@ -118,6 +118,8 @@ def _host_kind_check(x: Any, name: str) -> None:
         xp = _xp.array_namespace(x)
         if xp.isdtype(x.dtype, "complex floating"):
             raise ValueError(f"{name} must be real (got complex dtype {x.dtype})")
+        if xp.isdtype(x.dtype, "bool"):
+            raise ValueError(f"{name} must be an array of real numbers (got dtype {x.dtype})")
         return
     try:
         a = np.asarray(x)
@@ -125,7 +127,7 @@ def _host_kind_check(x: Any, name: str) -> None:
         raise ValueError(f"{name} must be an array of real numbers") from None
     if a.dtype.kind == "c":
         raise ValueError(f"{name} must be real (got complex dtype {a.dtype})")
-    if a.dtype.kind not in "biuf":
+    if a.dtype.kind not in "iuf":  # booleans are not numbers here
         raise ValueError(f"{name} must be an array of real numbers (got dtype {a.dtype})")
 
 
@@ -243,7 +245,7 @@ def check_tokens(tokens: Any, S: int, m: int | None = None, name: str = "tokens"
             raise ValueError(f"{name} must be an array of integers") from None
         if y.dtype == bool or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"{name} must have an integer dtype (got dtype {y.dtype})")
-        xp = _xp._np_xp
+        xp = _xp.numpy_namespace()
     if y.ndim < 1:
         raise ValueError(f"{name} must have at least one axis (time last) (got a scalar)")
     if math.prod(y.shape):

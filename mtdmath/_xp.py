@@ -29,6 +29,7 @@ The contract (the README and docs/math.md state it for users):
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any
 
@@ -43,7 +44,6 @@ from array_api_compat import (
     is_torch_array,
     is_torch_namespace,
 )
-import array_api_compat.numpy as _np_xp
 
 __all__ = [
     "Space",
@@ -62,6 +62,15 @@ __all__ = [
     "is_numpy_namespace",
     "is_torch_namespace",
 ]
+
+
+@functools.lru_cache(maxsize=1)
+def numpy_namespace() -> Any:
+    """array-api-compat's NumPy namespace, imported on first use (its import walks NumPy's lazy
+    submodules, ~40 ms that ``import mtdmath`` need not pay)."""
+    import array_api_compat.numpy
+
+    return array_api_compat.numpy
 
 
 class Space:
@@ -107,7 +116,7 @@ def data_space(*data: Any) -> Space:
     arrays = [x for x in data if x is not None and _is_array(x)]
     lead = next((x for x in arrays if not is_numpy_array(x)), None)
     if lead is None:
-        xp, dev = _np_xp, "cpu"
+        xp, dev = numpy_namespace(), "cpu"
     else:
         xp, dev = array_namespace(lead), _device(lead)
     dtype = xp.float64

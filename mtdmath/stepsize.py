@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import optimize
 
 from . import _validate as V
 from . import _xp
@@ -71,7 +70,7 @@ def _true_next(tokens: np.ndarray, pi: np.ndarray, lam: np.ndarray, m: int, L: i
     B, T = tokens.shape
     src = np.stack([tokens[:, m - g: T + 1 - g] for g in range(1, m + 1)])  # (m, B, T-m+1)
     w = np.broadcast_to(lam.T[:, :, None], src.shape)
-    out = _xp.weighted_rows(src.reshape(m, -1), np.ascontiguousarray(w).reshape(m, -1), pi, _xp._np_xp)
+    out = _xp.weighted_rows(src.reshape(m, -1), np.ascontiguousarray(w).reshape(m, -1), pi, _xp.numpy_namespace())
     return out.reshape(B, T - m + 1, -1)
 
 
@@ -101,6 +100,8 @@ def task_kl(tokens: Any, lam: Any, pi: Any, alpha: Any, eta: Any, *, k: int = 1,
 def _tune(objective, k: int, schedule: bool, eta_star: float) -> np.ndarray:
     """Minimise the objective over log η in [log(1e-4 η*), log(1e3 η*)]: a grid, then Brent
     (constant step) or L-BFGS-B from the best grid point (schedule)."""
+    from scipy import optimize  # imported on use: scipy.optimize costs ~0.2 s at import mtdmath
+
     lo, hi = math.log(1e-4 * eta_star), math.log(1e3 * eta_star)
     grid = np.linspace(lo, hi, 29)
     vals = [objective(np.full(k, math.exp(x))) for x in grid]

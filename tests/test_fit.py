@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import mtdmath
-from mtdmath.fit import MTDFit, _EM, _fit_impl, _Layout, _prepare, fit, select_order
+from mtdmath.fit import MTDFit, MTDModel, _EM, _fit_impl, _Layout, _prepare, fit, select_order
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -34,8 +34,8 @@ def make_model(S, lags, variant="shared", seed=0, conc=1.0, independent=False, l
     w = rng.dirichlet(np.full(K, lam_conc))
     pi = rng.dirichlet(np.full(S, conc), size=(k, S) if variant == "lagwise" else S)
     if independent:
-        return MTDFit.from_params(pi, w[:k], lags=lags, lam0=w[k], p0=rng.dirichlet(np.ones(S)))
-    return MTDFit.from_params(pi, w, lags=lags)
+        return MTDModel(pi, w[:k], lags=lags, lam0=w[k], p0=rng.dirichlet(np.ones(S)))
+    return MTDModel(pi, w, lags=lags)
 
 
 def probs_direct(model, y):
@@ -162,7 +162,7 @@ def test_em_step_never_decreases_loglik_from_random_points(variant, independent)
         model = make_model(3, (1, 2, 4), variant, seed=100 + i, conc=0.5, independent=independent,
                            lam_conc=0.7)
         par, _ = _em_once(model, y, variant, independent)
-        new = MTDFit(pi=par["pi"], lam=par["lam"], lags=model.lags, lam0=par.get("lam0"), p0=par.get("p0"))
+        new = MTDModel(par["pi"], par["lam"], lags=model.lags, lam0=par.get("lam0"), p0=par.get("p0"))
         before, after = loglik_direct(model, y), loglik_direct(new, y)
         # rounding of sums of ~1500 logs: 1e-10 relative is far above it and far below any real decrease
         assert after >= before - 1e-10 * abs(before), (i, before, after)
@@ -338,7 +338,7 @@ def test_select_order_recovers_true_order(m):
     lam = {1: [1.0], 2: [0.6, 0.4], 3: [0.5, 0.2, 0.3]}[m]
     rng = np.random.default_rng(90 + m)
     pi = rng.dirichlet(np.full(4, 0.5), size=4)
-    true = MTDFit.from_params(pi, lam)
+    true = MTDModel(pi, lam)
     y = true.sample(20000, rng=91)
     best, table = select_order(y, 4, restarts=2, rng=0)
     assert best.order == m, table
@@ -466,8 +466,8 @@ def test_stationary_distribution_invariant_and_matches_long_sample(variant):
 def test_stationary_distribution_large_state_space_iterative(power_iters, monkeypatch):
     """3^7 = 2187 states: above the dense-solve size, so power iteration (or, when it is cut short, GMRES)
     is used; checked against the invariance p A = p with the sparse expanded matrix."""
-    # sys.modules: the attribute mtdmath.fit is the re-exported function, not the submodule
-    monkeypatch.setattr(sys.modules["mtdmath.fit"], "_POWER_ITERS", power_iters)
+    # sys.modules: the attribute mtdmath.fitting.model may be shadowed by a re-exported name
+    monkeypatch.setattr(sys.modules["mtdmath.fitting.model"], "_POWER_ITERS", power_iters)
     model = make_model(3, (1, 7), "lagwise", seed=165, independent=True)
     joint, marg = model.stationary_distribution()
     A = model.expanded_matrix(sparse=True)
@@ -489,7 +489,7 @@ def test_stationary_distribution_refuses_huge_state_space():
 def test_stationary_distribution_reducible_chain_raises():
     pi = np.eye(2)  # two absorbing states: no unique stationary law
     with pytest.raises(ValueError, match="unique"):
-        MTDFit.from_params(pi, [1.0]).stationary_distribution()
+        MTDModel(pi, [1.0]).stationary_distribution()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -581,9 +581,20 @@ def test_model_methods_bad_input():
     with pytest.raises(ValueError, match="max_order"):
         select_order(Y_OK, 0)
     with pytest.raises(ValueError, match="lam"):
-        MTDFit.from_params(np.eye(3), [0.5, 0.6])
+        MTDModel(np.eye(3), [0.5, 0.6])
     with pytest.raises(ValueError, match="pi"):
-        MTDFit.from_params(np.ones((3, 3)), [1.0])
+        MTDModel(np.ones((3, 3)), [1.0])
+    # the deprecated constructor validates the same way and returns a law, not a fit report
+    with pytest.raises(ValueError, match="lam"):
+        MTDFit.from_params(np.eye(3), [0.5, 0.6])
+    with pytest.warns(DeprecationWarning, match="MTDModel"):
+        law = MTDFit.from_params(np.eye(3), [1.0])
+    assert type(law) is MTDModel
+    # a fit report is validated too: a log-likelihood must be finite, n_obs positive
+    with pytest.raises(ValueError, match="loglik"):
+        MTDFit(np.eye(3), [1.0], loglik=math.nan, n_obs=5)
+    with pytest.raises(ValueError, match="n_obs"):
+        MTDFit(np.eye(3), [1.0], loglik=-1.0, n_obs=0)
 
 
 def test_impossible_explicit_start_raises():
