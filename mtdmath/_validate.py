@@ -53,6 +53,34 @@ def as_rng(rng: Any, name: str = "rng") -> np.random.Generator:
     raise ValueError(f"{name} must be a numpy.random.Generator, an int seed or None (got {type(rng).__name__})")
 
 
+def check_torch_dtype(dtype: Any, name: str = "dtype") -> Any:
+    """A torch floating dtype (float16, bfloat16, float32, float64) for model weights."""
+    import torch
+
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{name} must be a torch floating dtype such as torch.float32 (got {dtype!r})")
+    return dtype
+
+
+def check_torch_device(device: Any, name: str = "device") -> Any:
+    """None, or a torch device (or its name) that exists on this machine."""
+    import torch
+
+    if device is None:
+        return None
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise ValueError(f"{name} must be a torch device or its name such as 'cpu' or 'cuda' (got {device!r})")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"{name} is not a torch device: {device!r} ({err})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} is {device!r} but no CUDA device is available")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu", "meta"):
+        raise ValueError(f"{name} must be a cpu or cuda device (got {device!r})")
+    return dev
+
+
 def check_int(value: Any, name: str, minimum: int | None = None) -> int:
     """A Python int (bools rejected), optionally ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

@@ -39,7 +39,7 @@ def test_a_layer_3_that_is_not_one_md_step_is_detected():
 def test_bad_input():
     pi = M.random_transition_matrix(3, rng=0)
     model = MDTransformer.construct(pi, [1.0, 1.0])
-    with pytest.raises(ValueError, match="MDTransformer of order m = 3"):
+    with pytest.raises(ValueError, match="alpha has length 3 but the model has order m = 2"):
         effective_step(model, np.zeros((2, 9), dtype=np.int64), pi, [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="tokens"):
         effective_step(model, np.zeros((2, 3), dtype=np.int64), pi, [1.0, 1.0])

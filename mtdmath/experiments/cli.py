@@ -24,6 +24,8 @@ from .depth import DepthConfig
 from .depth import run as run_depth
 from .estimators import EstimatorsConfig
 from .estimators import run as run_estimators
+from .stepsize import StepsizeConfig
+from .stepsize import run as run_stepsize
 from .sweep import SweepConfig
 from .sweep import run as run_sweep
 from .train import TrainConfig
@@ -43,6 +45,10 @@ EXPERIMENTS = {
     "depth": (DepthConfig, run_depth,
               "From `train` checkpoints: the standard transformers (the deepest compared in pairs) vs k-step MD "
               "(k = 1…5) vs exact Bayes."),
+    "stepsize": (StepsizeConfig, run_stepsize,
+                 "The loss-optimal one-step MD step η_opt(L) (tuned on held-out sequences, bootstrap s.e.) for m = 2, 3, "
+                 "5, a non-uniform alpha and a second pi; KL at η_opt(L), at η*, exact Bayes and the K.2 corrected "
+                 "one-step estimator; fits of 1/η_opt against n = L − m (c/L, c/(α₀+n), A + B·n) with χ²/dof."),
     "sweep": (SweepConfig, run_sweep,
               "A grid of independent train-and-evaluate jobs (seeds × orders × T × model specs × steps) on a local "
               "process pool or on Ray (--backend ray [--address ADDR]); resumable (finished jobs are skipped by a "
@@ -114,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                            )
         _add_common(p, name)
         _add_config_options(p, cfg_cls, cfg_cls.quick())
-    p = sub.add_parser("all", help="run estimators, train, compare and depth with the default configs",
-                       description="Run estimators, train, compare and depth in turn with their default configs "
+    p = sub.add_parser("all", help="run estimators, stepsize, train, compare and depth with the default configs",
+                       description="Run estimators, stepsize, train, compare and depth in turn with their default configs "
                                    "(or --quick ones) under OUT/<subcommand>/, then write OUT/summary.json and "
                                    "OUT/summary.md (the results table and the paper's targets, met or missed).")
     _add_common(p, "all")
@@ -170,18 +176,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- all + summary
 def run_all(out: Path, *, seed: int, device: torch.device, quick: bool, progress: bool) -> dict[str, Any]:
-    """estimators → train → compare → depth, then the summary (targets and table)."""
+    """estimators → stepsize → train → compare → depth, then the summary (targets and table)."""
     t0 = time.perf_counter()
     ck = str(out / "train" / "checkpoints")
     est = run_estimators(EstimatorsConfig.quick() if quick else EstimatorsConfig(), out / "estimators",
                          seed=seed, device=device, progress=progress)
+    ss = run_stepsize(StepsizeConfig.quick() if quick else StepsizeConfig(), out / "stepsize",
+                      seed=seed, device=device, progress=progress)
     tr = run_train(TrainConfig.quick() if quick else TrainConfig(), out / "train", seed=seed, device=device,
                    progress=progress)
     cmp_ = run_compare(CompareConfig.quick(ck) if quick else CompareConfig(checkpoints=ck), out / "compare",
                        seed=seed, device=device, progress=progress)
     dep = run_depth(DepthConfig.quick(ck) if quick else DepthConfig(checkpoints=ck), out / "depth",
                     seed=seed, device=device, progress=progress)
-    summary = summarize(est, tr, cmp_, dep)
+    summary = summarize(est, tr, cmp_, dep, ss)
     summary["meta"] = {"seed": seed, "quick": quick, "device": str(device), "versions": X.package_versions(),
                        "total_run_time_s": round(time.perf_counter() - t0, 3)}
     X.write_json(out / "summary.json", summary)
@@ -190,40 +198,69 @@ def run_all(out: Path, *, seed: int, device: torch.device, quick: bool, progress
     return summary
 
 
-def summarize(est: dict, tr: dict, cmp_: dict, dep: dict) -> dict[str, Any]:
-    """The results table and the paper's targets (met or missed) from the four runs' JSON dicts."""
+def summarize(est: dict, tr: dict, cmp_: dict, dep: dict, ss: dict | None = None) -> dict[str, Any]:
+    """The results table, the targets and hypotheses (met or missed) from the runs' JSON dicts, and
+    the git commit and dirty-tree flag each subcommand ran at."""
     table: dict[str, Any] = {}
     for key, r in est["results"].items():
         table[f"estimators {key}"] = r["table"]
     table[f"trained m={cmp_['m']}"] = {
-        L: {k: v for k, v in row.items() if k in ("trained_md3", "construction", "bayes") or k.startswith("std")}
+        L: {k: v for k, v in row.items() if k in ("trained_md3", "construction", "md1_eta_train", "bayes") or k.startswith("std")}
         for L, row in cmp_["table"].items()}
     Lmax = max(cmp_["gap_trained_md3_minus_construction"], key=int)
     gap = cmp_["gap_trained_md3_minus_construction"][Lmax]
+    sa = cmp_["step_analysis"][cmp_["config"]["checkpoints"] if isinstance(cmp_["config"], dict)
+                               else cmp_["config"].checkpoints]
     w1 = cmp_["w1"]["mean_row_kl"]
     deep = dep["deepest"]
     d2 = dep["deepest_minus_md"]["md2"]
     deep_vs_md2 = {L: {deep: dep["table"][L][deep], "md2": dep["table"][L]["md2"], "paired_diff": d2[L]}
                    for L in dep["table"]}
+    hyp = sa["hypothesis"]
+    deep_vs_tuned = {L: {deep: dep["table"][L][deep], "md2_tuned": dep["table"][L]["md2_tuned"],
+                         "paired_diff": dep["deepest_minus_md"]["md2_tuned"][L]}
+                     for L in dep["table"] if "md2_tuned" in dep["table"][L]}
     targets = {
-        "trained_md3_within_0.01_of_construction": {
-            "L": int(Lmax), "gap_mean": gap[0], "gap_se": gap[1], "target": "|gap| < 0.01 nats",
-            "met": bool(abs(gap[0]) < 0.01)},
+        # replaces "trained within 0.01 nats of the construction": the trained model is not the η*
+        # construction, the hypothesis is that it is one-step MD at the step its training objective favours
+        "trained_md3_approx_md1_at_eta_train": {
+            "statement": hyp["statement"], "tolerance_nats": hyp["tolerance_nats"], "criterion": hyp["criterion"],
+            "per_L": {L: [v["mean"], v["se"]] for L, v in hyp["per_L"].items()},
+            "effective_step": sa["effective_step"]["eta"], "effective_step_r2": sa["effective_step"]["r2"],
+            "eta_train": sa["eta_train"], "eta_star": sa["eta_star"], "met": bool(hyp["met"])},
         "learned_W1_row_kl_below_0.05": {"mean_row_kl": w1, "target": "< 0.05", "met": bool(w1 < 0.05),
                                          **({"mean_row_kl_negated": cmp_["w1"]["mean_row_kl_negated"]}
                                             if "mean_row_kl_negated" in cmp_["w1"] else {})},
         "deepest_standard_no_worse_than_md2": {
             "model": deep, "per_L": deep_vs_md2, "target": f"mean KL({deep}) <= mean KL(2-step MD) at every table L",
-            "met": bool(all(v[deep][0] <= v["md2"][0] for v in deep_vs_md2.values()))},
+            "met": bool(all(v[deep][0] <= v["md2"][0] for v in deep_vs_md2.values())),
+            "note": "2-step MD with η* at both steps is not first-order consistent (MATH.md §3): a weak baseline"},
+        "deepest_standard_no_worse_than_tuned_md2": {
+            "model": deep, "per_L": deep_vs_tuned,
+            "target": f"mean KL({deep}) <= mean KL(2-step MD, constant step tuned for the training objective) at every table L",
+            "met": bool(deep_vs_tuned) and all(v[deep][0] <= v["md2_tuned"][0] for v in deep_vs_tuned.values())},
     }
     bd = cmp_["band_difference"]
     band = {"max": bd["max"], "layer1_aligned": bd["layer1_aligned"]["max"], "layer1_aligned_mean": bd["layer1_aligned"]["mean"],
             "layer1": bd["layer1"]["max"], "layer3": bd["layer3"]["max"],
             "n_sequences": bd["n_sequences"]}
+    runs = {"estimators": est, "train": tr, "compare": cmp_, "depth": dep} | ({"stepsize": ss} if ss else {})
+    git = {k: r["meta"].get("git", {"commit": None, "dirty": None}) for k, r in runs.items()}
     times = {"estimators": est["meta"]["run_time_s"], "train": tr["meta"]["run_time_s"],
              "train_per_model": {k: v["train_time_s"] for k, v in tr["models"].items()},
              "compare": cmp_["meta"]["run_time_s"], "depth": dep["meta"]["run_time_s"]}
-    return {"table": table, "depth_table": dep["table"], "targets": targets, "band_difference": band,
+    if ss:
+        times["stepsize"] = ss["meta"]["run_time_s"]
+    extra: dict[str, Any] = {}
+    if ss:
+        extra["stepsize"] = {name: {"eta_opt": {str(r["L"]): [r["eta_opt"], r["eta_opt_se"]] for r in v["rows"]},
+                                    "eta_star": v["eta_star"],
+                                    "fit_chi2_dof": {f: v["fit"][f]["chi2_dof"] for f in ss["forms"]},
+                                    "best_form": v["fit"]["best"]} for name, v in ss["results"].items()}
+    extra["seed_spread"] = cmp_.get("seed_spread")
+    extra["depth_labels"] = dep.get("labels", {})
+    return {"table": table, "depth_table": dep["table"], "targets": targets, "band_difference": band, "git": git,
+            **extra,
             "labels": est.get("labels", {}), "run_times_s": times,
             "construction_vs_md1_max_abs_prob_diff": {k: r["construction_vs_md1"]["max_abs_prob_diff"]
                                                       for k, r in est["results"].items()},
@@ -240,7 +277,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
     lines = []
     labels = s.get("labels", {})
 
-    def kl_table(title: str, tab: dict) -> None:  # one row per method, one column per L
+    def kl_table(title: str, tab: dict, lab: dict[str, str] | None = None) -> None:  # one row per method, one column per L
         Ls = list(tab)
         if not Ls:
             return
@@ -248,32 +285,44 @@ def summary_markdown(s: dict[str, Any]) -> str:
         lines.append("| method | " + " | ".join(f"L = {L}" for L in Ls) + " |")
         lines.append("|---|" + "---|" * len(Ls))
         for meth in tab[Ls[0]]:
-            lines.append(f"| {X.style(meth, labels)[0]} | " + " | ".join(_fmt(tab[L][meth]) for L in Ls) + " |")
+            lines.append(f"| {X.style(meth, lab or labels)[0]} | " + " | ".join(_fmt(tab[L][meth]) for L in Ls) + " |")
         lines.append("")
 
     for key, tab in s["table"].items():
         kl_table(f"**{key}** — KL(p* ‖ p̂) in nats, mean ± s.e. over sequences", tab)
-    kl_table("**depth** (standard transformers vs k-step MD) — KL in nats, mean ± s.e.", s["depth_table"])
+    kl_table("**depth** (standard transformers vs k-step MD) — KL in nats, mean ± s.e.", s["depth_table"],
+             s.get("depth_labels"))
     t = s["targets"]
-    a, b, c = (t["trained_md3_within_0.01_of_construction"], t["learned_W1_row_kl_below_0.05"],
+    a, b, c = (t["trained_md3_approx_md1_at_eta_train"], t["learned_W1_row_kl_below_0.05"],
                t["deepest_standard_no_worse_than_md2"])
-    lines.append("| target (paper) | measured | met? |")
+    lines.append("| target / hypothesis | measured | met? |")
     lines.append("|---|---|---|")
-    lines.append(f"| trained disentangled within 0.01 nats of the construction at L = {a['L']} | "
-                 f"KL(trained) − KL(construction) = {a['gap_mean']:+.4f} ± {a['gap_se']:.4f} (paired) | "
-                 f"{'met' if a['met'] else 'missed'} |")
+    per_a = "; ".join(f"L={L}: {v[0]:+.4f} ± {v[1]:.4f}" for L, v in a["per_L"].items())
+    lines.append(f"| trained disentangled ≈ one-step MD at η_train (95 % interval of the paired difference within "
+                 f"±{a['tolerance_nats']} nats at every L) | KL(trained) − KL(MD(η_train)): {per_a}; effective step "
+                 f"{a['effective_step']:.4f} (R² {a['effective_step_r2']:.3f}), η_train {a['eta_train'][0]:.4f} ± "
+                 f"{a['eta_train'][1]:.4f}, η* {a['eta_star']:.4f} | {'met' if a['met'] else 'missed'} |")
     neg = f" (of −W1: {b['mean_row_kl_negated']:.4f})" if "mean_row_kl_negated" in b else ""
     lines.append(f"| learned W1 (softmax over keys) vs column-normalised pi: mean row KL < 0.05 | "
                  f"{b['mean_row_kl']:.4f}{neg} | {'met' if b['met'] else 'missed'} |")
     per = "; ".join(f"L={L}: {v['paired_diff'][0]:+.4f} ± {v['paired_diff'][1]:.4f}" for L, v in c["per_L"].items())
-    lines.append(f"| deepest standard model ({c['model']}) no worse than 2-step MD | KL({c['model']}) − KL(2-step MD): {per} | "
-                 f"{'met' if c['met'] else 'missed'} |")
+    lines.append(f"| deepest standard model ({c['model']}) no worse than 2-step MD (η* both steps: not first-order "
+                 f"consistent) | KL({c['model']}) − KL(2-step MD): {per} | {'met' if c['met'] else 'missed'} |")
+    d = t.get("deepest_standard_no_worse_than_tuned_md2")
+    if d:
+        per = "; ".join(f"L={L}: {v['paired_diff'][0]:+.4f} ± {v['paired_diff'][1]:.4f}" for L, v in d["per_L"].items())
+        lines.append(f"| deepest standard model ({d['model']}) no worse than 2-step MD with a tuned constant step | "
+                     f"KL({d['model']}) − KL(tuned 2-step MD): {per} | {'met' if d['met'] else 'missed'} |")
     lines.append("")
     bd = s["band_difference"]
     lines.append(f"Attention band difference, max |trained − constructed| over {bd['n_sequences']} sequences: "
                  f"layer 1 aligned {bd['layer1_aligned']:.4f} (mean {bd['layer1_aligned_mean']:.4f}), layer 1 raw "
                  f"{bd['layer1']:.4f}, layer 3 {bd['layer3']:.4f}.")
     lines.append("")
+    if s.get("git"):
+        lines.append("Git state per subcommand: " + ", ".join(
+            f"{k} {(g['commit'] or '?')[:10]}{' (dirty tree)' if g['dirty'] else ''}" for k, g in s["git"].items()) + ".")
+        lines.append("")
     rt = s["run_times_s"]
     lines.append("Run times (s, wall clock): " + ", ".join(
         f"{k} {v:.0f}" for k, v in rt.items() if not isinstance(v, dict)) + "; per model: " + ", ".join(

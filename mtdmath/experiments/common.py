@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------- seeds
 #: stream keys: every random stream is ``default_rng([seed, KEY, ...])``, so the experiments
 #: share pi (same seed, order and vocabulary) while their data streams never overlap
-KEY_PI, KEY_EVAL, KEY_TRAIN, KEY_INIT, KEY_ESTIM = 1, 2, 3, 4, 5
+KEY_PI, KEY_EVAL, KEY_TRAIN, KEY_INIT, KEY_ESTIM, KEY_STEP = 1, 2, 3, 4, 5, 6
 
 #: context lengths of the results table
 TABLE_L = (16, 32, 64)
@@ -302,6 +302,7 @@ def pyplot():
 STYLE = {
     "bayes": ("exact Bayes", "black", "-"),
     "md1": ("1-step MD (η*)", "tab:blue", "-"),
+    "md1_eta_train": ("1-step MD (η_train: tuned on the training objective)", "tab:green", "--"),
     "construction": ("constructed transformer", "tab:cyan", ":"),
     "md2": ("2-step MD", "tab:purple", "-"),
     "md3": ("3-step MD", "tab:pink", "-"),

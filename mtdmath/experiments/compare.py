@@ -16,6 +16,14 @@ On fresh evaluation sequences of the checkpoints' task (same pi and alpha):
   ``n_band`` evaluation sequences is printed and written (``band_difference``, with the raw
   layer-1 and layer-3 differences and layer 3 against the exact posterior mean): the number
   that tells a badly trained model from a good one;
+- which step the trained disentangled model implements (:func:`step_analysis`): its layer-3
+  effective step (:func:`mtdmath.effective_step`) next to η* = 1/(1+α₀), the loss-optimal
+  η_opt(L) at the table lengths and η_train, the constant step that minimises the training
+  objective of the run (:func:`mtdmath.optimal_step` with ``T`` = the trained context lengths),
+  and the paired difference KL(trained) − KL(one-step MD at η_train) with the hypothesis
+  "trained ≈ one-step MD at η_train" judged at the tolerance :data:`HYPOTHESIS_TOL` (fixed before
+  any result was seen; see there); also for the extra seeds of ``--seed-checkpoints``, with the
+  spread over seeds;
 - the learned ``W1`` after a softmax over the key axis (``softmax(W1, dim=0)``, one distribution
   over source tokens a per query token b) against column-normalised pi (MATH.md §5), with the
   per-query KL ``KL(pi[:, b]/Σ_a pi[a, b] ‖ softmax(W1)[:, b])`` averaged over b.
@@ -38,6 +46,18 @@ from . import common as X
 from .prefix_bayes import posterior_mean_all_prefixes
 
 
+#: Tolerance (nats) of the hypothesis "trained disentangled ≈ one-step MD at η_train", fixed before
+#: any run was looked at. Met when, at every table length L, the 95 % interval of the paired
+#: difference KL(trained) − KL(MD(η_train)) (mean ± 1.96 s.e.) lies inside ±HYPOTHESIS_TOL (an
+#: equivalence test: more sequences cannot make a real difference disappear, nor noise pass).
+#: Why 0.005: the effect the hypothesis is meant to explain, the trained model beating the η*
+#: construction, was 0.055 nats at L = 64 (seed 0) and 0.08 over seeds; an explanation should
+#: leave less than a tenth of it. It is also below exact Bayes's own KL at L = 64 (~0.006 nats),
+#: so a miss means the trained model differs from MD(η_train) by as much as Bayes differs from
+#: the truth.
+HYPOTHESIS_TOL = 0.005
+
+
 @dataclass
 class CompareConfig:
     """Configuration of the ``compare`` experiment."""
@@ -49,19 +69,34 @@ class CompareConfig:
     attention_T: int = field(default=64, metadata={"help": "length of the sequence whose attention band is shown"})
     n_band: int = field(default=256, metadata={
         "help": "evaluation sequences over which the band difference is measured (the first N_BAND)"})
+    seed_checkpoints: tuple[str, ...] = field(default=(), metadata={
+        "help": "more directories holding an md3.pt (other training seeds): the step analysis is repeated "
+                "on each and the spread over seeds reported"})
+    step_n_train: int = field(default=256, metadata={
+        "help": "sequences optimal_step tunes η_train and η_opt(L) on (and as many held out)"})
+    step_n_boot: int = field(default=10, metadata={"help": "bootstrap resamples of optimal_step"})
+    n_probe: int = field(default=256, metadata={"help": "evaluation sequences given to effective_step"})
 
     def __post_init__(self) -> None:
         if self.n_eval < 2:
             raise ValueError(f"n_eval must be >= 2 (got {self.n_eval})")
         if self.n_band < 1:
             raise ValueError(f"n_band must be >= 1 (got {self.n_band})")
+        self.seed_checkpoints = tuple(self.seed_checkpoints)
+        if self.step_n_train < 2:
+            raise ValueError(f"step_n_train must be >= 2 (got {self.step_n_train})")
+        if self.step_n_boot < 2:
+            raise ValueError(f"step_n_boot must be >= 2 (got {self.step_n_boot})")
+        if self.n_probe < 1:
+            raise ValueError(f"n_probe must be >= 1 (got {self.n_probe})")
         for name in ("T", "attention_T"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2 (got {getattr(self, name)})")
 
     @classmethod
     def quick(cls, checkpoints: str = "runs/train/checkpoints", **kw: Any) -> "CompareConfig":
-        return cls(**(dict(checkpoints=checkpoints, n_eval=16, T=16, attention_T=16, n_band=16) | kw))
+        return cls(**(dict(checkpoints=checkpoints, n_eval=16, T=16, attention_T=16, n_band=16, step_n_train=16,
+                           step_n_boot=2, n_probe=16) | kw))
 
 
 def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = ("md3",)):
@@ -201,6 +236,85 @@ def w1_vs_pi(W1: np.ndarray, pi: np.ndarray, m: int | None = None) -> dict[str, 
     return out
 
 
+def step_analysis(model: MDTransformer, pi: np.ndarray, alpha: np.ndarray, train_T: int, tokens: np.ndarray,
+                  lam: np.ndarray, kl_trained: np.ndarray, cfg: CompareConfig, *, rng_key: tuple[int, ...]
+                  ) -> tuple[dict[str, Any], np.ndarray]:
+    """Which step the trained disentangled model implements, against the steps MD could use.
+
+    Parameters
+    ----------
+    model : MDTransformer (trained)
+    pi, alpha : the task of its checkpoint
+    train_T : int
+        Length of its training sequences: the trained predictions are those after the prefixes of
+        length m … train_T − 1, so η_train minimises the mean KL over those (``optimal_step(T=train_T − 1)``;
+        the expected cross-entropy is that KL plus an entropy that no step changes).
+    tokens, lam : evaluation sequences (B, T) and their lam (B, m)
+    kl_trained : ndarray (B, T − m + 1)
+        KL of the trained model after every prefix of ``tokens``.
+    rng_key : the random stream (``X.rng_for(*rng_key)``) of the tuning sequences
+
+    Returns
+    -------
+    (dict, kl_md_eta_train (B, T − m + 1)) — the dict holds ``effective_step`` (eta, r2, by n),
+    ``eta_star``, ``eta_train`` [value, s.e.], ``eta_opt`` {L: [value, s.e.]}, ``paired_trained_minus_md_eta_train``
+    {L: [mean, s.e.]} and ``hypothesis`` (met or missed at :data:`HYPOTHESIS_TOL`).
+    """
+    m = alpha.shape[0]
+    T = tokens.shape[1]
+    eff = M.effective_step(model, tokens[: cfg.n_probe], pi, alpha)
+    n_st = cfg.step_n_train
+    r_train = M.optimal_step(pi, alpha, T=train_T - 1, k=1, n_train=n_st, n_test=n_st, n_boot=cfg.step_n_boot,
+                             rng=X.rng_for(*rng_key, 0))
+    eta_opt = {}
+    for L in X.TABLE_L:
+        if m <= L <= T:
+            r = M.optimal_step(pi, alpha, L=L, n_train=n_st, n_test=n_st, n_boot=cfg.step_n_boot,
+                               rng=X.rng_for(*rng_key, L))
+            eta_opt[str(L)] = [r.eta, r.eta_se]
+    p_true = X.truth_all_prefixes(tokens, lam, pi)
+    kl_md = X.kl_per_sequence(p_true, M.md_predictive_all_prefixes(tokens, pi, alpha, eta=r_train.eta, steps=1))
+    kls = {"trained": kl_trained, "md1_eta_train": kl_md}
+    paired = X.paired_diff(kls, "trained", "md1_eta_train", m, T)
+    per_L = {L: {"mean": d[0], "se": d[1], "ci95": [d[0] - 1.96 * d[1], d[0] + 1.96 * d[1]],
+                 "within_tol": bool(abs(d[0]) + 1.96 * d[1] <= HYPOTHESIS_TOL)} for L, d in paired.items()}
+    res = {
+        "effective_step": {"eta": eff.eta, "r2": eff.r2, "n_bins": eff.n_bins, "eta_by_n": eff.eta_by_n,
+                           "r2_by_n": eff.r2_by_n, "n_sequences": int(min(cfg.n_probe, tokens.shape[0]))},
+        "eta_star": M.eta_bayes(alpha), "eta_train": [r_train.eta, r_train.eta_se], "train_objective_T": train_T - 1,
+        "eta_train_heldout_kl": [r_train.kl, r_train.kl_se], "eta_star_heldout_kl": [r_train.kl_eta_star, r_train.kl_eta_star_se],
+        "eta_opt": eta_opt, "table": X.table_at(kls, m, T), "paired_trained_minus_md_eta_train": paired,
+        "hypothesis": {"statement": "trained disentangled ≈ one-step MD at η_train", "tolerance_nats": HYPOTHESIS_TOL,
+                       "criterion": "|mean| + 1.96 s.e. of the paired difference <= tolerance at every table L",
+                       "per_L": per_L, "met": bool(per_L) and all(v["within_tol"] for v in per_L.values())},
+    }
+    return res, kl_md
+
+
+def seed_spread(analyses: dict[str, dict[str, Any]], kl_tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean, standard deviation and s.e. over seeds (one analysis per checkpoint) of the effective
+    step, η_train, their difference, the trained KL and the paired difference at each table L."""
+    def agg(vals: list[float]) -> dict[str, Any]:
+        v = np.asarray(vals, np.float64)
+        sd = float(v.std(ddof=1)) if v.size > 1 else float("nan")
+        return {"values": v.tolist(), "mean": float(v.mean()), "sd": sd,
+                "se": sd / np.sqrt(v.size) if v.size > 1 else float("nan")}
+
+    a = list(analyses.values())
+    Ls = sorted(set.intersection(*(set(x["paired_trained_minus_md_eta_train"]) for x in a)), key=int)
+    return {
+        "n_seeds": len(a), "checkpoints": list(analyses),
+        "effective_step": agg([x["effective_step"]["eta"] for x in a]),
+        "effective_step_r2": agg([x["effective_step"]["r2"] for x in a]),
+        "eta_train": agg([x["eta_train"][0] for x in a]),
+        "effective_minus_eta_train": agg([x["effective_step"]["eta"] - x["eta_train"][0] for x in a]),
+        "kl_trained": {L: agg([kl_tables[k][L]["trained"][0] for k in analyses]) for L in Ls},
+        "kl_md_eta_train": {L: agg([kl_tables[k][L]["md1_eta_train"][0] for k in analyses]) for L in Ls},
+        "paired_trained_minus_md_eta_train": {L: agg([x["paired_trained_minus_md_eta_train"][L][0] for x in a]) for L in Ls},
+        "hypothesis_met": {k: x["hypothesis"]["met"] for k, x in analyses.items()},
+    }
+
+
 def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
     """Evaluate; write ``compare.json``, ``compare_kl.png``, ``compare_attention.png``, ``compare_w1.png``."""
     from tqdm.auto import tqdm
@@ -216,9 +330,27 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
         for name, model in tqdm(models.items(), desc="compare: trained models", disable=not progress):
             preds[X.curve_name(name)] = X.model_all_prefixes(model, tokens, device=device)
         kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
+        trained = models["md3"]
+        steps: dict[str, Any] = {}
+        kl_tables: dict[str, Any] = {}
+        steps[cfg.checkpoints], kls["md1_eta_train"] = step_analysis(
+            trained, pi, alpha, infos["md3"]["task"].T, tokens, lam, kls["trained_md3"], cfg,
+            rng_key=(seed, X.KEY_STEP, m, 0))
+        kl_tables[cfg.checkpoints] = steps[cfg.checkpoints]["table"]
+        for j, ck in enumerate(tqdm(cfg.seed_checkpoints, desc="compare: seed checkpoints", disable=not progress), 1):
+            mods, inf, pi_j, alpha_j = load_models(Path(ck), device)
+            m_j = alpha_j.shape[0]
+            # each extra checkpoint has its own task (pi depends on the training seed): its own evaluation set
+            tok_j, lam_j = M.sample_icl(pi_j, alpha_j, cfg.T, cfg.n_eval, rng=X.rng_for(seed, X.KEY_EVAL, m_j, 100 + j))
+            kl_j = X.kl_per_sequence(X.truth_all_prefixes(tok_j, lam_j, pi_j),
+                                     X.model_all_prefixes(mods["md3"], tok_j, device=device))
+            steps[ck], _ = step_analysis(mods["md3"], pi_j, alpha_j, inf["md3"]["task"].T, tok_j, lam_j, kl_j, cfg,
+                                         rng_key=(seed, X.KEY_STEP, m_j, j))
+            steps[ck]["train_seed"] = inf["md3"]["extra"].get("seed")
+            kl_tables[ck] = steps[ck]["table"]
+        steps[cfg.checkpoints]["train_seed"] = infos["md3"]["extra"].get("seed")
         mean, se = X.curves(kls)
 
-        trained = models["md3"]
         tok_band = tokens[: cfg.n_band]
         post = posterior_mean_all_prefixes(M.lag_factors(tok_band, pi, m), alpha)  # (B, T-m+1, m)
         band = band_difference(trained, construction, tok_band, device=device, posterior=post)
@@ -248,6 +380,8 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
         "table": X.table_at(kls, m, T),
         "gap_trained_md3_minus_construction": X.paired_diff(kls, "trained_md3", "construction", m, T),
         "gap_trained_md3_minus_bayes": X.paired_diff(kls, "trained_md3", "bayes", m, T),
+        "step_analysis": steps,
+        "seed_spread": seed_spread(steps, kl_tables),
         "construction_vs_md1_max_abs_prob_diff": float(np.abs(preds["construction"] - preds["md1"]).max()),
         "band_difference": band, "w1": w1, "attention": attention,
         "train_time_s": {k: info["extra"].get("train_time_s") for k, info in infos.items()},
@@ -256,6 +390,11 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
             _plot_w1(w1, out / "compare_w1.png")]
     res["figures"] = [f.name for f in figs]
     X.write_json(out / "compare.json", res)
+    sa = res["step_analysis"][cfg.checkpoints]
+    hyp = sa["hypothesis"]
+    print(f"compare: effective step {sa['effective_step']['eta']:.4f} (R² {sa['effective_step']['r2']:.3f}); "
+          f"η_train {sa['eta_train'][0]:.4f} ± {sa['eta_train'][1]:.4f}; η* {sa['eta_star']:.4f}; "
+          f"trained ≈ MD(η_train) within {HYPOTHESIS_TOL}: {'met' if hyp['met'] else 'missed'}", file=sys.stderr)
     print(f"compare: band difference (max |trained − constructed| over {band['n_sequences']} sequences): "
           f"layer 1 aligned {band['layer1_aligned']['max']:.4f} (mean {band['layer1_aligned']['mean']:.4f}); "
           f"layer 1 raw {band['layer1']['max']:.4f}; layer 3 {band['layer3']['max']:.4f} "
@@ -267,7 +406,7 @@ def _plot_kl(res: dict[str, Any], path: Path) -> Path:
     plt = X.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     std = [X.curve_name(k) for k in res["models"] if k != "md3"]
-    methods = [k for k in std + ["trained_md3", "md1", "construction", "bayes"] if k in res["kl_mean"]]
+    methods = [k for k in std + ["trained_md3", "md1", "md1_eta_train", "construction", "bayes"] if k in res["kl_mean"]]
     X.plot_curves(ax, res["L"], res["kl_mean"], res["kl_se"], methods)
     g = res["gap_trained_md3_minus_construction"]
     last = max(g, key=int) if g else None

@@ -3,7 +3,15 @@
 The paper's claim: a deeper trained transformer does at least as well as more mirror-descent
 steps; here the deepest standard model of the checkpoints (``std5`` by default) is compared with
 every k-step MD curve (paired over the same sequences), and every other standard model is shown
-alongside.
+alongside. Two families of k-step MD baselines:
+
+- ``md{k}``: η* = 1/(1+α₀) at every step. For k >= 2 its first-order coefficient is k·η*, so it is
+  not first-order consistent with Bayes (MATH.md §3) and overshoots at long contexts: a weak
+  baseline, kept (labelled so) because it is the paper's;
+- ``md{k}_tuned`` (constant step) and ``md{k}_sched`` (one step per step, k >= 2): steps tuned by
+  :func:`mtdmath.optimal_step` on held-out sequences of the task for the training objective of the
+  checkpoints (mean KL over the contexts m … T_train − 1), the objective the transformers were
+  trained on: the fair baselines.
 """
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import mtdmath as M
@@ -19,6 +28,11 @@ from . import common as X
 from .compare import load_models
 
 MD_METHODS = ["md1", "md2", "md3", "md4", "md5"]
+TUNED = [f"md{k}_tuned" for k in range(1, 6)]
+SCHED = [f"md{k}_sched" for k in range(2, 6)]
+LABELS = {**{f"md{k}": f"{k}-step MD (η* each step{'; not 1st-order consistent' if k > 1 else ''})" for k in range(1, 6)},
+          **{f"md{k}_tuned": f"{k}-step MD (tuned constant step)" for k in range(1, 6)},
+          **{f"md{k}_sched": f"{k}-step MD (tuned schedule)" for k in range(2, 6)}}
 
 
 @dataclass
@@ -29,22 +43,32 @@ class DepthConfig:
         "help": "directory of `train` checkpoints with at least one standard model (the deepest is compared)"})
     n_eval: int = field(default=1000, metadata={"help": "evaluation sequences (fresh, from the checkpoints' pi)"})
     T: int = field(default=64, metadata={"help": "evaluation sequence length: contexts L = m … T"})
+    tune_n_train: int = field(default=256, metadata={
+        "help": "sequences optimal_step tunes each k-step MD step on (and as many held out)"})
+    tune_n_boot: int = field(default=3, metadata={"help": "bootstrap resamples for the s.e. of the tuned constant steps"})
+    schedules: bool = field(default=True, metadata={"help": "also tune a per-step schedule for k = 2 … 5 (no bootstrap)"})
 
     def __post_init__(self) -> None:
         if self.n_eval < 2:
             raise ValueError(f"n_eval must be >= 2 (got {self.n_eval})")
         if self.T < 2:
             raise ValueError(f"T must be >= 2 (got {self.T})")
+        if self.tune_n_train < 2:
+            raise ValueError(f"tune_n_train must be >= 2 (got {self.tune_n_train})")
+        if self.tune_n_boot < 0:
+            raise ValueError(f"tune_n_boot must be >= 0 (got {self.tune_n_boot})")
 
     @classmethod
     def quick(cls, checkpoints: str = "runs/train/checkpoints", **kw: Any) -> "DepthConfig":
-        return cls(**(dict(checkpoints=checkpoints, n_eval=16, T=16) | kw))
+        return cls(**(dict(checkpoints=checkpoints, n_eval=16, T=16, tune_n_train=8, tune_n_boot=2) | kw))
 
 
 def run(cfg: DepthConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
     """Evaluate; write ``depth.json`` and ``depth.png``."""
+    from tqdm.auto import tqdm
+
     with X.run_meta(seed, device) as meta:
-        models, _, pi, alpha = load_models(Path(cfg.checkpoints), device, required=("std",))
+        models, infos, pi, alpha = load_models(Path(cfg.checkpoints), device, required=("std",))
         std = [k for k in models if k != "md3"]  # sorted by depth
         deep = X.curve_name(std[-1])
         m = alpha.shape[0]
@@ -54,30 +78,73 @@ def run(cfg: DepthConfig, out: Path, *, seed: int, device: torch.device, progres
         preds = X.estimator_all_prefixes(tokens, pi, alpha, MD_METHODS + ["bayes"], progress=progress, desc="depth")
         for name in std:
             preds[X.curve_name(name)] = X.model_all_prefixes(models[name], tokens, device=device)
+        # the steps tuned for the training objective of the deepest model (contexts m … T_train − 1)
+        T_obj = infos[std[-1]]["task"].T - 1
+        tuned: dict[str, Any] = {}
+        jobs = [(k, False) for k in range(1, 6)] + ([(k, True) for k in range(2, 6)] if cfg.schedules else [])
+        for k, sched in tqdm(jobs, desc="depth: tuning k-step MD steps", disable=not progress):
+            r = M.optimal_step(pi, alpha, T=T_obj, k=k, schedule=sched, n_train=cfg.tune_n_train,
+                               n_test=cfg.tune_n_train, n_boot=0 if sched else cfg.tune_n_boot,
+                               rng=X.rng_for(seed, X.KEY_STEP, m, 1000 + 10 * k + int(sched)))
+            key = f"md{k}_{'sched' if sched else 'tuned'}"
+            tuned[key] = {"k": k, "schedule": sched, "eta": r.eta, "eta_se": r.eta_se, "sum_eta": float(np.sum(r.eta) if sched else k * r.eta),
+                          "heldout_train_objective_kl": [r.kl, r.kl_se],
+                          "heldout_train_objective_kl_eta_star": [r.kl_eta_star, r.kl_eta_star_se]}
+            preds[key] = M.md_predictive_all_prefixes(tokens, pi, alpha, eta=r.eta if sched else float(r.eta), steps=k)
         kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
         mean, se = X.curves(kls)
     T = cfg.T
+    baselines = MD_METHODS + [k for k in TUNED + SCHED if k in kls]
     res = {
         "experiment": "depth", "config": cfg, "seed": seed, "meta": meta, "m": m, "pi": pi, "alpha": alpha,
         "L": list(range(m, T + 1)), "kl_mean": mean, "kl_se": se, "table": X.table_at(kls, m, T),
+        "labels": {k: LABELS[k] for k in baselines}, "train_objective_T": T_obj, "tuned_steps": tuned,
+        "eta_star": M.eta_bayes(alpha),
         "standard_models": [X.curve_name(k) for k in std], "deepest": deep,
-        "deepest_minus_md": {k: X.paired_diff(kls, deep, k, m, T) for k in MD_METHODS},
+        "deepest_minus_md": {k: X.paired_diff(kls, deep, k, m, T) for k in baselines},
         "deepest_minus_bayes": X.paired_diff(kls, deep, "bayes", m, T),
+        # the train-objective mean over every context (L = m … T) on the evaluation set, paired
+        "mean_over_L": {k: [float(a) for a in X.mean_se(v.mean(axis=1))] for k, v in kls.items()},
+        "deepest_minus_md_mean_over_L": {k: [float(a) for a in X.mean_se((kls[deep] - kls[k]).mean(axis=1))]
+                                         for k in baselines + ["bayes"]},
     }
+    res["standing"] = standing(res)
     res["figures"] = [_plot(res, out / "depth.png").name]
     X.write_json(out / "depth.json", res)
     return res
 
 
+def standing(res: dict[str, Any]) -> dict[str, Any]:
+    """Where the deepest model stands against each baseline at each table L: ``better`` / ``worse``
+    where the paired difference is beyond 2 s.e., else ``tied``; and the best tuned baseline per L."""
+    def word(d: list[float]) -> str:
+        return "better" if d[0] < -2 * d[1] else "worse" if d[0] > 2 * d[1] else "tied"
+
+    per = {b: {L: word(d) for L, d in v.items()} for b, v in res["deepest_minus_md"].items()}
+    fair = [k for k in res["table"][next(iter(res["table"]))] if k.endswith(("_tuned", "_sched"))] if res["table"] else []
+    best = {L: min(fair, key=lambda k: row[k][0]) for L, row in res["table"].items()} if fair else {}
+    return {"per_baseline": per, "best_tuned_baseline": best,
+            "mean_over_L": {b: word(d) for b, d in res["deepest_minus_md_mean_over_L"].items()}}
+
+
 def _plot(res: dict[str, Any], path: Path) -> Path:
     plt = X.pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    methods = ["md5", "md4", "md3", "md2", "md1"] + res["standard_models"] + ["bayes"]
-    X.plot_curves(ax, res["L"], res["kl_mean"], res["kl_se"], methods)
-    d = res["deepest_minus_md"]["md2"]
-    last = max(d, key=int) if d else None
-    sub = f"; {res['deepest']} − 2-step MD at L={last}: {d[last][0]:+.4f} ± {d[last][1]:.4f}" if last else ""
-    ax.set_title(f"m = {res['m']}, {res['config'].n_eval} sequences{sub}", fontsize=9)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.4), sharey=True)
+    labels = res["labels"]
+    d = res["deepest_minus_md"]
+    last = max(d["md2"], key=int) if d["md2"] else None
+    panels = ((axes[0], ["md5", "md4", "md3", "md2", "md1"], "η* at every step (not first-order consistent for k ≥ 2)"),
+              (axes[1], [k for k in TUNED + SCHED if k in res["kl_mean"]], "steps tuned on held-out sequences "
+                                                                         "for the training objective"))
+    for ax, md, title in panels:
+        X.plot_curves(ax, res["L"], res["kl_mean"], res["kl_se"], md + res["standard_models"] + ["bayes"], labels)
+        for line in ax.get_lines():  # schedules dashed, so tuned constant and schedule are told apart
+            if "schedule" in str(line.get_label()):
+                line.set_linestyle("--")
+        ref = "md2" if "tuned" not in title else "md2_tuned"
+        sub = (f"\n{res['deepest']} − {labels.get(ref, ref)} at L={last}: {d[ref][last][0]:+.4f} ± {d[ref][last][1]:.4f}"
+               if last and ref in d else "")
+        ax.set_title(f"m = {res['m']}, {res['config'].n_eval} sequences; {title}{sub}", fontsize=8)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     return X.save_figure(fig, path)

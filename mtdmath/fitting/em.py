@@ -69,34 +69,45 @@ def _to_numpy(x: Any) -> Any:
     return to_numpy(x)
 
 
-def _as_sequences(sequences: Any) -> list[np.ndarray]:
-    """One 1-D array, a 2-D array (rows are sequences) or a list of 1-D arrays -> list of int64 arrays."""
+def _as_sequences(sequences: Any, name: str = "sequences") -> list[np.ndarray]:
+    """One 1-D array, a 2-D array (rows are sequences) or a list of 1-D arrays -> list of int64 arrays.
+
+    Errors name the argument as ``name`` (``X`` for the estimator). Tokens are range-checked in their
+    own dtype before the cast, so an unsigned token of 2**63 or more is reported, not wrapped.
+    """
     if isinstance(sequences, np.ndarray):
         arrs = [sequences] if sequences.ndim == 1 else list(sequences) if sequences.ndim == 2 else None
         if arrs is None:
-            raise ValueError(f"sequences must be 1-D, 2-D or a list of 1-D arrays (got shape {sequences.shape})")
+            raise ValueError(f"{name} must be 1-D, 2-D or a list of 1-D arrays (got shape {sequences.shape})")
     elif isinstance(sequences, (list, tuple)):
         if len(sequences) == 0:
-            raise ValueError("sequences is empty: no data to fit")
-        if all(np.ndim(s) == 0 for s in sequences):  # a flat list of tokens is one sequence
-            arrs = [np.asarray(sequences)]
-        else:
-            arrs = [np.asarray(s) for s in sequences]
+            raise ValueError(f"{name} is empty: no data to fit")
+        try:
+            if all(np.ndim(s) == 0 for s in sequences):  # a flat list of tokens is one sequence
+                arrs = [np.asarray(sequences)]
+            else:
+                arrs = [np.asarray(s) for s in sequences]
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must hold integer tokens") from None
     else:
-        raise ValueError("sequences must be an integer array or a list of integer arrays "
+        raise ValueError(f"{name} must be an integer array or a list of integer arrays "
                          f"(got {type(sequences).__name__})")
     if len(arrs) == 0:
-        raise ValueError("sequences is empty: no data to fit")
+        raise ValueError(f"{name} is empty: no data to fit")
     out = []
     for i, a in enumerate(arrs):
         a = np.asarray(a)
         if a.ndim != 1:
-            raise ValueError(f"sequences[{i}] must be 1-D (got shape {a.shape})")
+            raise ValueError(f"{name}[{i}] must be 1-D (got shape {a.shape})")
         if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"sequences must hold integer tokens (sequences[{i}] has dtype {a.dtype})")
+            raise ValueError(f"{name} must hold integer tokens ({name}[{i}] has dtype {a.dtype})")
         if a.size and a.min() < 0:
-            raise ValueError(f"sequences must hold non-negative tokens (sequences[{i}] has min {a.min()})")
+            raise ValueError(f"{name} must hold non-negative tokens ({name}[{i}] has min {a.min()})")
+        if a.size and a.max() > np.iinfo(np.int64).max // 2:
+            raise ValueError(f"{name} holds a token too large for a state ({name}[{i}] has max {a.max()})")
         out.append(a.astype(np.int64, copy=False))
+    if not any(a.size for a in out):
+        raise ValueError(f"{name} is empty: no data to fit")
     return out
 
 
@@ -107,10 +118,15 @@ def _check_lags(order: Any, lags: Any) -> tuple[int, ...]:
             raise ValueError("order must be given (or lags)")
         order = check_int(order, "order", minimum=1)
         return tuple(range(1, order + 1))
+    if isinstance(lags, (str, bytes)):
+        raise ValueError(f"lags must be a sequence of positive integers (got {lags!r})")
     try:
-        raw = [lags] if np.ndim(lags) == 0 else list(np.asarray(lags).ravel())
-    except Exception:  # pragma: no cover - exotic input
+        arr = np.asarray(lags)
+    except (TypeError, ValueError):
         raise ValueError(f"lags must be a sequence of positive integers (got {lags!r})") from None
+    if arr.ndim > 1:
+        raise ValueError(f"lags must be a 1-D sequence of positive integers (got shape {arr.shape})")
+    raw = [lags] if arr.ndim == 0 else list(arr)
     if len(raw) == 0:
         raise ValueError("lags must hold at least one lag (got an empty sequence)")
     out = []
@@ -503,9 +519,9 @@ class ConvergenceMonitor:
     """
 
     def __init__(self, tol: float, max_iter: int, window: int = 10):
-        self.tol = float(tol)
-        self.max_iter = int(max_iter)
-        self.window = int(window)
+        self.tol = check_float(tol, "tol", positive=True)
+        self.max_iter = check_int(max_iter, "max_iter", minimum=1)
+        self.window = check_int(window, "window", minimum=1)
         self.history: list[float] = []
         self.n_evals = 0
         self.reason: str | None = None

@@ -168,8 +168,8 @@ def _sequences_from(X: Any, y: Any = None, lengths: Any = None, order: int | Non
             raise ValueError(f"lengths must be a 1-D array of non-negative integers (got {lengths!r})")
         if int(ln.sum()) != Xa.shape[0]:
             raise ValueError(f"lengths must sum to len(X) = {Xa.shape[0]} (got sum {int(ln.sum())})")
-        return np.split(Xa, np.cumsum(ln)[:-1]), False
-    return X, False
+        return _as_sequences(np.split(Xa, np.cumsum(ln)[:-1]), "X"), False
+    return _as_sequences(X, "X"), False
 
 
 class MTD:

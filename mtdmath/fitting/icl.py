@@ -165,6 +165,8 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
     tol = check_float(tol, "tol", positive=True)
     max_iter = check_int(max_iter, "max_iter", minimum=1)
     seqs = _as_sequences(_to_numpy(sequences))
+    if not any(s.size for s in seqs):
+        raise ValueError("sequences is empty: no tokens to fit")
     top = max(int(s.max()) for s in seqs if s.size)
     S = top + 1 if n_states is None else check_int(n_states, "n_states", minimum=1)
     if S <= top:

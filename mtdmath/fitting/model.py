@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._validate import as_rng, check_float, check_int, check_pi, check_prob_vector, check_tokens
+from .._validate import (as_rng, check_alloc, check_float, check_int, check_pi, check_prob_vector, check_tokens,
+                         float_array)
 from .em import ConvergenceMonitor, _check_lags, _Layout, _prepare, _to_numpy
 
 #: default largest state space S^max_lag for :meth:`MTDModel.stationary_distribution` and a sparse expanded
@@ -69,14 +70,14 @@ class MTDModel:
     def __init__(self, pi: Any, lam: Any, *, lags: Sequence[int] | None = None, lam0: float | None = None,
                  p0: Any = None):
         pi, lam, p0 = _to_numpy(pi), _to_numpy(lam), _to_numpy(p0)
-        lam = np.asarray(lam, dtype=np.float64)
+        lam = float_array(lam, "lam")  # refuses complex, strings, objects, ragged lists, booleans
         if lam.ndim != 1 or lam.shape[0] < 1:
             raise ValueError(f"lam must be 1-D with length k >= 1 (got shape {lam.shape})")
         k = lam.shape[0]
         lags_t = _check_lags(None, lags) if lags is not None else tuple(range(1, k + 1))
         if len(lags_t) != k:
             raise ValueError(f"lags must have one entry per lam weight ({k}) (got {lags!r})")
-        pi = np.asarray(pi, dtype=np.float64)
+        pi = float_array(pi, "pi")
         if pi.ndim == 3:
             if pi.shape[0] != k:
                 raise ValueError(f"pi must have shape (k={k}, S, S) for a lag-wise model (got {pi.shape})")
@@ -193,6 +194,7 @@ class MTDModel:
         ndarray (T,) int64
         """
         T = check_int(T, "T", minimum=0)
+        check_alloc(T, 8 * 3, "T", f"a chain of length T = {T}")
         rng = as_rng(rng)
         S, M = self.n_states, self.order
         init_p = np.full(S, 1.0 / S) if init is None else check_prob_vector(init, "init", S)

@@ -81,8 +81,10 @@ def effective_step(model: Any, tokens: Any, pi: Any, alpha: Any, *, bins: int = 
     """
     alpha = V.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
-    if getattr(model, "m", None) != m or not hasattr(model, "_layer3_scores"):
-        raise ValueError(f"model must be an MDTransformer of order m = {m} (got {type(model).__name__})")
+    if not hasattr(model, "_layer3_scores"):
+        raise ValueError(f"model must be an MDTransformer (got {type(model).__name__})")
+    if model.m != m:
+        raise ValueError(f"alpha has length {m} but the model has order m = {model.m}")
     if m < 2:
         raise ValueError("alpha: the step is identified by logit differences between lags: m >= 2")
     bins = V.check_int(bins, "bins", minimum=1)

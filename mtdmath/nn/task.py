@@ -90,7 +90,7 @@ class ICLTask:
     """
 
     def __init__(self, pi: Any, alpha: Any, T: int, *, device: torch.device | str | None = None) -> None:
-        dev = torch.device(device) if device is not None else torch.device("cpu")
+        dev = V.check_torch_device(device) or torch.device("cpu")
         self.pi = V.check_pi(pi, "pi", torch_space(dev)).detach()
         self.alpha = V.check_alpha(alpha, "alpha")
         self.S, self.m = int(self.pi.shape[0]), int(self.alpha.shape[0])
@@ -138,6 +138,8 @@ class ICLTask:
         lam : float64 tensor (batch, m), the latent lag weights of each sequence
         """
         batch = V.check_int(batch, "batch", minimum=1)
+        # the tokens and four (T, batch) float64 work arrays
+        V.check_alloc(batch * self.T * 5, 8, "batch", f"{batch} sequences of length T = {self.T}")
         if generator is not None and generator.device.type != self.device.type:
             raise ValueError(f"generator must live on the task's device {self.device} (got {generator.device})")
         dev, m, T = self.device, self.m, self.T

@@ -299,9 +299,11 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str | None = Non
 
     Checkpoints of the earlier ``train`` experiment (keys ``kind``/``init``/``pi``/``alpha``) load too.
     """
+    if not isinstance(path, (str, Path)):
+        raise ValueError(f"path must be a file path (got {path!r})")
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint: {path} does not exist")
+        raise ValueError(f"path: the checkpoint {path} does not exist")
     ck = torch.load(path, map_location="cpu", weights_only=True)
     if "format" not in ck and "kind" in ck:  # the first format: one dict per trained model kind
         name = "MDTransformer" if ck["kind"] == "md3" else "StandardTransformer"

@@ -135,6 +135,7 @@ class StandardConfig:
         d = V.check_float(self.dropout, "dropout", nonnegative=True)
         if d >= 1:
             raise ValueError(f"dropout must be < 1 (got {d})")
+        object.__setattr__(self, "dropout", d)
 
 
 # ----------------------------------------------------------------------------- cache names
@@ -227,6 +228,9 @@ class MDTransformer(nn.Module):
         super().__init__()
         self.config = MDConfig(S, m)
         self.S, self.m = int(S), int(m)
+        dtype = V.check_torch_dtype(dtype)
+        device = V.check_torch_device(device)
+        V.check_alloc(3 * self.S * self.S, 8, "S", f"the (S, S) weights of S = {self.S}")
         kw = dict(dtype=dtype, device=_init_device(generator), generator=generator)
 
         def randn(*shape: int, std: float) -> nn.Parameter:
@@ -270,6 +274,8 @@ class MDTransformer(nn.Module):
         """
         pi64 = V.check_pi(pi, "pi", torch_space("cpu")).detach()  # (S, S) float64
         alpha = V.check_alpha(alpha, "alpha")
+        dtype = V.check_torch_dtype(dtype)
+        device = V.check_torch_device(device)
         eta = _check_eta(eta, alpha)
         S, m = pi64.shape[0], alpha.shape[0]
         mu = torch.as_tensor(alpha / alpha.sum(), dtype=torch.float64)  # prior mean μ, (m,)
@@ -389,6 +395,9 @@ class MDTransformer(nn.Module):
         y = _tokens_2d(tokens, self.S, self.m, self.w1.device)
         B, T = y.shape
         m = self.m
+        # the three (B, T, T) attention matrices and their masks and scores
+        V.check_alloc(8 * B * T * T, self.w1.element_size(), "tokens",
+                      f"the (B, T, T) attention matrices of B = {B}, T = {T} (md_predictive_all_prefixes is O(B·T))")
         cache: dict[str, torch.Tensor] | None = {} if return_cache else None
         A1, A2, G = self._layers_1_2(y, cache)
 
@@ -520,8 +529,13 @@ class StandardTransformer(nn.Module):
                  max_len: int = 256, dropout: float = 0.0, generator: torch.Generator | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
         super().__init__()
-        cfg = StandardConfig(S, m, n_layers, d_model, n_heads, max_len, float(dropout))
+        cfg = StandardConfig(S, m, n_layers, d_model, n_heads, max_len, dropout)
         self.config = cfg
+        dtype = V.check_torch_dtype(dtype)
+        device = V.check_torch_device(device)
+        # embeddings and the 12 d² weights of each block
+        V.check_alloc((2 * S + max_len) * d_model + 12 * n_layers * d_model * d_model, 8, "d_model",
+                      f"the weights of S = {S}, max_len = {max_len}, d_model = {d_model}, n_layers = {n_layers}")
         self.S, self.m = int(S), int(m)
         self.tok_emb = nn.Embedding(S, d_model)
         self.pos_emb = nn.Embedding(max_len, d_model)

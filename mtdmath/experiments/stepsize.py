@@ -1,0 +1,258 @@
+"""``stepsize``: the loss-optimal one-step MD step η_opt(L) against η* = 1/(1+α₀) (MATH.md §3).
+
+For each task setting (orders m = 2, 3, 5 with alpha = 1, a non-uniform alpha, a second pi) and
+each context length L:
+
+- η_opt(L) = :func:`mtdmath.optimal_step` at L (tuned on its own training sequences, bootstrap
+  standard error from re-tuning on resampled training sequences);
+- on a third, disjoint evaluation set (paired over the same sequences): the KL of one-step MD at
+  η_opt(L) and at η*, of exact Bayes (:func:`mtdmath.posterior_mean`; skipped where the count
+  lattice is too large, see ``bayes_budget``) and of the second-order one-step estimator
+  :func:`mtdmath.corrected_one_step_md` (K.2);
+- a weighted least-squares fit of ``1/η_opt`` against the number of transitions n = L − m for
+  three forms, ``η = c/L``, ``η = c/(α₀ + n)`` and ``1/η = A + B·n``, each with χ²/dof (weights:
+  the bootstrap standard error of 1/η_opt, ``σ(η)/η²``) and the p-value of χ² for its dof.
+
+Writes ``stepsize.json`` (every plotted number) and ``stepsize.png``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+import mtdmath as M
+from mtdmath.stepsize import task_kl
+
+from . import common as X
+
+#: the forms fitted to 1/η_opt against n = L − m (see :func:`fit_forms`)
+FORMS = ("c/L", "c/(alpha0+n)", "A+B*n")
+
+
+@dataclass
+class StepsizeConfig:
+    """Configuration of the ``stepsize`` experiment."""
+
+    orders: tuple[int, ...] = field(default=(2, 3, 5), metadata={"help": "MTD orders m (alpha = ALPHA·1_m each)"})
+    Ls: tuple[int, ...] = field(default=(8, 16, 32, 64, 128, 256), metadata={"help": "context lengths L"})
+    S: int = field(default=8, metadata={"help": "vocabulary size"})
+    concentration: float = field(default=0.5, metadata={"help": "Dirichlet concentration of the rows of pi"})
+    alpha: float = field(default=1.0, metadata={"help": "uniform prior value: alpha = ALPHA·1_m"})
+    nonuniform_alpha: tuple[float, ...] = field(default=(3.0, 1.0, 0.5), metadata={
+        "help": "an extra setting with this non-uniform alpha (its order is its length; empty: none)"})
+    second_pi_concentration: float = field(default=2.0, metadata={
+        "help": "an extra m = 2 setting with a second pi, rows ~ Dirichlet(this·1) from its own stream (<= 0: none)"})
+    n_train: int = field(default=512, metadata={"help": "sequences the step is tuned on (optimal_step)"})
+    n_test: int = field(default=512, metadata={"help": "held-out sequences of optimal_step"})
+    n_eval: int = field(default=512, metadata={
+        "help": "a third, disjoint set on which η_opt, η*, Bayes and K.2 are compared (paired)"})
+    n_boot: int = field(default=30, metadata={"help": "bootstrap resamples for the standard error of η_opt"})
+    bayes_budget: float = field(default=4e8, metadata={
+        "help": "exact Bayes on min(n_eval, BUDGET / #count states) sequences at each L (the posterior mean sums "
+                "over C(n+m-1, m-1) count states per sequence); skipped below 16 sequences"})
+
+    def __post_init__(self) -> None:
+        self.orders, self.Ls = tuple(self.orders), tuple(self.Ls)
+        self.nonuniform_alpha = tuple(self.nonuniform_alpha)
+        if not self.orders or any(m < 2 for m in self.orders):
+            raise ValueError(f"orders must be non-empty, each >= 2 (got {self.orders})")
+        if not self.Ls or any(L < 1 for L in self.Ls):
+            raise ValueError(f"Ls must be non-empty, each >= 1 (got {self.Ls})")
+        if self.nonuniform_alpha and (len(self.nonuniform_alpha) < 2 or min(self.nonuniform_alpha) <= 0):
+            raise ValueError(f"nonuniform_alpha must have >= 2 positive entries or be empty (got {self.nonuniform_alpha})")
+        for name in ("n_train", "n_test", "n_eval"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name} must be >= 2 (got {getattr(self, name)})")
+        if self.n_boot < 2:
+            raise ValueError(f"n_boot must be >= 2: the fit is weighted by the bootstrap errors (got {self.n_boot})")
+        if self.S < 2:
+            raise ValueError(f"S must be >= 2 (got {self.S})")
+
+    @classmethod
+    def quick(cls, **kw: Any) -> "StepsizeConfig":
+        return cls(**(dict(orders=(2, 3), Ls=(8, 12, 16, 24), n_train=48, n_test=48, n_eval=48, n_boot=4,
+                           nonuniform_alpha=(2.0, 0.5), bayes_budget=2e6) | kw))
+
+
+def settings(cfg: StepsizeConfig, seed: int) -> list[dict[str, Any]]:
+    """The task settings: ``{"name", "m", "pi", "alpha"}``; pi of order m is the one of
+    ``estimators``/``train`` at this seed (the same stream), the second pi has its own stream."""
+    out = []
+    for m in cfg.orders:
+        pi, alpha = X.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
+        out.append({"name": f"m={m}", "m": m, "pi": pi, "alpha": alpha})
+    if cfg.nonuniform_alpha:
+        m = len(cfg.nonuniform_alpha)
+        pi, _ = X.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
+        out.append({"name": f"m={m} alpha=({','.join(f'{a:g}' for a in cfg.nonuniform_alpha)})", "m": m, "pi": pi,
+                    "alpha": np.asarray(cfg.nonuniform_alpha, np.float64)})
+    if cfg.second_pi_concentration > 0:
+        pi = M.random_transition_matrix(cfg.S, concentration=cfg.second_pi_concentration,
+                                        rng=X.rng_for(seed, X.KEY_PI, 2, 1))
+        out.append({"name": f"m=2 pi2 (beta={cfg.second_pi_concentration:g})", "m": 2, "pi": pi,
+                    "alpha": np.full(2, float(cfg.alpha))})
+    return out
+
+
+def fit_forms(n: np.ndarray, L: np.ndarray, eta: np.ndarray, eta_se: np.ndarray, alpha0: float) -> dict[str, Any]:
+    """Weighted least-squares fits of ``y = 1/η_opt`` (σ_y = σ_η/η², the delta method).
+
+    Forms
+    -----
+    ``c/L``          : η = c/L,        y = L/c        (one parameter)
+    ``c/(alpha0+n)`` : η = c/(α₀+n),   y = (α₀+n)/c   (one parameter; c = 1 would be the Bayes count rate)
+    ``A+B*n``        : y = A + B·n                    (two parameters)
+
+    Returns
+    -------
+    dict form -> {"params", "chi2", "dof", "chi2_dof", "p_value", "eta_fit"}; a form with dof = 0
+    gets NaN χ²/dof. ``best`` names the form with the smallest χ²/dof.
+    """
+    y = 1.0 / eta
+    sy = eta_se / eta ** 2
+    w = 1.0 / sy
+    designs = {"c/L": L[:, None].astype(float), "c/(alpha0+n)": (alpha0 + n)[:, None].astype(float),
+               "A+B*n": np.stack([np.ones_like(n, dtype=float), n.astype(float)], axis=1)}
+    out: dict[str, Any] = {}
+    for name, D in designs.items():
+        beta, *_ = np.linalg.lstsq(D * w[:, None], y * w, rcond=None)
+        resid = (y - D @ beta) / sy
+        chi2 = float(resid @ resid)
+        dof = len(y) - D.shape[1]
+        if name == "A+B*n":
+            params = {"A": float(beta[0]), "B": float(beta[1])}
+        else:
+            params = {"c": float(1.0 / beta[0])}
+        out[name] = {"params": params, "chi2": chi2, "dof": int(dof),
+                     "chi2_dof": chi2 / dof if dof > 0 else float("nan"),
+                     "p_value": float(stats.chi2.sf(chi2, dof)) if dof > 0 else float("nan"),
+                     "eta_fit": (1.0 / (D @ beta)).tolist()}
+    finite = {k: v["chi2_dof"] for k, v in out.items() if np.isfinite(v["chi2_dof"])}
+    out["best"] = min(finite, key=finite.get) if finite else None
+    return out
+
+
+def _n_states(n: int, m: int) -> int:
+    """Count states of the exact posterior mean after n transitions: C(n+m-1, m-1)."""
+    return math.comb(n + m - 1, m - 1)
+
+
+def run(cfg: StepsizeConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
+    """Tune, evaluate, fit; write ``stepsize.json`` and ``stepsize.png``."""
+    from tqdm.auto import tqdm
+
+    results: dict[str, Any] = {}
+    with X.run_meta(seed, device) as meta:
+        sets = settings(cfg, seed)
+        jobs = [(i, s, L) for i, s in enumerate(sets) for L in cfg.Ls if L >= s["m"] + 1]
+        rows: dict[str, list[dict[str, Any]]] = {s["name"]: [] for s in sets}
+        for i, s, L in tqdm(jobs, desc="stepsize: η_opt(L)", disable=not progress):
+            m, pi, alpha = s["m"], s["pi"], s["alpha"]
+            r = M.optimal_step(pi, alpha, L=L, n_train=cfg.n_train, n_test=cfg.n_test, n_boot=cfg.n_boot,
+                               rng=X.rng_for(seed, X.KEY_STEP, i, L))
+            # a third set, disjoint from optimal_step's (its own stream): every estimator on the same sequences
+            y, lam = M.sample_icl(pi, alpha, L + 1, cfg.n_eval, rng=X.rng_for(seed, X.KEY_STEP, i, L, 1))
+            C = M.lag_factors(y[:, :L], pi, m)
+            p_true = M.predictive(lam, y[:, :L], pi)
+            kls = {"md_eta_opt": task_kl(y, lam, pi, alpha, r.eta, L=L),
+                   "md_eta_star": task_kl(y, lam, pi, alpha, r.eta_star, L=L),
+                   "k2": M.kl(p_true, M.predictive(M.corrected_one_step_md(C, alpha), y[:, :L], pi))}
+            n_bayes = int(min(cfg.n_eval, cfg.bayes_budget // _n_states(L - m, m)))
+            row: dict[str, Any] = {"L": L, "n": L - m, "eta_opt": r.eta, "eta_opt_se": r.eta_se,
+                                   "eta_star": r.eta_star, "optimal_step_heldout": {
+                                       "kl": [r.kl, r.kl_se], "kl_eta_star": [r.kl_eta_star, r.kl_eta_star_se],
+                                       "diff_se": r.diff_se}}
+            for k, v in kls.items():
+                row[k] = [float(a) for a in X.mean_se(v)]
+            row["k2_minus_md_eta_star"] = [float(a) for a in X.mean_se(kls["k2"] - kls["md_eta_star"])]
+            row["k2_minus_md_eta_opt"] = [float(a) for a in X.mean_se(kls["k2"] - kls["md_eta_opt"])]
+            row["md_eta_opt_minus_md_eta_star"] = [float(a) for a in X.mean_se(kls["md_eta_opt"] - kls["md_eta_star"])]
+            row["n_bayes"] = n_bayes if n_bayes >= 16 else 0
+            if row["n_bayes"]:
+                b = slice(0, n_bayes)  # the first n_bayes evaluation sequences
+                kb = M.kl(p_true[b], M.predictive(M.posterior_mean(C[b], alpha), y[b, :L], pi))
+                row["bayes"] = [float(a) for a in X.mean_se(kb)]
+                for k in ("md_eta_opt", "md_eta_star", "k2"):
+                    row[f"{k}_minus_bayes"] = [float(a) for a in X.mean_se(kls[k][b] - kb)]
+            rows[s["name"]].append(row)
+        for s in sets:
+            rs = rows[s["name"]]
+            alpha0 = float(np.sum(s["alpha"]))
+            fit = fit_forms(np.array([r["n"] for r in rs]), np.array([r["L"] for r in rs]),
+                            np.array([r["eta_opt"] for r in rs]), np.array([r["eta_opt_se"] for r in rs]), alpha0)
+            results[s["name"]] = {"m": s["m"], "alpha": s["alpha"], "alpha0": alpha0, "pi": s["pi"],
+                                  "eta_star": M.eta_bayes(s["alpha"]), "rows": rs, "fit": fit}
+    res = {"experiment": "stepsize", "config": cfg, "seed": seed, "meta": meta, "results": results,
+           "forms": list(FORMS), "verdict": verdict(results)}
+    res["figures"] = [_plot(res, out / "stepsize.png").name]
+    X.write_json(out / "stepsize.json", res)
+    return res
+
+
+def verdict(results: dict[str, Any]) -> dict[str, Any]:
+    """Per setting: the best form by χ²/dof and whether it is acceptable (p >= 0.05); where K.2 beats
+    one-step MD at η* and at η_opt (paired mean difference below −2 s.e.) and where it loses (above +2 s.e.)."""
+    out = {}
+    for name, r in results.items():
+        f = r["fit"]
+        best = f["best"]
+        k2_vs_star = {str(row["L"]): ("helps" if row["k2_minus_md_eta_star"][0] < -2 * row["k2_minus_md_eta_star"][1]
+                                      else "hurts" if row["k2_minus_md_eta_star"][0] > 2 * row["k2_minus_md_eta_star"][1]
+                                      else "no significant difference") for row in r["rows"]}
+        k2_vs_opt = {str(row["L"]): ("helps" if row["k2_minus_md_eta_opt"][0] < -2 * row["k2_minus_md_eta_opt"][1]
+                                     else "hurts" if row["k2_minus_md_eta_opt"][0] > 2 * row["k2_minus_md_eta_opt"][1]
+                                     else "no significant difference") for row in r["rows"]}
+        out[name] = {"best_form": best, "best_chi2_dof": f[best]["chi2_dof"] if best else None,
+                     "best_form_acceptable_p>=0.05": bool(best and f[best]["p_value"] >= 0.05),
+                     "acceptable_forms": [k for k in FORMS if np.isfinite(f[k]["p_value"]) and f[k]["p_value"] >= 0.05],
+                     "k2_vs_md_eta_star": k2_vs_star, "k2_vs_md_eta_opt": k2_vs_opt}
+    return out
+
+
+def _plot(res: dict[str, Any], path: Path) -> Path:
+    plt = X.pyplot()
+    names = list(res["results"])
+    fig, axes = plt.subplots(2, len(names), figsize=(3.4 * len(names), 6.6), squeeze=False)
+    for j, name in enumerate(names):
+        r = res["results"][name]
+        rs = r["rows"]
+        L = np.array([row["L"] for row in rs])
+        eta = np.array([row["eta_opt"] for row in rs])
+        se = np.array([row["eta_opt_se"] for row in rs])
+        ax = axes[0][j]
+        ax.errorbar(L, eta, yerr=se, fmt="o", color="black", ms=3, label="η_opt(L) ± s.e.")
+        for form, ls in zip(FORMS, ("--", "-", ":")):
+            f = r["fit"][form]
+            ax.plot(L, f["eta_fit"], ls, lw=1.2, label=f"{form}: χ²/dof {f['chi2_dof']:.2g}")
+        ax.axhline(r["eta_star"], color="tab:blue", lw=0.8, label="η* = 1/(1+α₀)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("context length L", fontsize=8)
+        ax.set_ylabel("step", fontsize=8)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3, which="both")
+        ax = axes[1][j]
+        for key, label, color in (("md_eta_star", "1-step MD (η*)", "tab:blue"),
+                                  ("md_eta_opt", "1-step MD (η_opt(L))", "tab:green"),
+                                  ("k2", "K.2 corrected one-step", "tab:red"), ("bayes", "exact Bayes", "black")):
+            pts = [(row["L"], *row[key]) for row in rs if key in row]
+            if not pts:
+                continue
+            a = np.array(pts)
+            ax.errorbar(a[:, 0], a[:, 1], yerr=a[:, 2], fmt="-o", ms=2.5, lw=1.1, color=color, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length L", fontsize=8)
+        ax.set_ylabel("KL(p* ‖ p̂) [nats]", fontsize=8)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle("Loss-optimal one-step MD step vs L (top) and KL on held-out sequences (bottom)", fontsize=10)
+    fig.tight_layout()
+    return X.save_figure(fig, path)
