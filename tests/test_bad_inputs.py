@@ -274,3 +274,14 @@ def test_kl_length_mismatch_names_p_and_q():
     with pytest.raises(ValueError, match=r"\bp\b.*\bq\b"):
         M.kl([0.5, 0.5], [0.2, 0.3, 0.5])
 
+
+
+def test_messages_blame_the_right_argument():
+    y = np.array([0, 1, 2, 1, 0, 2, 1, 0, 1, 2])
+    f = M.fit(y, 1, restarts=1)
+    with pytest.raises(ValueError, match=r"sequences hold the token 5, outside this model's states 0\.\.2"):
+        f.log_likelihood(np.array([0, 1, 5]))  # not "n_states", which the caller never passed
+    with pytest.raises(ValueError, match=r"max_order = 5 leaves no transition"):
+        M.select_order(y[:3], 5)
+    with pytest.raises(ValueError, match="alpha: the sum"):  # not "lam0" nor "impossible data"
+        M.one_step_md(C, [1e308, 1e308])

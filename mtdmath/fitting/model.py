@@ -16,7 +16,7 @@ import numpy as np
 
 from .._validate import (as_rng, check_alloc, check_float, check_int, check_pi, check_prob_vector, check_tokens,
                          float_array)
-from .em import ConvergenceMonitor, _check_lags, _Layout, _prepare, _to_numpy
+from .em import ConvergenceMonitor, _as_sequences, _check_lags, _Layout, _prepare, _to_numpy
 
 #: default largest state space S^max_lag for :meth:`MTDModel.stationary_distribution` and a sparse expanded
 #: matrix
@@ -174,7 +174,11 @@ class MTDModel:
 
     def _loglik_terms(self, sequences: Any, weights: Any = None, start: int | None = None):
         """(w_u log s_u per distinct tuple, aggregated data); ``start``: condition on that many first tokens."""
-        data = _prepare(_to_numpy(sequences), None, self.lags, self.n_states, _to_numpy(weights), start)
+        seqs = _as_sequences(_to_numpy(sequences))
+        top = max(int(s.max()) for s in seqs if s.size)
+        if top >= self.n_states:
+            raise ValueError(f"sequences hold the token {top}, outside this model's states 0..{self.n_states - 1}")
+        data = _prepare(seqs, None, self.lags, self.n_states, _to_numpy(weights), start)
         lay = _Layout(self.n_states, len(self.lags), self.variant, self.independent)
         theta = lay.pack(self.lam, self.pi, self.lam0, self.p0)
         s = np.einsum("uk,k->u", theta[lay.index(data)], theta[: lay.K])

@@ -22,6 +22,13 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
         One row per order: ``order, loglik, n_params, aic, bic, n_obs``.
     """
     max_order = check_int(max_order, "max_order", minimum=1)
+    from .em import _as_sequences
+
+    sequences = _as_sequences(_to_numpy(sequences))
+    longest = max(s.shape[0] for s in sequences)
+    if max_order >= longest:
+        raise ValueError(f"max_order = {max_order} leaves no transition to fit: the longest sequence has "
+                         f"{longest} tokens (an order-k fit needs more than k)")
     if criterion not in ("aic", "bic"):
         raise ValueError(f'criterion must be "aic" or "bic" (got {criterion!r})')
     for key in ("order", "lags", "start"):
