@@ -207,3 +207,15 @@ def test_other_backends_convert_once_at_the_entry_points():
     np.testing.assert_allclose(law.predict_proba(torch.as_tensor(ctx)), TRUE.predict_proba(ctx), rtol=1e-15)
     xps = pytest.importorskip("array_api_strict")
     assert fit(xps.asarray(np.concatenate(SEQS)), 2, restarts=1).loglik == pytest.approx(ref.loglik, rel=1e-13)
+
+
+def test_mtdmath_fit_stays_callable_after_importing_the_submodule():
+    import importlib
+
+    import mtdmath
+
+    importlib.import_module("mtdmath.fit")  # sets the attribute mtdmath.fit to the submodule
+    y = np.array([0, 1, 2, 1, 0, 2, 1, 0, 1, 2] * 3)
+    a = mtdmath.fit(y, 1, restarts=1, rng=0)
+    b = mtdmath.fitting.fit(y, 1, restarts=1, rng=0)
+    assert a.loglik == b.loglik
