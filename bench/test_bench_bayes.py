@@ -1,4 +1,4 @@
-"""Group ``bayes``: the exact posterior mean (MATH.md §4) over n, and Monte Carlo at equal accuracy.
+"""Group ``bayes``: the exact posterior mean (docs/math.md §4) over n, and Monte Carlo at equal accuracy.
 
 One sequence (B = 1) of the in-context task, S = 16. The exact recursion costs O(m · binom(n+m, m))
 (``posterior_mean``); ``posterior_mean_mc`` (self-normalised importance sampling from the prior)

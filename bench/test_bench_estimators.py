@@ -1,4 +1,4 @@
-"""Group ``estimators``: k-step mirror descent and EM (k = 1, 5, 50) from μ, and the MLE (MATH.md §3).
+"""Group ``estimators``: k-step mirror descent and EM (k = 1, 5, 50) from μ, and the MLE (docs/math.md §3).
 
 B x n x m = 1024 x 256 x 3 (lag factors of sequences from the in-context task, S = 16). One
 implementation serves every backend; torch results are checked against NumPy before timing.

@@ -1,4 +1,4 @@
-"""Group ``likelihood``: log_likelihood, gradient, hessian of lam (MATH.md §2), B x n x m up to 4096 x 1024 x 5.
+"""Group ``likelihood``: log_likelihood, gradient, hessian of lam (docs/math.md §2), B x n x m up to 4096 x 1024 x 5.
 
 One implementation serves every backend. Before timing, each torch result is
 checked against NumPy on the first batch elements (float64: rtol 1e-10; float32: rtol 1e-4).

@@ -1,4 +1,4 @@
-"""Group ``md-predictive``: the one-step MD predictive law after every prefix (MATH.md §3, §5).
+"""Group ``md-predictive``: the one-step MD predictive law after every prefix (docs/math.md §3, §5).
 
 B x T = 4096 x 256 and 256 x 64, m = 3, S = 16. Kernels:
 

@@ -1,7 +1,7 @@
 """mtdmath: numerically verified mathematics of mixture transition distribution (MTD) models.
 
 Implements, verifies and extends "Transformers Learn Latent Mixture Models In-Context via
-Mirror Descent" (D'Angelo & Flammarion, ICLR 2026). The formulas are those of MATH.md.
+Mirror Descent" (D'Angelo & Flammarion, ICLR 2026). The formulas are those of docs/math.md.
 """
 from .bayes import log_evidence, n_states, posterior_mean, posterior_mean_mc
 from .estimators import (corrected_one_step_md, em, eta_bayes, k_step_md, kkt_gap, md_predictive_all_prefixes,

@@ -293,7 +293,7 @@ def check_C(C: Any, name: str = "C", *, allow_impossible: bool = False, space: S
     """Lag factors, shape (..., n, m), finite and nonnegative, in ``space`` (default: C's own).
 
     Unless ``allow_impossible``, a transition (row) that is zero under every lag raises:
-    the data are impossible under pi and the quantity is undefined (MATH.md §2).
+    the data are impossible under pi and the quantity is undefined (docs/math.md §2).
     """
     a = float_array(C, name, space)
     xp = _xp.array_namespace(a)

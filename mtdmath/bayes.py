@@ -1,4 +1,4 @@
-"""The exact Bayes posterior over lam (MATH.md §4) and its Monte Carlo fallback.
+"""The exact Bayes posterior over lam (docs/math.md §4) and its Monte Carlo fallback.
 
 ``Π_i (C[i]·lam)`` is a polynomial in lam whose monomials ``lam^k`` are indexed by count vectors
 k with ``|k| = n``. Under a Dirichlet(alpha) prior the posterior is a finite mixture of
@@ -200,7 +200,7 @@ def _check_budget(batch: int, n: int, m: int, max_bytes: float) -> None:
 
 
 def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run the Pólya-urn recursion (MATH.md §4) on C (B, n, m) with every row nonzero.
+    """Run the Pólya-urn recursion (docs/math.md §4) on C (B, n, m) with every row nonzero.
 
     ``W_{i+1}[k] = Σ_g W_i[k - e_g] · C[i,g] · (alpha_g + k_g - 1) / (α₀ + i)``, on the padded
     layout described above. The Pólya factor ``(alpha_g + j) / (α₀ + i)`` (j = k_g - 1 >= 0, an
@@ -330,7 +330,7 @@ def _prepare(C: Any, alpha: Any, allow_impossible: bool) -> tuple[np.ndarray, np
 
 
 def posterior_mean(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
-    """Exact posterior mean ``E[lam | y]`` under a Dirichlet(alpha) prior (MATH.md §4).
+    """Exact posterior mean ``E[lam | y]`` under a Dirichlet(alpha) prior (docs/math.md §4).
 
     Parameters
     ----------

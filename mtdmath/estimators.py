@@ -1,4 +1,4 @@
-"""Estimators of lam with pi known (MATH.md §3): mirror descent, EM, MLE, one-step and k-step MD,
+"""Estimators of lam with pi known (docs/math.md §3): mirror descent, EM, MLE, one-step and k-step MD,
 and the k-step MD predictive law after every prefix of a sequence.
 
 All iterations run in log space: ``log s_i = logsumexp_g(log C[i,g] + log lam_g)`` where the
@@ -120,7 +120,7 @@ def mirror_descent(C: Any, *, eta: Any, steps: int | None = None, lam0: Any = No
     """Mirror descent with the negative-entropy mirror map (exponentiated gradient) on ℓ.
 
     ``lam⁺ = softmax(log lam + η ∇ℓ(lam))``, the exact maximiser of
-    ``η⟨∇ℓ(lam), λ⟩ - KL(λ ‖ lam)`` over the simplex (MATH.md §3).
+    ``η⟨∇ℓ(lam), λ⟩ - KL(λ ‖ lam)`` over the simplex (docs/math.md §3).
 
     Parameters
     ----------
@@ -128,7 +128,7 @@ def mirror_descent(C: Any, *, eta: Any, steps: int | None = None, lam0: Any = No
         Lag factors; no all-zero row.
     eta : float or sequence of float
         Step size ``>= 0``, the same every step, or a schedule ``(η₁, ..., η_k)``, one per step
-        (MATH.md §3: the first-order coefficient of k steps is ``Σ_j η_j``).
+        (docs/math.md §3: the first-order coefficient of k steps is ``Σ_j η_j``).
     steps : int, optional
         Number of steps, ``>= 0`` (0 returns the start point); default 1 for a scalar ``eta``,
         the schedule's length for a sequence (which must equal ``steps`` when both are given).
@@ -154,7 +154,7 @@ def mirror_descent(C: Any, *, eta: Any, steps: int | None = None, lam0: Any = No
 
 
 def em(C: Any, *, steps: int = 1, lam0: Any = None) -> Any:
-    """EM for the lag weights: ``lam⁺_g = (1/n) Σ_i γ_i(g) = lam_g ∇ℓ(lam)_g / n`` (MATH.md §3).
+    """EM for the lag weights: ``lam⁺_g = (1/n) Σ_i γ_i(g) = lam_g ∇ℓ(lam)_g / n`` (docs/math.md §3).
 
     Parameters and returns as :func:`mirror_descent` (no step size). ℓ never decreases.
     """
@@ -256,7 +256,7 @@ def eta_bayes(alpha: Any) -> float:
 
 
 def _check_eta(eta: Any, alpha: np.ndarray) -> float:
-    """Step size: default η* = eta_bayes(alpha) = 1/(1+α₀) (MATH.md §3, Theorem 1)."""
+    """Step size: default η* = eta_bayes(alpha) = 1/(1+α₀) (docs/math.md §3, Theorem 1)."""
     return eta_bayes(alpha) if eta is None else V.check_float(eta, "eta", nonnegative=True)
 
 
@@ -268,7 +268,7 @@ def _check_etas(eta: Any, alpha: np.ndarray, k: int, steps_name: str) -> list[fl
 def one_step_md(C: Any, alpha: Any, *, eta: Any = None) -> Any:
     """One-step MD estimator ``lam¹ = softmax(log μ + η ∇ℓ(μ))`` from the prior mean ``μ = alpha/α₀``.
 
-    Equivalently ``softmax(log μ + η G/μ)`` with ``G = Σ_i γ_i`` under μ (MATH.md §3); the
+    Equivalently ``softmax(log μ + η G/μ)`` with ``G = Σ_i γ_i`` under μ (docs/math.md §3); the
     default step is η* = 1/(1+α₀), the Bayes-consistent one (Theorem 1).
 
     Parameters
@@ -291,7 +291,7 @@ def k_step_md(C: Any, alpha: Any, k: int, *, eta: Any = None) -> Any:
 
     ``eta`` is a scalar (the same every step; default η* = eta_bayes(alpha)) or a schedule of
     length k. A constant η* is first-order consistent only for k = 1: the first-order coefficient
-    of k steps is ``Σ_j η_j`` (MATH.md §3), so ``Σ_j η_j = η*`` is the consistent choice.
+    of k steps is ``Σ_j η_j`` (docs/math.md §3), so ``Σ_j η_j = η*`` is the consistent choice.
     """
     alpha = V.check_alpha(alpha, "alpha")
     space = _xp.data_space(C)
@@ -303,7 +303,7 @@ def k_step_md(C: Any, alpha: Any, k: int, *, eta: Any = None) -> Any:
 
 
 def corrected_one_step_md(C: Any, alpha: Any) -> Any:
-    """A second-order one-step estimator of the posterior mean (MATH.md §3, K.2).
+    """A second-order one-step estimator of the posterior mean (docs/math.md §3, K.2).
 
     ``λ = softmax(log μ + ∇ℓ(μ)/(1+α₀) + ζ)`` with ``ũ_i = γ_i/μ - 1`` (the responsibilities
     under μ over μ, minus 1: ``C[i]/(C[i]·μ) - 1``), ``g̃ = Σ_i ũ_i`` and
@@ -354,12 +354,12 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     For a sequence y of length T, row r (r = 0..T-m) is the prefix ``y[:m+r]`` (position
     ``t = m-1+r``), whose transitions are ``i = 0..r-1``: ``lam^(k)_r`` is k MD steps from the
     prior mean μ on ``C[:r]``, and the row is ``p_r = Σ_g lam^(k)_r[g-1] · pi[y[t+1-g], :]``
-    (MATH.md §3, §5). Row 0 has no transition: its lam is μ for every k (the prior predictive).
+    (docs/math.md §3, §5). Row 0 has no transition: its lam is μ for every k (the prior predictive).
 
     - ``steps == 1``: ``lam¹_r = softmax(log μ + η G_r/μ)`` with ``G_r = Σ_{i<r} γ_i`` the
       cumulative responsibilities under μ, and ``η G_r/μ = η Σ_{i<r} C[i]/s_i(μ)`` — an
       exclusive cumulative sum, exactly the aggregation layer of the three-layer construction
-      (MATH.md §5). Cost O(B·T·m) time and memory.
+      (docs/math.md §5). Cost O(B·T·m) time and memory.
     - ``steps >= 2``: the gradient at prefix r depends on the prefix's own ``lam_r``, so every
       prefix carries its own iterate; each step forms the masked (prefix r, transition i) matrix
       of ``log(C[i]·lam_r)`` in chunks of prefixes. Cost O(k·B·T²·m) time.
@@ -480,7 +480,7 @@ def _md_predictive_generic(y: Any, pi: Any, mu_np: np.ndarray, etas: list[float]
     B = y.shape[0]
     mu = xp.asarray(mu_np, dtype=pi.dtype, device=space.device)  # (m,)
 
-    # lag factors, one (B, n) plane per lag: C_g[:, i] = pi[y[m+i-g], y[m+i]] (MATH.md §2)
+    # lag factors, one (B, n) plane per lag: C_g[:, i] = pi[y[m+i-g], y[m+i]] (docs/math.md §2)
     flat = xp.reshape(pi, (-1,))
     tgt = y[:, m:]
     idx = xp.stack([y[:, m - g: T - g] * S + tgt for g in range(1, m + 1)])  # (m, B, n)
@@ -513,7 +513,7 @@ def _all_prefix_md(logC: Any, log_mu: Any, etas: list[float], xp: Any) -> Any:
 
     Per step and chunk of prefixes [a, b): ``log s[r, i] = logsumexp_g(log C[i,g] + log lam_r[g])``
     for i < b-1, then ``log ∇ℓ_r = logsumexp_{i<r}(log C[i] - log s[r, i])`` (terms i >= r are
-    -inf), and the step ``log lam_r⁺ = log_softmax(log lam_r + η ∇ℓ_r)`` (MATH.md §3).
+    -inf), and the step ``log lam_r⁺ = log_softmax(log lam_r + η ∇ℓ_r)`` (docs/math.md §3).
     """
     B, n, m = logC.shape
     loglam = xp.broadcast_to(log_mu, (B, n + 1, m))  # row 0 stays μ (n = 0 convention)
@@ -538,7 +538,7 @@ def _all_prefix_md(logC: Any, log_mu: Any, etas: list[float], xp: Any) -> Any:
 
 
 def _eg_step(loglam: Any, log_grad: Any, eta: float, xp: Any) -> Any:
-    """``log_softmax(log lam + η exp(log_grad))`` (MATH.md §3), exact when the step overflows."""
+    """``log_softmax(log lam + η exp(log_grad))`` (docs/math.md §3), exact when the step overflows."""
     if eta == 0:
         return _xp.log_softmax(loglam, xp)
     return _eg_update(loglam, math.log(eta) + log_grad, xp)

@@ -1,4 +1,4 @@
-"""Log-likelihood of lam and its derivatives (MATH.md §2), and the KL divergence.
+"""Log-likelihood of lam and its derivatives (docs/math.md §2), and the KL divergence.
 
 Everything depends on the data only through the lag factors C (shape (..., n, m)), with
 ``s_i(lam) = C[i]·lam``:

@@ -1,4 +1,4 @@
-"""The MTD model (MATH.md §1): random transition matrices, sampling, lag factors, predictive law.
+"""The MTD model (docs/math.md §1): random transition matrices, sampling, lag factors, predictive law.
 
 :func:`lag_factors` and :func:`predictive` run in the namespace and on the device of their data
 (``tokens``/``pi``; see :mod:`mtdmath._xp`). The samplers draw with a NumPy ``Generator`` (the
@@ -22,7 +22,7 @@ def random_transition_matrix(S: int, *, concentration: float = 1.0, rng: Any = N
     S : int
         Vocabulary size, ``S >= 1``.
     concentration : float
-        Dirichlet concentration β > 0 of every row (MATH.md §1: rows ~ Dirichlet(β·1_S)).
+        Dirichlet concentration β > 0 of every row (docs/math.md §1: rows ~ Dirichlet(β·1_S)).
     rng : Generator, int or None
         Seed or generator (``numpy.random.default_rng`` semantics).
 
@@ -102,7 +102,7 @@ def _inverse_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 def sample_icl(pi: Any, alpha: Any, T: int, batch: int, *, rng: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """The in-context task (MATH.md §1): fixed pi, per-sequence ``lam ~ Dirichlet(alpha)``.
+    """The in-context task (docs/math.md §1): fixed pi, per-sequence ``lam ~ Dirichlet(alpha)``.
 
     Returns
     -------
@@ -124,7 +124,7 @@ def sample_icl(pi: Any, alpha: Any, T: int, batch: int, *, rng: Any = None) -> t
 
 
 def lag_factors(tokens: Any, pi: Any, m: int) -> Any:
-    """Lag factors ``C[..., i, g-1] = pi[y[m+i-g], y[m+i]]`` (MATH.md §2).
+    """Lag factors ``C[..., i, g-1] = pi[y[m+i-g], y[m+i]]`` (docs/math.md §2).
 
     Parameters
     ----------

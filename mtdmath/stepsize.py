@@ -1,4 +1,4 @@
-"""The loss-optimal mirror-descent step (MATH.md §3): tuned on sampled tasks, reported on held-out ones.
+"""The loss-optimal mirror-descent step (docs/math.md §3): tuned on sampled tasks, reported on held-out ones.
 
 η* = 1/(1+α₀) is the step that matches the Bayes posterior mean to first order (Theorem 1); it is
 not the step that minimises the next-token loss at a finite context length. :func:`optimal_step`

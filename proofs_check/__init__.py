@@ -1,12 +1,12 @@
-"""proofs_check: programs that check the mathematics of MATH.md, and can fail.
+"""proofs_check: programs that check the mathematics of docs/math.md, and can fail.
 
-* ``python -m proofs_check.first_order`` — Theorem 1 (MATH.md §3), rows T1.1–T1.5;
-* ``python -m proofs_check.hessian`` — derivatives and Hessian bounds (MATH.md §2), rows H.1–H.4;
-* ``python -m proofs_check.steps`` — step schedules and a second-order estimator (MATH.md §3), K.1–K.2;
+* ``python -m proofs_check.first_order`` — Theorem 1 (docs/math.md §3), rows T1.1–T1.5;
+* ``python -m proofs_check.hessian`` — derivatives and Hessian bounds (docs/math.md §2), rows H.1–H.4;
+* ``python -m proofs_check.steps`` — step schedules and a second-order estimator (docs/math.md §3), K.1–K.2;
 * ``python -m proofs_check`` — all of them, one table; ``--json PATH`` writes it as JSON.
 
 Each claim is a check function taking its candidate formula(s) as arguments (defaults: the
-MATH.md formulas) and returning a :class:`~proofs_check._report.CheckResult`; passing a wrong
+docs/math.md formulas) and returning a :class:`~proofs_check._report.CheckResult`; passing a wrong
 candidate makes it FAIL. Submodules are imported lazily so that ``python -m
 proofs_check.first_order`` does not import itself twice.
 """

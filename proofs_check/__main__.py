@@ -8,7 +8,7 @@ import sys
 from . import all_claims
 from ._report import main
 
-TITLE = "proofs_check: Theorem 1 and the step claims (MATH.md §3), the Hessian bounds (MATH.md §2)"
+TITLE = "proofs_check: Theorem 1 and the step claims (docs/math.md §3), the Hessian bounds (docs/math.md §2)"
 
 if __name__ == "__main__":
     sys.exit(main(all_claims(), TITLE, prog="python -m proofs_check"))

@@ -2,7 +2,7 @@
 
 Every claim is a zero-argument callable returning a :class:`CheckResult`. The callables are
 built from check functions that take the *candidate* expression(s) as arguments (defaulting to
-the formulas of MATH.md), so a test can feed a wrong candidate and see the claim FAIL.
+the formulas of docs/math.md), so a test can feed a wrong candidate and see the claim FAIL.
 """
 from __future__ import annotations
 

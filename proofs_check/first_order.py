@@ -1,4 +1,4 @@
-"""Theorem 1 of MATH.md §3, checked symbolically, in exact rational arithmetic and numerically.
+"""Theorem 1 of docs/math.md §3, checked symbolically, in exact rational arithmetic and numerically.
 
 Run ``python -m proofs_check.first_order [--json PATH]``. One row per claim:
 
@@ -6,11 +6,11 @@ T1.1  reduction lemma: ``log(C[i]·lam) = log b_i + ε ⟨lam, d[i]⟩ + O(ε²)
 T1.2  Dirichlet moments derived by integrating the density (m = 2, 3), vs the closed forms
 T1.3  first-order terms of E[lam|y] and of one MD step; ``solve`` for η gives only 1/(1+α₀)
 T1.4  exact small-n posterior mean (no series assumption) vs one-step MD: orders ε⁰, ε¹ vanish;
-      the ε² coefficient for m = 2 equals the MATH.md closed form, and is nonzero for m = 3
+      the ε² coefficient for m = 2 equals the docs/math.md closed form, and is nonzero for m = 3
 T1.5  the same through the mtdmath NumPy core: log-log slopes of the gap in ε
 
 Every check function takes its *candidate* formulas as keyword arguments, defaulting to the
-MATH.md formulas defined in the "candidates" section below; feeding a wrong one (say
+docs/math.md formulas defined in the "candidates" section below; feeding a wrong one (say
 ``eta=lambda a0: 1/a0``) makes the check report FAIL (tests/test_proofs_check.py does this).
 
 Symbolic identities are accepted only when the difference simplifies to exactly 0 (``cancel``
@@ -34,16 +34,16 @@ from sympy.polys.fields import field as _rational_field
 
 from ._report import CheckResult, Claim, Verdict, main as _main
 
-TITLE = "Theorem 1 (MATH.md §3): one MD step with η* = 1/(1+α₀) matches the Bayes posterior mean to first order"
+TITLE = "Theorem 1 (docs/math.md §3): one MD step with η* = 1/(1+α₀) matches the Bayes posterior mean to first order"
 
 # ---------------------------------------------------------------------------------------------
-# Candidates: the MATH.md formulas under test. They use only +, -, *, / so they work for SymPy
+# Candidates: the docs/math.md formulas under test. They use only +, -, *, / so they work for SymPy
 # expressions, elements of a SymPy rational-function field, Fractions, floats and mpf alike.
 # ---------------------------------------------------------------------------------------------
 
 
 def eta_star(alpha0: Any) -> Any:
-    """MATH.md §3: the Bayes-matching step size ``η* = 1/(1+α₀)``."""
+    """docs/math.md §3: the Bayes-matching step size ``η* = 1/(1+α₀)``."""
     return 1 / (1 + alpha0)
 
 
@@ -59,7 +59,7 @@ def dirichlet_second_moment(alpha: Sequence[Any], g: int, h: int) -> Any:
 
 
 def dirichlet_covariance(alpha: Sequence[Any]) -> list[list[Any]]:
-    """MATH.md §3: ``Σ = (diag μ - μμᵀ)/(1+α₀)``, μ = alpha/α₀ (the prior covariance)."""
+    """docs/math.md §3: ``Σ = (diag μ - μμᵀ)/(1+α₀)``, μ = alpha/α₀ (the prior covariance)."""
     a0 = sum(alpha)
     mu = [a / a0 for a in alpha]
     m = len(alpha)
@@ -75,7 +75,7 @@ def _rising(x: Any, k: int) -> Any:
 
 
 def dirichlet_moment(alpha: Sequence[Any], k: Sequence[int]) -> Any:
-    """MATH.md §4: ``E[lam^k] = Π_g (alpha_g)^(k_g) / (α₀)^(|k|)`` (rising factorials)."""
+    """docs/math.md §4: ``E[lam^k] = Π_g (alpha_g)^(k_g) / (α₀)^(|k|)`` (rising factorials)."""
     num = 1
     for a, kg in zip(alpha, k):
         num = num * _rising(a, kg)
@@ -83,12 +83,12 @@ def dirichlet_moment(alpha: Sequence[Any], k: Sequence[int]) -> Any:
 
 
 def reduced_first_order(lam: Sequence[Any], d: Sequence[Any]) -> Any:
-    """MATH.md §3: the ε-coefficient of ``log(C[i]·lam)`` on the path, ``⟨lam, d[i]⟩``."""
+    """docs/math.md §3: the ε-coefficient of ``log(C[i]·lam)`` on the path, ``⟨lam, d[i]⟩``."""
     return sum(l * x for l, x in zip(lam, d))
 
 
 def eps2_coefficient_m2(alpha1: Any, alpha2: Any, c: Sequence[Any]) -> Any:
-    """MATH.md §3, m = 2: ε² coefficient of ``E[x|y] - x¹`` (x = lam₁, c_i = d[i,0] - d[i,1]).
+    """docs/math.md §3, m = 2: ε² coefficient of ``E[x|y] - x¹`` (x = lam₁, c_i = d[i,0] - d[i,1]).
 
     ``μ(1-μ)(1-2μ)[(c² - Σc_i²)/((1+α₀)(2+α₀)) - c²/(2(1+α₀)²)]`` with μ = α₁/α₀, c = Σ c_i.
     """
@@ -645,7 +645,7 @@ def check_exact_small_n(eta: Callable = eta_star, eps2_m2: Callable = eps2_coeff
         if m == 2:
             c_list = [d[i][0] - d[i][1] for i in range(n)]
             cf = eps2_m2(alpha[0], alpha[1], c_list)
-            v.require(c2 - cf == 0, f"(2,{n}): ε² coefficient ≠ MATH.md closed form")
+            v.require(c2 - cf == 0, f"(2,{n}): ε² coefficient ≠ docs/math.md closed form")
             v.require(gap[1].c[2] + cf == 0, f"(2,{n}): ε² coefficient of lam_2 ≠ minus the closed form")
         else:
             v.require(c2 != 0, f"({m},{n}): ε² coefficient is identically zero")
@@ -684,7 +684,7 @@ def check_exact_small_n(eta: Callable = eta_star, eps2_m2: Callable = eps2_coeff
                                       f"{mpmath.nstr(target, 10)} (rel {mpmath.nstr(rel, 3)})")
     v.data["eps2_coefficient_lam1"] = printed
     v.note("cases " + ", ".join(f"({m},{n})" for m, n in cases) + ": ε⁰, ε¹ of E[lam|y]-lam¹ are exactly 0; "
-           "m=2 ε² coefficient = MATH.md closed form; m=3 ε² coefficient ≠ 0; mpmath quadrature gap/ε² at "
+           "m=2 ε² coefficient = docs/math.md closed form; m=3 ε² coefficient ≠ 0; mpmath quadrature gap/ε² at "
            "ε=1e-8 matches it (rel < 1e-5). ε² coefficient of lam_1 for (2,1): " + printed.get("(2,1)", "-")
            + "; for (3,1): " + printed.get("(3,1)", "-"))
     return v.result()
@@ -788,7 +788,7 @@ CLAIMS = [
                   "solve gives the unique η = 1/(1+α₀) and the difference there is exactly 0",
           "symbolic + exact rational", check_first_order_match),
     Claim("T1.4", "Exact small-n posterior (fully symbolic C) minus one-step MD: ε⁰, ε¹ vanish; m=2 ε² "
-                  "coefficient = MATH.md closed form (∝ 1-2μ); m=3 ε² coefficient ≠ 0",
+                  "coefficient = docs/math.md closed form (∝ 1-2μ); m=3 ε² coefficient ≠ 0",
           "exact rational + numeric", check_exact_small_n),
     Claim("T1.5", "mtdmath core: log-log slope of ‖E[lam|y]-lam¹‖ in ε is 2±0.1 at eta_bayes (m≥3, or m=2 "
                   "with α₁/α₂≥2), 3±0.1 for m=2 with α₁=α₂, 1±0.1 at 2·eta_bayes",

@@ -1,4 +1,4 @@
-"""Derivatives of the MTD log-likelihood and the Hessian bounds H1, H2 (MATH.md §2), checked.
+"""Derivatives of the MTD log-likelihood and the Hessian bounds H1, H2 (docs/math.md §2), checked.
 
 Run ``python -m proofs_check.hessian [--json PATH]``. One row per claim:
 
@@ -12,7 +12,7 @@ H.4  numerically through ``mtdmath.hessian``: no case out of 10⁴ exceeds eithe
      bound is attained; the Hessian is negative semidefinite
 
 As in :mod:`proofs_check.first_order`, each check takes its candidate formulas as keyword
-arguments (defaults: MATH.md), so a wrong candidate — a Hessian with the wrong sign, a missing
+arguments (defaults: docs/math.md), so a wrong candidate — a Hessian with the wrong sign, a missing
 square, a bound that is too small — is reported as FAIL.
 """
 from __future__ import annotations
@@ -25,10 +25,10 @@ import sympy as sp
 
 from ._report import CheckResult, Claim, Verdict, main as _main
 
-TITLE = "Derivatives and Hessian bounds of the MTD log-likelihood (MATH.md §2)"
+TITLE = "Derivatives and Hessian bounds of the MTD log-likelihood (docs/math.md §2)"
 
 # ---------------------------------------------------------------------------------------------
-# Candidates (MATH.md §2), for one transition with lag factors c and s = c·lam
+# Candidates (docs/math.md §2), for one transition with lag factors c and s = c·lam
 # ---------------------------------------------------------------------------------------------
 
 

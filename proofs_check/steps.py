@@ -1,4 +1,4 @@
-"""Step schedules and a second-order one-step estimator (MATH.md §3, K.1 and K.2), checked.
+"""Step schedules and a second-order one-step estimator (docs/math.md §3, K.1 and K.2), checked.
 
 Run ``python -m proofs_check.steps [--json PATH]``. One row per claim:
 
@@ -23,7 +23,7 @@ from ._report import CheckResult, Claim, Verdict, main as _main
 from .first_order import (EPS_SLOPE_3, T14_CASES, _path_gradient, _path_posterior, _Series, _softmax_step,
                           _sum, dirichlet_moment, eta_star, md_path_series)
 
-TITLE = "Step schedules and a second-order one-step estimator (MATH.md §3, K.1-K.2)"
+TITLE = "Step schedules and a second-order one-step estimator (docs/math.md §3, K.1-K.2)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -32,12 +32,12 @@ TITLE = "Step schedules and a second-order one-step estimator (MATH.md §3, K.1-
 
 
 def equivalent_step(etas: Sequence[Any]) -> Any:
-    """MATH.md §3, K.1: k steps (η₁, ..., η_k) act to second order as one step of size Σ_j η_j."""
+    """docs/math.md §3, K.1: k steps (η₁, ..., η_k) act to second order as one step of size Σ_j η_j."""
     return _sum(etas)
 
 
 def zeta_k2(u: Sequence[Sequence[Any]], alpha0: Any) -> list[Any]:
-    """MATH.md §3, K.2: ``ζ_g = (g̃_g² - Σ_i u_ig²)/((1+α₀)(2+α₀)) - g̃_g²/(2(1+α₀)²)``, g̃ = Σ_i u_i.
+    """docs/math.md §3, K.2: ``ζ_g = (g̃_g² - Σ_i u_ig²)/((1+α₀)(2+α₀)) - g̃_g²/(2(1+α₀)²)``, g̃ = Σ_i u_i.
 
     ``u`` holds the rows ``ũ_i = γ_i/μ - 1`` (n rows of m entries).
     """

@@ -1,4 +1,4 @@
-"""The exact Bayes posterior (MATH.md §4) against quadrature, brute-force enumeration and Monte Carlo."""
+"""The exact Bayes posterior (docs/math.md §4) against quadrature, brute-force enumeration and Monte Carlo."""
 import itertools
 
 import numpy as np
@@ -151,7 +151,7 @@ def test_batched_matches_single():
 
 def _mp_brute_posterior(C, alpha, dps=60):
     """Posterior mean and log evidence by enumerating all m^n lag assignments in mpmath:
-    weight Π_i C[i, z_i] (alpha_{z_i} + k_{z_i}) / (α₀ + i), the Pólya urn (MATH.md §4)."""
+    weight Π_i C[i, z_i] (alpha_{z_i} + k_{z_i}) / (α₀ + i), the Pólya urn (docs/math.md §4)."""
     import itertools
 
     import mpmath as mp

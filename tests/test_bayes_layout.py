@@ -4,7 +4,7 @@ tests/test_bayes.py checks the posterior against quadrature (m = 2) and brute-fo
 (m^n lag assignments, so n <= 6). The fast recursion of mtdmath.bayes stores the count states in
 a padded 2-D layout processed in chunks, with row gathers for m >= 4 and a row shift for m = 3;
 those code paths only engage at larger n. Here the reference is the Pólya-urn recursion of
-MATH.md §4 written the obvious way — a Python dict from count tuples to weights, pushing each
+docs/math.md §4 written the obvious way — a Python dict from count tuples to weights, pushing each
 state to its m children — which shares no code or indexing with the library, at n up to 60.
 The chunking is also forced down to single groups (``_CHUNK_MIN_CELLS = 1``) so that every
 chunk boundary case runs.
@@ -28,7 +28,7 @@ from strategies import alphas, lag_factor_arrays
 
 
 def dict_recursion(C, alpha):
-    """Posterior mean and log evidence by a dict over count tuples (MATH.md §4, pushed forward)."""
+    """Posterior mean and log evidence by a dict over count tuples (docs/math.md §4, pushed forward)."""
     n, m = C.shape
     a0 = float(np.sum(alpha))
     W = {(0,) * m: 1.0}

@@ -1,4 +1,4 @@
-"""Mirror descent, EM and the MLE (MATH.md §3), against independent routes, on every backend.
+"""Mirror descent, EM and the MLE (docs/math.md §3), against independent routes, on every backend.
 
 References are plain NumPy/SciPy formulas written here (``_grad``: ∇ℓ by broadcasting;
 scipy's softmax; SLSQP; Newton on the KKT system; mpmath), evaluated on the very values each
@@ -232,7 +232,7 @@ def test_md_from_boundary_start_keeps_support(bk):
 
 @given_backends(alphas(), st.integers(0, 2**32 - 1))
 def test_one_step_md_uniform_and_general_forms(bk, alpha, seed):
-    # lam¹ = softmax(log μ + η* G/μ), G = Σ_i γ_i under μ (MATH.md §3): an independent route
+    # lam¹ = softmax(log μ + η* G/μ), G = Σ_i γ_i under μ (docs/math.md §3): an independent route
     m = len(alpha)
     C = bk.round_trip(np.random.default_rng(seed).uniform(0.01, 1, size=(2, 15, m)))
     mu = alpha / alpha.sum()

@@ -134,7 +134,7 @@ def _em_once(model, seq, variant, independent):
 
 def test_em_step_matches_per_transition_responsibilities_from_core():
     """Shared pi: the aggregated EM step equals the textbook step built from the core's per-transition
-    responsibilities gamma_i(g) (MATH.md §2) and expected transition counts accumulated transition by transition."""
+    responsibilities gamma_i(g) (docs/math.md §2) and expected transition counts accumulated transition by transition."""
     S, m = 4, 3
     model = make_model(S, tuple(range(1, m + 1)), "shared", seed=11)
     y = model.sample(3000, rng=12)

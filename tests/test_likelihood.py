@@ -1,4 +1,4 @@
-"""ℓ, ∇ℓ, ∇²ℓ and responsibilities (MATH.md §2), each against an independent route, on every backend.
+"""ℓ, ∇ℓ, ∇²ℓ and responsibilities (docs/math.md §2), each against an independent route, on every backend.
 
 Each property test runs once per backend (tests/backends.py): the inputs are converted to the
 backend, the result is checked to be in the backend's namespace, device and dtype, and compared
@@ -120,7 +120,7 @@ def test_responsibilities_match_bayes_rule_by_loop(bk, p):
         np.testing.assert_allclose(R[i], np.array(joint) / sum(joint), rtol=tol, atol=tiny)
     if C.shape[0]:
         np.testing.assert_allclose(R.sum(-1), 1.0, rtol=tol)
-        # G = Σ_i γ_i equals lam ∘ ∇ℓ (MATH.md §3); ∇ℓ by the brute-force loop
+        # G = Σ_i γ_i equals lam ∘ ∇ℓ (docs/math.md §3); ∇ℓ by the brute-force loop
         np.testing.assert_allclose(R.sum(0), lam * brute_grad(lam, C), rtol=_rt(bk, 1e-10), atol=_rt(bk, 1e-12))
 
 

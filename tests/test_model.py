@@ -1,4 +1,4 @@
-"""Sampling and data helpers of the MTD model (MATH.md §1)."""
+"""Sampling and data helpers of the MTD model (docs/math.md §1)."""
 import numpy as np
 import pytest
 from scipy import stats

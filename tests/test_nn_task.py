@@ -1,4 +1,4 @@
-"""ICLTask: the on-device torch sampler has the law of ``mtdmath.sample_icl`` (MATH.md §1).
+"""ICLTask: the on-device torch sampler has the law of ``mtdmath.sample_icl`` (docs/math.md §1).
 
 Independent routes: the Beta marginals of Dirichlet(alpha) (scipy.stats.beta, one-sample KS)
 and ``sample_icl``'s own lam (two-sample KS); for tokens, the exact MTD transition law

@@ -1,4 +1,4 @@
-"""Tests of proofs_check: every check passes on the MATH.md formulas and FAILS on wrong ones.
+"""Tests of proofs_check: every check passes on the docs/math.md formulas and FAILS on wrong ones.
 
 The mutation tests feed each claim's check function a deliberately wrong candidate (wrong step
 size, wrong covariance, Hessian with the wrong sign or without the square, …) and assert that
@@ -222,7 +222,7 @@ SMALL_CASES = ((2, 1), (2, 2), (3, 1))
 def test_t14_passes_small():
     res = F.check_exact_small_n(cases=SMALL_CASES)
     assert res.passed, res.details
-    # the printed (2,1) coefficient carries the factor α1 - α2 (MATH.md's 1 - 2μ)
+    # the printed (2,1) coefficient carries the factor α1 - α2 (docs/math.md's 1 - 2μ)
     assert "(alpha1 - alpha2)" in res.data["eps2_coefficient_lam1"]["(2,1)"]
 
 
@@ -244,7 +244,7 @@ def test_t14_fails_on_wrong_eta():
 def test_t14_fails_on_wrong_eps2_closed_form(wrong):
     # (2,2) is needed: for n = 1, c² - Σc_i² = 0 and the last mutation would go unseen
     _fails(F.check_exact_small_n(eps2_m2=wrong, cases=((2, 1), (2, 2)), numeric_route=False),
-           "ε² coefficient ≠ MATH.md closed form")
+           "ε² coefficient ≠ docs/math.md closed form")
 
 
 def test_t14_third_mutation_needs_n_at_least_2():

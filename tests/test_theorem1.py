@@ -1,4 +1,4 @@
-"""Theorem 1 numerically (MATH.md §3): the gap between the exact posterior mean and one-step MD
+"""Theorem 1 numerically (docs/math.md §3): the gap between the exact posterior mean and one-step MD
 vanishes to first order in ε along C = b (1 + ε d) exactly when η = η* = 1/(1+α₀).
 
 The slope of log‖gap‖ against log ε is fitted over ε in [1e-5, 1e-4] (slopes 2 and 1), small
@@ -49,7 +49,7 @@ def test_slope_two_m2_asymmetric(alpha, seed):
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("a", [0.5, 1.0, 3.0])
 def test_slope_three_m2_symmetric(a, seed):
-    # the ε² terms coincide when α₁ = α₂ (factor 1 - 2μ in MATH.md §3)
+    # the ε² terms coincide when α₁ = α₂ (factor 1 - 2μ in docs/math.md §3)
     assert abs(gap_slope(2, [a, a], 1.0, LARGE, seed) - 3) < 0.1
 
 

@@ -1,4 +1,4 @@
-"""The three-layer MD transformer (MATH.md §5) and the GPT baseline.
+"""The three-layer MD transformer (docs/math.md §5) and the GPT baseline.
 
 Independent routes: the NumPy core one prefix at a time (tests/prefix_reference.py) for the
 outputs and attention maps of the constructed model; ``torch.nn.MultiheadAttention`` for the
@@ -155,7 +155,7 @@ def test_impossible_transition_raises_naming_tokens():
 
 
 def test_W1_softmax_over_keys_is_column_normalised_pi():
-    # the identifiable part of W1 (MATH.md §5): softmax over the key axis = pi normalised per column
+    # the identifiable part of W1 (docs/math.md §5): softmax over the key axis = pi normalised per column
     rng = np.random.default_rng(0)
     pi = M.random_transition_matrix(6, rng=rng)
     W1 = MDTransformer.construct(pi, [0.5, 1.0, 3.0]).W1

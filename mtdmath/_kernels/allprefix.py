@@ -1,4 +1,4 @@
-"""Fused one-step MD predictive after every prefix (MATH.md §3, §5), one pass per sequence.
+"""Fused one-step MD predictive after every prefix (docs/math.md §3, §5), one pass per sequence.
 
 For sequence b and prefix row r (position t = m-1+r): ``lam_r = softmax(log μ + η G_r)`` with the
 running ``G_r = Σ_{i<r} C[i]/s_i(μ)``, then ``p_r = Σ_g lam_r[g-1] pi[y[t+1-g], :]``, then the

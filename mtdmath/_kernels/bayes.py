@@ -1,4 +1,4 @@
-"""Fused level step of the exact count-state recursion (MATH.md §4), on a ragged layout.
+"""Fused level step of the exact count-state recursion (docs/math.md §4), on a ragged layout.
 
 The rows q of the padded layout of :mod:`mtdmath.bayes` (a prefix (k_0, ..., k_{m-3}) with sum
 ps_q) are kept, but row q stores only its ``n - ps_q + 1`` cells (the columns it can ever use), one

@@ -1,6 +1,6 @@
 """The EM machinery of MTD fitting (pi unknown): sufficient statistics, the E/M steps, the convergence monitor.
 
-Model (MATH.md §1, Raftery's MTD and its lag-wise form MTDg; lags ``l_1 < ... < l_k``, max lag ``M``)::
+Model (docs/math.md §1, Raftery's MTD and its lag-wise form MTDg; lags ``l_1 < ... < l_k``, max lag ``M``)::
 
     P(y[t] = b | past) = lam0 * p0[b] + sum_j lam[j] * pi_j[y[t - l_j], b]          (t >= M)
 
@@ -8,11 +8,11 @@ Model (MATH.md §1, Raftery's MTD and its lag-wise form MTDg; lags ``l_1 < ... <
 lag (MTDg); ``independent=True`` adds the order-0 component ``lam0 * p0`` (hdMTD's model), otherwise
 ``lam0 = 0``. Each sequence is conditioned on its own first ``M`` tokens.
 
-EM (the latent lag ``Z_t`` of MATH.md §1 is the missing datum). With ``s_u`` the mixture probability of a
+EM (the latent lag ``Z_t`` of docs/math.md §1 is the missing datum). With ``s_u`` the mixture probability of a
 distinct (context, next) tuple ``u`` with weighted count ``w_u`` and ``q_u = w_u / s_u``:
 
-- E-step: responsibilities ``gamma_u(j) = lam_j P_j[u] / s_u`` (MATH.md §2).
-- M-step (exact, closed form): ``lam_j <- sum_u w_u gamma_u(j) / N`` (MATH.md §3, EM);
+- E-step: responsibilities ``gamma_u(j) = lam_j P_j[u] / s_u`` (docs/math.md §2).
+- M-step (exact, closed form): ``lam_j <- sum_u w_u gamma_u(j) / N`` (docs/math.md §3, EM);
   ``pi[a, b] <- E[count a -> b] / E[count a]`` with ``E[count a -> b] = pi[a, b] * dl/dpi[a, b]``;
   ``p0[b] <- E[count of component 0 emitting b] / E[count of component 0]``.
 
@@ -379,7 +379,7 @@ class _EM:
         lam = x[:, :K]  # (b, K)
         P = x[:, self.idx]  # (b, K, U) emission probability of each component for each distinct tuple
         if b == 1:
-            s = np.einsum("ku,k->u", P[0], lam[0])[None, :]  # mixture probability of each tuple (MATH.md §1)
+            s = np.einsum("ku,k->u", P[0], lam[0])[None, :]  # mixture probability of each tuple (docs/math.md §1)
         else:
             s = np.einsum("bku,bk->bu", P, lam)
         ok = (s > 0).all(axis=1)
@@ -397,7 +397,7 @@ class _EM:
             e_lam = lam * np.einsum("ku,u->k", P[0], q[0])[None, :]  # expected component counts
         else:
             e_lam = lam * np.einsum("bku,bu->bk", P, q)  # sum_u w_u gamma_u(j)
-        new[:, :K] = e_lam / e_lam.sum(axis=1, keepdims=True)  # lam M-step (MATH.md §3, EM)
+        new[:, :K] = e_lam / e_lam.sum(axis=1, keepdims=True)  # lam M-step (docs/math.md §3, EM)
         if not self.freeze_pi:
             # dl/dtheta for every emission entry: sum over (tuple, component) pairs using it of q_u lam_j
             pos = self.idx_rest if b == 1 else ((np.arange(b) * self.n_rest)[:, None] + self.idx_rest[None, :]).ravel()
@@ -416,7 +416,7 @@ class _EM:
         return new, ll
 
     def estep(self, theta: np.ndarray):
-        """The E-step statistics at one parameter vector (MATH.md §2, aggregated rows).
+        """The E-step statistics at one parameter vector (docs/math.md §2, aggregated rows).
 
         Returns
         -------
@@ -458,7 +458,7 @@ class _EM:
     def predicted_gain(self, theta: np.ndarray) -> float:
         """Sum over simplex blocks B of gap_B^2 / (2 c_B): the gain of the best Frank-Wolfe line step in
         block B under the quadratic model of the (block-concave) log-likelihood along d_B = e_{j*} - theta_B,
-        with c_B = -d_B^T (Hessian) d_B = sum_u w_u (ds_u)^2 / s_u^2 (MATH.md §2 Hessian). In log-likelihood
+        with c_B = -d_B^T (Hessian) d_B = sum_u w_u (ds_u)^2 / s_u^2 (docs/math.md §2 Hessian). In log-likelihood
         units; costs about one E-step, so it is only evaluated when the other stopping test already passed."""
         K, S = self.K, self.lay.S
         lam = theta[:K]

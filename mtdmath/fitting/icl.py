@@ -1,6 +1,6 @@
 """Fitting the paper's model: one pi shared by all sequences, each sequence with its own lam ~ Dirichlet(alpha).
 
-``fit_icl`` maximises the exact marginal likelihood ``sum_b log p(y_b[m:] | y_b[:m], pi, alpha)`` (MATH.md §4:
+``fit_icl`` maximises the exact marginal likelihood ``sum_b log p(y_b[m:] | y_b[:m], pi, alpha)`` (docs/math.md §4:
 the Pólya-urn forward recursion over count states, the quantity :func:`mtdmath.log_evidence` computes) over
 pi (rows on the simplex) and alpha (> 0). The recursion is written here in torch so that autograd gives the
 exact gradient, and L-BFGS-B (scipy) climbs it with a sufficient-increase line search, so the recorded

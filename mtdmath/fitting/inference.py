@@ -4,7 +4,7 @@ Wald intervals (also for identified functionals such as the next-token law), and
 Parameters ``theta`` are the simplex blocks of the layout in :mod:`.em` (lam with lam0, every row of pi, p0).
 With ``s_u = sum_j theta[j] theta[e_ju]`` the mixture probability of a distinct (context, next) tuple ``u``
 (weight ``w_u``; component ``j`` uses emission entry ``e_ju``), the log-likelihood ``l = sum_u w_u log s_u``
-has the exact Hessian (MATH.md §2, extended to the emission entries)
+has the exact Hessian (docs/math.md §2, extended to the emission entries)
 
     H = sum_u w_u [ D2 s_u / s_u - (D s_u)(D s_u)^T / s_u^2 ],
 

@@ -47,7 +47,7 @@ def _n_params(S: int, k: int, variant: str, independent: bool) -> int:
 class MTDModel:
     """An MTD law given by its parameters, validated on construction.
 
-    ``P(y[t] = b | past) = lam0 * p0[b] + sum_j lam[j] * pi_j[y[t - lags[j]], b]`` (MATH.md §1).
+    ``P(y[t] = b | past) = lam0 * p0[b] + sum_j lam[j] * pi_j[y[t - lags[j]], b]`` (docs/math.md §1).
 
     Parameters
     ----------
@@ -148,7 +148,7 @@ class MTDModel:
         Returns
         -------
         ndarray (..., S)
-            ``lam0 p0 + sum_j lam[j] pi_j[contexts[..., -lags[j]], :]`` (MATH.md §1).
+            ``lam0 p0 + sum_j lam[j] pi_j[contexts[..., -lags[j]], :]`` (docs/math.md §1).
         """
         S = self.n_states
         c = check_tokens(_to_numpy(contexts), S, self.order, name="contexts")
@@ -188,7 +188,7 @@ class MTDModel:
     def sample(self, T: int, rng: Any = None, *, init: Any = None, prefix: Any = None) -> np.ndarray:
         """Simulate one chain of length T.
 
-        The first ``order`` tokens are i.i.d. from ``init`` (default uniform, MATH.md §1), or the given
+        The first ``order`` tokens are i.i.d. from ``init`` (default uniform, docs/math.md §1), or the given
         ``prefix`` (1-D, length >= order) starts the chain; afterwards each
         token is drawn from :meth:`predict_proba` of the tokens generated so far (latent lag first, then the
         row of that lag's matrix). A real chain: every token depends on the previously generated ones.

@@ -1,6 +1,6 @@
 """Torch parts of mtdmath: the transformers, the on-device in-context task, training and checkpoints.
 
-- :class:`MDTransformer` (the three-layer mirror-descent construction of MATH.md §5) and
+- :class:`MDTransformer` (the three-layer mirror-descent construction of docs/math.md §5) and
   :class:`StandardTransformer` (GPT baseline), both with a named activation cache
   (``forward(tokens, return_cache=True)``);
 - :class:`ICLTask` — batches of the in-context MTD task drawn in torch on the model's device;

@@ -1,4 +1,4 @@
-"""Which mirror-descent step does a transformer implement? (MATH.md §3, §5)
+"""Which mirror-descent step does a transformer implement? (docs/math.md §3, §5)
 
 For an :class:`~mtdmath.nn.MDTransformer`, layer 3 scores lag j+1 at position t with a logit that,
 for the construction, is ``log μ_j + η ∇ℓ_t(μ)_j`` (∇ℓ_t of the prefix y[:t+1], i.e. G_t/μ).

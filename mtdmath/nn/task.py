@@ -1,4 +1,4 @@
-"""The in-context MTD task (MATH.md §1) sampled in torch on the model's device.
+"""The in-context MTD task (docs/math.md §1) sampled in torch on the model's device.
 
 :class:`ICLTask` draws batches with the law of :func:`mtdmath.sample_icl`: a fixed pi, one
 ``lam ~ Dirichlet(alpha)`` per sequence, the first m tokens i.i.d. uniform, then

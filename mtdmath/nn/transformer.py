@@ -1,6 +1,6 @@
 """Transformers for the in-context MTD task: the three-layer mirror-descent construction and a GPT baseline.
 
-``MDTransformer`` is the disentangled three-layer causal transformer of MATH.md §5. Position t
+``MDTransformer`` is the disentangled three-layer causal transformer of docs/math.md §5. Position t
 holds the one-hot token ``e(y[t])``; each layer writes its own block of the (concatenated)
 residual stream, ``[e(y[t]) | r_t | G_t | p_t]``:
 
@@ -192,7 +192,7 @@ def standard_cache_names(n_layers: int) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- MDTransformer
 class MDTransformer(nn.Module):
-    """The disentangled three-layer transformer of MATH.md §5 (see the module docstring).
+    """The disentangled three-layer transformer of docs/math.md §5 (see the module docstring).
 
     Parameters
     ----------
@@ -253,7 +253,7 @@ class MDTransformer(nn.Module):
     @classmethod
     def construct(cls, pi: Any, alpha: Any, *, eta: float | None = None, dtype: torch.dtype = torch.float64,
                   device: torch.device | str | None = None) -> "MDTransformer":
-        """The exact one-step-MD transformer of MATH.md §5.
+        """The exact one-step-MD transformer of docs/math.md §5.
 
         Parameters
         ----------
@@ -298,7 +298,7 @@ class MDTransformer(nn.Module):
 
         ``log pi`` for a constructed model (-inf where pi is 0). Identified only up to an
         additive constant per query token (column): compare ``softmax(W1, dim=0)`` with pi
-        normalised over its columns (MATH.md §5).
+        normalised over its columns (docs/math.md §5).
         """
         return self.w1.masked_fill(self.pi_zero, -math.inf)
 
