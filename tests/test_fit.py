@@ -1,4 +1,4 @@
-"""Tests of mtdmath.fit: EM fitting of MTD models with unknown pi (issue 7).
+"""Tests of mtdmath.fit: EM fitting of MTD models with unknown pi.
 
 Every property is checked against an independent route:
 - likelihood: a per-transition computation on the raw sequence (no aggregation) and, on tiny cases, brute
