@@ -40,7 +40,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "figures/*.json", "figures/*.md", "**/.ipynb_checkpoints"]
+exclude_patterns = ["_build", "figures/*.json", "figures/*.md", "**/.ipynb_checkpoints", "figures/**"]
 
 # Docstrings write absolute values and norms as |x| in plain text, which reStructuredText reads
 # as a substitution reference; the ones in use are defined to print themselves. (Writing them as

@@ -196,8 +196,8 @@ class MTD:
     random_state : None, int or numpy Generator
         Seeds the random restarts (and :meth:`sample`, :meth:`confidence_intervals` when not given there).
 
-    Attributes (after ``fit``)
-    --------------------------
+    Attributes
+    ----------
     lam_, pi_, lam0_, p0_, lags_, n_states_ :
         The fitted parameters (``lam0_``/``p0_`` None unless ``independent``).
     loglik_ : float
