@@ -181,13 +181,20 @@ def _input_eps(x: Any, a: Any) -> float:
     return eps
 
 
-def _check_finite_nonneg(a: Any, name: str, xp: Any, what: str = "entries") -> None:
+def _check_finite_nonneg(a: Any, name: str, xp: Any, what: str = "entries") -> float:
+    """Raise unless every entry is finite and >= 0; returns the minimum (inf when empty)."""
     if math.prod(a.shape) == 0:
-        return
-    # fast path: one bool from two reductions; a NaN propagates into the min and the max
-    lo, hi = xp.min(a), xp.max(a)
+        return math.inf
+    # fast path: one bool from the min and the max (a NaN propagates into both); torch computes
+    # both in one pass (aminmax)
+    if _xp.is_torch_namespace(xp):
+        import torch
+
+        lo, hi = torch.aminmax(a)
+    else:
+        lo, hi = xp.min(a), xp.max(a)
     if bool(xp.isfinite(lo) & xp.isfinite(hi) & (lo >= 0)):
-        return
+        return float(lo)
     h = _xp.to_numpy(a)
     fin = np.isfinite(h)
     if not fin.all():
@@ -289,11 +296,14 @@ def check_tokens(tokens: Any, S: int, m: int | None = None, name: str = "tokens"
     return _xp.convert(y, space, dtype=space.xp.int64)
 
 
-def check_C(C: Any, name: str = "C", *, allow_impossible: bool = False, space: Space | None = None) -> Any:
+def check_C(C: Any, name: str = "C", *, allow_impossible: bool = False, space: Space | None = None,
+            with_min: bool = False) -> Any:
     """Lag factors, shape (..., n, m), finite and nonnegative, in ``space`` (default: C's own).
 
     Unless ``allow_impossible``, a transition (row) that is zero under every lag raises:
     the data are impossible under pi and the quantity is undefined (docs/math.md §2).
+    ``with_min=True`` returns ``(C, min C)``: the minimum comes free with the finiteness check and
+    bounds every ``C[i]·lam >= min C`` on the simplex (callers then skip underflow checks).
     """
     a = float_array(C, name, space)
     xp = _xp.array_namespace(a)
@@ -301,7 +311,7 @@ def check_C(C: Any, name: str = "C", *, allow_impossible: bool = False, space: S
         raise ValueError(f"{name} must have shape (..., n, m) (got shape {tuple(a.shape)})")
     if a.shape[-1] < 1:
         raise ValueError(f"{name} must have m >= 1 columns (got shape {tuple(a.shape)})")
-    _check_finite_nonneg(a, name, xp)
+    cmin = _check_finite_nonneg(a, name, xp)
     if not allow_impossible and math.prod(a.shape):
         # a >= 0, so a row is all zero exactly when its sum is 0: one matrix-vector product
         ones = xp.ones((a.shape[-1], 1), dtype=a.dtype, device=_xp._device(a))
@@ -312,7 +322,7 @@ def check_C(C: Any, name: str = "C", *, allow_impossible: bool = False, space: S
                 f"{name} has a transition with probability 0 under every lag (rows {idx}): "
                 "the data are impossible under pi"
             )
-    return a
+    return (a, cmin) if with_min else a
 
 
 def check_same_m(m_C: int, m_other: int, name: str) -> None:

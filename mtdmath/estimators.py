@@ -19,14 +19,23 @@ import numpy as np
 from . import _validate as V
 from . import _xp
 from ._squarem import squarem
-from .likelihood import _C_over_s, _broadcast_batch, _grad, _log_grad, _log_s, check_possible
+from .likelihood import _C_over_s, _broadcast_batch, _grad, _log_grad, _log_s, check_possible, is_safe
 
 
-def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[Any, Any, Any]:
-    """Validate C and the start point, broadcast them, check the start explains the data."""
-    space = _xp.data_space(C)
+def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0", *, checked: tuple | None = None
+             ) -> tuple[Any, Any, Any, bool]:
+    """Validate C and the start point, broadcast them, check the start explains the data.
+
+    Returns (C, lam0, xp, safe), ``safe`` as in :func:`mtdmath.likelihood.is_safe`. ``checked``
+    passes ``(C, min C, space)`` already validated by the caller (no second pass over C).
+    """
+    if checked is None:
+        space = _xp.data_space(C)
+        C, cmin = V.check_C(C, "C", space=space, with_min=True)
+    else:
+        C, cmin, space = checked
     xp = space.xp
-    C = V.check_C(C, "C", space=space)
+    safe = is_safe(cmin, C.dtype, xp)
     m = C.shape[-1]
     if lam0 is None:
         lam0 = xp.full((m,), 1.0 / m, dtype=C.dtype, device=space.device)
@@ -38,13 +47,26 @@ def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0") -> tuple[Any, Any, Any]
     lam0 = xp.broadcast_to(lam0, batch + (m,))
     if C.shape[-2]:
         try:
-            check_possible(lam0, C, xp, name_lam0)
+            check_possible(lam0, C, xp, name_lam0, safe=safe)
         except ValueError:
             raise ValueError(
                 f"{name_lam0} gives probability 0 to an observed transition (C[i]·{name_lam0} = 0): "
                 "put positive weight on a lag that explains every transition"
             ) from None
-    return C, lam0, xp
+    return C, lam0, xp, safe
+
+
+def _lazy_log(C: Any, xp: Any):
+    """``log C``, computed on first call only: it is needed only where a linear sum underflows or
+    a gradient overflows, and costs a pass over C otherwise."""
+    box: list = []
+
+    def get() -> Any:
+        if not box:
+            box.append(_xp.log(C, xp))
+        return box[0]
+
+    return get
 
 
 def _contiguous(C: Any, xp: Any) -> Any:
@@ -90,28 +112,32 @@ def _eg_update(loglam: Any, log_step: Any, xp: Any, step: Any = None) -> Any:
     return xp.where(support, xp.clip(out, min=-fmax), ninf)
 
 
-def _md_log_step(C: Any, logC: Any, loglam: Any, eta: float, xp: Any) -> Any:
-    """One exponentiated-gradient step in log space: ``log lam⁺ = log_softmax(log lam + η ∇ℓ(lam))``."""
+def _md_log_step(C: Any, logC: Any, loglam: Any, eta: float, xp: Any, safe: bool = False) -> Any:
+    """One exponentiated-gradient step in log space: ``log lam⁺ = log_softmax(log lam + η ∇ℓ(lam))``.
+
+    ``logC`` is ``log C`` or a function returning it (:func:`_lazy_log`)."""
     if eta == 0:
         return _xp.log_softmax(loglam, xp)
     with _xp.quiet(xp):
-        step = eta * _grad(C, logC, loglam, xp)  # (..., m), +inf where ∇ℓ overflowed
+        step = eta * _grad(C, logC, loglam, xp, safe)  # (..., m), +inf where ∇ℓ overflowed
         log_step = xp.log(step)
         if not bool(xp.all(xp.isfinite(step))):  # the log-space route is finite where the linear one overflowed
-            log_step = xp.where(xp.isfinite(step), log_step, math.log(eta) + _log_grad(logC, loglam, xp))
+            lC = logC() if callable(logC) else logC
+            log_step = xp.where(xp.isfinite(step), log_step, math.log(eta) + _log_grad(lC, loglam, xp))
     return _eg_update(loglam, log_step, xp, step)
 
 
-def _em_log_step(C: Any, logC: Any, loglam: Any, log_n: float, xp: Any) -> Any:
+def _em_log_step(C: Any, logC: Any, loglam: Any, log_n: float, xp: Any, safe: bool = False) -> Any:
     """One EM step in log space: ``lam⁺_g = lam_g ∇ℓ(lam)_g / n`` (renormalised against rounding).
 
     ``lam_g ∇ℓ_g <= n``, so the product never overflows; where ∇ℓ_g itself overflowed its
     log comes from the log-space route.
     """
-    g = _grad(C, logC, loglam, xp)
+    g = _grad(C, logC, loglam, xp, safe)
     lg = _xp.log(g, xp)
     if not bool(xp.all(xp.isfinite(g))):
-        lg = xp.where(xp.isfinite(g), lg, _log_grad(logC, loglam, xp))
+        lC = logC() if callable(logC) else logC
+        lg = xp.where(xp.isfinite(g), lg, _log_grad(lC, loglam, xp))
     return _xp.log_softmax(loglam + lg - log_n, xp)
 
 
@@ -143,13 +169,17 @@ def mirror_descent(C: Any, *, eta: Any, steps: int | None = None, lam0: Any = No
     if steps is not None:
         steps = V.check_int(steps, "steps", minimum=0)
     etas = V.check_schedule(eta, steps)
-    C, lam0, xp = _prepare(C, lam0)
+    return _md_run(*_prepare(C, lam0), etas)
+
+
+def _md_run(C: Any, lam0: Any, xp: Any, safe: bool, etas: list[float]) -> Any:
+    """Mirror descent on validated, broadcast (C, lam0) with the schedule ``etas``."""
     if C.shape[-2] == 0 or not etas:
         return xp.asarray(lam0, copy=True)
     C = _contiguous(C, xp)
-    logC, loglam = _xp.log(C, xp), _xp.log(lam0, xp)
+    logC, loglam = _lazy_log(C, xp), _xp.log(lam0, xp)
     for e in etas:
-        loglam = _md_log_step(C, logC, loglam, e, xp)
+        loglam = _md_log_step(C, logC, loglam, e, xp, safe)
     return xp.exp(loglam)
 
 
@@ -159,14 +189,14 @@ def em(C: Any, *, steps: int = 1, lam0: Any = None) -> Any:
     Parameters and returns as :func:`mirror_descent` (no step size). ℓ never decreases.
     """
     steps = V.check_int(steps, "steps", minimum=0)
-    C, lam0, xp = _prepare(C, lam0)
+    C, lam0, xp, safe = _prepare(C, lam0)
     n = C.shape[-2]
     if n == 0 or steps == 0:
         return xp.asarray(lam0, copy=True)
     C = _contiguous(C, xp)
-    logC, loglam, log_n = _xp.log(C, xp), _xp.log(lam0, xp), math.log(n)
+    logC, loglam, log_n = _lazy_log(C, xp), _xp.log(lam0, xp), math.log(n)
     for _ in range(steps):
-        loglam = _em_log_step(C, logC, loglam, log_n, xp)
+        loglam = _em_log_step(C, logC, loglam, log_n, xp, safe)
     return xp.exp(loglam)
 
 
@@ -178,7 +208,8 @@ def kkt_gap(lam: Any, C: Any) -> Any:
     """
     space = _xp.data_space(C)
     xp = space.xp
-    C = V.check_C(C, "C", space=space)
+    C, cmin = V.check_C(C, "C", space=space, with_min=True)
+    safe = is_safe(cmin, C.dtype, xp)
     lam = V.check_lam(lam, "lam", space=space)
     V.check_same_m(C.shape[-1], lam.shape[-1], "lam")
     n = C.shape[-2]
@@ -187,8 +218,8 @@ def kkt_gap(lam: Any, C: Any) -> Any:
         return xp.zeros(batch, dtype=C.dtype, device=space.device)
     C = xp.broadcast_to(C, batch + tuple(C.shape[-2:]))
     lam = xp.broadcast_to(lam, batch + tuple(lam.shape[-1:]))
-    check_possible(lam, C, xp)  # the gap is undefined (∇ℓ infinite) where lam cannot explain the data
-    return xp.max(_grad(C, _xp.log(C, xp), _xp.log(lam, xp), xp), axis=-1) / n - 1.0
+    check_possible(lam, C, xp, safe=safe)  # the gap is undefined (∇ℓ infinite) where lam cannot explain the data
+    return xp.max(_grad(C, None, _xp.log(lam, xp), xp, safe), axis=-1) / n - 1.0
 
 
 def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> Any:
@@ -216,22 +247,22 @@ def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> Any:
     """
     tol = V.check_float(tol, "tol", positive=True)
     max_steps = V.check_int(max_steps, "max_steps", minimum=1)
-    C, lam0, xp = _prepare(C, None)
+    C, lam0, xp, safe = _prepare(C, None)
     batch, (n, m) = tuple(C.shape[:-2]), tuple(C.shape[-2:])
     if n == 0 or m == 1:
         return xp.asarray(lam0, copy=True)
     Cf = xp.reshape(_contiguous(C, xp), (-1, n, m))  # (B, n, m)
-    logC = _xp.log(Cf, xp)
     x0 = xp.asarray(xp.broadcast_to(xp.reshape(lam0, (-1, m)), (Cf.shape[0], m)), copy=True)  # (B, m)
     log_n = math.log(n)
 
     def em_map(x: Any, idx: Any) -> tuple[Any, Any]:
-        Ca, lC = xp.take(Cf, idx, axis=0), xp.take(logC, idx, axis=0)
-        return xp.exp(_em_log_step(Ca, lC, _xp.log(x, xp), log_n, xp)), xp.sum(_log_s(x, Ca, xp), axis=-1)
+        Ca = xp.take(Cf, idx, axis=0)
+        return (xp.exp(_em_log_step(Ca, _lazy_log(Ca, xp), _xp.log(x, xp), log_n, xp, safe)),
+                xp.sum(_log_s(x, Ca, xp, safe), axis=-1))
 
     def stop(x: Any, fx: Any, ll: Any, ll_prev: Any, idx: Any) -> Any:
-        Ca, lC = xp.take(Cf, idx, axis=0), xp.take(logC, idx, axis=0)
-        g = _grad(Ca, lC, _xp.log(x, xp), xp)
+        Ca = xp.take(Cf, idx, axis=0)
+        g = _grad(Ca, None, _xp.log(x, xp), xp, safe)
         return xp.max(g, axis=-1) / n - 1.0 < tol
 
     def normalise(x: Any, x_old: Any, idx: Any) -> Any:
@@ -295,11 +326,11 @@ def k_step_md(C: Any, alpha: Any, k: int, *, eta: Any = None) -> Any:
     """
     alpha = V.check_alpha(alpha, "alpha")
     space = _xp.data_space(C)
-    C = V.check_C(C, "C", space=space)
+    C, cmin = V.check_C(C, "C", space=space, with_min=True)
     V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
     k = V.check_int(k, "k", minimum=0)
     etas = _check_etas(eta, alpha, k, "k")
-    return mirror_descent(C, eta=etas, steps=k, lam0=alpha / alpha.sum())
+    return _md_run(*_prepare(None, alpha / alpha.sum(), checked=(C, cmin, space)), etas)
 
 
 def corrected_one_step_md(C: Any, alpha: Any) -> Any:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import numpy as np
 
 from . import _validate as V
@@ -32,13 +34,20 @@ def _broadcast_batch(a: Any, b: Any, name_a: str, name_b: str, core_a: int, core
                          f"(shapes {tuple(a.shape)} and {tuple(b.shape)})") from None
 
 
-def _lam_C(lam: Any, C: Any, allow_impossible: bool) -> tuple[Any, Any, Any]:
+def _lam_C(lam: Any, C: Any, allow_impossible: bool) -> tuple[Any, Any, Any, bool]:
+    """Validated (lam, C, xp, safe); ``safe``: every C[i]·lam is above the underflow bound
+    :func:`_tiny_s` for any lam on the simplex (min C is), so no check of s is needed."""
     space = _xp.data_space(C)
-    C = V.check_C(C, "C", allow_impossible=allow_impossible, space=space)
+    C, cmin = V.check_C(C, "C", allow_impossible=allow_impossible, space=space, with_min=True)
     lam = V.check_lam(lam, "lam", space=space)
     V.check_same_m(C.shape[-1], lam.shape[-1], "lam")
     _broadcast_batch(lam, C, "lam", "C", 1, 2)
-    return lam, C, space.xp
+    return lam, C, space.xp, is_safe(cmin, C.dtype, space.xp)
+
+
+def is_safe(cmin: float, dtype: Any, xp: Any) -> bool:
+    """``C[i]·lam >= min C · Σ lam``: with min C at least twice the bound, no s_i can underflow."""
+    return cmin >= 2 * _tiny_s(dtype, xp)
 
 
 def _s(lam: Any, C: Any) -> Any:
@@ -55,7 +64,13 @@ def _tiny_s(dtype: Any, xp: Any) -> float:
     return _xp.finfo_tiny(xp, dtype) ** 0.81
 
 
-def check_possible(lam: Any, C: Any, xp: Any, name: str = "lam", s: Any = None) -> Any:
+def _any_below(s: Any, bound: float, xp: Any) -> bool:
+    """Whether some entry of s is below ``bound``: one min-reduction (a mask costs a full pass and a
+    temporary; the masks below are built only on the rare arrays where this is True)."""
+    return math.prod(s.shape) > 0 and bool(xp.min(s) < bound)
+
+
+def check_possible(lam: Any, C: Any, xp: Any, name: str = "lam", s: Any = None, safe: bool = False) -> Any:
     """Raise if ``lam`` gives an observed transition probability exactly 0; return ``s = C lam``.
 
     Decided exactly: ``s_i = 0`` only when every ``C[i,g]·lam_g`` is 0. A linear ``s_i`` that
@@ -63,8 +78,7 @@ def check_possible(lam: Any, C: Any, xp: Any, name: str = "lam", s: Any = None) 
     """
     if s is None:
         s = _s(lam, C)
-    low = s < _tiny_s(s.dtype, xp)
-    if bool(xp.any(low)):
+    if not safe and _any_below(s, _tiny_s(s.dtype, xp), xp):
         possible = xp.any((C > 0) & (lam[..., None, :] > 0), axis=-1)
         if not bool(xp.all(possible)):
             raise ValueError(
@@ -80,8 +94,9 @@ def _log_grad(logC: Any, loglam: Any, xp: Any) -> Any:
     return _xp.logsumexp(logC - log_s[..., None], -2, xp)
 
 
-def _grad(C: Any, logC: Any, loglam: Any, xp: Any) -> Any:
-    """∇ℓ(lam)_g = Σ_i C[i,g] / s_i, shape (..., m).
+def _grad(C: Any, logC: Any, loglam: Any, xp: Any, safe: bool = False) -> Any:
+    """∇ℓ(lam)_g = Σ_i C[i,g] / s_i, shape (..., m); ``logC`` may be None or a function returning
+    it (computed only if needed), and ``safe`` skips the underflow check (:func:`is_safe`).
 
     Two batched matrix products (``s = C lam``, ``∇ℓ = (1/s)ᵀ C``), the most accurate and the
     fastest route; a batch element with some s_i below :func:`_tiny_s` (a lag weight has
@@ -91,19 +106,23 @@ def _grad(C: Any, logC: Any, loglam: Any, xp: Any) -> Any:
     s = (C @ xp.exp(loglam)[..., :, None])[..., 0]  # (..., n)
     with _xp.quiet(xp):
         g = (xp.reciprocal(s)[..., None, :] @ C)[..., 0, :]  # (..., m)
-    bad = xp.any(s < _tiny_s(s.dtype, xp), axis=-1)  # (...)
-    if bool(xp.any(bad)):
+    if not safe and _any_below(s, _tiny_s(s.dtype, xp), xp):
+        bad = xp.any(s < _tiny_s(s.dtype, xp), axis=-1)  # (...)
+        if logC is None:
+            logC = _xp.log(C, xp)
+        elif callable(logC):
+            logC = logC()
         with _xp.quiet(xp):
             g = xp.where(bad[..., None], xp.exp(_log_grad(logC, loglam, xp)), g)
     return g
 
 
-def _C_over_s(lam: Any, C: Any, s: Any, xp: Any) -> Any:
+def _C_over_s(lam: Any, C: Any, s: Any, xp: Any, safe: bool = False) -> Any:
     """``C[i] / s_i`` (..., n, m), in log space on the rows where the linear s_i underflows."""
     with _xp.quiet(xp):
         out = C / s[..., None]
-    low = s < _tiny_s(s.dtype, xp)
-    if bool(xp.any(low)):
+    if not safe and _any_below(s, _tiny_s(s.dtype, xp), xp):
+        low = s < _tiny_s(s.dtype, xp)
         logC = _xp.log(C, xp)
         log_s = _xp.logsumexp(logC + _xp.log(lam, xp)[..., None, :], -1, xp)
         with _xp.quiet(xp):
@@ -111,7 +130,7 @@ def _C_over_s(lam: Any, C: Any, s: Any, xp: Any) -> Any:
     return out
 
 
-def _log_s(lam: Any, C: Any, xp: Any) -> Any:
+def _log_s(lam: Any, C: Any, xp: Any, safe: bool = False) -> Any:
     """``log s_i(lam)``, shape (..., n): the linear sum, recomputed in log space where it underflows.
 
     A transition of probability below the dtype's smallest normal number (e.g. C[i] ~ 1e-300
@@ -121,7 +140,7 @@ def _log_s(lam: Any, C: Any, xp: Any) -> Any:
     s = _s(lam, C)
     log_s = _xp.log(s, xp)
     tiny = _xp.finfo_tiny(xp, s.dtype)
-    if bool(xp.any(s < tiny)):
+    if not safe and _any_below(s, tiny, xp):
         exact = _xp.logsumexp(_xp.log(C, xp) + _xp.log(lam, xp)[..., None, :], -1, xp)
         log_s = xp.where(s < tiny, exact, log_s)
     return log_s
@@ -140,28 +159,28 @@ def log_likelihood(lam: Any, C: Any) -> Any:
     array, shape (broadcast batch...)
         In C's namespace, device and float dtype.
     """
-    lam, C, xp = _lam_C(lam, C, allow_impossible=True)
-    return xp.sum(_log_s(lam, C, xp), axis=-1)
+    lam, C, xp, safe = _lam_C(lam, C, allow_impossible=True)
+    return xp.sum(_log_s(lam, C, xp, safe), axis=-1)
 
 
 def gradient(lam: Any, C: Any) -> Any:
     """``∇ℓ(lam)_g = Σ_i C[i,g] / s_i(lam)``, shape (broadcast batch..., m)."""
-    lam, C, xp = _lam_C(lam, C, allow_impossible=False)
-    check_possible(lam, C, xp)
-    return _grad(C, _xp.log(C, xp), _xp.log(lam, xp), xp)
+    lam, C, xp, safe = _lam_C(lam, C, allow_impossible=False)
+    check_possible(lam, C, xp, safe=safe)
+    return _grad(C, None, _xp.log(lam, xp), xp, safe)
 
 
 def hessian(lam: Any, C: Any) -> Any:
     """``∇²ℓ(lam) = -Σ_i C[i] C[i]ᵀ / s_i(lam)²``, shape (..., m, m); negative semidefinite."""
-    lam, C, xp = _lam_C(lam, C, allow_impossible=False)
-    Cs = _C_over_s(lam, C, check_possible(lam, C, xp), xp)  # (..., n, m)
+    lam, C, xp, safe = _lam_C(lam, C, allow_impossible=False)
+    Cs = _C_over_s(lam, C, check_possible(lam, C, xp, safe=safe), xp, safe)  # (..., n, m)
     return -(xp.matrix_transpose(Cs) @ Cs)
 
 
 def responsibilities(lam: Any, C: Any) -> Any:
     """Posterior of the latent lag, ``γ_i(g) = lam_g C[i,g] / s_i(lam)``, shape (..., n, m)."""
-    lam, C, xp = _lam_C(lam, C, allow_impossible=False)
-    return lam[..., None, :] * _C_over_s(lam, C, check_possible(lam, C, xp), xp)
+    lam, C, xp, safe = _lam_C(lam, C, allow_impossible=False)
+    return lam[..., None, :] * _C_over_s(lam, C, check_possible(lam, C, xp, safe=safe), xp, safe)
 
 
 def kl(p: Any, q: Any) -> Any:

@@ -150,7 +150,15 @@ def lag_factors(tokens: Any, pi: Any, m: int) -> Any:
 
 
 def _lag_factors(y: Any, pi: Any, m: int, xp: Any) -> Any:
-    """Unchecked lag factors: one gather from the flattened pi; y (..., T) int64, pi (S, S)."""
+    """Unchecked lag factors: one gather from the flattened pi; y (..., T) int64, pi (S, S).
+
+    Fast path, torch: the windows of y are a view (``unfold``, reversed), and one advanced-indexing
+    gather writes C in its final (..., n, m) layout (the generic route stacks m index slices first).
+    """
+    if _xp.is_torch_namespace(xp):
+        n = y.shape[-1] - m
+        src = y.unfold(-1, m, 1)[..., :n, :].flip(-1)  # (..., n, m): y[m+i-g] for g = 1..m
+        return pi[src, y[..., m:].unsqueeze(-1)]
     S = pi.shape[0]
     T = y.shape[-1]
     n = T - m

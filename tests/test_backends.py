@@ -496,3 +496,17 @@ def test_numpy_float32_data_give_float32_results(monkeypatch):
     for disable in ("0", "1"):  # the compiled kernel and the generic route
         monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", disable)
         assert M.md_predictive_all_prefixes(y, pi, [1.0, 2.0]).dtype == np.float32
+
+
+@pytest.mark.parametrize("bk", params((TORCH64, TORCH32)))
+def test_torch_lag_factors_fast_path_equals_the_generic_gather(bk):
+    import mtdmath.model as Mm
+
+    rng = np.random.default_rng(14)
+    pi = M.random_transition_matrix(7, rng=rng)
+    y = torch.as_tensor(rng.integers(0, 7, size=(3, 2, 20)))
+    P = bk.asarray(pi)
+    fast = Mm._lag_factors(y, P, 4, _xp.data_space(P).xp)
+    # the generic route on the same values (NumPy); both are exact gathers
+    generic = Mm._lag_factors(y.numpy(), bk.to_numpy(P), 4, _xp.numpy_namespace())
+    np.testing.assert_array_equal(bk.to_numpy(fast), generic)
