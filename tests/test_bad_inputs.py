@@ -285,3 +285,15 @@ def test_messages_blame_the_right_argument():
         M.select_order(y[:3], 5)
     with pytest.raises(ValueError, match="alpha: the sum"):  # not "lam0" nor "impossible data"
         M.one_step_md(C, [1e308, 1e308])
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: M.fit(np.array([0, 10**6, 1] * 10), 1, restarts=1), "sequences"),
+    (lambda: M.fit(np.array([0, 1, 2] * 10), 1, n_states=50_000, restarts=1), "n_states"),
+    (lambda: M.StandardTransformer(3, 2, max_len=10**9), "max_len"),
+    (lambda: M.StandardTransformer(3, 2, d_model=2**16, n_heads=1), "d_model"),
+    (lambda: M.MDTransformer.construct(PI, ALPHA)(np.zeros((1, 20_000), dtype=np.int64)), "tokens"),
+])
+def test_oversized_models_and_fits_are_refused_before_allocating(call, name):
+    with pytest.raises(ValueError, match=rf"^{name}: .* GiB, above the budget"):
+        call()

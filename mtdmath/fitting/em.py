@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .._squarem import squarem
-from .._validate import check_float, check_int, check_pi, check_prob_vector
+from .._validate import check_alloc, check_float, check_int, check_pi, check_prob_vector
 
 VARIANTS = ("shared", "lagwise")
 #: relative drop of the log-likelihood between iterations that the convergence monitor reports
@@ -254,6 +254,10 @@ def _prepare(sequences, order, lags, n_states, weights, start=None):
     for i, s in enumerate(seqs):
         if s.shape[0] < M:
             raise ValueError(f"sequences[{i}] has length {s.shape[0]}, shorter than its max lag {M}")
+    # the parameters: up to one (S, S) matrix per lag, a few copies per restart and SQUAREM iterate
+    name = "sequences" if n_states is None else "n_states"
+    why = f"the largest token {top} makes S = {S} states" if n_states is None else f"S = {S} states"
+    check_alloc(8 * len(lags_t) * S * S, 8, name, f"{why}: (S, S) transition matrices for {len(lags_t)} lags")
     w = _check_weights(weights, len(seqs))
     data = _aggregate(seqs, S, lags_t, w, M if start is None else max(start, M))
     return data

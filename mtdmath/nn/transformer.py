@@ -533,8 +533,9 @@ class StandardTransformer(nn.Module):
         self.config = cfg
         dtype = V.check_torch_dtype(dtype)
         device = V.check_torch_device(device)
-        # embeddings and the 12 d² weights of each block
-        V.check_alloc((2 * S + max_len) * d_model + 12 * n_layers * d_model * d_model, 8, "d_model",
+        # embeddings and the 12 d² weights of each block; the error names the largest term
+        terms = {"S": 2 * S * d_model, "max_len": max_len * d_model, "d_model": 12 * n_layers * d_model * d_model}
+        V.check_alloc(sum(terms.values()), 8, max(terms, key=terms.get),
                       f"the weights of S = {S}, max_len = {max_len}, d_model = {d_model}, n_layers = {n_layers}")
         self.S, self.m = int(S), int(m)
         self.tok_emb = nn.Embedding(S, d_model)
