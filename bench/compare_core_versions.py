@@ -6,7 +6,7 @@ The earlier core had a NumPy implementation (``mtdmath``) and a torch twin (``mt
 benchmark suite's largest sizes, alternating old and new calls, and prints the median of each and
 the ratio new/old (< 1: the new core is faster)::
 
-    python bench/compare_core_versions.py --old-rev 9b3a2b0 [--repeats 7] [--json out.json]
+    python bench/compare_core_versions.py --old-rev 9b3a2b0 [--repeats 7] [--threads 1] [--json out.json]
 
 Results are checked equal (float64: rtol 1e-10) before timing.
 """
@@ -53,7 +53,11 @@ def main(argv=None) -> int:
     ap.add_argument("--old-rev", default="9b3a2b0", help="git revision of the old core (default: the last two-core commit)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", default=None, help="write the table as JSON here")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: on a shared machine, waiting threads dominate "
+                         "small operations and make 2-thread timings meaningless)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     sys.path.insert(0, _extract(args.old_rev))
     import mtdmath as new
 
