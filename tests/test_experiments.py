@@ -65,7 +65,8 @@ def test_all_writes_every_file_small_pngs(quick_all):
     want = ["estimators/estimators.json", "estimators/estimators.png", "train/train.json", "train/train_loss.png",
             "train/checkpoints/md3.pt", "train/checkpoints/std3.pt", "train/checkpoints/std5.pt",
             "compare/compare.json", "compare/compare_kl.png", "compare/compare_attention.png",
-            "compare/compare_w1.png", "depth/depth.json", "depth/depth.png", "summary.json", "summary.md"]
+            "compare/compare_w1.png", "depth/depth.json", "depth/depth.png", "stepsize/stepsize.json",
+            "stepsize/stepsize.png", "stepsize/stepsize.md", "summary.json", "summary.md"]
     for rel in want:
         assert (quick_all / rel).is_file(), rel
     for png in quick_all.rglob("*.png"):
@@ -100,7 +101,7 @@ def test_estimators_json_and_construction_equals_one_step_md(quick_all):
         methods = ["bayes", "md1", "md2", "md3", "md4", "md5", "em", "mle", "construction"]
         _check_curves(r, methods, m, cfg["T"])
         assert np.asarray(r["pi"]).shape == (cfg["S"], cfg["S"])
-        # the constructed transformer IS one-step MD (MATH.md §5): curves equal to 1e-10
+        # the constructed transformer IS one-step MD (docs/math.md §5): curves equal to 1e-10
         diff = np.abs(np.asarray(r["kl_mean"]["construction"]) - np.asarray(r["kl_mean"]["md1"]))
         assert diff.max() <= 1e-10, (key, diff.max())
         assert r["construction_vs_md1"]["max_abs_prob_diff"] <= 1e-10
@@ -171,20 +172,115 @@ def test_depth_json_and_summary(quick_all):
     m, T = res["m"], res["config"]["T"]
     _check_curves(res, ["md1", "md2", "md3", "md4", "md5", "bayes", "std3", "std5"], m, T)
     assert res["deepest"] == "std5" and res["standard_models"] == ["std3", "std5"]
-    assert set(res["deepest_minus_md"]) == {"md1", "md2", "md3", "md4", "md5"}
+    assert set(res["deepest_minus_md"]) == ({f"md{k}" for k in range(1, 6)} | {f"md{k}_tuned" for k in range(1, 6)}
+                                            | {f"md{k}_sched" for k in range(2, 6)})
     # depth and compare use the same evaluation sequences: their shared curves agree exactly
     cmp_ = _load(quick_all / "compare/compare.json")
     for k in ("md1", "bayes", "std5"):
         assert res["kl_mean"][k] == cmp_["kl_mean"][k]
     s = _load(quick_all / "summary.json")
-    for name in ("trained_md3_within_0.01_of_construction", "learned_W1_row_kl_below_0.05",
-                 "deepest_standard_no_worse_than_md2"):
+    for name in ("trained_md3_approx_md1_at_eta_train", "learned_W1_row_kl_below_0.05",
+                 "deepest_standard_no_worse_than_md2", "deepest_standard_no_worse_than_tuned_md2"):
         assert isinstance(s["targets"][name]["met"], bool)
+    # the git commit and dirty-tree flag of every subcommand
+    assert set(s["git"]) == {"estimators", "train", "compare", "depth", "stepsize"}
+    for g in s["git"].values():
+        assert set(g) == {"commit", "dirty"}
     assert s["band_difference"]["max"] == cmp_["band_difference"]["max"]
     assert set(s["run_times_s"]) >= {"estimators", "train", "compare", "depth"}
     md = (quick_all / "summary.md").read_text()
-    assert "| target (paper) | measured | met? |" in md and "exact Bayes" in md
+    assert "| target / hypothesis | measured | met? |" in md and "exact Bayes" in md
+    assert "not first-order consistent" in md and "tuned constant step" in md
     assert "| EM (1 step) |" in md and "band difference" in md  # labels say what was run
+
+
+def test_compare_step_analysis(quick_all):
+    """η_train, the effective step and the paired trained − MD(η_train) differences; the
+    MD(η_train) curve (vectorised all-prefix route) against the NumPy core one prefix at a time."""
+    from mtdmath.experiments.compare import HYPOTHESIS_TOL
+
+    res = _load(quick_all / "compare/compare.json")
+    m, T, n_eval = res["m"], res["config"]["T"], res["config"]["n_eval"]
+    (ck, sa), = res["step_analysis"].items()
+    assert ck == res["config"]["checkpoints"]
+    pi, alpha = np.asarray(res["pi"]), np.asarray(res["alpha"])
+    assert sa["eta_star"] == pytest.approx(1.0 / (1.0 + alpha.sum()), rel=1e-15)
+    assert sa["eta_train"][0] > 0 and sa["eta_train"][1] >= 0 and _finite(sa["eta_train"])
+    assert _finite(sa["effective_step"]["eta"]) and sa["effective_step"]["r2"] <= 1.0
+    # independent route: k_step_md (k = 1, eta = η_train) per prefix on the same evaluation sequences
+    tokens, lam = M.sample_icl(pi, alpha, T, n_eval, rng=X.rng_for(SEED, X.KEY_EVAL, m))
+    kl = np.stack([special.rel_entr(M.predictive(lam, tokens[:, :L], pi),
+                                    M.predictive(M.k_step_md(M.lag_factors(tokens[:, :L], pi, m), alpha, 1,
+                                                             eta=sa["eta_train"][0]), tokens[:, :L], pi)).sum(-1)
+                   for L in range(m, T + 1)], axis=1)
+    np.testing.assert_allclose(res["kl_mean"]["md1_eta_train"], kl.mean(axis=0), rtol=1e-9, atol=1e-13)
+    hyp = sa["hypothesis"]
+    assert hyp["tolerance_nats"] == HYPOTHESIS_TOL
+    for L, d in sa["paired_trained_minus_md_eta_train"].items():
+        t = res["table"][L]
+        np.testing.assert_allclose(d[0], t["trained_md3"][0] - t["md1_eta_train"][0], rtol=0, atol=1e-12)
+        assert hyp["per_L"][L]["within_tol"] == (abs(d[0]) + 1.96 * d[1] <= HYPOTHESIS_TOL)
+    assert hyp["met"] == all(v["within_tol"] for v in hyp["per_L"].values())
+    sp = res["seed_spread"]
+    assert sp["n_seeds"] == 1 and sp["effective_step"]["values"] == [sa["effective_step"]["eta"]]
+
+
+def test_depth_tuned_baselines_match_the_numpy_core(quick_all):
+    """The tuned k-step MD curves (vectorised route, eta from optimal_step) against k_step_md one
+    prefix at a time with the recorded steps; 1e-9 relative: float64 rounding of the same softmax
+    steps accumulates to ~1e-14."""
+    res = _load(quick_all / "depth/depth.json")
+    m, T, n_eval = res["m"], res["config"]["T"], res["config"]["n_eval"]
+    pi, alpha = np.asarray(res["pi"]), np.asarray(res["alpha"])
+    tokens, lam = M.sample_icl(pi, alpha, T, n_eval, rng=X.rng_for(SEED, X.KEY_EVAL, m))
+    for key in ("md3_tuned", "md3_sched"):
+        t = res["tuned_steps"][key]
+        eta = t["eta"] if t["schedule"] else float(t["eta"])
+        kl = np.stack([special.rel_entr(M.predictive(lam, tokens[:, :L], pi),
+                                        M.predictive(M.k_step_md(M.lag_factors(tokens[:, :L], pi, m), alpha, 3, eta=eta),
+                                                     tokens[:, :L], pi)).sum(-1) for L in range(m, T + 1)], axis=1)
+        np.testing.assert_allclose(res["kl_mean"][key], kl.mean(axis=0), rtol=1e-9, atol=1e-13)
+    assert res["tuned_steps"]["md3_sched"]["schedule"] and len(res["tuned_steps"]["md3_sched"]["eta"]) == 3
+    assert "not 1st-order consistent" in res["labels"]["md2"]
+
+
+def test_stepsize_json(quick_all):
+    """Every row's KLs are finite; the KL of one-step MD at η* is recomputed on the same evaluation
+    set with the NumPy core and scipy's rel_entr (1e-9: the same float64 arithmetic, reordered)."""
+    from mtdmath.experiments.stepsize import FORMS, StepsizeConfig, settings
+
+    res = _load(quick_all / "stepsize/stepsize.json")
+    cfg = StepsizeConfig.quick()
+    sets = settings(cfg, SEED)
+    assert list(res["results"]) == [s["name"] for s in sets]
+    for i, s in enumerate(sets):
+        r = res["results"][s["name"]]
+        assert set(r["fit"]) >= set(FORMS)
+        assert r["fit"]["best"] in FORMS
+        for row in r["rows"]:
+            L, m = row["L"], s["m"]
+            assert row["eta_opt"] > 0 and row["eta_opt_se"] > 0
+            for k in ("md_eta_opt", "md_eta_star", "k2"):
+                assert _finite(row[k]) and row[k][0] >= 0
+            assert ("bayes" in row) == (row["n_bayes"] > 0)
+            if i == 0 and L == cfg.Ls[0]:
+                y, lam = M.sample_icl(s["pi"], s["alpha"], L + 1, cfg.n_eval, rng=X.rng_for(SEED, X.KEY_STEP, i, L, 1))
+                C = M.lag_factors(y[:, :L], s["pi"], m)
+                p = M.predictive(M.k_step_md(C, s["alpha"], 1), y[:, :L], s["pi"])
+                want = special.rel_entr(M.predictive(lam, y[:, :L], s["pi"]), p).sum(-1).mean()
+                assert row["md_eta_star"][0] == pytest.approx(want, rel=1e-9)
+    assert set(res["verdict"]) == set(res["results"])
+
+
+def test_summary_rebuilt_from_the_json_files_equals_all(quick_all, tmp_path):
+    from mtdmath.experiments.cli import summary_from_files
+
+    q = quick_all
+    s = summary_from_files(q / "estimators/estimators.json", q / "train/train.json", q / "compare/compare.json",
+                           q / "depth/depth.json", tmp_path, stepsize=q / "stepsize/stepsize.json")
+    ref = _load(q / "summary.json")
+    assert json.loads(json.dumps(X._jsonable(s["targets"]))) == ref["targets"]
+    assert s["git"] == ref["git"] and (tmp_path / "summary.md").read_text() == (q / "summary.md").read_text()
 
 
 # --------------------------------------------------------------------------- each subcommand via the CLI

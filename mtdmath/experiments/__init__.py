@@ -1,4 +1,4 @@
-"""Experiments reproducing the paper's figures (MATH.md §6).
+"""Experiments reproducing the paper's figures (docs/math.md §6).
 
 ``python -m mtdmath.experiments SUBCOMMAND`` with SUBCOMMAND one of
 
@@ -7,8 +7,11 @@
 - ``train`` — train the disentangled and standard transformers (:mod:`.train`);
 - ``compare`` — trained vs constructed vs one-step MD; attention maps; learned W1 (:mod:`.compare`);
 - ``depth`` — the standard models (the deepest compared) vs k-step MD vs Bayes (:mod:`.depth`);
+- ``stepsize`` — the loss-optimal one-step MD step η_opt(L) vs η*, fits of 1/η_opt(n), and the
+  K.2 corrected one-step estimator against MD and Bayes (:mod:`.stepsize`);
 - ``sweep`` — a grid of seeds × orders × T × model specs × steps, locally or on Ray (:mod:`.sweep`);
-- ``all`` — all four with the default configs, plus a summary of the paper's targets.
+- ``all`` — estimators, stepsize, train, compare and depth with the default configs, plus a
+  summary of the targets and hypotheses and the git commit (and dirty flag) of each.
 
 Each experiment has a config dataclass; the functions ``run_*`` take it, an output directory,
 a seed and a torch device, and return the dict written to JSON.
@@ -21,6 +24,8 @@ from .depth import run as run_depth
 from .estimators import EstimatorsConfig
 from .estimators import run as run_estimators
 from .prefix_bayes import posterior_mean_all_prefixes
+from .stepsize import StepsizeConfig
+from .stepsize import run as run_stepsize
 from .sweep import SweepConfig
 from .sweep import run as run_sweep
 from .train import TrainConfig
@@ -28,7 +33,7 @@ from .train import run as run_train
 
 __all__ = [
     "main", "run_all",
-    "EstimatorsConfig", "TrainConfig", "CompareConfig", "DepthConfig", "SweepConfig",
-    "run_estimators", "run_train", "run_compare", "run_depth", "run_sweep",
+    "EstimatorsConfig", "TrainConfig", "CompareConfig", "DepthConfig", "SweepConfig", "StepsizeConfig",
+    "run_estimators", "run_train", "run_compare", "run_depth", "run_sweep", "run_stepsize",
     "posterior_mean_all_prefixes",
 ]

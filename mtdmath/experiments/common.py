@@ -1,6 +1,6 @@
 """Shared pieces of the experiments: seeds, the task, per-prefix predictors, KL curves, I/O, run metadata.
 
-Conventions (MATH.md §6):
+Conventions (docs/math.md §6):
 
 - a sequence y of length T gives contexts of length L = m … T; the predictors' row r = L - m is
   the law of ``y[L]`` given ``y[:L]`` (the rows of ``MDTransformer.forward``);
@@ -51,7 +51,7 @@ def torch_seed_for(seed: int, *keys: int) -> int:
 
 
 def make_task(seed: int, m: int, S: int, concentration: float, alpha_value: float) -> tuple[np.ndarray, np.ndarray]:
-    """The in-context task of MATH.md §1: pi with rows ~ Dirichlet(concentration·1_S), alpha = alpha_value·1_m.
+    """The in-context task of docs/math.md §1: pi with rows ~ Dirichlet(concentration·1_S), alpha = alpha_value·1_m.
 
     pi depends on (seed, m) only (and S, concentration), so ``estimators`` and ``train`` at the
     same seed and order see the same pi.
@@ -83,7 +83,7 @@ def truth_all_prefixes(tokens: np.ndarray, lam: np.ndarray, pi: np.ndarray) -> n
 def estimator_all_prefixes(tokens: np.ndarray, pi: np.ndarray, alpha: np.ndarray, methods: list[str], *,
                            em_steps: int = 1, mle_tol: float = 1e-10, progress: bool = False,
                            desc: str = "estimators") -> dict[str, np.ndarray]:
-    """Predictive law after every prefix for NumPy-core estimators of lam (MATH.md §3-4).
+    """Predictive law after every prefix for NumPy-core estimators of lam (docs/math.md §3-4).
 
     Parameters
     ----------
@@ -121,7 +121,7 @@ def estimator_all_prefixes(tokens: np.ndarray, pi: np.ndarray, alpha: np.ndarray
         if md_ks:
             lam = M.k_step_md(Cr, alpha, 0)  # μ
             for k in range(1, max(md_ks) + 1):
-                # k-step MD = one more MD step (η*) from the (k-1)-step iterate (MATH.md §3)
+                # k-step MD = one more MD step (η*) from the (k-1)-step iterate (docs/math.md §3)
                 lam = M.mirror_descent(Cr, eta=eta, steps=1, lam0=lam)
                 if k in md_ks:
                     lams[f"md{k}"][:, r] = lam
@@ -131,7 +131,7 @@ def estimator_all_prefixes(tokens: np.ndarray, pi: np.ndarray, alpha: np.ndarray
             lams["mle"][:, r] = M.mle(Cr, tol=mle_tol)
     out = {}
     for k in methods:
-        # predictive of row r from the prefix y[:m+r] (MATH.md §1)
+        # predictive of row r from the prefix y[:m+r] (docs/math.md §1)
         out[k] = np.stack([M.predictive(lams[k][:, r], tokens[:, : m + r], pi) for r in range(n_rows)], axis=1)
     return out
 
@@ -308,6 +308,10 @@ STYLE = {
     "md3": ("3-step MD", "tab:pink", "-"),
     "md4": ("4-step MD", "tab:brown", "-"),
     "md5": ("5-step MD", "tab:olive", "-"),
+    **{f"md{k}_tuned": (f"{k}-step MD (tuned constant step)", c, "-")
+       for k, c in zip(range(1, 6), ("#08519c", "#3182bd", "#6baed6", "#31a354", "#a1d99b"))},
+    **{f"md{k}_sched": (f"{k}-step MD (tuned schedule)", c, "--")
+       for k, c in zip(range(2, 6), ("#3182bd", "#6baed6", "#31a354", "#a1d99b"))},
     "em": ("EM", "tab:orange", "--"),
     "mle": ("MLE", "tab:red", "--"),
     "trained_md3": ("trained disentangled (3 layers)", "tab:green", "-"),

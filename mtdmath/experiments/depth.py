@@ -6,7 +6,7 @@ every k-step MD curve (paired over the same sequences), and every other standard
 alongside. Two families of k-step MD baselines:
 
 - ``md{k}``: η* = 1/(1+α₀) at every step. For k >= 2 its first-order coefficient is k·η*, so it is
-  not first-order consistent with Bayes (MATH.md §3) and overshoots at long contexts: a weak
+  not first-order consistent with Bayes (docs/math.md §3) and overshoots at long contexts: a weak
   baseline, kept (labelled so) because it is the paper's;
 - ``md{k}_tuned`` (constant step) and ``md{k}_sched`` (one step per step, k >= 2): steps tuned by
   :func:`mtdmath.optimal_step` on held-out sequences of the task for the training objective of the
@@ -43,7 +43,9 @@ class DepthConfig:
         "help": "directory of `train` checkpoints with at least one standard model (the deepest is compared)"})
     n_eval: int = field(default=1000, metadata={"help": "evaluation sequences (fresh, from the checkpoints' pi)"})
     T: int = field(default=64, metadata={"help": "evaluation sequence length: contexts L = m … T"})
-    tune_n_train: int = field(default=256, metadata={
+    # 1024 as in `compare`: on 256 sequences the tuned step of the training objective is biased
+    # low by about its bootstrap s.e. (the argmin of a noisy mean of heavy-tailed per-sequence KLs)
+    tune_n_train: int = field(default=1024, metadata={
         "help": "sequences optimal_step tunes each k-step MD step on (and as many held out)"})
     tune_n_boot: int = field(default=3, metadata={"help": "bootstrap resamples for the s.e. of the tuned constant steps"})
     schedules: bool = field(default=True, metadata={"help": "also tune a per-step schedule for k = 2 … 5 (no bootstrap)"})
@@ -138,9 +140,6 @@ def _plot(res: dict[str, Any], path: Path) -> Path:
                                                                          "for the training objective"))
     for ax, md, title in panels:
         X.plot_curves(ax, res["L"], res["kl_mean"], res["kl_se"], md + res["standard_models"] + ["bayes"], labels)
-        for line in ax.get_lines():  # schedules dashed, so tuned constant and schedule are told apart
-            if "schedule" in str(line.get_label()):
-                line.set_linestyle("--")
         ref = "md2" if "tuned" not in title else "md2_tuned"
         sub = (f"\n{res['deepest']} − {labels.get(ref, ref)} at L={last}: {d[ref][last][0]:+.4f} ± {d[ref][last][1]:.4f}"
                if last and ref in d else "")

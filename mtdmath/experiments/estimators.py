@@ -1,4 +1,4 @@
-"""``estimators``: KL to the ground truth vs context length for the estimators of lam (MATH.md §3-6).
+"""``estimators``: KL to the ground truth vs context length for the estimators of lam (docs/math.md §3-6).
 
 For each order m: draw pi once (rows ~ Dirichlet(concentration·1_S)), N sequences of length T
 with their own lam* ~ Dirichlet(alpha), and after every prefix L = m … T compare the predictive
@@ -6,8 +6,8 @@ law of y[L] of each method with ``p* = Σ_g lam*_g pi[y[L-g], :]``:
 
 - ``md1`` one-step MD from μ with η* = 1/(1+α₀) (Theorem 1), ``md2`` … ``md5`` k-step MD;
 - ``em`` (``em_steps`` EM steps from μ), ``mle`` (EM/SQUAREM to a KKT gap < 1e-10);
-- ``bayes`` the exact posterior mean (Pólya-urn forward recursion, MATH.md §4);
-- ``construction`` the three-layer transformer of MATH.md §5 (``MDTransformer.construct``,
+- ``bayes`` the exact posterior mean (Pólya-urn forward recursion, docs/math.md §4);
+- ``construction`` the three-layer transformer of docs/math.md §5 (``MDTransformer.construct``,
   float64), which must coincide with ``md1``: the largest difference of the two predictive laws
   is recorded and checked (``construction_vs_md1``).
 """
@@ -89,7 +89,7 @@ def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, pr
             p_true = X.truth_all_prefixes(tokens, lam, pi)
             preds = X.estimator_all_prefixes(tokens, pi, alpha, METHODS, em_steps=cfg.em_steps,
                                              mle_tol=cfg.mle_tol, progress=progress, desc=f"m={m}")
-            # the constructed transformer of MATH.md §5, float64, on the same sequences
+            # the constructed transformer of docs/math.md §5, float64, on the same sequences
             model = M.MDTransformer.construct(pi, alpha, dtype=torch.float64, device=device)
             preds["construction"] = X.model_all_prefixes(model, tokens, device=device)
             kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}

@@ -1,13 +1,13 @@
 """Exact Bayes posterior mean of lam after *every* prefix of a sequence, in one forward pass.
 
-The Pólya-urn forward recursion of MATH.md §4 visits every prefix on its way to the end: after
+The Pólya-urn forward recursion of docs/math.md §4 visits every prefix on its way to the end: after
 step i its weights ``W_{i}[k]`` define the posterior given the first i transitions, a mixture of
 Dirichlet(alpha + k) with weights ``W_i[k]``, so
 
     E[lam_g | first i transitions] = Σ_k W_i[k] (alpha_g + k_g) / ((α₀ + i) Σ_k W_i[k]).
 
 Evaluating that at every level costs about as much as the recursion itself, so the whole
-all-prefix curve of the evaluation protocol (MATH.md §6) costs about one call of
+all-prefix curve of the evaluation protocol (docs/math.md §6) costs about one call of
 :func:`mtdmath.posterior_mean` on the full sequence, instead of T of them.
 
 The recursion runs on the padded count-state layout of :mod:`mtdmath.bayes` (``_layout``: row =
@@ -34,7 +34,7 @@ def posterior_mean_all_prefixes(C: Any, alpha: Any, *, chunk: int = 8, progress:
     Parameters
     ----------
     C : array_like, shape (B, n, m)
-        Lag factors of the whole sequences (MATH.md §2); no all-zero row.
+        Lag factors of the whole sequences (docs/math.md §2); no all-zero row.
     alpha : array_like, shape (m,)
         Dirichlet prior of lam.
     chunk : int
@@ -69,7 +69,7 @@ def _forward_all(C: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     B, n, m = C.shape
     a0 = float(alpha.sum())
     post = np.empty((B, n + 1, m))
-    post[:, 0] = alpha / a0  # no transition: the prior mean (MATH.md conventions)
+    post[:, 0] = alpha / a0  # no transition: the prior mean (docs/math.md conventions)
     if n == 0:
         return post
     if m == 1:

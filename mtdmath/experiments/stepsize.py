@@ -1,4 +1,4 @@
-"""``stepsize``: the loss-optimal one-step MD step η_opt(L) against η* = 1/(1+α₀) (MATH.md §3).
+"""``stepsize``: the loss-optimal one-step MD step η_opt(L) against η* = 1/(1+α₀) (docs/math.md §3).
 
 For each task setting (orders m = 2, 3, 5 with alpha = 1, a non-uniform alpha, a second pi) and
 each context length L:
@@ -45,7 +45,7 @@ class StepsizeConfig:
     concentration: float = field(default=0.5, metadata={"help": "Dirichlet concentration of the rows of pi"})
     alpha: float = field(default=1.0, metadata={"help": "uniform prior value: alpha = ALPHA·1_m"})
     nonuniform_alpha: tuple[float, ...] = field(default=(3.0, 1.0, 0.5), metadata={
-        "help": "an extra setting with this non-uniform alpha (its order is its length; empty: none)"})
+        "help": "an extra setting with this non-uniform alpha (its order is its length; the API takes () for none)"})
     second_pi_concentration: float = field(default=2.0, metadata={
         "help": "an extra m = 2 setting with a second pi, rows ~ Dirichlet(this·1) from its own stream (<= 0: none)"})
     n_train: int = field(default=512, metadata={"help": "sequences the step is tuned on (optimal_step)"})
@@ -192,7 +192,46 @@ def run(cfg: StepsizeConfig, out: Path, *, seed: int, device: torch.device, prog
            "forms": list(FORMS), "verdict": verdict(results)}
     res["figures"] = [_plot(res, out / "stepsize.png").name]
     X.write_json(out / "stepsize.json", res)
+    (out / "stepsize.md").write_text(markdown(res))
     return res
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """Markdown tables of a ``stepsize`` result (its dict or its JSON): η_opt(L) ± s.e. per setting,
+    the fits (χ²/dof, p), and the KLs of MD at η_opt / η*, K.2 and exact Bayes (mean ± s.e.)."""
+    R = res["results"]
+    names = list(R)
+    Ls = sorted({row["L"] for r in R.values() for row in r["rows"]})
+    lines = ["**η_opt(L)** (one-step MD from μ, tuned on held-out sequences; ± bootstrap s.e.)\n",
+             "| setting | η* | " + " | ".join(f"L = {L}" for L in Ls) + " |", "|---|---|" + "---|" * len(Ls)]
+    for n in names:
+        by = {row["L"]: row for row in R[n]["rows"]}
+        lines.append(f"| {n} | {R[n]['eta_star']:.4f} | " + " | ".join(
+            f"{by[L]['eta_opt']:.4f} ± {by[L]['eta_opt_se']:.4f}" if L in by else "–" for L in Ls) + " |")
+    lines += ["", "**Fits of 1/η_opt against n = L − m** (weighted by the bootstrap s.e.; χ²/dof, p-value)\n",
+              "| setting | α₀ | c/L | c/(α₀+n) | A + B·n | form that holds (p ≥ 0.05) |", "|---|---|---|---|---|---|"]
+    for n in names:
+        f = R[n]["fit"]
+
+        def cell(k: str) -> str:
+            pr = ", ".join(f"{a} = {v:.3g}" for a, v in f[k]["params"].items())
+            return f"{f[k]['chi2_dof']:.2f} (p = {f[k]['p_value']:.2g}; {pr})"
+
+        ok = res["verdict"][n]["acceptable_forms"]
+        lines.append(f"| {n} | {R[n]['alpha0']:g} | {cell('c/L')} | {cell('c/(alpha0+n)')} | {cell('A+B*n')} | "
+                     f"{', '.join(ok) if ok else 'none'} |")
+    lines += ["", "**KL(p* ‖ p̂)** on a third, disjoint set (nats, mean ± s.e.; exact Bayes on the first n_Bayes "
+              "sequences where the count lattice allows)\n",
+              "| setting | L | MD(η_opt(L)) | MD(η*) | K.2 corrected | exact Bayes (n_Bayes) | K.2 − MD(η*) (paired) |",
+              "|---|---|---|---|---|---|---|"]
+    for n in names:
+        for row in R[n]["rows"]:
+            b = f"{row['bayes'][0]:.4f} ± {row['bayes'][1]:.4f} ({row['n_bayes']})" if "bayes" in row else "skipped"
+            d = row["k2_minus_md_eta_star"]
+            lines.append(f"| {n} | {row['L']} | {row['md_eta_opt'][0]:.4f} ± {row['md_eta_opt'][1]:.4f} | "
+                         f"{row['md_eta_star'][0]:.4f} ± {row['md_eta_star'][1]:.4f} | {row['k2'][0]:.4f} ± "
+                         f"{row['k2'][1]:.4f} | {b} | {d[0]:+.4f} ± {d[1]:.4f} |")
+    return "\n".join(lines) + "\n"
 
 
 def verdict(results: dict[str, Any]) -> dict[str, Any]:
@@ -245,6 +284,11 @@ def _plot(res: dict[str, Any], path: Path) -> Path:
             pts = [(row["L"], *row[key]) for row in rs if key in row]
             if not pts:
                 continue
+            if key == "bayes":  # say where exact Bayes ran on fewer sequences or not at all
+                n_ev = max(row["n_bayes"] for row in rs)
+                few = [f"L={row['L']}: {row['n_bayes']} seqs" if row["n_bayes"] else f"L={row['L']}: skipped"
+                       for row in rs if row["n_bayes"] < n_ev]
+                label += f" ({'; '.join(few)})" if few else ""
             a = np.array(pts)
             ax.errorbar(a[:, 0], a[:, 1], yerr=a[:, 2], fmt="-o", ms=2.5, lw=1.1, color=color, label=label)
         ax.set_xscale("log", base=2)

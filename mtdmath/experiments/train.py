@@ -1,4 +1,4 @@
-"""``train``: train transformers from scratch on the in-context MTD task (MATH.md §1, §5).
+"""``train``: train transformers from scratch on the in-context MTD task (docs/math.md §1, §5).
 
 The task: pi is drawn once (the same pi as ``estimators`` at this seed and order); every
 sequence draws its own lam ~ Dirichlet(alpha). Fresh batches every step (online), drawn in torch
@@ -9,7 +9,7 @@ linear warm-up then cosine decay to 0, gradient clipping.
 Models (``--models``) are specs (:func:`mtdmath.nn.model_from_spec`):
 
 - ``md`` (``md3``) — :class:`mtdmath.MDTransformer`, the disentangled three-layer architecture of
-  MATH.md §5 with random learnable weights (the construction is one point of its parameter space);
+  docs/math.md §5 with random learnable weights (the construction is one point of its parameter space);
 - ``std:L=5,d=32,h=2`` — :class:`mtdmath.StandardTransformer` (GPT-style) of any depth L, width d
   and heads h (omitted keys: ``--d-model``, ``--n-heads``); ``std3``, ``std5`` are ``std:L=3``, ``std:L=5``.
 
@@ -123,7 +123,7 @@ def train_one(spec: str, cfg: TrainConfig, task: ICLTask, *, seed: int, device: 
 
         @torch.no_grad()
         def construction_nll(*, tokens: torch.Tensor, **_: Any) -> dict[str, float]:
-            # NLL of the one-step MD construction (MATH.md §5) on the same batch
+            # NLL of the one-step MD construction (docs/math.md §5) on the same batch
             p_ref = md_predictive_all_prefixes(tokens, pi_t, task.alpha)[:, :-1]
             return {"construction_nll": float(-torch.log(p_ref.gather(2, tokens[:, m:, None])).mean())}
 
