@@ -101,10 +101,12 @@ def test_estimators_json_and_construction_equals_one_step_md(quick_all):
         methods = ["bayes", "md1", "md2", "md3", "md4", "md5", "em", "mle", "construction"]
         _check_curves(r, methods, m, cfg["T"])
         assert np.asarray(r["pi"]).shape == (cfg["S"], cfg["S"])
-        # the constructed transformer IS one-step MD (docs/math.md §5): curves equal to 1e-10
+        # the constructed transformer IS one-step MD (docs/math.md §5). Two float64 routes of the same
+        # step: the exponent η G/μ (κ = η·max G/μ <= η·T/μ_min ~ 1e2 here) carries ~T·eps of relative
+        # rounding, so probabilities and the KL curves agree to κ·T·eps ~ 1e-12 (1e-16 measured)
         diff = np.abs(np.asarray(r["kl_mean"]["construction"]) - np.asarray(r["kl_mean"]["md1"]))
-        assert diff.max() <= 1e-10, (key, diff.max())
-        assert r["construction_vs_md1"]["max_abs_prob_diff"] <= 1e-10
+        assert diff.max() <= 1e-12, (key, diff.max())
+        assert r["construction_vs_md1"]["max_abs_prob_diff"] <= 1e-12
         # at L = m there is no transition: every estimator predicts with the prior mean μ
         # (uniform here, alpha = 1), so the first points of MD, EM, Bayes and MLE coincide
         first = [r["kl_mean"][k][0] for k in ("bayes", "md1", "md5", "em", "mle")]

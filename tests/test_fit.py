@@ -504,8 +504,11 @@ def test_layouts_and_weights_agree():
     c = fit([Y[0], Y[1], Y[2], Y[1]], 2, weights=[1, 1, 1, 0], **kw)
     d = fit([Y[0], Y[1], Y[2]], 2, weights=[2, 2, 2], **kw)  # doubling every weight doubles loglik, same MLE
     assert a.loglik == b.loglik == pytest.approx(c.loglik, rel=1e-12)
-    assert d.loglik == pytest.approx(2 * a.loglik, rel=1e-9)
-    np.testing.assert_allclose(d.lam, a.lam, atol=1e-5)
+    # doubling every weight is exact in binary floating point (counts and log-likelihoods scale by
+    # exactly 2, every relative stopping decision is the same); the M-step normalisations round
+    # differently by an ulp or so per iteration: 1e-12 relative over ~100 iterations (9e-14 measured)
+    assert d.loglik == 2 * a.loglik
+    np.testing.assert_allclose(d.lam, a.lam, rtol=1e-12, atol=0)
     assert a.n_obs == 3 * 298 and d.n_obs == 2 * 3 * 298
 
 
