@@ -106,10 +106,16 @@ def main(argv=None) -> int:
             ("md_predictive_all_prefixes", bk, dt, "B4096-T256", lambda f=o_prefix, tok=tok, P=P: f(tok, P, alpha),
              lambda tok=tok, P=P: new.md_predictive_all_prefixes(tok, P, alpha)),
         ]
-        if bk == "numpy":  # the old torch twin had no Hessian and no MLE
+        if bk == "numpy":  # the old torch twin had no Hessian and no MLE; the exact posterior is host code
+            C3 = rng.uniform(0.05, 1.0, (1, 512, 3))
+            C5 = rng.uniform(0.05, 1.0, (1, 64, 5))
             cases += [
                 ("hessian", bk, dt, size_big, lambda: old.hessian(lam_big, C_big), lambda: new.hessian(lam_big, C_big)),
                 ("mle", bk, dt, size_est, lambda: old.mle(C_est), lambda: new.mle(C_est)),
+                ("posterior_mean", bk, dt, "m3-n512", lambda: old.posterior_mean(C3, np.ones(3)),
+                 lambda: new.posterior_mean(C3, np.ones(3))),
+                ("posterior_mean", bk, dt, "m5-n64", lambda: old.posterior_mean(C5, np.ones(5)),
+                 lambda: new.posterior_mean(C5, np.ones(5))),
             ]
     rows = []
     for kernel, bk, dt, size, f_old, f_new in cases:
