@@ -190,7 +190,7 @@ def _check_finite_nonneg(a: Any, name: str, xp: Any, what: str = "entries") -> f
     if _xp.is_torch_namespace(xp):
         import torch
 
-        lo, hi = torch.aminmax(a)
+        lo, hi = torch.aminmax(a.detach())  # a check, not part of any graph
     else:
         lo, hi = xp.min(a), xp.max(a)
     if bool(xp.isfinite(lo) & xp.isfinite(hi) & (lo >= 0)):
