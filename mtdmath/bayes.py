@@ -319,6 +319,84 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
     return post, np.log(tot) + log_scale
 
 
+def _forward_xp(C: Any, alpha: np.ndarray, max_bytes: float) -> tuple[Any, Any]:
+    """The NumPy route of :func:`_forward`, op for op in the Array API: the batched GPU path.
+
+    C (B, n, m) is a float64 array of any namespace (a CUDA tensor stays on its device); the
+    padded layout's index arrays are moved there once. Same recursion, same rescaling, same
+    results (tested against the NumPy route on CPU tensors).
+    """
+    xp = _xp.array_namespace(C)
+    dev = _xp._device(C)
+    B, n, m = C.shape
+    _check_budget(B, n, m, max_bytes)
+    a0 = float(alpha.sum())
+    f64 = xp.float64
+    if n == 0:
+        post = xp.broadcast_to(xp.asarray(alpha / a0, dtype=f64, device=dev), (B, m))
+        return xp.asarray(post, copy=True), xp.zeros((B,), dtype=f64, device=dev)
+    cmax = xp.max(C, axis=2)  # (B, n), > 0
+    Cn = C / cmax[..., None]
+    log_scale = xp.sum(xp.log(cmax), axis=1)
+    if m == 1:
+        return xp.ones((B, 1), dtype=f64, device=dev), log_scale
+    lay = _layout(n, m)
+    P, R = m - 2, lay.R
+    ps = xp.asarray(lay.ps.astype(np.float64), device=dev)
+    pk = xp.asarray(lay.pk.astype(np.float64), device=dev)
+    par = xp.asarray(lay.par.astype(np.int64), device=dev)
+    col = xp.arange(n + 1, dtype=f64, device=dev)
+    W = xp.zeros((B, R + 1, n + 1), dtype=f64, device=dev)  # row R: the sentinel, always 0
+    W[:, 0, 0] = 1.0
+    Wn = xp.zeros_like(W)
+    mx = xp.ones((B,), dtype=f64, device=dev)
+    one = xp.ones_like(mx)
+    for i in range(n):
+        L = i + 1
+        tiny = mx < 1e-150
+        if bool(xp.any(tiny)):  # bring the stored level back to max 1 rather than fold a huge 1/mx
+            W = xp.where(tiny[:, None, None], W / mx[:, None, None], W)
+            log_scale = log_scale + xp.where(tiny, xp.log(mx), xp.zeros_like(mx))
+            mx = xp.where(tiny, one, mx)
+        log_scale = log_scale + xp.log(mx)
+        c = Cn[:, i, :] / (mx[:, None] * (a0 + i))  # (B, m)
+        new_mx = xp.zeros_like(mx)
+        for r0, r1, w in lay.plan(L):
+            src = W[:, r0:r1, :w]
+            # lag m-1 (implicit count, in place): factor alpha + k_{m-1} - 1, the integer part first
+            A = ((i - ps[r0:r1])[:, None] - col[None, :w]) + float(alpha[m - 1])  # (nr, w)
+            out = (src * c[:, m - 1, None, None]) * A
+            if w > 1:  # lag m-2 (the column): parent column c-1, factor alpha + c - 1
+                colc = c[:, m - 2, None] * (float(alpha[m - 2]) + col[: w - 1])  # (B, w-1)
+                shifted = W[:, r0:r1, : w - 1] * colc[:, None, :]
+                out = out + xp.concat([xp.zeros_like(out[:, :, :1]), shifted], axis=2)
+            for g in range(P):  # lags g < m-2: parent row q - e_g (the sentinel gives 0)
+                rc = c[:, g, None] * (float(alpha[g]) + (pk[r0:r1, g] - 1))  # (B, nr)
+                parent = xp.take(W, par[g, r0:r1], axis=1)[:, :, :w]
+                out = out + parent * rc[:, :, None]
+            Wn[:, r0:r1, :w] = out
+            new_mx = xp.maximum(new_mx, xp.max(xp.reshape(out, (B, -1)), axis=1))
+        mx = new_mx
+        W, Wn = Wn, W
+    Wf = W[:, :R, :]
+    rows = xp.sum(Wf, axis=2)  # (B, R)
+    tot = xp.sum(rows, axis=1)
+    parts = []
+    if P:
+        parts.append(xp.asarray(alpha[:P], dtype=f64, device=dev) * tot[:, None] + rows @ pk)
+    parts.append((float(alpha[m - 2]) * tot + xp.sum(Wf @ col, axis=1))[:, None])
+    k_last = xp.maximum(n - ps[:, None] - col[None, :], xp.zeros((1, 1), dtype=f64, device=dev))
+    parts.append((float(alpha[m - 1]) * tot + xp.sum(Wf * k_last, axis=(1, 2)))[:, None])
+    num = xp.concat(parts, axis=1)  # (B, m)
+    post = num / ((a0 + n) * tot[:, None])
+    return post, xp.log(tot) + log_scale
+
+
+def _on_device(space: Any) -> bool:
+    """Whether the exact posterior should run where the data are (a CUDA tensor) rather than on the host."""
+    return space.is_torch and space.device.type == "cuda"
+
+
 def _prepare(C: Any, alpha: Any, allow_impossible: bool) -> tuple[np.ndarray, np.ndarray, _xp.Space]:
     """Validate in C's own space, then continue in float64 NumPy (the recursion is host code);
     the space is returned so the result goes back to C's namespace, device and dtype."""
@@ -326,6 +404,8 @@ def _prepare(C: Any, alpha: Any, allow_impossible: bool) -> tuple[np.ndarray, np
     C = V.check_C(C, "C", allow_impossible=allow_impossible, space=space)
     alpha = V.check_alpha(alpha, "alpha")
     V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
+    if _on_device(space):  # a CUDA batch stays on its device, in float64
+        return _xp.convert(C, _xp.Space(space.xp, space.device, space.xp.float64)), alpha, space
     return np.asarray(_xp.to_numpy(C), dtype=np.float64), alpha, space
 
 
@@ -349,7 +429,10 @@ def posterior_mean(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
     """
     max_bytes = V.check_float(max_bytes, "max_bytes", positive=True)
     C, alpha, space = _prepare(C, alpha, allow_impossible=False)
-    batch, (n, m) = C.shape[:-2], C.shape[-2:]
+    batch, (n, m) = tuple(C.shape[:-2]), tuple(C.shape[-2:])
+    if _on_device(space):
+        post, _ = _forward_xp(space.xp.reshape(C, (math.prod(batch), n, m)), alpha, max_bytes)
+        return _xp.convert(space.xp.reshape(post, batch + (m,)), space)
     post, _ = _forward(C.reshape((int(np.prod(batch)), n, m)), alpha, max_bytes)
     return _xp.from_numpy(post.reshape(batch + (m,)), space)
 
@@ -366,7 +449,15 @@ def log_evidence(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> n
     """
     max_bytes = V.check_float(max_bytes, "max_bytes", positive=True)
     C, alpha, space = _prepare(C, alpha, allow_impossible=True)
-    batch, (n, m) = C.shape[:-2], C.shape[-2:]
+    batch, (n, m) = tuple(C.shape[:-2]), tuple(C.shape[-2:])
+    if _on_device(space):
+        xp = space.xp
+        Cf = xp.reshape(C, (math.prod(batch), n, m))
+        impossible = xp.any(xp.all(Cf == 0, axis=-1), axis=-1)  # (B,)
+        Cf = xp.where(impossible[:, None, None], xp.ones_like(Cf), Cf)
+        _, le = _forward_xp(Cf, alpha, max_bytes)
+        le = xp.where(impossible, xp.full_like(le, -math.inf), le)
+        return _xp.convert(xp.reshape(le, batch), space)
     Cf = C.reshape((int(np.prod(batch)), n, m))
     impossible = np.any(np.all(Cf == 0, axis=-1), axis=-1)  # (B,)
     # run the impossible elements on a harmless stand-in and report -inf for them

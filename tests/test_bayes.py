@@ -289,3 +289,29 @@ print(rss("VmHWM") - base, Bm._bytes_needed(1, 64, 5, kernel=True))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     grew, bound = int(out[0]), int(out[1])
     assert 0 < grew <= bound, (grew, bound)
+
+
+@pytest.mark.parametrize("m, n, B", [(1, 5, 2), (2, 30, 3), (3, 20, 2), (4, 12, 2), (5, 8, 2), (3, 0, 2)])
+def test_device_route_equals_the_host_route(m, n, B, monkeypatch):
+    # the Array-API port of the recursion (what a CUDA batch runs) on CPU torch tensors, against
+    # the NumPy route: the same operations, so the same numbers to a few ulps
+    torch = pytest.importorskip("torch")
+    from mtdmath import bayes as Bm
+
+    rng = np.random.default_rng(10 * m + n)
+    C = rng.uniform(0.05, 1, (B, n, m))
+    C[0, :1, 0] = 1e-13
+    alpha = rng.uniform(0.3, 3, m)
+    monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", "1")
+    want_pm, want_le = M.posterior_mean(C, alpha), M.log_evidence(C, alpha)
+    monkeypatch.setattr(Bm, "_on_device", lambda space: space.is_torch)  # force the device route on the CPU
+    Ct = torch.as_tensor(C)
+    pm, le = M.posterior_mean(Ct, alpha), M.log_evidence(Ct, alpha)
+    assert isinstance(pm, torch.Tensor) and pm.dtype == torch.float64
+    np.testing.assert_allclose(pm.numpy(), want_pm, rtol=1e-13, atol=1e-300)
+    np.testing.assert_allclose(le.numpy(), want_le, rtol=1e-13, atol=1e-13)
+    Ci = Ct.clone()
+    if n:
+        Ci[1, 0, :] = 0  # an impossible transition: -inf for that element only
+        le_i = M.log_evidence(Ci, alpha).numpy()
+        assert le_i[1] == -np.inf and np.isfinite(le_i[0])
