@@ -197,6 +197,12 @@ def _kernel_targets() -> list[str]:
         elif k:
             out.append(f"kernels exact posterior {sz}: {_fmt_t(k['median_s'])}, {k['ns_per_state_step']:.1f} ns per "
                        "state-step (completes within 8 GiB: met)")
+    fk, fg = get("fit_kernel", "numpy", "float64", "S10-m4-n100000"), get("fit_generic", "numpy", "float64", "S10-m4-n100000")
+    if fk and fg:
+        r = fg["median_s"] / fk["median_s"]
+        same = abs(fk["loglik"] - fg["loglik"]) <= 1e-9 * abs(fg["loglik"])
+        out.append(f"kernels fit S=10 m=4 n=1e5, 10 restarts: {_fmt_t(fk['median_s'])} against {_fmt_t(fg['median_s'])} "
+                   f"(generic EM map): {r:.1f}x, log-likelihood equal to 1e-9: {'yes' if same else 'NO'}")
     rss = get("bayes_peak_rss", "numpy", "float64", "m5-n128")
     if rss:
         gib = rss["peak_bytes"] / 2**30

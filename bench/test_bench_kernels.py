@@ -178,3 +178,25 @@ def test_bayes_peak_rss(benchmark, m_, n):
     grew = C.run(benchmark, lambda: peak_rss_growth(n, m_), backend="numpy", rounds=1, warmup=0)
     C.record(benchmark, ("kernels", "bayes_peak_rss", "numpy", "float64", f"m{m_}-n{n}"), backend="numpy",
              min_bytes=1, peak_bytes=grew)
+
+
+@lru_cache(maxsize=1)
+def fit_chain():
+    from mtdmath.fitting import MTDModel
+
+    rng = np.random.default_rng(0)
+    true = MTDModel(M.random_transition_matrix(10, concentration=0.5, rng=rng), rng.dirichlet(np.ones(4)))
+    return true.sample(100_000, rng=1)
+
+
+@pytest.mark.benchmark(group="kernels")
+@pytest.mark.parametrize("route", ["kernel", "generic"])
+def test_fit(benchmark, monkeypatch, route):
+    # S = 10, m = 4, n = 1e5, 10 restarts: the fused E+M kernel against the NumPy EM map
+    if route == "generic":
+        monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", "1")
+    y = fit_chain()
+    M.fit(y[:2000], 4, restarts=2, rng=0)  # compile / load the kernel
+    f = C.run(benchmark, lambda: M.fit(y, 4, restarts=10, rng=0), backend="numpy", rounds=3)
+    C.record(benchmark, ("kernels", f"fit_{route}", "numpy", "float64", "S10-m4-n100000"), backend="numpy",
+             min_bytes=y.nbytes, loglik=float(f.loglik))

@@ -125,3 +125,38 @@ def test_posterior_parallel_kernel_equals_the_serial_one(monkeypatch):
     par = M.posterior_mean(C, alpha), M.log_evidence(C, alpha)
     np.testing.assert_allclose(par[0], serial[0], rtol=1e-13, atol=0)  # only the final sums regroup
     np.testing.assert_allclose(par[1], serial[1], rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("variant, independent, freeze", [("shared", False, False), ("lagwise", False, False),
+                                                          ("shared", True, False), ("shared", False, True)])
+def test_fit_em_kernel_equals_the_generic_em_map(variant, independent, freeze, monkeypatch):
+    from mtdmath.fitting.em import _EM, _Layout, _prepare
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, size=3000)
+    data = _prepare([y], 3, None, None, None)
+    lay = _Layout(4, 3, variant, independent)
+    em = _EM(data, lay, freeze_pi=freeze)
+    x = np.stack([lay.normalise(rng.random(lay.size)) for _ in range(5)])  # 5 random restarts
+    x[2, lay.K:lay.K + 4] = 0.0  # a whole row of pi set to 0: the data become impossible under x[2]
+    fast = em.batch(x.copy())
+    monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", "1")
+    slow = em.batch(x.copy())
+    # the same sums in another order (one pass over the tuples against einsum): 1e-12 relative
+    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-12)
+    np.testing.assert_allclose(fast[0], slow[0], rtol=1e-11, atol=1e-15)
+
+
+def test_fit_with_the_kernel_reaches_the_same_maximum(monkeypatch):
+    from mtdmath.fitting import MTDModel
+
+    rng = np.random.default_rng(0)
+    true = MTDModel(M.random_transition_matrix(6, concentration=0.5, rng=rng), rng.dirichlet(np.ones(3)))
+    y = true.sample(20_000, rng=1)
+    fast = M.fit(y, 3, restarts=4, rng=0)
+    monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", "1")
+    slow = M.fit(y, 3, restarts=4, rng=0)
+    # the same EM path up to rounding, stopped by the same rule: the log-likelihood to 1e-9 relative
+    # (the requirement; 1e-14 seen) and the same fixed point
+    assert abs(fast.loglik - slow.loglik) <= 1e-9 * abs(slow.loglik)
+    np.testing.assert_allclose(fast.lam, slow.lam, atol=1e-6)

@@ -334,6 +334,7 @@ class _EM:
         self.lay = lay
         self.K = lay.K
         self.idx = np.ascontiguousarray(lay.index(data).T)  # (K, U): component-major for contiguous rows
+        self.idx_i64 = self.idx.astype(np.int64, copy=False)
         self.idx_rest = (self.idx - self.K).ravel()  # positions among the emission rows
         self.w = data.w
         self.N = data.N
@@ -376,6 +377,15 @@ class _EM:
         """
         K, S = self.K, self.lay.S
         b = x.shape[0]
+        from .. import _kernels
+
+        if _kernels.enabled():  # the fused E+M kernel: one pass over the tuples per restart
+            from .._kernels.fitem import em_batch
+
+            x = np.ascontiguousarray(x, dtype=np.float64)
+            new, ll = np.empty_like(x), np.empty(b)
+            em_batch(x, self.idx_i64, self.w, K, S, self.n_rest, self.freeze_pi, new, ll)
+            return new, ll
         if b > 1 and self.idx.size > _BATCH_CELLS:
             # many distinct tuples: row by row keeps the (K, U) work in cache (batched einsum is ~3x slower)
             outs = [self.batch(x[i : i + 1]) for i in range(b)]
