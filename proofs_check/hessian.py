@@ -7,7 +7,8 @@ H.1  ``sympy.diff`` of ``log(c·lam)`` gives the closed-form gradient ``c/s`` an
 H.2  H1: ``‖c‖² ≤ m`` on [0,1]^m, ``s ≥ c_min``, ``‖c cᵀ‖_op = ‖c‖²`` (characteristic
      polynomial, m ≤ 4), hence ``‖∇²f‖_op ≤ n m / c_min²``
 H.3  H2: ``S² - ‖c‖²`` has only nonnegative coefficients (m ≤ 8), ``s(u) = S/m``, hence
-     ``‖∇²f(u)‖_op ≤ n m²``, attained by one-hot rows
+     ``‖∇²f(u)‖_op ≤ n m²``, attained by n identical one-hot rows (one-hot rows on different lags
+     give less: rows e₁, e₂ at m = 2 give 4 < n·m² = 8)
 H.4  numerically through ``mtdmath.hessian``: no case out of 10⁴ exceeds either bound; the H2
      bound is attained; the Hessian is negative semidefinite
 
@@ -247,7 +248,7 @@ def check_h2(upper: Callable = gram_upper, bound: Callable = h2_bound, ms: Seque
         op = max(abs(ev) for ev in H.eigenvals())
         v.require(_is_zero(op - bound(n_s, m)), f"m={m}: one-hot case has op norm {op}, bound {bound(n_s, m)} not tight")
     v.note(f"m={min(ms)}..{max(ms)}: S² - ‖c‖² = 2Σ_{{g<h}} c_g c_h (nonnegative coefficients), s(u) = S/m, "
-           "so ‖∇²f(u)‖ ≤ n·m²; n one-hot rows give exactly n·m²")
+           "so ‖∇²f(u)‖ ≤ n·m²; n identical one-hot rows give exactly n·m²")
     return v.result()
 
 
@@ -326,7 +327,7 @@ def check_numeric_bounds(hessian: Callable = _default_hessian, bound_h1: Callabl
     v.require(nsd_viol <= 1e-12, f"Hessian not negative semidefinite: max eigenvalue/‖H‖ = {nsd_viol:.3g}")
     v.data.update(cases=total, max_ratio_h1=worst1, max_ratio_h2=worst2, max_eig_over_norm=nsd_viol)
     v.note(f"{total} random cases (m=1..6, n∈{{1,3,10}}): max ‖H‖/H1-bound = {worst1:.12f}, "
-           f"max ‖H(u)‖/H2-bound = {worst2:.12f} (attained by one-hot rows); max eigenvalue/‖H‖ = {nsd_viol:.1e}")
+           f"max ‖H(u)‖/H2-bound = {worst2:.12f} (attained by identical one-hot rows); max eigenvalue/‖H‖ = {nsd_viol:.1e}")
     return v.result()
 
 
@@ -338,7 +339,7 @@ CLAIMS = [
     Claim("H.2", "H1: ‖c‖²≤m on [0,1]^m, s≥c_min, ‖ccᵀ‖_op=‖c‖² (charpoly, m≤4) ⇒ ‖∇²f‖≤n·m/c_min²",
           "symbolic + numeric", check_h1),
     Claim("H.3", "H2: S²-‖c‖² has nonnegative coefficients (m≤8), s(u)=S/m ⇒ ‖∇²f(u)‖≤n·m², attained "
-                 "by one-hot rows", "symbolic", check_h2),
+                 "by identical one-hot rows", "symbolic", check_h2),
     Claim("H.4", "mtdmath.hessian on 10⁴ random cases: never exceeds H1 or H2, H2 attained, "
                  "negative semidefinite", "numeric", check_numeric_bounds),
 ]
