@@ -26,17 +26,10 @@ def make(S=3, lags=(1, 2), variant="shared", seed=0, independent=False):
 
 
 def direct_logprobs(model, y):
-    """log P(y[t] | past) for t = M..T-1, straight from the formula."""
-    y = np.asarray(y)
-    M = max(model.lags)
-    t = np.arange(M, len(y))
-    pis = model.pi if model.pi.ndim == 3 else [model.pi] * len(model.lags)
-    p = np.zeros(t.shape[0])
-    for j, l in enumerate(model.lags):
-        p += model.lam[j] * pis[j][y[t - l], y[t]]
-    if model.lam0 is not None:
-        p += model.lam0 * model.p0[y[t]]
-    return np.log(p)
+    """log P(y[t] | past) for t = M..T-1, straight from the formula (tests/test_fit.py's route)."""
+    from test_fit import probs_direct
+
+    return np.log(probs_direct(model, np.asarray(y)))
 
 
 TRUE = make(3, (1, 2), seed=1)
