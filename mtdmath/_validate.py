@@ -277,7 +277,7 @@ def check_tokens(tokens: Any, S: int, m: int | None = None, name: str = "tokens"
         try:
             y = np.asarray(tokens)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be an array of integers") from None
+            raise ValueError(f"{name} must be an array of integers (ragged or non-numeric input)") from None
         if y.dtype == bool or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"{name} must have an integer dtype (got dtype {y.dtype})")
         xp = _xp.numpy_namespace()

@@ -190,6 +190,9 @@ def predictive(lam: Any, tokens: Any, pi: Any) -> Any:
     lam = V.check_lam(lam, "lam", space=space)
     m = lam.shape[-1]
     y = V.check_tokens(tokens, pi.shape[0], m, "tokens", space)
+    from .likelihood import _broadcast_batch
+
+    _broadcast_batch(lam, y, "lam", "tokens", 1, 1)
     T = y.shape[-1]
     last = y[..., T - m:]  # (..., m): y[T-m], ..., y[T-1] = lags m..1
     rows = xp.take(pi, xp.reshape(last, (-1,)), axis=0)  # (B*m, S)

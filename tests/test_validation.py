@@ -192,6 +192,7 @@ def test_oversized_requests_are_refused_before_allocating(call, name):
     (lambda: M.mirror_descent(np.full((3, 4, 2), 0.5), eta=0.1, lam0=np.full((2, 2), 0.5)), ("lam0", "C")),
     (lambda: M.kkt_gap(np.full((2, 2), 0.5), np.full((3, 4, 2), 0.5)), ("lam", "C")),
     (lambda: M.kl(np.full((2, 3), 1 / 3), np.full((3, 3), 1 / 3)), ("p", "q")),
+    (lambda: M.predictive(np.full((2, 2), 0.5), np.zeros((3, 4), dtype=np.int64), PI), ("lam", "tokens")),
 ])
 def test_batch_mismatch_names_both_arguments(call, names):
     with pytest.raises(ValueError, match=rf"{names[0]} and {names[1]} have batch shapes"):
