@@ -346,7 +346,3 @@ def weighted_rows(src: Any, w: Any, table: Any, xp: Any, *, generic: bool = Fals
 def sum_tol(dtype_eps: float, size: int, base: float) -> float:
     """Tolerance on a sum that should be 1: ``base`` or the rounding of ``size`` terms if coarser."""
     return max(base, 4.0 * size * dtype_eps)
-
-
-def isfinite_all(a: Any, xp: Any) -> bool:
-    return bool(xp.all(xp.isfinite(a))) if math.prod(a.shape) else True

@@ -169,12 +169,13 @@ def _layout_rows(n: int, m: int) -> int:
 def _bytes_needed(batch: int, n: int, m: int, kernel: bool | None = None) -> int:
     """An upper bound of the peak memory of the exact recursion (bytes), checked in the tests.
 
-    NumPy route (tracemalloc): the work arrays (two levels W, a scratch array, a row gather's
-    temporary, the factor buffer: about 4·batch + 1 padded levels of (R+1)·(n+1) floats, and 3
-    more for the final moments). Compiled route (peak RSS): two ragged levels of exactly
+    Array-API route (tracemalloc): two padded levels W of (R+1)·(n+1) floats per sequence and the
+    temporaries of a chunk's moves (products, the shifted column, the parent gather, their sums:
+    up to about 6 more levels' worth per sequence, 7.5 measured), plus 4 levels for the layout's
+    index arrays on the device and the final moments: ``8·batch + 4`` levels. Compiled route (peak RSS): two ragged levels of exactly
     n_states(n, m) floats (no padding), per-row maxima and moment sums. Both: the layout (the
-    prefixes with their build stages, their parents, keys and row offsets: about 4(m-2) + 10
-    integers per row), the copies of C (three), and a fixed 64 KiB of small arrays.
+    prefixes with their build stages, their parents, keys, row offsets and the float copy of the
+    counts the Array-API route uses: about 5(m-2) + 10 numbers per row), the copies of C (three), and a fixed 64 KiB of small arrays.
     """
     if m < 2 or n == 0:
         return 24 * batch * max(n, 1) * m + 2**16
@@ -183,14 +184,14 @@ def _bytes_needed(batch: int, n: int, m: int, kernel: bool | None = None) -> int
 
         kernel = _kernels.enabled()
     R = _layout_rows(n, m)
-    layout = 8 * R * (4 * (m - 2) + 10) + 24 * batch * n * m + 2**16
+    layout = 8 * R * (5 * (m - 2) + 10) + 24 * batch * n * m + 2**16
     if kernel:  # two ragged levels of n_states(n, m) cells, row maxima and moment sums
         return 16 * n_states(n, m) + 8 * R * (m + 2) + layout
-    return 8 * (R + 1) * (n + 1) * (4 * batch + 4) + layout
+    return 8 * (R + 1) * (n + 1) * (8 * batch + 4) + layout
 
 
-def _check_budget(batch: int, n: int, m: int, max_bytes: float) -> None:
-    need = _bytes_needed(batch, n, m)
+def _check_budget(batch: int, n: int, m: int, max_bytes: float, kernel: bool | None = None) -> None:
+    need = _bytes_needed(batch, n, m, kernel)
     if need > max_bytes:
         raise ValueError(
             f"C: the exact posterior needs about {need / 2**30:.2f} GiB for n = {n}, m = {m} "
@@ -202,8 +203,9 @@ def _check_budget(batch: int, n: int, m: int, max_bytes: float) -> None:
 def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Run the Pólya-urn recursion (docs/math.md §4) on C (B, n, m) with every row nonzero.
 
-    ``W_{i+1}[k] = Σ_g W_i[k - e_g] · C[i,g] · (alpha_g + k_g - 1) / (α₀ + i)``, on the padded
-    layout described above. The Pólya factor ``(alpha_g + j) / (α₀ + i)`` (j = k_g - 1 >= 0, an
+    ``W_{i+1}[k] = Σ_g W_i[k - e_g] · C[i,g] · (alpha_g + k_g - 1) / (α₀ + i)``: the compiled
+    kernel on the ragged layout when numba is there, else the Array-API route :func:`_forward_xp`
+    on the padded layout described above. The Pólya factor ``(alpha_g + j) / (α₀ + i)`` (j = k_g - 1 >= 0, an
     integer added to alpha_g, never ``alpha_g - 1`` first: no cancellation for tiny alpha) lies in
     [0, 1] for every alpha, so no product overflows whatever alpha is (1e-300 to 1e300 tested).
     Rescaling (all terms are nonnegative): each row C[i] is divided by its maximum, and each level
@@ -217,119 +219,50 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
     log_evidence : (B,)
     """
     B, n, m = C.shape
-    _check_budget(B, n, m, max_bytes)
-    a0 = float(alpha.sum())
-    if n == 0:
-        return np.broadcast_to(alpha / a0, (B, m)).copy(), np.zeros(B)
+    from . import _kernels
+
+    if not _kernels.enabled() or n == 0 or m == 1:
+        return _forward_xp(C, alpha, max_bytes)
+    _check_budget(B, n, m, max_bytes, kernel=True)
     cmax = C.max(axis=2)  # (B, n), > 0
     Cn = C / cmax[..., None]
     log_scale = np.log(cmax).sum(axis=1)
-    if m == 1:  # lam = 1 surely, and the evidence is Π C[i,0]
-        return np.ones((B, 1)), log_scale
+    # the fused level kernel on the ragged layout: the same recursion, one pass per level
+    import numba
+
+    from ._kernels.bayes import forward, forward_parallel
+
+    # threads pay off only for large levels: a barrier per level costs more than a small level
+    threads = numba.get_num_threads()
+    parallel = threads > 1 and n_states(n, m) >= _PARALLEL_STATES
 
     lay = _layout(n, m)
-    P, R = m - 2, lay.R
-    from . import _kernels
-
-    if _kernels.enabled():  # the fused level kernel: the same recursion, one pass per level
-        import numba
-
-        from ._kernels.bayes import forward, forward_parallel
-
-        # threads pay off only for large levels: a barrier per level costs more than a small level
-        threads = numba.get_num_threads()
-        parallel = threads > 1 and n_states(n, m) >= _PARALLEL_STATES
-
-        post = np.empty((B, m))
-        # the ragged layout: row q keeps its n - ps_q + 1 usable cells, rows one after another
-        row_start = np.zeros(R + 1, dtype=np.int64)
-        np.cumsum(n - lay.ps + 1, out=row_start[1:])
-        args = (np.ascontiguousarray(Cn), np.ascontiguousarray(alpha, dtype=np.float64), lay.pk, lay.ps,
-                lay.par, lay.group_start, row_start, post, log_scale)
-        if parallel:
-            forward_parallel(*args, 4 * threads)
-        else:
-            forward(*args)
-        return post, log_scale
-    W = np.zeros((B, R + 1, n + 1))  # row R: the sentinel, always 0
-    Wn = np.zeros_like(W)
-    scratch = np.empty(B * R * (n + 1))
-    Abuf = np.empty(R * (n + 1))
-    col = np.arange(n + 1, dtype=np.float64)
-    ps_f = lay.ps.astype(np.float64)
-    W[:, 0, 0] = 1.0  # level 0: the single state k = 0 (row 0 is the empty prefix)
-    mx = np.ones(B)  # maximum of the stored level
-    for i in range(n):
-        L = i + 1  # the child level
-        tiny = mx < 1e-150
-        if np.any(tiny):  # bring the stored level back to max 1 rather than fold a huge 1/mx
-            W[tiny, : lay.group_start[min(i, n) + 1], : i + 1] /= mx[tiny, None, None]
-            log_scale[tiny] += np.log(mx[tiny])
-            mx = np.where(tiny, 1.0, mx)
-        log_scale += np.log(mx)
-        denom = a0 + i
-        c = Cn[:, i, :] / (mx[:, None] * denom)  # (B, m): this step's coefficients, rescaled
-        new_mx = np.zeros(B)
-        for r0, r1, w in lay.plan(L):
-            nr = r1 - r0
-            src = W[:, r0:r1, :w]
-            out = Wn[:, r0:r1, :w]
-            # lag m-1 (implicit count, stays in place): factor alpha + k_{m-1} - 1 with the
-            # child's k_{m-1} = L - ps - c; the integer part is formed first, exactly
-            A = Abuf[: nr * w].reshape(nr, w)
-            np.subtract((i - ps_f[r0:r1])[:, None], col[None, :w], out=A)
-            A += alpha[m - 1]
-            np.multiply(src, c[:, m - 1, None, None], out=out)
-            out *= A
-            # lag m-2 (the column): parent column c-1, factor alpha + c - 1
-            if w > 1:
-                t = scratch[: B * nr * (w - 1)].reshape(B, nr, w - 1)
-                colc = c[:, m - 2, None] * (alpha[m - 2] + col[: w - 1])  # (B, w-1)
-                np.multiply(W[:, r0:r1, : w - 1], colc[:, None, :], out=t)
-                out[:, :, 1:] += t
-            # lags g < m-2 (the prefix): parent row q - e_g, factor alpha_g + (q_g - 1)
-            for g in range(P):
-                rc = c[:, g, None] * (alpha[g] + (lay.pk[r0:r1, g] - 1))  # (B, nr)
-                if P == 1:  # graded order of one coordinate: row q is k_0 = q, parent row q - 1
-                    q0 = max(r0, 1)
-                    if q0 >= r1:
-                        continue
-                    t = scratch[: B * (r1 - q0) * w].reshape(B, r1 - q0, w)
-                    np.multiply(W[:, q0 - 1 : r1 - 1, :w], rc[:, q0 - r0 :, None], out=t)
-                    out[:, q0 - r0 :] += t
-                else:
-                    t = W[:, lay.par[g, r0:r1], :w]  # sentinel rows give 0
-                    t *= rc[:, :, None]
-                    out += t
-            np.maximum(new_mx, out.max(axis=(1, 2)), out=new_mx)
-        mx = new_mx
-        W, Wn = Wn, W
-    # E[lam_g | y] = Σ_k W_n[k] (alpha_g + k_g) / ((α₀ + n) Σ_k W_n[k]); non-states hold 0
-    Wf = W[:, :R, :]
-    rows = Wf.sum(axis=2)  # (B, R)
-    tot = rows.sum(axis=1)
-    num = np.empty((B, m))
-    if P:
-        num[:, :P] = alpha[:P] * tot[:, None] + rows @ lay.pk.astype(np.float64)
-    num[:, m - 2] = alpha[m - 2] * tot + (Wf @ col).sum(axis=1)
-    # the implicit count n - ps - c, formed as an integer (clipped at 0 on non-states)
-    k_last = np.maximum(n - ps_f[:, None] - col[None, :], 0.0)
-    num[:, m - 1] = alpha[m - 1] * tot + np.einsum("brc,rc->b", Wf, k_last)
-    post = num / ((a0 + n) * tot[:, None])
-    return post, np.log(tot) + log_scale
+    R = lay.R
+    post = np.empty((B, m))
+    # the ragged layout: row q keeps its n - ps_q + 1 usable cells, rows one after another
+    row_start = np.zeros(R + 1, dtype=np.int64)
+    np.cumsum(n - lay.ps + 1, out=row_start[1:])
+    args = (np.ascontiguousarray(Cn), np.ascontiguousarray(alpha, dtype=np.float64), lay.pk, lay.ps,
+            lay.par, lay.group_start, row_start, post, log_scale)
+    if parallel:
+        forward_parallel(*args, 4 * threads)
+    else:
+        forward(*args)
+    return post, log_scale
+    return _forward_xp(C, alpha, max_bytes)
 
 
 def _forward_xp(C: Any, alpha: np.ndarray, max_bytes: float) -> tuple[Any, Any]:
-    """The NumPy route of :func:`_forward`, op for op in the Array API: the batched GPU path.
+    """The recursion on the padded layout in the Array API: the generic route of every backend.
 
-    C (B, n, m) is a float64 array of any namespace (a CUDA tensor stays on its device); the
-    padded layout's index arrays are moved there once. Same recursion, same rescaling, same
-    results (tested against the NumPy route on CPU tensors).
+    C (B, n, m) is a float64 array of any namespace: NumPy when the compiled kernel is not
+    available, or a CUDA tensor, which stays on its device (the layout's index arrays are moved
+    there once). Budget checked before any allocation.
     """
     xp = _xp.array_namespace(C)
     dev = _xp._device(C)
     B, n, m = C.shape
-    _check_budget(B, n, m, max_bytes)
+    _check_budget(B, n, m, max_bytes, kernel=False)
     a0 = float(alpha.sum())
     f64 = xp.float64
     if n == 0:
