@@ -402,9 +402,14 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
         Row-stochastic transition matrix.
     alpha : array_like, shape (m,)
         Dirichlet prior of lam; ``m = len(alpha)``, ``μ = alpha / α₀``.
-    eta : float or sequence of float, optional
-        Step size ``>= 0`` (the same every step; default ``η* = 1/(1+α₀)``, :func:`eta_bayes`),
-        or a schedule of length ``steps``.
+    eta : float, sequence of float, array of shape (steps, T-m+1) or callable, optional
+        Step size ``>= 0``: a scalar (the same every step and prefix; default
+        ``η* = 1/(1+α₀)``, :func:`eta_bayes`); a schedule of length ``steps``; or a **per-prefix
+        step** (docs/math.md §5.6), either a 2-D array whose entry ``[j, r]`` is step j's size at
+        prefix row r, or a callable ``eta(n)`` that receives the int64 NumPy array
+        ``n = arange(T-m+1)`` (the number of transitions of each prefix) and returns an array of
+        shape (T-m+1,) (the same every step) or (steps, T-m+1). For example
+        ``eta=lambda n: c / (n + m + a)`` is the step of the softmax-sink transformer.
     steps : int
         Number of MD steps ``k >= 0`` from μ (0: the prior predictive at every prefix).
     out : array, shape (..., T-m+1, S), optional
@@ -428,7 +433,8 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     alpha = V.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
     steps = V.check_int(steps, "steps", minimum=0)
-    etas = _check_etas(eta, alpha, steps, "steps")
+    per_prefix = callable(eta) or np.ndim(eta) == 2 or (_xp._is_array(eta) and eta.ndim == 2)
+    etas = None if per_prefix else _check_etas(eta, alpha, steps, "steps")
     space = _xp.data_space(tokens, pi)
     xp = space.xp
     pi = V.check_pi(pi, "pi", space)
@@ -436,6 +442,8 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     y = V.check_tokens(tokens, S, m, "tokens", space)
     batch, T = tuple(y.shape[:-1]), y.shape[-1]
     n = T - m
+    if per_prefix:
+        etas = _check_prefix_etas(eta, steps, n)
     # the (..., n+1, S) output and about 4 (m, B, n+1) work arrays
     rows = int(np.prod(batch)) * (n + 1)
     V.check_alloc(rows * (S + 4 * m), 8, "tokens", f"the predictive of {rows} prefixes over S = {S} tokens")
@@ -453,6 +461,36 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     else:
         out[...] = p
     return out
+
+
+def _check_prefix_etas(eta: Any, steps: int, n: int) -> np.ndarray:
+    """A per-prefix step as a float64 (steps, n+1) array, every entry finite and >= 0.
+
+    ``eta`` is a 2-D array of that shape, or a callable of the transition counts
+    ``arange(n+1)`` returning shape (n+1,) (the same every step) or (steps, n+1).
+    """
+    name = "eta"
+    if callable(eta):
+        name = "eta(n)"
+        eta = eta(np.arange(n + 1, dtype=np.int64))
+    try:
+        a = np.asarray(_xp.to_numpy(eta) if _xp._is_array(eta) else eta)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an array of real numbers (got {type(eta).__name__})") from None
+    if a.dtype.kind not in "iuf" or a.dtype.kind == "b":
+        raise ValueError(f"{name} must be real numbers (got dtype {a.dtype})")
+    a = a.astype(np.float64)
+    if a.ndim == 1 and name == "eta(n)":
+        a = np.tile(a, (steps, 1)) if a.shape[0] == n + 1 else a
+    if a.shape != (steps, n + 1):
+        want = f"(T-m+1,) = ({n + 1},) or " if name == "eta(n)" else ""
+        raise ValueError(f"{name} must have shape {want}(steps, T-m+1) = ({steps}, {n + 1}) for a per-prefix "
+                         f"step (got shape {a.shape})")
+    bad = ~np.isfinite(a) | (a < 0)
+    if bad.any():
+        raise ValueError(f"{name} must be finite and >= 0 at every prefix (got {a[bad][:6]} at "
+                         f"[step, prefix] {np.argwhere(bad)[:6].tolist()})")
+    return a
 
 
 def _check_out(out: Any, space: Any, shape: tuple, dtype: Any) -> None:
@@ -476,8 +514,9 @@ def _use_kernel(space: Any, pi: Any) -> bool:
     return bool(space.is_torch and space.device.type == "cpu" and not pi.requires_grad)
 
 
-def _kernel_one_step(y: Any, pi: Any, mu: np.ndarray, eta: float, space: Any, batch: tuple, out: Any) -> Any:
-    """The fused one-step kernel on host arrays (zero-copy views of CPU torch tensors)."""
+def _kernel_one_step(y: Any, pi: Any, mu: np.ndarray, eta: Any, space: Any, batch: tuple, out: Any) -> Any:
+    """The fused one-step kernel on host arrays (zero-copy views of CPU torch tensors); ``eta`` is a
+    scalar or the (T-m+1,) steps of the prefix rows."""
     from ._kernels.allprefix import one_step_all_prefixes
 
     T = y.shape[-1]
@@ -489,7 +528,8 @@ def _kernel_one_step(y: Any, pi: Any, mu: np.ndarray, eta: float, space: Any, ba
     buf = target.reshape(shape) if direct else np.empty(shape, dtype=pi_np.dtype)
     with np.errstate(divide="ignore"):
         log_mu = np.log(mu)
-    if one_step_all_prefixes(y_np, pi_np, log_mu, mu, float(eta), buf):
+    etas = np.ascontiguousarray(np.broadcast_to(np.asarray(eta, dtype=np.float64), (shape[1],)))
+    if one_step_all_prefixes(y_np, pi_np, log_mu, mu, etas, buf):
         raise ValueError("tokens contain a transition with probability 0 under every lag of pi: "
                          "the data are impossible under pi")
     if out is not None:
@@ -525,7 +565,11 @@ def _md_predictive_generic(y: Any, pi: Any, mu_np: np.ndarray, etas: list[float]
         lam = xp.broadcast_to(mu[:, None, None], (m, B, n + 1))
     elif steps == 1:
         z = _xp.exclusive_cumsum(C / s, 2, xp)  # (m, B, n+1): ∇ℓ(μ) of every prefix
-        lam = _xp.softmax_first_axis(z, etas[0], xp.log(mu), xp)  # (m, B, n+1): lam¹ of every prefix
+        scale = etas[0]
+        if not isinstance(etas, list):  # a per-prefix step: scale prefix row r by η_r
+            row = xp.asarray(etas[0], dtype=z.dtype, device=space.device)  # (n+1,)
+            z, scale = z * row, 1.0
+        lam = _xp.softmax_first_axis(z, scale, xp.log(mu), xp)  # (m, B, n+1): lam¹ of every prefix
     else:
         logC = _xp.log(xp.permute_dims(C, (1, 2, 0)), xp)  # (B, n, m)
         loglam = _all_prefix_md(logC, xp.log(mu), etas, xp)  # (B, n+1, m)
@@ -538,9 +582,9 @@ def _md_predictive_generic(y: Any, pi: Any, mu_np: np.ndarray, etas: list[float]
     return xp.reshape(p, batch + (n + 1, S))
 
 
-def _all_prefix_md(logC: Any, log_mu: Any, etas: list[float], xp: Any) -> Any:
+def _all_prefix_md(logC: Any, log_mu: Any, etas: Any, xp: Any) -> Any:
     """k = len(etas) >= 2 MD steps from μ for every prefix r = 0..n of logC (B, n, m); returns
-    log lam (B, n+1, m).
+    log lam (B, n+1, m). ``etas`` is a list of k floats or a (k, n+1) array of per-prefix steps.
 
     Per step and chunk of prefixes [a, b): ``log s[r, i] = logsumexp_g(log C[i,g] + log lam_r[g])``
     for i < b-1, then ``log ∇ℓ_r = logsumexp_{i<r}(log C[i] - log s[r, i])`` (terms i >= r are
@@ -563,13 +607,22 @@ def _all_prefix_md(logC: Any, log_mu: Any, etas: list[float], xp: Any) -> Any:
             used = xp.arange(b - 1, device=dev)[None, :] < xp.arange(a, b, device=dev)[:, None]  # (R, b-1): i < r
             with _xp.quiet(xp):
                 terms = xp.where(used[None, :, :, None], lC - log_s[..., None], ninf)  # (B, R, b-1, m)
-            parts.append(_eg_step(loglam[:, a:b, :], _xp.logsumexp(terms, -2, xp), eta, xp))
+            step = eta if isinstance(eta, float) else \
+                xp.asarray(eta[a:b, None], dtype=logC.dtype, device=dev)  # (R, 1): per-prefix steps
+            parts.append(_eg_step(loglam[:, a:b, :], _xp.logsumexp(terms, -2, xp), step, xp))
         loglam = xp.concat(parts, axis=1)
     return loglam
 
 
-def _eg_step(loglam: Any, log_grad: Any, eta: float, xp: Any) -> Any:
-    """``log_softmax(log lam + η exp(log_grad))`` (docs/math.md §3), exact when the step overflows."""
-    if eta == 0:
-        return _xp.log_softmax(loglam, xp)
-    return _eg_update(loglam, math.log(eta) + log_grad, xp)
+def _eg_step(loglam: Any, log_grad: Any, eta: Any, xp: Any) -> Any:
+    """``log_softmax(log lam + η exp(log_grad))`` (docs/math.md §3), exact when the step overflows.
+
+    ``eta`` is a float or an array broadcasting against ``log_grad`` (per-prefix steps; a zero
+    entry gives ``log η = -inf``, i.e. no step there).
+    """
+    if isinstance(eta, float):
+        if eta == 0:
+            return _xp.log_softmax(loglam, xp)
+        return _eg_update(loglam, math.log(eta) + log_grad, xp)
+    with _xp.quiet(xp):
+        return _eg_update(loglam, xp.log(eta) + log_grad, xp)

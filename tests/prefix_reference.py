@@ -16,6 +16,8 @@ def numpy_prefix_md(tokens, pi, alpha, *, eta=None, steps=1):
 
     For each t = m-1 … T-1 (batched over b): ``C = lag_factors(y[:, :t+1], pi, m)``,
     ``lam = k_step_md(C, alpha, steps, eta=eta)``, ``p = predictive(lam, y[:, :t+1], pi)``.
+    A callable ``eta`` is a per-prefix step: prefix t (with n = t+1-m transitions) uses the
+    scalar or schedule ``eta(n)``.
 
     Returns
     -------
@@ -29,7 +31,8 @@ def numpy_prefix_md(tokens, pi, alpha, *, eta=None, steps=1):
     probs = np.empty((B, T - m + 1, S))
     for t in range(m - 1, T):
         y = tokens[:, : t + 1]
-        lam[:, t - m + 1] = M.k_step_md(M.lag_factors(y, pi, m), alpha, steps, eta=eta)
+        e = eta(t + 1 - m) if callable(eta) else eta
+        lam[:, t - m + 1] = M.k_step_md(M.lag_factors(y, pi, m), alpha, steps, eta=e)
         probs[:, t - m + 1] = M.predictive(lam[:, t - m + 1], y, pi)
     return lam, probs
 

@@ -483,6 +483,60 @@ def test_all_prefixes_with_a_schedule(bk, case, etas):
     np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-9, atol=1e-11)
 
 
+@given_backends(icl_batches(max_T=30), st.floats(0.05, 5.0), st.floats(0.0, 5.0), st.sampled_from([1, 1, 2]),
+                st.booleans())
+def test_all_prefixes_with_a_per_prefix_step(bk, case, c, a, steps, as_array):
+    # the step of the softmax-sink transformer, η(n) = c/(n + m + a) (docs/math.md §5.6), given as
+    # a function of n or as the (steps, T-m+1) array; the reference runs k_step_md prefix by prefix
+    # with the scalar η(n) of that prefix
+    tokens, pi, alpha = case
+    m, T = len(alpha), tokens.shape[-1]
+    if bk.float32:  # as in the explicit-step test: keep η·n/μ_min <= 100 for the float32 cumsum;
+        # k >= 2 in float32 has no derived bound here (the schedule test is float64 only too)
+        c, steps = min(c, 100 * float((alpha / alpha.sum()).min())), 1
+    step = lambda n: c / (n + m + a)  # noqa: E731
+    eta = np.tile(step(np.arange(T - m + 1)), (steps, 1)) if as_array else step
+    pi_ref = _ref_pi(bk, pi)
+    got = bk.check(M.md_predictive_all_prefixes(bk.asarray(tokens), bk.asarray(pi), alpha, eta=eta, steps=steps))
+    _, ref = numpy_prefix_md(tokens, pi_ref, alpha, eta=step, steps=steps)
+    if steps == 1:
+        # the bound at the largest step, η(0) = c/(m + a), bounds every prefix's
+        assert np.abs(got - ref).max() <= _one_step_bound(tokens, pi_ref, alpha, step(0), bk.eps)
+    else:  # as for schedules: two float64 routes agree to 1e-9 where the steps are well conditioned
+        ok = numpy_prefix_well_conditioned(tokens, pi_ref, alpha, eta=step(0), steps=steps)
+        np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-9, atol=1e-11)
+
+
+def test_a_wrong_per_prefix_step_is_caught():
+    # the check above can fail: the step c/(n + a) (the sink without the m lags) is far off c/(n + m + a)
+    rng = np.random.default_rng(8)
+    pi = M.random_transition_matrix(5, rng=rng)
+    alpha = np.array([0.5, 2.0, 1.0])
+    y = M.sample_icl(pi, alpha, 30, 2, rng=rng)[0]
+    c, a, m = 2.0, 1.0, 3
+    _, ref = numpy_prefix_md(y, pi, alpha, eta=lambda n: c / (n + m + a))
+    wrong = M.md_predictive_all_prefixes(y, pi, alpha, eta=lambda n: c / (n + a))
+    assert np.abs(wrong - ref).max() > 1e6 * _one_step_bound(y, pi, alpha, c / a, 2.2e-16)
+    # a constant step is the scalar route exactly: the per-prefix route adds no rounding of its own
+    np.testing.assert_array_equal(M.md_predictive_all_prefixes(y, pi, alpha, eta=lambda n: np.full(n.shape, 0.3)),
+                                  M.md_predictive_all_prefixes(y, pi, alpha, eta=0.3))
+
+
+@pytest.mark.parametrize("eta, match", [
+    (lambda n: -1.0 * n, r"eta\(n\) must be finite and >= 0"),
+    (lambda n: n / 0.0, r"eta\(n\) must be finite and >= 0"),
+    (lambda n: np.ones(3), r"eta\(n\) must have shape \(T-m\+1,\) = \(9,\)"),
+    (lambda n: "x", r"eta\(n\) must be real numbers"),
+    (np.ones((2, 9)), r"eta must have shape \(steps, T-m\+1\) = \(1, 9\)"),
+    (np.full((1, 9), -0.5), r"eta must be finite and >= 0 at every prefix"),
+])
+def test_per_prefix_step_validation(eta, match):
+    pi = M.random_transition_matrix(3, rng=0)
+    y = np.array([0, 1, 2, 0, 1, 2, 2, 1, 0, 0])  # T = 10, m = 2: 9 prefix rows
+    with pytest.raises(ValueError, match=match):
+        M.md_predictive_all_prefixes(y, pi, [1.0, 1.0], eta=eta)
+
+
 def test_numpy_float32_data_give_float32_results(monkeypatch):
     rng = np.random.default_rng(13)
     pi = M.random_transition_matrix(4, rng=rng).astype(np.float32)

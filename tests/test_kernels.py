@@ -24,7 +24,12 @@ def _generic(monkeypatch, fn):
         return fn()
 
 
-@given_backends(icl_batches(max_T=40), st.one_of(st.none(), st.floats(0.0, 3.0)), backends=(NUMPY, TORCH64))
+_PER_PREFIX = st.tuples(st.floats(0.05, 5.0), st.floats(0.0, 5.0)).map(
+    lambda ca: (lambda n: ca[0] / (n + 2 + ca[1])))  # a per-prefix step η(n) = c/(n + 2 + a)
+
+
+@given_backends(icl_batches(max_T=40), st.one_of(st.none(), st.floats(0.0, 3.0), _PER_PREFIX),
+                backends=(NUMPY, TORCH64))
 def test_all_prefix_kernel_equals_the_generic_route_float64(bk, case, eta):
     import os
 

@@ -1,6 +1,6 @@
 """Fused one-step MD predictive after every prefix (docs/math.md §3, §5), one pass per sequence.
 
-For sequence b and prefix row r (position t = m-1+r): ``lam_r = softmax(log μ + η G_r)`` with the
+For sequence b and prefix row r (position t = m-1+r): ``lam_r = softmax(log μ + η_r G_r)`` with the
 running ``G_r = Σ_{i<r} C[i]/s_i(μ)``, then ``p_r = Σ_g lam_r[g-1] pi[y[t+1-g], :]``, then the
 transition i = r is folded into G. Everything a row needs lives in m-long buffers (L1), the
 output row is written once, and the sums accumulate in float64 whatever pi's dtype.
@@ -15,7 +15,8 @@ import numpy as np
 
 @nb.njit(parallel=True, cache=True, nogil=True)
 def one_step_all_prefixes(y, pi, log_mu, mu, eta, out):  # pragma: no cover - compiled
-    """y (B, T) int64, pi (S, S), log_mu/mu (m,) float64, out (B, T-m+1, S) of pi's dtype.
+    """y (B, T) int64, pi (S, S), log_mu/mu (m,) float64, eta (T-m+1,) float64 (the step of each
+    prefix row), out (B, T-m+1, S) of pi's dtype.
 
     Returns the number of sequences with an impossible transition (s_i(μ) = 0); the caller
     raises. Rows after such a transition are left unspecified.
@@ -33,7 +34,7 @@ def one_step_all_prefixes(y, pi, log_mu, mu, eta, out):  # pragma: no cover - co
         for r in range(n + 1):
             top = -np.inf
             for g in range(m):
-                z[g] = log_mu[g] + eta * G[g]
+                z[g] = log_mu[g] + eta[r] * G[g]
                 if z[g] > top:
                     top = z[g]
             tot = 0.0
