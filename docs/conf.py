@@ -107,9 +107,8 @@ REF = HERE / "reference"
 GROUPS = [
     (("mtdmath.model",), "The MTD model"),
     (("mtdmath.likelihood",), "Likelihood and derivatives"),
-    (("mtdmath.estimators",), "Estimators of lam (pi known)"),
+    (("mtdmath.estimators", "mtdmath.stepsize"), "Estimators of lam (pi known)"),
     (("mtdmath.bayes",), "Exact Bayes and Monte Carlo"),
-    (("mtdmath.prefix",), "All-prefix predictive"),
     (("mtdmath.transformer", "mtdmath.nn"), "Transformers"),
     (("mtdmath.fit", "mtdmath.fitting"), "Fitting MTD models (pi unknown)"),
     (("mtdmath.torch_core",), "Torch core"),
