@@ -189,7 +189,9 @@ def _generate_api() -> list[str]:
         ".. _api:", "", "API reference", "=============", "",
         "Generated from the docstrings of every public name in ``mtdmath.__all__`` (importable as",
         "``mtdmath.NAME``) and ``mtdmath.experiments.__all__``, grouped by the module that defines it.",
-        "Formulas are cited as \"§N\" of :doc:`../math`; the array-backend contract is :ref:`math-8`.",
+        "Formulas are cited as \"§N\" of :doc:`../math`. Every array function takes NumPy, torch (CPU or",
+        "CUDA) or array-api-strict arrays and answers in the data's namespace, device and dtype: the",
+        "contract is :ref:`math-8`, shown at work in :doc:`../guide/backends`.",
         "The command line is documented in :doc:`cli`.", "",
     ]
     groups = [(t, rows[t]) for t in [t for _, t in GROUPS] + [OTHER] if t in rows]
