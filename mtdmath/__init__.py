@@ -6,7 +6,8 @@ Mirror Descent" (D'Angelo & Flammarion, ICLR 2026). The formulas are those of do
 from .bayes import log_evidence, n_states, posterior_mean, posterior_mean_mc
 from .estimators import (corrected_one_step_md, em, eta_bayes, k_step_md, kkt_gap, md_predictive_all_prefixes,
                          mirror_descent, mle, one_step_md)
-from .fitting import ConvergenceMonitor, ICLFit, MTD, MTDFit, MTDModel, fit, fit_icl, select_lags, select_order
+from .fitting import (ConvergenceMonitor, ICLFit, LRTest, MarkovChain, ModelComparison, MTD, MTDFit, MTDModel,
+                      compare_models, fit, fit_icl, lr_test, select_lags, select_order)
 from .likelihood import gradient, hessian, kl, log_likelihood, responsibilities
 from .model import lag_factors, predictive, random_transition_matrix, sample, sample_icl
 from .stepsize import optimal_step
@@ -16,7 +17,8 @@ from .stepsize import optimal_step
 _LAZY = {"torch_core": (".torch_core", None), "nn": (".nn", None),
          **{name: (".nn", name) for name in ("MDTransformer", "StandardTransformer", "ICLTask", "train",
                                               "TrainHistory", "save_checkpoint", "load_checkpoint",
-                                              "model_from_spec", "parse_model_spec", "effective_step")}}
+                                              "model_from_spec", "parse_model_spec", "effective_step", "step_by_n",
+                                              "matched_step", "fit_adaptive_step", "adaptive_params")}}
 
 
 def __getattr__(name: str):
@@ -73,6 +75,10 @@ __all__ = [
     "model_from_spec",
     "parse_model_spec",
     "effective_step",
+    "step_by_n",
+    "matched_step",
+    "fit_adaptive_step",
+    "adaptive_params",
     "fit",
     "select_order",
     "select_lags",
@@ -82,4 +88,9 @@ __all__ = [
     "ConvergenceMonitor",
     "fit_icl",
     "ICLFit",
+    "MarkovChain",
+    "lr_test",
+    "compare_models",
+    "LRTest",
+    "ModelComparison",
 ]

@@ -3,6 +3,8 @@
 * ``python -m proofs_check.first_order`` — Theorem 1 (docs/math.md §3), rows T1.1–T1.5;
 * ``python -m proofs_check.hessian`` — derivatives and Hessian bounds (docs/math.md §2), rows H.1–H.4;
 * ``python -m proofs_check.steps`` — step schedules and a second-order estimator (docs/math.md §3), K.1–K.2;
+* ``python -m proofs_check.adaptive`` — the context-adaptive MD step of a softmax-sink layer 2
+  (docs/math.md §5.6), A.1;
 * ``python -m proofs_check`` — all of them, one table; ``--json PATH`` writes it as JSON.
 
 Each claim is a check function taking its candidate formula(s) as arguments (defaults: the
@@ -17,6 +19,6 @@ __all__ = ["CheckResult", "Claim", "Row", "run_claims", "all_claims"]
 
 def all_claims() -> list[Claim]:
     """Every claim of the modules, Theorem 1 first."""
-    from . import first_order, hessian, steps
+    from . import adaptive, first_order, hessian, steps
 
-    return list(first_order.CLAIMS) + list(hessian.CLAIMS) + list(steps.CLAIMS)
+    return list(first_order.CLAIMS) + list(hessian.CLAIMS) + list(steps.CLAIMS) + list(adaptive.CLAIMS)

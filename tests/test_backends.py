@@ -524,7 +524,7 @@ def test_a_wrong_per_prefix_step_is_caught():
 
 @pytest.mark.parametrize("eta, match", [
     (lambda n: -1.0 * n, r"eta\(n\) must be finite and >= 0"),
-    (lambda n: n / 0.0, r"eta\(n\) must be finite and >= 0"),
+    (lambda n: np.where(n > 3, np.inf, 0.1), r"eta\(n\) must be finite and >= 0"),
     (lambda n: np.ones(3), r"eta\(n\) must have shape \(T-m\+1,\) = \(9,\)"),
     (lambda n: "x", r"eta\(n\) must be real numbers"),
     (np.ones((2, 9)), r"eta must have shape \(steps, T-m\+1\) = \(1, 9\)"),

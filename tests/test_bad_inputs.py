@@ -82,6 +82,11 @@ def _bad(kind: str) -> dict[str, object]:
         return {"float": SEQ.astype(float), "bool": SEQ.astype(bool), "negative": SEQ - 1, "ndim": np.int64(3),
                 "string": SEQ.astype(str), "object": [object()] * 10, "complex": SEQ + 0j, "empty": np.zeros(0, int),
                 "uint_wrap": np.array([0, 1, 2**63, 1], dtype=np.uint64)}
+    if kind == "weights":  # sample_weight / weights: one per sequence or one per token of SEQ
+        w = np.ones(SEQ.shape[0])
+        return {"nan": np.where(np.arange(w.size) == 3, np.nan, w), "inf": np.where(np.arange(w.size) == 3, np.inf, w),
+                "negative": -w, "shape": w[:-1], "ndim": w[None, :2], "zero": 0 * w, "complex": w + 1j,
+                "string": w.astype(str), "object": [object()] * w.size, "bool": w.astype(bool)}
     if kind == "lags":
         return {"ndim": np.array([[1, 2]]), "zero": (0, 1), "negative": (-1, 2), "float": (1.5, 2), "string": "12",
                 "duplicate": (1, 1), "empty": ()}
@@ -136,21 +141,36 @@ SEQ = np.array([0, 1, 2, 1, 0, 2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 1, 2, 0, 0, 1] * 5)
 
 
 def _fitting_rows():
-    from mtdmath.fitting import MTD, MTDModel, ConvergenceMonitor
+    from mtdmath.fitting import MTD, ConvergenceMonitor, MarkovChain, MTDModel, compare_models, lr_test
 
     model = MTDModel(PI, LAM)
+    chain1, chain2 = MarkovChain(1).fit(SEQ), MarkovChain(2).fit(SEQ)
     fitkw = dict(restarts=1, max_iter=50)
     return {
         "fit": (M.fit, dict(sequences=SEQ, order=2, **fitkw),
                 {"sequences": "sequences", "order": "int_pos", "lags": "lags", "n_states": "int_pos",
-                 "variant": "choice", "restarts": "int_pos", "tol": "float_pos", "max_iter": "int_pos", "rng": "rng"}),
+                 "variant": "choice", "restarts": "int_pos", "tol": "float_pos", "max_iter": "int_pos", "rng": "rng",
+                 "weights": "weights"}),
         "select_order": (M.select_order, dict(sequences=SEQ, max_order=2, restarts=1),
-                         {"sequences": "sequences", "max_order": "int_pos", "criterion": "choice", "variant": "choice"}),
+                         {"sequences": "sequences", "max_order": "int_pos", "criterion": "choice", "variant": "choice",
+                          "weights": "weights"}),
         "select_lags": (M.select_lags, dict(sequences=SEQ, max_lag=3, restarts=1),
                         {"sequences": "sequences", "max_lag": "int_pos", "method": "choice", "criterion": "choice",
                          "screen": "int_pos", "tol": "float_pos", "rng": "rng"}),
-        "MTD.fit": (lambda X, order=2, restarts=1: MTD(order=order, restarts=restarts).fit(X), dict(X=SEQ),
-                    {"X": "sequences", "order": "int_pos", "restarts": "int_pos"}),
+        "MTD.fit": (lambda X, order=2, restarts=1, sample_weight=None:
+                    MTD(order=order, restarts=restarts).fit(X, sample_weight=sample_weight), dict(X=SEQ),
+                    {"X": "sequences", "order": "int_pos", "restarts": "int_pos", "sample_weight": "weights"}),
+        "MarkovChain.fit": (lambda X, order=1, smoothing=0.0, n_states=None, burn_in=None, sample_weight=None:
+                            MarkovChain(order, smoothing=smoothing, n_states=n_states, burn_in=burn_in).fit(
+                                X, sample_weight=sample_weight), dict(X=SEQ),
+                            {"X": "sequences", "order": "int", "smoothing": "float", "n_states": "int_pos",
+                             "burn_in": "int", "sample_weight": "weights"}),
+        "MarkovChain.sample": (chain1.sample, dict(n=20, random_state=0), {"n": "size", "random_state": "rng"}),
+        "MarkovChain.predict_proba": (chain2.predict_proba, dict(X=Y[:, :2]), {"X": "tokens"}),
+        "lr_test": (lr_test, dict(smaller=MarkovChain(0), larger=MarkovChain(1), X=SEQ),
+                    {"smaller": "model", "larger": "model", "X": "sequences", "df": "int_pos"}),
+        "compare_models": (compare_models, dict(models=[MarkovChain(0), MarkovChain(1)], X=SEQ),
+                           {"models": "model", "X": "sequences"}),
         "MTDModel": (MTDModel, dict(pi=PI, lam=LAM), {"pi": "pi", "lam": "simplex", "lags": "lags"}),
         "MTDModel.predict_proba": (model.predict_proba, dict(contexts=Y[:, :2]), {"contexts": "tokens"}),
         "MTDModel.sample": (model.sample, dict(T=20, rng=0), {"T": "size", "rng": "rng"}),
@@ -163,7 +183,7 @@ def _fitting_rows():
 
 TABLE.update(_fitting_rows())
 FITTING_NAMES_ALL = {"fit", "select_order", "select_lags", "MTD", "MTDModel", "MTDFit", "ConvergenceMonitor",
-                     "fit_icl", "ICLFit"}
+                     "fit_icl", "ICLFit", "MarkovChain", "lr_test", "compare_models", "LRTest", "ModelComparison"}
 
 
 def _nn_rows():
@@ -172,7 +192,20 @@ def _nn_rows():
     md = nn.MDTransformer.construct(PI, ALPHA)
     task = nn.ICLTask(PI, ALPHA, T=9)
     return {
-        "MDTransformer": (nn.MDTransformer, dict(S=3, m=2, dtype=torch.float64), {"S": "size", "m": "int_pos", "dtype": "dtype"}),
+        "MDTransformer": (nn.MDTransformer, dict(S=3, m=2, dtype=torch.float64),
+                          {"S": "size", "m": "int_pos", "dtype": "dtype", "aggregation": "choice"}),
+        "MDTransformer.construct_sink": (nn.MDTransformer.construct,
+                                         dict(pi=PI, alpha=ALPHA, aggregation="softmax_sink", c=2.0, a=1.0,
+                                              dtype=torch.float64),
+                                         {"pi": "pi", "alpha": "alpha", "aggregation": "choice", "c": "float_pos",
+                                          "a": "float", "dtype": "dtype", "device": "device"}),
+        "adaptive_params": (nn.adaptive_params, dict(alpha=ALPHA, c=2.0, a=1.0),
+                            {"alpha": "alpha", "c": "float_pos", "a": "float"}),
+        "step_by_n": (nn.step_by_n, dict(model=md, tokens=Y, pi=PI, alpha=ALPHA),
+                      {"model": "model", "tokens": "tokens", "pi": "pi", "alpha": "alpha"}),
+        "matched_step": (nn.matched_step, dict(probs=md(Y).detach().numpy(), tokens=Y, pi=PI, alpha=ALPHA),
+                         {"tokens": "tokens", "pi": "pi", "alpha": "alpha"}),
+        "fit_adaptive_step": (nn.fit_adaptive_step, dict(n=[1, 2, 3], eta=[0.3, 0.2, 0.1], m=2), {"m": "int_pos"}),
         "MDTransformer.construct": (nn.MDTransformer.construct, dict(pi=PI, alpha=ALPHA, eta=0.2, dtype=torch.float64),
                                     {"pi": "pi", "alpha": "alpha", "eta": "float", "dtype": "dtype", "device": "device"}),
         "MDTransformer.forward": (md, dict(tokens=Y), {"tokens": "tokens"}),
@@ -231,11 +264,23 @@ VALID = {
     ("fit_icl", "alpha", "none"): "alpha=None estimates alpha",
     ("MTDModel", "lam", "shape"): "any length of lam is an order (lags 1..3)",
     ("MTDFit", "lam", "shape"): "any length of lam is an order (lags 1..3)",
+    ("MDTransformer.construct_sink", "alpha", "shape"): "any length of alpha is an order m",
+    ("adaptive_params", "alpha", "shape"): "any length of alpha is an order m",
+    ("fit", "sequences", "string"): "strings are labels (docs/math.md §7.9)",
+    ("select_order", "sequences", "string"): "strings are labels (docs/math.md §7.9)",
+    ("select_lags", "sequences", "string"): "strings are labels (docs/math.md §7.9)",
+    ("MTD.fit", "X", "string"): "strings are labels (docs/math.md §7.9)",
+    ("MarkovChain.fit", "X", "string"): "strings are labels (docs/math.md §7.9)",
+    ("lr_test", "X", "string"): "strings are labels (docs/math.md §7.9)",
+    ("compare_models", "X", "string"): "strings are labels (docs/math.md §7.9)",
+    ("MarkovChain.fit", "n_states", "none"): "n_states=None is inferred from the data",
+    ("MarkovChain.fit", "burn_in", "none"): "burn_in=None means the order",
+    ("lr_test", "df", "none"): "df=None takes the difference of the identifiable parameter counts",
 }
 
 #: public names that are modules or result classes (no arguments to validate); save_checkpoint writes
 #: what it is given (its path argument is covered by load_checkpoint's row and the nn tests)
-NOT_FUNCTIONS = {"torch_core", "nn", "TrainHistory", "save_checkpoint", "ICLFit"}
+NOT_FUNCTIONS = {"torch_core", "nn", "TrainHistory", "save_checkpoint", "ICLFit", "LRTest", "ModelComparison"}
 
 
 def _cases():

@@ -42,20 +42,21 @@ def test_python_m_proofs_check_all_pass(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "proofs_check", "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    from proofs_check import steps
+    from proofs_check import adaptive, steps
 
-    ids = [c.key for c in F.CLAIMS] + [c.key for c in H.CLAIMS] + [c.key for c in steps.CLAIMS]
+    ids = ([c.key for c in F.CLAIMS] + [c.key for c in H.CLAIMS] + [c.key for c in steps.CLAIMS]
+           + [c.key for c in adaptive.CLAIMS])
     table = proc.stdout.split("Summary:")[0].splitlines()
     # table rows start at column 0 with the claim id (continuation and detail lines are indented)
     rows = {ln.split()[0]: ln for ln in table if ln[:1].strip() and ln.split()[0] in ids}
     assert sorted(rows) == sorted(ids)
     for key, line in rows.items():
         assert " PASS " in line and "FAIL" not in line, line
-    assert "Summary: 11/11 claims PASS (ALL PASS)" in proc.stdout
+    assert "Summary: 12/12 claims PASS (ALL PASS)" in proc.stdout
     report = json.loads(out.read_text())
     assert [r["id"] for r in report["rows"]] == ids
     assert all(r["result"] == "PASS" for r in report["rows"])
-    assert report["summary"] == {**report["summary"], "passed": 11, "total": 11, "all_pass": True}
+    assert report["summary"] == {**report["summary"], "passed": 12, "total": 12, "all_pass": True}
 
 
 # ------------------------------------------------------------------------------------------
@@ -441,3 +442,28 @@ def test_k2_passes_and_fails_on_wrong_corrections():
     for wrong in (no_correction, no_square_term, flipped):
         res = steps.check_second_order_estimator(zeta=wrong, cases=SMALL_CASES)
         assert not res.passed and "FAILED" in res.details
+
+
+# ------------------------------------------------------------------------------------------
+# A.1: the context-adaptive step of the softmax-sink layer 2 (docs/math.md §5.6)
+# ------------------------------------------------------------------------------------------
+
+
+def test_a1_passes_on_the_docs_step():
+    from proofs_check import adaptive as A
+
+    res = A.check_adaptive_step(cases=((2, 1), (3, 1)))
+    assert res.passed, res.details
+    assert res.data["numeric_max_abs_diff"] <= 1e-12
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (lambda n, m, c, a: c / (n + a), "c·(layer-2 weight) − candidate η(n)"),  # the step without the m
+    (lambda n, m, c, a: c / (n + m + a + 1), "c·(layer-2 weight) − candidate η(n)"),  # off by one (t+2+a)
+    (lambda n, m, c, a: c / (m + a), "c·(layer-2 weight) − candidate η(n)"),  # a constant step
+])
+def test_a1_fails_on_a_wrong_step(wrong, fragment):
+    from proofs_check import adaptive as A
+
+    res = A.check_adaptive_step(step=wrong, cases=((2, 1),))
+    _fails(res, fragment, "layer-3 logits − MD logits", "numeric:")

@@ -9,6 +9,8 @@
 - ``depth`` — the standard models (the deepest compared) vs k-step MD vs Bayes (:mod:`.depth`);
 - ``stepsize`` — the loss-optimal one-step MD step η_opt(L) vs η*, fits of 1/η_opt(n), and the
   K.2 corrected one-step estimator against MD and Bayes (:mod:`.stepsize`);
+- ``adaptive`` — the context-adaptive MD step c/(n+m+a) of a softmax layer 2 with an attention
+  sink: fitted, constructed, trained and compared with the loss-optimal steps (:mod:`.adaptive`);
 - ``sweep`` — a grid of seeds × orders × T × model specs × steps, locally or on Ray (:mod:`.sweep`);
 - ``all`` — estimators, stepsize, train, compare and depth with the default configs, plus a
   summary of the targets and hypotheses and the git commit (and dirty flag) of each.
@@ -16,6 +18,8 @@
 Each experiment has a config dataclass; the functions ``run_*`` take it, an output directory,
 a seed and a torch device, and return the dict written to JSON.
 """
+from .adaptive import AdaptiveConfig
+from .adaptive import run as run_adaptive
 from .cli import main, run_all
 from .compare import CompareConfig
 from .compare import run as run_compare
@@ -35,5 +39,6 @@ __all__ = [
     "main", "run_all",
     "EstimatorsConfig", "TrainConfig", "CompareConfig", "DepthConfig", "SweepConfig", "StepsizeConfig",
     "run_estimators", "run_train", "run_compare", "run_depth", "run_sweep", "run_stepsize",
+    "AdaptiveConfig", "run_adaptive",
     "posterior_mean_all_prefixes",
 ]

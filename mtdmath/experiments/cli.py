@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import torch
 
 from . import common as X
+from .adaptive import AdaptiveConfig
+from .adaptive import run as run_adaptive
 from .compare import CompareConfig
 from .compare import run as run_compare
 from .depth import DepthConfig
@@ -49,6 +51,12 @@ EXPERIMENTS = {
                  "The loss-optimal one-step MD step η_opt(L) (tuned on held-out sequences, bootstrap s.e.) for m = 2, 3, "
                  "5, a non-uniform alpha and a second pi; KL at η_opt(L), at η*, exact Bayes and the K.2 corrected "
                  "one-step estimator; fits of 1/η_opt against n = L − m (c/L, c/(α₀+n), A + B·n) with χ²/dof."),
+    "adaptive": (AdaptiveConfig, run_adaptive,
+                 "The context-adaptive MD step c/(n+m+a) of a softmax layer 2 with an attention sink (docs/math.md "
+                 "§5.6): (c, a) fitted to η_opt(L) of `stepsize` and by minimising the training objective (s.e.); KL vs "
+                 "L of the adaptive construction against one-step MD at η*, η_train, η_opt(L), exact Bayes and tuned "
+                 "k-step MD; the learnable adaptive model (mdsink) and the fixed-step md trained on the same seeds "
+                 "(paired); the n-dependent step of trained standard transformers."),
     "sweep": (SweepConfig, run_sweep,
               "A grid of independent train-and-evaluate jobs (seeds × orders × T × model specs × steps) on a local "
               "process pool or on Ray (--backend ray [--address ADDR]); resumable (finished jobs are skipped by a "

@@ -34,6 +34,7 @@ over the last ``window`` iterates (:class:`ConvergenceMonitor`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -42,13 +43,16 @@ from typing import Any
 import numpy as np
 
 from .._squarem import squarem
-from .._validate import check_alloc, check_float, check_int, check_pi, check_prob_vector
+from .._validate import _host_kind_check, check_alloc, check_float, check_int, check_pi, check_prob_vector
 
 VARIANTS = ("shared", "lagwise")
 #: relative drop of the log-likelihood between iterations that the convergence monitor reports
 MONITOR_RTOL = 1e-10
 #: above this many (component, tuple) cells the EM map runs row by row rather than as one batch
 _BATCH_CELLS = 20_000
+#: below this many (restart, component, tuple) cells the compiled EM map runs on one thread: one serial pass
+#: then costs <= ~0.2 ms (measured 0.13 ms at 38k cells), less than a parallel launch on a busy machine
+_PARALLEL_CELLS = 50_000
 #: pseudo-count added to every cell when building the "counts" start (keeps every entry > 0,
 #: because EM can never move an entry away from exactly 0)
 _SMOOTH = 0.5
@@ -146,22 +150,52 @@ def _check_lags(order: Any, lags: Any) -> tuple[int, ...]:
     return out
 
 
-def _check_weights(weights: Any, n_seq: int) -> np.ndarray:
+def _check_weights(weights: Any, seqs: list[np.ndarray], name: str = "weights"
+                   ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Per-sequence and per-transition weights (docs/math.md §7.9) -> (sequence weights (B,), token weights).
+
+    ``weights`` is either one weight per sequence, shape (B,), or one weight per token in the layout of the
+    sequences (a 1-D array (T,) for one sequence, a 2-D array (B, T) for rows, a list of 1-D arrays): the
+    weight at position t weighs the transition into y[t]; positions before the conditioning start weigh
+    nothing (they must still be finite and non-negative). One sequence with one weight is a sequence weight.
+    Errors name the argument as ``name``.
+    """
+    n_seq = len(seqs)
     if weights is None:
-        return np.ones(n_seq)
-    try:
+        return np.ones(n_seq), None
+    lens = [s.shape[0] for s in seqs]
+    per_token = None
+    if isinstance(weights, (list, tuple)) and len(weights) == n_seq and any(np.ndim(x) > 0 for x in weights):
+        per_token = list(weights)
+    else:
+        _host_kind_check(weights, name)  # no parsing of strings, no dropping of imaginary parts
         w = np.asarray(weights, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError("weights must be an array of real numbers") from None
-    if w.ndim == 0:
-        w = w.reshape(1)
-    if w.ndim != 1 or w.shape[0] != n_seq:
-        raise ValueError(f"weights must have one entry per sequence ({n_seq}) (got shape {w.shape})")
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise ValueError(f"weights must be finite and non-negative (got {w[:6]})")
-    if not np.any(w > 0):
-        raise ValueError("weights are all zero: no data to fit")
-    return w
+        if w.ndim == 0:
+            w = w.reshape(1)
+        if w.ndim == 1 and w.shape[0] == n_seq:
+            if not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise ValueError(f"{name} must be finite and non-negative (got {w[:6]})")
+            if not np.any(w > 0):
+                raise ValueError(f"{name} are all zero: no data to fit")
+            return w, None
+        if n_seq == 1 and w.ndim == 1 and w.shape[0] == lens[0]:
+            per_token = [w]
+        elif w.ndim == 2 and len(set(lens)) == 1 and w.shape == (n_seq, lens[0]):
+            per_token = list(w)
+        else:
+            raise ValueError(f"{name} must have one entry per sequence ({n_seq}) or one per token in the layout "
+                             f"of the sequences (lengths {lens[:6]}) (got shape {w.shape})")
+    out = []
+    for i, (x, T) in enumerate(zip(per_token, lens)):
+        _host_kind_check(x, f"{name}[{i}]")
+        a = np.asarray(x, dtype=np.float64)
+        if a.shape != (T,):
+            raise ValueError(f"{name}[{i}] must have one weight per token of sequence {i} (shape ({T},)) "
+                             f"(got shape {a.shape})")
+        if not np.all(np.isfinite(a)) or np.any(a < 0):
+            raise ValueError(f"{name} must be finite and non-negative ({name}[{i}] has {a[~(np.isfinite(a) & (a >= 0))][:4]})")
+        out.append(a)
+    return np.ones(n_seq), out
 
 
 @dataclass
@@ -179,15 +213,19 @@ class _Data:
         return float(self.w.sum())
 
 
-def _aggregate(seqs: list[np.ndarray], S: int, lags: tuple[int, ...], weights: np.ndarray, start: int) -> _Data:
+def _aggregate(seqs: list[np.ndarray], S: int, lags: tuple[int, ...], weights: np.ndarray, start: int,
+               token_w: list[np.ndarray] | None = None) -> _Data:
     """Stack every transition t = start..T-1 of every sequence as the tuple (y[t-l_1], ..., y[t-l_k], y[t])
-    and count the distinct tuples (np.unique + weighted bincount). Python work is O(#sequences)."""
+    and count the distinct tuples (np.unique + weighted bincount). Python work is O(#sequences).
+
+    A transition's weight is its sequence's weight times, with ``token_w``, the weight of its position t
+    (docs/math.md §7.9); a tuple whose summed weight is 0 is dropped."""
     k = len(lags)
     lag_arr = np.asarray(lags)
     if k * math.log(max(S, 2)) + math.log(max(S, 2)) < 62 * math.log(2):
         # encode each tuple as one int64 in base S: 1-D np.unique is much faster than unique(axis=0)
         codes, wts = [], []
-        if len(seqs) > 1 and len({y.shape[0] for y in seqs}) == 1 and seqs[0].shape[0] > start:
+        if len(seqs) > 1 and token_w is None and len({y.shape[0] for y in seqs}) == 1 and seqs[0].shape[0] > start:
             # many sequences of one length (e.g. a design matrix, one row per transition): one vectorised pass
             Y = np.stack(seqs)
             t = np.arange(start, Y.shape[1])
@@ -199,7 +237,7 @@ def _aggregate(seqs: list[np.ndarray], S: int, lags: tuple[int, ...], weights: n
             codes.append(c[keep_rows].ravel())
             wts.append(np.repeat(weights[keep_rows], t.shape[0]))
             seqs = []
-        for y, wt in zip(seqs, weights):
+        for i, (y, wt) in enumerate(zip(seqs, weights)):
             T = y.shape[0]
             if T <= start or wt == 0:
                 continue
@@ -209,7 +247,7 @@ def _aggregate(seqs: list[np.ndarray], S: int, lags: tuple[int, ...], weights: n
                 c = c * S + y[t - l]
             c = c * S + y[t]
             codes.append(c)
-            wts.append(np.full(T - start, wt))
+            wts.append(np.full(T - start, wt) if token_w is None else wt * token_w[i][start:])
         if not codes:
             raise ValueError("sequences hold no transitions (every sequence has length <= max lag, or zero weight)")
         codes_all = np.concatenate(codes)
@@ -222,13 +260,13 @@ def _aggregate(seqs: list[np.ndarray], S: int, lags: tuple[int, ...], weights: n
             rem //= S
     else:  # huge S^(k+1): unique over rows
         rows, wts = [], []
-        for y, wt in zip(seqs, weights):
+        for i, (y, wt) in enumerate(zip(seqs, weights)):
             T = y.shape[0]
             if T <= start or wt == 0:
                 continue
             t = np.arange(start, T)
             rows.append(np.stack([y[t - l] for l in lag_arr] + [y[t]], axis=1))
-            wts.append(np.full(T - start, wt))
+            wts.append(np.full(T - start, wt) if token_w is None else wt * token_w[i][start:])
         if not rows:
             raise ValueError("sequences hold no transitions (every sequence has length <= max lag, or zero weight)")
         digits, inv = np.unique(np.concatenate(rows), axis=0, return_inverse=True)
@@ -238,7 +276,7 @@ def _aggregate(seqs: list[np.ndarray], S: int, lags: tuple[int, ...], weights: n
     return _Data(ctx=np.ascontiguousarray(digits[:, :k]), nxt=np.ascontiguousarray(digits[:, k]), w=w, S=S, lags=lags)
 
 
-def _prepare(sequences, order, lags, n_states, weights, start=None):
+def _prepare(sequences, order, lags, n_states, weights, start=None, weights_name="weights"):
     seqs = _as_sequences(sequences)
     lags_t = _check_lags(order, lags)
     M = lags_t[-1]
@@ -258,8 +296,10 @@ def _prepare(sequences, order, lags, n_states, weights, start=None):
     name = "sequences" if n_states is None else "n_states"
     why = f"the largest token {top} makes S = {S} states" if n_states is None else f"S = {S} states"
     check_alloc(8 * len(lags_t) * S * S, 8, name, f"{why}: (S, S) transition matrices for {len(lags_t)} lags")
-    w = _check_weights(weights, len(seqs))
-    data = _aggregate(seqs, S, lags_t, w, M if start is None else max(start, M))
+    w, token_w = _check_weights(weights, seqs, weights_name)
+    data = _aggregate(seqs, S, lags_t, w, M if start is None else max(start, M), token_w)
+    if data.w.shape[0] == 0:
+        raise ValueError(f"{weights_name} gives every transition weight 0: no data to fit")
     return data
 
 
@@ -340,6 +380,8 @@ class _EM:
         self.N = data.N
         self.n_rest = lay.size - lay.K
         self.freeze_pi = freeze_pi
+        #: whether batch uses the compiled kernel: None = decide at every call; run_em fixes it for one run
+        self.kernel: bool | None = None
         # for predicted_gain: emission row of each (component, tuple) pair, and for a shared pi the groups of
         # pairs that use the same row at the same tuple
         self.nxt = data.nxt
@@ -377,9 +419,8 @@ class _EM:
         """
         K, S = self.K, self.lay.S
         b = x.shape[0]
-        from .. import _kernels
-
-        if _kernels.enabled():  # the fused E+M kernel: one pass over the tuples per restart
+        if self.kernel if self.kernel is not None else _kernels_enabled():  # the fused E+M kernel: one pass
+            # over the tuples per restart (run_em decides once per fit; direct calls check every time)
             from .._kernels.fitem import em_batch
 
             x = np.ascontiguousarray(x, dtype=np.float64)
@@ -586,6 +627,38 @@ class ConvergenceMonitor:
                 f"n_evals={self.n_evals}, reason={self.reason!r})")
 
 
+def _kernels_enabled() -> bool:
+    from .. import _kernels
+
+    return _kernels.enabled()
+
+
+@contextlib.contextmanager
+def _kernel_for_run(em: _EM, B: int):
+    """For one EM run: decide once whether the compiled kernel is used (the check reads the environment and
+    imports numba, ~5 us, and a run makes ~100 EM evaluations), and run a small problem's kernel on one
+    thread. Below ``_PARALLEL_CELLS`` (restart, component, tuple) cells waking the kernel's thread pool costs
+    more than the pass itself, and on a busy machine every parallel launch waits for a descheduled worker:
+    a 300-symbol fit (S = 4, m = 2, 10 restarts) took 265 ms instead of 5 ms on 2 shared cores. Each
+    restart's arithmetic does not depend on the threads, so results are bit-identical."""
+    use = _kernels_enabled()
+    em.kernel = use
+    prev = None
+    try:
+        if use and B * em.idx.size < _PARALLEL_CELLS:
+            import numba
+
+            prev = numba.get_num_threads()
+            numba.set_num_threads(1)
+        yield
+    finally:
+        em.kernel = None
+        if prev is not None:
+            import numba
+
+            numba.set_num_threads(prev)
+
+
 def run_em(em: _EM, x0: np.ndarray, tol: float, max_iter: int, accelerate: bool = True,
            window: int = 10) -> list[tuple[np.ndarray, ConvergenceMonitor]]:
     """Run EM from every row of ``x0`` (one row per restart, solved as one batch) until each row stops.
@@ -609,7 +682,8 @@ def run_em(em: _EM, x0: np.ndarray, tol: float, max_iter: int, accelerate: bool 
     """
     x0 = np.atleast_2d(np.asarray(x0, dtype=np.float64))
     B = x0.shape[0]
-    _, ll0 = em.batch(x0)
+    with _kernel_for_run(em, B):  # also this first call: one parallel launch wakes the pool, whose spinning
+        _, ll0 = em.batch(x0)      # workers then slow every later serial call on a busy machine
     if not np.all(np.isfinite(ll0)):
         raise ValueError("init: the start point gives the data probability 0 "
                          "(it has a zero probability that the data use)")
@@ -635,7 +709,8 @@ def run_em(em: _EM, x0: np.ndarray, tol: float, max_iter: int, accelerate: bool 
             done[r] = mons[i].check(float(ll[r]), lambda r=r: em.predicted_gain(x[r]))
         return done
 
-    res = squarem(em_map, x0, stop=stop, max_evals=max_iter, normalise=normalise, accelerate=accelerate)
+    with _kernel_for_run(em, B):
+        res = squarem(em_map, x0, stop=stop, max_evals=max_iter, normalise=normalise, accelerate=accelerate)
     out = []
     for i in range(B):
         mon = mons[i]

@@ -17,12 +17,14 @@ import numpy as np
 from .._validate import as_rng, check_float, check_int, check_tokens
 from .em import (VARIANTS, _EM, _as_sequences, _init_counts, _init_explicit, _init_random, _Layout, _prepare,
                  _to_numpy, run_em)
-from .model import MTDFit
+from .model import MTDFit, summary_text
+from .symbols import check_classes_states, decode, encode
 
 
 def _fit_impl(sequences, order=None, *, lags=None, n_states=None, variant="shared", independent=False,
               restarts=10, init="counts", tol=1e-9, max_iter=10_000, weights=None, rng=None,
-              start=None, accelerate=True, freeze_pi=False, window=10) -> MTDFit:
+              start=None, accelerate=True, freeze_pi=False, window=10, weights_name="weights",
+              classes=None) -> MTDFit:
     """:func:`fit` plus private knobs: ``start`` (condition every sequence on its first ``start`` tokens,
     for comparable likelihoods across orders), ``accelerate`` (SQUAREM on/off), ``freeze_pi`` (lam-only EM
     with pi fixed at the explicit start, for checking against ``mtdmath.mle``), ``window`` (of the flat
@@ -37,7 +39,7 @@ def _fit_impl(sequences, order=None, *, lags=None, n_states=None, variant="share
     if isinstance(init, str) and init not in ("counts", "random"):
         raise ValueError(f'init must be "counts", "random", a dict of parameters or an MTDFit (got {init!r})')
     rng = as_rng(rng)
-    data = _prepare(sequences, order, lags, n_states, weights, start)
+    data = _prepare(sequences, order, lags, n_states, weights, start, weights_name)
     lay = _Layout(data.S, len(data.lags), variant, bool(independent))
     em = _EM(data, lay, freeze_pi=freeze_pi)
     if freeze_pi and isinstance(init, str):
@@ -77,7 +79,7 @@ def _fit_impl(sequences, order=None, *, lags=None, n_states=None, variant="share
     par = lay.unpack(theta)
     return MTDFit(par["pi"], par["lam"], lags=data.lags, lam0=par.get("lam0"), p0=par.get("p0"),
                   loglik=mon.history[-1], n_obs=data.N, n_iter=mon.n_evals, converged=mon.converged,
-                  history=np.asarray(mon.history), kkt_gap=gap, restart_logliks=lls, monitor=mon)
+                  history=np.asarray(mon.history), kkt_gap=gap, restart_logliks=lls, monitor=mon, classes=classes)
 
 
 def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None = None,
@@ -88,8 +90,10 @@ def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None 
 
     Parameters
     ----------
-    sequences : int array (T,), int array (B, T), or list of 1-D int arrays
-        Tokens in [0, S); each sequence is conditioned on its own first ``max(lags)`` tokens.
+    sequences : array (T,) or (B, T), list of 1-D arrays, or pandas Series / Categorical (or a list of them)
+        Integer codes in [0, S), or labels (strings or other sortable hashable symbols; a Categorical keeps
+        its category order, otherwise the sorted labels are the states, docs/math.md §7.9; the fit's
+        ``classes`` holds them). Each sequence is conditioned on its own first ``max(lags)`` tokens.
     order : int, optional
         Fit lags 1..order (give ``order`` or ``lags``).
     lags : sequence of int, optional
@@ -115,8 +119,12 @@ def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None 
         ``max_iter`` ran out first.
     max_iter : int
         Maximum number of EM-map evaluations per start (all starts run as one batch).
-    weights : array (n_sequences,), optional
-        Non-negative weight of each sequence's log-likelihood.
+    weights : array (n_sequences,), or one weight per token in the layout of ``sequences``, optional
+        Non-negative finite weights: one per sequence (multiplying its log-likelihood), or one per token,
+        where the weight at position t weighs the transition into ``y[t]`` (t = max(lags)..T-1; the weights
+        of the first ``max(lags)`` positions are ignored). The log-likelihood is
+        ``sum_t w_t log P(y[t] | past)`` (docs/math.md §7.9): integer weights give the fit of the data with
+        each (context, next) tuple repeated that many times.
     rng : numpy Generator, int seed or None
         Makes the random restarts reproducible.
 
@@ -124,9 +132,12 @@ def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None 
     -------
     MTDFit
     """
+    sequences, classes = encode(sequences, "sequences")
+    n_states = check_classes_states(classes, n_states)
     sequences = _to_numpy(sequences)
     return _fit_impl(sequences, order, lags=lags, n_states=n_states, variant=variant, independent=independent,
-                     restarts=restarts, init=init, tol=tol, max_iter=max_iter, weights=weights, rng=rng)
+                     restarts=restarts, init=init, tol=tol, max_iter=max_iter, weights=_to_numpy(weights), rng=rng,
+                     classes=classes)
 
 
 
@@ -172,6 +183,31 @@ def _sequences_from(X: Any, y: Any = None, lengths: Any = None, order: int | Non
     return _as_sequences(X, "X"), False
 
 
+def _encode_xy(X: Any, y: Any) -> tuple[Any, Any, np.ndarray | None]:
+    """Labels -> codes for ``X`` (and the design matrix's ``y``, encoded together so they share states)."""
+    if y is None:
+        X, classes = encode(X, "X")
+        return X, None, classes
+    (Xc, yc), classes = encode([X, y], "X")
+    return Xc, yc, classes
+
+
+def _split_weights(w: Any, lengths: Any, seqs: Any, design: bool) -> Any:
+    """``sample_weight`` for :func:`_prepare`: per-token weights given flat with ``lengths`` are split like
+    ``X``; a design matrix's per-row weights are per-sequence weights (each row is one transition)."""
+    if w is None or lengths is None or design:
+        return w
+    arr = np.asarray(w)
+    n_seq = len(seqs)
+    if arr.ndim == 1 and arr.shape[0] != n_seq:
+        ln = np.asarray(_to_numpy(lengths))
+        if arr.shape[0] != int(ln.sum()):
+            raise ValueError(f"sample_weight must have one entry per sequence ({n_seq}) or one per token "
+                             f"({int(ln.sum())}) (got shape {arr.shape})")
+        return np.split(arr, np.cumsum(ln)[:-1])
+    return w
+
+
 class MTD:
     """Maximum-likelihood MTD estimator with scikit-learn / hmmlearn conventions.
 
@@ -200,6 +236,9 @@ class MTD:
     ----------
     lam_, pi_, lam0_, p0_, lags_, n_states_ :
         The fitted parameters (``lam0_``/``p0_`` None unless ``independent``).
+    classes_ : ndarray (S,)
+        The states: the labels of fit in code order (sorted, or a Categorical's order), or ``0..S-1`` for
+        integer data. Column ``i`` of :meth:`predict_proba` is ``classes_[i]``.
     loglik_ : float
     n_iter_ : int
         EM-map evaluations of the best restart.
@@ -258,7 +297,9 @@ class MTD:
 
     def __repr__(self) -> str:
         default = MTD()
-        args = [f"{k}={v!r}" for k, v in self.get_params().items() if not _same(v, getattr(default, k))]
+        # the variant is always shown: the default (shared pi) differs from mtdlearn's lag-wise model
+        args = [f"{k}={v!r}" for k, v in self.get_params().items()
+                if k == "variant" or not _same(v, getattr(default, k))]
         return f"MTD({', '.join(args)})"
 
     def __sklearn_tags__(self):  # pragma: no cover - only with scikit-learn installed
@@ -272,15 +313,30 @@ class MTD:
 
         Parameters
         ----------
-        X : int array (T,), (B, T), list of 1-D int arrays, (N,)/(N, 1) with ``lengths``, or (n, L) with ``y``
-        y : int array (n,), optional
-            Next tokens of mtdlearn's design matrix ``X``.
+        X : array (T,), (B, T), list of 1-D arrays, (N,)/(N, 1) with ``lengths``, or (n, L) with ``y``
+            Integer codes 0..S-1, or labels (strings, other sortable hashable symbols, a pandas Series or
+            Categorical): the states are then the sorted labels, or a Categorical's own category order, and
+            ``classes_`` records them (docs/math.md §7.9).
+        y : array (n,), optional
+            Next tokens of mtdlearn's design matrix ``X`` (codes or labels, encoded together with ``X``).
         lengths : int array (B,), optional
             hmmlearn convention: lengths of the sequences concatenated in ``X``.
-        sample_weight : array (n_sequences,), optional
-            Weight of each sequence (of each row with a design matrix).
+        sample_weight : array, optional
+            Non-negative finite weights, either
+
+            - one per sequence, shape (B,) (one per row of a design matrix, which is one per transition), or
+            - one per token, in the layout of ``X``: shape (T,) for one sequence, (B, T) for rows, a list of
+              (T_b,) arrays for a list, (N,) with ``lengths``. The weight at position t weighs the
+              transition into ``X[t]``, t = max(order, burn_in)..T-1 of each sequence; the weights of the
+              first positions condition nothing and are ignored.
+
+            The fitted log-likelihood is ``sum_t w_t log P(x[t] | past)`` (docs/math.md §7.9), so integer
+            weights give exactly the fit of the data with each (context, next) tuple repeated that often.
         """
+        X, y, classes = _encode_xy(X, y)
         seqs, design = _sequences_from(X, y, lengths)
+        n_states = check_classes_states(classes, self.n_states)
+        sample_weight = _split_weights(_to_numpy(sample_weight), lengths, seqs, design)
         order, lags = self.order, self.lags
         if design and order is None and lags is None:
             order = seqs.shape[1] - 1
@@ -295,15 +351,17 @@ class MTD:
         start = None if self.burn_in is None else check_int(self.burn_in, "burn_in", minimum=0)
         if design and start is not None:
             raise ValueError("burn_in does not apply to a design matrix (each row is one transition)")
-        f = _fit_impl(seqs, order, lags=lags, n_states=self.n_states, variant=self.variant,
+        f = _fit_impl(seqs, order, lags=lags, n_states=n_states, variant=self.variant,
                       independent=self.independent, restarts=self.restarts, init=self.init, tol=self.tol,
                       max_iter=self.max_iter, weights=sample_weight, rng=_rng_copy(self.random_state),
-                      start=start)
+                      start=start, weights_name="sample_weight", classes=classes)
         self.fit_ = f
         self.model_ = f.model
         self.lam_, self.pi_, self.lam0_, self.p0_ = f.lam, f.pi, f.lam0, f.p0
         self.lags_, self.n_states_ = f.lags, f.n_states
         self.loglik_, self.n_iter_, self.converged_, self.monitor_ = f.loglik, f.n_iter, f.converged, f.monitor
+        self._labels = classes
+        self.classes_ = decode(np.arange(f.n_states), classes)
         self._train = (seqs, sample_weight)
         return self
 
@@ -314,7 +372,15 @@ class MTD:
     def _start(self) -> int:
         return max(self.model_.order, 0 if self.burn_in is None else int(self.burn_in))
 
+    def _codes(self, X: Any, name: str = "X") -> Any:
+        """Labels -> codes with the labels of fit (an unseen label raises, naming it); codes unchanged."""
+        if getattr(self, "_labels", None) is None:
+            return X
+        return encode(X, name, self._labels)[0]
+
     def _data(self, X: Any, y: Any, lengths: Any) -> Any:
+        X = self._codes(X)
+        y = None if y is None else self._codes(y, "y")
         seqs, design = _sequences_from(X, y, lengths)
         if design:
             L, M = seqs.shape[1] - 1, self.model_.order
@@ -343,15 +409,28 @@ class MTD:
             return out
         return np.array([self._loglik(s) for s in seq_list])
 
-    def _loglik(self, seqs: Any) -> float:
-        w_log, _ = self.model_._loglik_terms(seqs, None, start=self._start())
+    def _loglik(self, seqs: Any, weights: Any = None) -> float:
+        w_log, _ = self.model_._loglik_terms(seqs, weights, start=self._start())
         return float(np.sum(w_log))
 
-    def score(self, X: Any, y: Any = None, lengths: Any = None) -> float:
-        """Total log-likelihood of ``X`` under the fitted model (higher is better, as scikit-learn expects),
-        every sequence conditioned on its first ``max(order, burn_in)`` tokens."""
+    def score(self, X: Any, y: Any = None, lengths: Any = None, *, sample_weight: Any = None) -> float:
+        """Total (weighted) log-likelihood of ``X`` under the fitted model (higher is better, as scikit-learn
+        expects), every sequence conditioned on its first ``max(order, burn_in)`` tokens; ``sample_weight``
+        as in :meth:`fit`."""
         self._check_fitted()
-        return self._loglik(self._data(X, y, lengths))
+        seqs = self._data(X, y, lengths)
+        w = _split_weights(_to_numpy(sample_weight), lengths, seqs, y is not None)
+        if w is None:
+            return self._loglik(seqs)
+        data = _prepare(seqs, None, self.model_.lags, self.model_.n_states, w, self._start(), "sample_weight")
+        return self._loglik_data(data)
+
+    def _loglik_data(self, data) -> float:
+        lay = _Layout(self.model_.n_states, len(self.model_.lags), self.model_.variant, self.model_.independent)
+        theta = lay.pack(self.lam_, self.pi_, self.lam0_, self.p0_)
+        s = np.einsum("uk,k->u", theta[lay.index(data)], theta[: lay.K])
+        with np.errstate(divide="ignore"):
+            return float(np.sum(data.w * np.log(s)))
 
     def _n_obs(self, X: Any, y: Any, lengths: Any) -> float:
         return _prepare(self._data(X, y, lengths), None, self.model_.lags, self.model_.n_states, None,
@@ -365,21 +444,38 @@ class MTD:
         """``-2 score(X) + log(n) n_params`` with n the number of transitions of ``X``."""
         return -2.0 * self.score(X, y, lengths) + math.log(self._n_obs(X, y, lengths)) * self.model_.n_params
 
+    @property
+    def n_params(self) -> int:
+        """Identifiable parameter count of the fitted model (docs/math.md §7.6)."""
+        self._check_fitted()
+        return self.model_.n_params
+
     # -- prediction and simulation ---------------------------------------------------------------------------
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Law of the next token after each context; ``X`` (n, L) with L >= order, time last. Returns (n, S)."""
+        """Law of the next symbol after each context; ``X`` (n, L) with L >= order, time last, codes or the
+        labels of fit (an unseen label raises ``ValueError`` naming it). Returns (n, S): column ``i`` is the
+        probability of ``classes_[i]``."""
         self._check_fitted()
-        return self.model_.predict_proba(_to_numpy(X))
+        return self.model_.predict_proba(_to_numpy(self._codes(X)))
 
     def predict(self, X: Any) -> np.ndarray:
-        """Most probable next token after each context (n, L); returns int64 (n,)."""
-        return np.argmax(self.predict_proba(X), axis=-1).astype(np.int64)
+        """Most probable next symbol after each context (n, L); returns (n,) codes, or labels after a
+        labelled fit."""
+        return decode(np.argmax(self.predict_proba(X), axis=-1).astype(np.int64), getattr(self, "_labels", None))
 
     def sample(self, n: int, random_state: Any = None, *, init: Any = None) -> np.ndarray:
-        """Simulate one chain of length n from the fitted model (see :meth:`MTDModel.sample`)."""
+        """Simulate one chain of length n from the fitted model (see :meth:`MTDModel.sample`); labels after a
+        labelled fit."""
         self._check_fitted()
         rs = self.random_state if random_state is None else random_state
-        return self.model_.sample(n, rng=_rng_copy(rs), init=init)
+        return decode(self.model_.sample(n, rng=_rng_copy(rs), init=init), getattr(self, "_labels", None))
+
+    def summary(self) -> str:
+        """A printable report of the fit, naming the variant (shared pi or lag-wise MTDg) and noting that
+        mtdlearn's model is the lag-wise one."""
+        self._check_fitted()
+        f = self.fit_
+        return summary_text(f, f.loglik, f.n_obs, f.converged, f.monitor.reason if f.monitor else None)
 
     # -- uncertainty -----------------------------------------------------------------------------------------
     def _inference(self):
@@ -464,7 +560,7 @@ class MTD:
         level = check_float(level, "level", positive=True)
         if not level < 1.0:
             raise ValueError(f"level must be in (0, 1) (got {level})")
-        X = check_tokens(_to_numpy(X), self.n_states_, self.model_.order, name="X")
+        X = check_tokens(_to_numpy(self._codes(X)), self.n_states_, self.model_.order, name="X")
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (n, L) (got shape {X.shape})")
         inf, lay, theta = self._inference()

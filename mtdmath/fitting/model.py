@@ -17,6 +17,30 @@ import numpy as np
 from .._validate import (as_rng, check_alloc, check_float, check_int, check_pi, check_prob_vector, check_tokens,
                          float_array)
 from .em import ConvergenceMonitor, _as_sequences, _check_lags, _Layout, _prepare, _to_numpy
+from .symbols import decode, encode
+
+#: how every printed summary names the two variants (the peers' default model is the lag-wise one)
+VARIANT_NAMES = {"shared": "shared pi: one transition matrix for every lag, Raftery's MTD",
+                 "lagwise": "lag-wise: one matrix per lag, MTDg"}
+PEER_NOTE = "mtdlearn's MTD is the lag-wise model (variant='lagwise'); mtdmath's default is variant='shared'"
+
+
+def summary_text(model: "MTDModel", loglik: float, n_obs: float, converged: bool | None, reason: str | None) -> str:
+    """The text of an MTD fit's summary (shared by :meth:`MTDFit.summary` and :meth:`MTD.summary`)."""
+    classes = getattr(model, "classes", None)
+    states = (", ".join(repr(c) for c in classes.tolist()) if classes is not None
+              else f"codes 0..{model.n_states - 1}")
+    k = model.n_params
+    lines = [f"MTD fit, variant = {model.variant!r} ({VARIANT_NAMES[model.variant]})",
+             f"  note: {PEER_NOTE}",
+             f"  states (S = {model.n_states}): {states}",
+             f"  lags {model.lags}, lam {np.array2string(np.round(model.lam, 4), separator=', ')}"
+             + (f", lam0 {model.lam0:.4f} (order-0 component)" if model.independent else ""),
+             f"  loglik {loglik:.4f} on {n_obs:g} transitions, n_params {k}, "
+             f"AIC {-2 * loglik + 2 * k:.2f}, BIC {-2 * loglik + math.log(n_obs) * k:.2f}"]
+    if converged is not None:
+        lines.append(f"  converged {converged} (stopped by {reason})")
+    return "\n".join(lines)
 
 #: default largest state space S^max_lag for :meth:`MTDModel.stationary_distribution` and a sparse expanded
 #: matrix
@@ -252,7 +276,7 @@ class MTDModel:
         states = np.arange(n)
         # digits of each state, oldest token first: state = sum_i y[t-M+1+i] S^(M-1-i)
         ctx = np.stack([(states // S ** (M - 1 - i)) % S for i in range(M)], axis=1)
-        P = self.predict_proba(ctx)  # (n, S): law of the next token from each state
+        P = MTDModel.predict_proba(self, ctx)  # (n, S): law of the next token from each state (codes)
         nxt = (states % S ** (M - 1))[:, None] * S + np.arange(S)[None, :]  # drop oldest, append b
         return sp.csr_matrix((P.ravel(), (np.repeat(states, S), nxt.ravel())), shape=(n, n))
 
@@ -346,13 +370,22 @@ class MTDFit(MTDModel):
         Final log-likelihood of every restart, in start order (first = the ``init`` start).
     monitor : ConvergenceMonitor
         The monitor of the best restart.
+    classes : ndarray (S,) or None
+        The labels of the states when the data were labels (state ``i`` is ``classes[i]``; docs/math.md §7.9),
+        None for integer codes. With labels, :meth:`predict_proba`, :meth:`log_likelihood` and :meth:`sample`
+        take and return labels; :attr:`model` is the law on the codes.
     """
 
     def __init__(self, pi: Any, lam: Any, *, lags: Sequence[int] | None = None, lam0: float | None = None,
                  p0: Any = None, loglik: float, n_obs: float, n_iter: int = 0, converged: bool = False,
                  history: Any = (), kkt_gap: float = math.nan, restart_logliks: Any = (),
-                 monitor: ConvergenceMonitor | None = None):
+                 monitor: ConvergenceMonitor | None = None, classes: Any = None):
         super().__init__(pi, lam, lags=lags, lam0=lam0, p0=p0)
+        if classes is not None:
+            classes = np.asarray(classes, dtype=object)
+            if classes.shape != (self.n_states,):
+                raise ValueError(f"classes must hold one label per state ({self.n_states}) (got shape {classes.shape})")
+        self.classes = classes
         loglik = float(loglik)
         if not math.isfinite(loglik):
             raise ValueError(f"loglik must be finite (got {loglik!r})")
@@ -382,6 +415,38 @@ class MTDFit(MTDModel):
     def aic(self) -> float:
         """-2 loglik + 2 n_params."""
         return -2.0 * self.loglik + 2.0 * self.n_params
+
+    # -- labels -------------------------------------------------------------------------------------------
+    def predict_proba(self, contexts: Any) -> np.ndarray:
+        """As :meth:`MTDModel.predict_proba`; with labels, ``contexts`` holds labels and column ``i`` of the
+        result is the probability of ``classes[i]``."""
+        if self.classes is not None:
+            contexts, _ = encode(contexts, "contexts", self.classes)
+        return super().predict_proba(contexts)
+
+    def log_likelihood(self, sequences: Any, *, weights: Any = None) -> float:
+        """As :meth:`MTDModel.log_likelihood`; with labels, ``sequences`` holds labels."""
+        if self.classes is not None:
+            sequences, _ = encode(sequences, "sequences", self.classes)
+        return super().log_likelihood(sequences, weights=weights)
+
+    def sample(self, T: int, rng: Any = None, *, init: Any = None, prefix: Any = None) -> np.ndarray:
+        """As :meth:`MTDModel.sample`; with labels, ``prefix`` and the returned chain hold labels."""
+        if self.classes is not None and prefix is not None:
+            prefix, _ = encode(prefix, "prefix", self.classes)
+        return decode(super().sample(T, rng, init=init, prefix=prefix), self.classes)
+
+    def __repr__(self) -> str:
+        return (f"MTDFit(S={self.n_states}, lags={self.lags}, variant={self.variant!r} ({VARIANT_NAMES[self.variant]}), "
+                f"independent={self.independent}, loglik={self.loglik:.6g})")
+
+    def summary(self) -> str:
+        """A printable report: the variant (shared pi or lag-wise MTDg; mtdlearn's model is the lag-wise one),
+        the lags and weights, the states (labels), log-likelihood, n_params, AIC, BIC and convergence."""
+        return summary_text(self, self.loglik, self.n_obs, self.converged,
+                            self.monitor.reason if self.monitor is not None else None)
+
+    __str__ = summary
 
     @property
     def bic(self) -> float:

@@ -6,6 +6,7 @@ from typing import Any
 from .._validate import as_rng, check_int
 from .estimator import _fit_impl, _to_numpy
 from .model import MTDFit
+from .symbols import check_classes_states, encode
 
 
 def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", variant: str = "shared",
@@ -24,6 +25,9 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
     max_order = check_int(max_order, "max_order", minimum=1)
     from .em import _as_sequences
 
+    sequences, classes = encode(sequences, "sequences")  # labels -> codes once (docs/math.md §7.9)
+    if classes is not None:
+        fit_kwargs["n_states"] = check_classes_states(classes, fit_kwargs.get("n_states"))
     sequences = _as_sequences(_to_numpy(sequences))
     longest = max(s.shape[0] for s in sequences)
     if max_order >= longest:
@@ -41,7 +45,7 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
     sequences = _to_numpy(sequences)
     table, fits = [], []
     for m in range(1, max_order + 1):
-        f = _fit_impl(sequences, m, variant=variant, start=max_order, rng=rng, **fit_kwargs)
+        f = _fit_impl(sequences, m, variant=variant, start=max_order, rng=rng, classes=classes, **fit_kwargs)
         fits.append(f)
         table.append({"order": m, "loglik": f.loglik, "n_params": f.n_params, "aic": f.aic, "bic": f.bic,
                       "n_obs": f.n_obs})
@@ -67,7 +71,7 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
 
     Parameters
     ----------
-    sequences : as for :func:`fit`
+    sequences : as for :func:`fit` (integer codes or labels)
     max_lag : int
         Window size.
     method : {"forward", "bic"}
@@ -92,6 +96,8 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
     if max_size is not None:
         max_size = check_int(max_size, "max_size", minimum=1)
     rng = as_rng(rng)
+    sequences, classes = encode(sequences, "sequences")  # labels -> codes once (docs/math.md §7.9)
+    n_states = check_classes_states(classes, n_states)
     sequences = _to_numpy(sequences)
     from .em import _as_sequences
 
@@ -147,5 +153,5 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
                 if v < best_val:
                     best_val, chosen = v, tuple(c)
     final_kw = dict(kw, tol=1e-9)
-    best_fit = _fit_impl(seqs, None, lags=chosen, rng=rng, **final_kw)
+    best_fit = _fit_impl(seqs, None, lags=chosen, rng=rng, classes=classes, **final_kw)
     return best_fit, table

@@ -6,6 +6,13 @@ for the construction, is ``log μ_j + η ∇ℓ_t(μ)_j`` (∇ℓ_t of the prefi
 ``∇ℓ_t(μ)`` (differences remove what softmax ignores), with one intercept per lag, and reports the
 slope (the step), its R², and the same fit in bins of the number n of transitions in the prefix,
 so a step that changes with n shows up.
+
+A step that depends on the context, such as the ``c/(n+m+a)`` of the softmax-sink layer 2
+(docs/math.md §5.6), is read per number of transitions n: :func:`step_by_n` fits the same
+regression at each n separately (an ``MDTransformer``'s layer-3 logits), :func:`matched_step`
+finds, for any model's predictive law, the one-step MD step whose predictive is closest to it at
+each n (so it also probes a ``StandardTransformer``), and :func:`fit_adaptive_step` fits
+``η(n) = c/(n+m+a)``, i.e. ``1/η = A + B·n`` with ``A = (m+a)/c``, ``B = 1/c``, with its R².
 """
 from __future__ import annotations
 
@@ -19,7 +26,8 @@ from .. import _validate as V
 from .._xp import to_numpy
 from ..model import lag_factors
 
-__all__ = ["EffectiveStep", "effective_step"]
+__all__ = ["EffectiveStep", "effective_step", "StepByN", "step_by_n", "matched_step", "AdaptiveFit",
+           "fit_adaptive_step"]
 
 
 @dataclass
@@ -58,6 +66,36 @@ def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return eta, (1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan")
 
 
+def _prefix_gradients(y: np.ndarray, pi_np: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """∇ℓ(μ) of every prefix, (B, T-m+1, m): row r (position t = m-1+r) uses the transitions i < r."""
+    m = alpha.shape[0]
+    mu = alpha / alpha.sum()
+    C = lag_factors(y, pi_np, m)  # (B, n, m)
+    terms = C / (C @ mu)[..., None]
+    return np.concatenate([np.zeros((y.shape[0], 1, m)), np.cumsum(terms, axis=1)], axis=1)
+
+
+def _logits_and_gradients(model: Any, tokens: Any, pi: Any, alpha: Any
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (alpha, tokens (B, T), layer-3 lag logits (B, T-m+1, m), ∇ℓ(μ) (B, T-m+1, m))."""
+    alpha = V.check_alpha(alpha, "alpha")
+    m = alpha.shape[0]
+    if not hasattr(model, "_layer3_scores"):
+        raise ValueError(f"model must be an MDTransformer (got {type(model).__name__})")
+    if model.m != m:
+        raise ValueError(f"alpha has length {m} but the model has order m = {model.m}")
+    if m < 2:
+        raise ValueError("alpha: the step is identified by logit differences between lags: m >= 2")
+    pi_np = to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    y = np.asarray(to_numpy(V.check_tokens(tokens, pi_np.shape[0], m + 2, "tokens")))
+    if y.ndim != 2:
+        raise ValueError(f"tokens must have shape (B, T) (got shape {y.shape})")
+    with torch.no_grad():
+        _, cache = model(torch.as_tensor(y, device=model.w1.device), return_cache=True)
+    logits = cache["blocks.2.attn.hook_lag_logits"].detach().to("cpu", torch.float64).numpy()[:, m - 1:]  # (B, n+1, m)
+    return alpha, y, logits, _prefix_gradients(y, pi_np, alpha)
+
+
 def effective_step(model: Any, tokens: Any, pi: Any, alpha: Any, *, bins: int = 4) -> EffectiveStep:
     """Estimate the MD step size that ``model``'s layer 3 implements on ``tokens``.
 
@@ -79,27 +117,9 @@ def effective_step(model: Any, tokens: Any, pi: Any, alpha: Any, *, bins: int = 
     EffectiveStep
         For ``MDTransformer.construct(pi, alpha, eta=e)``: eta = e (to rounding) and R² = 1.
     """
-    alpha = V.check_alpha(alpha, "alpha")
-    m = alpha.shape[0]
-    if not hasattr(model, "_layer3_scores"):
-        raise ValueError(f"model must be an MDTransformer (got {type(model).__name__})")
-    if model.m != m:
-        raise ValueError(f"alpha has length {m} but the model has order m = {model.m}")
-    if m < 2:
-        raise ValueError("alpha: the step is identified by logit differences between lags: m >= 2")
     bins = V.check_int(bins, "bins", minimum=1)
-    pi_np = to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
-    y = np.asarray(to_numpy(V.check_tokens(tokens, pi_np.shape[0], m + 2, "tokens")))
-    if y.ndim != 2:
-        raise ValueError(f"tokens must have shape (B, T) (got shape {y.shape})")
-    with torch.no_grad():
-        _, cache = model(torch.as_tensor(y, device=model.w1.device), return_cache=True)
-    logits = cache["blocks.2.attn.hook_lag_logits"].detach().to("cpu", torch.float64).numpy()[:, m - 1:]  # (B, n+1, m)
-    # ∇ℓ(μ) of every prefix: row r (position t = m-1+r) uses the transitions i < r
-    mu = alpha / alpha.sum()
-    C = lag_factors(y, pi_np, m)  # (B, n, m)
-    terms = C / (C @ mu)[..., None]
-    grad = np.concatenate([np.zeros((y.shape[0], 1, m)), np.cumsum(terms, axis=1)], axis=1)  # (B, n+1, m)
+    alpha, y, logits, grad = _logits_and_gradients(model, tokens, pi, alpha)
+    m = alpha.shape[0]
     dx = (grad[..., 1:] - grad[..., :1]).reshape(-1, m - 1)
     dy = (logits[..., 1:] - logits[..., :1]).reshape(-1, m - 1)
     eta, r2 = _fit(dx, dy)
@@ -113,3 +133,229 @@ def effective_step(model: Any, tokens: Any, pi: Any, alpha: Any, *, bins: int = 
         e_by.append(e)
         r_by.append(r)
     return EffectiveStep(eta=eta, r2=r2, n_bins=n_bins, eta_by_n=np.asarray(e_by), r2_by_n=np.asarray(r_by))
+
+
+# ----------------------------------------------------------------------------- the step as a function of n
+@dataclass
+class StepByN:
+    """The step of one MD step from μ at each number of transitions n.
+
+    Attributes
+    ----------
+    n : ndarray of int, shape (K,)
+        Numbers of transitions of the prefixes (context length L = n + m).
+    eta : ndarray, shape (K,)
+        The step at each n (NaN where it is not identified, e.g. no spread of ∇ℓ at that n).
+    fit : ndarray, shape (K,)
+        How well one step describes the model at n: for :func:`step_by_n` the R² of the
+        regression at n (1 for a constructed model); for :func:`matched_step` the mean
+        ``KL(model ‖ MD(η(n)))`` left at the best step (0 for a model that is one MD step).
+    """
+
+    n: np.ndarray
+    eta: np.ndarray
+    fit: np.ndarray
+
+
+def step_by_n(model: Any, tokens: Any, pi: Any, alpha: Any) -> StepByN:
+    """The layer-3 step of an :class:`~mtdmath.nn.MDTransformer` at every number of transitions n >= 1.
+
+    The regression of :func:`effective_step` (layer-3 logit differences between lags on the
+    ∇ℓ(μ) differences, one intercept per lag), fitted separately at each n over the sequences.
+
+    Parameters
+    ----------
+    model : MDTransformer
+    tokens : int array or tensor, shape (B, T), T >= m + 2
+    pi : array_like, shape (S, S)
+    alpha : array_like, shape (m,), m >= 2
+
+    Returns
+    -------
+    StepByN
+        ``n = 1 … T-m``; ``fit`` is the R² at each n. For ``construct(..., aggregation="softmax_sink",
+        c=c, a=a)``: ``eta = c/(n+m+a)`` (to rounding) and R² = 1.
+    """
+    alpha, y, logits, grad = _logits_and_gradients(model, tokens, pi, alpha)
+    if y.shape[0] < 2:
+        raise ValueError(f"tokens: the step at each n is fitted across sequences: give B >= 2 (got B = {y.shape[0]})")
+    dx = grad[..., 1:] - grad[..., :1]  # (B, R, m-1)
+    dy = logits[..., 1:] - logits[..., :1]
+    n = np.arange(1, grad.shape[1])
+    eta, r2 = np.empty(n.size), np.empty(n.size)
+    for j, r in enumerate(n):
+        eta[j], r2[j] = _fit(dx[:, r], dy[:, r])
+    return StepByN(n=n, eta=eta, fit=r2)
+
+
+def matched_step(probs: Any, tokens: Any, pi: Any, alpha: Any, *, bounds: tuple[float, float] = (1e-4, 1e2)
+                 ) -> StepByN:
+    """For any model's predictive law, the one-step MD step closest to it at each number of transitions n.
+
+    At each n, ``η(n) = argmin_η mean_b KL(p_model[b, n] ‖ p_MD(η)[b, n])`` over the sequences b,
+    where ``p_MD(η)`` is the predictive of one MD step from μ of size η on the prefix (bounded
+    Brent on log η). It reads only the model's output, so it probes a ``StandardTransformer``
+    as well as an ``MDTransformer``.
+
+    Parameters
+    ----------
+    probs : array or tensor, shape (B, T-m+1, S)
+        The model's predictive after every prefix of ``tokens`` (row r: prefix of length m + r),
+        e.g. ``model(tokens)``.
+    tokens : int array or tensor, shape (B, T), T >= m + 1
+    pi : array_like, shape (S, S)
+    alpha : array_like, shape (m,), m >= 2
+    bounds : (float, float)
+        The search interval of η, ``0 < lo < hi``, finite.
+
+    Returns
+    -------
+    StepByN
+        ``n = 1 … T-m``; ``fit`` is the mean KL left at the best step (nats). An ``eta`` at a
+        bound means the closest step lies at or beyond it.
+    """
+    from scipy.optimize import minimize_scalar
+
+    alpha = V.check_alpha(alpha, "alpha")
+    m = alpha.shape[0]
+    if m < 2:
+        raise ValueError("alpha: a step moves lam only for m >= 2")
+    pi_np = to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    S = pi_np.shape[0]
+    y = np.asarray(to_numpy(V.check_tokens(tokens, S, m + 1, "tokens")))
+    if y.ndim != 2:
+        raise ValueError(f"tokens must have shape (B, T) (got shape {y.shape})")
+    if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+        raise ValueError(f"bounds must be a pair (lo, hi) (got {bounds!r})")
+    lo, hi = (V.check_float(b, "bounds", positive=True) for b in bounds)
+    if not lo < hi:
+        raise ValueError(f"bounds must have lo < hi (got {bounds!r})")
+    p = np.asarray(to_numpy(probs.detach() if isinstance(probs, torch.Tensor) else probs), dtype=np.float64)
+    B, T = y.shape
+    R = T - m + 1
+    if p.shape != (B, R, S):
+        raise ValueError(f"probs must have shape (B, T-m+1, S) = {(B, R, S)} for these tokens, m = len(alpha) = {m} "
+                         f"and S = len(pi) = {S} (got {p.shape})")
+    if not (np.all(np.isfinite(p)) and np.all(p >= 0)):
+        raise ValueError("probs must be finite and >= 0")
+    grad = _prefix_gradients(y, pi_np, alpha)  # (B, R, m)
+    log_mu = np.log(alpha / alpha.sum())
+    # rows[b, r, g] = pi[y[t-g]] for lag g+1 at position t = m-1+r
+    src = np.lib.stride_tricks.sliding_window_view(y, m, axis=1)[:, :, ::-1]  # (B, R, m)
+    rows = pi_np[src]  # (B, R, m, S)
+    with np.errstate(divide="ignore"):
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(-1)  # (B, R)
+    n = np.arange(1, R)
+    eta, left = np.empty(n.size), np.empty(n.size)
+    for j, r in enumerate(n):
+        g, rw, pr, h = grad[:, r], rows[:, r], p[:, r], plogp[:, r]
+
+        def mean_kl(log_eta: float) -> float:
+            z = log_mu + np.exp(log_eta) * g
+            z = z - z.max(-1, keepdims=True)
+            lam = np.exp(z)
+            lam /= lam.sum(-1, keepdims=True)
+            q = np.einsum("bg,bgs->bs", lam, rw)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cross = np.where(pr > 0, pr * np.log(np.where(pr > 0, q, 1.0)), 0.0).sum(-1)
+            return float(np.mean(h - cross))
+
+        res = minimize_scalar(mean_kl, bounds=(np.log(lo), np.log(hi)), method="bounded",
+                              options={"xatol": 1e-10})
+        eta[j], left[j] = float(np.exp(res.x)), float(res.fun)
+    return StepByN(n=n, eta=eta, fit=left)
+
+
+@dataclass
+class AdaptiveFit:
+    """Result of :func:`fit_adaptive_step`: ``η(n) = c/(n+m+a)``, i.e. ``1/η = A + B·n``.
+
+    Attributes
+    ----------
+    A, B, A_se, B_se, cov_AB : float
+        Weighted least-squares line of ``1/η`` on n and its covariance (from the given σ, or
+        from the residuals when none is given).
+    c, a, c_se, a_se : float
+        ``c = 1/B``, ``a = A/B - m``, s.e. by the delta method (NaN when B <= 0: no decreasing step).
+    r2 : float
+        R² of the fitted ``c/(n+m+a)`` in η: ``1 - Σ(η - η_fit)²/Σ(η - mean η)²``.
+    chi2_dof : float
+        χ²/dof of the line (with the given σ; NaN when none is given or dof = 0).
+    eta_fit : ndarray
+        The fitted step at the given n.
+    """
+
+    A: float
+    B: float
+    A_se: float
+    B_se: float
+    cov_AB: float
+    c: float
+    a: float
+    c_se: float
+    a_se: float
+    r2: float
+    chi2_dof: float
+    eta_fit: np.ndarray
+
+
+def fit_adaptive_step(n: Any, eta: Any, m: int, *, eta_se: Any = None) -> AdaptiveFit:
+    """Fit ``η(n) = c/(n+m+a)`` to steps ``eta`` at numbers of transitions ``n`` (docs/math.md §5.6).
+
+    Weighted least squares of ``1/η = A + B·n`` (σ of 1/η: ``eta_se/η²``, the delta method; equal
+    weights when ``eta_se`` is None), then ``c = 1/B``, ``a = A/B - m``.
+
+    Parameters
+    ----------
+    n : array_like of int, shape (K,), K >= 2
+    eta : array_like, shape (K,), > 0 and finite
+    m : int
+        The MTD order (enters a only).
+    eta_se : array_like, shape (K,), optional
+        Standard errors of eta (> 0).
+
+    Returns
+    -------
+    AdaptiveFit
+    """
+    m = V.check_int(m, "m", minimum=1)
+    n_arr = np.asarray(n, dtype=np.float64)
+    e = np.asarray(eta, dtype=np.float64)
+    if n_arr.ndim != 1 or e.shape != n_arr.shape or n_arr.size < 2:
+        raise ValueError(f"n and eta must be 1-D of the same length >= 2 (got {n_arr.shape} and {e.shape})")
+    if not (np.all(np.isfinite(e)) and np.all(e > 0)):
+        raise ValueError("eta must be finite and > 0")
+    if not np.all(np.isfinite(n_arr)):
+        raise ValueError("n must be finite")
+    y = 1.0 / e
+    if eta_se is not None:
+        se = np.asarray(eta_se, dtype=np.float64)
+        if se.shape != e.shape or not (np.all(np.isfinite(se)) and np.all(se > 0)):
+            raise ValueError(f"eta_se must be finite, > 0, of shape {e.shape}")
+        sy = se / e ** 2
+    else:
+        sy = np.ones_like(y)
+    D = np.stack([np.ones_like(n_arr), n_arr], axis=1)
+    w = 1.0 / sy
+    beta, *_ = np.linalg.lstsq(D * w[:, None], y * w, rcond=None)
+    resid = (y - D @ beta) / sy
+    dof = y.size - 2
+    chi2 = float(resid @ resid)
+    cov = np.linalg.inv((D * (w ** 2)[:, None]).T @ D)
+    if eta_se is None:  # σ unknown: scale by the residual variance
+        cov = cov * (chi2 / dof if dof > 0 else np.nan)
+    A, B = float(beta[0]), float(beta[1])
+    if B > 0:
+        c, a = 1.0 / B, A / B - m
+        c_se = float(np.sqrt(cov[1, 1])) / B ** 2
+        # a = A/B - m: gradient (1/B, -A/B²)
+        gvec = np.array([1.0 / B, -A / B ** 2])
+        a_se = float(np.sqrt(gvec @ cov @ gvec))
+    else:
+        c = a = c_se = a_se = float("nan")
+    eta_fit = 1.0 / (D @ beta)
+    ss_tot = float(np.sum((e - e.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((e - eta_fit) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
+    return AdaptiveFit(A=A, B=B, A_se=float(np.sqrt(cov[0, 0])), B_se=float(np.sqrt(cov[1, 1])),
+                       cov_AB=float(cov[0, 1]), c=c, a=a, c_se=c_se, a_se=a_se, r2=r2,
+                       chi2_dof=chi2 / dof if (eta_se is not None and dof > 0) else float("nan"), eta_fit=eta_fit)

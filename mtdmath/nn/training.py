@@ -8,6 +8,9 @@ Any ``nn.Module`` with the library's forward contract trains: an attribute ``m``
 Model specs name a model in one string (used by the CLI):
 
 - ``md`` (alias ``md3``) — :class:`~mtdmath.nn.transformer.MDTransformer`;
+- ``mdsink`` (alias ``md:agg=softmax_sink``) — the same with layer 2 as softmax attention with an
+  attention sink (``aggregation="softmax_sink"``: a learnable sink score and layer-3 scale, the
+  context-adaptive step c/(n+m+a) of docs/math.md §5.6);
 - ``std:L=5,d=32,h=2`` — :class:`~mtdmath.nn.transformer.StandardTransformer` with ``n_layers``
   L, ``d_model`` d and ``n_heads`` h (keys also by their long names; omitted ones take the
   defaults passed to :func:`model_from_spec`); ``std3`` / ``std5`` are aliases of ``std:L=3`` /
@@ -187,11 +190,13 @@ def train(model: nn.Module, task: ICLTask, *, steps: int, batch_size: int = 64, 
 # ----------------------------------------------------------------------------- model specs
 _STD_KEYS = {"L": "n_layers", "n_layers": "n_layers", "d": "d_model", "d_model": "d_model",
              "h": "n_heads", "n_heads": "n_heads"}
-_ALIASES = {"md3": "md", "std3": "std:L=3", "std5": "std:L=5"}
+_ALIASES = {"md3": "md", "std3": "std:L=3", "std5": "std:L=5", "mdsink": "md:agg=softmax_sink",
+            "md:agg=sum": "md"}
 
 
-def parse_model_spec(spec: str) -> tuple[str, dict[str, int]]:
-    """``"md"`` -> ("md", {}); ``"std:L=5,d=32,h=2"`` -> ("std", {"n_layers": 5, "d_model": 32, "n_heads": 2}).
+def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"md"`` -> ("md", {}); ``"mdsink"`` / ``"md:agg=softmax_sink"`` -> ("md", {"aggregation":
+    "softmax_sink"}); ``"std:L=5,d=32,h=2"`` -> ("std", {"n_layers": 5, "d_model": 32, "n_heads": 2}).
 
     Raises a ValueError naming ``model spec`` for anything else.
     """
@@ -200,9 +205,12 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, int]]:
     s = _ALIASES.get(spec.strip(), spec.strip())
     if s == "md":
         return "md", {}
+    if s == "md:agg=softmax_sink":
+        return "md", {"aggregation": "softmax_sink"}
     m = re.fullmatch(r"std(?::(.*))?", s)
     if not m:
-        raise ValueError(f"model spec {spec!r} is not 'md' or 'std:L=..,d=..,h=..' (e.g. 'std:L=5,d=32,h=2')")
+        raise ValueError(f"model spec {spec!r} is not 'md', 'mdsink' or 'std:L=..,d=..,h=..' (e.g. "
+                         f"'std:L=5,d=32,h=2')")
     kw: dict[str, int] = {}
     for part in filter(None, (m.group(1) or "").split(",")):
         key, eq, val = part.partition("=")
@@ -228,22 +236,22 @@ def model_from_spec(spec: str, S: int, m: int, *, max_len: int, d_model: int = 3
     """
     kind, kw = parse_model_spec(spec)
     if kind == "md":
-        return MDTransformer(S, m, dtype=dtype, device=device, generator=generator)
+        return MDTransformer(S, m, dtype=dtype, device=device, generator=generator, **kw)
     args = {"n_layers": n_layers, "d_model": d_model, "n_heads": n_heads} | kw
     return StandardTransformer(S, m, **args, max_len=max_len, generator=generator, dtype=dtype, device=device)
 
 
 def spec_name(model_or_spec: nn.Module | str, **defaults: int) -> str:
-    """A file-safe canonical name: ``md3`` for the disentangled model, ``std{L}`` for a standard
-    model of width and heads equal to ``defaults`` (``d_model``, ``n_heads``), else
-    ``std{L}_d{D}_h{H}``."""
+    """A file-safe canonical name: ``md3`` for the disentangled model, ``mdsink`` for it with the
+    softmax-sink layer 2, ``std{L}`` for a standard model of width and heads equal to ``defaults``
+    (``d_model``, ``n_heads``), else ``std{L}_d{D}_h{H}``."""
     if isinstance(model_or_spec, str):
         kind, kw = parse_model_spec(model_or_spec)
         if kind == "md":
-            return "md3"
+            return "mdsink" if kw.get("aggregation") == "softmax_sink" else "md3"
         cfg = {"n_layers": 3, "d_model": 32, "n_heads": 2} | defaults | kw
     elif isinstance(model_or_spec, MDTransformer):
-        return "md3"
+        return "mdsink" if model_or_spec.aggregation == "softmax_sink" else "md3"
     else:
         cfg = asdict(model_or_spec.config)
     base = {"d_model": 32, "n_heads": 2} | {k: v for k, v in defaults.items() if k in ("d_model", "n_heads")}
@@ -317,7 +325,8 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str | None = Non
     cfg = dict(ck["config"])
     saved_dtype = getattr(torch, ck["dtype"])
     if cls is MDTransformer:
-        model = MDTransformer(cfg["S"], cfg["m"], dtype=saved_dtype)
+        # checkpoints saved before the aggregation option have none: the "sum" model
+        model = MDTransformer(cfg["S"], cfg["m"], dtype=saved_dtype, aggregation=cfg.get("aggregation", "sum"))
     else:
         model = StandardTransformer(**cfg, dtype=saved_dtype)
     model.load_state_dict(ck["state_dict"])

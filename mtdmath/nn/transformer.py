@@ -23,6 +23,12 @@ Zero entries of pi give ``-inf`` scores and values. They are applied by masking
 (``masked_fill``) a finite parameter, never by multiplying ``-inf`` with a one-hot (which
 would give ``0 · -inf = NaN``).
 
+``MDTransformer(S, m, aggregation="softmax_sink")`` replaces layer 2 by softmax attention with
+equal scores over s <= t plus a sink key (score ``log a``, value 0): it outputs
+``Ḡ_t = G_t/(t+1+a)``, and ``construct(pi, alpha, aggregation="softmax_sink", c=, a=)`` with
+``w_q = diag(c/μ)`` takes one MD step of the context-adaptive size ``c/(n+m+a)`` after a prefix of
+``n = t+1-m`` transitions (docs/math.md §5.6).
+
 The attention matrices are formed explicitly, (B, T, T) each, as a transformer does:
 memory O(B·T²). For long contexts use :func:`mtdmath.md_predictive_all_prefixes`
 (O(B·T·m), same numbers).
@@ -51,7 +57,7 @@ from .._xp import torch_space
 from ..estimators import _check_eta
 
 __all__ = ["MDConfig", "StandardConfig", "MDTransformer", "StandardTransformer", "MD_CACHE_NAMES",
-           "standard_cache_names"]
+           "MD_SINK_CACHE_NAMES", "AGGREGATIONS", "adaptive_params", "md_cache_names", "standard_cache_names"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -99,16 +105,32 @@ def _init_device(generator: torch.Generator | None) -> torch.device:
 
 
 # ----------------------------------------------------------------------------- configs
+#: Layer 2 of :class:`MDTransformer`: ``"sum"`` — unnormalised causal attention with weights 1,
+#: ``G_t = Σ_{s<=t} r_s`` (docs/math.md §5.1); ``"softmax_sink"`` — softmax attention with equal
+#: scores over s <= t plus a sink key of score ``log a`` and value 0, ``Ḡ_t = G_t/(t+1+a)``, which
+#: turns layer 3 into one MD step with the context-adaptive step ``c/(n+m+a)`` (docs/math.md §5.6).
+AGGREGATIONS = ("sum", "softmax_sink")
+
+
+def _check_aggregation(aggregation: Any) -> str:
+    if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS} (got {aggregation!r})")
+    return aggregation
+
+
 @dataclass(frozen=True)
 class MDConfig:
-    """Shape of an :class:`MDTransformer`: vocabulary size ``S`` and MTD order ``m``."""
+    """Shape of an :class:`MDTransformer`: vocabulary size ``S``, MTD order ``m`` and the kind of
+    layer 2 (``aggregation``: ``"sum"`` or ``"softmax_sink"``, see :data:`AGGREGATIONS`)."""
 
     S: int
     m: int
+    aggregation: str = "sum"
 
     def __post_init__(self) -> None:
         V.check_int(self.S, "S", minimum=1)
         V.check_int(self.m, "m", minimum=1)
+        _check_aggregation(self.aggregation)
 
 
 @dataclass(frozen=True)
@@ -164,6 +186,36 @@ MD_CACHE_NAMES: dict[str, str] = {
 }
 
 
+def _sink_cache_names() -> dict[str, str]:
+    """MD_CACHE_NAMES with layer 2 as softmax attention with a sink (docs/math.md §5.6)."""
+    out: dict[str, str] = {}
+    for k, v in MD_CACHE_NAMES.items():
+        if k == "blocks.1.attn.hook_pattern":
+            out["blocks.1.attn.hook_scores"] = ("(B, 1, T, 1+T) layer-2 logits; key 0 is the sink (score sink_logit = "
+                                                "log a, -inf when the sink is off), key 1+s is position s (score 0 "
+                                                "for s <= t, -inf after t)")
+            out[k] = "(B, 1, T, T) layer-2 weights on the positions: 1/(t+1+a) for s <= t, else 0"
+            out["blocks.1.attn.hook_sink"] = "(B, 1, T) layer-2 weight of the sink key, a/(t+1+a) (its value is 0)"
+        elif k == "blocks.1.hook_G":
+            out[k] = "(B, T, m) layer-2 output Ḡ_t = Σ_{s<=t} r_s/(t+1+a) = G_t/(t+1+a)"
+        elif k == "blocks.2.attn.hook_q":
+            out[k] = "(B, T, m) layer-3 query q_t = q_bias + Ḡ_t w_q (log μ + c Ḡ_t/μ when constructed)"
+        else:
+            out[k] = v.replace("[e | r | G", "[e | r | Ḡ")
+    return out
+
+
+#: The named activations of an ``MDTransformer(..., aggregation="softmax_sink")`` (as
+#: :data:`MD_CACHE_NAMES`, with layer 2's scores over the sink and the positions, its pattern over
+#: the positions and the sink weight, and ``blocks.1.hook_G`` the normalised Ḡ_t).
+MD_SINK_CACHE_NAMES: dict[str, str] = _sink_cache_names()
+
+
+def md_cache_names(aggregation: str = "sum") -> dict[str, str]:
+    """The named activations of an :class:`MDTransformer` with this layer 2 (name -> shape and meaning)."""
+    return dict(MD_SINK_CACHE_NAMES if _check_aggregation(aggregation) == "softmax_sink" else MD_CACHE_NAMES)
+
+
 def standard_cache_names(n_layers: int) -> dict[str, str]:
     """Named activations of ``StandardTransformer.forward(tokens, return_cache=True)`` and their shapes.
 
@@ -190,6 +242,43 @@ def standard_cache_names(n_layers: int) -> dict[str, str]:
     return names
 
 
+# ----------------------------------------------------------------------------- the adaptive step
+def adaptive_params(alpha: Any, *, c: float | None = None, a: float | None = None) -> tuple[float, float]:
+    """The (c, a) of the context-adaptive step ``η(n) = c/(n+m+a)`` (docs/math.md §5.6), validated.
+
+    Parameters
+    ----------
+    alpha : array_like, shape (m,)
+        The prior; α₀ = Σ alpha, η* = 1/(1+α₀).
+    c : float, optional
+        ``> 0``, finite. Default: ``(m+a)/(1+α₀)`` (η(0) = η*), or ``m/(1+α₀)`` when ``a`` is not given either.
+    a : float, optional
+        ``>= 0``, finite. Default: ``c(1+α₀) - m`` (η(0) = η*); a ValueError naming ``c`` if that is < 0.
+
+    Returns
+    -------
+    (c, a) : floats. In the form ``1/η = A + B·n``: ``A = (m+a)/c``, ``B = 1/c``.
+    """
+    alpha = V.check_alpha(alpha, "alpha")
+    m, alpha0 = alpha.shape[0], float(alpha.sum())
+    if c is not None:
+        c = V.check_float(c, "c", positive=True)
+    if a is not None:
+        a = V.check_float(a, "a", nonnegative=True)
+    if c is None:
+        c = (m + (a if a is not None else 0.0)) / (1.0 + alpha0)
+        if not (math.isfinite(c) and c > 0):
+            raise ValueError(f"a = {a!r} gives c = (m+a)/(1+α₀) = {c!r}, not a positive finite number")
+    if a is None:
+        a = c * (1.0 + alpha0) - m
+        if not math.isfinite(a):
+            raise ValueError(f"c = {c!r} gives a = c(1+α₀) - m = {a!r}, not finite")
+        if a < 0:
+            raise ValueError(f"c = {c!r} gives the sink a = c(1+α₀) - m = {a!r} < 0 (η(0) = η* needs c >= "
+                             f"m/(1+α₀) = {m / (1.0 + alpha0)!r}); pass a >= 0 explicitly")
+    return float(c), float(a)
+
+
 # ----------------------------------------------------------------------------- MDTransformer
 class MDTransformer(nn.Module):
     """The disentangled three-layer transformer of docs/math.md §5 (see the module docstring).
@@ -202,10 +291,18 @@ class MDTransformer(nn.Module):
         Of the parameters (and of every output).
     generator : torch.Generator, optional
         Source of the random initial weights (drawn on its device, then moved).
+    aggregation : {"sum", "softmax_sink"}
+        Layer 2 (:data:`AGGREGATIONS`): ``"sum"`` (default) is the unnormalised causal sum
+        ``G_t = Σ_{s<=t} r_s``; ``"softmax_sink"`` is softmax attention with equal scores over
+        s <= t plus a sink key of learnable score ``sink_logit = log a`` and value 0, which
+        outputs ``Ḡ_t = G_t/(t+1+a)``: layer 3 then takes one MD step of size ``c/(n+m+a)``
+        (``w_q = diag(c/μ)``, n = t+1-m transitions; docs/math.md §5.6). The ``"sum"`` model's
+        parameters, random draws and checkpoints are those of the model without this option.
 
     Attributes
     ----------
     S, m : int
+    aggregation : str
     w1 : Parameter (S, S)
         Finite token–token score; the effective score matrix is :attr:`W1`.
     b1 : Parameter (m,)
@@ -221,12 +318,18 @@ class MDTransformer(nn.Module):
         is a probability vector.
     pi_zero : buffer (S, S) bool
         Where pi is 0: masks ``w1`` and ``value_logits`` to -inf. All False unless constructed.
+    sink_logit : Parameter (), only for ``aggregation="softmax_sink"``
+        Layer-2 score of the sink key, ``log a`` (drawn N(0, 0.1²): a ≈ 1 at initialisation).
+    sink_off : buffer () bool, only for ``aggregation="softmax_sink"``
+        True when a = 0: the sink key is masked out (no ``log 0``), so ``Ḡ_t = G_t/(t+1)``.
     """
 
     def __init__(self, S: int, m: int, *, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None, generator: torch.Generator | None = None) -> None:
+                 device: torch.device | str | None = None, generator: torch.Generator | None = None,
+                 aggregation: str = "sum") -> None:
         super().__init__()
-        self.config = MDConfig(S, m)
+        self.config = MDConfig(S, m, _check_aggregation(aggregation))
+        self.aggregation = aggregation
         self.S, self.m = int(S), int(m)
         dtype = V.check_torch_dtype(dtype)
         device = V.check_torch_device(device)
@@ -247,13 +350,18 @@ class MDTransformer(nn.Module):
         self.k3 = nn.Parameter(eye + 0.1 * torch.randn(m, m, **kw))
         self.value_logits = randn(S, S, std=1.0)
         self.register_buffer("pi_zero", torch.zeros(S, S, dtype=torch.bool, device=kw["device"]))
+        if aggregation == "softmax_sink":
+            # drawn after every other weight, so the layers 1 and 3 of a seed are those of the "sum" model
+            self.sink_logit = nn.Parameter(0.1 * torch.randn(1, **kw)[0])
+            self.register_buffer("sink_off", torch.zeros((), dtype=torch.bool, device=kw["device"]))
         self.to(device=device)
 
     # -------------------------------------------------------------- construction
     @classmethod
     def construct(cls, pi: Any, alpha: Any, *, eta: float | None = None, dtype: torch.dtype = torch.float64,
-                  device: torch.device | str | None = None) -> "MDTransformer":
-        """The exact one-step-MD transformer of docs/math.md §5.
+                  device: torch.device | str | None = None, aggregation: str = "sum", c: float | None = None,
+                  a: float | None = None) -> "MDTransformer":
+        """The exact one-step-MD transformer of docs/math.md §5 (and its context-adaptive form, §5.6).
 
         Parameters
         ----------
@@ -262,34 +370,69 @@ class MDTransformer(nn.Module):
         alpha : array_like or tensor, shape (m,)
             Dirichlet prior of lam; μ = alpha/α₀.
         eta : float, optional
-            Step size ``>= 0``; default ``η* = eta_bayes(alpha) = 1/(1+α₀)``.
+            Step size ``>= 0`` of the ``"sum"`` model; default ``η* = eta_bayes(alpha) = 1/(1+α₀)``.
         dtype, device :
             Of the model.
+        aggregation : {"sum", "softmax_sink"}
+            ``"softmax_sink"``: layer 2 normalises by ``t+1+a`` and layer 3 takes one MD step of
+            size ``η(n) = c/(n+m+a)`` after a prefix of n transitions (docs/math.md §5.6).
+        c : float, optional
+            ``> 0``, finite: the layer-3 scale of ``"softmax_sink"`` (``w_q = diag(c/μ)``). Default
+            ``(m+a)/(1+α₀)`` if ``a`` is given, else ``m/(1+α₀)``: η(0) = η*.
+        a : float, optional
+            ``>= 0``, finite: the sink weight of ``"softmax_sink"`` (``sink_logit = log a``; a = 0
+            masks the sink out). Default ``c(1+α₀) - m``, the value with η(0) = η*, which must be
+            ``>= 0`` (i.e. ``c >= m/(1+α₀)``; otherwise pass ``a``).
 
         Returns
         -------
         MDTransformer
-            With ``W1 = log pi``, ``b1 = q_bias = log μ``, ``v1 = k3 = I``, ``w_q = diag(η/μ)``,
-            ``W_V = piᵀ``; its forward gives the one-step MD predictive after every prefix.
+            With ``W1 = log pi``, ``b1 = q_bias = log μ``, ``v1 = k3 = I``, ``w_q = diag(η/μ)``
+            (``diag(c/μ)`` for ``"softmax_sink"``), ``W_V = piᵀ``; its forward gives the one-step
+            MD predictive after every prefix.
         """
         pi64 = V.check_pi(pi, "pi", torch_space("cpu")).detach()  # (S, S) float64
         alpha = V.check_alpha(alpha, "alpha")
         dtype = V.check_torch_dtype(dtype)
         device = V.check_torch_device(device)
-        eta = _check_eta(eta, alpha)
+        _check_aggregation(aggregation)
         S, m = pi64.shape[0], alpha.shape[0]
+        if aggregation == "sum":
+            for name, v in (("c", c), ("a", a)):
+                if v is not None:
+                    raise ValueError(f"{name} sets the context-adaptive step of aggregation='softmax_sink' "
+                                     f"(got {name}={v!r} with aggregation='sum'; use eta)")
+            eta = _check_eta(eta, alpha)
+            scale = eta
+        else:
+            if eta is not None:
+                raise ValueError(f"eta is the constant step of aggregation='sum' (got eta={eta!r}); with "
+                                 f"aggregation='softmax_sink' the step is c/(n+m+a): give c and/or a")
+            c, a = adaptive_params(alpha, c=c, a=a)
+            scale = c
         mu = torch.as_tensor(alpha / alpha.sum(), dtype=torch.float64)  # prior mean μ, (m,)
         zero = pi64 == 0
         # log pi with the zeros replaced by a finite 0: the -inf is applied by the pi_zero mask
         log_pi = torch.log(pi64.masked_fill(zero, 1.0))
-        model = cls(S, m, dtype=dtype, device=device)
+        model = cls(S, m, dtype=dtype, device=device, aggregation=aggregation)
         with torch.no_grad():
             for p, value in ((model.w1, log_pi), (model.b1, mu.log()), (model.v1, torch.eye(m)),
-                             (model.q_bias, mu.log()), (model.w_q, torch.diag(eta / mu)),
+                             (model.q_bias, mu.log()), (model.w_q, torch.diag(scale / mu)),
                              (model.k3, torch.eye(m)), (model.value_logits, log_pi)):
                 p.copy_(value)
             model.pi_zero.copy_(zero)
+            if aggregation == "softmax_sink":
+                # a = 0: a finite logit that the sink_off mask removes (log 0 would be -inf, NaN gradients)
+                model.sink_logit.fill_(math.log(a) if a > 0 else 0.0)
+                model.sink_off.fill_(a == 0)
         return model
+
+    @property
+    def sink_weight(self) -> float:
+        """The sink weight ``a`` of a ``"softmax_sink"`` model (``exp(sink_logit)``; 0 when the sink is off)."""
+        if self.aggregation != "softmax_sink":
+            raise ValueError(f"sink_weight: this model has aggregation={self.aggregation!r}, no sink")
+        return 0.0 if bool(self.sink_off) else float(torch.exp(self.sink_logit.detach()))
 
     # -------------------------------------------------------------- effective weights
     @property
@@ -316,7 +459,9 @@ class MDTransformer(nn.Module):
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Responsibility and aggregation layers; returns (A1, A2, G).
 
-        A1 : (B, T, T) softmax weights of layer 1; A2 : (T, T) causal ones; G : (B, T, m).
+        A1 : (B, T, T) softmax weights of layer 1; A2 : (T, T) layer-2 weights on the positions
+        (causal ones for ``"sum"``, ``1/(t+1+a)`` for ``"softmax_sink"``); G : (B, T, m) layer 2's
+        output (``G_t``, or ``Ḡ_t = G_t/(t+1+a)``).
         When ``cache`` is a dict, the intermediate tensors are stored in it by name.
         """
         B, T = y.shape
@@ -349,14 +494,28 @@ class MDTransformer(nn.Module):
         band1 = A1.gather(2, band_idx.expand(B, T, m))  # (B, T, m); zero rows for t < m
         r = band1 @ self.v1  # (B, T, m): r_t = γ_{t-m} when constructed
 
-        # ---- layer 2: G_t = Σ_{s<=t} r_s (unnormalised causal attention with weights 1)
-        A2 = (lag >= 0).to(r.dtype)  # (T, T) lower-triangular ones
-        G = A2 @ r  # (B, T, m)
+        if self.aggregation == "sum":
+            # ---- layer 2: G_t = Σ_{s<=t} r_s (unnormalised causal attention with weights 1)
+            A2 = (lag >= 0).to(r.dtype)  # (T, T) lower-triangular ones
+            sink = scores2 = None
+        else:
+            # ---- layer 2: softmax over [sink, positions 0..T-1] with scores [log a, 0 (s <= t), -inf (s > t)]:
+            # weights 1/(t+1+a) on s <= t and a/(t+1+a) on the sink, whose value is 0 (docs/math.md §5.6)
+            allowed2 = torch.cat([(~self.sink_off).expand(T, 1), lag >= 0], dim=1)  # (T, 1+T)
+            scores2 = torch.cat([self.sink_logit.to(r.dtype).expand(T, 1), torch.zeros(T, T, dtype=r.dtype, device=dev)],
+                                dim=1)
+            W2 = _masked_softmax(scores2, allowed2)  # (T, 1+T); every row has its own position allowed
+            A2, sink = W2[:, 1:], W2[:, 0]  # (T, T), (T,)
+            scores2 = scores2.masked_fill(~allowed2, -math.inf)
+        G = A2 @ r  # (B, T, m): G_t ("sum") or Ḡ_t = G_t/(t+1+a) ("softmax_sink")
         if cache is not None:
             cache["hook_embed"] = x
             cache["blocks.0.attn.hook_scores"] = scores1.masked_fill(~allowed1, -math.inf).unsqueeze(1)
             cache["blocks.0.attn.hook_pattern"] = A1.unsqueeze(1)
             cache["blocks.0.hook_r"] = r
+            if scores2 is not None:
+                cache["blocks.1.attn.hook_scores"] = scores2.expand(B, 1, T, T + 1)
+                cache["blocks.1.attn.hook_sink"] = sink.expand(B, 1, T)
             cache["blocks.1.attn.hook_pattern"] = A2.expand(B, 1, T, T)
             cache["blocks.1.hook_G"] = G
         return A1, A2, G
@@ -381,7 +540,8 @@ class MDTransformer(nn.Module):
             Also return the attention matrices of the three layers.
         return_cache : bool
             Also return a dict of named activations (``MD_CACHE_NAMES`` lists them with their
-            shapes); the exact tensors the forward pass used, so they carry gradients.
+            shapes; :data:`MD_SINK_CACHE_NAMES` for ``aggregation="softmax_sink"``); the exact tensors
+            the forward pass used, so they carry gradients.
 
         Returns
         -------
@@ -389,7 +549,8 @@ class MDTransformer(nn.Module):
             Row r is the law of ``y[m+r]`` given ``y[:m+r]`` (position t = m-1+r).
         attention : list of three tensors (B, T, T), only if ``return_attention``
             ``attn[b, t, s]`` = weight of query t on key s, the exact tensors used. Layer 1
-            rows t < m and layer 3 rows t < m-1 are all zero; layer 2 is 1 for s <= t, else 0.
+            rows t < m and layer 3 rows t < m-1 are all zero; layer 2 is 1 for s <= t, else 0
+            (``"softmax_sink"``: 1/(t+1+a) for s <= t; the sink weight is in the cache).
         cache : dict str -> tensor, only if ``return_cache`` (last when both are asked for)
         """
         y = _tokens_2d(tokens, self.S, self.m, self.w1.device)
@@ -425,7 +586,7 @@ class MDTransformer(nn.Module):
             cache["blocks.0.hook_resid_post"] = torch.cat([x, r, zm, zs], dim=-1)
             cache["blocks.1.hook_resid_post"] = torch.cat([x, r, G, zs], dim=-1)
             cache["blocks.2.hook_resid_post"] = torch.cat([x, r, G, p_all], dim=-1)
-            out.append({k: cache[k] for k in MD_CACHE_NAMES})  # in the documented order
+            out.append({k: cache[k] for k in md_cache_names(self.aggregation)})  # in the documented order
         return out[0] if len(out) == 1 else tuple(out)
 
     def log_probs(self, tokens: Any) -> torch.Tensor:
