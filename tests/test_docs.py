@@ -11,9 +11,10 @@
     link in the repository's files, and every MyST cross-reference in the docs resolves to a
     section, label or equation of docs/math.md.
 (c) No file of the repository points outside it (at the shared folder the maths came from).
-(d) The two claims of docs/math.md that proofs_check does not cover — the general-m ε² form of
-    the one-step-MD gap (docs/math.md §3.7) and the second-order estimator K.2 (§3.8) — hold
-    numerically, and a wrong candidate fails the same check.
+(d) Two claims of docs/math.md hold numerically, and a wrong candidate fails the same check: the
+    general-m ε² form of the one-step-MD gap (docs/math.md §3.7), which proofs_check does not
+    cover, and the slope 3 of the second-order estimator K.2 (§3.8), a second route beside
+    proofs_check K.2.
 """
 from __future__ import annotations
 
