@@ -433,7 +433,7 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     alpha = V.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
     steps = V.check_int(steps, "steps", minimum=0)
-    per_prefix = callable(eta) or np.ndim(eta) == 2 or (_xp._is_array(eta) and eta.ndim == 2)
+    per_prefix = _is_per_prefix(eta)
     etas = None if per_prefix else _check_etas(eta, alpha, steps, "steps")
     space = _xp.data_space(tokens, pi)
     xp = space.xp
@@ -461,6 +461,17 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     else:
         out[...] = p
     return out
+
+
+def _is_per_prefix(eta: Any) -> bool:
+    """A function of n or a 2-D array is a per-prefix step; a scalar or a 1-D schedule is not."""
+    if callable(eta):
+        return True
+    try:
+        return np.ndim(eta) == 2
+    except ValueError:  # a ragged nested list
+        raise ValueError("eta must be a scalar, a schedule, a (steps, T-m+1) array or a function of n "
+                         "(got a ragged nested sequence)") from None
 
 
 def _check_prefix_etas(eta: Any, steps: int, n: int) -> np.ndarray:

@@ -529,6 +529,7 @@ def test_a_wrong_per_prefix_step_is_caught():
     (lambda n: "x", r"eta\(n\) must be real numbers"),
     (np.ones((2, 9)), r"eta must have shape \(steps, T-m\+1\) = \(1, 9\)"),
     (np.full((1, 9), -0.5), r"eta must be finite and >= 0 at every prefix"),
+    ([[0.1], [0.2, 0.3]], r"eta must be .*ragged"),
 ])
 def test_per_prefix_step_validation(eta, match):
     pi = M.random_transition_matrix(3, rng=0)
