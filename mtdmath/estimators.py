@@ -488,7 +488,7 @@ def _check_prefix_etas(eta: Any, steps: int, n: int) -> np.ndarray:
         a = np.asarray(_xp.to_numpy(eta) if _xp._is_array(eta) else eta)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be an array of real numbers (got {type(eta).__name__})") from None
-    if a.dtype.kind not in "iuf" or a.dtype.kind == "b":
+    if a.dtype.kind not in "iuf":  # bool, complex, strings and objects are refused
         raise ValueError(f"{name} must be real numbers (got dtype {a.dtype})")
     a = a.astype(np.float64)
     if a.ndim == 1 and name == "eta(n)":

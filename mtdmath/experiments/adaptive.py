@@ -45,6 +45,7 @@ import mtdmath as M
 from mtdmath.nn import (ICLTask, MDTransformer, fit_adaptive_step, load_checkpoint, matched_step, model_from_spec,
                         save_checkpoint, step_by_n)
 from mtdmath.nn import train as nn_train
+from mtdmath.nn.probe import _kl_rows, _neg_entropy, _OneStepPrefixes
 
 from . import common as X
 from .prefix_bayes import posterior_mean_all_prefixes
@@ -148,29 +149,14 @@ class PrefixObjective:
     def __init__(self, tokens: np.ndarray, lam: np.ndarray, pi: np.ndarray, alpha: np.ndarray) -> None:
         m = alpha.shape[0]
         self.m, self.alpha = m, alpha
-        self.log_mu = np.log(alpha / alpha.sum())
-        C = M.lag_factors(tokens, pi, m)  # (B, n, m)
-        terms = C / (C @ (alpha / alpha.sum()))[..., None]
-        self.grad = np.concatenate([np.zeros((tokens.shape[0], 1, m)), np.cumsum(terms, axis=1)], axis=1)
-        src = np.lib.stride_tricks.sliding_window_view(tokens, m, axis=1)[:, :, ::-1]  # (B, R, m): y[t-g+1], lag g
-        self.rows = pi[src]  # (B, R, m, S)
+        self.md = _OneStepPrefixes(tokens, pi, alpha)  # ∇ℓ(μ) (B, R, m) and the mixed rows of pi
         self.p_true = X.truth_all_prefixes(tokens, lam, pi)  # (B, R, S)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self.neg_entropy = np.where(self.p_true > 0, self.p_true * np.log(self.p_true), 0.0).sum(-1)
-        self.B, self.R = self.grad.shape[:2]
+        self.neg_entropy = _neg_entropy(self.p_true)
+        self.B, self.R = self.md.grad.shape[:2]
 
     def kl(self, eta: np.ndarray, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
         """Per-sequence KL(p* ‖ p̂) at the rows ``rows`` for the step ``eta`` (one per selected row): (B, r)."""
-        g = self.grad[:, rows]
-        z = self.log_mu + np.asarray(eta)[None, :, None] * g
-        z -= z.max(-1, keepdims=True)
-        lam = np.exp(z)
-        lam /= lam.sum(-1, keepdims=True)
-        q = np.einsum("brg,brgs->brs", lam, self.rows[:, rows])
-        p = self.p_true[:, rows]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cross = np.where(p > 0, p * np.log(np.where(p > 0, q, 1.0)), 0.0).sum(-1)
-        return self.neg_entropy[:, rows] - cross
+        return _kl_rows(self.p_true[:, rows], self.neg_entropy[:, rows], self.md.predictive(eta, rows))
 
     def objective(self, eta: np.ndarray, w: np.ndarray | None = None) -> float:
         """The training objective: the mean over rows and (weighted) sequences of the KL."""

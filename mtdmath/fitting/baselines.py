@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._validate import as_rng, check_alloc, check_float, check_int, check_prob_vector
-from .em import _as_sequences, _check_lags, _check_weights, _to_numpy
+from .em import _aggregate, _as_sequences, _check_lags, _check_weights, _to_numpy
 from .estimator import MTD, _encode_xy, _sequences_from, _split_weights
 from .symbols import check_classes_states, decode, encode
 
@@ -32,26 +32,15 @@ from .symbols import check_classes_states, decode, encode
 def _chain_keys(seqs: list[np.ndarray], S: int, order: int, start: int, seq_w: np.ndarray,
                 tok_w: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
     """Distinct keys ``context * S + next`` of the transitions t = start..T-1 (context = base-S number of
-    y[t-1], ..., y[t-order], lag 1 most significant) and their weighted counts."""
-    keys, wts = [], []
-    for i, (y, wt) in enumerate(zip(seqs, seq_w)):
-        T = y.shape[0]
-        if T <= start or wt == 0:
-            continue
-        t = np.arange(start, T)
-        c = np.zeros(T - start, dtype=np.int64)
-        for l in range(1, order + 1):
-            c = c * S + y[t - l]
-        keys.append(c * S + y[t])
-        wts.append(np.full(T - start, wt) if tok_w is None else wt * tok_w[i][start:])
-    if not keys:
-        raise ValueError("sequences hold no transitions (every sequence has length <= order, or zero weight)")
-    uniq, inv = np.unique(np.concatenate(keys), return_inverse=True)
-    w = np.bincount(inv.ravel(), weights=np.concatenate(wts), minlength=uniq.shape[0])
-    keep = w > 0
-    if not keep.any():
+    y[t-1], ..., y[t-order], lag 1 most significant) and their weighted counts: the aggregated tuples of
+    the MTD fit (docs/math.md §7.1) with the lags 1..order, read back as numbers."""
+    data = _aggregate(seqs, S, tuple(range(1, order + 1)), seq_w, start, tok_w)
+    if data.w.size == 0:
         raise ValueError("sample_weight gives every transition weight 0: no data to fit")
-    return uniq[keep], w[keep]
+    keys = np.zeros(data.w.shape[0], dtype=np.int64)
+    for j in range(order):  # column j holds lag j+1, the most significant digit first
+        keys = keys * S + data.ctx[:, j]
+    return keys * S + data.nxt, data.w
 
 
 class MarkovChain:

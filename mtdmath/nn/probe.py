@@ -75,6 +75,48 @@ def _prefix_gradients(y: np.ndarray, pi_np: np.ndarray, alpha: np.ndarray) -> np
     return np.concatenate([np.zeros((y.shape[0], 1, m)), np.cumsum(terms, axis=1)], axis=1)
 
 
+class _OneStepPrefixes:
+    """One-step MD from μ after every prefix of ``y`` (B, T), for any step per prefix row, vectorised.
+
+    Precomputes ∇ℓ(μ) of every prefix (B, R, m) and the rows of pi each lag mixes (B, R, m, S),
+    R = T - m + 1 (row r: the prefix of length m + r, n = r transitions), so that a step costs one
+    softmax over the lags and one contraction (docs/math.md §3.5, §5.6). The reference route is
+    :func:`mtdmath.md_predictive_all_prefixes` with a per-prefix step (tests compare them).
+    """
+
+    def __init__(self, y: np.ndarray, pi_np: np.ndarray, alpha: np.ndarray) -> None:
+        m = alpha.shape[0]
+        self.log_mu = np.log(alpha / alpha.sum())
+        self.grad = _prefix_gradients(y, pi_np, alpha)  # (B, R, m)
+        # rows[b, r, g] = pi[y[t-g]] for lag g+1 at position t = m-1+r
+        src = np.lib.stride_tricks.sliding_window_view(y, m, axis=1)[:, :, ::-1]  # (B, R, m)
+        self.rows = pi_np[src]  # (B, R, m, S)
+
+    def predictive(self, eta: Any, rows: Any = slice(None)) -> np.ndarray:
+        """The predictive at ``rows`` (a slice, index array or int) for ``eta`` (a scalar, or one step
+        per selected row): (B, r, S), or (B, S) for an int."""
+        g = self.grad[:, rows]
+        z = self.log_mu + np.asarray(eta, dtype=np.float64)[..., None] * g
+        z -= z.max(-1, keepdims=True)
+        lam = np.exp(z)
+        lam /= lam.sum(-1, keepdims=True)
+        return np.einsum("...g,...gs->...s", lam, self.rows[:, rows])
+
+
+def _neg_entropy(p: np.ndarray) -> np.ndarray:
+    """``Σ_s p log p`` over the last axis (0 log 0 = 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(-1)
+
+
+def _kl_rows(p: np.ndarray, neg_entropy: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``KL(p ‖ q)`` over the last axis given ``Σ p log p``; the library's :func:`mtdmath.kl` without its
+    per-call validation, for the inner loops of the step fits (p > 0 where q is read)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = np.where(p > 0, p * np.log(np.where(p > 0, q, 1.0)), 0.0).sum(-1)
+    return neg_entropy - cross
+
+
 def _logits_and_gradients(model: Any, tokens: Any, pi: Any, alpha: Any
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validated (alpha, tokens (B, T), layer-3 lag logits (B, T-m+1, m), ∇ℓ(μ) (B, T-m+1, m))."""
@@ -238,27 +280,15 @@ def matched_step(probs: Any, tokens: Any, pi: Any, alpha: Any, *, bounds: tuple[
                          f"and S = len(pi) = {S} (got {p.shape})")
     if not (np.all(np.isfinite(p)) and np.all(p >= 0)):
         raise ValueError("probs must be finite and >= 0")
-    grad = _prefix_gradients(y, pi_np, alpha)  # (B, R, m)
-    log_mu = np.log(alpha / alpha.sum())
-    # rows[b, r, g] = pi[y[t-g]] for lag g+1 at position t = m-1+r
-    src = np.lib.stride_tricks.sliding_window_view(y, m, axis=1)[:, :, ::-1]  # (B, R, m)
-    rows = pi_np[src]  # (B, R, m, S)
-    with np.errstate(divide="ignore"):
-        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(-1)  # (B, R)
+    md = _OneStepPrefixes(y, pi_np, alpha)
+    plogp = _neg_entropy(p)  # (B, R)
     n = np.arange(1, R)
     eta, left = np.empty(n.size), np.empty(n.size)
     for j, r in enumerate(n):
-        g, rw, pr, h = grad[:, r], rows[:, r], p[:, r], plogp[:, r]
+        pr, h = p[:, r], plogp[:, r]
 
         def mean_kl(log_eta: float) -> float:
-            z = log_mu + np.exp(log_eta) * g
-            z = z - z.max(-1, keepdims=True)
-            lam = np.exp(z)
-            lam /= lam.sum(-1, keepdims=True)
-            q = np.einsum("bg,bgs->bs", lam, rw)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                cross = np.where(pr > 0, pr * np.log(np.where(pr > 0, q, 1.0)), 0.0).sum(-1)
-            return float(np.mean(h - cross))
+            return float(np.mean(_kl_rows(pr, h, md.predictive(np.exp(log_eta), r))))
 
         res = minimize_scalar(mean_kl, bounds=(np.log(lo), np.log(hi)), method="bounded",
                               options={"xatol": 1e-10})
