@@ -69,19 +69,23 @@ def test_family_all_covers_a_whole_transition_law():
     assert np.mean(np.all((lo <= pi) & (pi <= hi), axis=(1, 2))) < np.mean(hits)
 
 
-def test_bonferroni_is_clopper_pearson_at_alpha_over_m():
-    counts = np.array([[12, 0, 3, 5], [0, 0, 0, 0]])
-    lo, hi = bonferroni_intervals(counts, 0.1)
-    a = 0.1 / 4
-    x, n = counts[0], 20
-    # Clopper-Pearson from scipy's beta quantiles directly
-    np.testing.assert_allclose(lo[0], np.where(x > 0, stats.beta.ppf(a / 2, x, n - x + 1), 0.0), rtol=1e-10)
-    np.testing.assert_allclose(hi[0], np.where(x < n, stats.beta.ppf(1 - a / 2, x + 1, n - x), 1.0), rtol=1e-10)
+@pytest.mark.parametrize("method,sm_method", [("clopper-pearson", "beta"), ("wilson", "wilson")])
+def test_bonferroni_is_the_binomial_interval_at_alpha_over_m(method, sm_method):
+    """Against statsmodels' proportion_confint at level alpha / m (another implementation)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    counts = np.array([[12, 0, 3, 5], [0, 0, 0, 0], [0, 0, 7, 0]])
+    lo, hi = bonferroni_intervals(counts, 0.1, method=method)
+    for row in (0, 2):
+        ref_lo, ref_hi = proportion_confint(counts[row], counts[row].sum(), alpha=0.1 / 4, method=sm_method)
+        np.testing.assert_allclose(lo[row], np.clip(ref_lo, 0, 1), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(hi[row], np.clip(ref_hi, 0, 1), rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(lo[1], 0.0)
     np.testing.assert_array_equal(hi[1], 1.0)
-    # family "all": m counts the cells of the observed rows only (4 here)
-    lo_all, _ = bonferroni_intervals(counts, 0.1, family="all")
-    np.testing.assert_allclose(lo_all, lo, rtol=1e-12)
+    # family "all": m counts the cells of the observed rows only (2 rows x 4 cells here)
+    lo_all, _ = bonferroni_intervals(counts, 0.1, method=method, family="all")
+    ref_lo, _ = proportion_confint(counts[0], 20, alpha=0.1 / 8, method=sm_method)
+    np.testing.assert_allclose(lo_all[0], np.clip(ref_lo, 0, 1), rtol=1e-10, atol=1e-12)
 
 
 def test_thompson_half_width_matches_his_table():

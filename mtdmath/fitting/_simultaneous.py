@@ -47,7 +47,7 @@ def bonferroni_intervals(counts: Any, alpha: float = 0.05, *, method: str = "clo
     """Bonferroni simultaneous intervals: each cell's binomial interval at level ``alpha / m``.
 
     ``m = S`` per row (``family="row"``) or the number of cells of the rows with a count (``family="all"``).
-    With ``method="clopper-pearson"`` (exact binomial intervals, through statsmodels) the simultaneous
+    With ``method="clopper-pearson"`` (exact binomial intervals, from Beta quantiles) the simultaneous
     coverage is >= 1 - alpha for every sample size (union bound); ``"wilson"`` is the score interval, shorter
     but only asymptotically at its level.
 
@@ -68,8 +68,6 @@ def bonferroni_intervals(counts: Any, alpha: float = 0.05, *, method: str = "clo
     >>> lo.round(3).tolist(), hi.round(3).tolist()
     ([[0.566, 0.114], [0.0, 0.0]], [[0.886, 0.434], [1.0, 1.0]])
     """
-    from statsmodels.stats.proportion import proportion_confint
-
     c = _check_counts(counts)
     alpha = _check_alpha(alpha)
     if method not in ("clopper-pearson", "wilson"):
@@ -80,11 +78,20 @@ def bonferroni_intervals(counts: Any, alpha: float = 0.05, *, method: str = "clo
     n = np.broadcast_to(c.sum(axis=-1, keepdims=True), c.shape)
     m = S if family == "row" else max(int((c.sum(axis=-1) > 0).sum()) * S, 1)
     safe_n = np.where(n > 0, n, 1.0)
-    lo, hi = proportion_confint(c, safe_n, alpha=alpha / m, method="beta" if method == "clopper-pearson" else "wilson")
-    lo, hi = np.clip(np.asarray(lo, dtype=float), 0.0, 1.0), np.clip(np.asarray(hi, dtype=float), 0.0, 1.0)
-    # Clopper-Pearson is NaN-free only with the conventions of its ends: 0 below at x = 0, 1 above at x = n
-    lo = np.where(c == 0, 0.0, lo)
-    hi = np.where(c == n, 1.0, hi)
+    a = alpha / m
+    if method == "clopper-pearson":
+        # exact binomial ends: Beta quantiles, with their conventions 0 below at x = 0 and 1 above at x = n
+        with np.errstate(invalid="ignore"):
+            lo = np.where(c > 0, stats.beta.ppf(a / 2, c, safe_n - c + 1), 0.0)
+            hi = np.where(c < n, stats.beta.ppf(1 - a / 2, c + 1, safe_n - c), 1.0)
+    else:
+        # Wilson's score interval: the p with |p_hat - p| <= z sqrt(p (1 - p) / n)
+        z2 = stats.norm.ppf(1 - a / 2) ** 2
+        p = c / safe_n
+        centre = (p + z2 / (2 * safe_n)) / (1 + z2 / safe_n)
+        half = np.sqrt(z2 * p * (1 - p) / safe_n + z2 ** 2 / (4 * safe_n ** 2)) / (1 + z2 / safe_n)
+        lo, hi = centre - half, centre + half
+    lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
     return _empty_rows(c, lo, hi)
 
 
