@@ -14,47 +14,25 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._validate import as_rng, check_alloc, check_float, check_int, check_pi, check_prob_vector, float_array
+from .._validate import as_rng, check_alloc, check_int
+from .model import MTDModel
 
 __all__ = ["minorised_components", "perfect_sample"]
 
 
 def _check_law(pi: Any, lam: Any, lags: Sequence[int] | None, lam0: Any, p0: Any):
-    """Validated (pis (k, S, S), lam (k,), lags tuple, lam0 float, p0 (S,)) of the law of docs/math.md §1.2."""
-    lam = float_array(lam, "lam")
-    if lam.ndim != 1 or lam.shape[0] < 1:
-        raise ValueError(f"lam must be 1-D with length k >= 1 (got shape {lam.shape})")
-    k = lam.shape[0]
-    if lags is None:
-        lags_t = tuple(range(1, k + 1))
-    else:
-        if isinstance(lags, (str, bytes)) or np.ndim(lags) != 1:
-            raise ValueError(f"lags must be a 1-D sequence of positive integers (got {lags!r})")
-        lags_t = tuple(check_int(l, "lags", minimum=1) for l in lags)
-        if len(lags_t) != k:
-            raise ValueError(f"lags must have one entry per lam weight ({k}) (got {lags!r})")
-        if len(set(lags_t)) != k or list(lags_t) != sorted(lags_t):
-            raise ValueError(f"lags must be distinct and increasing (got {lags!r})")
-    pi = float_array(pi, "pi")
-    if pi.ndim == 3:
-        if pi.shape[0] != k:
-            raise ValueError(f"pi must have shape (k={k}, S, S) for a lag-wise law (got {pi.shape})")
-        pis = np.stack([check_pi(pi[j], f"pi[{j}]") for j in range(k)])
-    elif pi.ndim == 2:
-        pis = np.broadcast_to(check_pi(pi, "pi"), (k,) + pi.shape)
-    else:
-        raise ValueError(f"pi must have shape (S, S) or (k, S, S) (got {pi.shape})")
-    S = pis.shape[-1]
-    if (lam0 is None) != (p0 is None):
-        raise ValueError("lam0 and p0 must be given together")
-    if lam0 is None:
-        check_prob_vector(lam, "lam")
-        lam0, p0 = 0.0, np.full(S, 1.0 / S)
-    else:
-        lam0 = check_float(lam0, "lam0", nonnegative=True)
-        p0 = np.asarray(check_prob_vector(p0, "p0", S), dtype=np.float64)
-        check_prob_vector(np.append(lam, lam0), "lam with lam0")
-    return np.asarray(pis, dtype=np.float64), np.asarray(lam, dtype=np.float64), lags_t, lam0, p0
+    """Validated (pis (k, S, S), lam (k,), lags tuple, lam0 float, p0 (S,)) of the law of docs/math.md §1.2,
+    through the fitting package's law object (one validation for every use of these parameters)."""
+    if lags is not None and not isinstance(lags, (str, bytes)) and np.ndim(lags) == 1 and \
+            all(isinstance(l, (int, np.integer)) for l in lags) and list(lags) != sorted(lags):
+        # the law stores lags sorted and lam in the given order: refuse rather than pair them wrongly
+        raise ValueError(f"lags must be increasing, with lam in the same order (got {lags!r})")
+    law = MTDModel(pi, lam, lags=lags, lam0=lam0, p0=p0)
+    k, S = len(law.lags), law.n_states
+    pis = law.pi if law.pi.ndim == 3 else np.broadcast_to(law.pi, (k, S, S))
+    lam0_v = 0.0 if law.lam0 is None else float(law.lam0)
+    p0_v = np.full(S, 1.0 / S) if law.p0 is None else np.asarray(law.p0, dtype=np.float64)
+    return np.asarray(pis, dtype=np.float64), np.asarray(law.lam, dtype=np.float64), law.lags, lam0_v, p0_v
 
 
 def minorised_components(pi: Any, lam: Any, *, lags: Sequence[int] | None = None, lam0: float | None = None,
@@ -130,16 +108,10 @@ def perfect_sample(pi: Any, lam: Any, size: int, *, lags: Sequence[int] | None =
 
     Parameters
     ----------
-    pi : array (S, S) or (k, S, S)
-        One shared row-stochastic matrix or one per lag.
-    lam : array (k,)
-        Lag weights, ``lam.sum() + lam0 == 1``.
+    pi, lam, lags, lam0, p0
+        The law, as for :func:`minorised_components`.
     size : int
         Number of independent draws.
-    lags : sequence of k increasing positive int, optional
-        Default ``1..k``.
-    lam0, p0 : float and array (S,), optional
-        The order-0 component (both or neither).
     length : int, optional
         Tokens per draw, default M = max(lags) (the stationary M-window). With ``length < M`` the last
         ``length`` tokens of the window are returned.

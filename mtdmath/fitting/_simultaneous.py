@@ -137,14 +137,7 @@ def bailey_intervals(counts: Any, alpha: float = 0.05) -> tuple[np.ndarray, np.n
     / (C + 1)^2`` (0 at x = 0) and ``upper = (sqrt(p+) + sqrt(C (C + 1 - p+)))^2 / (C + 1)^2`` (at most 1)
     (docs/math.md §10.5).
 
-    Parameters
-    ----------
-    counts : array (..., S) of nonnegative integers
-    alpha : float in (0, 1)
-
-    Returns
-    -------
-    lower, upper : ndarray (..., S)
+    Parameters and returns as for :func:`thompson_intervals`.
 
     Examples
     --------
