@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from mtdmath.fitting import MTDModel
-from mtdmath.fitting._lagselect import (cut, cut_statistics, estimate_oscillations, forward_stepwise, fsc,
-                                        lag_design, oscillations)
+from mtdmath.fitting._lagselect import (cut, cut_statistics, cut_statistics_from_counts, estimate_oscillations,
+                                        forward_stepwise, fs_nu_from_counts, fsc, lag_design,
+                                        oscillation_estimates_from_counts, oscillations)
 
 # hdMTD's documented example law (its testChains): lag-wise matrices, lam0 = 0.05; here at lags 1 and 4
 DOC_PJ = np.array([[[0.1, 0.1, 0.8], [0.4, 0.4, 0.2], [0.5, 0.3, 0.2]],
@@ -82,8 +83,9 @@ def brute_oscillation_estimate(y, S, L):
     return np.array(out)
 
 
-def brute_nu(y, S, d, chosen, j):
-    trans = transitions(y, d)
+def brute_nu(ys, S, d, chosen, j):
+    """nu of lag j given the chosen lags, on the transitions of the sequences ``ys`` together."""
+    trans = [tr for y in ys for tr in transitions(y, d)]
     n = len(trans)
     nu = 0.0
     for xc in itertools.product(range(S), repeat=len(chosen)):
@@ -124,10 +126,10 @@ def test_oscillation_estimates_match_brute_force(seed):
 def test_forward_stepwise_nu_matches_brute_force():
     y = small_chain(2, n=1200)
     lags, nu = forward_stepwise(y, 3, 4, 2)
-    first = {j: brute_nu(y, 3, 4, [], j) for j in range(1, 5)}
+    first = {j: brute_nu([y], 3, 4, [], j) for j in range(1, 5)}
     assert lags[0] == max(first, key=first.get)
     assert nu[0] == pytest.approx(first[lags[0]], rel=1e-12)
-    second = {j: brute_nu(y, 3, 4, [lags[0]], j) for j in range(1, 5) if j != lags[0]}
+    second = {j: brute_nu([y], 3, 4, [lags[0]], j) for j in range(1, 5) if j != lags[0]}
     assert lags[1] == max(second, key=second.get)
     assert nu[1] == pytest.approx(second[lags[1]], rel=1e-12)
 
@@ -136,6 +138,33 @@ def test_lag_design_rows():
     X = lag_design([np.array([0, 1, 2, 0, 1]), np.array([2, 2])], 3, 2)
     # the second sequence is too short to give a transition; the first gives t = 2, 3, 4
     np.testing.assert_array_equal(X, [[2, 1, 0], [0, 2, 1], [1, 0, 2]])
+
+
+def count_table(y, S, d, lags):
+    """N[x_lags..., a] from the design rows by np.add.at (not the module's bincount)."""
+    X = lag_design(y, S, d)
+    N = np.zeros((S,) * (len(lags) + 1))
+    np.add.at(N, tuple(X[:, l] for l in lags) + (X[:, 0],), 1)
+    return N
+
+
+def test_count_level_statistics_merge_over_shards():
+    """The statistics are functions of counts, and counts of shards add: two shards' tables summed give the
+    statistics of the two sequences together."""
+    a, b = small_chain(3, n=700), small_chain(4, n=900)
+    L = (1, 2, 3)
+    N = count_table(a, 3, 3, L) + count_table(b, 3, 3, L)
+    np.testing.assert_allclose(cut_statistics_from_counts(N, alpha=0.2), cut_statistics([a, b], 3, 3, alpha=0.2)[1],
+                               rtol=1e-12)
+    np.testing.assert_allclose(oscillation_estimates_from_counts(N), estimate_oscillations([a, b], 3, L),
+                               rtol=1e-12)
+    # nu of lag 3 given C = (1,): axes (x_1, b_3, a)
+    nu = fs_nu_from_counts(count_table(a, 3, 3, (1, 3)) + count_table(b, 3, 3, (1, 3)))
+    assert nu == pytest.approx(brute_nu([a, b], 3, 3, [1], 3), rel=1e-12)
+    with pytest.raises(ValueError, match="N"):
+        cut_statistics_from_counts(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="N"):
+        fs_nu_from_counts(np.ones((3, 2)))
 
 
 # -- oscillations of a law against brute force over every past ---------------------------------------------

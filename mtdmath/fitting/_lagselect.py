@@ -15,8 +15,8 @@ import numpy as np
 
 from .._validate import check_alloc, check_float, check_int, check_tokens, float_array
 
-__all__ = ["cut", "cut_statistics", "estimate_oscillations", "forward_stepwise", "fsc", "lag_design",
-           "oscillations"]
+__all__ = ["cut", "cut_statistics", "cut_statistics_from_counts", "estimate_oscillations", "forward_stepwise",
+           "fs_nu_from_counts", "fsc", "lag_design", "oscillation_estimates_from_counts", "oscillations"]
 
 
 # -- data -------------------------------------------------------------------------------------------------
@@ -183,12 +183,45 @@ def estimate_oscillations(sequences: Any, n_states: int, lags: Sequence[int], *,
     lags_t = _check_lag_set(lags, None, "lags")
     d = lags_t[-1] if max_lag is None else check_int(max_lag, "max_lag", minimum=lags_t[-1])
     X = lag_design(sequences, n_states, d)
-    S, n = int(n_states), X.shape[0]
-    N = _counts(X, S, lags_t)
-    out = np.empty(len(lags_t))
-    for i in range(len(lags_t)):
-        Ni = np.moveaxis(N, i, -2)  # (x_Z..., b_j, a)
-        Nx, q = _conditionals(Ni)
+    return oscillation_estimates_from_counts(_counts(X, int(n_states), lags_t))
+
+
+def _check_count_table(N: Any) -> np.ndarray:
+    N = np.asarray(float_array(N, "N"), dtype=np.float64)
+    S = N.shape[-1] if N.ndim else 0
+    if N.ndim < 2 or S < 2 or any(s != S for s in N.shape):
+        raise ValueError(f"N must have shape (S,) * (K + 1) with K >= 1 lags and S >= 2 (got {N.shape})")
+    if not np.all(np.isfinite(N)) or np.any(N < 0) or N.sum() <= 0:
+        raise ValueError("N must hold nonnegative finite counts with a positive total")
+    return N
+
+
+def oscillation_estimates_from_counts(N: Any) -> np.ndarray:
+    """:func:`estimate_oscillations` on a count table (docs/math.md §10.2).
+
+    Parameters
+    ----------
+    N : array (S,) * (K + 1)
+        ``N[x_1, ..., x_K, a]``: (weighted) counts of the symbols at K lags and the next symbol; the total is
+        the number of transitions. Counts of disjoint data add (``N_a + N_b``).
+
+    Returns
+    -------
+    ndarray (K,)
+        The estimate for the lag of each of the first K axes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> N = np.zeros((2, 2)); N[0, 0] = N[1, 1] = 5  # next = symbol at the lag
+    >>> oscillation_estimates_from_counts(N).tolist()
+    [1.0]
+    """
+    N = _check_count_table(N)
+    S, n = N.shape[-1], N.sum()
+    out = np.empty(N.ndim - 1)
+    for i in range(N.ndim - 1):
+        Nx, q = _conditionals(np.moveaxis(N, i, -2))  # (x_Z..., b_j), (x_Z..., b_j, a)
         seen = (Nx[..., :, None] > 0) & (Nx[..., None, :] > 0)
         NZ = Nx.sum(axis=-1)[..., None, None]  # N(x_Z)
         tv = np.where(seen, _pair_tv(q), 0.0) * NZ
@@ -245,20 +278,46 @@ def cut_statistics(sequences: Any, n_states: int, max_lag: int, *, lags: Sequenc
     d = check_int(max_lag, "max_lag", minimum=1)
     L = tuple(range(1, d + 1)) if lags is None else _check_lag_set(lags, d, "lags")
     X = lag_design(sequences, n_states, d)
-    S = int(n_states)
-    N = _counts(X, S, L)
+    return L, cut_statistics_from_counts(_counts(X, int(n_states), L), alpha=alpha, mu=mu, xi=xi)
+
+
+def cut_statistics_from_counts(N: Any, *, alpha: float = 0.05, mu: float = 1.0, xi: float = 0.5) -> np.ndarray:
+    """:func:`cut_statistics` on a count table (docs/math.md §10.3).
+
+    Parameters
+    ----------
+    N : array (S,) * (K + 1)
+        ``N[x_1, ..., x_K, a]``: (weighted) counts of the symbols at the K candidate lags and the next symbol.
+    alpha, mu, xi : float
+        As for :func:`cut_statistics`.
+
+    Returns
+    -------
+    ndarray (K,)
+        The CUT statistic of the lag of each of the first K axes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> N = np.zeros((2, 2)); N[0, 0] = N[1, 1] = 500  # next = symbol at the lag
+    >>> bool(cut_statistics_from_counts(N)[0] > 0)
+    True
+    """
+    alpha, mu, xi = _check_cut_constants(alpha, mu, xi)
+    N = _check_count_table(N)
+    S = N.shape[-1]
     c = mu / (2 * mu - math.expm1(mu))
-    out = np.empty(len(L))
-    for i in range(len(L)):
+    off = ~np.eye(S, dtype=bool)
+    out = np.empty(N.ndim - 1)
+    for i in range(N.ndim - 1):
         Nx, q = _conditionals(np.moveaxis(N, i, -2))  # (x_Z..., b), (x_Z..., b, a)
         with np.errstate(divide="ignore", invalid="ignore"):
             t = (np.sqrt(alpha * (1 + xi) / (2 * Nx)) * np.sqrt((q + alpha / Nx[..., None]) * c).sum(-1)
                  + alpha * S / (6 * Nx))
         t = np.where(Nx > 0, t, np.inf)  # an unobserved context has no estimate: its threshold is infinite
         gap = _pair_tv(q) - t[..., :, None] - t[..., None, :]
-        off = ~np.eye(S, dtype=bool)
         out[i] = gap[..., off].max()
-    return L, out
+    return out
 
 
 def cut(sequences: Any, n_states: int, max_lag: int, *, lags: Sequence[int] | None = None, alpha: float = 0.05,
@@ -321,23 +380,15 @@ def forward_stepwise(sequences: Any, n_states: int, max_lag: int, n_lags: int, *
     if n_lags > d:
         raise ValueError(f"n_lags must be <= max_lag = {d} (got {n_lags})")
     X = lag_design(sequences, n_states, d)
-    S, n = int(n_states), X.shape[0]
+    S = int(n_states)
     chosen: list[int] = []
     maxnu = np.empty(n_lags)
-    upper = np.triu(np.ones((S, S), dtype=bool), 1)
     for step in range(n_lags):
         best, best_nu = None, -np.inf
         for j in range(1, d + 1):
             if j in chosen:
                 continue
-            N = _counts(X, S, tuple(chosen) + (j,))  # (x_C..., b_j, a)
-            Nx, q = _conditionals(N)
-            P = Nx / n  # P(x_C b_j)
-            PC = P.sum(axis=-1)  # P(x_C)
-            pair = P[..., :, None] * P[..., None, :] * _pair_tv(q)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                per = np.where(PC > 0, pair[..., upper].sum(axis=-1) / PC, 0.0)
-            nu = float(per.sum())
+            nu = fs_nu_from_counts(_counts(X, S, tuple(chosen) + (j,)))
             if nu > best_nu:
                 best, best_nu = j, nu
         chosen.append(best)
@@ -346,6 +397,38 @@ def forward_stepwise(sequences: Any, n_states: int, max_lag: int, n_lags: int, *
         last_min = int(np.flatnonzero(maxnu == maxnu.min())[-1]) + 1  # 1-based step of the smallest nu
         chosen = chosen[: max(last_min - 1, 1)]
     return tuple(chosen), maxnu
+
+
+def fs_nu_from_counts(N: Any) -> float:
+    """The forward-stepwise score nu of one candidate lag from a count table (docs/math.md §10.4).
+
+    Parameters
+    ----------
+    N : array (S,) * (|C| + 2)
+        ``N[x_C..., b_j, a]``: (weighted) counts of the symbols at the chosen lags C, at the candidate lag j
+        (second-to-last axis) and of the next symbol; the total is the number of transitions.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> N = np.zeros((2, 2)); N[0, 0] = N[1, 1] = 5  # C empty, next = symbol at j
+    >>> fs_nu_from_counts(N)
+    0.25
+    """
+    N = _check_count_table(N)
+    S, n = N.shape[-1], N.sum()
+    Nx, q = _conditionals(N)
+    P = Nx / n  # P(x_C b_j)
+    PC = P.sum(axis=-1)  # P(x_C)
+    pair = P[..., :, None] * P[..., None, :] * _pair_tv(q)
+    upper = np.triu(np.ones((S, S), dtype=bool), 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per = np.where(PC > 0, pair[..., upper].sum(axis=-1) / PC, 0.0)
+    return float(per.sum())
 
 
 def fsc(sequences: Any, n_states: int, max_lag: int, n_lags: int, *, alpha: float = 0.05, mu: float = 1.0,
