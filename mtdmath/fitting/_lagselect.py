@@ -77,28 +77,84 @@ def lag_design(sequences: Any, n_states: int, max_lag: int) -> np.ndarray:
     return np.concatenate(blocks).astype(np.int64)
 
 
-def _counts(X: np.ndarray, S: int, lags: Sequence[int]) -> np.ndarray:
-    """N[x_{lags[0]}, ..., x_{lags[-1]}, a], shape (S,) * (len(lags) + 1)."""
-    K = len(lags)
-    check_alloc(S ** (K + 1), 8, "lags", f"a dense count table over {K} lags and S = {S}")
-    idx = np.zeros(X.shape[0], dtype=np.int64)
-    for l in tuple(lags) + (0,):
-        idx = idx * S + X[:, l]
-    return np.bincount(idx, minlength=S ** (K + 1)).reshape((S,) * (K + 1)).astype(np.float64)
+def _grouped(X: np.ndarray, S: int, other: Sequence[int], j: int) -> np.ndarray:
+    """Counts ``T[g, b, a]`` over the transitions: g an OBSERVED context of the lags ``other`` (one group when
+    there are none), b the symbol at lag j, a the next symbol. Only observed contexts are stored, so the
+    memory is O(min(N, S^len(other)) S^2) however long the window."""
+    K, n = len(other), X.shape[0]
+    if K and K * math.log(S) < 62 * math.log(2):  # the context fits an int64 key
+        key = np.zeros(n, dtype=np.int64)
+        for l in other:
+            key = key * S + X[:, l]
+        if S ** K <= n:  # few possible contexts: the key is the group (unobserved ones stay empty)
+            g, G = key, S ** K
+        else:
+            _, g = np.unique(key, return_inverse=True)
+            G = int(g.max()) + 1
+    elif K:
+        _, g = np.unique(X[:, list(other)], axis=0, return_inverse=True)
+        G = int(g.max()) + 1
+    else:
+        g, G = np.zeros(n, dtype=np.int64), 1
+    g = g.reshape(-1)
+    # the table and the statistics' work arrays (pairwise distances: S times the table)
+    check_alloc(G * S * S * (S + 2), 8, "max_lag", f"count tables of {G} observed contexts x S^2 = {S * S}")
+    T = np.zeros((G, S, S))
+    np.add.at(T, (g, X[:, j], X[:, 0]), 1.0)
+    return T
 
 
-def _conditionals(N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N(x) = sum_a N[x, a], p_hat(a | x)) with p_hat uniform where N(x) = 0 (never used there)."""
-    Nx = N.sum(axis=-1)
+def _dense_tables(N: np.ndarray):
+    """The tables of :func:`_grouped` from a dense count array N (S,) * (K + 1), one per lag axis."""
     S = N.shape[-1]
+    return [np.moveaxis(N, i, -2).reshape(-1, S, S) for i in range(N.ndim - 1)]
+
+
+def _conditionals(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N(x) = sum_a T[..., a], p_hat(a | x)) with p_hat uniform where N(x) = 0 (never used there)."""
+    Nx = T.sum(axis=-1)
+    S = T.shape[-1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        q = np.where(Nx[..., None] > 0, N / Nx[..., None], 1.0 / S)
+        q = np.where(Nx[..., None] > 0, T / Nx[..., None], 1.0 / S)
     return Nx, q
 
 
 def _pair_tv(q: np.ndarray) -> np.ndarray:
     """dTV(q[..., b, :], q[..., c, :]) for every pair (b, c): shape (..., S, S)."""
     return 0.5 * np.abs(q[..., :, None, :] - q[..., None, :, :]).sum(axis=-1)
+
+
+def _oscillation_kernel(T: np.ndarray, n: float) -> float:
+    """docs/math.md eq-oscillation-hat for one lag, T (G, S, S) grouped by the other lags' context."""
+    Nx, q = _conditionals(T)
+    seen = (Nx[:, :, None] > 0) & (Nx[:, None, :] > 0)
+    NZ = Nx.sum(axis=-1)[:, None, None]  # N(x_Z)
+    return float((np.where(seen, _pair_tv(q), 0.0) * NZ).sum(axis=0).max() / n)
+
+
+def _cut_kernel(T: np.ndarray, alpha: float, mu: float, xi: float) -> float:
+    """docs/math.md eq-cut for one lag, T (G, S, S) grouped by the other lags' context."""
+    S = T.shape[-1]
+    c = mu / (2 * mu - math.expm1(mu))
+    Nx, q = _conditionals(T)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (np.sqrt(alpha * (1 + xi) / (2 * Nx)) * np.sqrt((q + alpha / Nx[..., None]) * c).sum(-1)
+             + alpha * S / (6 * Nx))
+    t = np.where(Nx > 0, t, np.inf)  # an unobserved context has no estimate: its threshold is infinite
+    gap = _pair_tv(q) - t[:, :, None] - t[:, None, :]
+    return float(gap[:, ~np.eye(S, dtype=bool)].max())
+
+
+def _nu_kernel(T: np.ndarray, n: float) -> float:
+    """docs/math.md eq-fs-nu, T (G, S, S) grouped by the chosen lags' context."""
+    S = T.shape[-1]
+    Nx, q = _conditionals(T)
+    P = Nx / n  # P(x_C b_j)
+    PC = P.sum(axis=-1)  # P(x_C)
+    pair = P[:, :, None] * P[:, None, :] * _pair_tv(q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per = np.where(PC > 0, pair[:, np.triu(np.ones((S, S), dtype=bool), 1)].sum(axis=-1) / PC, 0.0)
+    return float(per.sum())
 
 
 def _check_lag_set(lags: Any, d: int | None, name: str) -> tuple[int, ...]:
@@ -183,7 +239,9 @@ def estimate_oscillations(sequences: Any, n_states: int, lags: Sequence[int], *,
     lags_t = _check_lag_set(lags, None, "lags")
     d = lags_t[-1] if max_lag is None else check_int(max_lag, "max_lag", minimum=lags_t[-1])
     X = lag_design(sequences, n_states, d)
-    return oscillation_estimates_from_counts(_counts(X, int(n_states), lags_t))
+    S = int(n_states)
+    return np.array([_oscillation_kernel(_grouped(X, S, lags_t[:i] + lags_t[i + 1:], l), X.shape[0])
+                     for i, l in enumerate(lags_t)])
 
 
 def _check_count_table(N: Any) -> np.ndarray:
@@ -193,6 +251,7 @@ def _check_count_table(N: Any) -> np.ndarray:
         raise ValueError(f"N must have shape (S,) * (K + 1) with K >= 1 lags and S >= 2 (got {N.shape})")
     if not np.all(np.isfinite(N)) or np.any(N < 0) or N.sum() <= 0:
         raise ValueError("N must hold nonnegative finite counts with a positive total")
+    check_alloc(N.size * (S + 1), 8, "N", "pairwise distances over the count table")
     return N
 
 
@@ -218,15 +277,7 @@ def oscillation_estimates_from_counts(N: Any) -> np.ndarray:
     [1.0]
     """
     N = _check_count_table(N)
-    S, n = N.shape[-1], N.sum()
-    out = np.empty(N.ndim - 1)
-    for i in range(N.ndim - 1):
-        Nx, q = _conditionals(np.moveaxis(N, i, -2))  # (x_Z..., b_j), (x_Z..., b_j, a)
-        seen = (Nx[..., :, None] > 0) & (Nx[..., None, :] > 0)
-        NZ = Nx.sum(axis=-1)[..., None, None]  # N(x_Z)
-        tv = np.where(seen, _pair_tv(q), 0.0) * NZ
-        out[i] = tv.reshape(-1, S, S).sum(axis=0).max() / n
-    return out
+    return np.array([_oscillation_kernel(T, N.sum()) for T in _dense_tables(N)])
 
 
 # -- CUT --------------------------------------------------------------------------------------------------
@@ -278,7 +329,8 @@ def cut_statistics(sequences: Any, n_states: int, max_lag: int, *, lags: Sequenc
     d = check_int(max_lag, "max_lag", minimum=1)
     L = tuple(range(1, d + 1)) if lags is None else _check_lag_set(lags, d, "lags")
     X = lag_design(sequences, n_states, d)
-    return L, cut_statistics_from_counts(_counts(X, int(n_states), L), alpha=alpha, mu=mu, xi=xi)
+    S = int(n_states)
+    return L, np.array([_cut_kernel(_grouped(X, S, L[:i] + L[i + 1:], l), alpha, mu, xi) for i, l in enumerate(L)])
 
 
 def cut_statistics_from_counts(N: Any, *, alpha: float = 0.05, mu: float = 1.0, xi: float = 0.5) -> np.ndarray:
@@ -305,19 +357,7 @@ def cut_statistics_from_counts(N: Any, *, alpha: float = 0.05, mu: float = 1.0, 
     """
     alpha, mu, xi = _check_cut_constants(alpha, mu, xi)
     N = _check_count_table(N)
-    S = N.shape[-1]
-    c = mu / (2 * mu - math.expm1(mu))
-    off = ~np.eye(S, dtype=bool)
-    out = np.empty(N.ndim - 1)
-    for i in range(N.ndim - 1):
-        Nx, q = _conditionals(np.moveaxis(N, i, -2))  # (x_Z..., b), (x_Z..., b, a)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = (np.sqrt(alpha * (1 + xi) / (2 * Nx)) * np.sqrt((q + alpha / Nx[..., None]) * c).sum(-1)
-                 + alpha * S / (6 * Nx))
-        t = np.where(Nx > 0, t, np.inf)  # an unobserved context has no estimate: its threshold is infinite
-        gap = _pair_tv(q) - t[..., :, None] - t[..., None, :]
-        out[i] = gap[..., off].max()
-    return out
+    return np.array([_cut_kernel(T, alpha, mu, xi) for T in _dense_tables(N)])
 
 
 def cut(sequences: Any, n_states: int, max_lag: int, *, lags: Sequence[int] | None = None, alpha: float = 0.05,
@@ -388,7 +428,7 @@ def forward_stepwise(sequences: Any, n_states: int, max_lag: int, n_lags: int, *
         for j in range(1, d + 1):
             if j in chosen:
                 continue
-            nu = fs_nu_from_counts(_counts(X, S, tuple(chosen) + (j,)))
+            nu = _nu_kernel(_grouped(X, S, tuple(chosen), j), X.shape[0])
             if nu > best_nu:
                 best, best_nu = j, nu
         chosen.append(best)
@@ -420,15 +460,8 @@ def fs_nu_from_counts(N: Any) -> float:
     0.25
     """
     N = _check_count_table(N)
-    S, n = N.shape[-1], N.sum()
-    Nx, q = _conditionals(N)
-    P = Nx / n  # P(x_C b_j)
-    PC = P.sum(axis=-1)  # P(x_C)
-    pair = P[..., :, None] * P[..., None, :] * _pair_tv(q)
-    upper = np.triu(np.ones((S, S), dtype=bool), 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per = np.where(PC > 0, pair[..., upper].sum(axis=-1) / PC, 0.0)
-    return float(per.sum())
+    S = N.shape[-1]
+    return _nu_kernel(N.reshape(-1, S, S), N.sum())
 
 
 def fsc(sequences: Any, n_states: int, max_lag: int, n_lags: int, *, alpha: float = 0.05, mu: float = 1.0,
