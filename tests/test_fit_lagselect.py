@@ -274,3 +274,12 @@ def test_bad_input_names_the_argument():
         oscillations(np.ones((2, 2)), [0.5, 0.5, 0.0])
     with pytest.raises(ValueError, match="lam"):
         oscillations(np.eye(2), [-0.5])
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from mtdmath.fitting import _lagselect
+
+    result = doctest.testmod(_lagselect, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -164,3 +164,12 @@ def test_bad_input_names_the_argument():
         perfect_sample(pi, lam, 3, length=0)
     with pytest.raises(ValueError, match="rng"):
         perfect_sample(pi, lam, 3, rng="seed")
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from mtdmath.fitting import _perfect
+
+    result = doctest.testmod(_perfect, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -129,3 +129,12 @@ def test_bad_input_names_the_argument():
         bonferroni_intervals([1, 2], method="wald")
     with pytest.raises(ValueError, match="family"):
         bonferroni_intervals([1, 2], family="each")
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from mtdmath.fitting import _simultaneous
+
+    result = doctest.testmod(_simultaneous, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
