@@ -327,7 +327,7 @@ def limit_gradient(pi: Any, alpha: Any, lam: Any, *, chain_length: int = 20_000,
     Returns
     -------
     ndarray, shape (m,) or (K, m)
-        ``λ·ḡ(λ) = 1`` (the limit of eq-euler-identity divided by n).
+        ``μ·ḡ(λ) = 1`` (the limit of eq-euler-identity at μ, divided by n) and ``λ·ḡ(λ) >= 1``.
 
     Examples
     --------
@@ -337,8 +337,8 @@ def limit_gradient(pi: Any, alpha: Any, lam: Any, *, chain_length: int = 20_000,
     >>> pi = random_transition_matrix(4, concentration=1.0, rng=0)
     >>> lam = np.array([0.7, 0.3])
     >>> g = limit_gradient(pi, np.ones(2), lam)
-    >>> g.shape, round(float(lam @ g), 12)
-    ((2,), 1.0)
+    >>> g.shape, round(float(np.full(2, 0.5) @ g), 12), bool(lam @ g >= 1)
+    ((2,), 1.0, True)
     """
     pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
     alpha = V.check_alpha(alpha, "alpha")
