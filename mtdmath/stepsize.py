@@ -352,7 +352,7 @@ def limit_gradient(pi: Any, alpha: Any, lam: Any, *, chain_length: int = 20_000,
         V.check_prob_vector(row, "lam", m)
     chain_length = V.check_int(chain_length, "chain_length", minimum=1)
     max_states = V.check_int(max_states, "max_states", minimum=1)
-    _, gbar, _ = _limit_windows(pi, alpha / alpha.sum(), lam_a, 1, max_states, chain_length, V.as_rng(rng))
+    _, _, gbar = _limit_windows(pi, alpha / alpha.sum(), lam_a, 1, max_states, chain_length, V.as_rng(rng))
     return gbar[0] if one else gbar
 
 
