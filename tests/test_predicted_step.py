@@ -214,7 +214,7 @@ def test_predicted_slope_against_the_fitted_slope(name):
 
 @pytest.mark.skipif(not SLOW, reason="set MTDMATH_STEP_LAW_SLOW=1 (minutes: m = 3 and 5, held-out KL)")
 def test_five_settings_slopes_and_kl_gap_to_the_fitted_optimum(capsys):
-    lines = []
+    lines, bad = [], []
     for i, (name, s) in enumerate(_settings().items()):
         pi, alpha = np.asarray(s["pi"]), np.asarray(s["alpha"])
         m = len(alpha)
@@ -223,16 +223,19 @@ def test_five_settings_slopes_and_kl_gap_to_the_fitted_optimum(capsys):
         gaps = []
         for row in s["rows"]:
             L = row["L"]
-            y, lam = M.sample_icl(pi, alpha, L + 1, 2048, rng=[7, i, L])
+            y, lam = M.sample_icl(pi, alpha, L + 1, 2048, rng=np.random.default_rng([7, i, L]))
             d = task_kl(y, lam, pi, alpha, r.eta(L - m), L=L) - task_kl(y, lam, pi, alpha, row["eta_opt"], L=L)
             gaps.append((L, d.mean(), d.std(ddof=1) / np.sqrt(d.size)))
         lines.append(f"{name}: B = {r.B:.4f} ± {r.B_se:.4f} (c∞ = {r.c_inf:.3f} ± {r.c_inf_se:.3f}), fitted "
                      f"{B_fit:.4f} ± {B_fit_se:.4f}; KL(law) − KL(η_opt(L)) [nats]: "
                      + ", ".join(f"L={L}: {g:+.5f} ± {e:.5f}" for L, g, e in gaps))
-        assert abs(r.B - B_fit) <= 3 * np.hypot(r.B_se, B_fit_se), lines[-1]
-        assert max(g for _, g, _ in gaps) <= 5e-4, lines[-1]
+        if abs(r.B - B_fit) > 3 * np.hypot(r.B_se, B_fit_se):
+            bad.append(f"{name}: slope")
+        if max(g for _, g, _ in gaps) > 5e-4:  # the target for the law against the per-L optimum
+            bad.append(f"{name}: KL gap")
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+    assert not bad, bad
 
 
 # ------------------------------------------------------------------------------ bad input
