@@ -255,3 +255,19 @@ def test_bad_task_is_named():
         predicted_step(np.ones((3, 3)), np.ones(2))
     with pytest.raises(ValueError, match="lam"):
         limit_gradient(_task(S=3), np.ones(2), np.array([0.5, 0.6]))
+
+
+def test_the_softmax_sink_transformer_with_c_inf_implements_the_law():
+    """docs/math.md eq-sink-consistent: c = c∞ and the default a = c∞(1+α₀) − m give exactly η(n) = 1/(A + n/c∞)."""
+    torch = pytest.importorskip("torch")
+    from mtdmath.nn import MDTransformer
+
+    pi, alpha = _task(S=4, seed=3, concentration=1.0), np.array([2.0, 1.0, 0.5])
+    r = predicted_step(pi, alpha, n_samples=16, rng=0)
+    assert r.c_inf * (1 + alpha.sum()) - len(alpha) >= 0  # a >= 0: the law is a sink model
+    model = MDTransformer.construct(pi, alpha, aggregation="softmax_sink", c=r.c_inf, dtype=torch.float64)
+    y, _ = M.sample_icl(pi, alpha, 30, 3, rng=1)
+    with torch.no_grad():
+        got = model(torch.as_tensor(y)).numpy()
+    want = M.md_predictive_all_prefixes(y, pi, alpha, eta=r.eta)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)  # the construction's tolerance (BRIEF: 1e-10)
