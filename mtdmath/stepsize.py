@@ -380,7 +380,7 @@ def _limit_windows(pi: np.ndarray, mu: np.ndarray, lam: np.ndarray, n_windows: i
         for i in range(0, K, per):
             sl = slice(i, i + per)
             laws[sl] = _stationary_windows(Pi, lam[sl], S, m)
-            terms = _gbar_terms(Pi[None], lam[sl], mu)[:, :, :]  # (k, S^m, m)
+            terms = _gbar_terms(Pi[None], lam[sl], mu)  # (k, S^m, m)
             gbar[sl] = np.einsum("kw,kwg->kg", laws[sl], terms)
         if S**m <= n_windows:
             return tok[None], laws, gbar
