@@ -10,7 +10,7 @@ from .fitting import (ConvergenceMonitor, ICLFit, LRTest, MarkovChain, ModelComp
                       compare_models, fit, fit_icl, lr_test, select_lags, select_order)
 from .likelihood import gradient, hessian, kl, log_likelihood, responsibilities
 from .model import lag_factors, predictive, random_transition_matrix, sample, sample_icl
-from .stepsize import optimal_step
+from .stepsize import optimal_step, predicted_step
 
 # The torch parts load on first use (PEP 562): importing torch takes ~1.5 s, and the NumPy
 # core, the fitting code and proofs_check do not need it.
@@ -57,6 +57,7 @@ __all__ = [
     "one_step_md",
     "corrected_one_step_md",
     "optimal_step",
+    "predicted_step",
     "k_step_md",
     "posterior_mean",
     "log_evidence",

@@ -409,7 +409,9 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
         prefix row r, or a callable ``eta(n)`` that receives the int64 NumPy array
         ``n = arange(T-m+1)`` (the number of transitions of each prefix) and returns an array of
         shape (T-m+1,) (the same every step) or (steps, T-m+1). For example
-        ``eta=lambda n: c / (n + m + a)`` is the step of the softmax-sink transformer.
+        ``eta=lambda n: c / (n + m + a)`` is the step of the softmax-sink transformer, and
+        ``eta=predicted_step(pi, alpha).eta`` the zero-parameter step law
+        (:func:`mtdmath.predicted_step`, docs/math.md "The predicted step law").
     steps : int
         Number of MD steps ``k >= 0`` from μ (0: the prior predictive at every prefix).
     out : array, shape (..., T-m+1, S), optional

@@ -194,3 +194,356 @@ def optimal_step(pi: Any, alpha: Any, *, L: int | None = None, T: int | None = N
     return StepResult(eta=out_eta, eta_se=eta_se, kl=float(kl_opt.mean()), kl_se=float(se(boot_kl)),
                       kl_eta_star=float(kl_star.mean()), kl_eta_star_se=float(se(boot_star)),
                       diff_se=float(se(boot_diff)), eta_star=e_star, L=L, T=T, k=k, n_train=n_train, n_test=n_test)
+
+
+
+# --------------------------------------------------------------------------- the predicted step law
+# docs/math.md, "The predicted step law" (anchors math-step-law…): as n -> inf with eta = c/n, one MD step
+# from mu tends to softmax(log mu + c·gbar(lam*)); c_inf minimises the limiting expected KL, B = 1/c_inf;
+# the intercept A = 1 + alpha0 makes eta(0) = eta*.
+
+#: largest S^m for which the stationary law of the m-token window is computed exactly; above it the
+#: limits are averages along simulated chains
+MAX_EXACT_STATES = 2**17
+#: power iteration of the window chain: stop at an L1 change below this, fail after this many steps
+_POWER_TOL = 1e-13
+_POWER_ITERS = 20_000
+#: entries of one batched work array (lag-weight samples times S^(m+1)); bounds the memory
+_CHUNK_ENTRIES = 2**22
+
+
+@dataclass(frozen=True)
+class PredictedStep:
+    """Result of :func:`predicted_step`: the zero-parameter step law ``η(n) = 1/(A + B·n)``.
+
+    Attributes
+    ----------
+    c_inf : float
+        The limiting step constant: ``n·η_opt(n) → c_inf`` as the number of transitions n → ∞
+        (docs/math.md, eq-step-law-cinf).
+    c_inf_se : float
+        Its Monte Carlo standard error (sandwich estimate over the sampled lag weights λ*, and over the
+        sampled windows where those are sampled).
+    A : float
+        Intercept ``1 + α₀``: ``η(0) = η* = 1/(1+α₀)`` (Theorem 1's step).
+    B, B_se : float
+        Slope ``1/c_inf`` and its standard error ``c_inf_se / c_inf²``.
+    eta_star : float
+        ``η* = 1/(1+α₀)``.
+    n_samples : int
+        Lag-weight samples λ* ~ Dirichlet(α) behind the estimate.
+    exact_windows : bool
+        True when the expectation over the stationary law of the m-token window is an exact sum (only λ*
+        is sampled), False when windows were sampled too.
+    """
+
+    c_inf: float
+    c_inf_se: float
+    A: float
+    B: float
+    B_se: float
+    eta_star: float
+    n_samples: int
+    exact_windows: bool
+
+    def eta(self, n: Any) -> Any:
+        """The step ``1/(A + B·n)`` after n >= 0 transitions (a float for a scalar, else an ndarray).
+
+        Usable as the per-prefix step of :func:`mtdmath.md_predictive_all_prefixes`
+        (``eta=result.eta``)."""
+        a = np.asarray(n, dtype=np.float64)
+        if not np.all(np.isfinite(a)) or np.any(a < 0):
+            raise ValueError(f"n must be finite and >= 0 (got {a[~(np.isfinite(a) & (a >= 0))].ravel()[:6]})")
+        out = 1.0 / (self.A + self.B * a)
+        return float(out) if out.ndim == 0 else out
+
+
+def window_tokens(S: int, m: int) -> np.ndarray:
+    """All S^m windows of m tokens, shape (S^m, m); column g-1 is the token at lag g (``y[t+1-g]``).
+
+    Window w has index ``Σ_i y[t-m+1+i] S^(m-1-i)`` (oldest token first), the indexing of
+    ``MTDModel.expanded_matrix``; so lag g is base-S digit m-g of w."""
+    w = np.arange(S**m)
+    digits = (w[:, None] // S ** np.arange(m - 1, -1, -1)[None, :]) % S  # oldest first
+    return np.ascontiguousarray(digits[:, ::-1])
+
+
+def _stationary_windows(Pi: np.ndarray, lam: np.ndarray, S: int, m: int) -> np.ndarray:
+    """Stationary law of the window chain for every row of ``lam`` (K, m): shape (K, S^m).
+
+    ``Pi`` (S^m, m, S) is ``pi[token at lag g of window w, b]``. The chain moves (d0, rest) -> (rest, b)
+    with probability ``Σ_g lam_g Pi[w, g-1, b]``. Power iteration from the uniform law, batched over
+    the rows of ``lam``; a row stops once its L1 change is below _POWER_TOL."""
+    K, n = lam.shape[0], S**m
+    P = np.einsum("wgb,kg->kwb", Pi, lam).reshape(K, S, n // S, S)  # (k, oldest token, rest, next)
+    p = np.full((K, n), 1.0 / n)
+    active = np.arange(K)
+    for _ in range(_POWER_ITERS):
+        q = np.einsum("kar,karb->krb", p[active].reshape(-1, S, n // S), P[active]).reshape(-1, n)
+        delta = np.abs(q - p[active]).sum(axis=1)
+        p[active] = q
+        active = active[delta >= _POWER_TOL]
+        if active.size == 0:
+            return p
+    raise ValueError(f"pi: the window chain did not mix within {_POWER_ITERS} power iterations (the law of "
+                     "large numbers behind the step law needs an irreducible, aperiodic chain)")
+
+
+def _gbar_terms(Pw: np.ndarray, lam: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """``Σ_b p*(b|w) Pi[w, g, b] / s_μ(w, b)`` for windows ``Pw`` (K, W, m, S): shape (K, W, m).
+
+    ``p*(b|w) = Σ_h lam_h Pi[w,h,b]``, ``s_μ = Σ_h μ_h Pi[w,h,b]``; a next token impossible under every
+    lag (s_μ = 0, hence p* = 0) never occurs and contributes 0."""
+    p_star = np.einsum("kwgb,kg->kwb", Pw, lam)
+    s_mu = np.einsum("kwgb,g->kwb", Pw, mu)
+    ratio = np.divide(p_star, s_mu, out=np.zeros_like(p_star), where=s_mu > 0)
+    return np.einsum("kwgb,kwb->kwg", Pw, ratio)
+
+
+def limit_gradient(pi: Any, alpha: Any, lam: Any, *, chain_length: int = 20_000, max_states: int = MAX_EXACT_STATES,
+                   rng: Any = None) -> np.ndarray:
+    """The law-of-large-numbers limit ``ḡ(λ) = lim ∇ℓ(μ)/n`` along an MTD chain with lag weights λ.
+
+    ``∇ℓ(μ)_g = Σ_i C[i,g]/s_i(μ)`` (docs/math.md eq-loglik) at the prior mean μ = α/α₀; along a chain with
+    weights λ its average over n transitions tends almost surely to the expectation under the stationary
+    law of the m-token window w and the next token b ~ p*(·|w) (docs/math.md eq-step-law-gbar):
+    ``ḡ_g(λ) = E_w Σ_b p*(b|w) π[w_g, b] / Σ_h μ_h π[w_h, b]``.
+
+    Parameters
+    ----------
+    pi : array_like, shape (S, S)
+    alpha : array_like, shape (m,)
+        Dirichlet prior (only μ = α/α₀ enters).
+    lam : array_like, shape (m,) or (K, m)
+        Lag weights on the simplex.
+    chain_length : int
+        Transitions of the simulated chain when S^m > ``max_states``.
+    max_states : int
+        Exact (the stationary law of the S^m windows, by power iteration) when S^m <= this; else the
+        average along one simulated chain of ``chain_length`` transitions per row of ``lam``.
+    rng : Generator, int or None
+        Used only for simulated chains.
+
+    Returns
+    -------
+    ndarray, shape (m,) or (K, m)
+        ``μ·ḡ(λ) = 1`` (the limit of eq-euler-identity at μ, divided by n) and ``λ·ḡ(λ) >= 1``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mtdmath import random_transition_matrix
+    >>> from mtdmath.stepsize import limit_gradient
+    >>> pi = random_transition_matrix(4, concentration=1.0, rng=0)
+    >>> lam = np.array([0.7, 0.3])
+    >>> g = limit_gradient(pi, np.ones(2), lam)
+    >>> g.shape, round(float(np.full(2, 0.5) @ g), 12), bool(lam @ g >= 1)
+    ((2,), 1.0, True)
+    """
+    pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    alpha = V.check_alpha(alpha, "alpha")
+    m = alpha.shape[0]
+    lam_a = np.asarray(_xp.to_numpy(lam), dtype=np.float64)
+    one = lam_a.ndim == 1
+    lam_a = np.atleast_2d(lam_a)
+    if lam_a.ndim != 2 or lam_a.shape[1] != m:
+        raise ValueError(f"lam must have shape (m,) or (K, m) with m = {m} (got shape {np.shape(lam)})")
+    for row in lam_a:
+        V.check_prob_vector(row, "lam", m)
+    chain_length = V.check_int(chain_length, "chain_length", minimum=1)
+    max_states = V.check_int(max_states, "max_states", minimum=1)
+    _, _, gbar = _limit_windows(pi, alpha / alpha.sum(), lam_a, 1, max_states, chain_length, V.as_rng(rng))
+    return gbar[0] if one else gbar
+
+
+def _limit_windows(pi: np.ndarray, mu: np.ndarray, lam: np.ndarray, n_windows: int, max_states: int,
+                   chain_length: int, gen: np.random.Generator):
+    """The windows over which the limits are expectations, for each row of ``lam`` (K, m).
+
+    Returns ``(tokens (K, W, m) or (1, W, m), weights (K, W), gbar (K, m))``.
+
+    - S^m <= max_states: ``gbar`` exact, from the stationary law of the windows. The KL expectation is
+      the exact sum over all S^m windows when S^m <= n_windows, else over ``n_windows`` i.i.d. draws from
+      that exact law (weights 1/W: unbiased, the KL being linear in the window law).
+    - S^m > max_states: one simulated chain per row, started from i.i.d. uniform tokens; ``gbar`` is its
+      empirical ``∇ℓ(μ)/n`` over ``chain_length`` transitions, the windows are ``n_windows`` windows
+      spread evenly along it (weights 1/W).
+    """
+    S, m = pi.shape[0], mu.shape[0]
+    K = lam.shape[0]
+    if S**m <= max_states:
+        tok = window_tokens(S, m)
+        Pi = pi[tok]  # (S^m, m, S)
+        per = max(1, _CHUNK_ENTRIES // (S ** (m + 1) * max(m, 1)))
+        gbar = np.empty((K, m))
+        laws = np.empty((K, S**m))
+        for i in range(0, K, per):
+            sl = slice(i, i + per)
+            laws[sl] = _stationary_windows(Pi, lam[sl], S, m)
+            terms = _gbar_terms(Pi[None], lam[sl], mu)  # (k, S^m, m)
+            gbar[sl] = np.einsum("kw,kwg->kg", laws[sl], terms)
+        if S**m <= n_windows:
+            return tok[None], laws, gbar
+        idx = np.stack([gen.choice(S**m, size=n_windows, p=row / row.sum()) for row in laws])
+        return tok[idx], np.full((K, n_windows), 1.0 / n_windows), gbar
+    from .model import sample
+
+    y = sample(pi, lam, chain_length + m, rng=gen)
+    C = lag_factors(y, pi, m)
+    s = C @ mu
+    gbar = (C / s[..., None]).mean(axis=1)
+    ends = np.linspace(m, chain_length + m - 1, n_windows).round().astype(np.int64)  # predict y[t], t = end
+    offs = np.arange(1, m + 1)
+    tok = y[:, ends[:, None] - offs[None, :]]  # (K, W, m): lag g at column g-1
+    return tok, np.full((K, n_windows), 1.0 / n_windows), gbar
+
+
+def _risk_parts(pi: np.ndarray, mu: np.ndarray, lam: np.ndarray, tok: np.ndarray, weights: np.ndarray,
+                gbar: np.ndarray):
+    """Per-sample limiting risk ``R_k(c)`` and its derivative ``R_k'(c)`` (docs/math.md eq-step-law-risk).
+
+    ``R_k(c) = Σ_w weights[k,w] KL(p*_k(·|w) ‖ p̂_c(·|w))`` with ``p̂_c = Σ_g λ^c_g π[w_g]`` and
+    ``λ^c = softmax(log μ + c ḡ_k)``; ``dλ^c/dc = λ^c ⊙ (ḡ_k − λ^c·ḡ_k)``. Returns a function of c
+    giving ``(R (K,), R' (K,))``, evaluated in chunks of samples."""
+    from scipy.special import xlogy  # x·log y with 0·log 0 = 0
+
+    S, m = pi.shape[0], mu.shape[0]
+    K, W = weights.shape
+    shared = tok.shape[0] == 1
+    per = max(1, _CHUNK_ENTRIES // (W * m * S))
+    log_mu = np.log(mu)
+    # the c-independent part Σ w p* log p*, once
+    neg_ent = np.empty(K)
+    for i in range(0, K, per):
+        sl = slice(i, min(i + per, K))
+        Pw = pi[tok[0]][None] if shared else pi[tok[sl]]
+        ps = np.einsum("kwgb,kg->kwb", np.broadcast_to(Pw, (sl.stop - sl.start,) + Pw.shape[1:]), lam[sl])
+        neg_ent[sl] = np.einsum("kw,kwb->k", weights[sl], xlogy(ps, ps))
+
+    def f(c: float):
+        z = log_mu + c * gbar
+        lc = np.exp(z - z.max(axis=1, keepdims=True))
+        lc /= lc.sum(axis=1, keepdims=True)
+        dl = lc * (gbar - np.sum(lc * gbar, axis=1, keepdims=True))
+        R, dR = np.empty(K), np.empty(K)
+        for i in range(0, K, per):
+            sl = slice(i, min(i + per, K))
+            k = sl.stop - sl.start
+            Pw = np.broadcast_to(pi[tok[0]][None], (k, W, m, S)) if shared else pi[tok[sl]]
+            ps = np.einsum("kwgb,kg->kwb", Pw, lam[sl])
+            ph = np.einsum("kwgb,kg->kwb", Pw, lc[sl])
+            dph = np.einsum("kwgb,kg->kwb", Pw, dl[sl])
+            wps = weights[sl][:, :, None] * ps
+            safe = np.where(wps > 0, ph, 1.0)  # p* > 0 implies p̂ > 0: λ^c has full support
+            R[sl] = neg_ent[sl] - np.einsum("kwb->k", xlogy(wps, safe))
+            dR[sl] = -np.einsum("kwb->k", np.where(wps > 0, wps * dph / safe, 0.0))
+        return R, dR
+
+    return f
+
+
+def predicted_step(pi: Any, alpha: Any, *, n_samples: int = 512, n_windows: int = 4096,
+                   max_states: int = MAX_EXACT_STATES, chain_length: int = 20_000, rng: Any = None) -> PredictedStep:
+    """The zero-parameter step law ``η(n) = 1/((1 + α₀) + n/c_inf)`` of one-step MD from μ.
+
+    As the number of transitions n → ∞ with η = c/n, one MD step from the prior mean μ tends to
+    ``softmax(log μ + c·ḡ(λ*))`` (:func:`limit_gradient`), and the expected next-token loss of one-step
+    MD tends to ``R∞(c) = E_{λ*~Dir(α)} E_w KL(p*(·|w) ‖ p̂_c(·|w))`` over the stationary law of the
+    m-token window w. ``c_inf = argmin R∞`` (so ``n·η_opt(n) → c_inf``, B = 1/c_inf is exact as
+    n → ∞); the intercept ``A = 1 + α₀`` makes ``η(0) = η*`` (Theorem 1's step) — a boundary condition,
+    not a derived limit (docs/math.md, "The predicted step law").
+
+    The expectation over λ* is a Monte Carlo average over ``n_samples`` draws; for each draw ḡ is exact
+    (the stationary law of the S^m windows) when S^m <= ``max_states``, and the KL expectation is an
+    exact sum over the S^m windows when S^m <= ``n_windows``, else an average over ``n_windows``
+    windows drawn from that exact law. Above ``max_states`` both come from a simulated chain of
+    ``chain_length`` transitions per draw. ``c_inf`` minimises the sample mean of R∞ over log c
+    (a grid, then Brent); its standard error is the M-estimator sandwich
+    ``sd(R_k'(ĉ)) / (√K · R̄''(ĉ))``.
+
+    Parameters
+    ----------
+    pi : array_like, shape (S, S)
+        Row-stochastic transition matrix (irreducible and aperiodic for the limits to hold).
+    alpha : array_like, shape (m,), m >= 2
+        Dirichlet prior of the lag weights.
+    n_samples : int
+        Draws of λ* ~ Dirichlet(α), >= 2.
+    n_windows : int
+        Windows per draw for the KL expectation when S^m > n_windows, >= 1.
+    max_states : int
+        Largest S^m with an exact stationary law.
+    chain_length : int
+        Transitions per simulated chain when S^m > ``max_states``, >= 1.
+    rng : Generator, int or None
+
+    Returns
+    -------
+    PredictedStep
+        ``c_inf``, ``c_inf_se``, ``A``, ``B``, ``B_se`` and the law ``eta(n)``.
+
+    Raises
+    ------
+    ValueError
+        For bad arguments (naming the argument), or when the window chain does not mix.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath as M
+    >>> pi = M.random_transition_matrix(4, concentration=1.0, rng=0)
+    >>> alpha = np.ones(2)
+    >>> r = M.predicted_step(pi, alpha, n_samples=64, rng=0)
+    >>> r.A, r.eta(0) == M.eta_bayes(alpha)
+    (3.0, True)
+    >>> y, lam = M.sample_icl(pi, alpha, 32, 4, rng=1)
+    >>> M.md_predictive_all_prefixes(y, pi, alpha, eta=r.eta).shape
+    (4, 31, 4)
+    """
+    from scipy import optimize
+
+    pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    alpha = V.check_alpha(alpha, "alpha")
+    m = alpha.shape[0]
+    if m < 2:
+        raise ValueError("alpha must have length m >= 2: with one lag, λ = 1 and every step gives the same predictor")
+    n_samples = V.check_int(n_samples, "n_samples", minimum=2)
+    n_windows = V.check_int(n_windows, "n_windows", minimum=1)
+    max_states = V.check_int(max_states, "max_states", minimum=1)
+    chain_length = V.check_int(chain_length, "chain_length", minimum=1)
+    S = pi.shape[0]
+    W = S**m if S**m <= min(n_windows, max_states) else n_windows
+    V.check_alloc(min(n_samples, max(1, _CHUNK_ENTRIES // (W * m * S))) * W * m * S * 4 + n_samples * W * (m + 1),
+                  8, "n_windows", f"the window arrays of {n_samples} samples")
+    if S**m <= max_states:
+        V.check_alloc(S**m * (m * S + n_samples), 8, "max_states", f"the stationary laws of {S**m} windows")
+    else:
+        V.check_alloc(n_samples * (chain_length + m) * (2 * m + 1), 8, "chain_length",
+                      f"{n_samples} chains of {chain_length} transitions")
+    gen = V.as_rng(rng)
+    alpha0 = float(alpha.sum())
+    mu = alpha / alpha0
+    lam = gen.dirichlet(alpha, size=n_samples)
+    lam = np.clip(lam, np.finfo(np.float64).tiny, None)
+    lam /= lam.sum(axis=1, keepdims=True)
+    tok, weights, gbar = _limit_windows(pi, mu, lam, n_windows, max_states, chain_length, gen)
+    risk = _risk_parts(pi, mu, lam, tok, weights, gbar)
+    obj = lambda x: float(risk(math.exp(x))[0].mean())  # noqa: E731
+    grid = np.linspace(math.log(1e-3), math.log(1e4), 29)  # log-spacing 0.56: brackets the smooth minimum
+    vals = [obj(x) for x in grid]
+    j = int(np.argmin(vals))
+    if j in (0, len(grid) - 1):
+        raise ValueError(f"pi, alpha: the limiting risk has no interior minimiser in c ∈ [1e-3, 1e4] "
+                         f"(the grid minimum is at c = {math.exp(grid[j]):.3g})")
+    res = optimize.minimize_scalar(obj, bounds=(grid[j - 1], grid[j + 1]), method="bounded",
+                                   options={"xatol": 1e-7})
+    c = math.exp(res.x)
+    # sandwich standard error of the M-estimator argmin mean_k R_k(c): sd(R_k'(c)) / (sqrt(K) |mean R''(c)|)
+    h = 1e-4 * c
+    d2 = (risk(c + h)[1].mean() - risk(c - h)[1].mean()) / (2 * h)
+    c_se = float(np.std(risk(c)[1], ddof=1) / math.sqrt(n_samples) / abs(d2))
+    return PredictedStep(c_inf=c, c_inf_se=c_se, A=1.0 + alpha0, B=1.0 / c, B_se=c_se / c**2,
+                         eta_star=float(eta_bayes(alpha)), n_samples=n_samples, exact_windows=bool(S**m <= min(n_windows, max_states)))
+
+
+__all__ += ["PredictedStep", "predicted_step", "limit_gradient", "window_tokens"]

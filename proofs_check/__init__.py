@@ -5,6 +5,8 @@
 * ``python -m proofs_check.steps`` — step schedules and a second-order estimator (docs/math.md §3), K.1–K.2;
 * ``python -m proofs_check.adaptive`` — the context-adaptive MD step of a softmax-sink layer 2
   (docs/math.md §5.6), A.1;
+* ``python -m proofs_check.step_law`` — the predicted step law at n → 0 (docs/math.md, "The predicted
+  step law"), S.1;
 * ``python -m proofs_check`` — all of them, one table; ``--json PATH`` writes it as JSON.
 
 Each claim is a check function taking its candidate formula(s) as arguments (defaults: the
@@ -19,6 +21,7 @@ __all__ = ["CheckResult", "Claim", "Row", "run_claims", "all_claims"]
 
 def all_claims() -> list[Claim]:
     """Every claim of the modules, Theorem 1 first."""
-    from . import adaptive, first_order, hessian, steps
+    from . import adaptive, first_order, hessian, step_law, steps
 
-    return list(first_order.CLAIMS) + list(hessian.CLAIMS) + list(steps.CLAIMS) + list(adaptive.CLAIMS)
+    return (list(first_order.CLAIMS) + list(hessian.CLAIMS) + list(steps.CLAIMS) + list(adaptive.CLAIMS)
+            + list(step_law.CLAIMS))

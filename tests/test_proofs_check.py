@@ -42,21 +42,21 @@ def test_python_m_proofs_check_all_pass(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "proofs_check", "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    from proofs_check import adaptive, steps
+    from proofs_check import adaptive, step_law, steps
 
     ids = ([c.key for c in F.CLAIMS] + [c.key for c in H.CLAIMS] + [c.key for c in steps.CLAIMS]
-           + [c.key for c in adaptive.CLAIMS])
+           + [c.key for c in adaptive.CLAIMS] + [c.key for c in step_law.CLAIMS])
     table = proc.stdout.split("Summary:")[0].splitlines()
     # table rows start at column 0 with the claim id (continuation and detail lines are indented)
     rows = {ln.split()[0]: ln for ln in table if ln[:1].strip() and ln.split()[0] in ids}
     assert sorted(rows) == sorted(ids)
     for key, line in rows.items():
         assert " PASS " in line and "FAIL" not in line, line
-    assert "Summary: 12/12 claims PASS (ALL PASS)" in proc.stdout
+    assert "Summary: 13/13 claims PASS (ALL PASS)" in proc.stdout
     report = json.loads(out.read_text())
     assert [r["id"] for r in report["rows"]] == ids
     assert all(r["result"] == "PASS" for r in report["rows"])
-    assert report["summary"] == {**report["summary"], "passed": 12, "total": 12, "all_pass": True}
+    assert report["summary"] == {**report["summary"], "passed": 13, "total": 13, "all_pass": True}
 
 
 # ------------------------------------------------------------------------------------------
@@ -467,3 +467,27 @@ def test_a1_fails_on_a_wrong_step(wrong, fragment):
 
     res = A.check_adaptive_step(step=wrong, cases=((2, 1),))
     _fails(res, fragment, "layer-3 logits − MD logits", "numeric:")
+
+
+# ------------------------------------------------------------------------------------------
+# S.1: the predicted step law at n → 0 (docs/math.md, "The predicted step law")
+# ------------------------------------------------------------------------------------------
+
+
+def test_s1_passes_on_the_docs_intercept():
+    from proofs_check import step_law as S
+
+    res = S.check_step_law(cases=((2, 1),))
+    assert res.passed, res.details
+    assert res.data["numeric_eta0_abs_diff"] <= 1e-15
+
+
+@pytest.mark.parametrize("wrong", [
+    lambda a0, m: a0,  # the prior's total mass without the 1: η(0) = 1/α₀
+    lambda a0, m: 1 + a0 + m,  # the sink's m counted twice
+])
+def test_s1_fails_on_a_wrong_intercept(wrong):
+    from proofs_check import step_law as S
+
+    res = S.check_step_law(intercept=wrong, cases=((2, 1),))
+    _fails(res, "η(0) − η*", "first-order gap of MD at η(ν→0)", "numeric m=2: predicted_step A")
