@@ -91,6 +91,13 @@ def check_int(value: Any, name: str, minimum: int | None = None) -> int:
     return value
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """A bool (Python or NumPy); strings such as "no", numbers and None are refused, not read as truth values."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False (got {value!r})")
+    return bool(value)
+
+
 def check_float(value: Any, name: str, *, nonnegative: bool = False, positive: bool = False) -> float:
     """A finite real scalar (a 0-d array of any backend allowed), optionally >= 0 or > 0.
 

@@ -163,8 +163,14 @@ def optimal_step(pi: Any, alpha: Any, *, L: int | None = None, T: int | None = N
     n_train = V.check_int(n_train, "n_train", minimum=2)
     n_test = V.check_int(n_test, "n_test", minimum=2)
     n_boot = V.check_int(n_boot, "n_boot", minimum=0)
+    schedule = V.check_bool(schedule, "schedule")
     gen = V.as_rng(rng)
     length = (L + 1) if L is not None else T
+    # the sampled tokens of the larger draw and the (n, T, S) predictive laws of its KL
+    length_name = "L" if L is not None else "T"
+    for count, name in ((n_train, "n_train"), (n_test, "n_test")):
+        V.check_alloc(count * length * (3 + 2 * pi.shape[0]), 8, f"{name}, {length_name}",
+                      f"{name} = {count} sequences of length {length} over S = {pi.shape[0]} tokens")
     y_tr, lam_tr = sample_icl(pi, alpha, length, n_train, rng=gen)
     y_te, lam_te = sample_icl(pi, alpha, length, n_test, rng=gen)
     e_star = eta_bayes(alpha)
