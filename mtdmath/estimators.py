@@ -172,12 +172,13 @@ def mirror_descent(C: Any, *, eta: Any, steps: int | None = None, lam0: Any = No
     return _md_run(*_prepare(C, lam0), etas)
 
 
-def _md_run(C: Any, lam0: Any, xp: Any, safe: bool, etas: list[float]) -> Any:
-    """Mirror descent on validated, broadcast (C, lam0) with the schedule ``etas``."""
+def _md_run(C: Any, lam0: Any, xp: Any, safe: bool, etas: list[float], loglam0: Any = None) -> Any:
+    """Mirror descent on validated, broadcast (C, lam0) with the schedule ``etas``; ``loglam0``, if
+    given, is ``log lam0`` computed more accurately by the caller (finite where lam0 underflowed)."""
     if C.shape[-2] == 0 or not etas:
         return xp.asarray(lam0, copy=True)
     C = _contiguous(C, xp)
-    logC, loglam = _lazy_log(C, xp), _xp.log(lam0, xp)
+    logC, loglam = _lazy_log(C, xp), (_xp.log(lam0, xp) if loglam0 is None else loglam0)
     for e in etas:
         loglam = _md_log_step(C, logC, loglam, e, xp, safe)
     return xp.exp(loglam)
@@ -346,7 +347,17 @@ def k_step_md(C: Any, alpha: Any, k: int, *, eta: Any = None) -> Any:
     V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
     k = V.check_int(k, "k", minimum=0)
     etas = _check_etas(eta, alpha, k, "k")
-    return _md_run(*_prepare(None, alpha / alpha.sum(), "alpha", checked=(C, cmin, space)), etas)
+    # μ = alpha/α₀ in log space, exact whatever alpha is (alpha_g/α₀ itself may underflow for alpha
+    # spanning 1e-300 ... 1e300); μ > 0 explains every transition of a valid C, so no check is needed
+    log_mu = np.log(alpha) - math.log(math.fsum(alpha))
+    with np.errstate(under="ignore"):
+        mu = np.exp(log_mu)
+    xp = space.xp
+    m = C.shape[-1]
+    batch = tuple(C.shape[:-2])
+    lam0 = xp.broadcast_to(xp.asarray(mu, dtype=C.dtype, device=space.device), batch + (m,))
+    loglam0 = xp.broadcast_to(xp.asarray(log_mu, dtype=C.dtype, device=space.device), batch + (m,))
+    return _md_run(C, lam0, xp, is_safe(cmin, C.dtype, xp), etas, loglam0)
 
 
 def corrected_one_step_md(C: Any, alpha: Any) -> Any:
@@ -379,13 +390,15 @@ def corrected_one_step_md(C: Any, alpha: Any) -> Any:
     C = V.check_C(C, "C", space=space)
     V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
     a0 = float(alpha.sum())
-    mu = xp.asarray(alpha / a0, dtype=C.dtype, device=space.device)
+    mu = xp.asarray(V.check_prior_mean(alpha, "alpha"), dtype=C.dtype, device=space.device)
     s = (C @ mu[:, None])[..., 0]  # (..., n), > 0 where C[i] != 0 (μ > 0)
     u = _C_over_s(mu, C, s, xp) - 1.0  # (..., n, m): γ_i/μ - 1
     g = xp.sum(u, axis=-2)  # (..., m): ∇ℓ(μ) - n
-    zeta = (g * g - xp.sum(u * u, axis=-2)) / ((1 + a0) * (2 + a0)) - g * g / (2 * (1 + a0) ** 2)
+    # 1/(1+α₀) rather than (1+α₀)²: α₀ up to 1e308 is valid, and its square overflows
+    r1, r2 = 1.0 / (1.0 + a0), 1.0 / (2.0 + a0)
+    zeta = (g * g - xp.sum(u * u, axis=-2)) * (r1 * r2) - (g * g) * (0.5 * r1 * r1)
     # log μ + (n + g̃)/(1+α₀) + ζ; the common n/(1+α₀) cancels in the softmax
-    z = xp.log(mu) + g / (1 + a0) + zeta
+    z = xp.log(mu) + g * r1 + zeta
     return xp.exp(_xp.log_softmax(z, xp))
 
 
@@ -465,7 +478,7 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     V.check_alloc(rows * (S + 4 * m), 8, "tokens", f"the predictive of {rows} prefixes over S = {S} tokens")
     if out is not None:
         _check_out(out, space, batch + (n + 1, S), pi.dtype)
-    mu_np = alpha / alpha.sum()
+    mu_np = V.check_prior_mean(alpha, "alpha")
     if steps == 1 and _use_kernel(space, pi):
         return _kernel_one_step(y, pi, mu_np, etas[0], space, batch, out)
     p = _md_predictive_generic(y, pi, mu_np, etas, steps, space, batch)

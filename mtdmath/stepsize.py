@@ -151,6 +151,9 @@ def optimal_step(pi: Any, alpha: Any, *, L: int | None = None, T: int | None = N
     StepResult
     """
     pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    # validated in its own dtype (a float32 pi sums to 1 within float32 rounding); the sampling and
+    # the KL run in float64 on rows that sum to 1 in float64
+    pi = pi / pi.sum(axis=1, keepdims=True)
     alpha = V.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
     k = V.check_int(k, "k", minimum=1)
