@@ -170,3 +170,40 @@ def test_prefix_posterior_evidence_matches_log_evidence_per_prefix():
         if L == 1:
             assert math.isclose(float(np.exp(rec.moments()[1][0])), c00 * e1 + c01 * (1 - e1), rel_tol=1e-13)
     assert math.isclose(float(np.exp(rec.moments()[1][0])), want, rel_tol=1e-13)
+
+
+def test_huge_alpha_in_the_second_order_estimator():
+    """α₀ = 2e300: (1+α₀)² overflows a float; the estimator is then the prior mean to all orders
+    (every correction term carries 1/(1+α₀)), i.e. uniform here."""
+    C = np.random.default_rng(2).uniform(0.1, 1, (5, 2))
+    out = M.corrected_one_step_md(C, [1e300, 1e300])
+    np.testing.assert_allclose(out, [0.5, 0.5], rtol=1e-15)
+    out = M.corrected_one_step_md(C, [1e300, 3e300])
+    np.testing.assert_allclose(out, [0.25, 0.75], rtol=1e-15)
+
+
+def test_md_from_a_prior_mean_below_the_float_range():
+    """alpha = (1e-290, 1e188): μ_1 = 1e-478 is 0 in float64, log μ is exact. One MD step of size
+    η* = 1/(1+α₀) ~ 1e-188 from μ on a transition only lag 1 explains has ∇ℓ_1 = 1/μ_1 ~ 1e478:
+    η*∇ℓ_1 ~ 1e290 dominates log μ_1 ~ -1100, so lam¹ puts all its weight on lag 1; without that
+    transition the step is negligible and lam¹ stays μ = (0, 1) in float64."""
+    alpha = np.array([1e-290, 1e188])
+    C = np.array([[1.0, 0.0], [0.5, 0.5]])
+    np.testing.assert_array_equal(M.one_step_md(C, alpha), [1.0, 0.0])
+    np.testing.assert_array_equal(M.one_step_md(C[1:], alpha), [0.0, 1.0])
+    np.testing.assert_array_equal(M.k_step_md(C, alpha, 3), [1.0, 0.0])
+    # the estimators whose formula divides by μ refuse it, naming alpha
+    with pytest.raises(ValueError, match=r"^alpha: the prior mean alpha / α₀ underflows for lags \[1\]"):
+        M.corrected_one_step_md(C, alpha)
+    with pytest.raises(ValueError, match=r"^alpha: the prior mean"):
+        M.md_predictive_all_prefixes(np.array([0, 1, 0, 1]), np.full((2, 2), 0.5), alpha)
+
+
+def test_optimal_step_accepts_a_float32_pi():
+    pi64 = M.random_transition_matrix(3, rng=0)
+    pi32 = torch.as_tensor(pi64, dtype=torch.float32)
+    r32 = M.optimal_step(pi32, np.ones(2), L=5, n_train=4, n_test=4, n_boot=0, rng=1)
+    # the same as the float64 route on the float32 values renormalised
+    p = pi32.double().numpy()
+    r64 = M.optimal_step(p / p.sum(1, keepdims=True), np.ones(2), L=5, n_train=4, n_test=4, n_boot=0, rng=1)
+    assert r32.eta == r64.eta and r32.kl == r64.kl
