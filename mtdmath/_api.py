@@ -74,6 +74,8 @@ PROMISES = {
     "refuses_impossible": "ValueError naming lam when lam gives an observed transition probability 0",
     "refuses_mu_underflow": "ValueError naming alpha when the prior mean alpha/α₀ underflows to 0 in float64 "
                             "(alpha entries more than ~1e308 apart): an estimator started from μ would divide by it",
+    "refuses_range": "ValueError naming alpha when the exact recursion's weights fall below the float64 range "
+                     "(the smallest alpha_g/α₀ below about 1e-300): the posterior's ratios are not representable",
     "refuses_mc": "ValueError naming alpha or C when importance sampling has no effective draw "
                   "(documented: use the exact posterior)",
 }
@@ -167,9 +169,9 @@ API: dict[str, Entry] = {
     "optimal_step": Entry(_EST, {"pi": "pi", "alpha": "alpha", "L": "L", "n_train": "count", "n_test": "count",
                                  "n_boot": "n_boot", "rng": "seed"}, ("finite", "seeded"), _optimal_step, max_n=12),
     "k_step_md": Entry(_EST, {"C": "C", "alpha": "alpha", "k": "k", "eta": "eta"}, ("simplex",), _linear(12)),
-    "posterior_mean": Entry(_BAYES, {"C": "C_exact", "alpha": "alpha", "max_bytes": "max_bytes"}, ("simplex",),
+    "posterior_mean": Entry(_BAYES, {"C": "C_exact", "alpha": "alpha", "max_bytes": "max_bytes"}, ("simplex", "refuses_range"),
                             _exact_bayes, max_n=40),
-    "log_evidence": Entry(_BAYES, {"C": "C_exact", "alpha": "alpha", "max_bytes": "max_bytes"}, ("finite",),
+    "log_evidence": Entry(_BAYES, {"C": "C_exact", "alpha": "alpha", "max_bytes": "max_bytes"}, ("finite", "refuses_range"),
                           _exact_bayes, max_n=40),
     "posterior_mean_mc": Entry(_BAYES, {"C": "C", "alpha": "alpha", "samples": "samples", "rng": "seed"},
                                ("simplex", "seeded", "refuses_mc"), _linear(16, 2**16), max_n=2000),
@@ -192,7 +194,8 @@ API["torch_core"] = Entry("Torch core", covered_by=_NN)
 #: public functions of subpackages held to the core's contract (not in ``mtdmath.__all__``)
 EXTRA: dict[str, Entry] = {
     "experiments.posterior_mean_all_prefixes": Entry(
-        _BAYES, {"C": "C_3d", "alpha": "alpha", "max_bytes": "max_bytes"}, ("simplex",), _exact_bayes, max_n=40),
+        _BAYES, {"C": "C_3d", "alpha": "alpha", "max_bytes": "max_bytes"}, ("simplex", "refuses_range"), _exact_bayes,
+        max_n=40),
 }
 
 

@@ -252,6 +252,15 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
     return _forward_xp(C, alpha, max_bytes)
 
 
+def _forward_checked(C: np.ndarray, alpha: np.ndarray, max_bytes: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_forward`, with a level that fell to 0 (the compiled route then divides by its maximum
+    and raises ZeroDivisionError) reported as the Array-API route reports it."""
+    try:
+        return _forward(C, alpha, max_bytes)
+    except ZeroDivisionError:
+        raise range_error(alpha) from None
+
+
 def _forward_xp(C: Any, alpha: np.ndarray, max_bytes: float) -> tuple[Any, Any]:
     """The recursion on the padded layout in the Array API: the generic route of every backend.
 
@@ -264,6 +273,16 @@ def _forward_xp(C: Any, alpha: np.ndarray, max_bytes: float) -> tuple[Any, Any]:
     for _ in rec:
         pass
     return rec.moments()
+
+
+def range_error(alpha: np.ndarray) -> ValueError:
+    """The refusal of a recursion whose level fell to 0: a Pólya factor ``alpha_g / (α₀ + i)`` below
+    the float64 range on every path of a level (alpha entries about 1e300 apart), so that the
+    level's weights, and the posterior's ratios, are not representable."""
+    return ValueError(
+        f"alpha: the exact recursion's weights fall below the float64 range for alpha = {V._show(alpha)} "
+        "(the smallest alpha_g / α₀ is below about 1e-300); use posterior_mean_mc, or bring the alpha "
+        "entries closer together")
 
 
 def levels_bytes(batch: int, n: int, m: int) -> int:
@@ -363,6 +382,8 @@ class PolyaLevels:
                 out = out + parent * rc[:, :, None]
             Wn[:, r0:r1, :w] = out
             new_mx = xp.maximum(new_mx, xp.max(xp.reshape(out, (B, -1)), axis=1))
+        if bool(xp.any(new_mx < 1e-150)) and bool(xp.any(new_mx == 0)):  # one test per level, as a rule
+            raise range_error(alpha)
         self.mx = new_mx
         self.W, self.Wn = Wn, W
 
@@ -440,7 +461,7 @@ def posterior_mean(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
     if _on_device(space):
         post, _ = _forward_xp(space.xp.reshape(C, (math.prod(batch), n, m)), alpha, max_bytes)
         return _xp.convert(space.xp.reshape(post, batch + (m,)), space)
-    post, _ = _forward(C.reshape((int(np.prod(batch)), n, m)), alpha, max_bytes)
+    post, _ = _forward_checked(C.reshape((int(np.prod(batch)), n, m)), alpha, max_bytes)
     return _xp.from_numpy(post.reshape(batch + (m,)), space)
 
 
@@ -469,7 +490,7 @@ def log_evidence(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> n
     impossible = np.any(np.all(Cf == 0, axis=-1), axis=-1)  # (B,)
     # run the impossible elements on a harmless stand-in and report -inf for them
     Cf = np.where(impossible[:, None, None], 1.0, Cf)
-    _, le = _forward(Cf, alpha, max_bytes)
+    _, le = _forward_checked(Cf, alpha, max_bytes)
     le = np.where(impossible, -np.inf, le)
     return _xp.from_numpy(le.reshape(batch), space)
 

@@ -394,9 +394,11 @@ def corrected_one_step_md(C: Any, alpha: Any) -> Any:
     s = (C @ mu[:, None])[..., 0]  # (..., n), > 0 where C[i] != 0 (μ > 0)
     u = _C_over_s(mu, C, s, xp) - 1.0  # (..., n, m): γ_i/μ - 1
     g = xp.sum(u, axis=-2)  # (..., m): ∇ℓ(μ) - n
-    # 1/(1+α₀) rather than (1+α₀)²: α₀ up to 1e308 is valid, and its square overflows
+    # every square is formed after its 1/(1+α₀) factors: α₀ up to 1e308 is valid and (1+α₀)²
+    # overflows, and ũ ~ 1/μ_g is as large as 1e250 for a tiny alpha_g next to a huge one
     r1, r2 = 1.0 / (1.0 + a0), 1.0 / (2.0 + a0)
-    zeta = (g * g - xp.sum(u * u, axis=-2)) * (r1 * r2) - (g * g) * (0.5 * r1 * r1)
+    w = math.sqrt(r1 * r2) if r1 * r2 > 0 else math.sqrt(r1) * math.sqrt(r2)
+    zeta = (g * r1) * (g * r2) - xp.sum((u * w) ** 2, axis=-2) - 0.5 * (g * r1) ** 2
     # log μ + (n + g̃)/(1+α₀) + ζ; the common n/(1+α₀) cancels in the softmax
     z = xp.log(mu) + g * r1 + zeta
     return xp.exp(_xp.log_softmax(z, xp))

@@ -360,7 +360,7 @@ def _check(name, e, z, bk, out, args):
         if np.all(ok):
             ref = log_s.sum(axis=-1)
             np.testing.assert_allclose(vals[0], ref, rtol=64 * eps * max(z.n, 1) ** 0.5 + 1e-6 * bk.float32,
-                                       atol=64 * eps * np.abs(log_s).sum(axis=-1).max(initial=0) + 1e-300)
+                                       atol=64 * eps * (np.abs(log_s).sum(axis=-1).max(initial=0) + z.n) + 1e-300)
     if "derivative" in P:
         v = vals[0]
         assert not np.any(np.isnan(v)), f"{name}: NaN"
@@ -427,6 +427,9 @@ def _run_contract(name, z, bk):
             return
         if "refuses_mc" in e.promises and ("alpha" in msg or msg.startswith("C, alpha")):
             return
+        if "refuses_range" in e.promises and msg.startswith("alpha: the exact recursion's weights") and \
+                z.alpha.min() / z.alpha.sum() < 1e-280:
+            return  # allowed only where a Pólya factor alpha_g/(α₀+i) can leave the float64 range
         raise err
     assert not refuse, f"{name} accepted {refuse} where the contract says it refuses it"
     if budget is not None:
@@ -443,7 +446,10 @@ def _run_contract(name, z, bk):
     elif "seeded" in e.promises:
         assert _same_bits(_bits(out), _bits(fn(**args))), f"{name}: the same seed gave different bits"
     if bk is TORCH32:
+        # both dtypes timed on a second call: a first call may load modules or compile for its dtype
+        _, _, elapsed, _ = _invoke(fn, args, False)
         fn64, args64 = _call(name, e, z, TORCH64)
+        _invoke(fn64, args64, False)
         _, err64, t64, _ = _invoke(fn64, args64, False)
         if err64 is None:
             assert elapsed <= TIME_RATIO * t64 + TIME_SLACK_S, \

@@ -207,3 +207,46 @@ def test_optimal_step_accepts_a_float32_pi():
     p = pi32.double().numpy()
     r64 = M.optimal_step(p / p.sum(1, keepdims=True), np.ones(2), L=5, n_train=4, n_test=4, n_boot=0, rng=1)
     assert r32.eta == r64.eta and r32.kl == r64.kl
+
+
+def test_responsibilities_where_s_underflows():
+    """s_0 = 6.6e-300 · 4.6e-300 underflows: C/s overflows for the lags lam gives 0 (0·inf = NaN
+    before); the responsibility is 1 on the one lag that explains the transition, 0 elsewhere."""
+    lam = np.array([1.0, 4.58e-300, 0.0, 0.0])
+    C = np.array([[0.0, 6.6e-300, 0.19, 0.74], [0.0, 0.18, 0.0, 9.4e-300]])
+    np.testing.assert_array_equal(M.responsibilities(lam, C), [[0, 1, 0, 0], [0, 1, 0, 0]])
+
+
+def test_second_order_estimator_with_a_prior_mean_of_1e_minus_250():
+    """alpha = (4e196, 3e-55): μ_2 = 8e-252 is representable but ũ ~ 1/μ_2 squares to inf. The
+    estimator is log μ + g̃/(1+α₀) + ζ; every term is tiny next to log μ_1 - log μ_2 ~ 578 except
+    where g̃/(1+α₀) ~ 1e54: compare with the same formula in exact rational arithmetic."""
+    from fractions import Fraction as F
+
+    C = np.array([[0.3, 0.9], [0.5, 0.1]])
+    alpha = np.array([4.18365913e196, 3.30736268e-055])
+    out = M.corrected_one_step_md(C, alpha)
+    a = [F(x) for x in alpha]
+    a0 = sum(a)
+    mu = [x / a0 for x in a]
+    u = [[F(c) / (F(r[0]) * mu[0] + F(r[1]) * mu[1]) - 1 for c in r] for r in C]
+    g = [sum(row[j] for row in u) for j in range(2)]
+    z = [g[j] / (1 + a0) + (g[j] ** 2 - sum(row[j] ** 2 for row in u)) / ((1 + a0) * (2 + a0))
+         - g[j] ** 2 / (2 * (1 + a0) ** 2) for j in range(2)]
+    # softmax(log μ + z): both z are huge and of the same sign, compare via their difference
+    d = float(z[1] - z[0]) + math.log(float(mu[1] / mu[0]))
+    want = np.array([1 / (1 + math.exp(d)), 1 / (1 + math.exp(-d))]) if d < 700 else np.array([0.0, 1.0])
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("fn", [lambda C, a: M.posterior_mean(C, a), lambda C, a: M.log_evidence(C, a),
+                                lambda C, a: posterior_mean_all_prefixes(C, a)])
+def test_exact_posterior_refuses_weights_below_the_float_range(fn):
+    """alpha_2/α₀ ~ 1e-397: after a transition that lag 1 cannot explain every path of the level
+    carries such a factor, the level underflows to 0 (NaN, or a ZeroDivisionError in the compiled
+    route, before); refused naming alpha instead. Alpha entries closer together still work."""
+    C = np.array([[[0.5, 0.2, 0.3, 0.1], [0.0, 0.5, 0.2, 0.7], [0.3, 0.3, 0.3, 0.3]]])
+    with pytest.raises(ValueError, match=r"^alpha: the exact recursion's weights fall below the float64 range"):
+        fn(C, np.array([7.43e232, 3.32e-165, 5.41e-226, 9.96e-128]))
+    out = np.asarray(fn(C, np.array([1e150, 1e-140, 1e-100, 1.0])))
+    assert np.all(np.isfinite(out))
