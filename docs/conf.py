@@ -103,24 +103,14 @@ def _math_links(text: str) -> str:
 # --------------------------------------------------------------------------- generated reference
 REF = HERE / "reference"
 
-#: section titles of the API reference, by the module (prefix) that defines the object, in order
-GROUPS = [
-    (("mtdmath.model",), "The MTD model"),
-    (("mtdmath.likelihood",), "Likelihood and derivatives"),
-    (("mtdmath.estimators", "mtdmath.stepsize"), "Estimators of lam (pi known)"),
-    (("mtdmath.bayes",), "Exact Bayes and Monte Carlo"),
-    (("mtdmath.transformer", "mtdmath.nn"), "Transformers"),
-    (("mtdmath.fit", "mtdmath.fitting"), "Fitting MTD models (pi unknown)"),
-    (("mtdmath.torch_core",), "Torch core"),
-]
-OTHER = "Other public names"
+# The API reference lists the names of the public-name table ``mtdmath._api.API`` (one row per
+# name of ``mtdmath.__all__``: its section, argument domains and promises, which the contract test
+# tests/test_contract.py checks), so a public name without a row stops the build.
+from mtdmath import _api  # noqa: E402
 
-
-def _group(module: str) -> str:
-    for prefixes, title in GROUPS:
-        if any(module == p or module.startswith(p + ".") for p in prefixes):
-            return title
-    return OTHER
+_missing = [name for name in mtdmath.__all__ if name not in _api.API]
+if _missing:
+    raise RuntimeError(f"public names without a row in mtdmath._api.API: {_missing}")
 
 
 def _kind(obj: object) -> str:
@@ -172,8 +162,7 @@ def _generate_api() -> list[str]:
     for name in mtdmath.__all__:
         obj = getattr(mtdmath, name)
         qual = f"mtdmath.{name}"
-        home = obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", "mtdmath")
-        rows.setdefault(_group(home), []).append((qual, obj))
+        rows.setdefault(_api.API[name].section, []).append((qual, obj))
         _write(REF / f"{qual}.rst", _stub(qual, obj))
         written.append(qual)
     exp = importlib.import_module("mtdmath.experiments")
@@ -194,7 +183,7 @@ def _generate_api() -> list[str]:
         "contract is :ref:`math-8`, shown at work in :doc:`../guide/backends`.",
         "The command line is documented in :doc:`cli`.", "",
     ]
-    groups = [(t, rows[t]) for t in [t for _, t in GROUPS] + [OTHER] if t in rows]
+    groups = [(t, rows[t]) for t in _api.SECTIONS if t in rows]
     groups.append(("Experiments (mtdmath.experiments)", exp_rows))
     for title, grp in groups:
         lines += [title, "-" * len(title), "", _table(grp)]

@@ -91,6 +91,13 @@ def check_int(value: Any, name: str, minimum: int | None = None) -> int:
     return value
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """A bool (Python or NumPy); strings such as "no", numbers and None are refused, not read as truth values."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False (got {value!r})")
+    return bool(value)
+
+
 def check_float(value: Any, name: str, *, nonnegative: bool = False, positive: bool = False) -> float:
     """A finite real scalar (a 0-d array of any backend allowed), optionally >= 0 or > 0.
 
@@ -259,6 +266,22 @@ def check_alpha(alpha: Any, name: str = "alpha", m: int | None = None) -> np.nda
     if not math.isfinite(total):
         raise ValueError(f"{name}: the sum α₀ = Σ {name} overflows (got {_show(a)})")
     return a
+
+
+def check_prior_mean(alpha: np.ndarray, name: str = "alpha") -> np.ndarray:
+    """The prior mean ``μ = alpha / α₀`` of a validated alpha, refused where an entry underflows to 0.
+
+    With alpha entries of very different sizes (say 1e-300 next to 1e100) ``alpha_g / α₀`` is below
+    the smallest float64: μ would put an exact 0 on a lag the prior supports, and an estimator
+    started from μ would divide by a probability that is 0 only through rounding.
+    """
+    with np.errstate(under="ignore"):
+        mu = alpha / alpha.sum()
+    if np.any(mu < np.finfo(np.float64).smallest_normal):
+        raise ValueError(f"{name}: the prior mean {name} / α₀ underflows for lags {_show(np.flatnonzero(mu < 2.3e-308) + 1)} "
+                         f"(got {name} = {_show(alpha)}); estimators started from the prior mean need every "
+                         f"{name}_g / α₀ >= 2.2e-308 (the exact posterior_mean has no such limit)")
+    return mu
 
 
 def check_tokens(tokens: Any, S: int, m: int | None = None, name: str = "tokens",

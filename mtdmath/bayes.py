@@ -252,47 +252,120 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
     return _forward_xp(C, alpha, max_bytes)
 
 
+def _forward_checked(C: np.ndarray, alpha: np.ndarray, max_bytes: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_forward`, with a level that fell to 0 (the compiled route then divides by its maximum
+    and raises ZeroDivisionError) reported as the Array-API route reports it."""
+    try:
+        return _forward(C, alpha, max_bytes)
+    except ZeroDivisionError:
+        raise range_error(alpha) from None
+
+
 def _forward_xp(C: Any, alpha: np.ndarray, max_bytes: float) -> tuple[Any, Any]:
     """The recursion on the padded layout in the Array API: the generic route of every backend.
 
     C (B, n, m) is a float64 array of any namespace: NumPy when the compiled kernel is not
     available, or a CUDA tensor, which stays on its device (the layout's index arrays are moved
-    there once). Budget checked before any allocation.
+    there once). Budget checked before any allocation. The levels are those of
+    :class:`PolyaLevels`; only the last one's moments are taken.
     """
-    xp = _xp.array_namespace(C)
-    dev = _xp._device(C)
-    B, n, m = C.shape
-    _check_budget(B, n, m, max_bytes, kernel=False)
-    a0 = float(alpha.sum())
-    f64 = xp.float64
-    if n == 0:
-        post = xp.broadcast_to(xp.asarray(alpha / a0, dtype=f64, device=dev), (B, m))
-        return xp.asarray(post, copy=True), xp.zeros((B,), dtype=f64, device=dev)
-    cmax = xp.max(C, axis=2)  # (B, n), > 0
-    Cn = C / cmax[..., None]
-    log_scale = xp.sum(xp.log(cmax), axis=1)
-    if m == 1:
-        return xp.ones((B, 1), dtype=f64, device=dev), log_scale
-    lay = _layout(n, m)
-    P, R = m - 2, lay.R
-    ps = xp.asarray(lay.ps.astype(np.float64), device=dev)
-    pk = xp.asarray(lay.pk.astype(np.float64), device=dev)
-    par = xp.asarray(lay.par.astype(np.int64), device=dev)
-    col = xp.arange(n + 1, dtype=f64, device=dev)
-    W = xp.zeros((B, R + 1, n + 1), dtype=f64, device=dev)  # row R: the sentinel, always 0
-    W[:, 0, 0] = 1.0
-    Wn = xp.zeros_like(W)
-    mx = xp.ones((B,), dtype=f64, device=dev)
-    one = xp.ones_like(mx)
-    for i in range(n):
+    rec = PolyaLevels(C, alpha, max_bytes)
+    for _ in rec:
+        pass
+    return rec.moments()
+
+
+def range_error(alpha: np.ndarray) -> ValueError:
+    """The refusal of a recursion whose level fell to 0: a Pólya factor ``alpha_g / (α₀ + i)`` below
+    the float64 range on every path of a level (alpha entries about 1e300 apart), so that the
+    level's weights, and the posterior's ratios, are not representable."""
+    return ValueError(
+        f"alpha: the exact recursion's weights fall below the float64 range for alpha = {V._show(alpha)} "
+        "(the smallest alpha_g / α₀ is below about 1e-300); use posterior_mean_mc, or bring the alpha "
+        "entries closer together")
+
+
+def levels_bytes(batch: int, n: int, m: int) -> int:
+    """Peak memory (bytes) of :class:`PolyaLevels` on a (batch, n, m) problem, the moments of a level
+    included: the Array-API bound of the recursion (measured in ``tests/test_bayes.py``)."""
+    return _bytes_needed(batch, n, m, kernel=False)
+
+
+class PolyaLevels:
+    """The Pólya-urn forward recursion (docs/math.md §4) one level at a time, in the Array API.
+
+    The one implementation of the recursion's levels on the padded layout (the compiled kernel
+    of :mod:`mtdmath._kernels` is checked against it): iterating yields L = 0, 1, ..., n after
+    level L is computed, and :meth:`moments` then gives the posterior mean and the log evidence
+    given the first L transitions. ``W_{i+1}[k] = Σ_g W_i[k - e_g] · C[i,g] · (alpha_g + k_g - 1)
+    / (α₀ + i)``, rescaled as :func:`_forward` describes (the row maxima of C and the level
+    maxima go to a log scale kept per level, so every prefix's evidence is exact too).
+
+    Parameters
+    ----------
+    C : array, shape (B, n, m)
+        Float64 lag factors of any namespace and device, every row nonzero (validated by the caller).
+    alpha : ndarray, shape (m,)
+        Validated Dirichlet prior (float64 NumPy).
+    max_bytes : float
+        Memory budget; :func:`levels_bytes` above it raises ``ValueError`` naming C before anything
+        is allocated.
+    """
+
+    def __init__(self, C: Any, alpha: np.ndarray, max_bytes: float) -> None:
+        xp = _xp.array_namespace(C)
+        B, n, m = C.shape
+        _check_budget(B, n, m, max_bytes, kernel=False)
+        self.xp, self.dev, self.alpha = xp, _xp._device(C), alpha
+        self.shape = (B, n, m)
+        self.a0 = float(alpha.sum())
+        f64 = xp.float64
+        self.level = -1
+        if n:
+            cmax = xp.max(C, axis=2)  # (B, n), > 0
+            self.Cn = C / cmax[..., None]
+            self.log_cmax = xp.log(cmax)
+        self.log_scale = xp.zeros((B,), dtype=f64, device=self.dev)
+        if m == 1 or n == 0:
+            return
+        lay = self.lay = _layout(n, m)
+        R = lay.R
+        self.ps = xp.asarray(lay.ps.astype(np.float64), device=self.dev)
+        self.pk = xp.asarray(lay.pk.astype(np.float64), device=self.dev)
+        self.par = xp.asarray(lay.par.astype(np.int64), device=self.dev)
+        self.col = xp.arange(n + 1, dtype=f64, device=self.dev)
+        self.W = xp.zeros((B, R + 1, n + 1), dtype=f64, device=self.dev)  # row R: the sentinel, always 0
+        self.W[:, 0, 0] = 1.0  # level 0: the single state k = 0
+        self.Wn = xp.zeros_like(self.W)
+        self.mx = xp.ones((B,), dtype=f64, device=self.dev)
+
+    def __iter__(self):
+        B, n, m = self.shape
+        self.level = 0
+        yield 0
+        for i in range(n):
+            if m == 1:  # one lag: a single state per level, lam = 1
+                self.log_scale = self.log_scale + self.log_cmax[:, i]
+            else:
+                self._step(i)
+            self.level = i + 1
+            yield i + 1
+
+    def _step(self, i: int) -> None:
+        """Level i -> i+1 (docs/math.md §4): every move k - e_g -> k a slice, a column shift or a row gather."""
+        xp, lay, alpha = self.xp, self.lay, self.alpha
+        B, n, m = self.shape
+        P = m - 2
+        W, Wn, mx, ps, pk, par, col = self.W, self.Wn, self.mx, self.ps, self.pk, self.par, self.col
         L = i + 1
+        log_scale = self.log_scale + self.log_cmax[:, i]
         tiny = mx < 1e-150
         if bool(xp.any(tiny)):  # bring the stored level back to max 1 rather than fold a huge 1/mx
             W = xp.where(tiny[:, None, None], W / mx[:, None, None], W)
             log_scale = log_scale + xp.where(tiny, xp.log(mx), xp.zeros_like(mx))
-            mx = xp.where(tiny, one, mx)
-        log_scale = log_scale + xp.log(mx)
-        c = Cn[:, i, :] / (mx[:, None] * (a0 + i))  # (B, m)
+            mx = xp.where(tiny, xp.ones_like(mx), mx)
+        self.log_scale = log_scale + xp.log(mx)
+        c = self.Cn[:, i, :] / (mx[:, None] * (self.a0 + i))  # (B, m)
         new_mx = xp.zeros_like(mx)
         for r0, r1, w in lay.plan(L):
             src = W[:, r0:r1, :w]
@@ -309,20 +382,42 @@ def _forward_xp(C: Any, alpha: np.ndarray, max_bytes: float) -> tuple[Any, Any]:
                 out = out + parent * rc[:, :, None]
             Wn[:, r0:r1, :w] = out
             new_mx = xp.maximum(new_mx, xp.max(xp.reshape(out, (B, -1)), axis=1))
-        mx = new_mx
-        W, Wn = Wn, W
-    Wf = W[:, :R, :]
-    rows = xp.sum(Wf, axis=2)  # (B, R)
-    tot = xp.sum(rows, axis=1)
-    parts = []
-    if P:
-        parts.append(xp.asarray(alpha[:P], dtype=f64, device=dev) * tot[:, None] + rows @ pk)
-    parts.append((float(alpha[m - 2]) * tot + xp.sum(Wf @ col, axis=1))[:, None])
-    k_last = xp.maximum(n - ps[:, None] - col[None, :], xp.zeros((1, 1), dtype=f64, device=dev))
-    parts.append((float(alpha[m - 1]) * tot + xp.sum(Wf * k_last, axis=(1, 2)))[:, None])
-    num = xp.concat(parts, axis=1)  # (B, m)
-    post = num / ((a0 + n) * tot[:, None])
-    return post, xp.log(tot) + log_scale
+        if bool(xp.any(new_mx < 1e-150)) and bool(xp.any(new_mx == 0)):  # one test per level, as a rule
+            raise range_error(alpha)
+        self.mx = new_mx
+        self.W, self.Wn = Wn, W
+
+    def moments(self) -> tuple[Any, Any]:
+        """Posterior mean (B, m) and log evidence (B,) given the first L transitions, L the current level.
+
+        ``E[lam_g | y] = Σ_k W_L[k] (alpha_g + k_g) / ((α₀ + L) Σ_k W_L[k])`` over the states of
+        level L: the rows in use (prefix sum <= L) and the columns <= L; non-states hold exactly 0
+        (they only ever receive 0), so the sums are over states.
+        """
+        xp, alpha, dev = self.xp, self.alpha, self.dev
+        B, n, m = self.shape
+        L = self.level
+        f64 = xp.float64
+        if L < 0:
+            raise RuntimeError("PolyaLevels.moments: iterate to a level first")
+        if L == 0 or m == 1:
+            post = xp.broadcast_to(xp.asarray(alpha / self.a0, dtype=f64, device=dev), (B, m))
+            return xp.asarray(post, copy=True), self.log_scale
+        P, lay = m - 2, self.lay
+        nr = int(lay.group_start[min(L, int(lay.ps[-1])) + 1])
+        Wf = self.W[:, :nr, : L + 1]
+        col = self.col[: L + 1]
+        ps = self.ps[:nr]
+        rows = xp.sum(Wf, axis=2)  # (B, nr)
+        tot = xp.sum(rows, axis=1)
+        parts = []
+        if P:
+            parts.append(xp.asarray(alpha[:P], dtype=f64, device=dev) * tot[:, None] + rows @ self.pk[:nr])
+        parts.append((float(alpha[m - 2]) * tot + xp.sum(Wf @ col, axis=1))[:, None])
+        k_last = xp.maximum(L - ps[:, None] - col[None, :], xp.zeros((1, 1), dtype=f64, device=dev))  # implicit count
+        parts.append((float(alpha[m - 1]) * tot + xp.sum(Wf * k_last, axis=(1, 2)))[:, None])
+        num = xp.concat(parts, axis=1)  # (B, m)
+        return num / ((self.a0 + L) * tot[:, None]), xp.log(tot) + self.log_scale
 
 
 def _on_device(space: Any) -> bool:
@@ -366,7 +461,7 @@ def posterior_mean(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
     if _on_device(space):
         post, _ = _forward_xp(space.xp.reshape(C, (math.prod(batch), n, m)), alpha, max_bytes)
         return _xp.convert(space.xp.reshape(post, batch + (m,)), space)
-    post, _ = _forward(C.reshape((int(np.prod(batch)), n, m)), alpha, max_bytes)
+    post, _ = _forward_checked(C.reshape((int(np.prod(batch)), n, m)), alpha, max_bytes)
     return _xp.from_numpy(post.reshape(batch + (m,)), space)
 
 
@@ -395,7 +490,7 @@ def log_evidence(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> n
     impossible = np.any(np.all(Cf == 0, axis=-1), axis=-1)  # (B,)
     # run the impossible elements on a harmless stand-in and report -inf for them
     Cf = np.where(impossible[:, None, None], 1.0, Cf)
-    _, le = _forward(Cf, alpha, max_bytes)
+    _, le = _forward_checked(Cf, alpha, max_bytes)
     le = np.where(impossible, -np.inf, le)
     return _xp.from_numpy(le.reshape(batch), space)
 

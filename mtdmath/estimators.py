@@ -172,12 +172,13 @@ def mirror_descent(C: Any, *, eta: Any, steps: int | None = None, lam0: Any = No
     return _md_run(*_prepare(C, lam0), etas)
 
 
-def _md_run(C: Any, lam0: Any, xp: Any, safe: bool, etas: list[float]) -> Any:
-    """Mirror descent on validated, broadcast (C, lam0) with the schedule ``etas``."""
+def _md_run(C: Any, lam0: Any, xp: Any, safe: bool, etas: list[float], loglam0: Any = None) -> Any:
+    """Mirror descent on validated, broadcast (C, lam0) with the schedule ``etas``; ``loglam0``, if
+    given, is ``log lam0`` computed more accurately by the caller (finite where lam0 underflowed)."""
     if C.shape[-2] == 0 or not etas:
         return xp.asarray(lam0, copy=True)
     C = _contiguous(C, xp)
-    logC, loglam = _lazy_log(C, xp), _xp.log(lam0, xp)
+    logC, loglam = _lazy_log(C, xp), (_xp.log(lam0, xp) if loglam0 is None else loglam0)
     for e in etas:
         loglam = _md_log_step(C, logC, loglam, e, xp, safe)
     return xp.exp(loglam)
@@ -234,7 +235,11 @@ def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> Any:
     ----------
     C : array_like, shape (..., n, m)
     tol : float
-        KKT-gap tolerance, ``> 0``.
+        KKT-gap tolerance, ``> 0``. The tolerance used is ``max(tol, floor)`` with
+        ``floor = 4 (m + log2 n) eps`` for the machine epsilon ``eps`` of C's float dtype
+        (the rounding error of the computed gap): in float64 that is at most 2e-13 up to
+        n = 10^9, m = 64, so 1e-12 is used as given; in float32 it is 5e-6 for n = 2000,
+        m = 4, and a tolerance below it could never be certified.
     max_steps : int
         Maximum number of accelerated iterations (each costs three EM maps); a
         ``RuntimeWarning`` is issued for the elements that have not converged by then.
@@ -249,8 +254,9 @@ def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> Any:
     max_steps = V.check_int(max_steps, "max_steps", minimum=1)
     C, lam0, xp, safe = _prepare(C, None)
     batch, (n, m) = tuple(C.shape[:-2]), tuple(C.shape[-2:])
-    if n == 0 or m == 1:
+    if n == 0 or m == 1 or math.prod(batch) == 0:
         return xp.asarray(lam0, copy=True)
+    tol = max(tol, _kkt_floor(n, m, xp.finfo(C.dtype).eps))
     Cf = xp.reshape(_contiguous(C, xp), (-1, n, m))  # (B, n, m)
     x0 = xp.asarray(xp.broadcast_to(xp.reshape(lam0, (-1, m)), (Cf.shape[0], m)), copy=True)  # (B, m)
     log_n = math.log(n)
@@ -278,6 +284,17 @@ def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> Any:
             stacklevel=2,
         )
     return xp.reshape(res.x, batch + (m,))
+
+
+def _kkt_floor(n: int, m: int, eps: float) -> float:
+    """The smallest KKT gap :func:`mle` can certify in a float dtype of machine epsilon ``eps``.
+
+    The computed gap ``max_g Σ_i C[i,g]/s_i / n - 1`` carries the rounding of ``s_i`` (m-term
+    sums: about m·eps relative) and of the n-term sums (pairwise in NumPy and torch: about
+    log2(n)·eps); the factor 4 covers the maximum over g of that noise. Below this floor the
+    stopping test is decided by rounding, and the iteration would run to ``max_steps``.
+    """
+    return 4.0 * (m + math.log2(max(n, 2))) * float(eps)
 
 
 def eta_bayes(alpha: Any) -> float:
@@ -330,7 +347,17 @@ def k_step_md(C: Any, alpha: Any, k: int, *, eta: Any = None) -> Any:
     V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
     k = V.check_int(k, "k", minimum=0)
     etas = _check_etas(eta, alpha, k, "k")
-    return _md_run(*_prepare(None, alpha / alpha.sum(), checked=(C, cmin, space)), etas)
+    # μ = alpha/α₀ in log space, exact whatever alpha is (alpha_g/α₀ itself may underflow for alpha
+    # spanning 1e-300 ... 1e300); μ > 0 explains every transition of a valid C, so no check is needed
+    log_mu = np.log(alpha) - math.log(math.fsum(alpha))
+    with np.errstate(under="ignore"):
+        mu = np.exp(log_mu)
+    xp = space.xp
+    m = C.shape[-1]
+    batch = tuple(C.shape[:-2])
+    lam0 = xp.broadcast_to(xp.asarray(mu, dtype=C.dtype, device=space.device), batch + (m,))
+    loglam0 = xp.broadcast_to(xp.asarray(log_mu, dtype=C.dtype, device=space.device), batch + (m,))
+    return _md_run(C, lam0, xp, is_safe(cmin, C.dtype, xp), etas, loglam0)
 
 
 def corrected_one_step_md(C: Any, alpha: Any) -> Any:
@@ -363,13 +390,17 @@ def corrected_one_step_md(C: Any, alpha: Any) -> Any:
     C = V.check_C(C, "C", space=space)
     V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
     a0 = float(alpha.sum())
-    mu = xp.asarray(alpha / a0, dtype=C.dtype, device=space.device)
+    mu = xp.asarray(V.check_prior_mean(alpha, "alpha"), dtype=C.dtype, device=space.device)
     s = (C @ mu[:, None])[..., 0]  # (..., n), > 0 where C[i] != 0 (μ > 0)
     u = _C_over_s(mu, C, s, xp) - 1.0  # (..., n, m): γ_i/μ - 1
     g = xp.sum(u, axis=-2)  # (..., m): ∇ℓ(μ) - n
-    zeta = (g * g - xp.sum(u * u, axis=-2)) / ((1 + a0) * (2 + a0)) - g * g / (2 * (1 + a0) ** 2)
+    # every square is formed after its 1/(1+α₀) factors: α₀ up to 1e308 is valid and (1+α₀)²
+    # overflows, and ũ ~ 1/μ_g is as large as 1e250 for a tiny alpha_g next to a huge one
+    r1, r2 = 1.0 / (1.0 + a0), 1.0 / (2.0 + a0)
+    w = math.sqrt(r1 * r2) if r1 * r2 > 0 else math.sqrt(r1) * math.sqrt(r2)
+    zeta = (g * r1) * (g * r2) - xp.sum((u * w) ** 2, axis=-2) - 0.5 * (g * r1) ** 2
     # log μ + (n + g̃)/(1+α₀) + ζ; the common n/(1+α₀) cancels in the softmax
-    z = xp.log(mu) + g / (1 + a0) + zeta
+    z = xp.log(mu) + g * r1 + zeta
     return xp.exp(_xp.log_softmax(z, xp))
 
 
@@ -451,7 +482,7 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     V.check_alloc(rows * (S + 4 * m), 8, "tokens", f"the predictive of {rows} prefixes over S = {S} tokens")
     if out is not None:
         _check_out(out, space, batch + (n + 1, S), pi.dtype)
-    mu_np = alpha / alpha.sum()
+    mu_np = V.check_prior_mean(alpha, "alpha")
     if steps == 1 and _use_kernel(space, pi):
         return _kernel_one_step(y, pi, mu_np, etas[0], space, batch, out)
     p = _md_predictive_generic(y, pi, mu_np, etas, steps, space, batch)

@@ -180,7 +180,18 @@ def hessian(lam: Any, C: Any) -> Any:
 def responsibilities(lam: Any, C: Any) -> Any:
     """Posterior of the latent lag, ``γ_i(g) = lam_g C[i,g] / s_i(lam)``, shape (..., n, m)."""
     lam, C, xp, safe = _lam_C(lam, C, allow_impossible=False)
-    return lam[..., None, :] * _C_over_s(lam, C, check_possible(lam, C, xp, safe=safe), xp, safe)
+    s = check_possible(lam, C, xp, safe=safe)
+    with _xp.quiet(xp):
+        out = lam[..., None, :] * (C / s[..., None])
+    if not safe and _any_below(s, _tiny_s(s.dtype, xp), xp):
+        # where s_i underflows, C[i,g]/s_i can overflow while γ_i(g) <= 1 (and 0·inf is NaN):
+        # γ = exp(log lam + log C - log s) there, all terms finite or -inf
+        low = s < _tiny_s(s.dtype, xp)
+        logC, loglam = _xp.log(C, xp), _xp.log(lam, xp)[..., None, :]
+        log_s = _xp.logsumexp(logC + loglam, -1, xp)
+        with _xp.quiet(xp):
+            out = xp.where(low[..., None], xp.exp(loglam + logC - log_s[..., None]), out)
+    return out
 
 
 def kl(p: Any, q: Any) -> Any:

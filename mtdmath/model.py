@@ -76,7 +76,16 @@ def sample(pi: Any, lam: Any, T: int, *, rng: Any = None, init: Any = None) -> n
     if init.ndim != 1:
         raise ValueError(f"init must be a length-S vector (got shape {init.shape})")
     gen = V.as_rng(rng)
+    return _xp.from_numpy(_sample(pi, lam, T, gen, init), space, dtype=None)
 
+
+def _sample(pi: np.ndarray, lam: np.ndarray, T: int, gen: np.random.Generator, init: np.ndarray) -> np.ndarray:
+    """Unchecked sampler on validated float64 host arrays: pi (S, S), lam (..., m), init (S,).
+
+    The rows of pi (and init) need only sum to 1 within their input dtype's rounding: the
+    inverse-CDF draws divide by the last cumulative sum.
+    """
+    m = lam.shape[-1]
     batch_shape = lam.shape[:-1]
     lam2 = lam.reshape(-1, m)  # (B, m)
     B = lam2.shape[0]
@@ -90,7 +99,7 @@ def sample(pi: Any, lam: Any, T: int, *, rng: Any = None, init: Any = None) -> n
         g = _inverse_cdf(lam_cdf, gen.random((B, 1)))[:, 0]  # latent lag index g-1, (B,)
         src = y[rows, t - 1 - g]  # the source token y[t - Z_t]
         y[:, t] = _inverse_cdf(pi_cdf[src], gen.random((B, 1)))[:, 0]
-    return _xp.from_numpy(y.reshape(batch_shape + (T,)), space, dtype=None)
+    return y.reshape(batch_shape + (T,))
 
 
 def _inverse_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -112,7 +121,7 @@ def sample_icl(pi: Any, alpha: Any, T: int, batch: int, *, rng: Any = None) -> t
         Both in ``pi``'s namespace and on its device; lam in pi's float dtype.
     """
     space = _xp.data_space(pi)
-    pi = V.check_pi(pi, "pi")
+    pi_np = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
     alpha = V.check_alpha(alpha, "alpha")
     batch = V.check_int(batch, "batch", minimum=1)
     T = V.check_int(T, "T", minimum=alpha.shape[0])
@@ -120,7 +129,11 @@ def sample_icl(pi: Any, alpha: Any, T: int, batch: int, *, rng: Any = None) -> t
     gen = V.as_rng(rng)
     lam = gen.dirichlet(alpha, size=batch)
     lam = lam / lam.sum(axis=1, keepdims=True)
-    return sample(pi, lam, T, rng=gen), _xp.from_numpy(lam, space)
+    # pi is validated once, in its own dtype (a float16 pi's rows sum to 1 only within
+    # float16 rounding, which a second check in the computing dtype would refuse)
+    S = pi_np.shape[0]
+    tokens = _sample(pi_np, lam, T, gen, np.full(S, 1.0 / S))
+    return _xp.from_numpy(tokens, space, dtype=None), _xp.from_numpy(lam, space)
 
 
 def lag_factors(tokens: Any, pi: Any, m: int) -> Any:

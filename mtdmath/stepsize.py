@@ -151,6 +151,9 @@ def optimal_step(pi: Any, alpha: Any, *, L: int | None = None, T: int | None = N
     StepResult
     """
     pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    # validated in its own dtype (a float32 pi sums to 1 within float32 rounding); the sampling and
+    # the KL run in float64 on rows that sum to 1 in float64
+    pi = pi / pi.sum(axis=1, keepdims=True)
     alpha = V.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
     k = V.check_int(k, "k", minimum=1)
@@ -163,8 +166,14 @@ def optimal_step(pi: Any, alpha: Any, *, L: int | None = None, T: int | None = N
     n_train = V.check_int(n_train, "n_train", minimum=2)
     n_test = V.check_int(n_test, "n_test", minimum=2)
     n_boot = V.check_int(n_boot, "n_boot", minimum=0)
+    schedule = V.check_bool(schedule, "schedule")
     gen = V.as_rng(rng)
     length = (L + 1) if L is not None else T
+    # the sampled tokens of the larger draw and the (n, T, S) predictive laws of its KL
+    length_name = "L" if L is not None else "T"
+    for count, name in ((n_train, "n_train"), (n_test, "n_test")):
+        V.check_alloc(count * length * (3 + 2 * pi.shape[0]), 8, f"{name}, {length_name}",
+                      f"{name} = {count} sequences of length {length} over S = {pi.shape[0]} tokens")
     y_tr, lam_tr = sample_icl(pi, alpha, length, n_train, rng=gen)
     y_te, lam_te = sample_icl(pi, alpha, length, n_test, rng=gen)
     e_star = eta_bayes(alpha)

@@ -65,6 +65,9 @@ def _bad(kind: str) -> dict[str, object]:
         if kind == "float_pos":
             out["zero"] = 0.0
         return out
+    if kind == "bool":  # a flag: only True/False; "no" is truthy and 1 is not a flag
+        return {"string": "no", "int": 1, "float": 0.0, "none": None, "array": np.array([True, False]),
+                "object": object()}
     if kind == "rng":
         return {"string": "seed", "float": 1.5, "negative": -3, "object": object()}
     if kind == "dtype":
@@ -132,9 +135,10 @@ TABLE = {
     "md_predictive_all_prefixes": (M.md_predictive_all_prefixes, dict(tokens=Y, pi=PI, alpha=ALPHA, eta=0.2, steps=1),
                                    {"tokens": "tokens", "pi": "pi", "alpha": "alpha", "eta": "float", "steps": "int"}),
     "n_states": (M.n_states, dict(n=5, m=3), {"n": "int", "m": "int_pos"}),
-    "optimal_step": (M.optimal_step, dict(pi=PI, alpha=ALPHA, L=6, n_train=8, n_test=8, n_boot=0, rng=0),
-                     {"pi": "pi", "alpha": "alpha", "L": "int_pos", "n_train": "int_pos", "n_test": "int_pos",
-                      "n_boot": "int", "rng": "rng"}),
+    "optimal_step": (M.optimal_step, dict(pi=PI, alpha=ALPHA, L=6, n_train=8, n_test=8, n_boot=0, rng=0,
+                                          schedule=False),
+                     {"pi": "pi", "alpha": "alpha", "L": "int_pos", "n_train": "size", "n_test": "size",
+                      "n_boot": "int", "rng": "rng", "schedule": "bool"}),
 }
 
 SEQ = np.array([0, 1, 2, 1, 0, 2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 1, 2, 0, 0, 1] * 5)
