@@ -26,6 +26,7 @@ import mtdmath as M
 
 from . import common as X
 from .compare import load_models
+from .config import Config, Length, NonNegativeInt, Sequences
 
 MD_METHODS = ["md1", "md2", "md3", "md4", "md5"]
 TUNED = [f"md{k}_tuned" for k in range(1, 6)]
@@ -36,29 +37,20 @@ LABELS = {**{f"md{k}": f"{k}-step MD (η* each step{'; not 1st-order consistent'
 
 
 @dataclass
-class DepthConfig:
+class DepthConfig(Config):
     """Configuration of the ``depth`` experiment."""
 
     checkpoints: str = field(default="runs/train/checkpoints", metadata={
         "help": "directory of `train` checkpoints with at least one standard model (the deepest is compared)"})
-    n_eval: int = field(default=1000, metadata={"help": "evaluation sequences (fresh, from the checkpoints' pi)"})
-    T: int = field(default=64, metadata={"help": "evaluation sequence length: contexts L = m … T"})
+    n_eval: Sequences = field(default=1000, metadata={"help": "evaluation sequences (fresh, from the checkpoints' pi)"})
+    T: Length = field(default=64, metadata={"help": "evaluation sequence length: contexts L = m … T"})
     # 1024 as in `compare`: on 256 sequences the tuned step of the training objective is biased
     # low by about its bootstrap s.e. (the argmin of a noisy mean of heavy-tailed per-sequence KLs)
-    tune_n_train: int = field(default=1024, metadata={
+    tune_n_train: Sequences = field(default=1024, metadata={
         "help": "sequences optimal_step tunes each k-step MD step on (and as many held out)"})
-    tune_n_boot: int = field(default=3, metadata={"help": "bootstrap resamples for the s.e. of the tuned constant steps"})
+    tune_n_boot: NonNegativeInt = field(default=3, metadata={
+        "help": "bootstrap resamples for the s.e. of the tuned constant steps"})
     schedules: bool = field(default=True, metadata={"help": "also tune a per-step schedule for k = 2 … 5 (no bootstrap)"})
-
-    def __post_init__(self) -> None:
-        if self.n_eval < 2:
-            raise ValueError(f"n_eval must be >= 2 (got {self.n_eval})")
-        if self.T < 2:
-            raise ValueError(f"T must be >= 2 (got {self.T})")
-        if self.tune_n_train < 2:
-            raise ValueError(f"tune_n_train must be >= 2 (got {self.tune_n_train})")
-        if self.tune_n_boot < 0:
-            raise ValueError(f"tune_n_boot must be >= 0 (got {self.tune_n_boot})")
 
     @classmethod
     def quick(cls, checkpoints: str = "runs/train/checkpoints", **kw: Any) -> "DepthConfig":

@@ -23,51 +23,42 @@ import torch
 import mtdmath as M
 
 from . import common as X
+from .config import MAX_ELEMENTS, Length, NonNegativeInt, Order, PositiveFloat, PriorConfig, Sequences
 
 METHODS = ["bayes", "md1", "md2", "md3", "md4", "md5", "em", "mle"]
 
 
 @dataclass
-class EstimatorsConfig:
-    """Configuration of the ``estimators`` experiment."""
+class EstimatorsConfig(PriorConfig):
+    """Configuration of the ``estimators`` experiment (S, concentration, alpha:
+    :class:`~mtdmath.experiments.config.PriorConfig`)."""
 
-    orders: tuple[int, ...] = field(default=(2, 3, 5), metadata={"help": "MTD orders m, one panel each"})
-    n_seqs: tuple[int, ...] = field(default=(), metadata={
+    orders: tuple[Order, ...] = field(default=(2, 3, 5), metadata={"help": "MTD orders m, one panel each"})
+    n_seqs: tuple[Sequences, ...] = field(default=(), metadata={
         "help": "sequences per order (one per --orders entry); default per order m: 500 for m <= 3, 200 for m = 4, "
-                "48 for m >= 5 (exact Bayes at m = 5 costs ~1 s per sequence)"})
-    T: int = field(default=64, metadata={"help": "sequence length: contexts L = m … T"})
-    S: int = field(default=8, metadata={"help": "vocabulary size"})
-    concentration: float = field(default=0.5, metadata={"help": "Dirichlet concentration β of the rows of pi"})
-    alpha: float = field(default=1.0, metadata={"help": "Dirichlet prior of lam: alpha = ALPHA · 1_m"})
-    em_steps: int = field(default=1, metadata={"help": "EM steps from the prior mean μ for the 'em' curve"})
-    mle_tol: float = field(default=1e-10, metadata={"help": "KKT-gap tolerance of the MLE"})
+                "48 for m >= 5 (exact Bayes at m = 5 costs ~1 s per sequence); with --smoke 16, 12, 6"})
+    T: Length = field(default=64, metadata={"help": "sequence length: contexts L = m … T"})
+    em_steps: NonNegativeInt = field(default=1, metadata={"help": "EM steps from the prior mean μ for the 'em' curve"})
+    mle_tol: PositiveFloat = field(default=1e-10, metadata={"help": "KKT-gap tolerance of the MLE"})
+    smoke: bool = field(default=False, metadata={
+        "help": "smoke-test sizes for the per-order default of n_seqs (set by --quick)"})
 
-    def __post_init__(self) -> None:
-        self.orders = tuple(map(int, self.orders))
-        if not self.orders or any(m < 1 for m in self.orders):
+    def validate(self) -> None:
+        if not self.orders:
             raise ValueError(f"orders must be one or more integers >= 1 (got {self.orders})")
         if not self.n_seqs:
-            self.n_seqs = tuple(default_n_seqs(m) for m in self.orders)
-        self.n_seqs = tuple(map(int, self.n_seqs))
+            self.n_seqs = tuple(default_n_seqs(m, quick=self.smoke) for m in self.orders)
         if len(self.orders) != len(self.n_seqs):
             raise ValueError(f"n_seqs must have one entry per order (orders={self.orders}, n_seqs={self.n_seqs})")
-        if any(n < 2 for n in self.n_seqs):
-            raise ValueError(f"n_seqs must be >= 2 (got {self.n_seqs})")
         if self.T < max(self.orders) + 1:
             raise ValueError(f"T must exceed every order (got T={self.T}, orders={self.orders})")
-        if self.S < 1:
-            raise ValueError(f"S must be >= 1 (got {self.S})")
-        if self.em_steps < 0:
-            raise ValueError(f"em_steps must be >= 0 (got {self.em_steps})")
-        for name in ("concentration", "alpha", "mle_tol"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
+        if max(self.n_seqs) * self.T * self.S > MAX_ELEMENTS:
+            raise ValueError(f"n_seqs × T × S = {max(self.n_seqs) * self.T * self.S:.3g} predictive probabilities "
+                             f"per method exceeds {MAX_ELEMENTS:.3g}: lower n_seqs, T or S")
 
     @classmethod
     def quick(cls, **kw: Any) -> "EstimatorsConfig":
-        orders = tuple(kw.get("orders", (2, 3, 5)))
-        base = dict(orders=orders, n_seqs=tuple(default_n_seqs(m, quick=True) for m in orders), T=16)
-        return cls(**(base | kw))
+        return cls(**(dict(T=16, smoke=True) | kw))
 
 
 def default_n_seqs(m: int, quick: bool = False) -> int:

@@ -37,60 +37,49 @@ from mtdmath.nn import train as nn_train
 from mtdmath import md_predictive_all_prefixes
 
 from . import common as X
+from .config import (Batch, Heads, NonNegativeFloat, NonNegativeInt, PositiveFloat, Steps, TaskConfig, Width,
+                     check_attention_size, check_heads)
 
 DEFAULT_MODELS = ("md", "std:L=3", "std:L=5")
 
 
 @dataclass
-class TrainConfig:
-    """Configuration of the ``train`` experiment."""
+class TrainConfig(TaskConfig):
+    """Configuration of the ``train`` experiment (the task fields S, concentration, alpha, m, T are
+    :class:`~mtdmath.experiments.config.TaskConfig`'s)."""
 
     models: tuple[str, ...] = field(default=DEFAULT_MODELS, metadata={
         "help": "model specs: md (the disentangled 3-layer model), std:L=5,d=32,h=2 (a standard model of any "
                 "depth L, width d, heads h; omitted keys: --d-model, --n-heads); std3/std5 = std:L=3/std:L=5"})
-    m: int = field(default=2, metadata={"help": "MTD order of the task"})
-    S: int = field(default=8, metadata={"help": "vocabulary size"})
-    concentration: float = field(default=0.5, metadata={"help": "Dirichlet concentration β of the rows of pi"})
-    alpha: float = field(default=1.0, metadata={"help": "Dirichlet prior of lam: alpha = ALPHA · 1_m"})
-    T: int = field(default=65, metadata={"help": "training sequence length (contexts up to T-1 are trained)"})
-    batch: int = field(default=64, metadata={"help": "sequences per step"})
-    steps_md: int = field(default=4000, metadata={"help": "optimiser steps of the disentangled model"})
-    steps_std: int = field(default=5000, metadata={"help": "optimiser steps of each standard model"})
-    lr_md: float = field(default=1e-2, metadata={"help": "peak learning rate of the disentangled model"})
-    lr_std: float = field(default=1e-3, metadata={"help": "peak learning rate of the standard models"})
-    wd_md: float = field(default=0.0, metadata={
+    batch: Batch = field(default=64, metadata={"help": "sequences per step"})
+    steps_md: Steps = field(default=4000, metadata={"help": "optimiser steps of the disentangled model"})
+    steps_std: Steps = field(default=5000, metadata={"help": "optimiser steps of each standard model"})
+    lr_md: PositiveFloat = field(default=1e-2, metadata={"help": "peak learning rate of the disentangled model"})
+    lr_std: PositiveFloat = field(default=1e-3, metadata={"help": "peak learning rate of the standard models"})
+    wd_md: NonNegativeFloat = field(default=0.0, metadata={
         "help": "AdamW weight decay of the disentangled model (0: decay would shrink W1 = log pi towards 0)"})
-    wd_std: float = field(default=0.01, metadata={"help": "AdamW weight decay of the standard models"})
-    warmup: int = field(default=200, metadata={"help": "linear warm-up steps (then cosine decay to 0)"})
-    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clipping threshold"})
-    d_model: int = field(default=32, metadata={"help": "width of the standard models whose spec omits d"})
-    n_heads: int = field(default=2, metadata={"help": "attention heads per layer of the standard models whose spec omits h"})
-    log_every: int = field(default=50, metadata={"help": "steps per point of the loss curve (window mean)"})
+    wd_std: NonNegativeFloat = field(default=0.01, metadata={"help": "AdamW weight decay of the standard models"})
+    warmup: NonNegativeInt = field(default=200, metadata={"help": "linear warm-up steps (then cosine decay to 0)"})
+    grad_clip: PositiveFloat = field(default=1.0, metadata={"help": "gradient-norm clipping threshold"})
+    d_model: Width = field(default=32, metadata={"help": "width of the standard models whose spec omits d"})
+    n_heads: Heads = field(default=2, metadata={
+        "help": "attention heads per layer of the standard models whose spec omits h"})
+    log_every: Steps = field(default=50, metadata={"help": "steps per point of the loss curve (window mean)"})
     reference: bool = field(default=True, metadata={
-        "help": "also log the one-step MD construction's NLL on every batch (the reference line; costs 15-35 %% of the CPU step time)"})
+        "help": "also log the one-step MD construction's NLL on every batch (the reference line; costs 15-35 %% "
+                "of the CPU step time)"})
 
-    def __post_init__(self) -> None:
-        self.models = tuple(self.models)
+    def validate(self) -> None:
+        super().validate()
         if not self.models:
             raise ValueError("models must name at least one model spec (e.g. md std:L=5,d=32,h=2)")
         for spec in self.models:
-            parse_model_spec(spec)  # raises a ValueError naming the bad spec
-        names = [spec_name(s, d_model=self.d_model, n_heads=self.n_heads) for s in self.models]
+            check_heads(spec, d_model=self.d_model, n_heads=self.n_heads)  # also a ValueError for a bad spec
+        names = self.names()
         if len(set(names)) != len(names):
             raise ValueError(f"models must be distinct (got {self.models}, i.e. {names})")
-        for name in ("m", "S"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.T < self.m + 2:
-            raise ValueError(f"T must be >= m + 2 (got T={self.T}, m={self.m})")
-        for name in ("batch", "steps_md", "steps_std", "log_every", "d_model", "n_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0 (got {self.warmup})")
-        for name in ("lr_md", "lr_std", "grad_clip", "concentration", "alpha"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
+        check_attention_size(batch=self.batch, T=self.T, heads=max(
+            [parse_model_spec(s)[1].get("n_heads", self.n_heads) for s in self.models] + [1]))
 
     def names(self) -> list[str]:
         """Checkpoint names of the models, in order (``md3``, ``std3``, ``std5_d64_h4`` …)."""
