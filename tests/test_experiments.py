@@ -317,9 +317,8 @@ def test_each_subcommand_with_explicit_options(quick_all, tmp_path):
 
 def test_help_documents_every_option():
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    for name, (cfg_cls, _, _) in EXPERIMENTS.items():
-        text = sub.choices[name].format_help()
+    for name, (cfg_cls, *_) in EXPERIMENTS.items():
+        text = parser.subcommand_parsers[name].format_help()
         for opt in ("--seed", "--out", "--device", "--quick", "--threads"):
             assert opt in text
         for f in cfg_cls.__dataclass_fields__.values():
@@ -337,14 +336,14 @@ def test_help_documents_every_option():
         (["train", "--quick", "--T", "2"], "T must be >= m + 2"),
         (["train", "--quick", "--models", "md4"], "model spec 'md4'"),
         (["train", "--quick", "--models", "std:L=0"], "L must be >= 1"),
-        (["train", "--quick", "--batch", "0"], "batch must be >= 1"),
+        (["train", "--quick", "--batch", "0"], "batch must be an integer in 1 … 65536 (got 0)"),
         (["compare", "--quick", "--checkpoints", "/nonexistent/dir"], "checkpoints: /nonexistent/dir"),
         (["estimators", "--quick", "--orders", "2", "3", "--n-seqs", "5"], "n_seqs must have one entry per order"),
         (["estimators", "--quick", "--orders", "0"], "orders must be"),
-        (["estimators", "--threads", "0"], "threads must be >= 1"),
+        (["estimators", "--threads", "0"], "threads must be an integer in 1 … 1024 (got 0)"),
         (["sweep", "--quick", "--backend", "slurm"], "backend must be one of"),
         (["sweep", "--quick", "--address", "auto"], "address is only used with --backend ray"),
-        (["sweep", "--quick", "--Ts", "3"], "Ts must be >= m + 2"),
+        (["sweep", "--quick", "--Ts", "3"], "T must be >= m + 2 (got T=3, m=2)"),
     ],
 )
 def test_configuration_errors_are_one_line_exit_2(argv, words, capsys):

@@ -11,6 +11,7 @@ exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -188,13 +189,14 @@ def main(argv: Sequence[str] | None = None) -> Any:
         _fail(str(e))
     # the resolved config, as --print_config shows it: `--config OUT/config.yaml` reruns the experiment
     (out / "config.yaml").write_text(parser.subcommand_parsers[cmd].dump(args, skip_none=False))
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(int(args.threads))
+    seed = int(args.seed)  # a plain int: the parser's bounded type would travel into checkpoints and pickles
     progress = not args.no_progress
     t0 = time.perf_counter()
     try:
         if cmd == "all":
-            return run_all(out, seed=args.seed, device=device, quick=args.quick, progress=progress)
-        res = EXPERIMENTS[cmd][1](cfg, out, seed=args.seed, device=device, progress=progress)
+            return run_all(out, seed=seed, device=device, quick=args.quick, progress=progress)
+        res = EXPERIMENTS[cmd][1](cfg, out, seed=seed, device=device, progress=progress)
     except X.ConfigError as e:
         # found when the run starts: missing, corrupt or mismatched checkpoints, a backend not installed
         _fail(str(e))

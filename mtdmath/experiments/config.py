@@ -110,11 +110,25 @@ def check_fields(cfg: Any) -> None:
     """
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if isinstance(v, list):  # YAML and JSON give lists; the configs hold tuples (hashable, frozen)
-            v = tuple(v)
-            object.__setattr__(cfg, f.name, v)
+        # plain builtins: the parser hands out instances of the bounded types (float and int
+        # subclasses) that pickle by class, and YAML gives lists where the configs hold tuples
+        v = _plain(getattr(cfg, f.name))
+        object.__setattr__(cfg, f.name, v)
         _check_value(f.name, hints[f.name], v)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, (list, tuple)):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _plain(x) if not isinstance(x, list) else [_plain(y) for y in x] for k, x in v.items()}
+    return v
 
 
 class Config:
