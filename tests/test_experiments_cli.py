@@ -191,9 +191,8 @@ def test_a_run_writes_its_config_and_reruns_from_it(tmp_path):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["concentration"] == 0.7 and saved["orders"] == [2] and saved["T"] == 8
     again = main(["estimators", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "e2")])
-    assert again["config"] == first["config"]
-    a, b = first["results"]["m=2"], again["results"]["m=2"]
-    assert a["kl_mean"] == b["kl_mean"]  # the same numbers, bit for bit
+    assert again.config == first.config
+    assert again.results["m=2"].kl_mean == first.results["m=2"].kl_mean  # the same numbers, bit for bit
 
 
 def test_a_bad_value_in_a_yaml_file_is_one_line(capsys, tmp_path):

@@ -154,3 +154,20 @@ def test_changing_a_field_changes_the_hash():
 def test_load_sweep_names_a_missing_table(tmp_path):
     with pytest.raises(ValueError, match="path: .* is not a sweep's results.csv"):
         load_sweep(tmp_path)
+
+
+def test_a_ray_token_is_found_where_ray_looks_for_it(monkeypatch, tmp_path):
+    from mtdmath.experiments.sweep import RAY_AUTH_HINT, _ray_token_available
+
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert not _ray_token_available()
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("t")
+    assert _ray_token_available()  # the default file
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    assert not _ray_token_available()  # a named file that is not there
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t")
+    assert _ray_token_available()
+    assert "RAY_AUTH_MODE=token" in RAY_AUTH_HINT

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import tempfile
 import time
@@ -31,13 +30,13 @@ from .compare import run as run_compare
 from .config import Seed, Threads, help_of, one_line
 from .depth import DepthConfig
 from .depth import run as run_depth
-from .estimators import EstimatorsConfig
+from .estimators import EstimatorsConfig, EstimatorsResult
 from .estimators import run as run_estimators
 from .stepsize import StepsizeConfig
 from .stepsize import run as run_stepsize
 from .sweep import SweepConfig
 from .sweep import run as run_sweep
-from .train import TrainConfig
+from .train import TrainConfig, TrainResult
 from .train import run as run_train
 
 #: subcommand -> (config class, run function, one-line summary, description)
@@ -228,12 +227,12 @@ def run_all(out: Path, *, seed: int, device: torch.device, quick: bool, progress
     return summary
 
 
-def summarize(est: dict, tr: dict, cmp_: dict, dep: dict, ss: dict | None = None) -> dict[str, Any]:
+def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: dict, ss: dict | None = None) -> dict[str, Any]:
     """The results table, the targets and hypotheses (met or missed) from the runs' JSON dicts, and
     the git commit and dirty-tree flag each subcommand ran at."""
     table: dict[str, Any] = {}
-    for key, r in est["results"].items():
-        table[f"estimators {key}"] = r["table"]
+    for key, r in est.results.items():
+        table[f"estimators {key}"] = r.table
     table[f"trained m={cmp_['m']}"] = {
         L: {k: v for k, v in row.items() if k in ("trained_md3", "construction", "md1_eta_train", "bayes") or k.startswith("std")}
         for L, row in cmp_["table"].items()}
@@ -276,10 +275,11 @@ def summarize(est: dict, tr: dict, cmp_: dict, dep: dict, ss: dict | None = None
     band = {"max": bd["max"], "layer1_aligned": bd["layer1_aligned"]["max"], "layer1_aligned_mean": bd["layer1_aligned"]["mean"],
             "layer1": bd["layer1"]["max"], "layer3": bd["layer3"]["max"],
             "n_sequences": bd["n_sequences"]}
-    runs = {"estimators": est, "train": tr, "compare": cmp_, "depth": dep} | ({"stepsize": ss} if ss else {})
-    git = {k: r["meta"].get("git", {"commit": None, "dirty": None}) for k, r in runs.items()}
-    times = {"estimators": est["meta"]["run_time_s"], "train": tr["meta"]["run_time_s"],
-             "train_per_model": {k: v["train_time_s"] for k, v in tr["models"].items()},
+    metas = {"estimators": est.meta, "train": tr.meta, "compare": cmp_["meta"], "depth": dep["meta"]} | (
+        {"stepsize": ss["meta"]} if ss else {})
+    git = {k: meta.get("git", {"commit": None, "dirty": None}) for k, meta in metas.items()}
+    times = {"estimators": est.meta["run_time_s"], "train": tr.meta["run_time_s"],
+             "train_per_model": {k: v.train_time_s for k, v in tr.models.items()},
              "compare": cmp_["meta"]["run_time_s"], "depth": dep["meta"]["run_time_s"]}
     if ss:
         times["stepsize"] = ss["meta"]["run_time_s"]
@@ -293,11 +293,11 @@ def summarize(est: dict, tr: dict, cmp_: dict, dep: dict, ss: dict | None = None
     extra["depth_labels"] = dep.get("labels", {})
     return {"table": table, "depth_table": dep["table"], "targets": targets, "band_difference": band, "git": git,
             **extra,
-            "labels": est.get("labels", {}), "run_times_s": times,
-            "construction_vs_md1_max_abs_prob_diff": {k: r["construction_vs_md1"]["max_abs_prob_diff"]
-                                                      for k, r in est["results"].items()},
-            "loadavg": {"estimators": [est["meta"]["loadavg_start"], est["meta"]["loadavg_end"]],
-                        "train": [tr["meta"]["loadavg_start"], tr["meta"]["loadavg_end"]]}}
+            "labels": est.labels, "run_times_s": times,
+            "construction_vs_md1_max_abs_prob_diff": {k: r.construction_vs_md1["max_abs_prob_diff"]
+                                                      for k, r in est.results.items()},
+            "loadavg": {"estimators": [est.meta["loadavg_start"], est.meta["loadavg_end"]],
+                        "train": [tr.meta["loadavg_start"], tr.meta["loadavg_end"]]}}
 
 
 def _fmt(v: list[float]) -> str:
@@ -390,9 +390,9 @@ def summary_from_files(estimators: Path, train: Path, compare: Path, depth: Path
     """Rebuild ``summary.json``/``summary.md`` in ``out`` from the subcommands' JSON files (when a
     subcommand was re-run alone): the same tables and targets as ``all``; each run keeps its own
     git state and run time."""
-    runs = [load_json(p) for p in (estimators, train, compare, depth)]
     ss = load_json(stepsize) if stepsize is not None else None
-    summary = summarize(*runs, ss)
+    summary = summarize(EstimatorsResult.read(estimators), TrainResult.read(train), load_json(compare),
+                        load_json(depth), ss)
     summary["meta"] = {"rebuilt_from": [str(p) for p in (estimators, train, compare, depth, stepsize) if p is not None],
                        "versions": X.package_versions()}
     X.write_json(out / "summary.json", summary)

@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+import typing
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -276,6 +277,39 @@ def write_json(path: Path, obj: dict[str, Any]) -> Path:
     assert json.dumps(json.loads(text), sort_keys=True) == json.dumps(data, sort_keys=True)
     path.write_text(text + "\n")
     return path
+
+
+@dataclasses.dataclass
+class Result:
+    """Base of the experiments' typed results: :func:`write_json` writes one, :meth:`read` reads it back."""
+
+    def write(self, path: Path) -> Path:
+        """Write this result as JSON (the one writer, :func:`write_json`)."""
+        return write_json(path, self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """The result from its JSON dict (configs and nested results rebuilt from their types)."""
+        return _from_dict(cls, d)
+
+    @classmethod
+    def read(cls, path: Path) -> Any:
+        """The result written to ``path`` by :meth:`write`."""
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+def _from_dict(tp: Any, v: Any) -> Any:
+    if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: _from_dict(hints[f.name], v[f.name]) for f in dataclasses.fields(tp)
+                     if f.init and f.name in v})
+    if tp is np.ndarray:
+        return np.asarray(v)
+    if typing.get_origin(tp) is dict:
+        vt = typing.get_args(tp)[1]
+        return {k: _from_dict(vt, x) for k, x in v.items()}
+    return v
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 90) -> Path:

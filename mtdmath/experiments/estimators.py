@@ -61,6 +61,37 @@ class EstimatorsConfig(PriorConfig):
         return cls(**(dict(T=16, smoke=True) | kw))
 
 
+@dataclass
+class OrderCurves:
+    """The curves of one order m: KL(p* ‖ p̂) in nats against the context length L."""
+
+    m: int  #: MTD order
+    n_seqs: int  #: sequences the means are over
+    pi: np.ndarray  #: the task's transition matrix (S, S)
+    alpha: np.ndarray  #: the Dirichlet prior of lam (m,)
+    eta: float  #: η* = 1/(1+α₀), the step of one-step MD
+    L: list[int]  #: context lengths m … T
+    kl_mean: dict[str, list[float]]  #: per method: mean KL(p* ‖ p̂) at each L [nats]
+    kl_se: dict[str, list[float]]  #: per method: its standard error over sequences [nats]
+    table: dict[str, dict[str, list[float]]]  #: {L: {method: [mean, s.e.]}} at the table lengths [nats]
+    construction_vs_md1: dict[str, float]  #: largest absolute difference of the construction's and md1's laws, and of their KL curves
+    md1_minus_bayes: dict[str, list[float]]  #: paired KL(md1) − KL(bayes), {L: [mean, s.e.]} [nats]
+
+
+@dataclass
+class EstimatorsResult(X.Result):
+    """What ``estimators`` measured (``estimators.json``)."""
+
+    config: EstimatorsConfig
+    seed: int  #: base seed of every stream
+    meta: dict[str, Any]  #: versions, git state, machine, run_time_s [s]
+    results: dict[str, OrderCurves]  #: per order, keyed ``m=<m>``
+    methods: list[str]  #: the curves' names
+    labels: dict[str, str]  #: legend labels that say what was run (EM steps, MLE tolerance)
+    figures: list[str]  #: PNG files written next to the JSON
+    experiment: str = field(default="estimators", init=False)
+
+
 def default_n_seqs(m: int, quick: bool = False) -> int:
     """Sequences per order when ``--n-seqs`` is not given: fewer where exact Bayes is costly."""
     if quick:
@@ -68,11 +99,11 @@ def default_n_seqs(m: int, quick: bool = False) -> int:
     return 500 if m <= 3 else 200 if m == 4 else 48
 
 
-def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
-    """Run the sweep; write ``estimators.json`` and ``estimators.png`` under ``out``; return the JSON dict."""
+def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> EstimatorsResult:
+    """Run every order; write ``estimators.json`` and ``estimators.png`` under ``out``; return the result."""
     from tqdm.auto import tqdm
 
-    results: dict[str, Any] = {}
+    results: dict[str, OrderCurves] = {}
     with X.run_meta(seed, device) as meta:
         for m, N in tqdm(list(zip(cfg.orders, cfg.n_seqs)), desc="estimators: orders", disable=not progress):
             pi, alpha = X.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
@@ -85,34 +116,31 @@ def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, pr
             preds["construction"] = X.model_all_prefixes(model, tokens, device=device)
             kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
             mean, se = X.curves(kls)
-            results[f"m={m}"] = {
-                "m": m, "n_seqs": N, "pi": pi, "alpha": alpha, "eta": M.eta_bayes(alpha),
-                "L": list(range(m, cfg.T + 1)),
-                "kl_mean": mean, "kl_se": se,
-                "table": X.table_at(kls, m, cfg.T),
-                "construction_vs_md1": {
+            results[f"m={m}"] = OrderCurves(
+                m=m, n_seqs=N, pi=pi, alpha=alpha, eta=M.eta_bayes(alpha), L=list(range(m, cfg.T + 1)),
+                kl_mean=mean, kl_se=se, table=X.table_at(kls, m, cfg.T),
+                construction_vs_md1={
                     "max_abs_prob_diff": float(np.abs(preds["construction"] - preds["md1"]).max()),
                     "max_abs_kl_curve_diff": float(np.max(np.abs(np.asarray(mean["construction"]) - mean["md1"]))),
                 },
-                "md1_minus_bayes": X.paired_diff(kls, "md1", "bayes", m, cfg.T),
-            }
+                md1_minus_bayes=X.paired_diff(kls, "md1", "bayes", m, cfg.T))
     labels = {"em": X.em_label(cfg.em_steps), "mle": f"MLE (KKT gap < {cfg.mle_tol:g})"}
     fig_path = _plot(results, labels, out / "estimators.png")
-    res = {"experiment": "estimators", "config": cfg, "seed": seed, "meta": meta, "results": results,
-           "methods": METHODS + ["construction"], "labels": labels, "figures": [fig_path.name]}
-    X.write_json(out / "estimators.json", res)
+    res = EstimatorsResult(config=cfg, seed=seed, meta=meta, results=results, methods=METHODS + ["construction"],
+                           labels=labels, figures=[fig_path.name])
+    res.write(out / "estimators.json")
     return res
 
 
-def _plot(results: dict[str, Any], labels: dict[str, str], path: Path) -> Path:
+def _plot(results: dict[str, OrderCurves], labels: dict[str, str], path: Path) -> Path:
     plt = X.pyplot()
     keys = list(results)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
         r = results[key]
-        X.plot_curves(ax, r["L"], r["kl_mean"], r["kl_se"],
+        X.plot_curves(ax, r.L, r.kl_mean, r.kl_se,
                       ["mle", "em", "md5", "md4", "md3", "md2", "md1", "construction", "bayes"], labels)
-        ax.set_title(f"m = {r['m']}  ({r['n_seqs']} sequences)")
+        ax.set_title(f"m = {r.m}  ({r.n_seqs} sequences)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=5, frameon=False)
     fig.suptitle("KL to the ground truth vs context length (mean ± s.e. over sequences)")

@@ -41,7 +41,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ import mtdmath as M
 from . import common as X
 from .config import (Batch, Heads, Layers, NonNegativeFloat, NonNegativeInt, Order, PositiveFloat, Seed,
                      PriorConfig, Sequences, Steps, TaskConfig, Threads, Width, check_attention_size, check_heads, Length)
+
+if TYPE_CHECKING:
+    import pandas
 
 BACKENDS = ("local", "ray", "submitit")
 #: the job fields the sweep's shorthand axes set
@@ -120,7 +123,7 @@ class JobResult:
     gap_final_se: float  #: its standard error [nats]
     loss: list[float]  #: training loss, window means [nats/token]
     loss_step: list[int]  #: the step of each loss point
-    band_difference_max: Optional[float] = None  #: disentangled model only: max |trained − constructed| attention band (layer 1 aligned)
+    band_difference_max: Optional[float] = None  #: disentangled model only: largest absolute difference of the trained and constructed attention bands (layer 1 aligned)
     band_difference_mean: Optional[float] = None  #: its mean over rows and sequences
     train_s: float = 0.0  #: wall-clock training time [s] (machine dependent: not in the results table)
     total_s: float = 0.0  #: wall-clock time of the whole job [s]
@@ -307,7 +310,8 @@ def connect_ray(address: str, cpus: int) -> bool:
     if ray.is_initialized():
         return False
     if not address:
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        # "local": a new instance even where another one (or a stale record of one) exists
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         return True
     if "RAY_AUTH_MODE" not in os.environ and _ray_token_available():
         os.environ["RAY_AUTH_MODE"] = "token"
@@ -344,6 +348,11 @@ def _run_ray(jobs: list[JobConfig], *, address: str, cpus: int, on_done: Callabl
             ray.shutdown()
 
 
+def run_jobs(jobs: list[dict[str, Any]]) -> list[JobResult]:
+    """Run several jobs in turn in one process (a submitit task of the local executor)."""
+    return [run_job(j) for j in jobs]
+
+
 def _run_submitit(jobs: list[JobConfig], cfg: SweepConfig, folder: Path,
                   on_done: Callable[[JobResult], None]) -> None:
     try:
@@ -356,9 +365,15 @@ def _run_submitit(jobs: list[JobConfig], cfg: SweepConfig, folder: Path,
     ex.update_parameters(timeout_min=cfg.slurm_time_min, cpus_per_task=cfg.job_threads, gpus_per_node=gpus,
                          name="mtdmath-sweep", slurm_array_parallelism=cfg.jobs,
                          **({"slurm_partition": cfg.slurm_partition} if cfg.slurm_partition else {}))
-    submitted = ex.map_array(run_job, [asdict(j) for j in jobs])
+    if ex.cluster == "slurm":
+        chunks = [[asdict(j)] for j in jobs]  # one array task per job; SLURM schedules `jobs` at a time
+    else:
+        # submitit's local executor starts every task at once: `jobs` tasks, each running its share in turn
+        chunks = [[asdict(j) for j in jobs[i::cfg.jobs]] for i in range(min(cfg.jobs, len(jobs)))]
+    submitted = ex.map_array(run_jobs, chunks)
     for job in submitit.helpers.as_completed(submitted):
-        on_done(job.result())
+        for res in job.result():
+            on_done(res)
 
 
 def job_path(out: Path, job: JobConfig) -> Path:
@@ -449,7 +464,7 @@ def write_results(results: list[JobResult], path: Path) -> Path:
     return path
 
 
-def load_sweep(path: str | Path) -> "pandas.DataFrame":  # noqa: F821
+def load_sweep(path: str | Path) -> "pandas.DataFrame":
     """The tidy results of a sweep as a pandas DataFrame, one row per job and metric.
 
     Parameters
@@ -479,7 +494,7 @@ def load_sweep(path: str | Path) -> "pandas.DataFrame":  # noqa: F821
     return pd.read_csv(p, float_precision="round_trip")  # the floats as written (repr), bit for bit
 
 
-def summarize(table: "pandas.DataFrame", by: list[str]) -> "pandas.DataFrame":  # noqa: F821
+def summarize(table: "pandas.DataFrame", by: list[str]) -> "pandas.DataFrame":
     """Mean, standard error (ddof = 1; 0 for one seed) and number of seeds of every metric per group."""
     keys = [*by, "model_name", "metric"]
     g = table.groupby(keys, sort=False, dropna=False)["value"]
@@ -489,7 +504,7 @@ def summarize(table: "pandas.DataFrame", by: list[str]) -> "pandas.DataFrame":  
     return out
 
 
-def markdown(summary: "pandas.DataFrame", by: list[str]) -> str:  # noqa: F821
+def markdown(summary: "pandas.DataFrame", by: list[str]) -> str:
     """One row per group: final-L KL of the trained model, construction, Bayes; the gap; band difference."""
     metrics = ["kl_final_trained", "kl_final_construction", "kl_final_bayes", "gap_trained_minus_construction_final",
                "band_difference_max", "band_difference_mean"]

@@ -91,13 +91,44 @@ class TrainConfig(TaskConfig):
         return cls(**(base | kw))
 
 
+@dataclass
+class ModelRecord:
+    """One trained model of ``train``."""
+
+    name: str  #: checkpoint name (``md3``, ``std5``, ``std7_d64_h4``)
+    spec: str  #: the model spec it was built from
+    model_config: dict[str, Any]  #: the model's own config (layers, width, heads, …)
+    steps: int  #: optimiser steps
+    lr: float  #: peak learning rate
+    weight_decay: float  #: AdamW weight decay
+    n_params: int  #: trainable parameters
+    train_time_s: float  #: wall-clock training time [s]
+    steps_per_s: float  #: optimiser steps per second
+    loss_curve: dict[str, list[float]]  #: ``step``, ``loss`` [nats/token] (window means), ``construction_nll``
+    checkpoint: str = ""  #: the checkpoint file
+
+
+@dataclass
+class TrainResult(X.Result):
+    """What ``train`` did (``train.json``)."""
+
+    config: TrainConfig
+    seed: int  #: base seed (pi, batches, initial weights)
+    meta: dict[str, Any]  #: versions, git state, machine, run_time_s [s]
+    pi: np.ndarray  #: the task's transition matrix (S, S)
+    alpha: np.ndarray  #: the Dirichlet prior of lam (m,)
+    models: dict[str, ModelRecord]  #: per checkpoint name
+    figures: list[str]  #: PNG files written next to the JSON
+    experiment: str = field(default="train", init=False)
+
+
 def init_seed(seed: int, name: str) -> int:
     """Seed of a model's initial weights: a stream per (seed, model name), stable across model lists."""
     return X.torch_seed_for(seed, X.KEY_INIT, zlib.crc32(name.encode()))
 
 
 def train_one(spec: str, cfg: TrainConfig, task: ICLTask, *, seed: int, device: torch.device,
-              progress: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+              progress: bool) -> tuple[torch.nn.Module, ModelRecord]:
     """Train one model; returns it and its record (spec, config, loss curve, timings)."""
     name = spec_name(spec, d_model=cfg.d_model, n_heads=cfg.n_heads)
     gen = torch.Generator().manual_seed(init_seed(seed, name))
@@ -125,13 +156,13 @@ def train_one(spec: str, cfg: TrainConfig, task: ICLTask, *, seed: int, device: 
                     desc=f"train {name}")
     seconds = time.perf_counter() - t0
     curve = hist.as_dict()
-    record = {"name": name, "spec": spec, "model_config": asdict(model.config), "steps": steps, "lr": lr,
-              "weight_decay": wd, "n_params": sum(p.numel() for p in model.parameters()),
-              "train_time_s": round(seconds, 3), "steps_per_s": round(hist.steps_per_s, 3), "loss_curve": curve}
+    record = ModelRecord(name=name, spec=spec, model_config=asdict(model.config), steps=steps, lr=lr,
+                         weight_decay=wd, n_params=sum(p.numel() for p in model.parameters()),
+                         train_time_s=round(seconds, 3), steps_per_s=round(hist.steps_per_s, 3), loss_curve=curve)
     return model, record
 
 
-def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
+def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> TrainResult:
     """Train every model of ``cfg.models``; write checkpoints, ``train.json`` and ``train_loss.png``."""
     pi, alpha = X.make_task(seed, cfg.m, cfg.S, cfg.concentration, cfg.alpha)
     task = ICLTask(pi, alpha, cfg.T, device=device)
@@ -140,29 +171,28 @@ def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progres
     with X.run_meta(seed, device) as meta:
         for spec in cfg.models:
             model, rec = train_one(spec, cfg, task, seed=seed, device=device, progress=progress)
-            path = save_checkpoint(ck_dir / f"{rec['name']}.pt", model, task=task, history=rec["loss_curve"],
+            path = save_checkpoint(ck_dir / f"{rec.name}.pt", model, task=task, history=rec.loss_curve,
                                    extra={"seed": seed, "spec": spec, "train_config": asdict(cfg),
-                                          "train_time_s": rec["train_time_s"]})
-            rec["checkpoint"] = str(path)
-            records[rec["name"]] = rec
+                                          "train_time_s": rec.train_time_s})
+            rec.checkpoint = str(path)
+            records[rec.name] = rec
     fig = _plot(records, out / "train_loss.png")
-    res = {"experiment": "train", "config": cfg, "seed": seed, "meta": meta, "pi": pi, "alpha": alpha,
-           "models": records, "figures": [fig.name]}
-    X.write_json(out / "train.json", res)
+    res = TrainResult(config=cfg, seed=seed, meta=meta, pi=pi, alpha=alpha, models=records, figures=[fig.name])
+    res.write(out / "train.json")
     return res
 
 
-def _plot(records: dict[str, Any], path: Path) -> Path:
+def _plot(records: dict[str, ModelRecord], path: Path) -> Path:
     plt = X.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for kind, rec in records.items():
         label, color, _ = X.style(X.curve_name(kind))
-        c = rec["loss_curve"]
+        c = rec.loss_curve
         axes[0].plot(c["step"], c["loss"], color=color, label=label)
         if "construction_nll" in c:
             axes[1].plot(c["step"], np.asarray(c["loss"]) - np.asarray(c["construction_nll"]), color=color,
                          label=label)
-    first = next(iter(records.values()))["loss_curve"]
+    first = next(iter(records.values())).loss_curve
     if "construction_nll" in first:
         axes[0].plot(first["step"], first["construction_nll"], ":", color="tab:cyan", lw=2,
                      label="one-step MD construction (same batches)")
