@@ -303,7 +303,7 @@ def test_each_subcommand_with_explicit_options(quick_all, tmp_path):
     assert "construction_nll" not in tr.models["std1"].loss_curve
     dep = main(["depth", "--quick", "--checkpoints", str(tmp_path / "t2/checkpoints"), "--n-eval", "3", "--T", "8",
                 "--out", str(tmp_path / "d2"), "--no-progress"])
-    assert dep["deepest"] == "std4_d8_h2" and dep["standard_models"] == ["std1", "std4_d8_h2"]
+    assert dep.deepest == "std4_d8_h2" and dep.standard_models == ["std1", "std4_d8_h2"]
     # --orders alone: --n-seqs follows the orders; --em-steps shows in the label
     est = main(["estimators", "--quick", "--orders", "4", "--T", "8", "--em-steps", "3", "--out", str(tmp_path / "e4"),
                 "--no-progress"])
@@ -312,7 +312,8 @@ def test_each_subcommand_with_explicit_options(quick_all, tmp_path):
         res = main([cmd, "--quick", "--checkpoints", ck, "--n-eval", "3", "--T", "8",
                     "--out", str(tmp_path / cmd), "--no-progress"])
         assert (tmp_path / cmd / f"{cmd}.json").is_file()
-        assert len(res["kl_mean"]["bayes"]) == 8 - res["m"] + 1
+        kl, m = (res.kl_mean, res.m) if cmd == "depth" else (res["kl_mean"], res["m"])
+        assert len(kl["bayes"]) == 8 - m + 1
 
 
 def test_help_documents_every_option():
@@ -490,6 +491,10 @@ def test_typed_results_read_back_from_their_json(quick_all):
     r = est.results["m=2"]
     assert r.kl_mean == raw["results"]["m=2"]["kl_mean"] and r.L == raw["results"]["m=2"]["L"]
     np.testing.assert_array_equal(r.pi, np.asarray(raw["results"]["m=2"]["pi"]))
+    from mtdmath.experiments.depth import DepthResult, TunedStep
+
+    dep = DepthResult.read(quick_all / "depth/depth.json")
+    assert all(isinstance(t, TunedStep) for t in dep.tuned_steps.values()) and dep.deepest == "std5"
     tr = TrainResult.read(quick_all / "train/train.json")
     assert isinstance(tr.config, TrainConfig) and all(isinstance(v, ModelRecord) for v in tr.models.values())
     assert tr.models["md3"].loss_curve == _load(quick_all / "train/train.json")["models"]["md3"]["loss_curve"]

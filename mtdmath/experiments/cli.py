@@ -28,7 +28,7 @@ from .adaptive import run as run_adaptive
 from .compare import CompareConfig
 from .compare import run as run_compare
 from .config import Seed, Threads, help_of, one_line
-from .depth import DepthConfig
+from .depth import DepthConfig, DepthResult
 from .depth import run as run_depth
 from .estimators import EstimatorsConfig, EstimatorsResult
 from .estimators import run as run_estimators
@@ -227,7 +227,8 @@ def run_all(out: Path, *, seed: int, device: torch.device, quick: bool, progress
     return summary
 
 
-def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: dict, ss: dict | None = None) -> dict[str, Any]:
+def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: DepthResult, ss: dict | None = None
+              ) -> dict[str, Any]:
     """The results table, the targets and hypotheses (met or missed) from the runs' JSON dicts, and
     the git commit and dirty-tree flag each subcommand ran at."""
     table: dict[str, Any] = {}
@@ -241,14 +242,14 @@ def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: dict, ss:
     sa = cmp_["step_analysis"][cmp_["config"]["checkpoints"] if isinstance(cmp_["config"], dict)
                                else cmp_["config"].checkpoints]
     w1 = cmp_["w1"]["mean_row_kl"]
-    deep = dep["deepest"]
-    d2 = dep["deepest_minus_md"]["md2"]
-    deep_vs_md2 = {L: {deep: dep["table"][L][deep], "md2": dep["table"][L]["md2"], "paired_diff": d2[L]}
-                   for L in dep["table"]}
+    deep = dep.deepest
+    d2 = dep.deepest_minus_md["md2"]
+    deep_vs_md2 = {L: {deep: dep.table[L][deep], "md2": dep.table[L]["md2"], "paired_diff": d2[L]}
+                   for L in dep.table}
     hyp = sa["hypothesis"]
-    deep_vs_tuned = {L: {deep: dep["table"][L][deep], "md2_tuned": dep["table"][L]["md2_tuned"],
-                         "paired_diff": dep["deepest_minus_md"]["md2_tuned"][L]}
-                     for L in dep["table"] if "md2_tuned" in dep["table"][L]}
+    deep_vs_tuned = {L: {deep: dep.table[L][deep], "md2_tuned": dep.table[L]["md2_tuned"],
+                         "paired_diff": dep.deepest_minus_md["md2_tuned"][L]}
+                     for L in dep.table if "md2_tuned" in dep.table[L]}
     targets = {
         # replaces "trained within 0.01 nats of the construction": the trained model is not the η*
         # construction, the hypothesis is that it is one-step MD at the step its training objective favours
@@ -275,12 +276,12 @@ def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: dict, ss:
     band = {"max": bd["max"], "layer1_aligned": bd["layer1_aligned"]["max"], "layer1_aligned_mean": bd["layer1_aligned"]["mean"],
             "layer1": bd["layer1"]["max"], "layer3": bd["layer3"]["max"],
             "n_sequences": bd["n_sequences"]}
-    metas = {"estimators": est.meta, "train": tr.meta, "compare": cmp_["meta"], "depth": dep["meta"]} | (
+    metas = {"estimators": est.meta, "train": tr.meta, "compare": cmp_["meta"], "depth": dep.meta} | (
         {"stepsize": ss["meta"]} if ss else {})
     git = {k: meta.get("git", {"commit": None, "dirty": None}) for k, meta in metas.items()}
     times = {"estimators": est.meta["run_time_s"], "train": tr.meta["run_time_s"],
              "train_per_model": {k: v.train_time_s for k, v in tr.models.items()},
-             "compare": cmp_["meta"]["run_time_s"], "depth": dep["meta"]["run_time_s"]}
+             "compare": cmp_["meta"]["run_time_s"], "depth": dep.meta["run_time_s"]}
     if ss:
         times["stepsize"] = ss["meta"]["run_time_s"]
     extra: dict[str, Any] = {}
@@ -290,8 +291,8 @@ def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: dict, ss:
                                     "fit_chi2_dof": {f: v["fit"][f]["chi2_dof"] for f in ss["forms"]},
                                     "best_form": v["fit"]["best"]} for name, v in ss["results"].items()}
     extra["seed_spread"] = cmp_.get("seed_spread")
-    extra["depth_labels"] = dep.get("labels", {})
-    return {"table": table, "depth_table": dep["table"], "targets": targets, "band_difference": band, "git": git,
+    extra["depth_labels"] = dep.labels
+    return {"table": table, "depth_table": dep.table, "targets": targets, "band_difference": band, "git": git,
             **extra,
             "labels": est.labels, "run_times_s": times,
             "construction_vs_md1_max_abs_prob_diff": {k: r.construction_vs_md1["max_abs_prob_diff"]
@@ -392,7 +393,7 @@ def summary_from_files(estimators: Path, train: Path, compare: Path, depth: Path
     git state and run time."""
     ss = load_json(stepsize) if stepsize is not None else None
     summary = summarize(EstimatorsResult.read(estimators), TrainResult.read(train), load_json(compare),
-                        load_json(depth), ss)
+                        DepthResult.read(depth), ss)
     summary["meta"] = {"rebuilt_from": [str(p) for p in (estimators, train, compare, depth, stepsize) if p is not None],
                        "versions": X.package_versions()}
     X.write_json(out / "summary.json", summary)
