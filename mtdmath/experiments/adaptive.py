@@ -42,8 +42,8 @@ import torch
 from scipy.optimize import minimize, minimize_scalar
 
 import mtdmath as M
-from mtdmath.nn import (ICLTask, MDTransformer, fit_adaptive_step, load_checkpoint, matched_step, model_from_spec,
-                        save_checkpoint, step_by_n)
+from mtdmath.nn import (ICLTask, MDTransformer, fit_adaptive_step, matched_step, model_from_spec, save_checkpoint,
+                        step_by_n)
 from mtdmath.nn import train as nn_train
 from mtdmath.nn.probe import _kl_rows, _neg_entropy, _OneStepPrefixes
 
@@ -311,7 +311,7 @@ def probe_standard(paths: tuple[str, ...], device: torch.device, n_probe: int, s
         if not path.is_file():
             out[path.stem] = {"checkpoint": str(path), "skipped": "checkpoint not found"}
             continue
-        model, info = load_checkpoint(path, device=device, dtype=torch.float64)
+        model, info = X.read_checkpoint(path, device)
         task = info["task"]
         if task is None or isinstance(model, MDTransformer):
             out[path.stem] = {"checkpoint": str(path), "skipped": "not a StandardTransformer with a saved task"}

@@ -32,6 +32,18 @@ class ConfigError(ValueError):
     installed): the CLI prints it as one ``error:`` line and exits with status 2."""
 
 
+def read_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """:func:`mtdmath.nn.load_checkpoint` in float64 on ``device``; a file that does not load (corrupt,
+    truncated, foreign) is a :class:`ConfigError` naming it, whatever the loader raised."""
+    from mtdmath.nn import load_checkpoint
+
+    try:
+        return load_checkpoint(path, device=device, dtype=torch.float64)
+    except Exception as e:  # noqa: BLE001 - the CLI turns any failure to load into one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"checkpoints: cannot load {path} ({type(e).__name__}: {first})") from None
+
+
 # --------------------------------------------------------------------------- seeds
 #: stream keys: every random stream is ``default_rng([seed, KEY, ...])``, so the experiments
 #: share pi (same seed, order and vocabulary) while their data streams never overlap

@@ -40,7 +40,7 @@ import torch
 
 import mtdmath as M
 
-from mtdmath.nn import MDTransformer, load_checkpoint
+from mtdmath.nn import MDTransformer
 
 from . import common as X
 from .config import Config, Length, Sequences, Steps
@@ -98,11 +98,7 @@ def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = 
         raise X.ConfigError(f"checkpoints: {ck_dir} is not a directory (run `train` first)")
     models, infos = {}, {}
     for p in sorted(ck_dir.glob("*.pt")):
-        try:
-            models[p.stem], infos[p.stem] = load_checkpoint(p, device=device, dtype=torch.float64)
-        except Exception as e:  # a corrupt or foreign file: whatever the loader raised, one line naming it
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise X.ConfigError(f"checkpoints: cannot load {p} ({type(e).__name__}: {first})") from None
+        models[p.stem], infos[p.stem] = X.read_checkpoint(p, device)
     has_md = "md3" in models and isinstance(models["md3"], MDTransformer)
     std = sorted((k for k, v in models.items() if not isinstance(v, MDTransformer)),
                  key=lambda k: (models[k].config.n_layers, k))
