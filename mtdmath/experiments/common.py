@@ -152,12 +152,13 @@ def estimator_all_prefixes(tokens: np.ndarray, pi: np.ndarray, alpha: np.ndarray
 @torch.no_grad()
 def model_all_prefixes(model: torch.nn.Module, tokens: np.ndarray, *, device: torch.device,
                        batch: int = 256) -> np.ndarray:
-    """A transformer's predictive after every prefix, evaluated in float64, (B, T-m+1, S) ndarray."""
+    """A transformer's predictive after every prefix, evaluated in float64, (B, T-m+1, S) ndarray
+    (``exp`` of :meth:`log_probs`, which every model of :mod:`mtdmath.nn` has)."""
     model = model.to(device=device, dtype=torch.float64).eval()
     outs = []
     for a in range(0, tokens.shape[0], batch):
         y = torch.as_tensor(tokens[a : a + batch], device=device)
-        outs.append(model(y).cpu().numpy())
+        outs.append(model.log_probs(y).exp().cpu().numpy())
     return np.concatenate(outs, axis=0)
 
 
