@@ -290,36 +290,36 @@ def test_each_subcommand_with_explicit_options(quick_all, tmp_path):
     ck = str(quick_all / "train/checkpoints")
     est = main(["estimators", "--quick", "--orders", "2", "--n-seqs", "4", "--T", "9", "--seed", "1",
                 "--out", str(tmp_path / "e"), "--no-progress"])
-    assert est["config"].orders == (2,) and est["config"].T == 9
-    assert list(est["results"]) == ["m=2"] and len(est["results"]["m=2"]["L"]) == 8
+    assert est.config.orders == (2,) and est.config.T == 9
+    assert list(est.results) == ["m=2"] and len(est.results["m=2"].L) == 8
     tr = main(["train", "--quick", "--models", "md", "--steps-md", "3", "--log-every", "1",
                "--out", str(tmp_path / "t"), "--no-progress"])
-    assert list(tr["models"]) == ["md3"] and tr["models"]["md3"]["loss_curve"]["step"] == [1, 2, 3]
+    assert list(tr.models) == ["md3"] and tr.models["md3"].loss_curve["step"] == [1, 2, 3]
     # any depth by spec; the deepest standard model is the one `depth` compares
     tr = main(["train", "--quick", "--models", "std:L=4,d=8,h=2", "std:L=1", "--steps-std", "2", "--no-reference",
                "--out", str(tmp_path / "t2"), "--no-progress"])
-    assert list(tr["models"]) == ["std4_d8_h2", "std1"]
-    assert tr["models"]["std4_d8_h2"]["model_config"]["n_layers"] == 4
-    assert "construction_nll" not in tr["models"]["std1"]["loss_curve"]
+    assert list(tr.models) == ["std4_d8_h2", "std1"]
+    assert tr.models["std4_d8_h2"].model_config["n_layers"] == 4
+    assert "construction_nll" not in tr.models["std1"].loss_curve
     dep = main(["depth", "--quick", "--checkpoints", str(tmp_path / "t2/checkpoints"), "--n-eval", "3", "--T", "8",
                 "--out", str(tmp_path / "d2"), "--no-progress"])
-    assert dep["deepest"] == "std4_d8_h2" and dep["standard_models"] == ["std1", "std4_d8_h2"]
+    assert dep.deepest == "std4_d8_h2" and dep.standard_models == ["std1", "std4_d8_h2"]
     # --orders alone: --n-seqs follows the orders; --em-steps shows in the label
     est = main(["estimators", "--quick", "--orders", "4", "--T", "8", "--em-steps", "3", "--out", str(tmp_path / "e4"),
                 "--no-progress"])
-    assert est["config"].n_seqs == (6,) and est["labels"]["em"] == "EM (3 steps)"
+    assert est.config.n_seqs == (6,) and est.labels["em"] == "EM (3 steps)"
     for cmd in ("compare", "depth"):
         res = main([cmd, "--quick", "--checkpoints", ck, "--n-eval", "3", "--T", "8",
                     "--out", str(tmp_path / cmd), "--no-progress"])
         assert (tmp_path / cmd / f"{cmd}.json").is_file()
-        assert len(res["kl_mean"]["bayes"]) == 8 - res["m"] + 1
+        kl, m = (res.kl_mean, res.m) if cmd == "depth" else (res["kl_mean"], res["m"])
+        assert len(kl["bayes"]) == 8 - m + 1
 
 
 def test_help_documents_every_option():
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    for name, (cfg_cls, _, _) in EXPERIMENTS.items():
-        text = sub.choices[name].format_help()
+    for name, (cfg_cls, *_) in EXPERIMENTS.items():
+        text = parser.subcommand_parsers[name].format_help()
         for opt in ("--seed", "--out", "--device", "--quick", "--threads"):
             assert opt in text
         for f in cfg_cls.__dataclass_fields__.values():
@@ -337,14 +337,14 @@ def test_help_documents_every_option():
         (["train", "--quick", "--T", "2"], "T must be >= m + 2"),
         (["train", "--quick", "--models", "md4"], "model spec 'md4'"),
         (["train", "--quick", "--models", "std:L=0"], "L must be >= 1"),
-        (["train", "--quick", "--batch", "0"], "batch must be >= 1"),
+        (["train", "--quick", "--batch", "0"], "batch must be an integer in 1 … 65536 (got 0)"),
         (["compare", "--quick", "--checkpoints", "/nonexistent/dir"], "checkpoints: /nonexistent/dir"),
         (["estimators", "--quick", "--orders", "2", "3", "--n-seqs", "5"], "n_seqs must have one entry per order"),
         (["estimators", "--quick", "--orders", "0"], "orders must be"),
-        (["estimators", "--threads", "0"], "threads must be >= 1"),
+        (["estimators", "--threads", "0"], "threads must be an integer in 1 … 1024 (got 0)"),
         (["sweep", "--quick", "--backend", "slurm"], "backend must be one of"),
         (["sweep", "--quick", "--address", "auto"], "address is only used with --backend ray"),
-        (["sweep", "--quick", "--Ts", "3"], "Ts must be >= m + 2"),
+        (["sweep", "--quick", "--Ts", "3"], "T must be >= m + 2 (got T=3, m=2)"),
     ],
 )
 def test_configuration_errors_are_one_line_exit_2(argv, words, capsys):
@@ -478,3 +478,26 @@ def test_band_difference_sees_through_the_m2_sign_symmetry_and_not_more():
     with torch.no_grad():
         blind.w1.zero_()
     assert band_difference(blind, co, tokens, device=torch.device("cpu"))["layer1_aligned"]["max"] > 0.2
+
+
+def test_typed_results_read_back_from_their_json(quick_all):
+    from mtdmath.experiments.estimators import EstimatorsConfig, EstimatorsResult, OrderCurves
+    from mtdmath.experiments.train import ModelRecord, TrainConfig, TrainResult
+
+    est = EstimatorsResult.read(quick_all / "estimators/estimators.json")
+    raw = _load(quick_all / "estimators/estimators.json")
+    assert isinstance(est.config, EstimatorsConfig) and est.config.orders == tuple(raw["config"]["orders"])
+    assert all(isinstance(r, OrderCurves) for r in est.results.values())
+    r = est.results["m=2"]
+    assert r.kl_mean == raw["results"]["m=2"]["kl_mean"] and r.L == raw["results"]["m=2"]["L"]
+    np.testing.assert_array_equal(r.pi, np.asarray(raw["results"]["m=2"]["pi"]))
+    from mtdmath.experiments.depth import DepthResult, TunedStep
+
+    dep = DepthResult.read(quick_all / "depth/depth.json")
+    assert all(isinstance(t, TunedStep) for t in dep.tuned_steps.values()) and dep.deepest == "std5"
+    tr = TrainResult.read(quick_all / "train/train.json")
+    assert isinstance(tr.config, TrainConfig) and all(isinstance(v, ModelRecord) for v in tr.models.values())
+    assert tr.models["md3"].loss_curve == _load(quick_all / "train/train.json")["models"]["md3"]["loss_curve"]
+    # written again, the JSON is the same text: one writer, nothing lost on the way back
+    est.write(quick_all / "reread.json")
+    assert (quick_all / "reread.json").read_text() == (quick_all / "estimators/estimators.json").read_text()

@@ -73,8 +73,9 @@ def test_uniform_alpha_makes_the_two_one_parameter_forms_identical():
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(orders=(1,)), "orders must be"), (dict(Ls=()), "Ls must be"), (dict(n_boot=1), "n_boot must be >= 2"),
-    (dict(nonuniform_alpha=(1.0, -1.0)), "nonuniform_alpha"), (dict(n_eval=1), "n_eval must be >= 2")])
+    (dict(orders=(1,)), "orders must be"), (dict(Ls=()), "Ls must be"), (dict(n_boot=1), "n_boot must be an integer in 2 "),
+    (dict(nonuniform_alpha=(1.0, -1.0)), "nonuniform_alpha"), (dict(n_eval=1), "n_eval must be an integer in 2 "),
+    (dict(bayes_budget=-1.0), "bayes_budget must be a finite number > 0")])
 def test_config_errors(kw, words):
     with pytest.raises(ValueError, match=words):
         StepsizeConfig(**kw)

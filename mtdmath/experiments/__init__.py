@@ -11,16 +11,20 @@
   K.2 corrected one-step estimator against MD and Bayes (:mod:`.stepsize`);
 - ``adaptive`` — the context-adaptive MD step c/(n+m+a) of a softmax layer 2 with an attention
   sink: fitted, constructed, trained and compared with the loss-optimal steps (:mod:`.adaptive`);
-- ``sweep`` — a grid of seeds × orders × T × model specs × steps, locally or on Ray (:mod:`.sweep`);
+- ``sweep`` — a grid over any job field (seeds, orders, T, model specs, steps, learning rate,
+  weight decay, alpha, …) on a local pool, Ray or SLURM, into a tidy table (:mod:`.sweep`,
+  :func:`load_sweep`);
 - ``all`` — estimators, stepsize, train, compare and depth with the default configs, plus a
   summary of the targets and hypotheses and the git commit (and dirty flag) of each.
 
-Each experiment has a config dataclass; the functions ``run_*`` take it, an output directory,
-a seed and a torch device, and return the dict written to JSON.
+Each experiment has a config dataclass (:mod:`.config`: constrained field types, the shared
+:class:`TaskConfig`); the functions ``run_*`` take it, an output directory, a seed and a torch
+device, and return the run's result (written to JSON).
 """
 from .adaptive import AdaptiveConfig
 from .adaptive import run as run_adaptive
 from .cli import main, run_all
+from .config import PriorConfig, TaskConfig
 from .compare import CompareConfig
 from .compare import run as run_compare
 from .depth import DepthConfig
@@ -30,7 +34,7 @@ from .estimators import run as run_estimators
 from .prefix_bayes import posterior_mean_all_prefixes
 from .stepsize import StepsizeConfig
 from .stepsize import run as run_stepsize
-from .sweep import SweepConfig
+from .sweep import JobConfig, JobResult, SweepConfig, SweepResult, load_sweep
 from .sweep import run as run_sweep
 from .train import TrainConfig
 from .train import run as run_train
@@ -39,6 +43,7 @@ __all__ = [
     "main", "run_all",
     "EstimatorsConfig", "TrainConfig", "CompareConfig", "DepthConfig", "SweepConfig", "StepsizeConfig",
     "run_estimators", "run_train", "run_compare", "run_depth", "run_sweep", "run_stepsize",
-    "AdaptiveConfig", "run_adaptive",
+    "AdaptiveConfig", "run_adaptive", "PriorConfig", "TaskConfig",
+    "JobConfig", "JobResult", "SweepResult", "load_sweep",
     "posterior_mean_all_prefixes",
 ]

@@ -42,12 +42,14 @@ import torch
 from scipy.optimize import minimize, minimize_scalar
 
 import mtdmath as M
-from mtdmath.nn import (ICLTask, MDTransformer, fit_adaptive_step, load_checkpoint, matched_step, model_from_spec,
-                        save_checkpoint, step_by_n)
+from mtdmath.nn import (ICLTask, MDTransformer, fit_adaptive_step, matched_step, model_from_spec, save_checkpoint,
+                        step_by_n)
 from mtdmath.nn import train as nn_train
 from mtdmath.nn.probe import _kl_rows, _neg_entropy, _OneStepPrefixes
 
 from . import common as X
+from .config import (Batch, Length, NonNegativeInt, PositiveFloat, Seed, Sequences, Steps, TaskConfig,
+                     check_attention_size)
 from .prefix_bayes import posterior_mean_all_prefixes
 
 #: the stream key of this experiment (``common`` uses 1-6)
@@ -69,58 +71,47 @@ COLORS = {"md1": "tab:blue", "md1_eta_train": "tab:green", "md1_eta_opt_L": "dar
 
 
 @dataclass
-class AdaptiveConfig:
-    """Configuration of the ``adaptive`` experiment."""
+class AdaptiveConfig(TaskConfig):
+    """Configuration of the ``adaptive`` experiment (S, concentration, alpha, m, T:
+    :class:`~mtdmath.experiments.config.TaskConfig`)."""
 
-    m: int = field(default=2, metadata={"help": "MTD order of the task"})
-    S: int = field(default=8, metadata={"help": "vocabulary size"})
-    concentration: float = field(default=0.5, metadata={"help": "Dirichlet concentration of the rows of pi"})
-    alpha: float = field(default=1.0, metadata={"help": "uniform prior value: alpha = ALPHA·1_m"})
-    T: int = field(default=128, metadata={
+    T: Length = field(default=128, metadata={
         "help": "longest context L evaluated and trained (training sequences have T+1 tokens, the objective is L = m..T)"})
-    n_fit: int = field(default=1024, metadata={"help": "sequences the steps and (c, a) are fitted on"})
-    n_eval: int = field(default=1000, metadata={"help": "disjoint evaluation sequences (every KL, paired)"})
-    n_boot: int = field(default=20, metadata={"help": "bootstrap resamples of the fit set for the s.e. of (c, a), η_train, η_opt(L)"})
+    n_fit: Sequences = field(default=1024, metadata={"help": "sequences the steps and (c, a) are fitted on"})
+    n_eval: Sequences = field(default=1000, metadata={"help": "disjoint evaluation sequences (every KL, paired)"})
+    n_boot: Sequences = field(default=20, metadata={
+        "help": "bootstrap resamples of the fit set for the s.e. of (c, a), η_train, η_opt(L)"})
     stepsize_json: str = field(default="docs/figures/stepsize.json", metadata={
         "help": "the `stepsize` run whose η_opt(L) (setting m=M) fit (i) uses; recomputed when missing, empty or of another task"})
-    stepsize_Ls: tuple[int, ...] = field(default=(8, 16, 32, 64, 128, 256), metadata={
+    stepsize_Ls: tuple[Length, ...] = field(default=(8, 16, 32, 64, 128, 256), metadata={
         "help": "context lengths of η_opt(L) when it is recomputed"})
-    stepsize_n: int = field(default=512, metadata={"help": "n_train = n_test of optimal_step when η_opt(L) is recomputed"})
-    k_tuned: tuple[int, ...] = field(default=(2, 3), metadata={"help": "k of the k-step MD baselines with a tuned constant step"})
-    k_n_train: int = field(default=256, metadata={"help": "sequences optimal_step tunes the k-step MD steps on"})
-    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "training seeds (initial weights and batch stream)"})
-    steps: int = field(default=2500, metadata={"help": "optimiser steps of each trained model"})
-    batch: int = field(default=64, metadata={"help": "sequences per step"})
-    lr: float = field(default=1e-2, metadata={"help": "peak learning rate (AdamW, cosine, no weight decay: as `train`'s md)"})
-    warmup: int = field(default=200, metadata={"help": "linear warm-up steps"})
-    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clipping threshold"})
-    n_probe: int = field(default=256, metadata={"help": "evaluation sequences given to step_by_n / matched_step"})
+    stepsize_n: Sequences = field(default=512, metadata={
+        "help": "n_train = n_test of optimal_step when η_opt(L) is recomputed"})
+    k_tuned: tuple[Steps, ...] = field(default=(2, 3), metadata={
+        "help": "k of the k-step MD baselines with a tuned constant step"})
+    k_n_train: Sequences = field(default=256, metadata={"help": "sequences optimal_step tunes the k-step MD steps on"})
+    seeds: tuple[Seed, ...] = field(default=(0, 1, 2), metadata={
+        "help": "training seeds (initial weights and batch stream)"})
+    steps: Steps = field(default=2500, metadata={"help": "optimiser steps of each trained model"})
+    batch: Batch = field(default=64, metadata={"help": "sequences per step"})
+    lr: PositiveFloat = field(default=1e-2, metadata={
+        "help": "peak learning rate (AdamW, cosine, no weight decay: as `train`'s md)"})
+    warmup: NonNegativeInt = field(default=200, metadata={"help": "linear warm-up steps"})
+    grad_clip: PositiveFloat = field(default=1.0, metadata={"help": "gradient-norm clipping threshold"})
+    n_probe: Sequences = field(default=256, metadata={"help": "evaluation sequences given to step_by_n / matched_step"})
     std_checkpoints: tuple[str, ...] = field(default=("runs/paper/train/checkpoints/std3.pt",
                                                       "runs/paper/train/checkpoints/std5.pt"), metadata={
         "help": "trained StandardTransformer checkpoints probed for an n-dependent step (missing ones are skipped)"})
-    table_L: tuple[int, ...] = field(default=(16, 32, 64, 128), metadata={"help": "context lengths of the tables"})
+    table_L: tuple[Length, ...] = field(default=(16, 32, 64, 128), metadata={"help": "context lengths of the tables"})
 
-    def __post_init__(self) -> None:
-        for name in ("stepsize_Ls", "k_tuned", "seeds", "std_checkpoints", "table_L"):
-            setattr(self, name, tuple(getattr(self, name)))
+    def validate(self) -> None:
         if self.m < 2:
             raise ValueError(f"m must be >= 2: a step moves lam only for m >= 2 (got {self.m})")
         if self.S < 2:
             raise ValueError(f"S must be >= 2 (got {self.S})")
         if self.T < self.m + 3:
             raise ValueError(f"T must be >= m + 3 (got T={self.T}, m={self.m})")
-        for name in ("n_fit", "n_eval", "n_boot", "stepsize_n", "k_n_train", "n_probe"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"{name} must be >= 2 (got {getattr(self, name)})")
-        for name in ("steps", "batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0 (got {self.warmup})")
-        for name in ("lr", "grad_clip", "concentration", "alpha"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct integers >= 0, at least one (got {self.seeds})")
         if any(k < 2 for k in self.k_tuned):
             raise ValueError(f"k_tuned must hold k >= 2 (got {self.k_tuned})")
@@ -128,6 +119,7 @@ class AdaptiveConfig:
             raise ValueError(f"table_L must be non-empty, each in m..T = {self.m}..{self.T} (got {self.table_L})")
         if not self.stepsize_Ls or any(L < self.m + 1 for L in self.stepsize_Ls):
             raise ValueError(f"stepsize_Ls must be non-empty, each >= m + 1 (got {self.stepsize_Ls})")
+        check_attention_size(batch=self.batch, T=self.T + 1, heads=1)
 
     @classmethod
     def quick(cls, **kw: Any) -> "AdaptiveConfig":
@@ -319,7 +311,7 @@ def probe_standard(paths: tuple[str, ...], device: torch.device, n_probe: int, s
         if not path.is_file():
             out[path.stem] = {"checkpoint": str(path), "skipped": "checkpoint not found"}
             continue
-        model, info = load_checkpoint(path, device=device, dtype=torch.float64)
+        model, info = X.read_checkpoint(path, device)
         task = info["task"]
         if task is None or isinstance(model, MDTransformer):
             out[path.stem] = {"checkpoint": str(path), "skipped": "not a StandardTransformer with a saved task"}

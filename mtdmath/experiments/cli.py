@@ -1,184 +1,205 @@
 """Command line of the experiments: ``python -m mtdmath.experiments SUBCOMMAND [options]``.
 
-Every field of an experiment's config dataclass is an option (``--field-name``), with its help
-text and default shown by ``--help``; ``--quick`` switches to the config's sub-minute smoke
-defaults (options given explicitly still win).
+The parser is jsonargparse's, built from each experiment's config dataclass
+(:mod:`mtdmath.experiments.config`): every field is an option (``--field_name`` or
+``--field-name``) whose type carries its constraint; ``--config FILE.yaml`` reads options from a
+YAML file (options after it win), ``--print_config`` prints the resolved config as YAML (it reruns
+the experiment as ``--config``), ``--quick`` switches to the config's sub-minute smoke defaults
+(explicit options still win). Every configuration error is one ``error: …`` line on stderr and
+exit status 2.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 import typing
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from . import common as X
 from .adaptive import AdaptiveConfig
 from .adaptive import run as run_adaptive
 from .compare import CompareConfig
 from .compare import run as run_compare
-from .depth import DepthConfig
+from .config import Seed, Threads, help_of, one_line
+from .depth import DepthConfig, DepthResult
 from .depth import run as run_depth
-from .estimators import EstimatorsConfig
+from .estimators import EstimatorsConfig, EstimatorsResult
 from .estimators import run as run_estimators
 from .stepsize import StepsizeConfig
 from .stepsize import run as run_stepsize
 from .sweep import SweepConfig
 from .sweep import run as run_sweep
-from .train import TrainConfig
+from .train import TrainConfig, TrainResult
 from .train import run as run_train
 
+#: subcommand -> (config class, run function, one-line summary, description)
 EXPERIMENTS = {
-    "estimators": (EstimatorsConfig, run_estimators,
+    "estimators": (EstimatorsConfig, run_estimators, "KL vs context length of MD, EM, MLE, Bayes and the construction",
                    "KL to the ground truth vs context length for one-step MD, k-step MD (k = 1…5), EM, MLE, exact "
                    "Bayes and the constructed transformer (which must coincide with one-step MD); orders m = 2, 3, 5."),
-    "train": (TrainConfig, run_train,
+    "train": (TrainConfig, run_train, "train the disentangled and standard transformers from scratch",
               "Train transformers given by spec (md: the disentangled 3-layer MDTransformer; std:L=5,d=32,h=2: a "
               "StandardTransformer of any depth/width/heads) from scratch on the in-context MTD task (next-token "
               "cross-entropy, AdamW, batches drawn on the device); saves checkpoints and loss curves."),
-    "compare": (CompareConfig, run_compare,
+    "compare": (CompareConfig, run_compare, "trained vs constructed vs one-step MD (from `train` checkpoints)",
                 "From `train` checkpoints: KL vs L for the trained models, the construction, one-step MD and exact "
                 "Bayes; attention maps trained vs constructed; learned W1 vs column-normalised pi."),
-    "depth": (DepthConfig, run_depth,
+    "depth": (DepthConfig, run_depth, "the deepest trained standard model vs k-step MD and Bayes",
               "From `train` checkpoints: the standard transformers (the deepest compared in pairs) vs k-step MD "
               "(k = 1…5) vs exact Bayes."),
-    "stepsize": (StepsizeConfig, run_stepsize,
+    "stepsize": (StepsizeConfig, run_stepsize, "the loss-optimal one-step MD step η_opt(L) vs η*",
                  "The loss-optimal one-step MD step η_opt(L) (tuned on held-out sequences, bootstrap s.e.) for m = 2, 3, "
                  "5, a non-uniform alpha and a second pi; KL at η_opt(L), at η*, exact Bayes and the K.2 corrected "
                  "one-step estimator; fits of 1/η_opt against n = L − m (c/L, c/(α₀+n), A + B·n) with χ²/dof."),
-    "adaptive": (AdaptiveConfig, run_adaptive,
+    "adaptive": (AdaptiveConfig, run_adaptive, "the context-adaptive MD step c/(n+m+a) of a softmax-sink layer 2",
                  "The context-adaptive MD step c/(n+m+a) of a softmax layer 2 with an attention sink (docs/math.md "
                  "§5.6): (c, a) fitted to η_opt(L) of `stepsize` and by minimising the training objective (s.e.); KL vs "
                  "L of the adaptive construction against one-step MD at η*, η_train, η_opt(L), exact Bayes and tuned "
                  "k-step MD; the learnable adaptive model (mdsink) and the fixed-step md trained on the same seeds "
                  "(paired); the n-dependent step of trained standard transformers."),
-    "sweep": (SweepConfig, run_sweep,
-              "A grid of independent train-and-evaluate jobs (seeds × orders × T × model specs × steps) on a local "
-              "process pool or on Ray (--backend ray [--address ADDR]); resumable (finished jobs are skipped by a "
-              "config hash); aggregates mean ± s.e. over seeds."),
+    "sweep": (SweepConfig, run_sweep, "a grid of train-and-evaluate jobs on a process pool, Ray or SLURM",
+              "A grid of independent train-and-evaluate jobs over any job field (seeds × orders × T × model specs × "
+              "steps × --axes: lr, weight_decay, alpha, concentration, S, n_layers, …) on a local process pool, on Ray "
+              "(--backend ray [--address ADDR]) or on SLURM through submitit (--backend submitit); resumable "
+              "(finished jobs are skipped by a config hash); a tidy results.csv (one row per job and metric) and "
+              "mean ± s.e. over seeds."),
 }
-
-COMMON_HELP = """common options:
-  --seed N          base seed of every random stream (pi, data, initial weights, evaluation sets)
-  --out DIR         output directory (JSON, PNG figures; `train` also writes DIR/checkpoints/)
-  --device cpu|cuda torch device of the transformers (the NumPy estimators always run on the CPU)
-  --quick           tiny configs that finish in seconds (smoke test); explicit options still win
-  --threads N       torch.set_num_threads (default 1: on a small shared machine one thread per
-                    process is fastest; oversubscribed threads slow torch down badly)
-  --no-progress     hide the tqdm progress bars
-"""
+ALL_DESCRIPTION = ("Run estimators, stepsize, train, compare and depth in turn with their default configs (or --quick "
+                   "ones) under OUT/<subcommand>/, then write OUT/summary.json and OUT/summary.md (the results table "
+                   "and the paper's targets, met or missed).")
 
 
-def _field_type(f: dataclasses.Field, hints: dict[str, Any]) -> tuple[Any, str | None]:
-    """(element type, nargs) of a config field, from its annotation."""
-    tp = hints[f.name]
-    if typing.get_origin(tp) is tuple:
-        return typing.get_args(tp)[0], "+"
-    return tp, None
+def _show(v: Any) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
 
 
-def _add_config_options(p: argparse.ArgumentParser, cfg_cls: type, quick: Any) -> None:
-    g = p.add_argument_group(f"{cfg_cls.__name__} options")
+def _add_config_options(p: ArgumentParser, cfg_cls: type, quick: bool) -> None:
+    """One option per field of ``cfg_cls``, typed by its annotation (jsonargparse checks the constraint)."""
     hints = typing.get_type_hints(cfg_cls)
+    full, small = cfg_cls(), cfg_cls.quick()
     for f in dataclasses.fields(cfg_cls):
-        tp, nargs = _field_type(f, hints)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        qd = getattr(quick, f.name)
-
-        def show(v: Any) -> str:
-            return " ".join(map(str, v)) if isinstance(v, tuple) else str(v)
-
-        extra = f" (default: {show(default)}" + ("" if qd == default else f"; with --quick: {show(qd)}") + ")"
-        opt = f"--{f.name.replace('_', '-')}"
+        tp = hints[f.name]
+        d, qd = getattr(full, f.name), getattr(small, f.name)
+        if f.name == "n_seqs":  # resolved per order: the option's default is the rule, not the numbers
+            d = qd = ()
+        # jsonargparse adds the type and the default in force; the other one is noted here
+        extra = "" if qd == d else (f" (without --quick: {_show(d)})" if quick else f" (with --quick: {_show(qd)})")
+        default = qd if quick else d
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         if tp is bool:
-            g.add_argument(opt, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction, default=None,
-                           help=f.metadata.get("help", "") + extra)
+            p.add_argument(*names, action=ActionYesNo(no_prefix="no-"), default=default, help=help_of(f) + extra)
             continue
-        g.add_argument(opt, dest=f"cfg_{f.name}", type=tp, nargs=nargs,
-                       default=None, metavar=f.name.upper(), help=f.metadata.get("help", "") + extra)
+        if typing.get_origin(tp) is tuple:
+            p.add_argument(*names, type=typing.get_args(tp)[0], nargs="*", default=list(default),
+                           help=help_of(f) + extra)
+            continue
+        p.add_argument(*names, type=tp, default=default, help=help_of(f) + extra)
 
 
-def _add_common(p: argparse.ArgumentParser, name: str) -> None:
+def _add_common(p: ArgumentParser, name: str) -> None:
+    p.add_argument("--config", action=ActionConfigFile, help="a YAML file of options (as --print_config writes)")
     g = p.add_argument_group("common options")
-    g.add_argument("--seed", type=int, default=0, help="base seed of every random stream (default: 0)")
-    g.add_argument("--out", type=Path, default=None, help=f"output directory (default: runs/{name})")
-    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+    g.add_argument("--seed", type=Seed, default=0, help="base seed of every random stream (default: 0)")
+    g.add_argument("--out", type=str, default=f"runs/{name}", help=f"output directory (default: runs/{name})")
+    g.add_argument("--device", type=Literal["cpu", "cuda"], default="cpu",
                    help="torch device of the transformers; NumPy estimators run on the CPU (default: cpu)")
     g.add_argument("--quick", action="store_true", help="sub-minute smoke configs (explicit options still win)")
-    g.add_argument("--threads", type=int, default=1,
+    g.add_argument("--threads", type=Threads, default=1,
                    help="torch.set_num_threads; 1 is fastest on a small shared CPU (default: 1)")
-    g.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+    g.add_argument("--no-progress", "--no_progress", action="store_true", help="hide the tqdm progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mtdmath.experiments",
+def build_parser(quick: bool = False) -> ArgumentParser:
+    """The parser; ``quick`` makes the ``--quick`` values the defaults (``main`` sets it when ``--quick`` is given)."""
+    parser = ArgumentParser(
+        prog="python -m mtdmath.experiments", exit_on_error=False, env_prefix="MTDMATH", default_env=False,
         description="Reproduce the paper's experiments (docs/math.md §6): trained transformers vs the mirror-descent "
                     "construction vs k-step MD, EM, MLE and exact Bayes. Each subcommand writes PNG figures and a "
-                    "JSON file with every plotted number, its config, seed, package versions and run time.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=COMMON_HELP)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-    for name, (cfg_cls, _, desc) in EXPERIMENTS.items():
-        p = sub.add_parser(name, help=desc.split(";")[0], description=desc,
-                           )
+                    "JSON file with every plotted number, its config, seed, package versions and run time; "
+                    "SUBCOMMAND --print_config prints its full config as YAML, SUBCOMMAND --config FILE reads it.")
+    sub = parser.add_subcommands(dest="command", required=True)
+    parser.subcommand_parsers = {}  # name -> parser: `main` dumps the resolved config with it
+    for name, (cfg_cls, _, summary, desc) in EXPERIMENTS.items():
+        p = ArgumentParser(prog=f"python -m mtdmath.experiments {name}", description=desc, exit_on_error=False)
         _add_common(p, name)
-        _add_config_options(p, cfg_cls, cfg_cls.quick())
-    p = sub.add_parser("all", help="run estimators, stepsize, train, compare and depth with the default configs",
-                       description="Run estimators, stepsize, train, compare and depth in turn with their default configs "
-                                   "(or --quick ones) under OUT/<subcommand>/, then write OUT/summary.json and "
-                                   "OUT/summary.md (the results table and the paper's targets, met or missed).")
+        _add_config_options(p, cfg_cls, quick)
+        sub.add_subcommand(name, p, help=summary)
+        parser.subcommand_parsers[name] = p
+    p = ArgumentParser(prog="python -m mtdmath.experiments all", description=ALL_DESCRIPTION, exit_on_error=False)
     _add_common(p, "all")
+    sub.add_subcommand("all", p, help="estimators, stepsize, train, compare and depth with the default configs, "
+                                      "and a summary")
+    parser.subcommand_parsers["all"] = p
     return parser
 
 
-def _make_config(cfg_cls: type, args: argparse.Namespace) -> Any:
-    """The config from the options given (the rest: defaults, or the --quick ones), validated by
-    the dataclass itself, so options that depend on each other (--orders and --n-seqs) agree."""
-    given = {f.name: getattr(args, f"cfg_{f.name}") for f in dataclasses.fields(cfg_cls)
-             if getattr(args, f"cfg_{f.name}", None) is not None}
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
-    return cfg_cls.quick(**given) if args.quick else cfg_cls(**given)
+def make_config(cfg_cls: type, values: Any) -> Any:
+    """The config from the parsed values; the dataclass checks its fields and their relations."""
+    return cfg_cls(**{f.name: values[f.name] for f in dataclasses.fields(cfg_cls)})
+
+
+def check_out(out: Path) -> Path:
+    """The output directory, created and shown writable before any work (else a ValueError naming ``out``)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} is a regular file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise ValueError(f"out: cannot write to {out} ({e.strerror or e})") from None
+    return out
 
 
 def _fail(msg: str) -> typing.NoReturn:
-    print(f"error: {msg}", file=sys.stderr)
+    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
     raise SystemExit(2)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` and run; returns the JSON dict of the run (the summary for ``all``).
+def main(argv: Sequence[str] | None = None) -> Any:
+    """Parse ``argv`` and run; returns the run's result (the summary for ``all``).
 
-    A configuration error (a bad option value, a missing checkpoint, an option that contradicts
-    another) prints one line ``error: …`` to stderr and exits with status 2, as argparse does for
-    unknown options; no traceback.
+    A configuration error (a bad option value, a missing or unreadable checkpoint, an output
+    directory that cannot be written, options that contradict each other) prints one line
+    ``error: …`` to stderr and exits with status 2; no traceback.
     """
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(quick="--quick" in argv)
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit:
+        raise
+    except Exception as e:  # jsonargparse's ArgumentError (a value against its type, an unknown option)
+        _fail(one_line(str(e)))
+    cmd = ns.command
+    args = ns[cmd]
     try:
         device = X.resolve_device(args.device)
-        if args.threads < 1:
-            raise ValueError(f"threads must be >= 1 (got {args.threads})")
-        if args.seed < 0:
-            raise ValueError(f"seed must be >= 0 (got {args.seed})")
-        cfg = None if args.command == "all" else _make_config(EXPERIMENTS[args.command][0], args)
+        cfg = None if cmd == "all" else make_config(EXPERIMENTS[cmd][0], args)
+        out = check_out(Path(args.out))
     except ValueError as e:
         _fail(str(e))
-    torch.set_num_threads(args.threads)
-    out = args.out if args.out is not None else Path("runs") / args.command
+    # the resolved config, as --print_config shows it: `--config OUT/config.yaml` reruns the experiment
+    (out / "config.yaml").write_text(parser.subcommand_parsers[cmd].dump(args, skip_none=False))
+    torch.set_num_threads(int(args.threads))
+    seed = int(args.seed)  # a plain int: the parser's bounded type would travel into checkpoints and pickles
     progress = not args.no_progress
+    t0 = time.perf_counter()
     try:
-        if args.command == "all":
-            return run_all(out, seed=args.seed, device=device, quick=args.quick, progress=progress)
-        run = EXPERIMENTS[args.command][1]
-        res = run(cfg, out, seed=args.seed, device=device, progress=progress)
+        if cmd == "all":
+            return run_all(out, seed=seed, device=device, quick=args.quick, progress=progress)
+        res = EXPERIMENTS[cmd][1](cfg, out, seed=seed, device=device, progress=progress)
     except X.ConfigError as e:
-        # found when the run starts: missing or mismatched checkpoints, a backend not installed
+        # found when the run starts: missing, corrupt or mismatched checkpoints, a backend not installed
         _fail(str(e))
-    print(f"{args.command}: wrote {out}/ in {res['meta']['run_time_s']:.1f} s", file=sys.stderr)
+    print(f"{cmd}: wrote {out}/ in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return res
 
 
@@ -206,12 +227,13 @@ def run_all(out: Path, *, seed: int, device: torch.device, quick: bool, progress
     return summary
 
 
-def summarize(est: dict, tr: dict, cmp_: dict, dep: dict, ss: dict | None = None) -> dict[str, Any]:
+def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: DepthResult, ss: dict | None = None
+              ) -> dict[str, Any]:
     """The results table, the targets and hypotheses (met or missed) from the runs' JSON dicts, and
     the git commit and dirty-tree flag each subcommand ran at."""
     table: dict[str, Any] = {}
-    for key, r in est["results"].items():
-        table[f"estimators {key}"] = r["table"]
+    for key, r in est.results.items():
+        table[f"estimators {key}"] = r.table
     table[f"trained m={cmp_['m']}"] = {
         L: {k: v for k, v in row.items() if k in ("trained_md3", "construction", "md1_eta_train", "bayes") or k.startswith("std")}
         for L, row in cmp_["table"].items()}
@@ -220,14 +242,14 @@ def summarize(est: dict, tr: dict, cmp_: dict, dep: dict, ss: dict | None = None
     sa = cmp_["step_analysis"][cmp_["config"]["checkpoints"] if isinstance(cmp_["config"], dict)
                                else cmp_["config"].checkpoints]
     w1 = cmp_["w1"]["mean_row_kl"]
-    deep = dep["deepest"]
-    d2 = dep["deepest_minus_md"]["md2"]
-    deep_vs_md2 = {L: {deep: dep["table"][L][deep], "md2": dep["table"][L]["md2"], "paired_diff": d2[L]}
-                   for L in dep["table"]}
+    deep = dep.deepest
+    d2 = dep.deepest_minus_md["md2"]
+    deep_vs_md2 = {L: {deep: dep.table[L][deep], "md2": dep.table[L]["md2"], "paired_diff": d2[L]}
+                   for L in dep.table}
     hyp = sa["hypothesis"]
-    deep_vs_tuned = {L: {deep: dep["table"][L][deep], "md2_tuned": dep["table"][L]["md2_tuned"],
-                         "paired_diff": dep["deepest_minus_md"]["md2_tuned"][L]}
-                     for L in dep["table"] if "md2_tuned" in dep["table"][L]}
+    deep_vs_tuned = {L: {deep: dep.table[L][deep], "md2_tuned": dep.table[L]["md2_tuned"],
+                         "paired_diff": dep.deepest_minus_md["md2_tuned"][L]}
+                     for L in dep.table if "md2_tuned" in dep.table[L]}
     targets = {
         # replaces "trained within 0.01 nats of the construction": the trained model is not the η*
         # construction, the hypothesis is that it is one-step MD at the step its training objective favours
@@ -254,11 +276,12 @@ def summarize(est: dict, tr: dict, cmp_: dict, dep: dict, ss: dict | None = None
     band = {"max": bd["max"], "layer1_aligned": bd["layer1_aligned"]["max"], "layer1_aligned_mean": bd["layer1_aligned"]["mean"],
             "layer1": bd["layer1"]["max"], "layer3": bd["layer3"]["max"],
             "n_sequences": bd["n_sequences"]}
-    runs = {"estimators": est, "train": tr, "compare": cmp_, "depth": dep} | ({"stepsize": ss} if ss else {})
-    git = {k: r["meta"].get("git", {"commit": None, "dirty": None}) for k, r in runs.items()}
-    times = {"estimators": est["meta"]["run_time_s"], "train": tr["meta"]["run_time_s"],
-             "train_per_model": {k: v["train_time_s"] for k, v in tr["models"].items()},
-             "compare": cmp_["meta"]["run_time_s"], "depth": dep["meta"]["run_time_s"]}
+    metas = {"estimators": est.meta, "train": tr.meta, "compare": cmp_["meta"], "depth": dep.meta} | (
+        {"stepsize": ss["meta"]} if ss else {})
+    git = {k: meta.get("git", {"commit": None, "dirty": None}) for k, meta in metas.items()}
+    times = {"estimators": est.meta["run_time_s"], "train": tr.meta["run_time_s"],
+             "train_per_model": {k: v.train_time_s for k, v in tr.models.items()},
+             "compare": cmp_["meta"]["run_time_s"], "depth": dep.meta["run_time_s"]}
     if ss:
         times["stepsize"] = ss["meta"]["run_time_s"]
     extra: dict[str, Any] = {}
@@ -268,14 +291,14 @@ def summarize(est: dict, tr: dict, cmp_: dict, dep: dict, ss: dict | None = None
                                     "fit_chi2_dof": {f: v["fit"][f]["chi2_dof"] for f in ss["forms"]},
                                     "best_form": v["fit"]["best"]} for name, v in ss["results"].items()}
     extra["seed_spread"] = cmp_.get("seed_spread")
-    extra["depth_labels"] = dep.get("labels", {})
-    return {"table": table, "depth_table": dep["table"], "targets": targets, "band_difference": band, "git": git,
+    extra["depth_labels"] = dep.labels
+    return {"table": table, "depth_table": dep.table, "targets": targets, "band_difference": band, "git": git,
             **extra,
-            "labels": est.get("labels", {}), "run_times_s": times,
-            "construction_vs_md1_max_abs_prob_diff": {k: r["construction_vs_md1"]["max_abs_prob_diff"]
-                                                      for k, r in est["results"].items()},
-            "loadavg": {"estimators": [est["meta"]["loadavg_start"], est["meta"]["loadavg_end"]],
-                        "train": [tr["meta"]["loadavg_start"], tr["meta"]["loadavg_end"]]}}
+            "labels": est.labels, "run_times_s": times,
+            "construction_vs_md1_max_abs_prob_diff": {k: r.construction_vs_md1["max_abs_prob_diff"]
+                                                      for k, r in est.results.items()},
+            "loadavg": {"estimators": [est.meta["loadavg_start"], est.meta["loadavg_end"]],
+                        "train": [tr.meta["loadavg_start"], tr.meta["loadavg_end"]]}}
 
 
 def _fmt(v: list[float]) -> str:
@@ -368,9 +391,9 @@ def summary_from_files(estimators: Path, train: Path, compare: Path, depth: Path
     """Rebuild ``summary.json``/``summary.md`` in ``out`` from the subcommands' JSON files (when a
     subcommand was re-run alone): the same tables and targets as ``all``; each run keeps its own
     git state and run time."""
-    runs = [load_json(p) for p in (estimators, train, compare, depth)]
     ss = load_json(stepsize) if stepsize is not None else None
-    summary = summarize(*runs, ss)
+    summary = summarize(EstimatorsResult.read(estimators), TrainResult.read(train), load_json(compare),
+                        DepthResult.read(depth), ss)
     summary["meta"] = {"rebuilt_from": [str(p) for p in (estimators, train, compare, depth, stepsize) if p is not None],
                        "versions": X.package_versions()}
     X.write_json(out / "summary.json", summary)

@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+import typing
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +30,18 @@ import mtdmath as M
 class ConfigError(ValueError):
     """A configuration error found when a run starts (a missing checkpoint, a backend that is not
     installed): the CLI prints it as one ``error:`` line and exits with status 2."""
+
+
+def read_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """:func:`mtdmath.nn.load_checkpoint` in float64 on ``device``; a file that does not load (corrupt,
+    truncated, foreign) is a :class:`ConfigError` naming it, whatever the loader raised."""
+    from mtdmath.nn import load_checkpoint
+
+    try:
+        return load_checkpoint(path, device=device, dtype=torch.float64)
+    except Exception as e:  # noqa: BLE001 - the CLI turns any failure to load into one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"checkpoints: cannot load {path} ({type(e).__name__}: {first})") from None
 
 
 # --------------------------------------------------------------------------- seeds
@@ -139,12 +152,13 @@ def estimator_all_prefixes(tokens: np.ndarray, pi: np.ndarray, alpha: np.ndarray
 @torch.no_grad()
 def model_all_prefixes(model: torch.nn.Module, tokens: np.ndarray, *, device: torch.device,
                        batch: int = 256) -> np.ndarray:
-    """A transformer's predictive after every prefix, evaluated in float64, (B, T-m+1, S) ndarray."""
+    """A transformer's predictive after every prefix, evaluated in float64, (B, T-m+1, S) ndarray
+    (``exp`` of :meth:`log_probs`, which every model of :mod:`mtdmath.nn` has)."""
     model = model.to(device=device, dtype=torch.float64).eval()
     outs = []
     for a in range(0, tokens.shape[0], batch):
         y = torch.as_tensor(tokens[a : a + batch], device=device)
-        outs.append(model(y).cpu().numpy())
+        outs.append(model.log_probs(y).exp().cpu().numpy())
     return np.concatenate(outs, axis=0)
 
 
@@ -276,6 +290,39 @@ def write_json(path: Path, obj: dict[str, Any]) -> Path:
     assert json.dumps(json.loads(text), sort_keys=True) == json.dumps(data, sort_keys=True)
     path.write_text(text + "\n")
     return path
+
+
+@dataclasses.dataclass
+class Result:
+    """Base of the experiments' typed results: :func:`write_json` writes one, :meth:`read` reads it back."""
+
+    def write(self, path: Path) -> Path:
+        """Write this result as JSON (the one writer, :func:`write_json`)."""
+        return write_json(path, self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """The result from its JSON dict (configs and nested results rebuilt from their types)."""
+        return _from_dict(cls, d)
+
+    @classmethod
+    def read(cls, path: Path) -> Any:
+        """The result written to ``path`` by :meth:`write`."""
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+def _from_dict(tp: Any, v: Any) -> Any:
+    if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: _from_dict(hints[f.name], v[f.name]) for f in dataclasses.fields(tp)
+                     if f.init and f.name in v})
+    if tp is np.ndarray:
+        return np.asarray(v)
+    if typing.get_origin(tp) is dict:
+        vt = typing.get_args(tp)[1]
+        return {k: _from_dict(vt, x) for k, x in v.items()}
+    return v
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 90) -> Path:

@@ -40,9 +40,10 @@ import torch
 
 import mtdmath as M
 
-from mtdmath.nn import MDTransformer, load_checkpoint
+from mtdmath.nn import MDTransformer
 
 from . import common as X
+from .config import Config, Length, Sequences, Steps
 from .prefix_bayes import posterior_mean_all_prefixes
 
 
@@ -59,15 +60,15 @@ HYPOTHESIS_TOL = 0.005
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(Config):
     """Configuration of the ``compare`` experiment."""
 
     checkpoints: str = field(default="runs/train/checkpoints", metadata={
         "help": "directory holding md3.pt / std3.pt / std5.pt from `train` (those present are used; md3.pt is required)"})
-    n_eval: int = field(default=1000, metadata={"help": "evaluation sequences (fresh, from the checkpoints' pi)"})
-    T: int = field(default=64, metadata={"help": "evaluation sequence length: contexts L = m … T"})
-    attention_T: int = field(default=64, metadata={"help": "length of the sequence whose attention band is shown"})
-    n_band: int = field(default=256, metadata={
+    n_eval: Sequences = field(default=1000, metadata={"help": "evaluation sequences (fresh, from the checkpoints' pi)"})
+    T: Length = field(default=64, metadata={"help": "evaluation sequence length: contexts L = m … T"})
+    attention_T: Length = field(default=64, metadata={"help": "length of the sequence whose attention band is shown"})
+    n_band: Steps = field(default=256, metadata={
         "help": "evaluation sequences over which the band difference is measured (the first N_BAND)"})
     seed_checkpoints: tuple[str, ...] = field(default=(), metadata={
         "help": "more directories holding an md3.pt (other training seeds): the step analysis is repeated "
@@ -75,26 +76,10 @@ class CompareConfig:
     # 1024, not 256: on 256 sequences the tuned η_train of the seed-0 task came out 0.089 ± 0.004
     # against 0.098 ± 0.003 on 1024 (the argmin of a noisy sample mean of heavy-tailed per-sequence
     # KLs), a gap larger than its bootstrap s.e.
-    step_n_train: int = field(default=1024, metadata={
+    step_n_train: Sequences = field(default=1024, metadata={
         "help": "sequences optimal_step tunes η_train and η_opt(L) on (and as many held out)"})
-    step_n_boot: int = field(default=10, metadata={"help": "bootstrap resamples of optimal_step"})
-    n_probe: int = field(default=256, metadata={"help": "evaluation sequences given to effective_step"})
-
-    def __post_init__(self) -> None:
-        if self.n_eval < 2:
-            raise ValueError(f"n_eval must be >= 2 (got {self.n_eval})")
-        if self.n_band < 1:
-            raise ValueError(f"n_band must be >= 1 (got {self.n_band})")
-        self.seed_checkpoints = tuple(self.seed_checkpoints)
-        if self.step_n_train < 2:
-            raise ValueError(f"step_n_train must be >= 2 (got {self.step_n_train})")
-        if self.step_n_boot < 2:
-            raise ValueError(f"step_n_boot must be >= 2 (got {self.step_n_boot})")
-        if self.n_probe < 1:
-            raise ValueError(f"n_probe must be >= 1 (got {self.n_probe})")
-        for name in ("T", "attention_T"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"{name} must be >= 2 (got {getattr(self, name)})")
+    step_n_boot: Sequences = field(default=10, metadata={"help": "bootstrap resamples of optimal_step"})
+    n_probe: Steps = field(default=256, metadata={"help": "evaluation sequences given to effective_step"})
 
     @classmethod
     def quick(cls, checkpoints: str = "runs/train/checkpoints", **kw: Any) -> "CompareConfig":
@@ -113,7 +98,7 @@ def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = 
         raise X.ConfigError(f"checkpoints: {ck_dir} is not a directory (run `train` first)")
     models, infos = {}, {}
     for p in sorted(ck_dir.glob("*.pt")):
-        models[p.stem], infos[p.stem] = load_checkpoint(p, device=device, dtype=torch.float64)
+        models[p.stem], infos[p.stem] = X.read_checkpoint(p, device)
     has_md = "md3" in models and isinstance(models["md3"], MDTransformer)
     std = sorted((k for k, v in models.items() if not isinstance(v, MDTransformer)),
                  key=lambda k: (models[k].config.n_layers, k))

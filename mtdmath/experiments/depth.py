@@ -26,6 +26,7 @@ import mtdmath as M
 
 from . import common as X
 from .compare import load_models
+from .config import Config, Length, NonNegativeInt, Sequences
 
 MD_METHODS = ["md1", "md2", "md3", "md4", "md5"]
 TUNED = [f"md{k}_tuned" for k in range(1, 6)]
@@ -36,36 +37,70 @@ LABELS = {**{f"md{k}": f"{k}-step MD (η* each step{'; not 1st-order consistent'
 
 
 @dataclass
-class DepthConfig:
+class DepthConfig(Config):
     """Configuration of the ``depth`` experiment."""
 
     checkpoints: str = field(default="runs/train/checkpoints", metadata={
         "help": "directory of `train` checkpoints with at least one standard model (the deepest is compared)"})
-    n_eval: int = field(default=1000, metadata={"help": "evaluation sequences (fresh, from the checkpoints' pi)"})
-    T: int = field(default=64, metadata={"help": "evaluation sequence length: contexts L = m … T"})
+    n_eval: Sequences = field(default=1000, metadata={"help": "evaluation sequences (fresh, from the checkpoints' pi)"})
+    T: Length = field(default=64, metadata={"help": "evaluation sequence length: contexts L = m … T"})
     # 1024 as in `compare`: on 256 sequences the tuned step of the training objective is biased
     # low by about its bootstrap s.e. (the argmin of a noisy mean of heavy-tailed per-sequence KLs)
-    tune_n_train: int = field(default=1024, metadata={
+    tune_n_train: Sequences = field(default=1024, metadata={
         "help": "sequences optimal_step tunes each k-step MD step on (and as many held out)"})
-    tune_n_boot: int = field(default=3, metadata={"help": "bootstrap resamples for the s.e. of the tuned constant steps"})
+    tune_n_boot: NonNegativeInt = field(default=3, metadata={
+        "help": "bootstrap resamples for the s.e. of the tuned constant steps"})
     schedules: bool = field(default=True, metadata={"help": "also tune a per-step schedule for k = 2 … 5 (no bootstrap)"})
-
-    def __post_init__(self) -> None:
-        if self.n_eval < 2:
-            raise ValueError(f"n_eval must be >= 2 (got {self.n_eval})")
-        if self.T < 2:
-            raise ValueError(f"T must be >= 2 (got {self.T})")
-        if self.tune_n_train < 2:
-            raise ValueError(f"tune_n_train must be >= 2 (got {self.tune_n_train})")
-        if self.tune_n_boot < 0:
-            raise ValueError(f"tune_n_boot must be >= 0 (got {self.tune_n_boot})")
 
     @classmethod
     def quick(cls, checkpoints: str = "runs/train/checkpoints", **kw: Any) -> "DepthConfig":
         return cls(**(dict(checkpoints=checkpoints, n_eval=16, T=16, tune_n_train=8, tune_n_boot=2) | kw))
 
 
-def run(cfg: DepthConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
+@dataclass
+class TunedStep:
+    """A k-step MD step tuned by :func:`mtdmath.optimal_step` for the training objective."""
+
+    k: int  #: MD steps
+    schedule: bool  #: one step per MD step (True) or one constant step
+    eta: Any  #: the tuned step: a float, or k floats for a schedule
+    eta_se: Any  #: its bootstrap standard error (NaN without bootstrap)
+    sum_eta: float  #: the total step, k·η or Σ η_i (the first-order coefficient)
+    heldout_train_objective_kl: list[float]  #: [mean, s.e.] held-out training-objective KL at the tuned step [nats]
+    heldout_train_objective_kl_eta_star: list[float]  #: the same at η* [nats]
+
+
+@dataclass
+class DepthResult(X.Result):
+    """What ``depth`` measured (``depth.json``). KLs are KL(p* ‖ p̂) in nats; paired differences are
+    ``{L: [mean, s.e.]}`` over the same evaluation sequences."""
+
+    config: DepthConfig
+    seed: int  #: base seed of the evaluation and tuning streams
+    meta: dict[str, Any]  #: versions, git state, machine, run_time_s [s]
+    m: int  #: MTD order of the checkpoints' task
+    pi: np.ndarray  #: the checkpoints' transition matrix (S, S)
+    alpha: np.ndarray  #: the checkpoints' Dirichlet prior (m,)
+    L: list[int]  #: context lengths m … T
+    kl_mean: dict[str, list[float]]  #: per curve: mean KL at each L [nats]
+    kl_se: dict[str, list[float]]  #: its standard error over sequences [nats]
+    table: dict[str, dict[str, list[float]]]  #: {L: {curve: [mean, s.e.]}} at the table lengths [nats]
+    labels: dict[str, str]  #: legend labels of the MD baselines
+    train_objective_T: int  #: the steps are tuned for the mean KL over contexts m … this
+    tuned_steps: dict[str, TunedStep]  #: per baseline (``md{k}_tuned``, ``md{k}_sched``)
+    eta_star: float  #: η* = 1/(1+α₀)
+    standard_models: list[str]  #: curve names of the standard models, shallow to deep
+    deepest: str  #: the deepest standard model's curve name
+    deepest_minus_md: dict[str, dict[str, list[float]]]  #: per baseline: paired KL(deepest) − KL(baseline)
+    deepest_minus_bayes: dict[str, list[float]]  #: paired KL(deepest) − KL(Bayes)
+    mean_over_L: dict[str, list[float]]  #: per curve: [mean, s.e.] of the per-sequence mean KL over every L
+    deepest_minus_md_mean_over_L: dict[str, list[float]]  #: the same, paired against each baseline and Bayes
+    standing: dict[str, Any] = field(default_factory=dict)  #: better / worse / tied per baseline (see :func:`standing`)
+    figures: list[str] = field(default_factory=list)  #: PNG files written next to the JSON
+    experiment: str = field(default="depth", init=False)
+
+
+def run(cfg: DepthConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> DepthResult:
     """Evaluate; write ``depth.json`` and ``depth.png``."""
     from tqdm.auto import tqdm
 
@@ -82,68 +117,66 @@ def run(cfg: DepthConfig, out: Path, *, seed: int, device: torch.device, progres
             preds[X.curve_name(name)] = X.model_all_prefixes(models[name], tokens, device=device)
         # the steps tuned for the training objective of the deepest model (contexts m … T_train − 1)
         T_obj = infos[std[-1]]["task"].T - 1
-        tuned: dict[str, Any] = {}
+        tuned: dict[str, TunedStep] = {}
         jobs = [(k, False) for k in range(1, 6)] + ([(k, True) for k in range(2, 6)] if cfg.schedules else [])
         for k, sched in tqdm(jobs, desc="depth: tuning k-step MD steps", disable=not progress):
             r = M.optimal_step(pi, alpha, T=T_obj, k=k, schedule=sched, n_train=cfg.tune_n_train,
                                n_test=cfg.tune_n_train, n_boot=0 if sched else cfg.tune_n_boot,
                                rng=X.rng_for(seed, X.KEY_STEP, m, 1000 + 10 * k + int(sched)))
             key = f"md{k}_{'sched' if sched else 'tuned'}"
-            tuned[key] = {"k": k, "schedule": sched, "eta": r.eta, "eta_se": r.eta_se, "sum_eta": float(np.sum(r.eta) if sched else k * r.eta),
-                          "heldout_train_objective_kl": [r.kl, r.kl_se],
-                          "heldout_train_objective_kl_eta_star": [r.kl_eta_star, r.kl_eta_star_se]}
+            tuned[key] = TunedStep(k=k, schedule=sched, eta=r.eta, eta_se=r.eta_se,
+                                   sum_eta=float(np.sum(r.eta) if sched else k * r.eta),
+                                   heldout_train_objective_kl=[r.kl, r.kl_se],
+                                   heldout_train_objective_kl_eta_star=[r.kl_eta_star, r.kl_eta_star_se])
             preds[key] = M.md_predictive_all_prefixes(tokens, pi, alpha, eta=r.eta if sched else float(r.eta), steps=k)
         kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
         mean, se = X.curves(kls)
     T = cfg.T
     baselines = MD_METHODS + [k for k in TUNED + SCHED if k in kls]
-    res = {
-        "experiment": "depth", "config": cfg, "seed": seed, "meta": meta, "m": m, "pi": pi, "alpha": alpha,
-        "L": list(range(m, T + 1)), "kl_mean": mean, "kl_se": se, "table": X.table_at(kls, m, T),
-        "labels": {k: LABELS[k] for k in baselines}, "train_objective_T": T_obj, "tuned_steps": tuned,
-        "eta_star": M.eta_bayes(alpha),
-        "standard_models": [X.curve_name(k) for k in std], "deepest": deep,
-        "deepest_minus_md": {k: X.paired_diff(kls, deep, k, m, T) for k in baselines},
-        "deepest_minus_bayes": X.paired_diff(kls, deep, "bayes", m, T),
+    res = DepthResult(
+        config=cfg, seed=seed, meta=meta, m=m, pi=pi, alpha=alpha, L=list(range(m, T + 1)), kl_mean=mean, kl_se=se,
+        table=X.table_at(kls, m, T), labels={k: LABELS[k] for k in baselines}, train_objective_T=T_obj,
+        tuned_steps=tuned, eta_star=M.eta_bayes(alpha), standard_models=[X.curve_name(k) for k in std], deepest=deep,
+        deepest_minus_md={k: X.paired_diff(kls, deep, k, m, T) for k in baselines},
+        deepest_minus_bayes=X.paired_diff(kls, deep, "bayes", m, T),
         # the train-objective mean over every context (L = m … T) on the evaluation set, paired
-        "mean_over_L": {k: [float(a) for a in X.mean_se(v.mean(axis=1))] for k, v in kls.items()},
-        "deepest_minus_md_mean_over_L": {k: [float(a) for a in X.mean_se((kls[deep] - kls[k]).mean(axis=1))]
-                                         for k in baselines + ["bayes"]},
-    }
-    res["standing"] = standing(res)
-    res["figures"] = [_plot(res, out / "depth.png").name]
-    X.write_json(out / "depth.json", res)
+        mean_over_L={k: [float(a) for a in X.mean_se(v.mean(axis=1))] for k, v in kls.items()},
+        deepest_minus_md_mean_over_L={k: [float(a) for a in X.mean_se((kls[deep] - kls[k]).mean(axis=1))]
+                                      for k in baselines + ["bayes"]})
+    res.standing = standing(res)
+    res.figures = [_plot(res, out / "depth.png").name]
+    res.write(out / "depth.json")
     return res
 
 
-def standing(res: dict[str, Any]) -> dict[str, Any]:
+def standing(res: DepthResult) -> dict[str, Any]:
     """Where the deepest model stands against each baseline at each table L: ``better`` / ``worse``
     where the paired difference is beyond 2 s.e., else ``tied``; and the best tuned baseline per L."""
     def word(d: list[float]) -> str:
         return "better" if d[0] < -2 * d[1] else "worse" if d[0] > 2 * d[1] else "tied"
 
-    per = {b: {L: word(d) for L, d in v.items()} for b, v in res["deepest_minus_md"].items()}
-    fair = [k for k in res["table"][next(iter(res["table"]))] if k.endswith(("_tuned", "_sched"))] if res["table"] else []
-    best = {L: min(fair, key=lambda k: row[k][0]) for L, row in res["table"].items()} if fair else {}
+    per = {b: {L: word(d) for L, d in v.items()} for b, v in res.deepest_minus_md.items()}
+    fair = [k for k in res.table[next(iter(res.table))] if k.endswith(("_tuned", "_sched"))] if res.table else []
+    best = {L: min(fair, key=lambda k: row[k][0]) for L, row in res.table.items()} if fair else {}
     return {"per_baseline": per, "best_tuned_baseline": best,
-            "mean_over_L": {b: word(d) for b, d in res["deepest_minus_md_mean_over_L"].items()}}
+            "mean_over_L": {b: word(d) for b, d in res.deepest_minus_md_mean_over_L.items()}}
 
 
-def _plot(res: dict[str, Any], path: Path) -> Path:
+def _plot(res: DepthResult, path: Path) -> Path:
     plt = X.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.4), sharey=True)
-    labels = res["labels"]
-    d = res["deepest_minus_md"]
+    labels = res.labels
+    d = res.deepest_minus_md
     last = max(d["md2"], key=int) if d["md2"] else None
     panels = ((axes[0], ["md5", "md4", "md3", "md2", "md1"], "η* at every step (not first-order consistent for k ≥ 2)"),
-              (axes[1], [k for k in TUNED + SCHED if k in res["kl_mean"]], "steps tuned on held-out sequences "
+              (axes[1], [k for k in TUNED + SCHED if k in res.kl_mean], "steps tuned on held-out sequences "
                                                                          "for the training objective"))
     for ax, md, title in panels:
-        X.plot_curves(ax, res["L"], res["kl_mean"], res["kl_se"], md + res["standard_models"] + ["bayes"], labels)
+        X.plot_curves(ax, res.L, res.kl_mean, res.kl_se, md + res.standard_models + ["bayes"], labels)
         ref = "md2" if "tuned" not in title else "md2_tuned"
-        sub = (f"\n{res['deepest']} − {labels.get(ref, ref)} at L={last}: {d[ref][last][0]:+.4f} ± {d[ref][last][1]:.4f}"
+        sub = (f"\n{res.deepest} − {labels.get(ref, ref)} at L={last}: {d[ref][last][0]:+.4f} ± {d[ref][last][1]:.4f}"
                if last and ref in d else "")
-        ax.set_title(f"m = {res['m']}, {res['config'].n_eval} sequences; {title}{sub}", fontsize=8)
+        ax.set_title(f"m = {res.m}, {res.config.n_eval} sequences; {title}{sub}", fontsize=8)
         ax.legend(fontsize=6)
     fig.tight_layout()
     return X.save_figure(fig, path)

@@ -23,51 +23,73 @@ import torch
 import mtdmath as M
 
 from . import common as X
+from .config import MAX_ELEMENTS, Length, NonNegativeInt, Order, PositiveFloat, PriorConfig, Sequences
 
 METHODS = ["bayes", "md1", "md2", "md3", "md4", "md5", "em", "mle"]
 
 
 @dataclass
-class EstimatorsConfig:
-    """Configuration of the ``estimators`` experiment."""
+class EstimatorsConfig(PriorConfig):
+    """Configuration of the ``estimators`` experiment (S, concentration, alpha:
+    :class:`~mtdmath.experiments.config.PriorConfig`)."""
 
-    orders: tuple[int, ...] = field(default=(2, 3, 5), metadata={"help": "MTD orders m, one panel each"})
-    n_seqs: tuple[int, ...] = field(default=(), metadata={
+    orders: tuple[Order, ...] = field(default=(2, 3, 5), metadata={"help": "MTD orders m, one panel each"})
+    n_seqs: tuple[Sequences, ...] = field(default=(), metadata={
         "help": "sequences per order (one per --orders entry); default per order m: 500 for m <= 3, 200 for m = 4, "
-                "48 for m >= 5 (exact Bayes at m = 5 costs ~1 s per sequence)"})
-    T: int = field(default=64, metadata={"help": "sequence length: contexts L = m … T"})
-    S: int = field(default=8, metadata={"help": "vocabulary size"})
-    concentration: float = field(default=0.5, metadata={"help": "Dirichlet concentration β of the rows of pi"})
-    alpha: float = field(default=1.0, metadata={"help": "Dirichlet prior of lam: alpha = ALPHA · 1_m"})
-    em_steps: int = field(default=1, metadata={"help": "EM steps from the prior mean μ for the 'em' curve"})
-    mle_tol: float = field(default=1e-10, metadata={"help": "KKT-gap tolerance of the MLE"})
+                "48 for m >= 5 (exact Bayes at m = 5 costs ~1 s per sequence); with --smoke 16, 12, 6"})
+    T: Length = field(default=64, metadata={"help": "sequence length: contexts L = m … T"})
+    em_steps: NonNegativeInt = field(default=1, metadata={"help": "EM steps from the prior mean μ for the 'em' curve"})
+    mle_tol: PositiveFloat = field(default=1e-10, metadata={"help": "KKT-gap tolerance of the MLE"})
+    smoke: bool = field(default=False, metadata={
+        "help": "smoke-test sizes for the per-order default of n_seqs (set by --quick)"})
 
-    def __post_init__(self) -> None:
-        self.orders = tuple(map(int, self.orders))
-        if not self.orders or any(m < 1 for m in self.orders):
+    def validate(self) -> None:
+        if not self.orders:
             raise ValueError(f"orders must be one or more integers >= 1 (got {self.orders})")
         if not self.n_seqs:
-            self.n_seqs = tuple(default_n_seqs(m) for m in self.orders)
-        self.n_seqs = tuple(map(int, self.n_seqs))
+            self.n_seqs = tuple(default_n_seqs(m, quick=self.smoke) for m in self.orders)
         if len(self.orders) != len(self.n_seqs):
             raise ValueError(f"n_seqs must have one entry per order (orders={self.orders}, n_seqs={self.n_seqs})")
-        if any(n < 2 for n in self.n_seqs):
-            raise ValueError(f"n_seqs must be >= 2 (got {self.n_seqs})")
         if self.T < max(self.orders) + 1:
             raise ValueError(f"T must exceed every order (got T={self.T}, orders={self.orders})")
-        if self.S < 1:
-            raise ValueError(f"S must be >= 1 (got {self.S})")
-        if self.em_steps < 0:
-            raise ValueError(f"em_steps must be >= 0 (got {self.em_steps})")
-        for name in ("concentration", "alpha", "mle_tol"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
+        if max(self.n_seqs) * self.T * self.S > MAX_ELEMENTS:
+            raise ValueError(f"n_seqs × T × S = {max(self.n_seqs) * self.T * self.S:.3g} predictive probabilities "
+                             f"per method exceeds {MAX_ELEMENTS:.3g}: lower n_seqs, T or S")
 
     @classmethod
     def quick(cls, **kw: Any) -> "EstimatorsConfig":
-        orders = tuple(kw.get("orders", (2, 3, 5)))
-        base = dict(orders=orders, n_seqs=tuple(default_n_seqs(m, quick=True) for m in orders), T=16)
-        return cls(**(base | kw))
+        return cls(**(dict(T=16, smoke=True) | kw))
+
+
+@dataclass
+class OrderCurves:
+    """The curves of one order m: KL(p* ‖ p̂) in nats against the context length L."""
+
+    m: int  #: MTD order
+    n_seqs: int  #: sequences the means are over
+    pi: np.ndarray  #: the task's transition matrix (S, S)
+    alpha: np.ndarray  #: the Dirichlet prior of lam (m,)
+    eta: float  #: η* = 1/(1+α₀), the step of one-step MD
+    L: list[int]  #: context lengths m … T
+    kl_mean: dict[str, list[float]]  #: per method: mean KL(p* ‖ p̂) at each L [nats]
+    kl_se: dict[str, list[float]]  #: per method: its standard error over sequences [nats]
+    table: dict[str, dict[str, list[float]]]  #: {L: {method: [mean, s.e.]}} at the table lengths [nats]
+    construction_vs_md1: dict[str, float]  #: largest absolute difference of the construction's and md1's laws, and of their KL curves
+    md1_minus_bayes: dict[str, list[float]]  #: paired KL(md1) − KL(bayes), {L: [mean, s.e.]} [nats]
+
+
+@dataclass
+class EstimatorsResult(X.Result):
+    """What ``estimators`` measured (``estimators.json``)."""
+
+    config: EstimatorsConfig
+    seed: int  #: base seed of every stream
+    meta: dict[str, Any]  #: versions, git state, machine, run_time_s [s]
+    results: dict[str, OrderCurves]  #: per order, keyed ``m=<m>``
+    methods: list[str]  #: the curves' names
+    labels: dict[str, str]  #: legend labels that say what was run (EM steps, MLE tolerance)
+    figures: list[str]  #: PNG files written next to the JSON
+    experiment: str = field(default="estimators", init=False)
 
 
 def default_n_seqs(m: int, quick: bool = False) -> int:
@@ -77,11 +99,11 @@ def default_n_seqs(m: int, quick: bool = False) -> int:
     return 500 if m <= 3 else 200 if m == 4 else 48
 
 
-def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
-    """Run the sweep; write ``estimators.json`` and ``estimators.png`` under ``out``; return the JSON dict."""
+def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> EstimatorsResult:
+    """Run every order; write ``estimators.json`` and ``estimators.png`` under ``out``; return the result."""
     from tqdm.auto import tqdm
 
-    results: dict[str, Any] = {}
+    results: dict[str, OrderCurves] = {}
     with X.run_meta(seed, device) as meta:
         for m, N in tqdm(list(zip(cfg.orders, cfg.n_seqs)), desc="estimators: orders", disable=not progress):
             pi, alpha = X.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
@@ -94,34 +116,31 @@ def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, pr
             preds["construction"] = X.model_all_prefixes(model, tokens, device=device)
             kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
             mean, se = X.curves(kls)
-            results[f"m={m}"] = {
-                "m": m, "n_seqs": N, "pi": pi, "alpha": alpha, "eta": M.eta_bayes(alpha),
-                "L": list(range(m, cfg.T + 1)),
-                "kl_mean": mean, "kl_se": se,
-                "table": X.table_at(kls, m, cfg.T),
-                "construction_vs_md1": {
+            results[f"m={m}"] = OrderCurves(
+                m=m, n_seqs=N, pi=pi, alpha=alpha, eta=M.eta_bayes(alpha), L=list(range(m, cfg.T + 1)),
+                kl_mean=mean, kl_se=se, table=X.table_at(kls, m, cfg.T),
+                construction_vs_md1={
                     "max_abs_prob_diff": float(np.abs(preds["construction"] - preds["md1"]).max()),
                     "max_abs_kl_curve_diff": float(np.max(np.abs(np.asarray(mean["construction"]) - mean["md1"]))),
                 },
-                "md1_minus_bayes": X.paired_diff(kls, "md1", "bayes", m, cfg.T),
-            }
+                md1_minus_bayes=X.paired_diff(kls, "md1", "bayes", m, cfg.T))
     labels = {"em": X.em_label(cfg.em_steps), "mle": f"MLE (KKT gap < {cfg.mle_tol:g})"}
     fig_path = _plot(results, labels, out / "estimators.png")
-    res = {"experiment": "estimators", "config": cfg, "seed": seed, "meta": meta, "results": results,
-           "methods": METHODS + ["construction"], "labels": labels, "figures": [fig_path.name]}
-    X.write_json(out / "estimators.json", res)
+    res = EstimatorsResult(config=cfg, seed=seed, meta=meta, results=results, methods=METHODS + ["construction"],
+                           labels=labels, figures=[fig_path.name])
+    res.write(out / "estimators.json")
     return res
 
 
-def _plot(results: dict[str, Any], labels: dict[str, str], path: Path) -> Path:
+def _plot(results: dict[str, OrderCurves], labels: dict[str, str], path: Path) -> Path:
     plt = X.pyplot()
     keys = list(results)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
         r = results[key]
-        X.plot_curves(ax, r["L"], r["kl_mean"], r["kl_se"],
+        X.plot_curves(ax, r.L, r.kl_mean, r.kl_se,
                       ["mle", "em", "md5", "md4", "md3", "md2", "md1", "construction", "bayes"], labels)
-        ax.set_title(f"m = {r['m']}  ({r['n_seqs']} sequences)")
+        ax.set_title(f"m = {r.m}  ({r.n_seqs} sequences)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=5, frameon=False)
     fig.suptitle("KL to the ground truth vs context length (mean ± s.e. over sequences)")

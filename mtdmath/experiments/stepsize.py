@@ -30,47 +30,40 @@ import mtdmath as M
 from mtdmath.stepsize import task_kl
 
 from . import common as X
+from .config import FiniteFloat, Length, Order, PositiveFloat, PriorConfig, Sequences
 
 #: the forms fitted to 1/η_opt against n = L − m (see :func:`fit_forms`)
 FORMS = ("c/L", "c/(alpha0+n)", "A+B*n")
 
 
 @dataclass
-class StepsizeConfig:
-    """Configuration of the ``stepsize`` experiment."""
+class StepsizeConfig(PriorConfig):
+    """Configuration of the ``stepsize`` experiment (S, concentration, alpha:
+    :class:`~mtdmath.experiments.config.PriorConfig`)."""
 
-    orders: tuple[int, ...] = field(default=(2, 3, 5), metadata={"help": "MTD orders m (alpha = ALPHA·1_m each)"})
-    Ls: tuple[int, ...] = field(default=(8, 16, 32, 64, 128, 256), metadata={"help": "context lengths L"})
-    S: int = field(default=8, metadata={"help": "vocabulary size"})
-    concentration: float = field(default=0.5, metadata={"help": "Dirichlet concentration of the rows of pi"})
-    alpha: float = field(default=1.0, metadata={"help": "uniform prior value: alpha = ALPHA·1_m"})
-    nonuniform_alpha: tuple[float, ...] = field(default=(3.0, 1.0, 0.5), metadata={
+    orders: tuple[Order, ...] = field(default=(2, 3, 5), metadata={"help": "MTD orders m (alpha = ALPHA·1_m each)"})
+    Ls: tuple[Length, ...] = field(default=(8, 16, 32, 64, 128, 256), metadata={"help": "context lengths L"})
+    nonuniform_alpha: tuple[PositiveFloat, ...] = field(default=(3.0, 1.0, 0.5), metadata={
         "help": "an extra setting with this non-uniform alpha (its order is its length; the API takes () for none)"})
-    second_pi_concentration: float = field(default=2.0, metadata={
+    second_pi_concentration: FiniteFloat = field(default=2.0, metadata={
         "help": "an extra m = 2 setting with a second pi, rows ~ Dirichlet(this·1) from its own stream (<= 0: none)"})
-    n_train: int = field(default=512, metadata={"help": "sequences the step is tuned on (optimal_step)"})
-    n_test: int = field(default=512, metadata={"help": "held-out sequences of optimal_step"})
-    n_eval: int = field(default=512, metadata={
+    n_train: Sequences = field(default=512, metadata={"help": "sequences the step is tuned on (optimal_step)"})
+    n_test: Sequences = field(default=512, metadata={"help": "held-out sequences of optimal_step"})
+    n_eval: Sequences = field(default=512, metadata={
         "help": "a third, disjoint set on which η_opt, η*, Bayes and K.2 are compared (paired)"})
-    n_boot: int = field(default=30, metadata={"help": "bootstrap resamples for the standard error of η_opt"})
-    bayes_budget: float = field(default=4e8, metadata={
+    n_boot: Sequences = field(default=30, metadata={
+        "help": "bootstrap resamples for the standard error of η_opt (>= 2: the fit is weighted by them)"})
+    bayes_budget: PositiveFloat = field(default=4e8, metadata={
         "help": "exact Bayes on min(n_eval, BUDGET / #count states) sequences at each L (the posterior mean sums "
                 "over C(n+m-1, m-1) count states per sequence); skipped below 16 sequences"})
 
-    def __post_init__(self) -> None:
-        self.orders, self.Ls = tuple(self.orders), tuple(self.Ls)
-        self.nonuniform_alpha = tuple(self.nonuniform_alpha)
-        if not self.orders or any(m < 2 for m in self.orders):
+    def validate(self) -> None:
+        if not self.orders or min(self.orders) < 2:
             raise ValueError(f"orders must be non-empty, each >= 2 (got {self.orders})")
-        if not self.Ls or any(L < 1 for L in self.Ls):
-            raise ValueError(f"Ls must be non-empty, each >= 1 (got {self.Ls})")
-        if self.nonuniform_alpha and (len(self.nonuniform_alpha) < 2 or min(self.nonuniform_alpha) <= 0):
+        if not self.Ls:
+            raise ValueError(f"Ls must be non-empty (got {self.Ls})")
+        if len(self.nonuniform_alpha) == 1:
             raise ValueError(f"nonuniform_alpha must have >= 2 positive entries or be empty (got {self.nonuniform_alpha})")
-        for name in ("n_train", "n_test", "n_eval"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"{name} must be >= 2 (got {getattr(self, name)})")
-        if self.n_boot < 2:
-            raise ValueError(f"n_boot must be >= 2: the fit is weighted by the bootstrap errors (got {self.n_boot})")
         if self.S < 2:
             raise ValueError(f"S must be >= 2 (got {self.S})")
 

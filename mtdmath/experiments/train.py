@@ -37,60 +37,49 @@ from mtdmath.nn import train as nn_train
 from mtdmath import md_predictive_all_prefixes
 
 from . import common as X
+from .config import (Batch, Heads, NonNegativeFloat, NonNegativeInt, PositiveFloat, Steps, TaskConfig, Width,
+                     check_attention_size, check_heads)
 
 DEFAULT_MODELS = ("md", "std:L=3", "std:L=5")
 
 
 @dataclass
-class TrainConfig:
-    """Configuration of the ``train`` experiment."""
+class TrainConfig(TaskConfig):
+    """Configuration of the ``train`` experiment (the task fields S, concentration, alpha, m, T are
+    :class:`~mtdmath.experiments.config.TaskConfig`'s)."""
 
     models: tuple[str, ...] = field(default=DEFAULT_MODELS, metadata={
         "help": "model specs: md (the disentangled 3-layer model), std:L=5,d=32,h=2 (a standard model of any "
                 "depth L, width d, heads h; omitted keys: --d-model, --n-heads); std3/std5 = std:L=3/std:L=5"})
-    m: int = field(default=2, metadata={"help": "MTD order of the task"})
-    S: int = field(default=8, metadata={"help": "vocabulary size"})
-    concentration: float = field(default=0.5, metadata={"help": "Dirichlet concentration β of the rows of pi"})
-    alpha: float = field(default=1.0, metadata={"help": "Dirichlet prior of lam: alpha = ALPHA · 1_m"})
-    T: int = field(default=65, metadata={"help": "training sequence length (contexts up to T-1 are trained)"})
-    batch: int = field(default=64, metadata={"help": "sequences per step"})
-    steps_md: int = field(default=4000, metadata={"help": "optimiser steps of the disentangled model"})
-    steps_std: int = field(default=5000, metadata={"help": "optimiser steps of each standard model"})
-    lr_md: float = field(default=1e-2, metadata={"help": "peak learning rate of the disentangled model"})
-    lr_std: float = field(default=1e-3, metadata={"help": "peak learning rate of the standard models"})
-    wd_md: float = field(default=0.0, metadata={
+    batch: Batch = field(default=64, metadata={"help": "sequences per step"})
+    steps_md: Steps = field(default=4000, metadata={"help": "optimiser steps of the disentangled model"})
+    steps_std: Steps = field(default=5000, metadata={"help": "optimiser steps of each standard model"})
+    lr_md: PositiveFloat = field(default=1e-2, metadata={"help": "peak learning rate of the disentangled model"})
+    lr_std: PositiveFloat = field(default=1e-3, metadata={"help": "peak learning rate of the standard models"})
+    wd_md: NonNegativeFloat = field(default=0.0, metadata={
         "help": "AdamW weight decay of the disentangled model (0: decay would shrink W1 = log pi towards 0)"})
-    wd_std: float = field(default=0.01, metadata={"help": "AdamW weight decay of the standard models"})
-    warmup: int = field(default=200, metadata={"help": "linear warm-up steps (then cosine decay to 0)"})
-    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clipping threshold"})
-    d_model: int = field(default=32, metadata={"help": "width of the standard models whose spec omits d"})
-    n_heads: int = field(default=2, metadata={"help": "attention heads per layer of the standard models whose spec omits h"})
-    log_every: int = field(default=50, metadata={"help": "steps per point of the loss curve (window mean)"})
+    wd_std: NonNegativeFloat = field(default=0.01, metadata={"help": "AdamW weight decay of the standard models"})
+    warmup: NonNegativeInt = field(default=200, metadata={"help": "linear warm-up steps (then cosine decay to 0)"})
+    grad_clip: PositiveFloat = field(default=1.0, metadata={"help": "gradient-norm clipping threshold"})
+    d_model: Width = field(default=32, metadata={"help": "width of the standard models whose spec omits d"})
+    n_heads: Heads = field(default=2, metadata={
+        "help": "attention heads per layer of the standard models whose spec omits h"})
+    log_every: Steps = field(default=50, metadata={"help": "steps per point of the loss curve (window mean)"})
     reference: bool = field(default=True, metadata={
-        "help": "also log the one-step MD construction's NLL on every batch (the reference line; costs 15-35 %% of the CPU step time)"})
+        "help": "also log the one-step MD construction's NLL on every batch (the reference line; costs 15-35 %% "
+                "of the CPU step time)"})
 
-    def __post_init__(self) -> None:
-        self.models = tuple(self.models)
+    def validate(self) -> None:
+        super().validate()
         if not self.models:
             raise ValueError("models must name at least one model spec (e.g. md std:L=5,d=32,h=2)")
         for spec in self.models:
-            parse_model_spec(spec)  # raises a ValueError naming the bad spec
-        names = [spec_name(s, d_model=self.d_model, n_heads=self.n_heads) for s in self.models]
+            check_heads(spec, d_model=self.d_model, n_heads=self.n_heads)  # also a ValueError for a bad spec
+        names = self.names()
         if len(set(names)) != len(names):
             raise ValueError(f"models must be distinct (got {self.models}, i.e. {names})")
-        for name in ("m", "S"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.T < self.m + 2:
-            raise ValueError(f"T must be >= m + 2 (got T={self.T}, m={self.m})")
-        for name in ("batch", "steps_md", "steps_std", "log_every", "d_model", "n_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0 (got {self.warmup})")
-        for name in ("lr_md", "lr_std", "grad_clip", "concentration", "alpha"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
+        check_attention_size(batch=self.batch, T=self.T, heads=max(
+            [parse_model_spec(s)[1].get("n_heads", self.n_heads) for s in self.models] + [1]))
 
     def names(self) -> list[str]:
         """Checkpoint names of the models, in order (``md3``, ``std3``, ``std5_d64_h4`` …)."""
@@ -102,13 +91,44 @@ class TrainConfig:
         return cls(**(base | kw))
 
 
+@dataclass
+class ModelRecord:
+    """One trained model of ``train``."""
+
+    name: str  #: checkpoint name (``md3``, ``std5``, ``std7_d64_h4``)
+    spec: str  #: the model spec it was built from
+    model_config: dict[str, Any]  #: the model's own config (layers, width, heads, …)
+    steps: int  #: optimiser steps
+    lr: float  #: peak learning rate
+    weight_decay: float  #: AdamW weight decay
+    n_params: int  #: trainable parameters
+    train_time_s: float  #: wall-clock training time [s]
+    steps_per_s: float  #: optimiser steps per second
+    loss_curve: dict[str, list[float]]  #: ``step``, ``loss`` [nats/token] (window means), ``construction_nll``
+    checkpoint: str = ""  #: the checkpoint file
+
+
+@dataclass
+class TrainResult(X.Result):
+    """What ``train`` did (``train.json``)."""
+
+    config: TrainConfig
+    seed: int  #: base seed (pi, batches, initial weights)
+    meta: dict[str, Any]  #: versions, git state, machine, run_time_s [s]
+    pi: np.ndarray  #: the task's transition matrix (S, S)
+    alpha: np.ndarray  #: the Dirichlet prior of lam (m,)
+    models: dict[str, ModelRecord]  #: per checkpoint name
+    figures: list[str]  #: PNG files written next to the JSON
+    experiment: str = field(default="train", init=False)
+
+
 def init_seed(seed: int, name: str) -> int:
     """Seed of a model's initial weights: a stream per (seed, model name), stable across model lists."""
     return X.torch_seed_for(seed, X.KEY_INIT, zlib.crc32(name.encode()))
 
 
 def train_one(spec: str, cfg: TrainConfig, task: ICLTask, *, seed: int, device: torch.device,
-              progress: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+              progress: bool) -> tuple[torch.nn.Module, ModelRecord]:
     """Train one model; returns it and its record (spec, config, loss curve, timings)."""
     name = spec_name(spec, d_model=cfg.d_model, n_heads=cfg.n_heads)
     gen = torch.Generator().manual_seed(init_seed(seed, name))
@@ -136,13 +156,13 @@ def train_one(spec: str, cfg: TrainConfig, task: ICLTask, *, seed: int, device: 
                     desc=f"train {name}")
     seconds = time.perf_counter() - t0
     curve = hist.as_dict()
-    record = {"name": name, "spec": spec, "model_config": asdict(model.config), "steps": steps, "lr": lr,
-              "weight_decay": wd, "n_params": sum(p.numel() for p in model.parameters()),
-              "train_time_s": round(seconds, 3), "steps_per_s": round(hist.steps_per_s, 3), "loss_curve": curve}
+    record = ModelRecord(name=name, spec=spec, model_config=asdict(model.config), steps=steps, lr=lr,
+                         weight_decay=wd, n_params=sum(p.numel() for p in model.parameters()),
+                         train_time_s=round(seconds, 3), steps_per_s=round(hist.steps_per_s, 3), loss_curve=curve)
     return model, record
 
 
-def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
+def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> TrainResult:
     """Train every model of ``cfg.models``; write checkpoints, ``train.json`` and ``train_loss.png``."""
     pi, alpha = X.make_task(seed, cfg.m, cfg.S, cfg.concentration, cfg.alpha)
     task = ICLTask(pi, alpha, cfg.T, device=device)
@@ -151,29 +171,28 @@ def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progres
     with X.run_meta(seed, device) as meta:
         for spec in cfg.models:
             model, rec = train_one(spec, cfg, task, seed=seed, device=device, progress=progress)
-            path = save_checkpoint(ck_dir / f"{rec['name']}.pt", model, task=task, history=rec["loss_curve"],
+            path = save_checkpoint(ck_dir / f"{rec.name}.pt", model, task=task, history=rec.loss_curve,
                                    extra={"seed": seed, "spec": spec, "train_config": asdict(cfg),
-                                          "train_time_s": rec["train_time_s"]})
-            rec["checkpoint"] = str(path)
-            records[rec["name"]] = rec
+                                          "train_time_s": rec.train_time_s})
+            rec.checkpoint = str(path)
+            records[rec.name] = rec
     fig = _plot(records, out / "train_loss.png")
-    res = {"experiment": "train", "config": cfg, "seed": seed, "meta": meta, "pi": pi, "alpha": alpha,
-           "models": records, "figures": [fig.name]}
-    X.write_json(out / "train.json", res)
+    res = TrainResult(config=cfg, seed=seed, meta=meta, pi=pi, alpha=alpha, models=records, figures=[fig.name])
+    res.write(out / "train.json")
     return res
 
 
-def _plot(records: dict[str, Any], path: Path) -> Path:
+def _plot(records: dict[str, ModelRecord], path: Path) -> Path:
     plt = X.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for kind, rec in records.items():
         label, color, _ = X.style(X.curve_name(kind))
-        c = rec["loss_curve"]
+        c = rec.loss_curve
         axes[0].plot(c["step"], c["loss"], color=color, label=label)
         if "construction_nll" in c:
             axes[1].plot(c["step"], np.asarray(c["loss"]) - np.asarray(c["construction_nll"]), color=color,
                          label=label)
-    first = next(iter(records.values()))["loss_curve"]
+    first = next(iter(records.values())).loss_curve
     if "construction_nll" in first:
         axes[0].plot(first["step"], first["construction_nll"], ":", color="tab:cyan", lw=2,
                      label="one-step MD construction (same batches)")
