@@ -31,7 +31,7 @@ def test_a_layer_3_that_is_not_one_md_step_is_detected():
     tokens = M.sample_icl(pi, alpha, 60, 16, rng=rng)[0]
     model = MDTransformer.construct(pi, alpha)
     with torch.no_grad():
-        model.w_q.mul_(torch.diag(torch.tensor([1.0, 3.0, 0.2], dtype=torch.float64)).diag())  # a step per lag
+        model.mirror_step.attn.w_q.mul_(torch.diag(torch.tensor([1.0, 3.0, 0.2], dtype=torch.float64)).diag())  # a step per lag
     res = effective_step(model, tokens, pi, alpha)
     assert res.r2 < 0.99
 

@@ -266,8 +266,8 @@ def train(model: nn.Module, task: ICLTask, *, steps: int, batch_size: int = 64, 
     if not params:
         raise ValueError(f"model has no parameters to train ({type(module).__name__})")
     device = dev if dev is not None else params[0].device
-    # the batch for the bound: (B, T) tokens and the model's (B, T-m+1, S) logits, their gradient
-    V.check_alloc(batch_size * task.T * (3 * task.S + 6), 8, "batch_size",
+    # the batch: (B, T) tokens, the (B, T-m+1, S) logits and their gradient, (B, T, T) attention (as MDTransformer)
+    V.check_alloc(batch_size * task.T * (3 * task.S + 6 + 8 * task.T), 8, "batch_size",
                   f"a batch of {batch_size} sequences of length T = {task.T} with S = {task.S} logits each")
     info = None
     if resume is not None:

@@ -84,6 +84,17 @@ def _masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor
     return torch.softmax(scores, dim=-1).masked_fill(~any_allowed, 0.0)
 
 
+def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``logsumexp`` that gives -inf where every term is -inf with a zero (not NaN) gradient there.
+
+    ``torch.logsumexp`` back-propagates ``exp(-inf - (-inf)) = NaN`` through an all -inf slice,
+    which would poison training of a model whose pi has zeros; such slices are masked out.
+    """
+    dead = torch.isneginf(x).all(dim=dim, keepdim=True)
+    out = torch.logsumexp(x.masked_fill(dead, 0.0), dim=dim, keepdim=True)
+    return out.masked_fill(dead, -math.inf).squeeze(dim)
+
+
 def _init_device(generator: torch.Generator | None) -> torch.device:
     """Weights are drawn on the generator's device (CPU by default), then moved: a CPU
     generator gives the same weights whatever the model's device."""
@@ -404,13 +415,26 @@ class MirrorStep(nn.Module):
         """Row a = the law emitted for source token a, ``W_V e(a)``; (S, S), rows on the simplex."""
         return torch.softmax(self.attn.value_logits.masked_fill(pi_zero, -math.inf), dim=-1)
 
+    def explicit(self) -> bool:
+        """Whether this call must form the (B, T, T) scores, pattern and p_t (one of them is hooked)."""
+        a = self.attn
+        return any(h.has_hooks() for h in (a.hook_scores, a.hook_pattern, a.hook_v, self.hook_p, self.hook_resid_post))
+
     def forward(self, resid: torch.Tensor, y: torch.Tensor, pi_zero: torch.Tensor) -> torch.Tensor:
+        """The logits ``log p_t`` at rows t = m-1 … T-1, (B, T-m+1, S)."""
         S, m = self.S, self.m
         B, T = y.shape
         a = self.attn
         x, G = resid[..., :S], resid[..., S + m:S + 2 * m]
         q = a.hook_q(a.q_bias + a.hook_step(G @ a.w_q))  # (B, T, m): log μ + η G_t/μ when constructed
         band = a.hook_lag_logits(q @ a.lag_key.T)  # (B, T, m): [b, t, j] = score of key t-j (lag j+1)
+        if not self.explicit():
+            # in log space on the band: log p_t = logsumexp_j(log A3[t, t-j] + log W_V[:, y[t-j]]), finite
+            # for a learned model even where p_t underflows
+            log_att = torch.log_softmax(band[:, m - 1:], dim=-1)  # (B, T-m+1, m)
+            src = y.unfold(1, m, 1).flip(-1)  # (B, T-m+1, m): key t-j of row t = m-1+r is y[r+m-1-j]
+            log_rows = torch.log_softmax(a.value_logits.masked_fill(pi_zero, -math.inf), dim=-1)
+            return _logsumexp(log_att.unsqueeze(-1) + log_rows[src], dim=2)
         pos = torch.arange(T, device=y.device)
         lag = pos[:, None] - pos[None, :]
         allowed = (lag >= 0) & (lag <= m - 1) & (pos >= m - 1)[:, None]  # (T, T)
@@ -419,7 +443,8 @@ class MirrorStep(nn.Module):
         pattern = a.hook_pattern(_masked_softmax(scores, _allowed(scores)))  # lam¹ of y[:t+1] when constructed
         values = a.hook_v(x @ self.value_rows(pi_zero))  # (B, T, S): W_V e(y[s])
         p = self.hook_p(pattern[:, 0] @ values)  # (B, T, S)
-        return self.hook_resid_post(torch.cat([resid[..., :S + 2 * m], p], dim=-1))
+        resid = self.hook_resid_post(torch.cat([resid[..., :S + 2 * m], p], dim=-1))
+        return _safe_log(resid[:, m - 1:, S + 2 * m:])
 
 
 class MDTransformer(HookedModule):
@@ -455,7 +480,10 @@ class MDTransformer(HookedModule):
 
     ``forward(tokens)`` returns the logits ``log p`` (B, T-m+1, S) of the predictive law after
     every prefix of length m … T (-inf where the law is exactly 0, as where pi is 0);
-    ``run_with_cache`` and ``run_with_hooks`` read and replace the named activations.
+    ``run_with_cache`` and ``run_with_hooks`` read and replace the named activations. Layer 3
+    runs in log space on its band of m keys (finite where p underflows) unless one of its
+    (B, T, T) scores or pattern, its values, ``p_t`` or its residual output is hooked; then it
+    forms them and the logits are ``log p_t`` (the two routes agree to rounding).
     """
 
     def __init__(self, S: int, m: int, *, dtype: torch.dtype = torch.float32,
@@ -632,8 +660,7 @@ class MDTransformer(HookedModule):
         resid = torch.cat([x, x.new_zeros(B, T, 2 * m + S)], dim=-1)
         resid = self.blocks[0](resid, y, self.pi_zero)
         resid = self.blocks[1](resid)
-        resid = self.blocks[2](resid, y, self.pi_zero)
-        return _safe_log(resid[:, m - 1:, S + 2 * m:])
+        return self.blocks[2](resid, y, self.pi_zero)
 
     def log_probs(self, tokens: Any) -> torch.Tensor:
         """``log_softmax`` of :meth:`forward`, (B, T-m+1, S)."""
