@@ -205,7 +205,8 @@ def train(model: nn.Module, task: ICLTask, *, steps: int, batch_size: int = 64, 
     device : torch device, optional
         Where the model is moved and batches are drawn (default: the model's device).
     seed : int
-        Seed of the data generator (the initial weights are the model's own).
+        Seed of the data generator and of dropout (training runs on a fork of torch's global
+        generator, so the caller's state is left as it was); the initial weights are the model's own.
     log_every : int
         Steps per logged point.
     callbacks : sequence of callables, optional
@@ -297,42 +298,48 @@ def train(model: nn.Module, task: ICLTask, *, steps: int, batch_size: int = 64, 
         tr = info["training"]
         opt.load_state_dict(tr["optimizer"])
         sched.load_state_dict(tr["scheduler"])
-        _set_rng_state(tr["rng"], gen)
         hist = TrainHistory.from_dict(info["history"])
         win = {k: list(v) for k, v in tr["state"]["window"].items()}
         start = tr["step"] + 1
-    logs = _Logs(Path(log_dir) if log_dir is not None else None, tensorboard)
-    m = int(module.m)
-    t_run = time.perf_counter()
-    t0 = t_run - (hist.time[-1] if hist.time else 0.0)  # times continue those of a resumed run
-    bar = tqdm(range(start, steps + 1), desc=desc, disable=not progress, initial=start - 1, total=steps)
-    for k in bar:
-        y, lam = task.sample(batch_size, generator=gen)
-        loss = _nll(model, y, m)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        sched.step()
-        lv = float(loss.detach())
-        win["loss"].append(lv)
-        for cb in callbacks or ():
-            extra = cb(step=k, model=model, tokens=y, lam=lam, loss=lv)
-            for key, v in (extra or {}).items():
-                win.setdefault(key, []).append(float(v))
-        if k % log_every == 0 or k == steps:
-            hist.add_point(k, win, float(sched.get_last_lr()[0]), round(time.perf_counter() - t0, 4))
-            bar.set_postfix(loss=f"{hist.loss[-1]:.4f}")
-            logs.write(hist)
-            win = {"loss": []}
-        if checkpoint is not None and (k % checkpoint_every == 0 or k == steps):
-            from .checkpoints import save_checkpoint
+    # dropout draws from torch's global generator: training runs on a fork of it, seeded from
+    # ``seed`` (a stream apart from the data's), so a seed fixes the run and the caller's state is kept
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed ^ 0x5DEECE66D)
+        if info is not None:
+            _set_rng_state(info["training"]["rng"], gen)
+        logs = _Logs(Path(log_dir) if log_dir is not None else None, tensorboard)
+        m = int(module.m)
+        t_run = time.perf_counter()
+        t0 = t_run - (hist.time[-1] if hist.time else 0.0)  # times continue those of a resumed run
+        bar = tqdm(range(start, steps + 1), desc=desc, disable=not progress, initial=start - 1, total=steps)
+        for k in bar:
+            y, lam = task.sample(batch_size, generator=gen)
+            loss = _nll(model, y, m)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            sched.step()
+            lv = float(loss.detach())
+            win["loss"].append(lv)
+            for cb in callbacks or ():
+                extra = cb(step=k, model=model, tokens=y, lam=lam, loss=lv)
+                for key, v in (extra or {}).items():
+                    win.setdefault(key, []).append(float(v))
+            if k % log_every == 0 or k == steps:
+                hist.add_point(k, win, float(sched.get_last_lr()[0]), round(time.perf_counter() - t0, 4))
+                bar.set_postfix(loss=f"{hist.loss[-1]:.4f}")
+                logs.write(hist)
+                win = {"loss": []}
+            if checkpoint is not None and (k % checkpoint_every == 0 or k == steps):
+                from .checkpoints import save_checkpoint
 
-            state = {"batch_size": batch_size, "window": win}
-            save_checkpoint(checkpoint, module, task=task, history=hist,
-                            training={"step": k, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                      "rng": _rng_state(gen, device), "state": state})
+                state = {"batch_size": batch_size, "window": win}
+                save_checkpoint(checkpoint, module, task=task, history=hist,
+                                training={"step": k, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                          "rng": _rng_state(gen, device), "state": state})
     bar.close()
     logs.close()
     hist.steps_per_s = (steps - start + 1) / max(time.perf_counter() - t_run, 1e-12)
