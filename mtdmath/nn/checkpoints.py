@@ -165,14 +165,16 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     import safetensors.torch
 
     data = path.read_bytes()
-    if data[:2] == b"PK" or data[:1] == b"\x80":
+    n = int.from_bytes(data[:8], "little")
+    # torch.save writes a zip (PK\x03\x04) or, with the legacy serialisation, a pickle (\x80, protocol);
+    # as a safetensors header length either would exceed the file
+    if (data[:4] == b"PK\x03\x04" or data[:1] == b"\x80") and n > len(data) - 8:
         raise ValueError(f"path: {path} is a torch.save pickle (the checkpoint format of mtdmath 0.1.0), which this "
                          f"version does not unpickle; convert it once with "
                          f"mtdmath.nn.convert_checkpoint(old_path, new_path)")
     if len(data) < 8:
         raise ValueError(f"path: {path} is truncated ({len(data)} bytes; a checkpoint starts with an 8-byte "
                          f"header length)")
-    n = int.from_bytes(data[:8], "little")
     if n > min(len(data) - 8, _MAX_HEADER):
         raise ValueError(f"path: {path} is truncated or corrupt (its header claims {n} bytes; the file has "
                          f"{len(data) - 8} after the length)")
