@@ -370,3 +370,15 @@ def test_cuda_parity_constructed_and_random_models():
         gpu = _models(7, 3, dtype=torch.float64, seed=5)[kind].to("cuda")
         y = torch.as_tensor(tokens[:, :32])
         assert np.abs(_np(cpu(y)) - _np(gpu(y.cuda()))).max() <= 1e-12
+
+
+def test_size_checks_cover_every_dimension_before_allocating():
+    # each would need terabytes: refused before any allocation, naming the dimension that dominates
+    for make, name in ((lambda: MDTransformer(5, 10**6), "m"), (lambda: MDTransformer(10**6, 2), "S"),
+                       (lambda: StandardTransformer(5, 2, max_len=10**11, d_model=8, n_heads=2), "max_len"),
+                       (lambda: StandardTransformer(5, 2, d_model=10**6, n_heads=1), "d_model")):
+        with pytest.raises(ValueError, match=rf"^{name}: .*GiB"):
+            make()
+    model = MDTransformer(3, 2)
+    with pytest.raises(ValueError, match=r"^tokens: .*\(B, T, T\)"):
+        model(torch.zeros(1, 10**6, dtype=torch.int64))
