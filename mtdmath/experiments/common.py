@@ -144,7 +144,7 @@ def model_all_prefixes(model: torch.nn.Module, tokens: np.ndarray, *, device: to
     outs = []
     for a in range(0, tokens.shape[0], batch):
         y = torch.as_tensor(tokens[a : a + batch], device=device)
-        outs.append(model(y).cpu().numpy())
+        outs.append(torch.softmax(model(y), dim=-1).cpu().numpy())
     return np.concatenate(outs, axis=0)
 
 
