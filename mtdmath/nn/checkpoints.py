@@ -215,7 +215,7 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 def _build(meta: dict[str, Any], path: Path, dtype: torch.dtype) -> nn.Module:
     name, cfg = meta.get("class"), meta.get("config")
-    if name not in _CLASSES or meta.get("module", "").split(".")[0] != "mtdmath" or not isinstance(cfg, dict):
+    if name not in _CLASSES or str(meta.get("module")).split(".")[0] != "mtdmath" or not isinstance(cfg, dict):
         raise ValueError(f"path: {path} holds a {meta.get('module')}.{name}, not an mtdmath transformer: pass a "
                          f"freshly built instance as model= to load its weights into")
     try:
@@ -288,19 +288,26 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str | None = Non
     info = {"task": task, "history": meta.get("history"), "extra": meta.get("extra", {}), "config": meta.get("config"),
             "class": meta.get("class"), "format": meta["format"]}
     if "training" in meta:
-        tr = meta["training"]
-        opt_state: dict[int, dict[str, Any]] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim/"):
-                _, i, key = k.split("/", 2)
-                opt_state.setdefault(int(i), {})[key] = v
-        for k, v in tr.get("optim_scalars", {}).items():
-            i, key = k.split("/", 1)
-            opt_state.setdefault(int(i), {})[key] = v
-        info["training"] = {"step": tr["step"], "optimizer": {"state": opt_state, "param_groups": tr["param_groups"]},
-                            "scheduler": tr["scheduler"], "state": tr.get("state", {}),
-                            "rng": {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}}
+        try:
+            info["training"] = _training_state(meta["training"], tensors)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"path: {path} holds an invalid training state ({type(err).__name__}: {err})") from None
     return (model if model is not None else target), info
+
+
+def _training_state(tr: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What :func:`mtdmath.nn.train` resumes from: optimiser state dict, scheduler, RNG states, step."""
+    opt_state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim/"):
+            _, i, key = k.split("/", 2)
+            opt_state.setdefault(int(i), {})[key] = v
+    for k, v in tr.get("optim_scalars", {}).items():
+        i, key = k.split("/", 1)
+        opt_state.setdefault(int(i), {})[key] = v
+    return {"step": int(tr["step"]), "optimizer": {"state": opt_state, "param_groups": tr["param_groups"]},
+            "scheduler": tr["scheduler"], "state": tr.get("state", {}),
+            "rng": {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}}
 
 
 # ----------------------------------------------------------------------------- mtdmath 0.1.0 files
