@@ -89,6 +89,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, task: ICLTask | None 
     Returns
     -------
     Path
+
+    Examples
+    --------
+    >>> path = save_checkpoint("runs/md.ckpt", MDTransformer.construct(pi, alpha), task=task, extra={"seed": 0})
+    >>> model, info = load_checkpoint(path)
     """
     import safetensors.torch
 
@@ -255,6 +260,11 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str | None = Non
         Naming ``path`` and what is wrong: a missing, truncated, corrupt or modified file (hash
         mismatch), a newer format, an mtdmath 0.1.0 pickle, tensors that do not fit the model,
         non-finite weights.
+
+    Examples
+    --------
+    >>> model, info = load_checkpoint("runs/md.ckpt", dtype=torch.float64)
+    >>> mine, _ = load_checkpoint("runs/mine.ckpt", model=MyModule())  # a module of your own
     """
     if not isinstance(path, (str, Path)):
         raise ValueError(f"path must be a file path (got {path!r})")
@@ -327,6 +337,10 @@ def convert_checkpoint(old_path: str | Path, new_path: str | Path) -> Path:
     Returns
     -------
     Path of the new checkpoint.
+
+    Examples
+    --------
+    >>> convert_checkpoint("old/md3.pt", "new/md3.ckpt")
     """
     if not isinstance(old_path, (str, Path)) or not Path(old_path).is_file():
         raise ValueError(f"old_path: the checkpoint {old_path!r} does not exist")
