@@ -822,3 +822,57 @@ class StandardTransformer(HookedModule):
     def log_probs(self, tokens: Any) -> torch.Tensor:
         """Log-probabilities (B, T-m+1, S): ``log_softmax`` of :meth:`forward`."""
         return torch.log_softmax(self(tokens), dim=-1)
+
+    # -------------------------------------------------------------- TransformerLens
+    def to_transformer_lens(self) -> Any:
+        """The same network as a TransformerLens ``TransformerBridge`` (needs the ``lens`` extra).
+
+        TransformerLens 4 replaced ``HookedTransformer`` by ``TransformerBridge``; this one wraps
+        its TL-native architecture, configured to compute this model's function (LayerNorm eps
+        1e-5, exact GELU, attention scaled by 1/sqrt(d_head), biases everywhere, untied
+        unembedding) with the same weights, dtype and device. TransformerLens has no dropout: the
+        bridge equals this model in ``eval()`` mode.
+
+        Returns
+        -------
+        bridge : transformer_lens.model_bridge.TransformerBridge
+            ``bridge(tokens)`` gives the logits at every position, (B, T, S):
+            ``bridge(tokens)[:, m-1:]`` equals ``self(tokens)``. Its hook names match this model's
+            where both have them (``hook_embed``, ``blocks.{l}.attn.hook_pattern``,
+            ``blocks.{l}.hook_resid_post``, ...; see the transformer guide for the differences).
+
+        Examples
+        --------
+        >>> bridge = model.to_transformer_lens()  # doctest: +SKIP
+        >>> logits, cache = bridge.run_with_cache(tokens)  # doctest: +SKIP
+        """
+        from ._lens import to_bridge
+
+        return to_bridge(self)
+
+    @classmethod
+    def from_transformer_lens(cls, model: Any, m: int, *, dropout: float = 0.0) -> "StandardTransformer":
+        """A ``StandardTransformer`` with the weights of a TL-native ``TransformerBridge``.
+
+        Parameters
+        ----------
+        model : transformer_lens.model_bridge.TransformerBridge
+            Built by :meth:`to_transformer_lens` or by ``transformer_lens.model_bridge.sources.native.boot``
+            with a config this class can represent (otherwise a ValueError names what differs).
+        m : int
+            MTD order: the returned model's outputs start at position m-1.
+        dropout : float
+            Dropout rate of the returned model (TransformerLens has none).
+
+        Returns
+        -------
+        StandardTransformer
+            Same dtype and device as ``model``; ``S = d_vocab``, ``max_len = n_ctx``.
+
+        Examples
+        --------
+        >>> back = StandardTransformer.from_transformer_lens(bridge, m=2)  # doctest: +SKIP
+        """
+        from ._lens import from_bridge
+
+        return from_bridge(cls, model, m, dropout)
