@@ -100,7 +100,7 @@ def _numeric_gap(step: Callable, seed: int) -> tuple[float, list[str]]:
         for c, a in ((float(rng.uniform(0.5, 6.0)), float(rng.uniform(0.1, 12.0))), (float(rng.uniform(0.5, 6.0)), 0.0)):
             model = MDTransformer.construct(pi, alpha, aggregation="softmax_sink", c=c, a=a, dtype=torch.float64)
             with torch.no_grad():
-                got = model(torch.as_tensor(y)).numpy()
+                got = torch.softmax(model(torch.as_tensor(y)), dim=-1).numpy()  # forward returns the logits
             T = y.shape[1]
             for r in range(T - m + 1):  # prefix y[:m+r], n = r transitions
                 C = mtdmath.lag_factors(y[:, :m + r], pi, m)

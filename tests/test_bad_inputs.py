@@ -207,7 +207,7 @@ def _nn_rows():
                             {"alpha": "alpha", "c": "float_pos", "a": "float"}),
         "step_by_n": (nn.step_by_n, dict(model=md, tokens=Y, pi=PI, alpha=ALPHA),
                       {"model": "model", "tokens": "tokens", "pi": "pi", "alpha": "alpha"}),
-        "matched_step": (nn.matched_step, dict(probs=md(Y).detach().numpy(), tokens=Y, pi=PI, alpha=ALPHA),
+        "matched_step": (nn.matched_step, dict(probs=torch.softmax(md(Y), -1).detach().numpy(), tokens=Y, pi=PI, alpha=ALPHA),
                          {"tokens": "tokens", "pi": "pi", "alpha": "alpha"}),
         "fit_adaptive_step": (nn.fit_adaptive_step, dict(n=[1, 2, 3], eta=[0.3, 0.2, 0.1], m=2), {"m": "int_pos"}),
         "MDTransformer.construct": (nn.MDTransformer.construct, dict(pi=PI, alpha=ALPHA, eta=0.2, dtype=torch.float64),

@@ -465,9 +465,9 @@ def test_band_difference_sees_through_the_m2_sign_symmetry_and_not_more():
     co = MDTransformer.construct(pi, alpha)
     mirror = MDTransformer.construct(pi, alpha)
     with torch.no_grad():
-        mirror.w1.neg_()
-        mirror.b1.neg_()
-        mirror.v1.copy_(torch.eye(2).flip(0))
+        mirror.responsibility.attn.token_score.neg_()
+        mirror.responsibility.attn.lag_bias.neg_()
+        mirror.responsibility.attn.lag_value.copy_(torch.eye(2).flip(0))
     assert (mirror(tokens) - co(tokens)).abs().max() <= 1e-12  # the same model, as a function
     bd = band_difference(mirror, co, tokens, device=torch.device("cpu"))
     assert bd["layer1"]["max"] > 0.5 and bd["layer1_aligned"]["max"] <= 1e-9 and bd["layer3"]["max"] <= 1e-12
@@ -476,7 +476,7 @@ def test_band_difference_sees_through_the_m2_sign_symmetry_and_not_more():
     # wrong case: a layer 1 that ignores the tokens (W1 = 0) cannot be aligned onto the responsibilities
     blind = MDTransformer.construct(pi, alpha)
     with torch.no_grad():
-        blind.w1.zero_()
+        blind.responsibility.attn.token_score.zero_()
     assert band_difference(blind, co, tokens, device=torch.device("cpu"))["layer1_aligned"]["max"] > 0.2
 
 

@@ -166,3 +166,17 @@ def test_cuda_sampling_stays_on_device_and_has_the_law():
     assert _transition_chi2(y.cpu().numpy(), lam, pi) > P_OK
     with pytest.raises(ValueError, match="generator"):
         task.sample(2, generator=_gen(0))
+
+
+def test_alpha_too_small_for_the_sampler_is_refused():
+    # log(U)/alpha overflows below ALPHA_MIN: refused with a message naming alpha; at ALPHA_MIN the draws
+    # are the one-hot limit of the Dirichlet law (each lag with probability 1/3 here)
+    from mtdmath.nn.task import ALPHA_MIN
+
+    pi = M.random_transition_matrix(4, rng=0)
+    with pytest.raises(ValueError, match=r"^alpha entries must be >= 1e-300"):
+        ICLTask(pi, [1e-310] * 3, T=20)
+    _, lam = ICLTask(pi, [ALPHA_MIN] * 3, T=20).sample(600, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(lam).all() and torch.equal(lam.max(1).values, torch.ones(600))
+    counts = np.bincount(lam.argmax(1).numpy(), minlength=3)
+    assert np.all(np.abs(counts - 200) < 5 * np.sqrt(600 * (1 / 3) * (2 / 3)))  # 5 sd of a binomial count

@@ -28,6 +28,12 @@ from mtdmath import MDTransformer, StandardTransformer
 from prefix_reference import numpy_prefix_md
 from strategies import icl_batches
 
+def _probs_attn(model, y):
+    """Predictive law (B, T-m+1, S) and each layer's head-averaged pattern (B, T, T), read through the hooks."""
+    logits, c = model.run_with_cache(y, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    return torch.softmax(logits, -1), [v.mean(1) for v in c.values()]
+
+
 # these tensors are small: thread start-up costs more than it saves on a shared 2-core machine
 torch.set_num_threads(1)
 
@@ -66,7 +72,7 @@ def test_construct_equals_numpy_one_step_md(dtype, tol, data):
     eta = data.draw(etas(alpha, tokens.shape[1] - alpha.shape[0], KAPPA[dtype]))
     model = MDTransformer.construct(pi, alpha, eta=eta, dtype=dtype)
     y = torch.as_tensor(tokens) if data.draw(st.booleans()) else tokens
-    probs = model(y)
+    probs = torch.softmax(model(y), -1)
     _, want = numpy_prefix_md(tokens, pi, alpha, eta=eta)
     assert probs.dtype == dtype and probs.shape == want.shape
     err = np.abs(_np(probs) - want).max()
@@ -84,7 +90,7 @@ def test_attention_maps_mean_what_section_5_says(data):
     B, T = tokens.shape
     m = alpha.shape[0]
     mu = alpha / alpha.sum()
-    _, (A1, A2, A3) = MDTransformer.construct(pi, alpha, eta=eta)(tokens, return_attention=True)
+    _, (A1, A2, A3) = _probs_attn(MDTransformer.construct(pi, alpha, eta=eta), tokens)
     A1, A2, A3 = _np(A1), _np(A2), _np(A3)
     lam1, _ = numpy_prefix_md(tokens, pi, alpha, eta=eta)  # (B, T-m+1, m)
 
@@ -119,7 +125,7 @@ def test_zero_entries_of_pi_are_masked_not_nan(data):
     m = alpha.shape[0]
     model = MDTransformer.construct(pi, alpha, eta=eta)
     y = torch.as_tensor(tokens)
-    probs, (A1, _, _) = model(y, return_attention=True)
+    probs, (A1, _, _) = _probs_attn(model, y)
     _, want = numpy_prefix_md(tokens, pi, alpha, eta=eta)
     assert np.abs(_np(probs) - want).max() <= 1e-10
     # a key whose transition has probability 0 gets weight exactly 0
@@ -131,7 +137,12 @@ def test_zero_entries_of_pi_are_masked_not_nan(data):
     np.testing.assert_allclose(W1[pi > 0], np.log(pi[pi > 0]), rtol=1e-15, atol=0)
     # log-probabilities: -inf exactly where the probability is 0, and the NLL has finite gradients
     lp = model.log_probs(y)
-    assert np.array_equal(np.isneginf(_np(lp)), want == 0)
+    # the law is exactly 0 where no lag's source row of pi reaches the token (the float64 reference
+    # can also underflow to 0 where the law is e^-700 or so, which log space keeps finite)
+    src = np.lib.stride_tricks.sliding_window_view(tokens, m, axis=1)  # (B, T-m+1, m) sources of each row
+    exact_zero = np.all(pi[src] == 0, axis=2)  # (B, T-m+1, S)
+    assert np.array_equal(np.isneginf(_np(lp)), exact_zero)
+    assert np.all(want[exact_zero] == 0)
     assert not torch.isnan(lp).any()
     loss = _nll(model, y)
     loss.backward()
@@ -149,7 +160,7 @@ def test_impossible_transition_raises_naming_tokens():
     with pytest.raises(ValueError, match="tokens"):
         model.log_probs(np.array([[0, 0, 1]]))
     # one lag explains it: fine, and it gets all the weight
-    probs, (A1, _, _) = model(np.array([[1, 0, 1]]), return_attention=True)
+    probs, (A1, _, _) = _probs_attn(model, np.array([[1, 0, 1]]))
     assert A1[0, 2, 0] == 1.0 and A1[0, 2, 1] == 0.0  # lag 2 (key y[0] = 1) explains it
     assert torch.isfinite(probs).all()
 
@@ -191,7 +202,7 @@ def test_contract_shapes_rows_and_causality(kind):
     model = _models(S, m)[kind]
     rng = np.random.default_rng(2)
     y = rng.integers(0, S, size=(B, T))
-    probs, attn = model(y, return_attention=True)
+    probs, attn = _probs_attn(model, y)
     assert probs.shape == (B, T - m + 1, S) and probs.dtype == torch.float64
     np.testing.assert_allclose(_np(probs).sum(-1), 1.0, atol=1e-12)
     np.testing.assert_allclose(_np(model.log_probs(y)), np.log(_np(probs)), rtol=0, atol=1e-12)
@@ -203,7 +214,7 @@ def test_contract_shapes_rows_and_causality(kind):
     for k in (m, 9, T - 1):
         y2 = y.copy()
         y2[:, k:] = (y[:, k:] + 1) % S
-        p2 = _np(model(y2))
+        p2 = _np(torch.softmax(model(y2), -1))
         np.testing.assert_allclose(p2[:, : k - m + 1], _np(probs)[:, : k - m + 1], rtol=0, atol=1e-12)
         assert np.abs(p2[:, k - m + 1] - _np(probs)[:, k - m + 1]).max() > 1e-6  # row of prefix y[:k+1] moves
 
@@ -215,7 +226,7 @@ def test_standard_attention_is_head_averaged_causal_attention():
     model = StandardTransformer(S, m, n_layers=2, d_model=D, n_heads=H, max_len=16,
                                 generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     y = torch.as_tensor(np.random.default_rng(3).integers(0, S, size=(B, T)))
-    _, attn = model(y, return_attention=True)
+    _, attn = _probs_attn(model, y)
     blk = model.blocks[0]
     mha = torch.nn.MultiheadAttention(D, H, batch_first=True, dtype=torch.float64)
     with torch.no_grad():
@@ -227,7 +238,7 @@ def test_standard_attention_is_head_averaged_causal_attention():
     future = torch.ones(T, T, dtype=torch.bool).triu(1)
     out, w = mha(x0, x0, x0, attn_mask=future, need_weights=True, average_attn_weights=True)
     np.testing.assert_allclose(_np(attn[0]), _np(w), rtol=0, atol=1e-14)
-    np.testing.assert_allclose(_np(blk.attn(x0)[0]), _np(out), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(_np(blk.attn(x0)), _np(out), rtol=0, atol=1e-14)  # the fused (SDPA) path
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -256,9 +267,9 @@ def test_log_probs_stay_finite_when_probabilities_underflow():
     # float32, the log-space path stays finite and equals log p where p is representable
     model = MDTransformer(4, 2, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        model.value_logits.copy_(torch.tensor([0.0, -200.0, -50.0, -10.0]).expand(4, 4))
+        model.mirror_step.attn.value_logits.copy_(torch.tensor([0.0, -200.0, -50.0, -10.0]).expand(4, 4))
     y = np.random.default_rng(0).integers(0, 4, size=(2, 10))
-    probs, lp = model(y), model.log_probs(y)
+    probs, lp = torch.softmax(model(y), -1), model.log_probs(y)
     assert (probs == 0).any()
     assert torch.isfinite(lp).all()
     pos = _np(probs) > 1e-30
@@ -348,7 +359,7 @@ def test_cuda_parity_constructed_and_random_models():
     tokens = M.sample_icl(pi, alpha, 64, 4, rng=rng)[0]
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
         cpu, gpu = (MDTransformer.construct(pi, alpha, dtype=dtype, device=d) for d in ("cpu", "cuda"))
-        (pc, ac), (pg, ag) = cpu(tokens, return_attention=True), gpu(tokens, return_attention=True)
+        (pc, ac), (pg, ag) = _probs_attn(cpu, tokens), _probs_attn(gpu, tokens)
         assert pg.device.type == "cuda"
         assert np.abs(_np(pc) - _np(pg)).max() <= tol
         assert np.abs(_np(cpu.log_probs(tokens)) - _np(gpu.log_probs(tokens))).max() <= 10 * tol
@@ -359,3 +370,15 @@ def test_cuda_parity_constructed_and_random_models():
         gpu = _models(7, 3, dtype=torch.float64, seed=5)[kind].to("cuda")
         y = torch.as_tensor(tokens[:, :32])
         assert np.abs(_np(cpu(y)) - _np(gpu(y.cuda()))).max() <= 1e-12
+
+
+def test_size_checks_cover_every_dimension_before_allocating():
+    # each would need terabytes: refused before any allocation, naming the dimension that dominates
+    for make, name in ((lambda: MDTransformer(5, 10**6), "m"), (lambda: MDTransformer(10**6, 2), "S"),
+                       (lambda: StandardTransformer(5, 2, max_len=10**11, d_model=8, n_heads=2), "max_len"),
+                       (lambda: StandardTransformer(5, 2, d_model=10**6, n_heads=1), "d_model")):
+        with pytest.raises(ValueError, match=rf"^{name}: .*GiB"):
+            make()
+    model = MDTransformer(3, 2)
+    with pytest.raises(ValueError, match=r"^tokens: .*\(B, T, T\)"):
+        model(torch.zeros(1, 10**6, dtype=torch.int64))

@@ -126,7 +126,7 @@ def attention_bands(model: MDTransformer, tokens: np.ndarray, *, device: torch.d
     out1, out3 = [], []
     for a in range(0, tokens.shape[0], batch):
         y = torch.as_tensor(tokens[a:a + batch], device=device)
-        _, cache = model(y, return_cache=True)
+        _, cache = model.run_with_cache(y, names_filter=lambda n: n.endswith("attn.hook_pattern"))
         A1 = cache["blocks.0.attn.hook_pattern"][:, 0]  # (B, T, T)
         A3 = cache["blocks.2.attn.hook_pattern"][:, 0]
         T = A1.shape[-1]
@@ -145,7 +145,7 @@ def _layer1_outputs(model: MDTransformer, tokens: np.ndarray, *, device: torch.d
     outs = []
     with torch.no_grad():
         for a in range(0, tokens.shape[0], batch):
-            _, cache = model(torch.as_tensor(tokens[a:a + batch], device=device), return_cache=True)
+            _, cache = model.run_with_cache(torch.as_tensor(tokens[a:a + batch], device=device), names_filter="blocks.0.hook_r")
             outs.append(cache["blocks.0.hook_r"].cpu().numpy())
     return np.concatenate(outs)
 
@@ -350,8 +350,9 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
         al1[:, :m] = 0.0
         with torch.no_grad():
             y_t = torch.as_tensor(y_att, device=device)
-            _, att_tr = trained(y_t, return_attention=True)
-            _, att_co = construction(y_t, return_attention=True)
+            pattern = lambda n: n.endswith("attn.hook_pattern")  # noqa: E731
+            att_tr = [a[:, 0] for a in trained.run_with_cache(y_t, names_filter=pattern)[1].values()]
+            att_co = [a[:, 0] for a in construction.run_with_cache(y_t, names_filter=pattern)[1].values()]
         attention = {"tokens": y_att[0], "trained_md3": [a[0].cpu().numpy().round(6) for a in att_tr],
                      "construction": [a[0].cpu().numpy().round(6) for a in att_co],
                      "band": {"trained_md3": {"layer1": tr1[0], "layer1_aligned": al1[0], "layer3": tr3[0]},

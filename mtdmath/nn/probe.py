@@ -26,6 +26,9 @@ from .. import _validate as V
 from .._xp import to_numpy
 from ..model import lag_factors
 
+#: the hook point whose activations are layer 3's logits per lag
+LAG_LOGITS = "blocks.2.attn.hook_lag_logits"
+
 __all__ = ["EffectiveStep", "effective_step", "StepByN", "step_by_n", "matched_step", "AdaptiveFit",
            "fit_adaptive_step"]
 
@@ -37,13 +40,20 @@ class EffectiveStep:
     Attributes
     ----------
     eta : float
-        Least-squares slope of the layer-3 logit differences on the ∇ℓ(μ) differences.
+        The MD step the model implements (see :func:`effective_step` for the two routes).
+    eta_se : float
+        Its standard error, clustered by sequence (the prefixes of one sequence are not
+        independent): the sandwich estimator over the B sequences; NaN for B = 1.
     r2 : float
-        Its coefficient of determination (1 for the construction).
+        For the layer-3 route, the coefficient of determination of the regression (1 for the
+        construction); for the output route, ``1 - KL(model ‖ MD(η̂)) / KL(model ‖ MD(0))``,
+        the share of the distance to the prior predictive that the step explains.
     n_bins : list of (int, int)
         Ranges [lo, hi] of the number of transitions n of the prefixes in each bin.
     eta_by_n, r2_by_n : ndarray, shape (len(n_bins),)
         The same fit within each bin (NaN where a bin has no spread in ∇ℓ).
+    method : str
+        ``"layer3"`` (an MDTransformer's layer-3 logits) or ``"output"`` (any model's predictive).
     """
 
     eta: float
@@ -51,19 +61,32 @@ class EffectiveStep:
     n_bins: list
     eta_by_n: np.ndarray
     r2_by_n: np.ndarray
+    eta_se: float = float("nan")
+    method: str = "layer3"
 
 
-def _fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Slope and R² of ``y[..., j] = a_j + η x[..., j]`` (one intercept per column j), pooled."""
+def _fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> tuple[float, float, float]:
+    """Slope, R² and clustered s.e. of ``y[..., j] = a_j + η x[..., j]`` (one intercept per column j), pooled.
+
+    ``groups`` labels the rows by sequence; the s.e. is the cluster-robust sandwich
+    ``sqrt(G/(G-1) Σ_g (Σ_{i∈g} x̃_i e_i)²) / Σ x̃²`` (NaN with fewer than 2 groups).
+    """
     xc = x - x.mean(axis=0)
     yc = y - y.mean(axis=0)
     sxx = float(np.sum(xc * xc))
     if sxx == 0.0:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan")
     eta = float(np.sum(xc * yc)) / sxx
     ss_tot = float(np.sum(yc * yc))
-    ss_res = float(np.sum((yc - eta * xc) ** 2))
-    return eta, (1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan")
+    resid = yc - eta * xc
+    ss_res = float(np.sum(resid ** 2))
+    se = float("nan")
+    if groups is not None:
+        labels, idx = np.unique(groups, return_inverse=True)
+        if labels.size >= 2:
+            score = np.bincount(idx, weights=np.sum(xc * resid, axis=1), minlength=labels.size)
+            se = float(np.sqrt(labels.size / (labels.size - 1) * np.sum(score ** 2)) / sxx)
+    return eta, (1.0 - ss_res / ss_tot) if ss_tot > 0 else float("nan"), se
 
 
 def _prefix_gradients(y: np.ndarray, pi_np: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -117,36 +140,108 @@ def _kl_rows(p: np.ndarray, neg_entropy: np.ndarray, q: np.ndarray) -> np.ndarra
     return neg_entropy - cross
 
 
-def _logits_and_gradients(model: Any, tokens: Any, pi: Any, alpha: Any
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _lag_logits_and_gradients(model: Any, tokens: Any, pi: Any, alpha: Any
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validated (alpha, tokens (B, T), layer-3 lag logits (B, T-m+1, m), ∇ℓ(μ) (B, T-m+1, m))."""
+    alpha, pi_np, y = _validated(model, tokens, pi, alpha, m_extra=2)
+    m = alpha.shape[0]
+    if LAG_LOGITS not in getattr(model, "hook_dict", {}):
+        raise ValueError(f"model must have a layer-3 hook {LAG_LOGITS!r}, as an MDTransformer (got "
+                         f"{type(model).__name__})")
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.as_tensor(y, device=_device(model)), names_filter=LAG_LOGITS)
+    logits = cache[LAG_LOGITS].detach().to("cpu", torch.float64).numpy()[:, m - 1:]  # (B, n+1, m)
+    return alpha, y, logits, _prefix_gradients(y, pi_np, alpha)
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _validated(model: Any, tokens: Any, pi: Any, alpha: Any, m_extra: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """alpha, pi and tokens (B, T >= m + m_extra) checked against each other and the model's m."""
     alpha = V.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
-    if not hasattr(model, "_layer3_scores"):
-        raise ValueError(f"model must be an MDTransformer (got {type(model).__name__})")
-    if model.m != m:
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be an nn.Module (got {type(model).__name__})")
+    if int(getattr(model, "m", m)) != m:
         raise ValueError(f"alpha has length {m} but the model has order m = {model.m}")
     if m < 2:
         raise ValueError("alpha: the step is identified by logit differences between lags: m >= 2")
     pi_np = to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
-    y = np.asarray(to_numpy(V.check_tokens(tokens, pi_np.shape[0], m + 2, "tokens")))
+    y = np.asarray(to_numpy(V.check_tokens(tokens, pi_np.shape[0], m + m_extra, "tokens")))
     if y.ndim != 2:
         raise ValueError(f"tokens must have shape (B, T) (got shape {y.shape})")
+    return alpha, pi_np, y
+
+
+def _bins(n_of_row: np.ndarray, bins: int) -> list[tuple[int, int, np.ndarray]]:
+    """Quantile bins of the numbers of transitions: (lo, hi, selection) each."""
+    edges = np.unique(np.quantile(n_of_row, np.linspace(0, 1, bins + 1)).round().astype(int))
+    return [(int(lo), int(hi), (n_of_row >= lo) & ((n_of_row <= hi) if hi == edges[-1] else (n_of_row < hi)))
+            for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def _output_step(model: Any, y: np.ndarray, pi_np: np.ndarray, alpha: np.ndarray, bins: int,
+                 bounds: tuple[float, float] = (1e-4, 1e2)) -> EffectiveStep:
+    """The one step η minimising the mean KL(model ‖ MD(η)) over the prefixes with n >= 1, with a
+    sandwich s.e. clustered by sequence (in θ = log η, by central differences)."""
+    from scipy.optimize import minimize_scalar
+
     with torch.no_grad():
-        _, cache = model(torch.as_tensor(y, device=model.w1.device), return_cache=True)
-    logits = cache["blocks.2.attn.hook_lag_logits"].detach().to("cpu", torch.float64).numpy()[:, m - 1:]  # (B, n+1, m)
-    return alpha, y, logits, _prefix_gradients(y, pi_np, alpha)
+        logp = model.log_probs(torch.as_tensor(y, device=_device(model)))
+    p = torch.exp(logp.detach().to("cpu", torch.float64)).numpy()  # (B, R, S)
+    if not np.all(np.isfinite(p)):
+        raise ValueError("model: its log_probs are not finite on these tokens")
+    md = _OneStepPrefixes(y, pi_np, alpha)
+    B, R = p.shape[:2]
+    h = _neg_entropy(p)
+
+    def per_row(theta: float, rows: Any) -> np.ndarray:  # (B, r) KL at the rows
+        return _kl_rows(p[:, rows], h[:, rows], md.predictive(np.exp(theta), rows))
+
+    def solve(rows: Any) -> tuple[float, float, float]:
+        res = minimize_scalar(lambda th: float(np.mean(per_row(th, rows))), bounds=np.log(bounds), method="bounded",
+                              options={"xatol": 1e-10})
+        th = float(res.x)
+        base = float(np.mean(_kl_rows(p[:, rows], h[:, rows], md.predictive(0.0, rows))))
+        r2 = 1.0 - float(res.fun) / base if base > 0 else float("nan")
+        if B < 2:
+            return float(np.exp(th)), r2, float("nan")
+        d = 1e-4  # central differences in log η: truncation ~d², far below the sampling error
+        f_p, f_0, f_m = (per_row(th + s, rows).mean(axis=1) for s in (d, 0.0, -d))  # (B,) per sequence
+        score, hess = (f_p - f_m) / (2 * d), float(np.sum(f_p - 2 * f_0 + f_m)) / d ** 2
+        se_th = float(np.sqrt(B / (B - 1) * np.sum(score ** 2))) / abs(hess) if hess > 0 else float("nan")
+        return float(np.exp(th)), r2, float(np.exp(th)) * se_th
+
+    rows_all = np.arange(1, R)
+    eta, r2, se = solve(rows_all)
+    n_bins, e_by, r_by = [], [], []
+    for lo, hi, sel in _bins(rows_all, bins):
+        e, r, _ = solve(rows_all[sel])
+        n_bins.append((lo, hi))
+        e_by.append(e)
+        r_by.append(r)
+    return EffectiveStep(eta=eta, r2=r2, n_bins=n_bins, eta_by_n=np.asarray(e_by), r2_by_n=np.asarray(r_by),
+                         eta_se=se, method="output")
 
 
 def effective_step(model: Any, tokens: Any, pi: Any, alpha: Any, *, bins: int = 4) -> EffectiveStep:
-    """Estimate the MD step size that ``model``'s layer 3 implements on ``tokens``.
+    """Estimate the MD step size that ``model`` implements on ``tokens``, with a standard error.
+
+    Two routes. A model with the layer-3 hook ``blocks.2.attn.hook_lag_logits`` (an
+    :class:`~mtdmath.nn.MDTransformer`): the layer-3 logit differences between lags regressed on
+    the ∇ℓ(μ) differences (one intercept per lag). Any other module with ``log_probs(tokens)``:
+    the step of the one-step MD predictive closest to the model's output, ``argmin_η`` of the mean
+    ``KL(model ‖ MD(η))`` over every prefix with n >= 1 transitions (η in [1e-4, 1e2]). The
+    standard error is clustered by sequence in both.
 
     Parameters
     ----------
-    model : MDTransformer
-        Constructed or trained (any weights).
+    model : nn.Module
+        An MDTransformer (constructed or trained), or any module with ``m`` and ``log_probs``.
     tokens : int array or tensor, shape (B, T), T >= m + 2
-        Sequences of the task (e.g. ``ICLTask.sample``).
+        Sequences of the task (e.g. ``ICLTask.sample``); B >= 2 for a standard error.
     pi : array_like, shape (S, S)
         The task's transition matrix, which defines ∇ℓ(μ).
     alpha : array_like, shape (m,)
@@ -157,24 +252,35 @@ def effective_step(model: Any, tokens: Any, pi: Any, alpha: Any, *, bins: int = 
     Returns
     -------
     EffectiveStep
-        For ``MDTransformer.construct(pi, alpha, eta=e)``: eta = e (to rounding) and R² = 1.
+        For ``MDTransformer.construct(pi, alpha, eta=e)``: eta = e (to rounding), R² = 1 and a
+        standard error at rounding level.
+
+    Examples
+    --------
+    >>> est = effective_step(MDTransformer.construct(pi, alpha), tokens, pi, alpha)
+    >>> est.eta, est.eta_se
     """
     bins = V.check_int(bins, "bins", minimum=1)
-    alpha, y, logits, grad = _logits_and_gradients(model, tokens, pi, alpha)
+    if LAG_LOGITS not in getattr(model, "hook_dict", {}):
+        alpha, pi_np, y = _validated(model, tokens, pi, alpha, m_extra=2)
+        if not callable(getattr(model, "log_probs", None)):
+            raise ValueError(f"model must be an MDTransformer or have log_probs(tokens) (got {type(model).__name__})")
+        return _output_step(model, y, pi_np, alpha, bins)
+    alpha, y, logits, grad = _lag_logits_and_gradients(model, tokens, pi, alpha)
     m = alpha.shape[0]
     dx = (grad[..., 1:] - grad[..., :1]).reshape(-1, m - 1)
     dy = (logits[..., 1:] - logits[..., :1]).reshape(-1, m - 1)
-    eta, r2 = _fit(dx, dy)
+    seq = np.repeat(np.arange(y.shape[0]), grad.shape[1])
+    eta, r2, se = _fit(dx, dy, seq)
     n_of_row = np.broadcast_to(np.arange(grad.shape[1]), grad.shape[:2]).reshape(-1)
-    edges = np.unique(np.quantile(n_of_row, np.linspace(0, 1, bins + 1)).round().astype(int))
     n_bins, e_by, r_by = [], [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (n_of_row >= lo) & ((n_of_row <= hi) if hi == edges[-1] else (n_of_row < hi))
-        e, r = _fit(dx[sel], dy[sel])
-        n_bins.append((int(lo), int(hi)))
+    for lo, hi, sel in _bins(n_of_row, bins):
+        e, r, _ = _fit(dx[sel], dy[sel])
+        n_bins.append((lo, hi))
         e_by.append(e)
         r_by.append(r)
-    return EffectiveStep(eta=eta, r2=r2, n_bins=n_bins, eta_by_n=np.asarray(e_by), r2_by_n=np.asarray(r_by))
+    return EffectiveStep(eta=eta, r2=r2, n_bins=n_bins, eta_by_n=np.asarray(e_by), r2_by_n=np.asarray(r_by),
+                         eta_se=se, method="layer3")
 
 
 # ----------------------------------------------------------------------------- the step as a function of n
@@ -218,7 +324,7 @@ def step_by_n(model: Any, tokens: Any, pi: Any, alpha: Any) -> StepByN:
         ``n = 1 … T-m``; ``fit`` is the R² at each n. For ``construct(..., aggregation="softmax_sink",
         c=c, a=a)``: ``eta = c/(n+m+a)`` (to rounding) and R² = 1.
     """
-    alpha, y, logits, grad = _logits_and_gradients(model, tokens, pi, alpha)
+    alpha, y, logits, grad = _lag_logits_and_gradients(model, tokens, pi, alpha)
     if y.shape[0] < 2:
         raise ValueError(f"tokens: the step at each n is fitted across sequences: give B >= 2 (got B = {y.shape[0]})")
     dx = grad[..., 1:] - grad[..., :1]  # (B, R, m-1)
@@ -226,7 +332,7 @@ def step_by_n(model: Any, tokens: Any, pi: Any, alpha: Any) -> StepByN:
     n = np.arange(1, grad.shape[1])
     eta, r2 = np.empty(n.size), np.empty(n.size)
     for j, r in enumerate(n):
-        eta[j], r2[j] = _fit(dx[:, r], dy[:, r])
+        eta[j], r2[j], _ = _fit(dx[:, r], dy[:, r])
     return StepByN(n=n, eta=eta, fit=r2)
 
 
@@ -243,7 +349,7 @@ def matched_step(probs: Any, tokens: Any, pi: Any, alpha: Any, *, bounds: tuple[
     ----------
     probs : array or tensor, shape (B, T-m+1, S)
         The model's predictive after every prefix of ``tokens`` (row r: prefix of length m + r),
-        e.g. ``model(tokens)``.
+        e.g. ``torch.softmax(model(tokens), -1)``.
     tokens : int array or tensor, shape (B, T), T >= m + 1
     pi : array_like, shape (S, S)
     alpha : array_like, shape (m,), m >= 2
@@ -306,7 +412,8 @@ class AdaptiveFit:
         Weighted least-squares line of ``1/η`` on n and its covariance (from the given σ, or
         from the residuals when none is given).
     c, a, c_se, a_se : float
-        ``c = 1/B``, ``a = A/B - m``, s.e. by the delta method (NaN when B <= 0: no decreasing step).
+        ``c = 1/B``, ``a = A/B - m``, s.e. by the delta method (NaN when B <= 0, or B is zero to
+        rounding as for a constant step: no decreasing step).
     r2 : float
         R² of the fitted ``c/(n+m+a)`` in η: ``1 - Σ(η - η_fit)²/Σ(η - mean η)²``.
     chi2_dof : float
@@ -375,7 +482,10 @@ def fit_adaptive_step(n: Any, eta: Any, m: int, *, eta_se: Any = None) -> Adapti
     if eta_se is None:  # σ unknown: scale by the residual variance
         cov = cov * (chi2 / dof if dof > 0 else np.nan)
     A, B = float(beta[0]), float(beta[1])
-    if B > 0:
+    # a B whose change of 1/η over the whole range of n is at rounding level (1e-12 relative; the
+    # least-squares solve loses a few digits to the conditioning of [1, n]) is a constant step
+    flat = abs(B) * float(np.ptp(n_arr)) <= 1e-12 * float(np.max(np.abs(y)))
+    if B > 0 and not flat:
         c, a = 1.0 / B, A / B - m
         c_se = float(np.sqrt(cov[1, 1])) / B ** 2
         # a = A/B - m: gradient (1/B, -A/B²)

@@ -23,7 +23,12 @@ import torch
 from .. import _validate as V
 from .._xp import torch_space
 
-__all__ = ["ICLTask", "dirichlet", "log_gamma"]
+__all__ = ["ICLTask", "dirichlet", "log_gamma", "ALPHA_MIN"]
+
+#: The smallest Dirichlet parameter :class:`ICLTask` draws: below it ``log(U)/alpha`` (U >= 2^-53)
+#: can overflow float64, and the draw would be 0/0. Down to it the draws are exact one-hots in the
+#: limit, as the law is.
+ALPHA_MIN = 1e-300
 
 
 def log_gamma(shape_param: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -93,6 +98,10 @@ class ICLTask:
         dev = V.check_torch_device(device) or torch.device("cpu")
         self.pi = V.check_pi(pi, "pi", torch_space(dev)).detach()
         self.alpha = V.check_alpha(alpha, "alpha")
+        if float(self.alpha.min()) < ALPHA_MIN:
+            # the Gamma boost log(U)/alpha reaches -inf: every weight would be 0 and lam NaN
+            raise ValueError(f"alpha entries must be >= {ALPHA_MIN:g} for the torch sampler, whose Gamma draws "
+                             f"divide by alpha (got min(alpha) = {float(self.alpha.min())!r})")
         self.S, self.m = int(self.pi.shape[0]), int(self.alpha.shape[0])
         self.T = V.check_int(T, "T", minimum=self.m + 1)
         self.device = dev

@@ -1,9 +1,10 @@
-"""Training on the in-context MTD task: :func:`train`, model specs, checkpoints.
+"""Training on the in-context MTD task: :func:`train` (resumable, logged) and model specs.
 
-The loss is the next-token cross-entropy of ``tokens[:, m:]`` on the model's ``log_probs`` rows
+The loss is the next-token cross-entropy of ``tokens[:, m:]`` on the model's logits rows
 ``0 … T-m-1`` (the last row predicts beyond the sequence), averaged over batch and positions.
-Any ``nn.Module`` with the library's forward contract trains: an attribute ``m`` and a method
-``log_probs(tokens) -> (B, T-m+1, S)``.
+Any ``nn.Module`` with the library's forward contract trains: an attribute ``m`` and
+``forward(tokens) -> logits (B, T-m+1, S)``. The loss calls the module itself, so a
+``torch.compile``'d module trains compiled. Checkpoints are in :mod:`mtdmath.nn.checkpoints`.
 
 Model specs name a model in one string (used by the CLI):
 
@@ -26,14 +27,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import _validate as V
 from .task import ICLTask
 from .transformer import MDConfig, MDTransformer, StandardConfig, StandardTransformer
 
-__all__ = ["train", "TrainHistory", "save_checkpoint", "load_checkpoint", "parse_model_spec", "model_from_spec",
-           "spec_name", "lr_schedule"]
+__all__ = ["train", "TrainHistory", "parse_model_spec", "model_from_spec", "spec_name", "lr_schedule"]
 
 SCHEDULES = ("cosine", "constant", "linear")
 
@@ -79,28 +80,121 @@ class TrainHistory:
         return {"step": self.step, "loss": self.loss, "lr": self.lr, "time": self.time, **self.extra,
                 "steps_per_s": self.steps_per_s}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "TrainHistory":
+        """The history :meth:`as_dict` gave (as a checkpoint stores it)."""
+        d = dict(d or {})
+        base = {k: list(d.pop(k, [])) for k in ("step", "loss", "lr", "time")}
+        sps = d.pop("steps_per_s", float("nan"))
+        return cls(**base, extra={k: list(v) for k, v in d.items()}, steps_per_s=float(sps))
 
-def _nll(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    m = int(model.m)
-    lp = model.log_probs(y)[:, :-1]  # (B, T-m, S): row r predicts y[m+r]
-    return -lp.gather(2, y[:, m:, None]).mean()
+    def add_point(self, step: int, window: dict[str, list[float]], lr: float, time: float) -> None:
+        """Append a logged point: the means of ``window`` (``loss`` and the callbacks' keys); a key
+        missing from this window, or new in it, gets NaN at the points that lack it."""
+        n = len(self.step)
+        self.step.append(step)
+        self.loss.append(sum(window["loss"]) / len(window["loss"]))
+        self.lr.append(lr)
+        self.time.append(time)
+        for key in sorted(set(self.extra) | set(window) - {"loss"}):
+            vals = window.get(key, [])
+            col = self.extra.setdefault(key, [float("nan")] * n)
+            col.append(sum(vals) / len(vals) if vals else float("nan"))
+
+    def rows(self) -> list[dict[str, float]]:
+        """One dict per logged point (step, loss, lr, time and the extra columns): the CSV log's rows."""
+        return [{"step": s, "loss": l, "lr": r, "time": t, **{k: v[i] for k, v in self.extra.items()}}
+                for i, (s, l, r, t) in enumerate(zip(self.step, self.loss, self.lr, self.time))]
+
+
+def _nll(model: nn.Module, y: torch.Tensor, m: int) -> torch.Tensor:
+    """Next-token cross-entropy of ``y[:, m:]`` on the logits rows ``0 … T-m-1`` (through ``model.forward``)."""
+    logits = model(y)[:, :-1]  # (B, T-m, S): row r predicts y[m+r]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, m:].reshape(-1))
+
+
+def _check_model_task(module: nn.Module, task: ICLTask) -> None:
+    """The model and the task agree on m, S and the context length (messages name both)."""
+    for attr in ("S", "m"):
+        mv = getattr(module, attr, None)
+        if mv is not None and int(mv) != getattr(task, attr):
+            raise ValueError(f"model and task disagree: the model has {attr} = {int(mv)}, the task {attr} = "
+                             f"{getattr(task, attr)}")
+    max_len = getattr(getattr(module, "config", None), "max_len", None)
+    if max_len is not None and task.T > max_len:
+        raise ValueError(f"model and task disagree: the task's sequences have T = {task.T} tokens, above the model's "
+                         f"max_len = {max_len}")
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    out = {"data": gen.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        out |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    return out
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], gen: torch.Generator) -> None:
+    gen.set_state(state["data"])
+    torch.set_rng_state(state["torch"])
+    cuda = [state[k] for k in sorted(state) if k.startswith("cuda")]
+    if cuda:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+class _Logs:
+    """The CSV log (always, when a log folder is given) and TensorBoard scalars (optional)."""
+
+    def __init__(self, log_dir: Path | None, tensorboard: bool) -> None:
+        self.csv = None if log_dir is None else log_dir / "train_log.csv"
+        self.writer = None
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(log_dir))
+
+    def write(self, hist: "TrainHistory") -> None:
+        if self.csv is None:
+            return
+        import csv
+
+        rows = hist.rows()
+        # rewritten whole at each point (it is small), so a column that appears later has its header
+        with open(self.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        if self.writer is not None:
+            for k, v in rows[-1].items():
+                if k != "step" and math.isfinite(v):
+                    self.writer.add_scalar(k, v, rows[-1]["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def train(model: nn.Module, task: ICLTask, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
           schedule: str = "cosine", warmup: int = 0, weight_decay: float = 0.0, grad_clip: float | None = 1.0,
           device: torch.device | str | None = None, seed: int = 0, log_every: int = 50,
           callbacks: Sequence[Callable[..., dict[str, float] | None]] | None = None,
-          progress: bool = True, desc: str = "train") -> TrainHistory:
+          progress: bool = True, desc: str = "train", checkpoint: str | Path | None = None,
+          checkpoint_every: int | None = None, resume: str | Path | None = None,
+          log_dir: str | Path | None = None, tensorboard: bool = False) -> TrainHistory:
     """Train ``model`` in place on fresh batches of ``task`` (online), with AdamW.
 
     Parameters
     ----------
     model : nn.Module
-        Has ``m`` and ``log_probs(tokens) -> (B, T-m+1, S)``; its ``m`` must equal ``task.m``.
+        ``forward(tokens) -> logits (B, T-m+1, S)`` (row r predicts ``y[m+r]``) and an attribute
+        ``m``; its ``m`` (and ``S``, and ``config.max_len`` where it has them) must fit ``task``.
+        The loss calls ``model(tokens)``, so a ``torch.compile(model)`` trains compiled.
     task : ICLTask
         Batches are drawn on ``device`` by a ``torch.Generator`` seeded with ``seed``.
     steps, batch_size : int
-        Optimiser steps and sequences per step.
+        Optimiser steps (in all, counting those before a ``resume``) and sequences per step.
     lr, schedule, warmup :
         Peak learning rate and its schedule (:func:`lr_schedule`: ``cosine``, ``linear``,
         ``constant``, after ``warmup`` linear warm-up steps).
@@ -111,16 +205,33 @@ def train(model: nn.Module, task: ICLTask, *, steps: int, batch_size: int = 64, 
     device : torch device, optional
         Where the model is moved and batches are drawn (default: the model's device).
     seed : int
-        Seed of the data generator (the initial weights are the model's own).
+        Seed of the data generator and of dropout (training runs on a fork of torch's global
+        generator, so the caller's state is left as it was); the initial weights are the model's own.
     log_every : int
         Steps per logged point.
     callbacks : sequence of callables, optional
         Each is called after every optimiser step as ``cb(step=k, model=model, tokens=y, lam=lam,
         loss=float)`` (k is 1-based; tokens (B, T), lam (B, m) on the device). A callback that
         returns a dict of floats has them averaged over the window and logged in
-        ``history.extra`` under their keys.
+        ``history.extra`` (NaN at points whose window returned none); one that returns None logs
+        nothing. :class:`~mtdmath.nn.HeldOutKL` evaluates every k steps on a fixed batch.
     progress : bool
         Show a tqdm bar with the current loss.
+    checkpoint : path, optional
+        Save a training checkpoint (weights, optimiser, scheduler and RNG states, step, history)
+        here every ``checkpoint_every`` steps and at the end.
+    checkpoint_every : int, optional
+        Default: ``steps`` (only at the end).
+    resume : path, optional
+        A training checkpoint to continue from: the weights, optimiser, scheduler, RNG states,
+        step count and history are restored, and training runs from its step + 1 to ``steps``,
+        so that an interrupted run resumed gives the weights of the uninterrupted run bit for bit
+        (on the same device). The task must be the checkpoint's.
+    log_dir : path, optional
+        Folder of the CSV log ``train_log.csv`` (one row per logged point: step, loss, lr, time
+        and the callbacks' values), rewritten at every point.
+    tensorboard : bool
+        Also write TensorBoard scalars to ``log_dir`` (needs the ``tensorboard`` package).
 
     Returns
     -------
@@ -128,12 +239,13 @@ def train(model: nn.Module, task: ICLTask, *, steps: int, batch_size: int = 64, 
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(model, nn.Module) or not hasattr(model, "log_probs") or not hasattr(model, "m"):
-        raise ValueError(f"model must be an nn.Module with attributes m and log_probs (got {type(model).__name__})")
+    module = getattr(model, "_orig_mod", model)  # a torch.compile wrapper keeps its module here
+    if not isinstance(model, nn.Module) or not hasattr(module, "m"):
+        raise ValueError(f"model must be an nn.Module with an attribute m and forward(tokens) -> logits "
+                         f"(got {type(model).__name__})")
     if not isinstance(task, ICLTask):
         raise ValueError(f"task must be an ICLTask (got {type(task).__name__})")
-    if int(model.m) != task.m:
-        raise ValueError(f"task has order m = {task.m} but the model has m = {model.m}")
+    _check_model_task(module, task)
     steps = V.check_int(steps, "steps", minimum=1)
     batch_size = V.check_int(batch_size, "batch_size", minimum=1)
     log_every = V.check_int(log_every, "log_every", minimum=1)
@@ -144,9 +256,36 @@ def train(model: nn.Module, task: ICLTask, *, steps: int, batch_size: int = 64, 
         grad_clip = V.check_float(grad_clip, "grad_clip", positive=True)
     factor = lr_schedule(schedule, steps=steps, warmup=min(warmup, steps))
     seed = V.check_int(seed, "seed", minimum=0)
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
+    checkpoint_every = steps if checkpoint_every is None else V.check_int(checkpoint_every, "checkpoint_every", 1)
+    for name, p in (("checkpoint", checkpoint), ("resume", resume), ("log_dir", log_dir)):
+        if p is not None and not isinstance(p, (str, Path)):
+            raise ValueError(f"{name} must be a path or None (got {type(p).__name__})")
+    if tensorboard and log_dir is None:
+        raise ValueError("tensorboard=True needs a log_dir to write to")
+    dev = V.check_torch_device(device, "device")
+    params = list(model.parameters())
+    if not params:
+        raise ValueError(f"model has no parameters to train ({type(module).__name__})")
+    device = dev if dev is not None else params[0].device
+    # the batch: (B, T) tokens, the (B, T-m+1, S) logits and their gradient, (B, T, T) attention (as MDTransformer)
+    V.check_alloc(batch_size * task.T * (3 * task.S + 6 + 8 * task.T), 8, "batch_size",
+                  f"a batch of {batch_size} sequences of length T = {task.T} with S = {task.S} logits each")
+    info = None
+    if resume is not None:
+        from .checkpoints import load_checkpoint
+
+        _, info = load_checkpoint(resume, model=module, device=device)
+        if "training" not in info:
+            raise ValueError(f"resume: {resume} is a model checkpoint without training state (save it with train's "
+                             f"checkpoint=)")
+        if info["task"] is None or info["task"] != task:
+            raise ValueError(f"resume: {resume} was trained on another task ({info['task']}), not {task}")
+        if info["training"]["step"] >= steps:
+            raise ValueError(f"steps = {steps} is not beyond the checkpoint's step {info['training']['step']} "
+                             f"(resume: {resume})")
+        if info["training"]["state"].get("batch_size") != batch_size:
+            raise ValueError(f"batch_size = {batch_size} differs from the resumed run's "
+                             f"{info['training']['state'].get('batch_size')} (resume: {resume})")
     model.to(device).train()
     task = task.to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -154,35 +293,56 @@ def train(model: nn.Module, task: ICLTask, *, steps: int, batch_size: int = 64, 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     hist = TrainHistory()
     win: dict[str, list[float]] = {"loss": []}
-    t0 = time.perf_counter()
-    bar = tqdm(range(1, steps + 1), desc=desc, disable=not progress)
-    for k in bar:
-        y, lam = task.sample(batch_size, generator=gen)
-        loss = _nll(model, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        sched.step()
-        lv = float(loss.detach())
-        win["loss"].append(lv)
-        for cb in callbacks or ():
-            extra = cb(step=k, model=model, tokens=y, lam=lam, loss=lv)
-            for key, v in (extra or {}).items():
-                win.setdefault(key, []).append(float(v))
-        if k % log_every == 0 or k == steps:
-            hist.step.append(k)
-            hist.loss.append(sum(win["loss"]) / len(win["loss"]))
-            hist.lr.append(float(sched.get_last_lr()[0]))
-            hist.time.append(round(time.perf_counter() - t0, 4))
-            for key, vals in win.items():
-                if key != "loss":
-                    hist.extra.setdefault(key, []).append(sum(vals) / len(vals))
-            bar.set_postfix(loss=f"{hist.loss[-1]:.4f}")
-            win = {"loss": []}
+    start = 1
+    if info is not None:
+        tr = info["training"]
+        opt.load_state_dict(tr["optimizer"])
+        sched.load_state_dict(tr["scheduler"])
+        hist = TrainHistory.from_dict(info["history"])
+        win = {k: list(v) for k, v in tr["state"]["window"].items()}
+        start = tr["step"] + 1
+    # dropout draws from torch's global generator: training runs on a fork of it, seeded from
+    # ``seed`` (a stream apart from the data's), so a seed fixes the run and the caller's state is kept
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed ^ 0x5DEECE66D)
+        if info is not None:
+            _set_rng_state(info["training"]["rng"], gen)
+        logs = _Logs(Path(log_dir) if log_dir is not None else None, tensorboard)
+        m = int(module.m)
+        t_run = time.perf_counter()
+        t0 = t_run - (hist.time[-1] if hist.time else 0.0)  # times continue those of a resumed run
+        bar = tqdm(range(start, steps + 1), desc=desc, disable=not progress, initial=start - 1, total=steps)
+        for k in bar:
+            y, lam = task.sample(batch_size, generator=gen)
+            loss = _nll(model, y, m)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            sched.step()
+            lv = float(loss.detach())
+            win["loss"].append(lv)
+            for cb in callbacks or ():
+                extra = cb(step=k, model=model, tokens=y, lam=lam, loss=lv)
+                for key, v in (extra or {}).items():
+                    win.setdefault(key, []).append(float(v))
+            if k % log_every == 0 or k == steps:
+                hist.add_point(k, win, float(sched.get_last_lr()[0]), round(time.perf_counter() - t0, 4))
+                bar.set_postfix(loss=f"{hist.loss[-1]:.4f}")
+                logs.write(hist)
+                win = {"loss": []}
+            if checkpoint is not None and (k % checkpoint_every == 0 or k == steps):
+                from .checkpoints import save_checkpoint
+
+                state = {"batch_size": batch_size, "window": win}
+                save_checkpoint(checkpoint, module, task=task, history=hist,
+                                training={"step": k, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                          "rng": _rng_state(gen, device), "state": state})
     bar.close()
-    hist.steps_per_s = steps / max(time.perf_counter() - t0, 1e-12)
+    logs.close()
+    hist.steps_per_s = (steps - start + 1) / max(time.perf_counter() - t_run, 1e-12)
     model.eval()
     return hist
 
@@ -258,79 +418,3 @@ def spec_name(model_or_spec: nn.Module | str, **defaults: int) -> str:
     if cfg["d_model"] == base["d_model"] and cfg["n_heads"] == base["n_heads"]:
         return f"std{cfg['n_layers']}"
     return f"std{cfg['n_layers']}_d{cfg['d_model']}_h{cfg['n_heads']}"
-
-
-# ----------------------------------------------------------------------------- checkpoints
-_CLASSES = {"MDTransformer": (MDTransformer, MDConfig), "StandardTransformer": (StandardTransformer, StandardConfig)}
-_FORMAT = 2
-
-
-def save_checkpoint(path: str | Path, model: nn.Module, *, task: ICLTask | None = None,
-                    history: TrainHistory | dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Save ``model`` (weights, config, dtype), its ``task`` (pi, alpha, T), ``history`` and ``extra``.
-
-    The file loads with ``torch.load(..., weights_only=True)``: only tensors, numbers, strings,
-    lists and dicts. :func:`load_checkpoint` rebuilds the same model bit for bit.
-    """
-    name = type(model).__name__
-    if name not in _CLASSES or not isinstance(model, _CLASSES[name][0]):
-        raise ValueError(f"model must be an MDTransformer or a StandardTransformer (got {type(model).__name__})")
-    if task is not None and not isinstance(task, ICLTask):
-        raise ValueError(f"task must be an ICLTask or None (got {type(task).__name__})")
-    if isinstance(history, TrainHistory):
-        history = history.as_dict()
-    dtype = next(model.parameters()).dtype
-    ck = {"format": _FORMAT, "class": name, "config": asdict(model.config), "dtype": str(dtype).removeprefix("torch."),
-          "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-          "task": task.to_dict() if task is not None else None, "history": history, "extra": extra or {}}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ck, path)
-    return path
-
-
-def load_checkpoint(path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-                    ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model saved by :func:`save_checkpoint`.
-
-    Parameters
-    ----------
-    path : file
-    device, dtype : optional
-        Where and in which dtype to put the model (default: CPU, the saved dtype).
-
-    Returns
-    -------
-    model : nn.Module in eval mode
-    info : dict with ``task`` (an ICLTask on ``device``, or None), ``history``, ``extra``,
-        ``config`` and ``class``.
-
-    Checkpoints of the earlier ``train`` experiment (keys ``kind``/``init``/``pi``/``alpha``) load too.
-    """
-    if not isinstance(path, (str, Path)):
-        raise ValueError(f"path must be a file path (got {path!r})")
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"path: the checkpoint {path} does not exist")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if "format" not in ck and "kind" in ck:  # the first format: one dict per trained model kind
-        name = "MDTransformer" if ck["kind"] == "md3" else "StandardTransformer"
-        cfg = dict(ck["init"])
-        task_d = {"pi": ck["pi"], "alpha": ck["alpha"], "T": ck.get("config", {}).get("T", cfg.get("max_len", 65))}
-        ck = {"class": name, "config": cfg, "dtype": "float32", "state_dict": ck["state_dict"], "task": task_d,
-              "history": ck.get("loss_curve"), "extra": {k: ck[k] for k in ("seed", "config", "train_time_s") if k in ck}}
-    if ck.get("class") not in _CLASSES:
-        raise ValueError(f"checkpoint: {path} holds an unknown model class {ck.get('class')!r}")
-    cls, _ = _CLASSES[ck["class"]]
-    cfg = dict(ck["config"])
-    saved_dtype = getattr(torch, ck["dtype"])
-    if cls is MDTransformer:
-        # checkpoints saved before the aggregation option have none: the "sum" model
-        model = MDTransformer(cfg["S"], cfg["m"], dtype=saved_dtype, aggregation=cfg.get("aggregation", "sum"))
-    else:
-        model = StandardTransformer(**cfg, dtype=saved_dtype)
-    model.load_state_dict(ck["state_dict"])
-    model = model.to(device=device, dtype=dtype or saved_dtype).eval()
-    task = ICLTask.from_dict(ck["task"], device=device) if ck.get("task") is not None else None
-    return model, {"task": task, "history": ck.get("history"), "extra": ck.get("extra", {}), "config": cfg,
-                   "class": ck["class"]}

@@ -29,18 +29,20 @@ equal scores over s <= t plus a sink key (score ``log a``, value 0): it outputs
 ``w_q = diag(c/μ)`` takes one MD step of the context-adaptive size ``c/(n+m+a)`` after a prefix of
 ``n = t+1-m`` transitions (docs/math.md §5.6).
 
-The attention matrices are formed explicitly, (B, T, T) each, as a transformer does:
-memory O(B·T²). For long contexts use :func:`mtdmath.md_predictive_all_prefixes`
-(O(B·T·m), same numbers).
+The three layers are the submodules ``blocks[0]`` (:class:`Responsibility`), ``blocks[1]``
+(:class:`Aggregate`) and ``blocks[2]`` (:class:`MirrorStep`), also reachable by these role names.
+The attention matrices are formed explicitly, (B, T, T) each, as a transformer does: memory
+O(B·T²). For long contexts use :func:`mtdmath.md_predictive_all_prefixes` (O(B·T·m), same numbers).
 
 ``StandardTransformer`` is a GPT-style baseline (nanoGPT-like: token + learned absolute position
 embeddings, pre-LayerNorm blocks of causal multi-head softmax attention and an MLP) with the
-same ``forward`` / ``log_probs`` / ``return_attention`` contract.
+same ``forward(tokens) -> logits`` contract; its attention runs fused
+(``F.scaled_dot_product_attention``) unless its scores or pattern are asked for.
 
-Both models return their named activations with ``forward(tokens, return_cache=True)``: a dict
-of the exact tensors used (TransformerLens-style names such as ``blocks.{l}.attn.hook_pattern``,
-``[batch, head, query_pos, key_pos]``), listed with their shapes in :data:`MD_CACHE_NAMES` and
-by :func:`standard_cache_names`.
+Every named activation passes through an identity :class:`~mtdmath.nn.hooks.HookPoint` named by
+its module path (TransformerLens names such as ``blocks.{l}.attn.hook_pattern``,
+``[batch, head, query_pos, key_pos]``, listed with their shapes in :data:`MD_CACHE_NAMES` and by
+:func:`standard_cache_names`): ``run_with_cache`` reads them, ``run_with_hooks`` replaces them.
 """
 from __future__ import annotations
 
@@ -55,8 +57,10 @@ from torch import nn
 from .. import _validate as V
 from .._xp import torch_space
 from ..estimators import _check_eta
+from .hooks import HookedModule, HookPoint
 
 __all__ = ["MDConfig", "StandardConfig", "MDTransformer", "StandardTransformer", "MD_CACHE_NAMES",
+           "Responsibility", "Aggregate", "MirrorStep",
            "MD_SINK_CACHE_NAMES", "AGGREGATIONS", "adaptive_params", "md_cache_names", "standard_cache_names"]
 
 
@@ -89,13 +93,6 @@ def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
     dead = torch.isneginf(x).all(dim=dim, keepdim=True)
     out = torch.logsumexp(x.masked_fill(dead, 0.0), dim=dim, keepdim=True)
     return out.masked_fill(dead, -math.inf).squeeze(dim)
-
-
-def _cache_order(name: str) -> tuple[int, str]:
-    """Sort key of cache names: embeddings, then block by block, then the final layers."""
-    if name.startswith("blocks."):
-        return (1 + int(name.split(".")[1]), name)
-    return (0 if name.startswith("hook_") and name != "hook_logits" else 10_000, name)
 
 
 def _init_device(generator: torch.Generator | None) -> torch.device:
@@ -161,7 +158,7 @@ class StandardConfig:
 
 
 # ----------------------------------------------------------------------------- cache names
-#: Named activations of ``MDTransformer.forward(tokens, return_cache=True)`` and their shapes
+#: Named activations (hook points) of :class:`MDTransformer`, as ``run_with_cache`` returns them, and their shapes
 #: (TransformerLens-style names; attention tensors are ``[batch, head, query_pos, key_pos]``
 #: with one head per layer). Scores are the masked logits: -inf outside the window (and where
 #: pi is 0), so a row with no allowed key (layer 1: t < m; layer 3: t < m-1) is all -inf and its
@@ -169,19 +166,20 @@ class StandardConfig:
 #: ``[e(y[t]) | r_t | G_t | p_t]`` of width ``S + 2m + S``; blocks a layer has not written yet are 0.
 MD_CACHE_NAMES: dict[str, str] = {
     "hook_embed": "(B, T, S) one-hot tokens e(y[t])",
-    "blocks.0.attn.hook_scores": "(B, 1, T, T) layer-1 logits W1[y[s], y[t]] + b1[t-s-1], masked to -inf",
+    "blocks.0.attn.hook_scores": "(B, 1, T, T) layer-1 logits W1[y[s], y[t]] + lag_bias[t-s-1], masked to -inf",
     "blocks.0.attn.hook_pattern": "(B, 1, T, T) layer-1 weights A1 (responsibilities when constructed)",
-    "blocks.0.hook_r": "(B, T, m) r_t = Σ_g A1[t, t-g] v1[g-1]",
+    "blocks.0.hook_r": "(B, T, m) r_t = Σ_g A1[t, t-g] lag_value[g-1]",
     "blocks.0.hook_resid_post": "(B, T, S+2m+S) [e | r | 0 | 0]",
     "blocks.1.attn.hook_pattern": "(B, 1, T, T) layer-2 weights: 1 for s <= t, else 0",
     "blocks.1.hook_G": "(B, T, m) G_t = Σ_{s<=t} r_s",
     "blocks.1.hook_resid_post": "(B, T, S+2m+S) [e | r | G | 0]",
-    "blocks.2.attn.hook_q": "(B, T, m) layer-3 query q_t = q_bias + G_t w_q",
-    "blocks.2.attn.hook_lag_logits": "(B, T, m) layer-3 logits q_t · K3[j] of key t-j (lag j+1)",
+    "blocks.2.attn.hook_step": "(B, T, m) the mirror step's update G_t w_q (η ∇ℓ_t(μ) when constructed)",
+    "blocks.2.attn.hook_q": "(B, T, m) layer-3 query q_t = q_bias + G_t w_q (log μ + η ∇ℓ_t(μ) when constructed)",
+    "blocks.2.attn.hook_lag_logits": "(B, T, m) layer-3 logits q_t · lag_key[j] of key t-j (lag j+1)",
     "blocks.2.attn.hook_scores": "(B, 1, T, T) layer-3 logits scattered to keys, masked to -inf",
     "blocks.2.attn.hook_pattern": "(B, 1, T, T) layer-3 weights A3 (one-step MD lam¹ when constructed)",
     "blocks.2.attn.hook_v": "(B, T, S) layer-3 values W_V e(y[s])",
-    "blocks.2.hook_p": "(B, T, S) p_t = Σ_s A3[t, s] W_V e(y[s]); forward returns rows t >= m-1",
+    "blocks.2.hook_p": "(B, T, S) p_t = Σ_s A3[t, s] W_V e(y[s]); forward returns its log at rows t >= m-1",
     "blocks.2.hook_resid_post": "(B, T, S+2m+S) [e | r | G | p]",
 }
 
@@ -217,7 +215,7 @@ def md_cache_names(aggregation: str = "sum") -> dict[str, str]:
 
 
 def standard_cache_names(n_layers: int) -> dict[str, str]:
-    """Named activations of ``StandardTransformer.forward(tokens, return_cache=True)`` and their shapes.
+    """Named activations (hook points) of a :class:`StandardTransformer`, as ``run_with_cache`` returns them.
 
     D = d_model, H = n_heads, d = D/H. Scores are scaled by 1/sqrt(d) and masked to -inf on
     future keys; patterns are taken before attention dropout.
@@ -235,6 +233,7 @@ def standard_cache_names(n_layers: int) -> dict[str, str]:
             f"blocks.{l}.attn.hook_z": "(B, H, T, d) per-head outputs pattern @ v",
             f"blocks.{l}.hook_attn_out": "(B, T, D) attention output after the projection",
             f"blocks.{l}.hook_resid_mid": "(B, T, D) resid_pre + attn_out",
+            f"blocks.{l}.ln2.hook_normalized": "(B, T, D) LayerNorm of resid_mid, input of the MLP",
             f"blocks.{l}.hook_mlp_out": "(B, T, D) MLP output",
             f"blocks.{l}.hook_resid_post": "(B, T, D) resid_mid + mlp_out",
         }
@@ -280,7 +279,175 @@ def adaptive_params(alpha: Any, *, c: float | None = None, a: float | None = Non
 
 
 # ----------------------------------------------------------------------------- MDTransformer
-class MDTransformer(nn.Module):
+def _safe_log(p: torch.Tensor) -> torch.Tensor:
+    """``log p`` with -inf (and a zero, not NaN, gradient) where p is exactly 0.
+
+    A constructed model's predictive is 0 where pi is 0; ``torch.log`` would back-propagate
+    ``0 · inf = NaN`` through those entries.
+    """
+    pos = p > 0
+    return torch.where(pos, torch.log(torch.where(pos, p, torch.ones_like(p))), -math.inf)
+
+
+def _allowed(scores: torch.Tensor) -> torch.Tensor:
+    """The keys a masked score tensor allows: those not at -inf."""
+    return ~torch.isneginf(scores)
+
+
+class _Holder(nn.Module):
+    """A plain container (``blocks.{l}.attn``) for a layer's attention weights and hook points."""
+
+
+class Responsibility(nn.Module):
+    """Layer 1 (``blocks.0``): responsibility attention, ``r_t = Σ_g A1[t, t-g] lag_value[g-1]``.
+
+    Weights (under ``attn``): ``token_score`` (S, S), the raw score of key token y[s] for query
+    token y[t] (the effective, masked matrix is :attr:`MDTransformer.W1`); ``lag_bias`` (m,), the
+    bias ``b1[g-1]`` of lag g; ``lag_value`` (m, m), the value of lag g in row g-1.
+    """
+
+    def __init__(self, S: int, m: int, kw: dict[str, Any]) -> None:
+        super().__init__()
+        self.m = m
+        self.attn = _Holder()
+        self.attn.token_score = nn.Parameter(torch.randn(S, S, **kw))
+        self.attn.lag_bias = nn.Parameter(0.1 * torch.randn(m, **kw))
+        self.attn.lag_value = nn.Parameter(torch.eye(m, dtype=kw["dtype"], device=kw["device"])
+                                           + 0.1 * torch.randn(m, m, **kw))
+        self.attn.hook_scores = HookPoint()
+        self.attn.hook_pattern = HookPoint()
+        self.hook_r = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, resid: torch.Tensor, y: torch.Tensor, pi_zero: torch.Tensor) -> torch.Tensor:
+        B, T = y.shape
+        m, S = self.m, pi_zero.shape[0]
+        a = self.attn
+        x = resid[..., :S]  # e(y[t])
+        pos = torch.arange(T, device=y.device)
+        lag = pos[:, None] - pos[None, :]  # (T, T): lag[t, s] = t - s
+        # score[t, s] = e(y[s])ᵀ W1 e(y[t]) + b1[t-s-1] on the window 1 <= t-s <= m
+        scores = (x @ a.token_score.T) @ x.transpose(1, 2)  # (B, T, T): [b, t, s] = W1[y[s], y[t]]
+        scores = scores + a.lag_bias[(lag - 1).clamp(0, m - 1)]
+        window = (lag >= 1) & (lag <= m) & (pos >= m)[:, None]  # rows t < m: no transition ends there
+        allowed = window.expand(B, T, T)
+        if bool(pi_zero.any()):
+            # pi[y[s], y[t]] = 0 -> score -inf, by masking (never 0 · -inf)
+            allowed = allowed & ~pi_zero[y[:, None, :], y[:, :, None]]
+            impossible = window.any(-1) & ~allowed.any(-1)  # (B, T): no lag explains y[t]
+            if bool(impossible.any()):
+                b, t = impossible.nonzero()[0].tolist()
+                raise ValueError(f"tokens contain a transition with probability 0 under every lag of pi "
+                                 f"(batch {b}, position {t}): the data are impossible under pi")
+        scores = a.hook_scores(scores.masked_fill(~allowed, -math.inf).unsqueeze(1))  # (B, 1, T, T)
+        pattern = a.hook_pattern(_masked_softmax(scores, _allowed(scores)))  # (B, 1, T, T)
+        # the band pattern[b, t, t-g], g = 1..m (rows t < m are zero)
+        band_idx = (pos[:, None] - torch.arange(1, m + 1, device=y.device)[None, :]).clamp(min=0)  # (T, m)
+        band = pattern[:, 0].gather(2, band_idx.expand(B, T, m))  # rows t < m of the pattern are 0
+        r = self.hook_r(band @ a.lag_value)  # (B, T, m): r_t = γ_{t-m} when constructed
+        return self.hook_resid_post(torch.cat([x, r, resid[..., S + m:]], dim=-1))
+
+
+class Aggregate(nn.Module):
+    """Layer 2 (``blocks.1``): ``G_t = Σ_{s<=t} r_s`` (``"sum"``) or softmax attention with a sink,
+    ``Ḡ_t = G_t/(t+1+a)`` (``"softmax_sink"``: weight ``attn.sink_logit = log a``, buffer
+    ``attn.sink_off`` when a = 0)."""
+
+    def __init__(self, S: int, m: int, aggregation: str, kw: dict[str, Any]) -> None:
+        super().__init__()
+        self.S, self.m, self.aggregation = S, m, aggregation
+        self.attn = _Holder()
+        if aggregation == "softmax_sink":
+            self.attn.hook_scores = HookPoint()
+        self.attn.hook_pattern = HookPoint()
+        if aggregation == "softmax_sink":
+            self.attn.hook_sink = HookPoint()
+        self.hook_G = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, resid: torch.Tensor) -> torch.Tensor:
+        S, m = self.S, self.m
+        B, T = resid.shape[:2]
+        r = resid[..., S:S + m]
+        pos = torch.arange(T, device=resid.device)
+        causal = pos[:, None] >= pos[None, :]  # (T, T): s <= t
+        a = self.attn
+        if self.aggregation == "sum":
+            pattern = a.hook_pattern(causal.to(r.dtype).expand(B, 1, T, T))
+        else:
+            # softmax over [sink, positions] with scores [log a, 0 (s <= t), -inf (s > t)]: weights
+            # 1/(t+1+a) on s <= t and a/(t+1+a) on the sink, whose value is 0 (docs/math.md §5.6)
+            sink_col = a.sink_logit.to(r.dtype).expand(T, 1).masked_fill(a.sink_off, -math.inf)
+            scores = torch.cat([sink_col, torch.zeros(T, T, dtype=r.dtype, device=r.device)
+                                .masked_fill(~causal, -math.inf)], dim=1)  # (T, 1+T)
+            scores = a.hook_scores(scores.expand(B, 1, T, T + 1))
+            w = _masked_softmax(scores, _allowed(scores))  # every row allows its own position
+            pattern = a.hook_pattern(w[..., 1:])
+            a.hook_sink(w[..., 0])  # its value is 0: it only removes weight from the positions
+        G = self.hook_G(pattern[:, 0] @ r)  # (B, T, m)
+        return self.hook_resid_post(torch.cat([resid[..., :S + m], G, resid[..., S + 2 * m:]], dim=-1))
+
+
+class MirrorStep(nn.Module):
+    """Layer 3 (``blocks.2``): the mirror step, softmax attention of query t over s = t-m+1 … t.
+
+    Weights (under ``attn``): ``q_bias`` (m,) and ``w_q`` (m, m), the query
+    ``q_t = q_bias + G_t w_q`` (``log μ`` and ``diag(η/μ)`` when constructed; ``G_t w_q`` passes
+    through ``attn.hook_step``); ``lag_key`` (m, m), the key of lag g in row g-1;
+    ``value_logits`` (S, S), ``W_V = softmax(value_logits, -1)ᵀ``.
+    """
+
+    def __init__(self, S: int, m: int, kw: dict[str, Any]) -> None:
+        super().__init__()
+        self.S, self.m = S, m
+        self.attn = _Holder()
+        self.attn.q_bias = nn.Parameter(0.1 * torch.randn(m, **kw))
+        self.attn.w_q = nn.Parameter((1.0 / math.sqrt(m)) * torch.randn(m, m, **kw))
+        self.attn.lag_key = nn.Parameter(torch.eye(m, dtype=kw["dtype"], device=kw["device"])
+                                         + 0.1 * torch.randn(m, m, **kw))
+        self.attn.value_logits = nn.Parameter(torch.randn(S, S, **kw))
+        for name in ("hook_step", "hook_q", "hook_lag_logits", "hook_scores", "hook_pattern", "hook_v"):
+            setattr(self.attn, name, HookPoint())
+        self.hook_p = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def value_rows(self, pi_zero: torch.Tensor) -> torch.Tensor:
+        """Row a = the law emitted for source token a, ``W_V e(a)``; (S, S), rows on the simplex."""
+        return torch.softmax(self.attn.value_logits.masked_fill(pi_zero, -math.inf), dim=-1)
+
+    def explicit(self) -> bool:
+        """Whether this call must form the (B, T, T) scores, pattern and p_t (one of them is hooked)."""
+        a = self.attn
+        return any(h.has_hooks() for h in (a.hook_scores, a.hook_pattern, a.hook_v, self.hook_p, self.hook_resid_post))
+
+    def forward(self, resid: torch.Tensor, y: torch.Tensor, pi_zero: torch.Tensor) -> torch.Tensor:
+        """The logits ``log p_t`` at rows t = m-1 … T-1, (B, T-m+1, S)."""
+        S, m = self.S, self.m
+        B, T = y.shape
+        a = self.attn
+        x, G = resid[..., :S], resid[..., S + m:S + 2 * m]
+        q = a.hook_q(a.q_bias + a.hook_step(G @ a.w_q))  # (B, T, m): log μ + η G_t/μ when constructed
+        band = a.hook_lag_logits(q @ a.lag_key.T)  # (B, T, m): [b, t, j] = score of key t-j (lag j+1)
+        if not self.explicit():
+            # in log space on the band: log p_t = logsumexp_j(log A3[t, t-j] + log W_V[:, y[t-j]]), finite
+            # for a learned model even where p_t underflows
+            log_att = torch.log_softmax(band[:, m - 1:], dim=-1)  # (B, T-m+1, m)
+            src = y.unfold(1, m, 1).flip(-1)  # (B, T-m+1, m): key t-j of row t = m-1+r is y[r+m-1-j]
+            log_rows = torch.log_softmax(a.value_logits.masked_fill(pi_zero, -math.inf), dim=-1)
+            return _logsumexp(log_att.unsqueeze(-1) + log_rows[src], dim=2)
+        pos = torch.arange(T, device=y.device)
+        lag = pos[:, None] - pos[None, :]
+        allowed = (lag >= 0) & (lag <= m - 1) & (pos >= m - 1)[:, None]  # (T, T)
+        scores = band.gather(2, lag.clamp(0, m - 1).expand(B, T, T)).masked_fill(~allowed, -math.inf)
+        scores = a.hook_scores(scores.unsqueeze(1))  # (B, 1, T, T)
+        pattern = a.hook_pattern(_masked_softmax(scores, _allowed(scores)))  # lam¹ of y[:t+1] when constructed
+        values = a.hook_v(x @ self.value_rows(pi_zero))  # (B, T, S): W_V e(y[s])
+        p = self.hook_p(pattern[:, 0] @ values)  # (B, T, S)
+        resid = self.hook_resid_post(torch.cat([resid[..., :S + 2 * m], p], dim=-1))
+        return _safe_log(resid[:, m - 1:, S + 2 * m:])
+
+
+class MDTransformer(HookedModule):
     """The disentangled three-layer transformer of docs/math.md §5 (see the module docstring).
 
     Parameters
@@ -296,32 +463,27 @@ class MDTransformer(nn.Module):
         ``G_t = Σ_{s<=t} r_s``; ``"softmax_sink"`` is softmax attention with equal scores over
         s <= t plus a sink key of learnable score ``sink_logit = log a`` and value 0, which
         outputs ``Ḡ_t = G_t/(t+1+a)``: layer 3 then takes one MD step of size ``c/(n+m+a)``
-        (``w_q = diag(c/μ)``, n = t+1-m transitions; docs/math.md §5.6). The ``"sum"`` model's
-        parameters, random draws and checkpoints are those of the model without this option.
+        (``w_q = diag(c/μ)``, n = t+1-m transitions; docs/math.md §5.6).
 
     Attributes
     ----------
     S, m : int
     aggregation : str
-    w1 : Parameter (S, S)
-        Finite token–token score; the effective score matrix is :attr:`W1`.
-    b1 : Parameter (m,)
-        Relative-position bias of layer 1, ``b1[g-1]`` for lag g (``log μ`` when constructed).
-    v1 : Parameter (m, m)
-        Relative value embeddings of layer 1, row g-1 for lag g (identity when constructed).
-    q_bias : Parameter (m,), w_q : Parameter (m, m)
-        Layer-3 query ``q_t = q_bias + G_t @ w_q`` (``log μ`` and ``diag(η/μ)`` when constructed).
-    k3 : Parameter (m, m)
-        Relative key embeddings of layer 3, row g-1 for lag g (identity when constructed).
-    value_logits : Parameter (S, S)
-        ``W_V = softmax(value_logits, -1)ᵀ`` (``log pi`` when constructed), so every output row
-        is a probability vector.
+    blocks : ModuleList
+        ``blocks[0]`` is :class:`Responsibility` (also :attr:`responsibility`), ``blocks[1]``
+        :class:`Aggregate` (:attr:`aggregate`), ``blocks[2]`` :class:`MirrorStep`
+        (:attr:`mirror_step`); their weights live under ``blocks.{l}.attn``.
     pi_zero : buffer (S, S) bool
-        Where pi is 0: masks ``w1`` and ``value_logits`` to -inf. All False unless constructed.
-    sink_logit : Parameter (), only for ``aggregation="softmax_sink"``
-        Layer-2 score of the sink key, ``log a`` (drawn N(0, 0.1²): a ≈ 1 at initialisation).
-    sink_off : buffer () bool, only for ``aggregation="softmax_sink"``
-        True when a = 0: the sink key is masked out (no ``log 0``), so ``Ḡ_t = G_t/(t+1)``.
+        Where pi is 0: masks ``token_score`` and ``value_logits`` to -inf. All False unless constructed.
+    hook_dict : dict
+        The hook points by name (:data:`MD_CACHE_NAMES`, :data:`MD_SINK_CACHE_NAMES`).
+
+    ``forward(tokens)`` returns the logits ``log p`` (B, T-m+1, S) of the predictive law after
+    every prefix of length m … T (-inf where the law is exactly 0, as where pi is 0);
+    ``run_with_cache`` and ``run_with_hooks`` read and replace the named activations. Layer 3
+    runs in log space on its band of m keys (finite where p underflows) unless one of its
+    (B, T, T) scores or pattern, its values, ``p_t`` or its residual output is hooked; then it
+    forms them and the logits are ``log p_t`` (the two routes agree to rounding).
     """
 
     def __init__(self, S: int, m: int, *, dtype: torch.dtype = torch.float32,
@@ -333,28 +495,39 @@ class MDTransformer(nn.Module):
         self.S, self.m = int(S), int(m)
         dtype = V.check_torch_dtype(dtype)
         device = V.check_torch_device(device)
-        V.check_alloc(3 * self.S * self.S, 8, "S", f"the (S, S) weights of S = {self.S}")
+        # every weight: (S, S) scores, values and mask; (m, m) lag values, keys and w_q
+        terms = {"S": 3 * self.S * self.S, "m": 3 * self.m * self.m + 3 * self.m}
+        V.check_alloc(sum(terms.values()), 8, max(terms, key=terms.get),
+                      f"the weights of S = {self.S}, m = {self.m}")
         kw = dict(dtype=dtype, device=_init_device(generator), generator=generator)
-
-        def randn(*shape: int, std: float) -> nn.Parameter:
-            return nn.Parameter(std * torch.randn(*shape, **kw))
-
-        eye = torch.eye(m, dtype=dtype, device=kw["device"])
-        # layer 1: responsibility attention
-        self.w1 = randn(S, S, std=1.0)
-        self.b1 = randn(m, std=0.1)
-        self.v1 = nn.Parameter(eye + 0.1 * torch.randn(m, m, **kw))
-        # layer 3: mirror-step attention
-        self.q_bias = randn(m, std=0.1)
-        self.w_q = randn(m, m, std=1.0 / math.sqrt(m))
-        self.k3 = nn.Parameter(eye + 0.1 * torch.randn(m, m, **kw))
-        self.value_logits = randn(S, S, std=1.0)
+        self.hook_embed = HookPoint()
+        # drawn in this order so that a seed gives the weights of the earlier flat layout
+        # (token_score, lag_bias, lag_value, then layer 3, then the sink)
+        blocks = [Responsibility(S, m, kw), Aggregate(S, m, aggregation, kw), MirrorStep(S, m, kw)]
+        self.blocks = nn.ModuleList(blocks)
         self.register_buffer("pi_zero", torch.zeros(S, S, dtype=torch.bool, device=kw["device"]))
         if aggregation == "softmax_sink":
-            # drawn after every other weight, so the layers 1 and 3 of a seed are those of the "sum" model
-            self.sink_logit = nn.Parameter(0.1 * torch.randn(1, **kw)[0])
-            self.register_buffer("sink_off", torch.zeros((), dtype=torch.bool, device=kw["device"]))
+            agg = self.blocks[1].attn
+            agg.sink_logit = nn.Parameter(0.1 * torch.randn(1, **kw)[0])
+            agg.register_buffer("sink_off", torch.zeros((), dtype=torch.bool, device=kw["device"]))
         self.to(device=device)
+        self.setup_hooks()
+
+    # -------------------------------------------------------------- role names
+    @property
+    def responsibility(self) -> Responsibility:
+        """Layer 1, ``blocks[0]``."""
+        return self.blocks[0]
+
+    @property
+    def aggregate(self) -> Aggregate:
+        """Layer 2, ``blocks[1]``."""
+        return self.blocks[1]
+
+    @property
+    def mirror_step(self) -> MirrorStep:
+        """Layer 3, ``blocks[2]``."""
+        return self.blocks[2]
 
     # -------------------------------------------------------------- construction
     @classmethod
@@ -387,9 +560,9 @@ class MDTransformer(nn.Module):
         Returns
         -------
         MDTransformer
-            With ``W1 = log pi``, ``b1 = q_bias = log μ``, ``v1 = k3 = I``, ``w_q = diag(η/μ)``
-            (``diag(c/μ)`` for ``"softmax_sink"``), ``W_V = piᵀ``; its forward gives the one-step
-            MD predictive after every prefix.
+            With ``W1 = log pi``, ``lag_bias = q_bias = log μ``, ``lag_value = lag_key = I``,
+            ``w_q = diag(η/μ)`` (``diag(c/μ)`` for ``"softmax_sink"``), ``W_V = piᵀ``; the softmax
+            of its logits is the one-step MD predictive after every prefix.
         """
         pi64 = V.check_pi(pi, "pi", torch_space("cpu")).detach()  # (S, S) float64
         alpha = V.check_alpha(alpha, "alpha")
@@ -415,201 +588,100 @@ class MDTransformer(nn.Module):
         # log pi with the zeros replaced by a finite 0: the -inf is applied by the pi_zero mask
         log_pi = torch.log(pi64.masked_fill(zero, 1.0))
         model = cls(S, m, dtype=dtype, device=device, aggregation=aggregation)
+        l1, l3 = model.blocks[0].attn, model.blocks[2].attn
         with torch.no_grad():
-            for p, value in ((model.w1, log_pi), (model.b1, mu.log()), (model.v1, torch.eye(m)),
-                             (model.q_bias, mu.log()), (model.w_q, torch.diag(scale / mu)),
-                             (model.k3, torch.eye(m)), (model.value_logits, log_pi)):
+            for p, value in ((l1.token_score, log_pi), (l1.lag_bias, mu.log()), (l1.lag_value, torch.eye(m)),
+                             (l3.q_bias, mu.log()), (l3.w_q, torch.diag(scale / mu)),
+                             (l3.lag_key, torch.eye(m)), (l3.value_logits, log_pi)):
                 p.copy_(value)
             model.pi_zero.copy_(zero)
             if aggregation == "softmax_sink":
+                agg = model.blocks[1].attn
                 # a = 0: a finite logit that the sink_off mask removes (log 0 would be -inf, NaN gradients)
-                model.sink_logit.fill_(math.log(a) if a > 0 else 0.0)
-                model.sink_off.fill_(a == 0)
+                agg.sink_logit.fill_(math.log(a) if a > 0 else 0.0)
+                agg.sink_off.fill_(a == 0)
         return model
+
+    @property
+    def sink_logit(self) -> nn.Parameter:
+        """Layer 2's sink score ``log a`` (``blocks.1.attn.sink_logit``) of a ``"softmax_sink"`` model."""
+        if self.aggregation != "softmax_sink":
+            raise AttributeError(f"sink_logit: this model has aggregation={self.aggregation!r}, no sink")
+        return self.blocks[1].attn.sink_logit
 
     @property
     def sink_weight(self) -> float:
         """The sink weight ``a`` of a ``"softmax_sink"`` model (``exp(sink_logit)``; 0 when the sink is off)."""
         if self.aggregation != "softmax_sink":
             raise ValueError(f"sink_weight: this model has aggregation={self.aggregation!r}, no sink")
-        return 0.0 if bool(self.sink_off) else float(torch.exp(self.sink_logit.detach()))
+        agg = self.blocks[1].attn
+        return 0.0 if bool(agg.sink_off) else float(torch.exp(agg.sink_logit.detach()))
 
     # -------------------------------------------------------------- effective weights
     @property
     def W1(self) -> torch.Tensor:
-        """The (S, S) bilinear score of layer 1, ``score(s -> t) = W1[y[s], y[t]] + b1[t-s-1]``.
+        """The (S, S) bilinear score of layer 1, ``score(s -> t) = W1[y[s], y[t]] + lag_bias[t-s-1]``.
 
-        ``log pi`` for a constructed model (-inf where pi is 0). Identified only up to an
-        additive constant per query token (column): compare ``softmax(W1, dim=0)`` with pi
-        normalised over its columns (docs/math.md §5).
+        ``token_score`` masked to -inf where pi is 0 (``log pi`` for a constructed model).
+        Identified only up to an additive constant per query token (column): compare
+        ``softmax(W1, dim=0)`` with pi normalised over its columns (docs/math.md §5).
         """
-        return self.w1.masked_fill(self.pi_zero, -math.inf)
+        return self.blocks[0].attn.token_score.masked_fill(self.pi_zero, -math.inf)
 
     @property
     def W_V(self) -> torch.Tensor:
         """The (S, S) value matrix of layer 3, ``W_V = softmax(value_logits, -1)ᵀ`` (``piᵀ`` when constructed)."""
-        return self._value_rows().T
+        return self.blocks[2].value_rows(self.pi_zero).T
 
-    def _value_rows(self) -> torch.Tensor:
-        """Row a = law emitted for source token a, ``W_V e(a)``; (S, S), rows on the simplex."""
-        return torch.softmax(self.value_logits.masked_fill(self.pi_zero, -math.inf), dim=-1)
-
-    # -------------------------------------------------------------- layers
-    def _layers_1_2(self, y: torch.Tensor, cache: dict[str, torch.Tensor] | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Responsibility and aggregation layers; returns (A1, A2, G).
-
-        A1 : (B, T, T) softmax weights of layer 1; A2 : (T, T) layer-2 weights on the positions
-        (causal ones for ``"sum"``, ``1/(t+1+a)`` for ``"softmax_sink"``); G : (B, T, m) layer 2's
-        output (``G_t``, or ``Ḡ_t = G_t/(t+1+a)``).
-        When ``cache`` is a dict, the intermediate tensors are stored in it by name.
-        """
-        B, T = y.shape
-        S, m = self.S, self.m
-        dev = y.device
-        x = F.one_hot(y, S).to(self.w1.dtype)  # (B, T, S) token one-hots e(y[t])
-        pos = torch.arange(T, device=dev)
-        lag = pos[:, None] - pos[None, :]  # (T, T): lag[t, s] = t - s
-
-        # ---- layer 1: score[t, s] = e(y[s])ᵀ W1 e(y[t]) + b1[t-s-1] on the window 1 <= t-s <= m
-        q1 = x @ self.w1.T  # (B, T, S): q1[b, t] = W1 e(y[t]) = W1[:, y[t]]
-        scores1 = q1 @ x.transpose(1, 2)  # (B, T, T): [b, t, s] = W1[y[s], y[t]]
-        scores1 = scores1 + self.b1[(lag - 1).clamp(0, m - 1)]  # + (T, T) relative-position bias
-        window1 = (lag >= 1) & (lag <= m) & (pos >= m)[:, None]  # (T, T); rows t < m undefined
-        allowed1 = window1.expand(B, T, T)
-        if bool(self.pi_zero.any()):
-            # pi[y[s], y[t]] = 0 -> score -inf, by masking: zero_pi[b, t, s] = pi_zero[y[s], y[t]]
-            zero_pi = self.pi_zero[y[:, None, :], y[:, :, None]]  # (B, T, T)
-            allowed1 = allowed1 & ~zero_pi
-            impossible = window1.any(-1) & ~allowed1.any(-1)  # (B, T): no lag explains y[t]
-            if bool(impossible.any()):
-                b, t = impossible.nonzero()[0].tolist()
-                raise ValueError(
-                    f"tokens contain a transition with probability 0 under every lag of pi "
-                    f"(batch {b}, position {t}): the data are impossible under pi"
-                )
-        A1 = _masked_softmax(scores1, allowed1)  # (B, T, T)
-        # relative values: r_t = Σ_g A1[t, t-g] v1[g-1]; gather the band A1[b, t, t-g], g = 1..m
-        band_idx = (pos[:, None] - torch.arange(1, m + 1, device=dev)[None, :]).clamp(min=0)  # (T, m)
-        band1 = A1.gather(2, band_idx.expand(B, T, m))  # (B, T, m); zero rows for t < m
-        r = band1 @ self.v1  # (B, T, m): r_t = γ_{t-m} when constructed
-
-        if self.aggregation == "sum":
-            # ---- layer 2: G_t = Σ_{s<=t} r_s (unnormalised causal attention with weights 1)
-            A2 = (lag >= 0).to(r.dtype)  # (T, T) lower-triangular ones
-            sink = scores2 = None
-        else:
-            # ---- layer 2: softmax over [sink, positions 0..T-1] with scores [log a, 0 (s <= t), -inf (s > t)]:
-            # weights 1/(t+1+a) on s <= t and a/(t+1+a) on the sink, whose value is 0 (docs/math.md §5.6)
-            allowed2 = torch.cat([(~self.sink_off).expand(T, 1), lag >= 0], dim=1)  # (T, 1+T)
-            scores2 = torch.cat([self.sink_logit.to(r.dtype).expand(T, 1), torch.zeros(T, T, dtype=r.dtype, device=dev)],
-                                dim=1)
-            W2 = _masked_softmax(scores2, allowed2)  # (T, 1+T); every row has its own position allowed
-            A2, sink = W2[:, 1:], W2[:, 0]  # (T, T), (T,)
-            scores2 = scores2.masked_fill(~allowed2, -math.inf)
-        G = A2 @ r  # (B, T, m): G_t ("sum") or Ḡ_t = G_t/(t+1+a) ("softmax_sink")
-        if cache is not None:
-            cache["hook_embed"] = x
-            cache["blocks.0.attn.hook_scores"] = scores1.masked_fill(~allowed1, -math.inf).unsqueeze(1)
-            cache["blocks.0.attn.hook_pattern"] = A1.unsqueeze(1)
-            cache["blocks.0.hook_r"] = r
-            if scores2 is not None:
-                cache["blocks.1.attn.hook_scores"] = scores2.expand(B, 1, T, T + 1)
-                cache["blocks.1.attn.hook_sink"] = sink.expand(B, 1, T)
-            cache["blocks.1.attn.hook_pattern"] = A2.expand(B, 1, T, T)
-            cache["blocks.1.hook_G"] = G
-        return A1, A2, G
-
-    def _layer3_scores(self, G: torch.Tensor, cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Band scores of layer 3, (B, T, m): ``[b, t, j] = q_t · K3[j]`` for the key s = t - j (lag j+1)."""
-        q3 = self.q_bias + G @ self.w_q  # (B, T, m): log μ + η G_t/μ when constructed
-        band = q3 @ self.k3.T  # (B, T, m)
-        if cache is not None:
-            cache["blocks.2.attn.hook_q"] = q3
-            cache["blocks.2.attn.hook_lag_logits"] = band
-        return band
-
-    # -------------------------------------------------------------- public
-    def forward(self, tokens: Any, return_attention: bool = False, return_cache: bool = False):
-        """Predictive law of the token after every prefix of length m … T.
+    # -------------------------------------------------------------- forward
+    def forward(self, tokens: Any) -> torch.Tensor:
+        """Logits of the predictive law of the token after every prefix of length m … T.
 
         Parameters
         ----------
         tokens : int tensor or ndarray, shape (B, T), T >= m
-        return_attention : bool
-            Also return the attention matrices of the three layers.
-        return_cache : bool
-            Also return a dict of named activations (``MD_CACHE_NAMES`` lists them with their
-            shapes; :data:`MD_SINK_CACHE_NAMES` for ``aggregation="softmax_sink"``); the exact tensors
-            the forward pass used, so they carry gradients.
 
         Returns
         -------
-        probs : tensor, shape (B, T-m+1, S)
-            Row r is the law of ``y[m+r]`` given ``y[:m+r]`` (position t = m-1+r).
-        attention : list of three tensors (B, T, T), only if ``return_attention``
-            ``attn[b, t, s]`` = weight of query t on key s, the exact tensors used. Layer 1
-            rows t < m and layer 3 rows t < m-1 are all zero; layer 2 is 1 for s <= t, else 0
-            (``"softmax_sink"``: 1/(t+1+a) for s <= t; the sink weight is in the cache).
-        cache : dict str -> tensor, only if ``return_cache`` (last when both are asked for)
+        logits : tensor, shape (B, T-m+1, S)
+            ``log p``: row r is the log-law of ``y[m+r]`` given ``y[:m+r]`` (position t = m-1+r);
+            ``softmax(logits, -1)`` is the law itself (the logits are already normalised).
+            -inf where the law is exactly 0.
         """
-        y = _tokens_2d(tokens, self.S, self.m, self.w1.device)
+        y = _tokens_2d(tokens, self.S, self.m, self.pi_zero.device)
         B, T = y.shape
-        m = self.m
-        # the three (B, T, T) attention matrices and their masks and scores
-        V.check_alloc(8 * B * T * T, self.w1.element_size(), "tokens",
+        S, m = self.S, self.m
+        # the (B, T, T) scores, patterns and masks of the three layers
+        V.check_alloc(8 * B * T * T, self.blocks[2].attn.w_q.element_size(), "tokens",
                       f"the (B, T, T) attention matrices of B = {B}, T = {T} (md_predictive_all_prefixes is O(B·T))")
-        cache: dict[str, torch.Tensor] | None = {} if return_cache else None
-        A1, A2, G = self._layers_1_2(y, cache)
-
-        # ---- layer 3: scatter the band scores to (B, T, T): scores3[b, t, s] = band[b, t, t-s]
-        pos = torch.arange(T, device=y.device)
-        lag = pos[:, None] - pos[None, :]  # (T, T)
-        band3 = self._layer3_scores(G, cache)  # (B, T, m)
-        scores3 = band3.gather(2, lag.clamp(0, m - 1).expand(B, T, T))  # (B, T, T)
-        allowed3 = ((lag >= 0) & (lag <= m - 1) & (pos >= m - 1)[:, None]).expand(B, T, T)
-        A3 = _masked_softmax(scores3, allowed3)  # (B, T, T): lam¹ of the prefix y[:t+1] when constructed
-        values = F.one_hot(y, self.S).to(A3.dtype) @ self._value_rows()  # (B, T, S): W_V e(y[s])
-        p_all = A3 @ values  # (B, T, S)
-        probs = p_all[:, m - 1:]  # (B, T-m+1, S)
-        out: list[Any] = [probs]
-        if return_attention:
-            out.append([A1, A2.expand(B, T, T), A3])
-        if cache is not None:
-            cache["blocks.2.attn.hook_scores"] = scores3.masked_fill(~allowed3, -math.inf).unsqueeze(1)
-            cache["blocks.2.attn.hook_pattern"] = A3.unsqueeze(1)
-            cache["blocks.2.attn.hook_v"] = values
-            cache["blocks.2.hook_p"] = p_all
-            # the disentangled residual stream [e(y[t]) | r_t | G_t | p_t]; blocks not yet written are 0
-            x, r = cache["hook_embed"], cache["blocks.0.hook_r"]
-            zm, zs = torch.zeros_like(G), torch.zeros_like(p_all)
-            cache["blocks.0.hook_resid_post"] = torch.cat([x, r, zm, zs], dim=-1)
-            cache["blocks.1.hook_resid_post"] = torch.cat([x, r, G, zs], dim=-1)
-            cache["blocks.2.hook_resid_post"] = torch.cat([x, r, G, p_all], dim=-1)
-            out.append({k: cache[k] for k in md_cache_names(self.aggregation)})  # in the documented order
-        return out[0] if len(out) == 1 else tuple(out)
+        dtype = self.blocks[2].attn.w_q.dtype
+        x = self.hook_embed(F.one_hot(y, S).to(dtype))  # (B, T, S) token one-hots e(y[t])
+        # the disentangled residual stream [e | r | G | p]; each layer reads and writes its own block
+        resid = torch.cat([x, x.new_zeros(B, T, 2 * m + S)], dim=-1)
+        resid = self.blocks[0](resid, y, self.pi_zero)
+        resid = self.blocks[1](resid)
+        return self.blocks[2](resid, y, self.pi_zero)
 
     def log_probs(self, tokens: Any) -> torch.Tensor:
-        """``log`` of :meth:`forward`, computed in log space (finite for a learned model), (B, T-m+1, S).
-
-        Layer 3 is evaluated on its band: ``log p_t = logsumexp_j(log A3[t, t-j] + log W_V[:, y[t-j]])``.
-        For training use the NLL of ``tokens[:, m:]`` on rows ``0 … T-m-1`` (the last row
-        predicts beyond the sequence).
-        """
-        y = _tokens_2d(tokens, self.S, self.m, self.w1.device)
-        m = self.m
-        _, _, G = self._layers_1_2(y)
-        log_att = torch.log_softmax(self._layer3_scores(G)[:, m - 1:], dim=-1)  # (B, T', m), key t-j
-        # key t - j of row t = m-1+r is y[r + m-1-j]: window r of length m, reversed
-        src = y.unfold(1, m, 1).flip(-1)  # (B, T', m)
-        log_rows = torch.log_softmax(self.value_logits.masked_fill(self.pi_zero, -math.inf), dim=-1)
-        log_vals = log_rows[src]  # (B, T', m, S)
-        return _logsumexp(log_att.unsqueeze(-1) + log_vals, dim=2)  # (B, T', S)
+        """``log_softmax`` of :meth:`forward`, (B, T-m+1, S)."""
+        return torch.log_softmax(self(tokens), dim=-1)
 
 
 # ----------------------------------------------------------------------------- StandardTransformer
+class _LayerNorm(nn.LayerNorm):
+    """LayerNorm whose output passes through ``hook_normalized``."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__(d)
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_normalized(super().forward(x))
+
+
 class _CausalSelfAttention(nn.Module):
-    """Multi-head causal softmax attention with an explicit (B, H, T, T) weight matrix."""
+    """Multi-head causal softmax attention: fused (``F.scaled_dot_product_attention``) unless its
+    scores or pattern are hooked, then explicit with a (B, H, T, T) weight matrix."""
 
     def __init__(self, cfg: StandardConfig) -> None:
         super().__init__()
@@ -618,55 +690,59 @@ class _CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.attn_drop = nn.Dropout(cfg.dropout)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        for name in ("hook_q", "hook_k", "hook_v", "hook_scores", "hook_pattern", "hook_z"):
+            setattr(self, name, HookPoint())
 
-    def forward(self, x: torch.Tensor, cache: dict[str, torch.Tensor] | None = None,
-                prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    def explicit(self) -> bool:
+        """Whether this call must form the attention matrices (their hook points are hooked)."""
+        return self.hook_scores.has_hooks() or self.hook_pattern.has_hooks()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         H = self.n_heads
         q, k, v = self.qkv(x).split(D, dim=2)  # 3 × (B, T, D)
         # (B, T, D) -> (B, T, H, D/H) -> (B, H, T, D/H)
         q, k, v = (z.view(B, T, H, D // H).transpose(1, 2) for z in (q, k, v))
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(D // H)  # (B, H, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T): s <= t
-        masked = scores.masked_fill(~causal, -math.inf)
-        att = torch.softmax(masked, dim=-1)  # (B, H, T, T)
-        z = self.attn_drop(att) @ v  # (B, H, T, D/H)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if self.explicit():
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(D // H)  # (B, H, T, T)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T): s <= t
+            scores = self.hook_scores(scores.masked_fill(~causal, -math.inf))
+            att = self.hook_pattern(torch.softmax(scores, dim=-1))  # (B, H, T, T)
+            z = self.attn_drop(att) @ v  # (B, H, T, D/H)
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0,
+                                               is_causal=True)
+        z = self.hook_z(z)
         y = z.transpose(1, 2).contiguous().view(B, T, D)  # (B, H, T, D/H) -> (B, T, D)
-        if cache is not None:
-            cache |= {f"{prefix}attn.hook_q": q, f"{prefix}attn.hook_k": k, f"{prefix}attn.hook_v": v,
-                      f"{prefix}attn.hook_scores": masked, f"{prefix}attn.hook_pattern": att,
-                      f"{prefix}attn.hook_z": z}
-        return self.resid_drop(self.proj(y)), att
+        return self.resid_drop(self.proj(y))
 
 
 class _Block(nn.Module):
-    """Pre-LayerNorm transformer block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+    """Pre-LayerNorm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``."""
 
     def __init__(self, cfg: StandardConfig) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.hook_resid_pre = HookPoint()
+        self.ln1 = _LayerNorm(cfg.d_model)
         self.attn = _CausalSelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.ln2 = _LayerNorm(cfg.d_model)
         self.mlp = nn.Sequential(
             nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
             nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout),
         )
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
 
-    def forward(self, x: torch.Tensor, cache: dict[str, torch.Tensor] | None = None,
-                prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.ln1(x)
-        a, att = self.attn(h, cache, prefix)
-        mid = x + a
-        mlp_out = self.mlp(self.ln2(mid))
-        out = mid + mlp_out
-        if cache is not None:
-            cache |= {f"{prefix}hook_resid_pre": x, f"{prefix}ln1.hook_normalized": h, f"{prefix}hook_attn_out": a,
-                      f"{prefix}hook_resid_mid": mid, f"{prefix}hook_mlp_out": mlp_out,
-                      f"{prefix}hook_resid_post": out}
-        return out, att
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        mid = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln1(x))))
+        return self.hook_resid_post(mid + self.hook_mlp_out(self.mlp(self.ln2(mid))))
 
 
-class StandardTransformer(nn.Module):
+class StandardTransformer(HookedModule):
     """GPT-style baseline: token + learned absolute position embeddings, pre-LN blocks, linear head.
 
     Parameters
@@ -682,8 +758,10 @@ class StandardTransformer(nn.Module):
     dtype, device :
         Of the parameters and outputs.
 
-    ``forward(tokens, return_attention=True)`` returns one (B, T, T) matrix per layer: the
-    causal softmax weights **averaged over the heads** (rows sum to 1; before dropout).
+    The modules follow nanoGPT (``tok_emb``, ``pos_emb``, ``blocks.{l}.ln1 / attn.qkv / attn.proj
+    / ln2 / mlp``, ``ln_final``, ``head``) and the hook points TransformerLens
+    (:func:`standard_cache_names`). Attention runs fused (``F.scaled_dot_product_attention``)
+    unless a hook reads or replaces ``attn.hook_scores`` or ``attn.hook_pattern``.
     """
 
     def __init__(self, S: int, m: int, *, n_layers: int = 3, d_model: int = 64, n_heads: int = 4,
@@ -700,14 +778,18 @@ class StandardTransformer(nn.Module):
                       f"the weights of S = {S}, max_len = {max_len}, d_model = {d_model}, n_layers = {n_layers}")
         self.S, self.m = int(S), int(m)
         self.tok_emb = nn.Embedding(S, d_model)
+        self.hook_embed = HookPoint()
         self.pos_emb = nn.Embedding(max_len, d_model)
+        self.hook_pos_embed = HookPoint()
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(_Block(cfg) for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(d_model)
+        self.ln_final = _LayerNorm(d_model)
         self.head = nn.Linear(d_model, S)
+        self.hook_logits = HookPoint()
         self.to(dtype=dtype, device=_init_device(generator))
         self._init_weights(generator)
         self.to(device=device)
+        self.setup_hooks()
 
     @torch.no_grad()
     def _init_weights(self, generator: torch.Generator | None) -> None:
@@ -721,43 +803,76 @@ class StandardTransformer(nn.Module):
                 std = std_proj if name.endswith(("attn.proj.weight", "mlp.2.weight")) else 0.02
                 p.normal_(0.0, std, generator=generator)
 
-    def _logits(self, tokens: Any, cache: dict[str, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits at positions m-1 … T-1, (B, T-m+1, S), and per-layer head-averaged attention."""
+    def forward(self, tokens: Any) -> torch.Tensor:
+        """Logits (B, T-m+1, S) at positions m-1 … T-1 (``softmax`` gives the predictive law).
+
+        ``run_with_cache`` returns the named activations of :func:`standard_cache_names`.
+        """
         y = _tokens_2d(tokens, self.S, self.m, self.head.weight.device)
-        B, T = y.shape
+        T = y.shape[1]
         if T > self.config.max_len:
             raise ValueError(f"tokens must have length T <= max_len = {self.config.max_len} (got T = {T})")
         pos = torch.arange(T, device=y.device)
-        tok, pe = self.tok_emb(y), self.pos_emb(pos)
-        x = self.drop(tok + pe)  # (B, T, D)
-        attns = []
-        for l, block in enumerate(self.blocks):
-            x, att = block(x, cache, f"blocks.{l}.")
-            attns.append(att.mean(dim=1))  # (B, H, T, T) -> (B, T, T)
-        xf = self.ln_f(x)
-        logits = self.head(xf)  # (B, T, S)
-        if cache is not None:
-            cache |= {"hook_embed": tok, "hook_pos_embed": pe, "ln_final.hook_normalized": xf, "hook_logits": logits}
-        return logits[:, self.m - 1:], attns
-
-    def forward(self, tokens: Any, return_attention: bool = False, return_cache: bool = False):
-        """As :meth:`MDTransformer.forward`: probs (B, T-m+1, S) [, list of n_layers (B, T, T)] [, cache].
-
-        ``return_cache=True`` also returns a dict of named activations (per-head patterns and
-        scores, q/k/v, the residual stream before, inside and after each block, the logits),
-        listed with their shapes by :func:`standard_cache_names`.
-        """
-        cache: dict[str, torch.Tensor] | None = {} if return_cache else None
-        logits, attns = self._logits(tokens, cache)
-        probs = torch.softmax(logits, dim=-1)
-        out: list[Any] = [probs]
-        if return_attention:
-            out.append(attns)
-        if cache is not None:
-            out.append(dict(sorted(cache.items(), key=lambda kv: _cache_order(kv[0]))))
-        return out[0] if len(out) == 1 else tuple(out)
+        x = self.drop(self.hook_embed(self.tok_emb(y)) + self.hook_pos_embed(self.pos_emb(pos)))  # (B, T, D)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.hook_logits(self.head(self.ln_final(x)))  # (B, T, S)
+        return logits[:, self.m - 1:]
 
     def log_probs(self, tokens: Any) -> torch.Tensor:
-        """Log-probabilities (B, T-m+1, S) via log_softmax (finite)."""
-        return torch.log_softmax(self._logits(tokens)[0], dim=-1)
+        """Log-probabilities (B, T-m+1, S): ``log_softmax`` of :meth:`forward`."""
+        return torch.log_softmax(self(tokens), dim=-1)
+
+    # -------------------------------------------------------------- TransformerLens
+    def to_transformer_lens(self) -> Any:
+        """The same network as a TransformerLens ``TransformerBridge`` (needs the ``lens`` extra).
+
+        TransformerLens 4 replaced ``HookedTransformer`` by ``TransformerBridge``; this one wraps
+        its TL-native architecture, configured to compute this model's function (LayerNorm eps
+        1e-5, exact GELU, attention scaled by 1/sqrt(d_head), biases everywhere, untied
+        unembedding) with the same weights, dtype and device. TransformerLens has no dropout: the
+        bridge equals this model in ``eval()`` mode.
+
+        Returns
+        -------
+        bridge : transformer_lens.model_bridge.TransformerBridge
+            ``bridge(tokens)`` gives the logits at every position, (B, T, S):
+            ``bridge(tokens)[:, m-1:]`` equals ``self(tokens)``. Its hook names match this model's
+            where both have them (``hook_embed``, ``blocks.{l}.attn.hook_pattern``,
+            ``blocks.{l}.hook_resid_post``, ...; see the transformer guide for the differences).
+
+        Examples
+        --------
+        >>> bridge = model.to_transformer_lens()  # doctest: +SKIP
+        >>> logits, cache = bridge.run_with_cache(tokens)  # doctest: +SKIP
+        """
+        from ._lens import to_bridge
+
+        return to_bridge(self)
+
+    @classmethod
+    def from_transformer_lens(cls, model: Any, m: int, *, dropout: float = 0.0) -> "StandardTransformer":
+        """A ``StandardTransformer`` with the weights of a TL-native ``TransformerBridge``.
+
+        Parameters
+        ----------
+        model : transformer_lens.model_bridge.TransformerBridge
+            Built by :meth:`to_transformer_lens` or by ``transformer_lens.model_bridge.sources.native.boot``
+            with a config this class can represent (otherwise a ValueError names what differs).
+        m : int
+            MTD order: the returned model's outputs start at position m-1.
+        dropout : float
+            Dropout rate of the returned model (TransformerLens has none).
+
+        Returns
+        -------
+        StandardTransformer
+            Same dtype and device as ``model``; ``S = d_vocab``, ``max_len = n_ctx``.
+
+        Examples
+        --------
+        >>> back = StandardTransformer.from_transformer_lens(bridge, m=2)  # doctest: +SKIP
+        """
+        from ._lens import from_bridge
+
+        return from_bridge(cls, model, m, dropout)
