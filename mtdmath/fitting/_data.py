@@ -31,6 +31,15 @@ def to_numpy(x: Any) -> Any:
     return _convert(x)
 
 
+def _why_not_tokens(a: np.ndarray) -> str:
+    """What else is wrong with a non-integer array, in the words scikit-learn's checks look for."""
+    if a.dtype.kind == "c":
+        return "; Complex data not supported"
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        return "; it holds NaN or inf"
+    return ""
+
+
 def as_sequences(X: Any, name: str = "sequences") -> list[np.ndarray]:
     """One 1-D array, a 2-D array (rows are sequences) or a list of 1-D arrays -> list of int64 arrays.
 
@@ -60,7 +69,7 @@ def as_sequences(X: Any, name: str = "sequences") -> list[np.ndarray]:
         if a.ndim != 1:
             raise ValueError(f"{name}[{i}] must be 1-D (got shape {a.shape})")
         if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"{name} must hold integer tokens ({name}[{i}] has dtype {a.dtype})")
+            raise ValueError(f"{name} must hold integer tokens ({name}[{i}] has dtype {a.dtype}{_why_not_tokens(a)})")
         if a.size and a.min() < 0:
             raise ValueError(f"{name} must hold non-negative tokens ({name}[{i}] has min {a.min()})")
         if a.size and a.max() > np.iinfo(np.int64).max // 2:
@@ -322,6 +331,8 @@ def parse(X: Any, y: Any = None, lengths: Any = None, sample_weight: Any = None,
     """
     if isinstance(X, (str, bytes)):
         raise ValueError(f"{name} is one string ({X[:20]!r}); to fit its characters as symbols pass list({name})")
+    if type(X).__module__.startswith("scipy.sparse"):
+        raise ValueError(f"{name}: sparse input is not supported; pass integer token sequences (dense arrays)")
     if y is not None and lengths is not None:
         raise ValueError("give either y (design matrix) or lengths (concatenated sequences), not both")
     if classes is not None or not fitted:
@@ -339,7 +350,7 @@ def parse(X: Any, y: Any = None, lengths: Any = None, sample_weight: Any = None,
         if ya.ndim != 1 or ya.shape[0] != Xa.shape[0]:
             raise ValueError(f"y must be 1-D with one entry per row of {name} ({Xa.shape[0]}) (got shape {ya.shape})")
         if Xa.dtype == bool or not np.issubdtype(Xa.dtype, np.integer):
-            raise ValueError(f"{name} must hold integer tokens (got dtype {Xa.dtype})")
+            raise ValueError(f"{name} must hold integer tokens (got dtype {Xa.dtype}{_why_not_tokens(Xa)})")
         if ya.dtype == bool or not np.issubdtype(ya.dtype, np.integer):
             raise ValueError(f"y must hold integer tokens (got dtype {ya.dtype})")
         if w is not None:

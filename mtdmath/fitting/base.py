@@ -214,6 +214,7 @@ class SequenceEstimator:
 
     def aic(self, X: Any = None, y: Any = None, lengths: Any = None) -> float:
         """``-2 loglik + 2 n_params``: of ``X`` when given, else of the training data."""
+        self._check_fitted()
         ll = self.loglik_ if X is None else self.score(X, y, lengths)
         return -2.0 * ll + 2.0 * self.n_params
 

@@ -147,8 +147,6 @@ class MarkovChain(SequenceEstimator):
             f"  loglik {self.loglik_:.4f} on {self.n_obs_:g} transitions, n_params {k}, "
             f"AIC {-2 * self.loglik_ + 2 * k:.2f}, BIC {-2 * self.loglik_ + math.log(self.n_obs_) * k:.2f}"])
 
-    __str__ = summary
-
 
 # ----------------------------------------------------------------------------------------------------------
 # nesting, likelihood-ratio tests, the comparison table
