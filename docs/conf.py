@@ -110,7 +110,7 @@ GROUPS = [
     (("mtdmath.estimators", "mtdmath.stepsize"), "Estimators of lam (pi known)"),
     (("mtdmath.bayes",), "Exact Bayes and Monte Carlo"),
     (("mtdmath.transformer", "mtdmath.nn"), "Transformers"),
-    (("mtdmath.fit", "mtdmath.fitting"), "Fitting MTD models (pi unknown)"),
+    (("mtdmath.fitting",), "Fitting MTD models (pi unknown)"),
     (("mtdmath.torch_core",), "Torch core"),
 ]
 OTHER = "Other public names"

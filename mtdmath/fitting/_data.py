@@ -314,6 +314,16 @@ class Parsed:
     def top(self) -> int:
         return max((int(s.max()) for s in self.seqs if s.size), default=-1)
 
+    def sequences_for(self, max_lag: int) -> list[np.ndarray]:
+        """The sequences a fit of max lag ``max_lag`` reads: a design matrix keeps its last ``max_lag`` lag
+        columns (lags max_lag..1) and y; sequences are returned as they are."""
+        if not self.design:
+            return self.seqs
+        L = self.n_lag_columns
+        if max_lag > L:
+            raise ValueError(f"{self.name} has {L} lag columns, fewer than the max lag {max_lag}")
+        return [s[L - max_lag :] for s in self.seqs]
+
 
 def parse(X: Any, y: Any = None, lengths: Any = None, sample_weight: Any = None, *, classes: Any = None,
           fitted: bool = False, name: str = "X", weight_name: str = "sample_weight") -> Parsed:
@@ -406,12 +416,8 @@ def count(parsed: Parsed, lags: tuple[int, ...], n_states: Any = None, start: in
     name = parsed.name
     S = resolve_states(parsed, n_states)
     M = lags[-1] if lags else 0
-    seqs, tok_w = parsed.seqs, parsed.tok_w
+    seqs, tok_w = parsed.sequences_for(M), parsed.tok_w
     if parsed.design:
-        L = parsed.n_lag_columns
-        if M > L:
-            raise ValueError(f"{name} has {L} lag columns, fewer than the max lag {M}")
-        seqs = [s[L - M :] for s in seqs]  # keep the last M columns (lags M..1) and y
         start = M
     else:
         start = M if start is None else max(int(start), M)

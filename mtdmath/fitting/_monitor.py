@@ -24,7 +24,7 @@ class ConvergenceMonitor:
     - ``"flat"``: the log-likelihood gained less than ``tol`` over the last ``window`` accepted iterates. This
       ends runs on flat ridges and near saddles on the boundary (a lag weight creeping to 0 under EM's
       multiplicative update), where the KKT test can need thousands of further steps for a gain below
-      ``tol`` in total. The KKT gap at the returned point stays reported (``MTDFit.kkt_gap``).
+      ``tol`` in total. The KKT gap at the returned point stays reported (``MTD.kkt_gap_``).
     - ``"max_iter"``: ``max_iter`` EM-map evaluations were spent; the fit warns.
 
     Attributes

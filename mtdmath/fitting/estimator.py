@@ -387,13 +387,6 @@ class MTD(SequenceEstimator):
         inf, lay, theta = self._inference()
         return lay.unpack(inf.se())
 
-    def _bootstrap_data(self) -> tuple[list[np.ndarray], Parsed]:
-        """The training sequences as the fit saw them (a design matrix's rows cut to the model's lags)."""
-        p = self._train
-        M = self.model_.order
-        seqs = [s[p.n_lag_columns - M :] for s in p.seqs] if p.design else p.seqs
-        return seqs, p
-
     def confidence_intervals(self, level: float = 0.95, *, method: str = "observed", n_boot: int = 200,
                              random_state: Any = None) -> dict:
         """Confidence intervals for lam and pi (and lam0, p0).
@@ -418,7 +411,8 @@ class MTD(SequenceEstimator):
         else:
             n_boot = check_int(n_boot, "n_boot", minimum=2)
             rng = as_rng(self.random_state if random_state is None else random_state, "random_state")
-            seqs, p = self._bootstrap_data()
+            p = self._train
+            seqs = p.sequences_for(self.model_.order)  # as the fit read them
             M = self.model_.order if p.design else self._start()  # each sequence continues from its first M
             draws = []
             for _ in range(n_boot):
