@@ -5,7 +5,8 @@
 :mod:`._data` into :class:`~mtdmath.fitting.TransitionCounts`), the labels (``classes_``), the fitted check
 (:class:`NotFittedError`), ``score``, ``score_samples``, AIC/BIC, ``predict_proba``, ``predict`` and
 ``sample``. A subclass supplies only how it reads its lags from its parameters and its fit on counts
-(:meth:`SequenceEstimator.fit_counts`), which returns a frozen law (:mod:`.laws`) and a report.
+(``_fit_law(counts)``, which returns a frozen law of :mod:`.laws` and a report); :meth:`SequenceEstimator.fit`
+and :meth:`SequenceEstimator.fit_counts` set the fitted state from it.
 """
 from __future__ import annotations
 
@@ -103,9 +104,9 @@ class SequenceEstimator:
     def _validate_params(self) -> None:
         """Check the parameters (``ValueError`` naming one) before any work on the data."""
 
-    def fit_counts(self, counts: TransitionCounts):
-        """Fit the law on aggregated counts: returns ``(law, report)``, the report a dict of further fitted
-        attributes (their names without the trailing underscore)."""
+    def _fit_law(self, counts: TransitionCounts):
+        """The subclass's fit on aggregated counts: returns ``(law, report)``, the report a dict of further
+        fitted attributes (their names without the trailing underscore)."""
         raise NotImplementedError
 
     # -- fitting -----------------------------------------------------------------------------------------------
@@ -150,15 +151,24 @@ class SequenceEstimator:
             weights give exactly the fit of the data with each (context, next) tuple repeated that often.
         """
         self._validate_params()
-        parsed = parse(X, y, lengths, sample_weight)
-        counts = count(parsed, self._lags(parsed), self.n_states, self._burn_in(parsed))
-        return self._set_fit(counts, parsed)
+        return self._fit_parsed(parse(X, y, lengths, sample_weight))
 
-    def _set_fit(self, counts: TransitionCounts, parsed: Parsed | None = None):
+    def _fit_parsed(self, parsed: Parsed):
+        """Fit on parsed data (every fitting entry point goes through here or :meth:`fit_counts`)."""
+        self.fit_counts(count(parsed, self._lags(parsed), self.n_states, self._burn_in(parsed)))
+        self._train = parsed
+        return self
+
+    def fit_counts(self, counts: TransitionCounts):
+        """Fit on aggregated transition counts (:class:`~mtdmath.fitting.TransitionCounts`, e.g. merged with
+        ``+`` from several data sets); returns self. The counts' lags must be the estimator's; ``burn_in``
+        was applied when they were counted. Methods that re-simulate the training sequences (the bootstrap
+        of ``confidence_intervals``) need :meth:`fit`."""
+        self._validate_params()
         for key in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
             delattr(self, key)  # a refit starts clean
         self.__dict__.pop("_inference_cache", None)
-        law, report = self.fit_counts(counts)
+        law, report = self._fit_law(counts)
         self.model_ = law
         self.transition_counts_ = counts
         self.n_states_ = counts.n_states
@@ -166,7 +176,7 @@ class SequenceEstimator:
         self.n_obs_ = counts.n_obs
         for key, value in report.items():
             setattr(self, key + "_", value)
-        self._train = parsed
+        self._train = None
         return self
 
     @property

@@ -97,11 +97,12 @@ class MarkovChain(SequenceEstimator):
             raise ValueError(f"X has {parsed.n_lag_columns} lag columns, fewer than the order {order}")
         return check_lags(order, None, parsed.longest)
 
-    def fit_counts(self, counts: TransitionCounts) -> tuple[ChainModel, dict]:
+    def _fit_law(self, counts: TransitionCounts) -> tuple[ChainModel, dict]:
         """The counting estimate on aggregated counts with lags ``1..order``:
         ``(N[c, b] + a) / (N[c] + S a)`` per observed context (docs/math.md §7.8)."""
-        self._validate_params()
         order, a, S = len(counts.lags), check_float(self.smoothing, "smoothing", nonnegative=True), counts.n_states
+        if counts.lags != tuple(range(1, self.order + 1)):
+            raise ValueError(f"counts: their lags {counts.lags} are not lags 1..order = {self.order}")
         if order and (order + 1) * math.log(S) >= 62 * math.log(2):
             raise ValueError(f"order = {order}: S^(order+1) = {S}^{order + 1} contexts overflow the int64 "
                              "context codes; use an MTD (its size does not grow as S^order)")

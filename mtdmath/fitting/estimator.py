@@ -50,7 +50,7 @@ def em_fit(counts: TransitionCounts, *, variant: str = "shared", independent: bo
            accelerate: bool = True, freeze_pi: bool = False, window: int = 10) -> tuple[MTDModel, dict]:
     """Maximum likelihood on transition counts by EM (exact M-steps, SQUAREM, restarts as one batch).
 
-    The fit of :meth:`MTD.fit_counts`, with the knobs the tests and the maths checks need: ``accelerate``
+    The fit of :meth:`MTD.fit` and :meth:`MTD.fit_counts`, with the knobs the tests and the maths checks need: ``accelerate``
     (SQUAREM on/off), ``freeze_pi`` (lam-only EM with pi fixed at the explicit start, to check against
     ``mtdmath.mle``), ``window`` (of the flat stopping rule). With ``init="counts"`` or ``"random"`` EM runs
     on the states the counts use (a declared state no transition uses changes nothing but the shapes: its
@@ -253,9 +253,11 @@ class MTD(SequenceEstimator):
             return out
         return check_lags(order, lags, parsed.longest)
 
-    def fit_counts(self, counts: TransitionCounts) -> tuple[MTDModel, dict]:
+    def _fit_law(self, counts: TransitionCounts) -> tuple[MTDModel, dict]:
         """The EM fit (:func:`em_fit`) of this estimator's parameters on aggregated counts."""
-        self._validate_params()
+        if self.order is not None or self.lags is not None:  # else a design matrix's width set them
+            if counts.lags != (lags := check_lags(self.order, self.lags)):
+                raise ValueError(f"counts: their lags {counts.lags} are not this estimator's lags {lags}")
         return em_fit(counts, variant=self.variant, independent=self.independent, restarts=self.restarts,
                       init=self.init, tol=self.tol, max_iter=self.max_iter,
                       rng=as_rng(self.random_state, "random_state"))
@@ -299,7 +301,7 @@ class MTD(SequenceEstimator):
                                    "lam": self.lam_, "lam0": self.lam0_, "p0": self.p0_}, restarts=1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            other._set_fit(self.transition_counts_)
+            other.fit_counts(self.transition_counts_)
         shared, lagwise = (self, other) if self.variant == "shared" else (other, self)
         return lr_from_fits(shared, lagwise, True)
 
@@ -412,6 +414,9 @@ class MTD(SequenceEstimator):
             n_boot = check_int(n_boot, "n_boot", minimum=2)
             rng = as_rng(self.random_state if random_state is None else random_state, "random_state")
             p = self._train
+            if p is None:
+                raise ValueError('method="bootstrap" re-simulates the training sequences: fit with fit(X), '
+                                 "not fit_counts")
             seqs = p.sequences_for(self.model_.order)  # as the fit read them
             M = self.model_.order if p.design else self._start()  # each sequence continues from its first M
             draws = []
@@ -494,4 +499,4 @@ def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None 
               tol=tol, max_iter=max_iter, init=init, random_state=as_rng(rng))
     est._validate_params()
     parsed = parse(sequences, sample_weight=weights, name="sequences", weight_name="weights")
-    return est._set_fit(count(parsed, est._lags(parsed), n_states), parsed)
+    return est._fit_parsed(parsed)

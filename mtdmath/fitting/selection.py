@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .._validate import as_rng, check_int
-from ._data import Parsed, count, parse, resolve_states
+from ._data import parse, resolve_states
 from .estimator import MTD
 
 #: weight given to the new lag in the warm start of order m + 1 from the best order-m fit (EM cannot move a
@@ -27,10 +27,6 @@ def _nested_start(prev: MTD, m: int, eps: float) -> dict:
     if law.independent:
         out.update(lam0=law.lam0 * (1.0 - eps), p0=law.p0)
     return out
-
-
-def _fit_on(est: MTD, parsed: Parsed, lags: tuple[int, ...], S: int, start: int) -> MTD:
-    return est._set_fit(count(parsed, lags, S, start), parsed)
 
 
 def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", variant: str = "shared",
@@ -81,15 +77,13 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
     table, fits = [], []
     prev = None
     for m in range(1, max_order + 1):
-        lags = tuple(range(1, m + 1))
         kw = dict(n_states=S, variant=variant, burn_in=max_order, random_state=rng, **fit_kwargs)
         init = first_init if prev is None else _nested_start(prev, m, WARM_WEIGHT)
-        f = _fit_on(MTD(m, init=init, **kw), parsed, lags, S, max_order)
+        f = MTD(m, init=init, **kw)._fit_parsed(parsed)
         if prev is not None and f.loglik_ < prev.loglik_:
             with warnings.catch_warnings():  # the fit below warned already if it ran out of iterations
                 warnings.simplefilter("ignore", RuntimeWarning)
-                g = _fit_on(MTD(m, **{**kw, "init": _nested_start(prev, m, 0.0), "restarts": 1}), parsed, lags,
-                            S, max_order)
+                g = MTD(m, **{**kw, "init": _nested_start(prev, m, 0.0), "restarts": 1})._fit_parsed(parsed)
             f = g if g.loglik_ > f.loglik_ else f
         fits.append(f)
         prev = f
@@ -157,7 +151,7 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
         if lags not in cache:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # screening fits; the final refit warns
-                f = _fit_on(MTD(lags=lags, **kw), parsed, lags, S, max_lag)
+                f = MTD(lags=lags, **kw)._fit_parsed(parsed)
             cache[lags] = f
             table.append({"lags": lags, "loglik": f.loglik_, "n_params": f.n_params, "aic": f.aic(),
                           "bic": f.bic(), "n_obs": f.n_obs_, "step": step})
@@ -196,5 +190,5 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
                 v = crit(tuple(c), "subset")
                 if v < best_val:
                     best_val, chosen = v, tuple(c)
-    best_fit = _fit_on(MTD(lags=chosen, **{**kw, "tol": 1e-9}), parsed, chosen, S, max_lag)
+    best_fit = MTD(lags=chosen, **{**kw, "tol": 1e-9})._fit_parsed(parsed)
     return best_fit, table
