@@ -207,13 +207,21 @@ class SequenceEstimator:
         ``max(order, burn_in)`` tokens; shape (n_sequences,)."""
         self._check_fitted()
         parsed = parse(X, y, lengths, classes=self._labels, fitted=True)
-        out = np.empty(len(parsed.seqs))
-        lags = self.model_.count_lags
-        for i, s in enumerate(parsed.seqs):  # a sequence with no transition scores 0
-            one = Parsed([s], np.ones(1), None, parsed.design, parsed.n_lag_columns, parsed.classes, parsed.name)
-            start = None if parsed.design else self._start()
-            has = s.shape[0] > (self.model_.order if parsed.design else self._start())
-            out[i] = self.model_.log_prob(count(one, lags, self.n_states_, start)) if has else 0.0
+        law, M = self.model_, self.model_.order
+        if parsed.top >= self.n_states_:
+            raise ValueError(f"X holds the token {parsed.top}, outside this model's states 0..{self.n_states_ - 1}")
+        seqs = parsed.sequences_for(M)
+        start = M if parsed.design else self._start()
+        out = np.zeros(len(seqs))
+        by_length: dict[int, list[int]] = {}
+        for i, s in enumerate(seqs):
+            by_length.setdefault(s.shape[0], []).append(i)
+        for T, rows in by_length.items():  # one vectorised pass per position over the sequences of one length
+            Y = np.stack([seqs[i] for i in rows])
+            for t in range(start, T):  # a sequence with no transition scores 0
+                p = law.predict_proba(Y[:, t - M : t])[np.arange(Y.shape[0]), Y[:, t]]
+                with np.errstate(divide="ignore"):
+                    out[rows] += np.log(p)
         return out
 
     @property
