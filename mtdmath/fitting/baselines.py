@@ -70,8 +70,8 @@ class MarkovChain(SequenceEstimator):
     --------
     >>> from mtdmath.fitting import MarkovChain
     >>> MarkovChain(1).fit([0, 1, 1, 0, 1, 1, 0]).transition_.round(2)
-    array([[0.  , 1.  ],
-           [0.5 , 0.5 ]])
+    array([[0. , 1. ],
+           [0.5, 0.5]])
     """
 
     def __init__(self, order: int = 1, *, smoothing: float = 0.0, n_states: int | None = None,

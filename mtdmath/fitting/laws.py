@@ -223,8 +223,8 @@ class MTDModel(_Law):
     >>> import numpy as np
     >>> from mtdmath.fitting import MTDModel
     >>> law = MTDModel(np.array([[0.9, 0.1], [0.2, 0.8]]), [0.7, 0.3])
-    >>> law.predict_proba([[0, 1]]).round(2)
-    array([[0.69, 0.31]])
+    >>> law.predict_proba([[0, 1]]).round(2)  # lag 1 is the last token: 0.7 pi[1] + 0.3 pi[0]
+    array([[0.41, 0.59]])
     """
 
     def __init__(self, pi: Any, lam: Any, *, lags: Sequence[int] | None = None, lam0: float | None = None,
