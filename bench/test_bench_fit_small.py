@@ -49,10 +49,10 @@ def test_small_fit(benchmark, i, variant):
     c = cases()[i]
     call = lambda: fit(c["seq"], c["m"], variant=variant, restarts=RESTARTS, rng=c["seed"])  # noqa: E731
     f = call()  # warm (kernels compiled or loaded from the cache) and checked
-    assert f.converged
+    assert f.converged_
     peer = peer_times().get(c["name"], {})
     if f"ours_{variant}_loglik" in peer:  # the same maximum as the recorded run (1e-9 relative: stopping tol)
-        assert f.loglik >= peer[f"ours_{variant}_loglik"] - 1e-9 * abs(f.loglik)
+        assert f.loglik_ >= peer[f"ours_{variant}_loglik"] - 1e-9 * abs(f.loglik_)
     benchmark.pedantic(call, rounds=15, warmup_rounds=2, iterations=1)
     info = {"case": c["name"], "variant": variant, "target_ms": TARGET_MS, "restarts": RESTARTS,
             "mtdlearn_ms": peer.get("mtdlearn_ms")}

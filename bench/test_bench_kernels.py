@@ -199,4 +199,4 @@ def test_fit(benchmark, monkeypatch, route):
     M.fit(y[:2000], 4, restarts=2, rng=0)  # compile / load the kernel
     f = C.run(benchmark, lambda: M.fit(y, 4, restarts=10, rng=0), backend="numpy", rounds=3)
     C.record(benchmark, ("kernels", f"fit_{route}", "numpy", "float64", "S10-m4-n100000"), backend="numpy",
-             min_bytes=y.nbytes, loglik=float(f.loglik))
+             min_bytes=y.nbytes, loglik=float(f.loglik_))

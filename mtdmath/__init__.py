@@ -6,7 +6,7 @@ Mirror Descent" (D'Angelo & Flammarion, ICLR 2026). The formulas are those of do
 from .bayes import log_evidence, n_states, posterior_mean, posterior_mean_mc
 from .estimators import (corrected_one_step_md, em, eta_bayes, k_step_md, kkt_gap, md_predictive_all_prefixes,
                          mirror_descent, mle, one_step_md)
-from .fitting import (ConvergenceMonitor, ICLFit, LRTest, MarkovChain, ModelComparison, MTD, MTDFit, MTDModel,
+from .fitting import (ConvergenceMonitor, ICLFit, LRTest, MarkovChain, ModelComparison, MTD, MTDModel,
                       compare_models, fit, fit_icl, lr_test, select_lags, select_order)
 from .likelihood import gradient, hessian, kl, log_likelihood, responsibilities
 from .model import lag_factors, predictive, random_transition_matrix, sample, sample_icl
@@ -85,7 +85,6 @@ __all__ = [
     "select_lags",
     "MTD",
     "MTDModel",
-    "MTDFit",
     "ConvergenceMonitor",
     "fit_icl",
     "ICLFit",

@@ -186,7 +186,7 @@ API: dict[str, Entry] = {
         "matched_step", "fit_adaptive_step", "adaptive_params")},
     # the fitting estimators (mtdmath.fitting)
     **{name: Entry("Fitting MTD models (pi unknown)", covered_by=_FIT) for name in (
-        "fit", "select_order", "select_lags", "MTD", "MTDModel", "MTDFit", "ConvergenceMonitor", "fit_icl",
+        "fit", "select_order", "select_lags", "MTD", "MTDModel", "ConvergenceMonitor", "fit_icl",
         "ICLFit", "MarkovChain", "lr_test", "compare_models", "LRTest", "ModelComparison")},
 }
 API["torch_core"] = Entry("Torch core", covered_by=_NN)

@@ -145,7 +145,7 @@ SEQ = np.array([0, 1, 2, 1, 0, 2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 1, 2, 0, 0, 1] * 5)
 
 
 def _fitting_rows():
-    from mtdmath.fitting import MTD, ConvergenceMonitor, MarkovChain, MTDModel, compare_models, lr_test
+    from mtdmath.fitting import MTD, ChainModel, ConvergenceMonitor, MarkovChain, MTDModel, compare_models, lr_test
 
     model = MTDModel(PI, LAM)
     chain1, chain2 = MarkovChain(1).fit(SEQ), MarkovChain(2).fit(SEQ)
@@ -178,7 +178,7 @@ def _fitting_rows():
         "MTDModel": (MTDModel, dict(pi=PI, lam=LAM), {"pi": "pi", "lam": "simplex", "lags": "lags"}),
         "MTDModel.predict_proba": (model.predict_proba, dict(contexts=Y[:, :2]), {"contexts": "tokens"}),
         "MTDModel.sample": (model.sample, dict(T=20, rng=0), {"T": "size", "rng": "rng"}),
-        "MTDFit": (M.MTDFit, dict(pi=PI, lam=LAM, loglik=-1.0, n_obs=10.0), {"pi": "pi", "lam": "simplex"}),
+        "ChainModel": (ChainModel, dict(transition=PI, order=1), {"transition": "pi", "order": "int"}),
         "fit_icl": (M.fit_icl, dict(sequences=Y, m=2, max_iter=3), {"sequences": "sequences", "m": "int_pos",
                                                                    "alpha": "alpha", "tol": "float_pos"}),
         "ConvergenceMonitor": (ConvergenceMonitor, dict(tol=1e-6, max_iter=10), {"tol": "float_pos", "max_iter": "int_pos"}),
@@ -186,7 +186,7 @@ def _fitting_rows():
 
 
 TABLE.update(_fitting_rows())
-FITTING_NAMES_ALL = {"fit", "select_order", "select_lags", "MTD", "MTDModel", "MTDFit", "ConvergenceMonitor",
+FITTING_NAMES_ALL = {"fit", "select_order", "select_lags", "MTD", "MTDModel", "ConvergenceMonitor",
                      "fit_icl", "ICLFit", "MarkovChain", "lr_test", "compare_models", "LRTest", "ModelComparison"}
 
 
@@ -267,7 +267,6 @@ VALID = {
     ("MTDModel.sample", "rng", "none"): "rng=None is fresh entropy",
     ("fit_icl", "alpha", "none"): "alpha=None estimates alpha",
     ("MTDModel", "lam", "shape"): "any length of lam is an order (lags 1..3)",
-    ("MTDFit", "lam", "shape"): "any length of lam is an order (lags 1..3)",
     ("MDTransformer.construct_sink", "alpha", "shape"): "any length of alpha is an order m",
     ("adaptive_params", "alpha", "shape"): "any length of alpha is an order m",
     ("fit", "sequences", "string"): "strings are labels (docs/math.md §7.9)",
@@ -328,8 +327,10 @@ def test_kl_length_mismatch_names_p_and_q():
 def test_messages_blame_the_right_argument():
     y = np.array([0, 1, 2, 1, 0, 2, 1, 0, 1, 2])
     f = M.fit(y, 1, restarts=1)
-    with pytest.raises(ValueError, match=r"sequences hold the token 5, outside this model's states 0\.\.2"):
-        f.log_likelihood(np.array([0, 1, 5]))  # not "n_states", which the caller never passed
+    with pytest.raises(ValueError, match=r"sequences hold the token 5, outside this law's states 0\.\.2"):
+        f.model_.log_likelihood(np.array([0, 1, 5]))  # not "n_states", which the caller never passed
+    with pytest.raises(ValueError, match=r"X holds the token 5, outside this model's states 0\.\.2"):
+        f.score(np.array([0, 1, 5]))
     with pytest.raises(ValueError, match=r"max_order = 5 leaves no transition"):
         M.select_order(y[:3], 5)
     with pytest.raises(ValueError, match="alpha: the sum"):  # not "lam0" nor "impossible data"

@@ -1,4 +1,4 @@
-"""Tests of mtdmath.fit: EM fitting of MTD models with unknown pi.
+"""Tests of mtdmath.fitting.fit: EM fitting of MTD models with unknown pi.
 
 Every property is checked against an independent route:
 - likelihood: a per-transition computation on the raw sequence (no aggregation) and, on tiny cases, brute
@@ -21,7 +21,9 @@ import pytest
 import torch
 
 import mtdmath
-from mtdmath.fit import MTDFit, MTDModel, _EM, _fit_impl, _Layout, _prepare, fit, select_order
+from mtdmath.fitting import MTD, MTDModel, TransitionCounts, fit, select_order
+from mtdmath.fitting._em import EM, Layout
+from mtdmath.fitting.estimator import em_fit
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -36,6 +38,11 @@ def make_model(S, lags, variant="shared", seed=0, conc=1.0, independent=False, l
     if independent:
         return MTDModel(pi, w[:k], lags=lags, lam0=w[k], p0=rng.dirichlet(np.ones(S)))
     return MTDModel(pi, w, lags=lags)
+
+
+def em_on(y, order, **kw):
+    """The EM fit on the counts of ``y`` (orders 1..order): (law, report)."""
+    return em_fit(TransitionCounts.from_sequences(y, lags=range(1, order + 1)), **kw)
 
 
 def probs_direct(model, y):
@@ -125,10 +132,10 @@ def test_loglik_aggregation_without_integer_codes():
 # the EM step itself
 # --------------------------------------------------------------------------------------------------------
 def _em_once(model, seq, variant, independent):
-    data = _prepare(seq, None, model.lags, model.n_states, None)
-    lay = _Layout(model.n_states, len(model.lags), variant, independent)
+    data = TransitionCounts.from_sequences(seq, lags=model.lags, n_states=model.n_states)
+    lay = Layout(model.n_states, len(model.lags), variant, independent)
     theta = lay.pack(model.lam, model.pi, model.lam0, model.p0)
-    new, ll = _EM(data, lay)(theta)
+    new, ll = EM(data, lay)(theta)
     return lay.unpack(new), ll
 
 
@@ -175,23 +182,23 @@ def test_history_monotone_and_no_monitor_warning(accelerate):
     y = model.sample(4000, rng=32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the convergence monitor must stay silent
-        f = _fit_impl(y, 3, variant="lagwise", restarts=2, rng=0, accelerate=accelerate, tol=1e-11,
-                      max_iter=50_000)
-    h = f.history
-    assert h.shape[0] >= 3 and f.converged
+        law, f = em_on(y, 3, variant="lagwise", restarts=2, rng=0, accelerate=accelerate, tol=1e-11,
+                       max_iter=50_000)
+    h = f["history"]
+    assert h.shape[0] >= 3 and f["converged"]
     assert np.all(np.diff(h) >= -1e-10 * np.abs(h[1:]))
-    assert f.loglik == pytest.approx(loglik_direct(f, y), rel=1e-12)  # reported value is the real one
+    assert f["loglik"] == pytest.approx(loglik_direct(law, y), rel=1e-12)  # reported value is the real one
 
 
 def test_plain_and_accelerated_em_reach_the_same_maximum():
     model = make_model(3, (1, 2), "shared", seed=41)
     y = model.sample(5000, rng=42)
     init = {"pi": np.full((3, 3), 1 / 3) * 0.5 + 0.5 * np.eye(3), "lam": [0.5, 0.5]}
-    a = _fit_impl(y, 2, restarts=1, init=init, tol=1e-13, max_iter=200_000, accelerate=False)
-    b = _fit_impl(y, 2, restarts=1, init=init, tol=1e-13, max_iter=200_000, accelerate=True)
-    assert b.n_iter < a.n_iter  # SQUAREM needs fewer EM-map evaluations
-    assert b.loglik == pytest.approx(a.loglik, rel=1e-11)
-    np.testing.assert_allclose(b.lam, a.lam, atol=1e-5)
+    la, a = em_on(y, 2, restarts=1, init=init, tol=1e-13, max_iter=200_000, accelerate=False)
+    lb, b = em_on(y, 2, restarts=1, init=init, tol=1e-13, max_iter=200_000, accelerate=True)
+    assert b["n_iter"] < a["n_iter"]  # SQUAREM needs fewer EM-map evaluations
+    assert b["loglik"] == pytest.approx(a["loglik"], rel=1e-11)
+    np.testing.assert_allclose(lb.lam, la.lam, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -212,10 +219,10 @@ def test_fitted_loglik_at_least_true_loglik(S, lags, variant, independent, n):
     true = make_model(S, lags, variant, seed=S * 10 + len(lags), independent=independent)
     y = true.sample(n + max(lags), rng=S)
     f = fit(y, lags=lags, variant=variant, independent=independent, restarts=2, rng=0)
-    assert f.converged
+    assert f.converged_
     ll_true = loglik_direct(true, y)
-    assert f.loglik == pytest.approx(loglik_direct(f, y), rel=1e-12)
-    assert f.loglik >= ll_true - 1e-9 * abs(ll_true)
+    assert f.loglik_ == pytest.approx(loglik_direct(f.model_, y), rel=1e-12)
+    assert f.loglik_ >= ll_true - 1e-9 * abs(ll_true)
 
 
 def _autograd_blocks(f, y):
@@ -259,7 +266,7 @@ def test_kkt_conditions_on_every_simplex(S, lags, variant, independent, n):
             max_iter=100_000)
     seen_rows = 0
     fw_gap = 0.0
-    for theta, g in _autograd_blocks(f, y):
+    for theta, g in _autograd_blocks(f.model_, y):
         mu = float(theta @ g)
         if mu == 0:  # a row no transition uses: the likelihood does not depend on it
             continue
@@ -273,7 +280,7 @@ def test_kkt_conditions_on_every_simplex(S, lags, variant, independent, n):
     assert seen_rows >= 2
     # the reported gap is the same Frank-Wolfe sum; each term is a difference of gradients ~n, so agreement
     # is to rounding ~1e-12 n per block
-    assert f.kkt_gap == pytest.approx(fw_gap, abs=1e-9 * n * seen_rows)
+    assert f.kkt_gap_ == pytest.approx(fw_gap, abs=1e-9 * n * seen_rows)
 
 
 @pytest.mark.parametrize("variant", ["shared", "lagwise"])
@@ -290,12 +297,12 @@ def test_order_one_is_the_empirical_markov_chain(variant):
             np.add.at(N, (y[:-lag], y[lag:]), wt)
         Na = N.sum(1)
         f = fit(seqs, lags=(lag,), n_states=S, variant=variant, weights=w, restarts=3, rng=0)
-        P = f.pi.reshape(S, S)
+        P = f.pi_.reshape(S, S)
         np.testing.assert_allclose(P[:S - 1], N[:S - 1] / Na[:S - 1, None], rtol=1e-12, atol=1e-15)
         nz = N > 0
         ll = float((N[nz] * np.log((N / np.maximum(Na, 1e-300)[:, None])[nz])).sum())
-        assert f.loglik == pytest.approx(ll, rel=1e-12)
-        assert f.lam.tolist() == [1.0]
+        assert f.loglik_ == pytest.approx(ll, rel=1e-12)
+        assert f.lam_.tolist() == [1.0]
 
 
 def test_lam_only_em_with_known_pi_agrees_with_core_mle():
@@ -305,12 +312,12 @@ def test_lam_only_em_with_known_pi_agrees_with_core_mle():
     true = make_model(S, tuple(range(1, m + 1)), "shared", seed=71, conc=0.5)
     y = true.sample(8000, rng=72)
     lam_core = mtdmath.mle(mtdmath.lag_factors(y, true.pi, m), tol=1e-13)
-    f = _fit_impl(y, m, init={"pi": true.pi, "lam": np.full(m, 1 / m)}, freeze_pi=True, restarts=3, rng=0,
-                  tol=1e-15, max_iter=100_000)
-    np.testing.assert_array_equal(f.pi, true.pi)
+    law, f = em_on(y, m, init={"pi": true.pi, "lam": np.full(m, 1 / m)}, freeze_pi=True, restarts=3, rng=0,
+                   tol=1e-15, max_iter=100_000)
+    np.testing.assert_array_equal(law.pi, true.pi)
     # both are at KKT gap ~1e-13 of a strictly concave problem with curvature ~n: lam agrees to ~1e-7
-    np.testing.assert_allclose(f.lam, lam_core, atol=1e-6)
-    assert f.loglik == pytest.approx(float(mtdmath.log_likelihood(lam_core, mtdmath.lag_factors(y, true.pi, m))),
+    np.testing.assert_allclose(law.lam, lam_core, atol=1e-6)
+    assert f["loglik"] == pytest.approx(float(mtdmath.log_likelihood(lam_core, mtdmath.lag_factors(y, true.pi, m))),
                                      rel=1e-12)
 
 
@@ -327,7 +334,7 @@ def test_error_shrinks_like_inverse_root_n():
         for rep in range(8):
             y = true.sample(n + 2, rng=1000 * rep + n)
             f = fit(y, 2, n_states=S, restarts=1, rng=rep)
-            e2.append(np.sum((param_vector(f) - truth) ** 2))
+            e2.append(np.sum((param_vector(f.model_) - truth) ** 2))
         errs.append(math.sqrt(np.mean(e2)))
     slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
     assert -0.7 <= slope <= -0.35, (errs, slope)
@@ -341,7 +348,7 @@ def test_select_order_recovers_true_order(m):
     true = MTDModel(pi, lam)
     y = true.sample(20000, rng=91)
     best, table = select_order(y, 4, restarts=2, rng=0)
-    assert best.order == m, table
+    assert best.model_.order == m, table
     assert [r["order"] for r in table] == [1, 2, 3, 4]
     assert len({r["n_obs"] for r in table}) == 1  # all orders scored on the same transitions
     bics = [r["bic"] for r in table]
@@ -357,11 +364,11 @@ def test_sparse_lags_equal_full_order_fit_with_zero_weights():
     sparse = fit(y, lags=(1, 5), restarts=1, init={"pi": start.pi, "lam": start.lam}, tol=1e-14, max_iter=50_000)
     full = fit(y, 5, restarts=1, init={"pi": start.pi, "lam": [start.lam[0], 0, 0, 0, start.lam[1]]},
                tol=1e-14, max_iter=50_000)
-    assert sparse.lags == (1, 5)
-    assert sparse.loglik == pytest.approx(full.loglik, rel=1e-12)
-    np.testing.assert_allclose(full.lam[[0, 4]], sparse.lam, atol=1e-6)
-    np.testing.assert_array_equal(full.lam[1:4], 0.0)
-    assert sparse.loglik >= loglik_direct(true, y)
+    assert sparse.lags_ == (1, 5)
+    assert sparse.loglik_ == pytest.approx(full.loglik_, rel=1e-12)
+    np.testing.assert_allclose(full.lam_[[0, 4]], sparse.lam_, atol=1e-6)
+    np.testing.assert_array_equal(full.lam_[1:4], 0.0)
+    assert sparse.loglik_ >= loglik_direct(true, y)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -397,9 +404,12 @@ def test_n_params_equals_jacobian_rank(S, k, variant, independent):
     sv = np.linalg.svd(J, compute_uv=False)
     rank = int(np.sum(sv > 1e-9 * sv[0]))
     assert model.n_params == rank
-    f = MTDFit(pi=model.pi, lam=model.lam, lags=model.lags, lam0=model.lam0, p0=model.p0, loglik=-100.0, n_obs=50)
-    assert f.aic == pytest.approx(200 + 2 * rank)
-    assert f.bic == pytest.approx(200 + math.log(50) * rank)
+    # the estimator's criteria use the law's count: a fit of the same family on data from the model
+    y = model.sample(60, rng=112)
+    f = fit(y, k, variant=variant, independent=independent, restarts=1, n_states=S)
+    assert f.n_params == rank
+    assert f.aic() == pytest.approx(-2 * f.loglik_ + 2 * rank)
+    assert f.bic() == pytest.approx(-2 * f.loglik_ + math.log(f.n_obs_) * rank)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -467,7 +477,7 @@ def test_stationary_distribution_large_state_space_iterative(power_iters, monkey
     """3^7 = 2187 states: above the dense-solve size, so power iteration (or, when it is cut short, GMRES)
     is used; checked against the invariance p A = p with the sparse expanded matrix."""
     # sys.modules: the attribute mtdmath.fitting.model may be shadowed by a re-exported name
-    monkeypatch.setattr(sys.modules["mtdmath.fitting.model"], "_POWER_ITERS", power_iters)
+    monkeypatch.setattr(sys.modules["mtdmath.fitting.laws"], "_POWER_ITERS", power_iters)
     model = make_model(3, (1, 7), "lagwise", seed=165, independent=True)
     joint, marg = model.stationary_distribution()
     A = model.expanded_matrix(sparse=True)
@@ -503,13 +513,13 @@ def test_layouts_and_weights_agree():
     b = fit(list(Y), 2, **kw)
     c = fit([Y[0], Y[1], Y[2], Y[1]], 2, weights=[1, 1, 1, 0], **kw)
     d = fit([Y[0], Y[1], Y[2]], 2, weights=[2, 2, 2], **kw)  # doubling every weight doubles loglik, same MLE
-    assert a.loglik == b.loglik == pytest.approx(c.loglik, rel=1e-12)
+    assert a.loglik_ == b.loglik_ == pytest.approx(c.loglik_, rel=1e-12)
     # doubling every weight is exact in binary floating point (counts and log-likelihoods scale by
     # exactly 2, every relative stopping decision is the same); the M-step normalisations round
     # differently by an ulp or so per iteration: 1e-12 relative over ~100 iterations (9e-14 measured)
-    assert d.loglik == 2 * a.loglik
-    np.testing.assert_allclose(d.lam, a.lam, rtol=1e-12, atol=0)
-    assert a.n_obs == 3 * 298 and d.n_obs == 2 * 3 * 298
+    assert d.loglik_ == 2 * a.loglik_
+    np.testing.assert_allclose(d.lam_, a.lam_, rtol=1e-12, atol=0)
+    assert a.n_obs_ == 3 * 298 and d.n_obs_ == 2 * 3 * 298
 
 
 def test_restarts_reproducible_and_best_kept():
@@ -517,9 +527,9 @@ def test_restarts_reproducible_and_best_kept():
     y = model.sample(3000, rng=182)
     f1 = fit(y, 3, variant="lagwise", restarts=4, init="random", rng=7)
     f2 = fit(y, 3, variant="lagwise", restarts=4, init="random", rng=np.random.default_rng(7))
-    np.testing.assert_array_equal(f1.pi, f2.pi)
-    np.testing.assert_array_equal(f1.restart_logliks, f2.restart_logliks)
-    assert f1.restart_logliks.shape == (4,) and f1.loglik == f1.restart_logliks.max()
+    np.testing.assert_array_equal(f1.pi_, f2.pi_)
+    np.testing.assert_array_equal(f1.restart_logliks_, f2.restart_logliks_)
+    assert f1.restart_logliks_.shape == (4,) and f1.loglik_ == f1.restart_logliks_.max()
 
 
 def test_explicit_init_from_fit_object_converges_immediately():
@@ -527,7 +537,7 @@ def test_explicit_init_from_fit_object_converges_immediately():
     y = model.sample(5000, rng=192)
     f = fit(y, 2, restarts=2, rng=0, tol=1e-13, max_iter=50_000)
     g = fit(y, 2, restarts=1, init=f, tol=1e-13)
-    assert g.loglik >= f.loglik - 1e-12 * abs(f.loglik) and g.n_iter <= 10
+    assert g.loglik_ >= f.loglik_ - 1e-12 * abs(f.loglik_) and g.n_iter_ <= 10
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -587,17 +597,6 @@ def test_model_methods_bad_input():
         MTDModel(np.eye(3), [0.5, 0.6])
     with pytest.raises(ValueError, match="pi"):
         MTDModel(np.ones((3, 3)), [1.0])
-    # the deprecated constructor validates the same way and returns a law, not a fit report
-    with pytest.raises(ValueError, match="lam"):
-        MTDFit.from_params(np.eye(3), [0.5, 0.6])
-    with pytest.warns(DeprecationWarning, match="MTDModel"):
-        law = MTDFit.from_params(np.eye(3), [1.0])
-    assert type(law) is MTDModel
-    # a fit report is validated too: a log-likelihood must be finite, n_obs positive
-    with pytest.raises(ValueError, match="loglik"):
-        MTDFit(np.eye(3), [1.0], loglik=math.nan, n_obs=5)
-    with pytest.raises(ValueError, match="n_obs"):
-        MTDFit(np.eye(3), [1.0], loglik=-1.0, n_obs=0)
 
 
 def test_impossible_explicit_start_raises():

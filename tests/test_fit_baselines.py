@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.stats import chi2, kstest
 
-from mtdmath.fitting import MTD, MarkovChain, MTDModel, compare_models, lr_test
+from mtdmath.fitting import MTD, ChainModel, MarkovChain, MTDModel, compare_models, lr_test
 from mtdmath.fitting.baselines import nesting
 
 S = 3
@@ -133,20 +133,6 @@ def test_lr_test_refuses_non_nested_pairs_and_zero_df_and_warns_on_non_regular()
     assert nesting(MTD(2, variant="lagwise"), MTD(2))[0] is False
 
 
-def _sample_chain(P, m, n, rng):
-    """A saturated order-m chain by inverse CDF (rows P indexed by the base-S context, lag 1 first)."""
-    y = np.empty(n, dtype=np.int64)
-    y[:m] = rng.integers(0, S, m)
-    u = rng.random(n)
-    cum = np.cumsum(P, axis=1)
-    for t in range(m, n):
-        c = 0
-        for l in range(1, m + 1):
-            c = c * S + y[t - l]
-        y[t] = min(int(np.searchsorted(cum[c], u[t], side="right")), S - 1)
-    return y
-
-
 def test_lr_pvalues_are_uniform_under_an_mtd_null_and_reject_a_saturated_alternative():
     """MTD (shared, S = 3, lags 1, 2, rows ~ Dirichlet(4)) vs the saturated order-2 chain, n = 1000
     transitions, 200 replicates; 5 restarts per MTD fit (Wilks needs the global optimum: in 1000 replicates
@@ -172,7 +158,7 @@ def test_lr_pvalues_are_uniform_under_an_mtd_null_and_reject_a_saturated_alterna
     rej = 0
     for r in range(100):
         P = rng.dirichlet(np.ones(S), size=S * S)
-        y = _sample_chain(P, 2, 1002, rng)
+        y = ChainModel(P, 2).sample(1002, rng=rng)
         rej += lr_test(MTD(2, restarts=5, random_state=r), MarkovChain(2), y).pvalue < 0.05
     assert rej >= 90, rej
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from mtdmath.fitting import MTDModel, fit
-from mtdmath.fitting.em import ConvergenceMonitor, _EM, _init_counts, _init_random, _Layout, _prepare, run_em
+from mtdmath.fitting import ConvergenceMonitor, TransitionCounts
+from mtdmath.fitting._em import EM, Layout, init_counts, init_random, run_em
 
 
 #: long checks run only with MTDMATH_SLOW=1 (kept out of the CI time budget)
@@ -36,11 +37,11 @@ STALLING = [(0, 3.0), (6, 1.0), (7, 2.0)]
 
 
 def _runs(y, m, restarts=10, window=10, max_iter=20_000):
-    data = _prepare(y, m, None, None, None)
-    lay = _Layout(data.S, m, "shared", False)
-    em = _EM(data, lay)
+    data = TransitionCounts.from_sequences(y, lags=range(1, m + 1))
+    lay = Layout(data.n_states, m, "shared", False)
+    em = EM(data, lay)
     rng = np.random.default_rng(0)
-    x0 = np.stack([_init_counts(data, lay)] + [_init_random(lay, rng) for _ in range(restarts - 1)])
+    x0 = np.stack([init_counts(data, lay)] + [init_random(lay, rng) for _ in range(restarts - 1)])
     return em, run_em(em, x0, 1e-9, max_iter, True, window)
 
 
@@ -90,18 +91,18 @@ def test_clear_warning_at_max_iter():
     with pytest.warns(RuntimeWarning, match=r"did not converge: max_iter = 6 .*Raise max_iter"):
         f = fit(y, 3, restarts=2, max_iter=6, rng=0)
     # the limit is checked before each SQUAREM iteration, which uses up to three evaluations
-    assert not f.converged and f.monitor.reason == "max_iter" and 6 <= f.n_iter <= 6 + 2
+    assert not f.converged_ and f.monitor_.reason == "max_iter" and 6 <= f.n_iter_ <= 6 + 2
 
 
 def test_restarts_run_as_one_batch_equal_separate_runs():
     """The batched EM map equals the single-row map row by row (same arithmetic, so equal to rounding)."""
     y = stalling_chain(4, 3, 2000, 1, 2.0)
-    data = _prepare(y, 3, None, None, None)
+    data = TransitionCounts.from_sequences(y, lags=(1, 2, 3))
     for variant in ("shared", "lagwise"):
-        lay = _Layout(data.S, 3, variant, True)
-        em = _EM(data, lay)
+        lay = Layout(data.n_states, 3, variant, True)
+        em = EM(data, lay)
         rng = np.random.default_rng(3)
-        X = np.stack([_init_random(lay, rng) for _ in range(5)])
+        X = np.stack([init_random(lay, rng) for _ in range(5)])
         F, ll = em.batch(X)
         for i in range(5):
             f1, l1 = em(X[i])
@@ -119,6 +120,6 @@ def test_large_stalling_case_finishes_shared_and_lagwise():
             warnings.simplefilter("error", RuntimeWarning)
             f = fit(y, 3, variant=variant, rng=0)
         dt = time.perf_counter() - t0
-        print(f"{variant}: {dt:.1f} s, {f.n_iter} evaluations, loglik {f.loglik:.6f}, {f.monitor.reason}",
+        print(f"{variant}: {dt:.1f} s, {f.n_iter_} evaluations, loglik {f.loglik_:.6f}, {f.monitor_.reason}",
               file=sys.stderr)
-        assert f.converged and dt < 120
+        assert f.converged_ and dt < 120

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mtdmath
-from mtdmath.fitting import MTDFit, MTDModel, fit
+from mtdmath.fitting import MTDModel, fit
 from mtdmath.fitting.estimator import MTD
 
 
@@ -60,10 +60,10 @@ def test_fit_layouts_agree_and_match_fit_function():
     c = MTD(2, restarts=2, random_state=0).fit(np.concatenate(SEQS)[:, None], lengths=[400] * 6)
     f = fit(SEQS, 2, restarts=2, rng=0)
     for e in (a, b, c):
-        assert e.loglik_ == pytest.approx(f.loglik, rel=1e-12)
-        np.testing.assert_allclose(e.lam_, f.lam, rtol=1e-8)
+        assert e.loglik_ == pytest.approx(f.loglik_, rel=1e-12)
+        np.testing.assert_allclose(e.lam_, f.lam_, rtol=1e-8)
         assert e.converged_ and e.n_iter_ > 0 and e.monitor_.reason in ("kkt", "flat")
-        assert isinstance(e.model_, MTDModel) and isinstance(e.fit_, MTDFit)
+        assert isinstance(e.model_, MTDModel) and isinstance(f, MTD)
     # fitted log-likelihood == formula on the raw transitions at the fitted parameters
     assert a.loglik_ == pytest.approx(sum(direct_logprobs(a.model_, y).sum() for y in SEQS), rel=1e-12)
 
@@ -75,7 +75,7 @@ def test_design_matrix_input_is_the_transition_likelihood():
     x = np.stack([y[c : c + n] for c in range(m)], axis=1)
     e = MTD(restarts=2, random_state=0).fit(x, y[m:])  # order = number of columns
     f = fit(y, 2, restarts=2, rng=0)  # the same transitions as one chain
-    assert e.lags_ == (1, 2) and e.loglik_ == pytest.approx(f.loglik, rel=1e-9)
+    assert e.lags_ == (1, 2) and e.loglik_ == pytest.approx(f.loglik_, rel=1e-9)
     # per-row scores are log P(y_i | x_i) by the formula
     rows = np.concatenate([x, y[m:, None]], axis=1)
     want = np.array([direct_logprobs(e.model_, r)[0] for r in rows[:50]])
@@ -84,7 +84,7 @@ def test_design_matrix_input_is_the_transition_likelihood():
     x3 = np.stack([y[c : c + n - 1] for c in range(3)], axis=1)
     e3 = MTD(2, restarts=1).fit(x3, y[3:])
     assert e3.lags_ == (1, 2) and e3.loglik_ == pytest.approx(
-        fit(y[1:], 2, restarts=1).loglik, rel=1e-9)
+        fit(y[1:], 2, restarts=1).loglik_, rel=1e-9)
 
 
 def test_score_score_samples_aic_bic():
@@ -96,7 +96,7 @@ def test_score_score_samples_aic_bic():
     k = e.model_.n_params
     assert e.aic(held) == pytest.approx(-2 * sum(want) + 2 * k)
     assert e.bic(held) == pytest.approx(-2 * sum(want) + math.log(2 * 398) * k)
-    assert e.aic(SEQS[:4]) == pytest.approx(e.fit_.aic) and e.bic(SEQS[:4]) == pytest.approx(e.fit_.bic)
+    assert e.aic(SEQS[:4]) == pytest.approx(e.aic()) and e.bic(SEQS[:4]) == pytest.approx(e.bic())
     # ragged sequences take the per-sequence route
     rag = [SEQS[4][:100], SEQS[5]]
     np.testing.assert_allclose(e.score_samples(rag), [direct_logprobs(e.model_, y).sum() for y in rag],
@@ -154,7 +154,7 @@ def test_burn_in_scores_every_order_on_the_same_transitions():
     assert e1.score(SEQS) == pytest.approx(want, rel=1e-12)
     np.testing.assert_allclose(e1.score_samples(SEQS), [direct_logprobs(e1.model_, y)[1:].sum() for y in SEQS],
                                rtol=1e-12)
-    assert e1.fit_.n_obs == 6 * 398 and MTD(1, restarts=1).fit(SEQS).fit_.n_obs == 6 * 399
+    assert e1.n_obs_ == 6 * 398 and MTD(1, restarts=1).fit(SEQS).n_obs_ == 6 * 399
     assert e1.bic(SEQS) == pytest.approx(-2 * want + math.log(6 * 398) * e1.model_.n_params)
 
 
@@ -192,23 +192,23 @@ def test_other_backends_convert_once_at_the_entry_points():
     torch = pytest.importorskip("torch")
     y = torch.as_tensor(np.concatenate(SEQS))
     ref = fit(np.concatenate(SEQS), 2, restarts=1)
-    assert fit(y, 2, restarts=1).loglik == pytest.approx(ref.loglik, rel=1e-13)
+    assert fit(y, 2, restarts=1).loglik_ == pytest.approx(ref.loglik_, rel=1e-13)
     e = MTD(2, restarts=1).fit(torch.as_tensor(np.stack(SEQS)))
     assert e.loglik_ == pytest.approx(MTD(2, restarts=1).fit(np.stack(SEQS)).loglik_, rel=1e-13)
-    law = MTDModel(torch.as_tensor(TRUE.pi), torch.as_tensor(TRUE.lam))
+    law = MTDModel(torch.as_tensor(TRUE.pi.copy()), torch.as_tensor(TRUE.lam.copy()))  # laws are read-only
     ctx = np.array([[0, 1], [2, 2]])
     np.testing.assert_allclose(law.predict_proba(torch.as_tensor(ctx)), TRUE.predict_proba(ctx), rtol=1e-15)
     xps = pytest.importorskip("array_api_strict")
-    assert fit(xps.asarray(np.concatenate(SEQS)), 2, restarts=1).loglik == pytest.approx(ref.loglik, rel=1e-13)
+    assert fit(xps.asarray(np.concatenate(SEQS)), 2, restarts=1).loglik_ == pytest.approx(ref.loglik_, rel=1e-13)
 
 
-def test_mtdmath_fit_stays_callable_after_importing_the_submodule():
-    import importlib
+def test_mtdmath_fit_is_the_function_and_no_submodule_shadows_it():
+    """The callable-module hack is gone: no file mtdmath/fit.py, and mtdmath.fit is the fitting function."""
+    from pathlib import Path
 
     import mtdmath
 
-    importlib.import_module("mtdmath.fit")  # sets the attribute mtdmath.fit to the submodule
+    assert not (Path(mtdmath.__file__).parent / "fit.py").exists()
+    assert mtdmath.fit is mtdmath.fitting.fit
     y = np.array([0, 1, 2, 1, 0, 2, 1, 0, 1, 2] * 3)
-    a = mtdmath.fit(y, 1, restarts=1, rng=0)
-    b = mtdmath.fitting.fit(y, 1, restarts=1, rng=0)
-    assert a.loglik == b.loglik
+    assert isinstance(mtdmath.fit(y, 1, restarts=1, rng=0), MTD)

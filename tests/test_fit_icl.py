@@ -99,7 +99,8 @@ def test_alpha_to_infinity_agrees_with_shared_pi_fit():
     Var(L_g) <= 1/c, is at most sum_{i<j} |E d_i d_j| + ... <= n^2 r^2 / c per sequence, r = max C / min s."""
     pi = mtdmath.random_transition_matrix(4, concentration=3.0, rng=5)
     y, _ = mtdmath.sample_icl(pi, np.array([7.0, 3.0]) * 1e3, 40, 150, rng=6)  # nearly one lam for all
-    f_shared = fit(y, 2, restarts=3, rng=0, tol=1e-12)
+    shared = fit(y, 2, restarts=3, rng=0, tol=1e-12)
+    f_shared = shared.model_
     c = 1e10
     # started far away (uniform rows): it must climb to the shared-pi maximiser on its own
     f = fit_icl(y, 2, alpha=c * f_shared.lam, init_pi=np.full((4, 4), 0.25))
@@ -108,9 +109,9 @@ def test_alpha_to_infinity_agrees_with_shared_pi_fit():
     r = C.max() / s.min()
     bound = y.shape[0] * (y.shape[1] - 2) ** 2 * r**2 / c
     at_fit = mtdmath.log_evidence(C, c * f_shared.lam).sum()
-    assert abs(at_fit - f_shared.loglik) <= bound
+    assert abs(at_fit - shared.loglik_) <= bound
     assert f.objective >= at_fit - 1e-9 * abs(at_fit)  # reaches the maximum
-    assert f.objective - f_shared.loglik <= bound + 1e-9 * abs(f_shared.loglik)  # no better than the max
+    assert f.objective - shared.loglik_ <= bound + 1e-9 * abs(shared.loglik_)  # no better than the max
     # pi stays at the shared-pi maximiser: within 1 % of its standard error (optimiser tolerance)
     assert np.all(np.abs(f.pi - f_shared.pi) <= 0.01 * f.se_pi)
 

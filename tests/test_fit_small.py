@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import mtdmath as M
-import mtdmath.fitting.em as E
+import mtdmath.fitting._em as E
 from mtdmath.fitting import MTDModel, fit
 
 pytest.importorskip("numba")
@@ -20,11 +20,11 @@ def test_serial_small_fit_equals_the_parallel_kernel(variant, monkeypatch):
     serial = fit(y, 3, variant=variant, restarts=6, rng=0)  # 6 x (3 x ~60 tuples) cells: the serial path
     monkeypatch.setattr(E, "_PARALLEL_CELLS", 0)  # force the parallel launch
     parallel = fit(y, 3, variant=variant, restarts=6, rng=0)
-    assert serial.loglik == parallel.loglik and serial.n_iter == parallel.n_iter
-    np.testing.assert_array_equal(serial.pi, parallel.pi)
-    np.testing.assert_array_equal(serial.restart_logliks, parallel.restart_logliks)
+    assert serial.loglik_ == parallel.loglik_ and serial.n_iter_ == parallel.n_iter_
+    np.testing.assert_array_equal(serial.pi_, parallel.pi_)
+    np.testing.assert_array_equal(serial.restart_logliks_, parallel.restart_logliks_)
     # the NumPy route (no kernel) reaches the same maximum: 1e-9 relative, the stopping tolerance, since its
     # sums run in another order and the EM path can stop one iteration apart
     monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", "1")
     generic = fit(y, 3, variant=variant, restarts=6, rng=0)
-    assert abs(generic.loglik - serial.loglik) <= 1e-9 * abs(serial.loglik)
+    assert abs(generic.loglik_ - serial.loglik_) <= 1e-9 * abs(serial.loglik_)

@@ -34,7 +34,7 @@ def test_integer_weights_equal_duplicated_transitions(variant):
     assert wtd.loglik_ == dup.loglik_
     np.testing.assert_array_equal(wtd.lam_, dup.lam_)
     np.testing.assert_array_equal(wtd.pi_, dup.pi_)
-    assert wtd.fit_.n_obs == W[2:].sum()
+    assert wtd.n_obs_ == W[2:].sum()
     # the weighted log-likelihood by the formula on the raw transitions
     P = wtd.model_.predict_proba(np.stack([Y[t - 2 : t] for t in range(2, Y.shape[0])]))
     direct = float(np.sum(W[2:] * np.log(P[np.arange(P.shape[0]), Y[2:]])))
@@ -47,15 +47,15 @@ def test_zero_weights_equal_truncation_and_constant_weights_equal_sequence_weigh
     w[300:] = 0.0
     a = fit(Y, 2, restarts=3, rng=0, weights=w)
     b = fit(Y[:300], 2, restarts=3, rng=0)
-    assert a.loglik == b.loglik and a.n_obs == 298
+    assert a.loglik_ == b.loglik_ and a.n_obs_ == 298
     seqs = [Y[:200], Y[200:]]
     c = fit(seqs, 2, restarts=3, rng=0, weights=[np.full(200, 2.0), np.full(200, 0.5)])
     d = fit(seqs, 2, restarts=3, rng=0, weights=[2.0, 0.5])
-    assert c.loglik == pytest.approx(d.loglik, rel=1e-12) and c.n_obs == d.n_obs == 2 * 198 + 0.5 * 198
+    assert c.loglik_ == pytest.approx(d.loglik_, rel=1e-12) and c.n_obs_ == d.n_obs_ == 2 * 198 + 0.5 * 198
     # the weights of the first max-lag positions condition nothing
     w2 = W.copy()
     w2[:2] = 100.0
-    assert fit(Y, 2, restarts=2, rng=0, weights=w2).loglik == fit(Y, 2, restarts=2, rng=0, weights=W).loglik
+    assert fit(Y, 2, restarts=2, rng=0, weights=w2).loglik_ == fit(Y, 2, restarts=2, rng=0, weights=W).loglik_
 
 
 def test_token_weights_in_every_layout():

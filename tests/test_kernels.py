@@ -135,11 +135,12 @@ def test_posterior_parallel_kernel_equals_the_serial_one(monkeypatch):
 @pytest.mark.parametrize("variant, independent, freeze", [("shared", False, False), ("lagwise", False, False),
                                                           ("shared", True, False), ("shared", False, True)])
 def test_fit_em_kernel_equals_the_generic_em_map(variant, independent, freeze, monkeypatch):
-    from mtdmath.fitting.em import _EM, _Layout, _prepare
+    from mtdmath.fitting import TransitionCounts
+    from mtdmath.fitting._em import EM as _EM, Layout as _Layout
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 4, size=3000)
-    data = _prepare([y], 3, None, None, None)
+    data = TransitionCounts.from_sequences([y], lags=(1, 2, 3))
     lay = _Layout(4, 3, variant, independent)
     em = _EM(data, lay, freeze_pi=freeze)
     x = np.stack([lay.normalise(rng.random(lay.size)) for _ in range(5)])  # 5 random restarts
@@ -163,5 +164,5 @@ def test_fit_with_the_kernel_reaches_the_same_maximum(monkeypatch):
     slow = M.fit(y, 3, restarts=4, rng=0)
     # the same EM path up to rounding, stopped by the same rule: the log-likelihood to 1e-9 relative
     # (the requirement; 1e-14 seen) and the same fixed point
-    assert abs(fast.loglik - slow.loglik) <= 1e-9 * abs(slow.loglik)
-    np.testing.assert_allclose(fast.lam, slow.lam, atol=1e-6)
+    assert abs(fast.loglik_ - slow.loglik_) <= 1e-9 * abs(slow.loglik_)
+    np.testing.assert_allclose(fast.lam_, slow.lam_, atol=1e-6)

@@ -133,18 +133,18 @@ def main() -> int:
         tight = fit(seq, m, variant="lagwise", restarts=30 if case["name"] == "simulated" else 10, tol=1e-13,
                     max_iter=100_000, rng=seed + 1)
         t_tight = time.perf_counter() - t0
-        ll_max = max(tight.loglik, ours.loglik, ll_peer)
+        ll_max = max(tight.loglik_, ours.loglik_, ll_peer)
         row = {
             "case": case["name"], "S": S, "m": m, "n": n, "seed": seed,
-            "loglik_ours_shared": shared.loglik, "seconds_ours_shared": t_shared,
-            "ours_shared_converged": shared.converged, "ours_shared_stop": shared.monitor.reason,
-            "loglik_true_params": ll_true, "loglik_max_estimate": ll_max, "loglik_tight_run": tight.loglik,
+            "loglik_ours_shared": shared.loglik_, "seconds_ours_shared": t_shared,
+            "ours_shared_converged": shared.converged_, "ours_shared_stop": shared.monitor_.reason,
+            "loglik_true_params": ll_true, "loglik_max_estimate": ll_max, "loglik_tight_run": tight.loglik_,
             "tight_run_seconds": t_tight,
-            "loglik_ours_lagwise": ours.loglik, "loglik_mtdlearn": ll_peer,
+            "loglik_ours_lagwise": ours.loglik_, "loglik_mtdlearn": ll_peer,
             "loglik_mtdlearn_reported": peer["log_likelihood"],
             "seconds_ours": t_ours, "seconds_mtdlearn": peer["fit_seconds"],
-            "ours_converged": ours.converged, "ours_em_evals_best_restart": ours.n_iter,
-            "ours_minus_mtdlearn": ours.loglik - ll_peer, "max_minus_ours": ll_max - ours.loglik,
+            "ours_converged": ours.converged_, "ours_em_evals_best_restart": ours.n_iter_,
+            "ours_minus_mtdlearn": ours.loglik_ - ll_peer, "max_minus_ours": ll_max - ours.loglik_,
             "speedup": peer["fit_seconds"] / t_ours,
         }
         row["ok_vs_peer"] = row["ours_minus_mtdlearn"] >= 0

@@ -64,8 +64,8 @@ def main() -> int:
             y = lag_chain(seed, 100_000, 30)
             t0 = time.perf_counter()
             best, table = select_lags(y, 30, method=method, rng=0)
-            rec.append({"method": method, "seed": seed, "lags": list(best.lags),
-                        "exact": best.lags == TRUE_LAGS, "seconds": time.perf_counter() - t0,
+            rec.append({"method": method, "seed": seed, "lags": list(best.lags_),
+                        "exact": best.lags_ == TRUE_LAGS, "seconds": time.perf_counter() - t0,
                         "n_candidates": len(table)})
     out["lag_recovery"] = rec
     tw = []
@@ -73,7 +73,7 @@ def main() -> int:
         y = lag_chain(0, 100_000, max(W, 30)) if W >= 24 else lag_chain(0, 100_000, W)
         t0 = time.perf_counter()
         best, table = select_lags(y, W, method="forward", rng=0)
-        tw.append({"max_lag": W, "seconds": time.perf_counter() - t0, "lags": list(best.lags),
+        tw.append({"max_lag": W, "seconds": time.perf_counter() - t0, "lags": list(best.lags_),
                    "n_candidates": len(table)})
     out["lag_time_vs_window"] = tw
 
@@ -98,8 +98,8 @@ def main() -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             g = fit(y, 3, variant=variant, rng=0)
-        st.append({"variant": variant, "seconds": time.perf_counter() - t0, "loglik": g.loglik,
-                   "converged": g.converged, "reason": g.monitor.reason, "em_evals_best": g.n_iter})
+        st.append({"variant": variant, "seconds": time.perf_counter() - t0, "loglik": g.loglik_,
+                   "converged": g.converged_, "reason": g.monitor_.reason, "em_evals_best": g.n_iter_})
     out["stalling_case_S20_m3_n1e5"] = st
 
     Path(args.out).write_text(json.dumps(out, indent=1))

@@ -60,7 +60,7 @@ def time_ours(seq: np.ndarray, m: int, variant: str, seed: int, repeats: int) ->
         t0 = time.perf_counter()
         f = fit(seq, m, variant=variant, restarts=RESTARTS, rng=seed)
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), f.loglik
+    return statistics.median(ts), f.loglik_
 
 
 def main() -> int:

@@ -19,9 +19,9 @@ states = pd.Categorical(np.array(["low", "mid", "high"])[level], categories=["lo
 print(len(states), list(states[:6]))
 
 sel, _ = select_lags(states, 12, rng=0)   # forward search over lags 1..12, on the labels
-print("selected lags", sel.lags)
-models = [MarkovChain(0), MarkovChain(1), MarkovChain(2), MTD(lags=sel.lags, restarts=10, random_state=0),
-          MTD(lags=sel.lags, variant="lagwise", restarts=10, random_state=0)]
+print("selected lags", sel.lags_)
+models = [MarkovChain(0), MarkovChain(1), MarkovChain(2), MTD(lags=sel.lags_, restarts=10, random_state=0),
+          MTD(lags=sel.lags_, variant="lagwise", restarts=10, random_state=0)]
 table = compare_models(models, states)   # every model on the same transitions
 print(table)
 print("best by BIC:", table.best("bic"))

@@ -1,22 +1,27 @@
-"""Fitting MTD models when pi is unknown.
+"""Fitting MTD models when pi is unknown (scikit-learn style).
 
-- :mod:`.em`: sufficient statistics (aggregated transition tuples), the exact E/M steps, the batched EM loop
-  through the library's one SQUAREM, and :class:`ConvergenceMonitor`.
-- :mod:`.model`: :class:`MTDModel` (a validated law) and :class:`MTDFit` (a law with its fit report).
-- :mod:`.estimator`: :func:`fit` and the scikit-learn style estimator :class:`MTD` (with standard errors,
-  Wald and bootstrap intervals from :mod:`.inference`).
-- :mod:`.selection`: :func:`select_order`, :func:`select_lags`.
-- :mod:`.icl`: :func:`fit_icl`, the paper's model (shared pi, lam ~ Dirichlet(alpha) per sequence).
-- :mod:`.baselines`: :class:`MarkovChain` (the saturated order-m chain; order 0 is the independence model),
-  :func:`lr_test`, :func:`compare_models`.
-- :mod:`.symbols`: labels (strings, pandas Categoricals) to codes and back.
+The object model (docs/guide/fitting.md):
+
+- data: :mod:`._data` turns every layout (sequences, ``lengths``, labels, weights, design matrices) into
+  :class:`TransitionCounts`, which merge with ``+``;
+- laws: :mod:`.laws` holds the frozen laws :class:`MTDModel` and :class:`ChainModel`;
+- estimators: :mod:`.base` is the one estimator base (parameters, labels, scores, AIC/BIC,
+  :class:`NotFittedError`); :class:`MTD` (:mod:`.estimator`, EM in :mod:`._em`, :class:`ConvergenceMonitor`
+  in :mod:`._monitor`) and :class:`MarkovChain` (:mod:`.baselines`) supply only their fit on counts;
+  :func:`fit` is ``MTD(...).fit(...)``;
+- :mod:`.inference`: standard errors and intervals; :mod:`.selection`: :func:`select_order`,
+  :func:`select_lags`; :mod:`.baselines`: :func:`lr_test`, :func:`compare_models`; :mod:`.icl`:
+  :func:`fit_icl`, the paper's model (shared pi, lam ~ Dirichlet(alpha) per sequence).
 """
+from ._data import TransitionCounts
+from ._monitor import ConvergenceMonitor
+from .base import NotFittedError
 from .baselines import LRTest, MarkovChain, ModelComparison, compare_models, lr_test
-from .em import ConvergenceMonitor
 from .estimator import MTD, fit
 from .icl import ICLFit, fit_icl
-from .model import MTDFit, MTDModel
+from .laws import ChainModel, MTDModel
 from .selection import select_lags, select_order
 
-__all__ = ["ConvergenceMonitor", "ICLFit", "LRTest", "MTD", "MTDFit", "MTDModel", "MarkovChain", "ModelComparison",
-           "compare_models", "fit", "fit_icl", "lr_test", "select_lags", "select_order"]
+__all__ = ["ChainModel", "ConvergenceMonitor", "ICLFit", "LRTest", "MTD", "MTDModel", "MarkovChain",
+           "ModelComparison", "NotFittedError", "TransitionCounts", "compare_models", "fit", "fit_icl", "lr_test",
+           "select_lags", "select_order"]

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from .estimator import MTD
-from .model import MTDModel
+from .laws import MTDModel
 
 SETTINGS = {
     "shared": dict(S=3, lags=(1, 2), n=3000, variant="shared"),

@@ -14,8 +14,6 @@ on its first ``max order`` tokens for every model, so the log-likelihoods are of
 """
 from __future__ import annotations
 
-import bisect
-import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -23,27 +21,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._validate import as_rng, check_alloc, check_float, check_int, check_prob_vector
-from .em import _aggregate, _as_sequences, _check_lags, _check_weights, _to_numpy
-from .estimator import MTD, _encode_xy, _sequences_from, _split_weights
-from .symbols import check_classes_states, decode, encode
+from .._validate import check_alloc, check_float, check_int
+from ._data import Parsed, TransitionCounts, check_lags
+from .base import SequenceEstimator
+from .estimator import MTD
+from .laws import ChainModel
 
 
-def _chain_keys(seqs: list[np.ndarray], S: int, order: int, start: int, seq_w: np.ndarray,
-                tok_w: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct keys ``context * S + next`` of the transitions t = start..T-1 (context = base-S number of
-    y[t-1], ..., y[t-order], lag 1 most significant) and their weighted counts: the aggregated tuples of
-    the MTD fit (docs/math.md §7.1) with the lags 1..order, read back as numbers."""
-    data = _aggregate(seqs, S, tuple(range(1, order + 1)), seq_w, start, tok_w)
-    if data.w.size == 0:
-        raise ValueError("sample_weight gives every transition weight 0: no data to fit")
-    keys = np.zeros(data.w.shape[0], dtype=np.int64)
-    for j in range(order):  # column j holds lag j+1, the most significant digit first
-        keys = keys * S + data.ctx[:, j]
-    return keys * S + data.nxt, data.w
-
-
-class MarkovChain:
+class MarkovChain(SequenceEstimator):
     """The saturated order-m Markov chain, fitted by counts (docs/math.md §7.8); ``order=0`` is the
     independence model.
 
@@ -65,6 +50,8 @@ class MarkovChain:
 
     Attributes
     ----------
+    model_ : ChainModel
+        The fitted law; ``transition_`` is a read-only view of its rows.
     classes_ : ndarray (S,)
         The states (labels in code order, or ``0..S-1``).
     n_states_ : int
@@ -78,6 +65,13 @@ class MarkovChain:
         Training log-likelihood (of the smoothed estimate when ``smoothing > 0``).
     n_obs_ : float
         Number of (weighted) transitions.
+
+    Examples
+    --------
+    >>> from mtdmath.fitting import MarkovChain
+    >>> MarkovChain(1).fit([0, 1, 1, 0, 1, 1, 0]).transition_.round(2)
+    array([[0. , 1. ],
+           [0.5, 0.5]])
     """
 
     def __init__(self, order: int = 1, *, smoothing: float = 0.0, n_states: int | None = None,
@@ -87,203 +81,59 @@ class MarkovChain:
         self.n_states = n_states
         self.burn_in = burn_in
 
-    # -- parameter protocol (as MTD) ------------------------------------------------------------------------
-    def get_params(self, deep: bool = True) -> dict:
-        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
-                if name != "self"}
-
-    def set_params(self, **params: Any) -> "MarkovChain":
-        valid = set(self.get_params())
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(f"MarkovChain.set_params: unknown parameter {key!r} (valid: {sorted(valid)})")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        args = [f"order={self.order!r}"] + [f"{k}={v!r}" for k, v in self.get_params().items()
-                                            if k != "order" and v != MarkovChain().get_params()[k]]
-        return f"MarkovChain({', '.join(args)})"
-
-    def __sklearn_tags__(self):  # pragma: no cover - only with scikit-learn installed
-        from sklearn.utils import Tags, TargetTags
-
-        return Tags(estimator_type=None, target_tags=TargetTags(required=False))
-
     @property
     def name(self) -> str:
         return "independence (order 0)" if self.order == 0 else f"Markov chain (order {self.order})"
 
-    # -- fitting ---------------------------------------------------------------------------------------------
-    def _start(self) -> int:
-        return max(self.order_, 0 if self.burn_in is None else int(self.burn_in))
+    def _validate_params(self) -> None:
+        check_int(self.order, "order", minimum=0)
+        check_float(self.smoothing, "smoothing", nonnegative=True)
 
-    def fit(self, X: Any, y: Any = None, lengths: Any = None, *, sample_weight: Any = None) -> "MarkovChain":
-        """Count transitions and estimate the chain; returns self. ``X``, ``y``, ``lengths`` and
-        ``sample_weight`` (one weight per sequence, or one per token in the layout of ``X``) as in
-        :meth:`MTD.fit`."""
+    def _lags(self, parsed: Parsed) -> tuple[int, ...]:
         order = check_int(self.order, "order", minimum=0)
-        a = check_float(self.smoothing, "smoothing", nonnegative=True)
-        if self.burn_in is not None:
-            check_int(self.burn_in, "burn_in", minimum=0)
-        X, y, classes = _encode_xy(X, y)
-        seqs, design = _sequences_from(X, y, lengths)
-        n_states = check_classes_states(classes, self.n_states)
-        w = _split_weights(_to_numpy(sample_weight), lengths, seqs, design)
-        seqs = _as_sequences(seqs, "X")
-        if design:
-            L = seqs[0].shape[0] - 1
-            if order > L:
-                raise ValueError(f"X has {L} lag columns, fewer than the order {order}")
-            seqs = [s[L - order :] for s in seqs]
-        top = max(int(s.max()) for s in seqs if s.size)
-        S = top + 1 if n_states is None else check_int(n_states, "n_states", minimum=1)
-        if S <= top:
-            raise ValueError(f"n_states must exceed the largest token {top} (got n_states = {S})")
-        if (order + 1) * math.log(S) >= 62 * math.log(2):
+        if order == 0:
+            return ()
+        if parsed.design and order > parsed.n_lag_columns:
+            raise ValueError(f"X has {parsed.n_lag_columns} lag columns, fewer than the order {order}")
+        return check_lags(order, None, parsed.longest)
+
+    def _fit_law(self, counts: TransitionCounts) -> tuple[ChainModel, dict]:
+        """The counting estimate on aggregated counts with lags ``1..order``:
+        ``(N[c, b] + a) / (N[c] + S a)`` per observed context (docs/math.md §7.8)."""
+        order, a, S = len(counts.lags), check_float(self.smoothing, "smoothing", nonnegative=True), counts.n_states
+        if counts.lags != tuple(range(1, self.order + 1)):
+            raise ValueError(f"counts: their lags {counts.lags} are not lags 1..order = {self.order}")
+        if order and (order + 1) * math.log(S) >= 62 * math.log(2):
             raise ValueError(f"order = {order}: S^(order+1) = {S}^{order + 1} contexts overflow the int64 "
                              "context codes; use an MTD (its size does not grow as S^order)")
-        self.order_ = order
-        start = self._start() if not design else order
-        seq_w, tok_w = _check_weights(w, seqs, "sample_weight")
-        keys, kw = _chain_keys(seqs, S, order, start, seq_w, tok_w)
-        ctx, inv = np.unique(keys // S, return_inverse=True)
+        keys = np.zeros(len(counts), dtype=np.int64)
+        for j in range(order):  # column j holds lag j+1, the most significant digit first
+            keys = keys * S + counts.ctx[:, j]
+        ctx, inv = np.unique(keys, return_inverse=True)
         check_alloc(ctx.shape[0] * S, 8, "X", f"counts of {ctx.shape[0]} observed contexts x S = {S}")
-        counts = np.zeros((ctx.shape[0], S))
-        np.add.at(counts, (inv.ravel(), keys % S), kw)
-        self.n_states_, self.smoothing_ = S, a
-        self._ctx_codes = ctx
-        self.counts_ = counts
-        self.transition_ = self._rows(counts)
-        self.contexts_ = np.stack([(ctx // S ** (order - l)) % S for l in range(order, 0, -1)], axis=1) if order else \
-            np.zeros((1, 0), dtype=np.int64)
-        with np.errstate(divide="ignore"):
-            self.loglik_ = float(np.sum(kw * np.log(self.transition_[inv.ravel(), keys % S])))
-        self.n_obs_ = float(kw.sum())
-        self._labels = classes
-        self.classes_ = decode(np.arange(S), classes)
-        self._design = design
-        return self
-
-    def _rows(self, counts: np.ndarray) -> np.ndarray:
-        """(N[c, b] + a) / (N[c] + S a) row by row (docs/math.md §7.8)."""
-        S, a = counts.shape[1], self.smoothing_
-        tot = counts.sum(axis=1, keepdims=True) + S * a
-        return np.where(tot > 0, (counts + a) / np.where(tot > 0, tot, 1.0), 1.0 / S)
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "transition_"):
-            raise ValueError("this MarkovChain instance is not fitted yet: call fit first")
-
-    def _codes(self, X: Any, name: str = "X") -> Any:
-        if self._labels is None:
-            return X
-        return encode(X, name, self._labels)[0]
-
-    # -- the law ----------------------------------------------------------------------------------------------
-    def _probs_of_codes(self, ctx_codes: np.ndarray) -> np.ndarray:
-        """(n, S) law after each context code; uniform for a context the data never showed."""
-        S = self.n_states_
-        pos = np.searchsorted(self._ctx_codes, ctx_codes)
-        pos_c = np.minimum(pos, self._ctx_codes.shape[0] - 1)
-        found = self._ctx_codes[pos_c] == ctx_codes
-        return np.where(found[:, None], self.transition_[pos_c], 1.0 / S)
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Law of the next symbol after each context ``X`` (n, L), L >= order, time last (codes or the labels
-        of fit); column ``i`` is ``classes_[i]``. Returns (n, S)."""
-        self._check_fitted()
-        from .._validate import check_tokens
-
-        m, S = self.order_, self.n_states_
-        Xc = check_tokens(_to_numpy(self._codes(X)), S, max(m, 1) if m else None, name="X")
-        if Xc.ndim != 2:
-            raise ValueError(f"X must be 2-D (n, L) (got shape {Xc.shape})")
-        c = np.zeros(Xc.shape[0], dtype=np.int64)
-        for l in range(1, m + 1):
-            c = c * S + Xc[:, -l]
-        return self._probs_of_codes(c)
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Most probable next symbol after each context (codes, or labels after a labelled fit)."""
-        return decode(np.argmax(self.predict_proba(X), axis=1).astype(np.int64), self._labels)
-
-    def _data_keys(self, X: Any, y: Any, lengths: Any, sample_weight: Any):
-        Xc = self._codes(X)
-        yc = None if y is None else self._codes(y, "y")
-        seqs, design = _sequences_from(Xc, yc, lengths)
-        w = _split_weights(_to_numpy(sample_weight), lengths, seqs, design)
-        seqs = _as_sequences(seqs, "X")
-        S, m = self.n_states_, self.order_
-        top = max(int(s.max()) for s in seqs if s.size)
-        if top >= S:
-            raise ValueError(f"X holds the token {top}, outside this model's states 0..{S - 1}")
-        if design:
-            L = seqs[0].shape[0] - 1
-            if m > L:
-                raise ValueError(f"X has {L} lag columns, fewer than the order {m}")
-            seqs = [s[L - m :] for s in seqs]
-        seq_w, tok_w = _check_weights(w, seqs, "sample_weight")
-        return _chain_keys(seqs, S, m, m if design else self._start(), seq_w, tok_w)
-
-    def score(self, X: Any, y: Any = None, lengths: Any = None, *, sample_weight: Any = None) -> float:
-        """Total (weighted) log-likelihood of ``X``, each sequence conditioned on its first
-        ``max(order, burn_in)`` tokens; -inf when ``X`` holds a transition the unsmoothed fit never saw."""
-        self._check_fitted()
-        keys, w = self._data_keys(X, y, lengths, sample_weight)
-        S = self.n_states_
-        p = self._probs_of_codes(keys // S)[np.arange(keys.shape[0]), keys % S]
-        with np.errstate(divide="ignore"):
-            return float(np.sum(w * np.log(p)))
+        N = np.zeros((ctx.shape[0], S))
+        np.add.at(N, (inv.ravel(), counts.nxt), counts.w)
+        tot = N.sum(axis=1, keepdims=True) + S * a
+        law = ChainModel(np.where(tot > 0, (N + a) / np.where(tot > 0, tot, 1.0), 1.0 / S), order, contexts=ctx)
+        contexts = (np.stack([(ctx // S ** (order - l)) % S for l in range(order, 0, -1)], axis=1) if order
+                    else np.zeros((1, 0), dtype=np.int64))
+        return law, {"loglik": law.log_prob(counts), "counts": N, "contexts": contexts, "smoothing": a}
 
     @property
-    def n_params(self) -> int:
-        """``S^m (S - 1)``: the free parameters of the saturated chain (docs/math.md §7.8)."""
+    def transition_(self) -> np.ndarray:
         self._check_fitted()
-        return self.n_states_ ** self.order_ * (self.n_states_ - 1)
+        return self.model_.transition
+
+    @property
+    def order_(self) -> int:
+        self._check_fitted()
+        return self.model_.order
 
     @property
     def n_params_observed(self) -> int:
         """``(#observed contexts) (S - 1)``: the parameters the data identify."""
         self._check_fitted()
-        return self._ctx_codes.shape[0] * (self.n_states_ - 1)
-
-    def aic(self, X: Any, y: Any = None, lengths: Any = None) -> float:
-        """``-2 score(X) + 2 n_params``."""
-        return -2.0 * self.score(X, y, lengths) + 2.0 * self.n_params
-
-    def bic(self, X: Any, y: Any = None, lengths: Any = None) -> float:
-        """``-2 score(X) + log(n) n_params``, n the number of transitions of ``X``."""
-        n = float(self._data_keys(X, y, lengths, None)[1].sum())
-        return -2.0 * self.score(X, y, lengths) + math.log(n) * self.n_params
-
-    def sample(self, n: int, random_state: Any = None, *, init: Any = None) -> np.ndarray:
-        """Simulate one chain of length n: the first ``order`` symbols i.i.d. from ``init`` (default
-        uniform), then each from the fitted law after the previous ``order`` (labels after a labelled fit)."""
-        self._check_fitted()
-        n = check_int(n, "n", minimum=0)
-        check_alloc(n, 8 * 3, "n", f"a chain of length n = {n}")
-        rng = as_rng(random_state, "random_state")
-        S, m = self.n_states_, self.order_
-        p0 = np.full(S, 1.0 / S) if init is None else check_prob_vector(init, "init", S)
-        y = np.empty(n, dtype=np.int64)
-        m0 = min(m, n)
-        y[:m0] = rng.choice(S, size=m0, p=p0)
-        u = rng.random(max(n - m, 0))
-        codes = self._ctx_codes.tolist()
-        cum = np.cumsum(self.transition_, axis=1).tolist()
-        uniform = np.cumsum(np.full(S, 1.0 / S)).tolist()
-        yl = y.tolist()
-        for i in range(max(n - m, 0)):
-            t = m + i
-            c = 0
-            for l in range(1, m + 1):
-                c = c * S + yl[t - l]
-            j = bisect.bisect_left(codes, c)
-            row = cum[j] if j < len(codes) and codes[j] == c else uniform
-            b = bisect.bisect_right(row, float(u[i]))
-            yl[t] = b if b < S else S - 1  # guards u ~ 1 against rounding of the last cumulative sum
-        return decode(np.asarray(yl, dtype=np.int64), self._labels)
+        return self.model_.contexts.shape[0] * (self.n_states_ - 1)
 
     def summary(self) -> str:
         """A printable report: order, states, smoothing, log-likelihood, n_params, AIC, BIC."""
@@ -294,11 +144,9 @@ class MarkovChain:
         return "\n".join([
             f"{self.name}, saturated: one free law per context, smoothing {self.smoothing_:g}",
             f"  states (S = {self.n_states_}): {states}",
-            f"  observed contexts {self._ctx_codes.shape[0]} of {self.n_states_ ** self.order_}",
+            f"  observed contexts {self.model_.contexts.shape[0]} of {self.n_states_ ** self.order_}",
             f"  loglik {self.loglik_:.4f} on {self.n_obs_:g} transitions, n_params {k}, "
             f"AIC {-2 * self.loglik_ + 2 * k:.2f}, BIC {-2 * self.loglik_ + math.log(self.n_obs_) * k:.2f}"])
-
-    __str__ = summary
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -309,7 +157,7 @@ def _spec(est: Any, name: str) -> dict:
     if isinstance(est, MarkovChain):
         return {"kind": "chain", "order": check_int(est.order, f"{name}.order", minimum=0)}
     if isinstance(est, MTD):
-        lags = _check_lags(est.order, est.lags)
+        lags = check_lags(est.order, est.lags)
         return {"kind": "mtd", "order": lags[-1], "lags": lags, "variant": est.variant,
                 "independent": bool(est.independent)}
     raise ValueError(f"{name} must be an MTD or a MarkovChain estimator (got {type(est).__name__})")
@@ -360,9 +208,7 @@ def _copy_with_burn_in(est: Any, start: int) -> Any:
 
 
 def _loglik_nparams(est: Any) -> tuple[float, int, float]:
-    if isinstance(est, MarkovChain):
-        return est.loglik_, est.n_params, est.n_obs_
-    return est.loglik_, est.model_.n_params, est.fit_.n_obs
+    return est.loglik_, est.n_params, est.n_obs_
 
 
 @dataclass
@@ -395,7 +241,7 @@ class LRTest:
     larger: Any = field(repr=False)
 
 
-def _lr_from_fits(fs: Any, fl: Any, regular: bool, df: int | None = None) -> LRTest:
+def lr_from_fits(fs: Any, fl: Any, regular: bool, df: int | None = None) -> LRTest:
     from scipy.stats import chi2
 
     ls, ks, n = _loglik_nparams(fs)
@@ -452,7 +298,7 @@ def lr_test(smaller: Any, larger: Any, X: Any, y: Any = None, lengths: Any = Non
     start = _common_start([smaller, larger])
     fs = _copy_with_burn_in(smaller, start).fit(X, y, lengths, sample_weight=sample_weight)
     fl = _copy_with_burn_in(larger, start).fit(X, y, lengths, sample_weight=sample_weight)
-    return _lr_from_fits(fs, fl, regular, df)
+    return lr_from_fits(fs, fl, regular, df)
 
 
 def _common_start(models: Sequence[Any]) -> int:
@@ -569,7 +415,7 @@ def compare_models(models: Sequence[Any], X: Any, y: Any = None, lengths: Any = 
                 continue
             nested, regular, _ = nesting(a, b)
             if nested and regular and rows[j]["n_params"] > rows[i]["n_params"]:
-                t = _lr_from_fits(fits[i], fits[j], True)
+                t = lr_from_fits(fits[i], fits[j], True)
                 tests.append({"smaller": names[i], "larger": names[j], "statistic": t.statistic, "df": t.df,
                               "pvalue": t.pvalue})
     return ModelComparison(rows, tests, fits, start)

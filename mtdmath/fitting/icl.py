@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._validate import check_alpha, check_float, check_int, check_pi
-from .em import _as_sequences
+from ._data import as_sequences as _as_sequences
 
 #: default memory budget of the count-state grid of one length group (float64 entries)
 DEFAULT_MAX_BYTES = 1 << 30
@@ -159,7 +159,8 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
     torch = _torch()
     from scipy.optimize import minimize
 
-    from .estimator import _fit_impl, _to_numpy
+    from ._data import to_numpy as _to_numpy
+    from .estimator import fit as _fit
 
     m = check_int(m, "m", minimum=1)
     tol = check_float(tol, "tol", positive=True)
@@ -184,7 +185,7 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
     if init_pi is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            pi0 = _fit_impl(seqs, m, n_states=S, restarts=1).pi
+            pi0 = _fit(seqs, m, n_states=S, restarts=1).pi_
     else:
         pi0 = check_pi(init_pi, "init_pi")
         if pi0.shape != (S, S):

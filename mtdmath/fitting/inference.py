@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.stats import norm
 
-from .em import _EM, _Layout
+from ._em import EM as _EM, Layout as _Layout
 
 #: relative eigenvalue below which a direction of the observed information counts as not identified. Along a
 #: non-identified direction the log-likelihood is exactly flat, but the Hessian at a point that is stationary

@@ -1,38 +1,63 @@
-"""Model selection for MTD fits: the order (:func:`select_order`) and a sparse lag set (:func:`select_lags`)."""
+"""Model selection for MTD fits: the order (:func:`select_order`, warm-started so the log-likelihood is
+monotone in the order) and a sparse lag set (:func:`select_lags`)."""
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import numpy as np
+
 from .._validate import as_rng, check_int
-from .estimator import _fit_impl, _to_numpy
-from .model import MTDFit
-from .symbols import check_classes_states, encode
+from ._data import parse, resolve_states
+from .estimator import MTD
+
+#: weight given to the new lag in the warm start of order m + 1 from the best order-m fit (EM cannot move a
+#: weight that is exactly 0; a small one lets the new lag enter while the start stays near the order-m optimum)
+WARM_WEIGHT = 0.05
+
+
+def _nested_start(prev: MTD, m: int, eps: float) -> dict:
+    """The order-m parameters of ``prev`` (order m - 1) with weight ``eps`` on the new lag m: the other weights
+    scaled by ``1 - eps``; the new lag's matrix is the shared pi, or for a lag-wise model lag m - 1's matrix.
+    ``eps = 0`` is the order-(m - 1) law itself, written as an order-m one."""
+    law = prev.model_
+    lam = np.append(law.lam * (1.0 - eps), eps)
+    pi = law.pi if law.variant == "shared" else np.concatenate([law.pi, law.pi[-1:]], axis=0)
+    out = {"pi": pi, "lam": lam}
+    if law.independent:
+        out.update(lam0=law.lam0 * (1.0 - eps), p0=law.p0)
+    return out
 
 
 def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", variant: str = "shared",
-                 **fit_kwargs: Any) -> tuple[MTDFit, list[dict]]:
+                 **fit_kwargs: Any) -> tuple[MTD, list[dict]]:
     """Fit orders 1..max_order and keep the one with the smallest information criterion.
 
     Every order is fitted on the same transitions (each sequence conditioned on its first ``max_order``
-    tokens), so the log-likelihoods are comparable.
+    tokens), so the log-likelihoods are comparable. Order m + 1 is warm-started from the best order-m fit
+    (weight :data:`WARM_WEIGHT` on the new lag, besides the random restarts); if its best fit is still below
+    order m's log-likelihood (a local optimum), it is refitted from the order-m law itself with the new lag's
+    weight at 0, a point of the order-(m + 1) model with order m's likelihood, from which EM only climbs. So
+    the log-likelihood is nondecreasing in the order by construction.
+
+    Parameters
+    ----------
+    sequences : as for :func:`~mtdmath.fitting.fit`
+    max_order : int
+    criterion : {"bic", "aic"}
+    variant : {"shared", "lagwise"}
+    **fit_kwargs
+        ``n_states, independent, restarts, init, tol, max_iter, weights, rng`` as for
+        :func:`~mtdmath.fitting.fit`; ``init`` applies to order 1.
 
     Returns
     -------
-    best : MTDFit
+    best : MTD
+        The fitted estimator of the chosen order.
     table : list of dict
         One row per order: ``order, loglik, n_params, aic, bic, n_obs``.
     """
     max_order = check_int(max_order, "max_order", minimum=1)
-    from .em import _as_sequences
-
-    sequences, classes = encode(sequences, "sequences")  # labels -> codes once (docs/math.md §7.9)
-    if classes is not None:
-        fit_kwargs["n_states"] = check_classes_states(classes, fit_kwargs.get("n_states"))
-    sequences = _as_sequences(_to_numpy(sequences))
-    longest = max(s.shape[0] for s in sequences)
-    if max_order >= longest:
-        raise ValueError(f"max_order = {max_order} leaves no transition to fit: the longest sequence has "
-                         f"{longest} tokens (an order-k fit needs more than k)")
     if criterion not in ("aic", "bic"):
         raise ValueError(f'criterion must be "aic" or "bic" (got {criterion!r})')
     for key in ("order", "lags", "start"):
@@ -41,14 +66,29 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
     bad = set(fit_kwargs) - {"n_states", "independent", "restarts", "init", "tol", "max_iter", "weights", "rng"}
     if bad:
         raise ValueError(f"select_order got unknown fit arguments {sorted(bad)}")
+    parsed = parse(sequences, sample_weight=fit_kwargs.pop("weights", None), name="sequences",
+                   weight_name="weights")
+    if max_order >= parsed.longest:
+        raise ValueError(f"max_order = {max_order} leaves no transition to fit: the longest sequence has "
+                         f"{parsed.longest} tokens (an order-k fit needs more than k)")
+    S = resolve_states(parsed, fit_kwargs.pop("n_states", None))
     rng = as_rng(fit_kwargs.pop("rng", None))
-    sequences = _to_numpy(sequences)
+    first_init = fit_kwargs.pop("init", "counts")
     table, fits = [], []
+    prev = None
     for m in range(1, max_order + 1):
-        f = _fit_impl(sequences, m, variant=variant, start=max_order, rng=rng, classes=classes, **fit_kwargs)
+        kw = dict(n_states=S, variant=variant, burn_in=max_order, random_state=rng, **fit_kwargs)
+        init = first_init if prev is None else _nested_start(prev, m, WARM_WEIGHT)
+        f = MTD(m, init=init, **kw)._fit_parsed(parsed)
+        if prev is not None and f.loglik_ < prev.loglik_:
+            with warnings.catch_warnings():  # the fit below warned already if it ran out of iterations
+                warnings.simplefilter("ignore", RuntimeWarning)
+                g = MTD(m, **{**kw, "init": _nested_start(prev, m, 0.0), "restarts": 1})._fit_parsed(parsed)
+            f = g if g.loglik_ > f.loglik_ else f
         fits.append(f)
-        table.append({"order": m, "loglik": f.loglik, "n_params": f.n_params, "aic": f.aic, "bic": f.bic,
-                      "n_obs": f.n_obs})
+        prev = f
+        table.append({"order": m, "loglik": f.loglik_, "n_params": f.n_params, "aic": f.aic(), "bic": f.bic(),
+                      "n_obs": f.n_obs_})
     best = min(range(max_order), key=lambda i: table[i][criterion])
     return fits[best], table
 
@@ -56,7 +96,7 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
 def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criterion: str = "bic",
                 variant: str = "shared", max_size: int | None = None, screen: int = 8, n_states: int | None = None,
                 independent: bool = False, restarts: int = 2, tol: float = 1e-7, max_iter: int = 10_000,
-                weights: Any = None, rng: Any = None) -> tuple[MTDFit, list[dict]]:
+                weights: Any = None, rng: Any = None) -> tuple[MTD, list[dict]]:
     """Choose a sparse set of lags from the window ``1..max_lag`` by an information criterion.
 
     Every candidate is fitted on the same transitions (each sequence conditioned on its first ``max_lag``
@@ -82,8 +122,8 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
 
     Returns
     -------
-    best : MTDFit
-        Fit of the chosen lag set (``best.lags``).
+    best : MTD
+        The fitted estimator of the chosen lag set (``best.lags_``).
     table : list of dict
         Every candidate fitted, in order: ``lags, loglik, n_params, aic, bic, n_obs, step``.
     """
@@ -96,28 +136,26 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
     if max_size is not None:
         max_size = check_int(max_size, "max_size", minimum=1)
     rng = as_rng(rng)
-    sequences, classes = encode(sequences, "sequences")  # labels -> codes once (docs/math.md §7.9)
-    n_states = check_classes_states(classes, n_states)
-    sequences = _to_numpy(sequences)
-    from .em import _as_sequences
-
-    seqs = _as_sequences(sequences)  # once: every candidate fit reuses the converted sequences
-    kw = dict(n_states=n_states, variant=variant, independent=independent, restarts=restarts, tol=tol,
-              max_iter=max_iter, weights=weights, start=max_lag)
+    # parsed once: every candidate fit counts the same sequences
+    parsed = parse(sequences, sample_weight=weights, name="sequences", weight_name="weights")
+    if max_lag >= parsed.longest:
+        raise ValueError(f"max_lag = {max_lag} leaves no transition to fit: the longest sequence has "
+                         f"{parsed.longest} tokens")
+    S = resolve_states(parsed, n_states)
+    kw = dict(n_states=S, variant=variant, independent=independent, restarts=restarts, tol=tol,
+              max_iter=max_iter, burn_in=max_lag, random_state=rng)
     table: list[dict] = []
-    cache: dict[tuple, MTDFit] = {}
+    cache: dict[tuple, MTD] = {}
 
     def crit(lags: tuple, step: str) -> float:
         if lags not in cache:
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # screening fits; the final refit warns
-                f = _fit_impl(seqs, None, lags=lags, rng=rng, **kw)
+                f = MTD(lags=lags, **kw)._fit_parsed(parsed)
             cache[lags] = f
-            table.append({"lags": lags, "loglik": f.loglik, "n_params": f.n_params, "aic": f.aic, "bic": f.bic,
-                          "n_obs": f.n_obs, "step": step})
-        return getattr(cache[lags], criterion)
+            table.append({"lags": lags, "loglik": f.loglik_, "n_params": f.n_params, "aic": f.aic(),
+                          "bic": f.bic(), "n_obs": f.n_obs_, "step": step})
+        return table[[r["lags"] for r in table].index(lags)][criterion]
 
     singles = {(l,): crit((l,), "single") for l in range(1, max_lag + 1)}
     if method == "forward":
@@ -152,6 +190,5 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
                 v = crit(tuple(c), "subset")
                 if v < best_val:
                     best_val, chosen = v, tuple(c)
-    final_kw = dict(kw, tol=1e-9)
-    best_fit = _fit_impl(seqs, None, lags=chosen, rng=rng, classes=classes, **final_kw)
+    best_fit = MTD(lags=chosen, **{**kw, "tol": 1e-9})._fit_parsed(parsed)
     return best_fit, table
