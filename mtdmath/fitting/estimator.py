@@ -521,9 +521,7 @@ class MTD:
             raise ValueError(f'method must be "observed" or "bootstrap" (got {method!r})')
         inf, lay, theta = self._inference()
         if method == "observed":
-            from .inference import wald
-
-            lo, hi = wald(theta, inf.se(), level)
+            lo, hi = inf.interval(level)
         else:
             n_boot = check_int(n_boot, "n_boot", minimum=2)
             rng = as_rng(_rng_copy(self.random_state if random_state is None else random_state))
@@ -554,7 +552,7 @@ class MTD:
         -------
         p, lower, upper : ndarray (n, S)
         """
-        from .inference import predictive_gradients, wald
+        from .inference import predictive_interval
 
         self._check_fitted()
         level = check_float(level, "level", positive=True)
@@ -565,9 +563,7 @@ class MTD:
             raise ValueError(f"X must be 2-D (n, L) (got shape {X.shape})")
         inf, lay, theta = self._inference()
         p = self.model_.predict_proba(X)
-        G = predictive_gradients(lay, theta, self.lags_, X)
-        se = np.array([[inf.se_of(G[i, b]) for b in range(G.shape[1])] for i in range(G.shape[0])])
-        lo, hi = wald(p, se, level)
+        lo, hi = predictive_interval(inf, self.lags_, X, p, level)
         return p, lo, hi
 
 
