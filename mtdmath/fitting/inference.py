@@ -243,6 +243,14 @@ def observed_inference(em: _EM, theta: np.ndarray) -> Inference:
     if G is not None:
         tiny = (rows * G < BOUNDARY_NATS) & (rows * n_row[:, None] < BOUNDARY_NATS)
         boundary[K:] = tiny.ravel()
+    if boundary.any():
+        # the face's point: boundary entries at exactly 0, their rows renormalised (moves the log-likelihood by
+        # less than BOUNDARY_NATS per entry), so that no gradient keeps a spurious O(theta_e) component
+        theta = theta.copy()
+        theta[boundary] = 0.0
+        face_rows = theta[K:].reshape(-1, S)
+        sums = face_rows.sum(axis=1, keepdims=True)
+        np.divide(face_rows, sums, out=face_rows, where=sums > 0)
     free = ident & (theta > 0) & ~boundary
     coords = np.flatnonzero(free)
     pos[ident] = FIXED
