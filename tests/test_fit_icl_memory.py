@@ -44,7 +44,7 @@ print(json.dumps(dict(B=B, T=L, m=m, S=S, chunk=chunk, bound=memory_estimate(B, 
 @pytest.mark.parametrize("B,n,m,S,max_bytes", [(60, 38, 2, 3, "inf"), (100, 58, 2, 3, "4e8"),
                                                (40, 22, 3, 3, "4e8")])
 def test_memory_bound_holds_over_sizes(B, n, m, S, max_bytes):
-    """Measured peaks 0.65-0.73 of the bound (table in the module docstring of icl.py's memory_estimate)."""
+    """The peak of a whole fit stays under memory_estimate (measured: 0.65-0.73 of it, docs/math.md §10.3)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
     out = subprocess.run([sys.executable, "-c", MEASURE, str(B), str(n), str(m), str(S), max_bytes],
                          capture_output=True, text=True, timeout=300, env=env, check=True)

@@ -5,10 +5,11 @@ the Pólya-urn forward recursion over count states, the quantity :func:`mtdmath.
 pi (rows on the simplex) and alpha (> 0). The recursion is written here in torch so that autograd gives the
 exact gradient, and L-BFGS-B (scipy) climbs it with a sufficient-increase line search, so the recorded
 objective never decreases. The parametrisation is ``pi = softmax(U)`` row-wise and ``alpha = exp(a)``.
-No Monte Carlo is used: when the count-state grid exceeds ``max_bytes`` a ``ValueError`` says so.
+No Monte Carlo is used: when the bound :func:`memory_estimate` on the recursion's autograd graph (docs/math.md
+§10.3) exceeds ``max_bytes``, a ``ValueError`` says so before any work.
 
-Standard errors come from the observed information of the marginal likelihood (autograd Hessian in the
-unconstrained coordinates, delta method to pi and alpha; the softmax's one redundant direction per row
+Standard errors come from the observed information of the marginal likelihood (Hessian-vector products by
+forward-over-reverse autograd, in chunks that fit ``max_bytes``, in the unconstrained coordinates, delta method to pi and alpha; the softmax's one redundant direction per row
 is removed by fixing the last logit of each row at 0).
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .._validate import check_alpha, check_float, check_int, check_pi
 from .em import _as_sequences
 
 #: default memory budget of :func:`fit_icl` (bytes): the autograd graph of one length group's recursion and,
-#: at the end, the Hessian's forward-over-reverse pass (docs/math.md §7.4.2)
+#: at the end, the Hessian's forward-over-reverse pass (docs/math.md §10.3)
 DEFAULT_MAX_BYTES = 1 << 30
 #: bytes per (sequence x grid cell x step) of one "graph unit": 12 float64 grid tensors per step of the
 #: recursion (W, the shifted products, the step's sum, the rescaled grid, the factors)
@@ -43,7 +44,7 @@ def memory_estimate(n_sequences: int, length: int, m: int, directions: int = 0) 
 
     A graph unit is ``GRAPH_BYTES_PER_CELL`` bytes for each of the ``B (n+1)^(m-1)`` grid cells of each of the
     ``n = length - m`` steps; the bound is ``GRADIENT_COPIES + HVP_COPIES * directions`` units
-    (docs/math.md §7.4.2)."""
+    (docs/math.md §10.3)."""
     n = max(length - m, 0)
     unit = GRAPH_BYTES_PER_CELL * n_sequences * (n + 1) ** (m - 1) * max(n, 1)
     return int(unit * (GRADIENT_COPIES + HVP_COPIES * directions))
@@ -215,7 +216,7 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
     groups = _groups(seqs, m)
     n_free = S * (S - 1) + (m if alpha is None else 0)  # unconstrained coordinates: Hessian directions
     # the largest group's gradient must fit, and the Hessian at least one direction at a time; the chunk of
-    # directions evaluated together is the largest that fits (docs/math.md §7.4.2)
+    # directions evaluated together is the largest that fits (docs/math.md §10.3)
     worst = max(groups, key=lambda G: memory_estimate(G.shape[0], G.shape[1], m))
     need = memory_estimate(worst.shape[0], worst.shape[1], m, directions=1)
     if need > max_bytes:

@@ -1,6 +1,6 @@
 """Uncertainty for MTD fits: the observed information on the identified face of the parameter space, standard
 errors, boundary-respecting intervals (also for identified functionals such as the next-token law), and the
-parametric bootstrap (in :class:`~mtdmath.fitting.MTD`). The mathematics is docs/math.md §7.4.1 and §7.4.3.
+parametric bootstrap (in :class:`~mtdmath.fitting.MTD`). The mathematics is docs/math.md §7.4.1 and §10.
 
 Parameters ``theta`` are the simplex blocks of the layout in :mod:`.em` (lam with lam0, every row of pi, p0).
 With ``s_u = sum_j theta[j] theta[e_ju]`` the mixture probability of a distinct (context, next) tuple ``u``
@@ -12,7 +12,7 @@ has the exact Hessian (docs/math.md §2, extended to the emission entries)
 where ``D s_u`` has entries ``theta[e_ju]`` at ``j`` and ``sum_{j: e_ju = e} theta[j]`` at ``e``, and
 ``D2 s_u`` is 1 at ``(j, e_ju)`` and ``(e_ju, j)``.
 
-Which coordinates move (docs/math.md §7.4.3). Three kinds of coordinate of theta:
+Which coordinates move (docs/math.md §10). Three kinds of coordinate of theta:
 
 - *free*: inside a block some transition uses, with ``theta > 0``;
 - *on the boundary*: ``theta = 0`` inside a used block. EM sets an entry to exactly 0 when no transition uses
@@ -31,7 +31,7 @@ is singular (the lag-wise model: lam_j pi_j is identified only up to constant ro
 ``sum_j c_j = 0``) only estimable functions get a finite standard error: those whose tangent gradient lies in
 the row space of ``I``; the others get ``inf``.
 
-Intervals (docs/math.md §7.4.3) are Wald intervals on the face, clipped to [0, 1]; a quantity that moves only
+Intervals (docs/math.md §10) are Wald intervals on the face, clipped to [0, 1]; a quantity that moves only
 coordinates held at the boundary gets the Wilson score interval of a proportion with the complete-data count of
 its rows, whose upper end at an estimate of 0 is positive.
 """
@@ -116,7 +116,7 @@ def hessian(em: _EM, theta: np.ndarray, coords: np.ndarray | None = None) -> np.
 
 @dataclass
 class Inference:
-    """Asymptotic covariance of the MLE on its identified face (module doc, docs/math.md §7.4.3).
+    """Asymptotic covariance of the MLE on its identified face (module doc, docs/math.md §10).
 
     Attributes
     ----------
@@ -133,7 +133,7 @@ class Inference:
         ``Z`` times the null space of ``I`` (a gradient with ``g^T znull != 0`` is not estimable).
     n_ref : ndarray (d,)
         Complete-data count of each coordinate's block: ``N`` for lam, the expected count of the row for an
-        emission entry (the effective count of a Wilson interval at the boundary, docs/math.md §7.4.3).
+        emission entry (the effective count of a Wilson interval at the boundary, docs/math.md §10).
     identified : bool
         Whether the observed information on the free coordinates is nonsingular (every parameter estimable).
     rank, dim : int
@@ -206,7 +206,7 @@ class Inference:
         return self.se_sparse(np.arange(d)[:, None], np.ones((d, 1)))
 
     def interval(self, level: float) -> tuple[np.ndarray, np.ndarray]:
-        """Intervals (docs/math.md §7.4.3, :func:`interval`) for every coordinate of theta: (lower, upper), each (d,)."""
+        """Intervals (docs/math.md §10, :func:`interval`) for every coordinate of theta: (lower, upper), each (d,)."""
         return interval(self.theta, self.se(), self.n_ref, level)
 
 
@@ -238,7 +238,7 @@ def observed_inference(em: _EM, theta: np.ndarray) -> Inference:
     n_ref = np.concatenate([np.full(K, em.N), np.repeat(n_row, S)])
     # an emission entry is on the boundary when it is 0, or when removing it changes the log-likelihood by
     # less than BOUNDARY_NATS: its expected count theta_e dl/dtheta_e and the first-order gain of
-    # renormalising its row, theta_e n_row, are both below that (docs/math.md §7.4.3)
+    # renormalising its row, theta_e n_row, are both below that (docs/math.md §10)
     boundary = np.zeros(d, dtype=bool)
     if G is not None:
         tiny = (rows * G < BOUNDARY_NATS) & (rows * n_row[:, None] < BOUNDARY_NATS)
@@ -293,7 +293,7 @@ def _covariance(H: np.ndarray, blk: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 
 def interval(est: np.ndarray, se: np.ndarray, n_ref: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Intervals for probabilities on the face (docs/math.md §7.4.3): Wald ``est -/+ z se`` clipped to [0, 1]
+    """Intervals for probabilities on the face (docs/math.md §10): Wald ``est -/+ z se`` clipped to [0, 1]
     where the standard error is positive and finite; where it is 0 (the quantity moves only coordinates held
     at the boundary) the Wilson score interval of a proportion ``est`` observed ``n_ref`` times, which at
     ``est = 0`` is ``[0, z^2 / (n_ref + z^2)]``; an infinite standard error (not estimable) gives [0, 1]."""
@@ -317,7 +317,7 @@ def interval(est: np.ndarray, se: np.ndarray, n_ref: np.ndarray, level: float) -
 
 def predictive_interval(inf: Inference, lags: tuple[int, ...], contexts: np.ndarray, p: np.ndarray,
                         level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Intervals (:func:`interval`) for the next-token law ``p`` (n, S) at ``contexts`` (n, L) (docs/math.md §7.4.3).
+    """Intervals (:func:`interval`) for the next-token law ``p`` (n, S) at ``contexts`` (n, L) (docs/math.md §10).
 
     The gradient of ``P(b | context)`` in theta has ``2 K`` nonzero entries (``d/d lam_j = pi_j[a_j, b]`` and
     ``d/d pi_j[a_j, b] = lam_j``), so the work is chunked over contexts with O(K^2) memory per entry."""
@@ -346,6 +346,6 @@ def predictive_interval(inf: Inference, lags: tuple[int, ...], contexts: np.ndar
             idx[:, :, K + k], val[:, :, K + k] = ent, theta[k]
             inv_n += theta[k] ** 2 / np.maximum(inf.n_ref[ent], 1e-300)
         se = inf.se_sparse(idx.reshape(c * S, 2 * K), val.reshape(c * S, 2 * K)).reshape(c, S)
-        # effective count of a mixture of the rows' proportions (docs/math.md §7.4.3)
+        # effective count of a mixture of the rows' proportions (docs/math.md §10)
         lo[a0 : a0 + c], hi[a0 : a0 + c] = interval(p[a0 : a0 + c], se, 1.0 / np.maximum(inv_n, 1e-300), level)
     return lo, hi
