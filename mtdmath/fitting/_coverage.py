@@ -23,7 +23,7 @@ SETTINGS = {
     "lagwise": dict(S=3, lags=(1, 2), n=3000, variant="lagwise"),
     # near the boundary: a small lag weight and sparse rows (entries of pi near 0, some never observed)
     "boundary": dict(S=5, lags=(1, 2), n=3000, variant="shared", lam=(0.9, 0.1), concentration=0.5),
-    # lag-wise with sparse rows: many next-token probabilities near 0 (docs/math.md §7.4.3)
+    # lag-wise with sparse rows: many next-token probabilities near 0 (docs/math.md §10)
     "sparse_lagwise": dict(S=3, lags=(1, 2), n=3000, variant="lagwise", concentration=0.2),
 }
 CONTEXTS = np.array([[0, 0], [1, 2], [2, 1]])
