@@ -15,12 +15,14 @@ where ``D s_u`` has entries ``theta[e_ju]`` at ``j`` and ``sum_{j: e_ju = e} the
 Which coordinates move (docs/math.md §10). Three kinds of coordinate of theta:
 
 - *free*: inside a block some transition uses, with ``theta > 0``;
-- *on the boundary*: ``theta = 0`` inside a used block. EM sets an entry to exactly 0 when no transition uses
-  it; moving mass into it lowers the log-likelihood at first order (its Lagrange multiplier is the row's
-  expected count), so the constraint is active and the entry stays at 0 to every order in ``1/sqrt(n)``. It
-  is held fixed: its standard error is 0 and it adds no direction to the tangent space. Treating it as free
-  (a tangent direction ``e_i - e_0`` along which the Hessian sees only ``e_i``) inflates the variance of every
-  other entry of its row by ``1 / (1 - pi_i)``;
+- *on the boundary*: an emission entry of a used block with ``theta = 0``, or whose removal changes the
+  log-likelihood by less than :data:`BOUNDARY_NATS`. EM sets an entry to exactly 0 when no transition uses
+  it, and shrinks one whose constrained maximum is 0 geometrically without reaching it; moving mass into such
+  an entry lowers the log-likelihood at first order (its Lagrange multiplier is positive), so the constraint
+  is active and the MLE stays at 0 with probability tending to 1. It is held fixed at 0: its standard error is
+  0 and it adds no direction to the tangent space. Treating it as free (a tangent direction ``e_i - e_0``
+  along which the Hessian sees only ``e_i``) inflates the variance of every other entry of its row by
+  ``1 / (1 - pi_i)``, and through the cross terms that of lam;
 - *unidentified*: in a block (a row of pi, p0) that no transition uses; the data say nothing about it and
   its standard error is ``inf`` (interval [0, 1]).
 
