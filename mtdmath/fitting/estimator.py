@@ -493,7 +493,8 @@ class MTD:
     def standard_errors(self) -> dict:
         """Standard errors of the fitted parameters from the observed information on the constrained space
         (exact Hessian; :mod:`mtdmath.fitting.inference`). ``inf`` marks a parameter the data do not identify
-        (every lam and pi entry of a lag-wise model; rows of pi no transition uses).
+        (every lam and pi entry of a lag-wise model; rows of pi no transition uses); 0 an entry held at 0 on
+        the boundary (docs/math.md §10).
 
         Returns
         -------
@@ -508,7 +509,7 @@ class MTD:
         """Confidence intervals for lam and pi (and lam0, p0).
 
         ``method="observed"``: Wald intervals ``est -/+ z se`` from :meth:`standard_errors`, clipped to [0, 1]
-        (an unidentified parameter gets [0, 1]). ``method="bootstrap"``: conditional parametric bootstrap:
+        (an unidentified parameter gets [0, 1]; one held on the boundary a Wilson interval, docs/math.md §10). ``method="bootstrap"``: conditional parametric bootstrap:
         ``n_boot`` data sets simulated from the fit, each sequence continuing from its own first ``order``
         tokens, refitted from the fitted parameters (one start), percentile intervals. Returns a dict
         mapping each parameter name to ``(lower, upper)`` arrays of its shape.

@@ -25,8 +25,10 @@ from .._validate import check_alpha, check_float, check_int, check_pi
 from .em import _as_sequences
 
 #: default memory budget of :func:`fit_icl` (bytes): the autograd graph of one length group's recursion and,
-#: at the end, the Hessian's forward-over-reverse pass (docs/math.md §10.3)
-DEFAULT_MAX_BYTES = 1 << 30
+#: at the end, the Hessian's forward-over-reverse pass (docs/math.md §10.3). The library's budget for one call
+#: (the default of ``mtdmath._validate.MAX_ALLOC_BYTES``): 2000 sequences of length 64 at m = 2 fit within it
+#: (bound 4.2 GiB with one Hessian direction at a time), 500 of length 200 do not (10.6 GiB) and are refused.
+DEFAULT_MAX_BYTES = 8 * 2**30
 #: bytes per (sequence x grid cell x step) of one "graph unit": 12 float64 grid tensors per step of the
 #: recursion (W, the shifted products, the step's sum, the rescaled grid, the factors)
 GRAPH_BYTES_PER_CELL = 8 * 12
