@@ -113,8 +113,8 @@ def test_coverage_check_rejects_halved_standard_errors(monkeypatch):
     same binomial check fails."""
     import mtdmath.fitting.inference as INF
 
-    orig = INF.Inference.se_of
-    monkeypatch.setattr(INF.Inference, "se_of", lambda self, g: 0.5 * orig(self, g))
+    orig = INF.Inference.se_sparse
+    monkeypatch.setattr(INF.Inference, "se_sparse", lambda self, i, v: 0.5 * orig(self, i, v))
     r = COV.run("shared", 200, seed=0)
     assert not _binom_ok(r["covered"], 200, 0.95, len(r["covered"]))
 

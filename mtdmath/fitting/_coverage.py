@@ -21,17 +21,22 @@ from .laws import MTDModel
 SETTINGS = {
     "shared": dict(S=3, lags=(1, 2), n=3000, variant="shared"),
     "lagwise": dict(S=3, lags=(1, 2), n=3000, variant="lagwise"),
+    # near the boundary: a small lag weight and sparse rows (entries of pi near 0, some never observed)
+    "boundary": dict(S=5, lags=(1, 2), n=3000, variant="shared", lam=(0.9, 0.1), concentration=0.5),
+    # lag-wise with sparse rows: many next-token probabilities near 0 (docs/math.md §12)
+    "sparse_lagwise": dict(S=3, lags=(1, 2), n=3000, variant="lagwise", concentration=0.2),
 }
 CONTEXTS = np.array([[0, 0], [1, 2], [2, 1]])
 
 
 def true_model(setting: dict) -> MTDModel:
-    """The fixed true law of a setting (rows ~ Dirichlet(4): away from the boundary, where Wald fails)."""
+    """The fixed true law of a setting: rows ~ Dirichlet(concentration) (default 4: away from the boundary),
+    lam = ``setting["lam"]`` (default (0.6, 0.4))."""
     rng = np.random.default_rng(12345)
     S, k = setting["S"], len(setting["lags"])
     shape = (k, S) if setting["variant"] == "lagwise" else (S,)
-    pi = rng.dirichlet(np.full(S, 4.0), size=shape)
-    return MTDModel(pi, np.array([0.6, 0.4]), lags=setting["lags"])
+    pi = rng.dirichlet(np.full(S, setting.get("concentration", 4.0)), size=shape)
+    return MTDModel(pi, np.array(setting.get("lam", (0.6, 0.4))), lags=setting["lags"])
 
 
 def targets(setting: dict, model_or_est) -> tuple[np.ndarray, list[str]]:

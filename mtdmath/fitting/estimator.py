@@ -379,7 +379,8 @@ class MTD(SequenceEstimator):
     def standard_errors(self) -> dict:
         """Standard errors of the fitted parameters from the observed information on the constrained space
         (exact Hessian; :mod:`mtdmath.fitting.inference`). ``inf`` marks a parameter the data do not identify
-        (every lam and pi entry of a lag-wise model; rows of pi no transition uses).
+        (every lam and pi entry of a lag-wise model; rows of pi no transition uses); 0 an entry held at 0 on
+        the boundary (docs/math.md §12).
 
         Returns
         -------
@@ -394,8 +395,8 @@ class MTD(SequenceEstimator):
         """Confidence intervals for lam and pi (and lam0, p0).
 
         ``method="observed"``: Wald intervals ``est -/+ z se`` from :meth:`standard_errors`, clipped to [0, 1]
-        (an unidentified parameter gets [0, 1]). ``method="bootstrap"``: conditional parametric bootstrap:
-        ``n_boot`` data sets simulated from the fit, each sequence continuing from its own first
+        (an unidentified parameter gets [0, 1]; one held on the boundary a Wilson interval, docs/math.md §12).
+        ``method="bootstrap"``: conditional parametric bootstrap: ``n_boot`` data sets simulated from the fit, each sequence continuing from its own first
         ``max(order, burn_in)`` tokens, refitted from the fitted parameters (one start), percentile intervals.
         Returns a dict mapping each parameter name to ``(lower, upper)`` arrays of its shape.
         """
@@ -407,9 +408,7 @@ class MTD(SequenceEstimator):
             raise ValueError(f'method must be "observed" or "bootstrap" (got {method!r})')
         inf, lay, theta = self._inference()
         if method == "observed":
-            from .inference import wald
-
-            lo, hi = wald(theta, inf.se(), level)
+            lo, hi = inf.interval(level)
         else:
             n_boot = check_int(n_boot, "n_boot", minimum=2)
             rng = as_rng(self.random_state if random_state is None else random_state, "random_state")
@@ -445,7 +444,7 @@ class MTD(SequenceEstimator):
         -------
         p, lower, upper : ndarray (n, S)
         """
-        from .inference import predictive_gradients, wald
+        from .inference import predictive_interval
 
         self._check_fitted()
         level = check_float(level, "level", positive=True)
@@ -454,9 +453,7 @@ class MTD(SequenceEstimator):
         X = check_tokens(self._contexts(X), self.n_states_, self.model_.order, name="X")
         inf, lay, theta = self._inference()
         p = self.model_.predict_proba(X)
-        G = predictive_gradients(lay, theta, self.lags_, X)
-        se = np.array([[inf.se_of(G[i, b]) for b in range(G.shape[1])] for i in range(G.shape[0])])
-        lo, hi = wald(p, se, level)
+        lo, hi = predictive_interval(inf, self.lags_, X, p, level)
         return p, lo, hi
 
 

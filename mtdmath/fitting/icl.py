@@ -5,14 +5,16 @@ the Pólya-urn forward recursion over count states, the quantity :func:`mtdmath.
 pi (rows on the simplex) and alpha (> 0). The recursion is written here in torch so that autograd gives the
 exact gradient, and L-BFGS-B (scipy) climbs it with a sufficient-increase line search, so the recorded
 objective never decreases. The parametrisation is ``pi = softmax(U)`` row-wise and ``alpha = exp(a)``.
-No Monte Carlo is used: when the count-state grid exceeds ``max_bytes`` a ``ValueError`` says so.
+No Monte Carlo is used: when the bound :func:`memory_estimate` on the recursion's autograd graph (docs/math.md
+§12.3) exceeds ``max_bytes``, a ``ValueError`` says so before any work.
 
-Standard errors come from the observed information of the marginal likelihood (autograd Hessian in the
-unconstrained coordinates, delta method to pi and alpha; the softmax's one redundant direction per row
+Standard errors come from the observed information of the marginal likelihood (Hessian-vector products by
+forward-over-reverse autograd, in chunks that fit ``max_bytes``, in the unconstrained coordinates, delta method to pi and alpha; the softmax's one redundant direction per row
 is removed by fixing the last logit of each row at 0).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +24,32 @@ import numpy as np
 from .._validate import check_alpha, check_float, check_int, check_pi
 from ._data import as_sequences as _as_sequences
 
-#: default memory budget of the count-state grid of one length group (float64 entries)
-DEFAULT_MAX_BYTES = 1 << 30
+#: default memory budget of :func:`fit_icl` (bytes): the autograd graph of one length group's recursion and,
+#: at the end, the Hessian's forward-over-reverse pass (docs/math.md §12.3). The library's budget for one call
+#: (the default of ``mtdmath._validate.MAX_ALLOC_BYTES``): 2000 sequences of length 64 at m = 2 fit within it
+#: (bound 4.2 GiB with one Hessian direction at a time), 500 of length 200 do not (10.6 GiB) and are refused.
+DEFAULT_MAX_BYTES = 8 * 2**30
+#: bytes per (sequence x grid cell x step) of one "graph unit": 12 float64 grid tensors per step of the
+#: recursion (W, the shifted products, the step's sum, the rescaled grid, the factors)
+GRAPH_BYTES_PER_CELL = 8 * 12
+#: graph units of the gradient pass (the forward graph and the backward pass's buffers). Measured peaks of
+#: the whole fit, less the Hessian's directions, were 1.1-1.6 graph units (tests/test_fit_icl_memory.py)
+GRADIENT_COPIES = 2
+#: graph units each Hessian-vector product evaluated at once adds (the tangents of the forward pass and of the
+#: gradient's graph): measured 2.75-2.85 graph units per direction
+HVP_COPIES = 4
+
+
+def memory_estimate(n_sequences: int, length: int, m: int, directions: int = 0) -> int:
+    """Bound (bytes) on the peak memory of :func:`fit_icl` for one length group: the exact recursion's
+    gradient and, with ``directions > 0``, a Hessian pass evaluating that many Hessian-vector products at once.
+
+    A graph unit is ``GRAPH_BYTES_PER_CELL`` bytes for each of the ``B (n+1)^(m-1)`` grid cells of each of the
+    ``n = length - m`` steps; the bound is ``GRADIENT_COPIES + HVP_COPIES * directions`` units
+    (docs/math.md §12.3)."""
+    n = max(length - m, 0)
+    unit = GRAPH_BYTES_PER_CELL * n_sequences * (n + 1) ** (m - 1) * max(n, 1)
+    return int(unit * (GRADIENT_COPIES + HVP_COPIES * directions))
 
 
 def _torch():
@@ -72,12 +98,13 @@ def log_evidence_torch(y: Any, pi: Any, alpha: Any, m: int):
             src = [slice(None)] * (m - 1)
             dst = [slice(None)] * (m - 1)
             src[j], dst[j] = slice(0, n), slice(1, n + 1)
-            contrib = W[(slice(None),) + tuple(src)] * (alpha[j] + grids[j][tuple(dst)] - 1.0)
+            # alpha + (k - 1), not (alpha + k) - 1: the latter rounds a tiny alpha away at k = 1
+            contrib = W[(slice(None),) + tuple(src)] * (alpha[j] + (grids[j][tuple(dst)] - 1.0))
             new[(slice(None),) + tuple(dst)] = new[(slice(None),) + tuple(dst)] + \
                 contrib * c[:, j].reshape((B,) + (1,) * (m - 1))
         # lag m: k_m = (i + 1) - sum(k_1..k_{m-1}) after the step, grid position unchanged
         km = (i + 1) - ksum
-        fac = torch.clamp(alpha[m - 1] + km - 1.0, min=0.0) * (km >= 1)
+        fac = torch.clamp(alpha[m - 1] + (km - 1.0), min=0.0) * (km >= 1)
         new = new + W * fac * c[:, m - 1].reshape((B,) + (1,) * (m - 1))
         new = new / (a0 + i)
         s = new.reshape(B, -1).sum(dim=1)
@@ -118,6 +145,19 @@ class ICLFit:
     cov: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
 
 
+def _check_budget(max_bytes: Any) -> float:
+    """``max_bytes``: a positive number of bytes or ``inf`` (no budget); nan, 0 and negative values are refused."""
+    if isinstance(max_bytes, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"max_bytes must be a positive number of bytes or inf (got {max_bytes!r})")
+    try:
+        v = float(max_bytes)
+    except (TypeError, ValueError):
+        raise ValueError(f"max_bytes must be a positive number of bytes or inf (got {max_bytes!r})") from None
+    if math.isnan(v) or v <= 0:
+        raise ValueError(f"max_bytes must be a positive number of bytes or inf (got {v})")
+    return v
+
+
 def _groups(seqs: list[np.ndarray], m: int) -> list[np.ndarray]:
     by_len: dict[int, list[np.ndarray]] = {}
     for i, s in enumerate(seqs):
@@ -149,8 +189,11 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
         Relative decrease tolerance of L-BFGS-B (``ftol``) and gradient tolerance (``gtol`` = tol * N, N the
         number of transitions).
     max_iter : int
-    max_bytes : int
-        Budget of the count-state grid per length group; above it a ``ValueError`` (no Monte Carlo fallback).
+    max_bytes : float
+        Memory budget in bytes (``inf``: none; nan, zero and negative values are refused). The bound
+        :func:`memory_estimate` of the largest length group's gradient and of its Hessian one direction at a time
+        must fit, else a ``ValueError`` before any work says how many GiB are needed (no Monte Carlo
+        fallback); the Hessian evaluates as many directions at once as the budget allows.
 
     Returns
     -------
@@ -165,6 +208,7 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
     m = check_int(m, "m", minimum=1)
     tol = check_float(tol, "tol", positive=True)
     max_iter = check_int(max_iter, "max_iter", minimum=1)
+    max_bytes = _check_budget(max_bytes)
     seqs = _as_sequences(_to_numpy(sequences))
     if not any(s.size for s in seqs):
         raise ValueError("sequences is empty: no tokens to fit")
@@ -173,13 +217,19 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
     if S <= top:
         raise ValueError(f"n_states must exceed the largest token {top} (got n_states = {S})")
     groups = _groups(seqs, m)
-    for G in groups:
-        n = G.shape[1] - m
-        need = 8 * G.shape[0] * (n + 1) ** (m - 1) * 4  # W, new, contrib and the autograd copy
-        if need > max_bytes:
-            raise ValueError(f"fit_icl: the exact count-state recursion for {G.shape[0]} sequences of length "
-                             f"{G.shape[1]} at m = {m} needs about {need} bytes, above max_bytes = {max_bytes}; "
-                             "raise max_bytes (no Monte Carlo fallback is used)")
+    n_free = S * (S - 1) + (m if alpha is None else 0)  # unconstrained coordinates: Hessian directions
+    # the largest group's gradient must fit, and the Hessian at least one direction at a time; the chunk of
+    # directions evaluated together is the largest that fits (docs/math.md §12.3)
+    worst = max(groups, key=lambda G: memory_estimate(G.shape[0], G.shape[1], m))
+    need = memory_estimate(worst.shape[0], worst.shape[1], m, directions=1)
+    if need > max_bytes:
+        raise ValueError(f"max_bytes: the exact count-state recursion for {worst.shape[0]} sequences of length "
+                         f"{worst.shape[1]} at m = {m} needs about {need / 2**30:.2f} GiB for its gradient and "
+                         f"Hessian, above max_bytes = {max_bytes / 2**30:.2f} GiB; raise max_bytes, or fit "
+                         "fewer or shorter sequences (no Monte Carlo fallback is used)")
+    base = memory_estimate(worst.shape[0], worst.shape[1], m)
+    per_direction = memory_estimate(worst.shape[0], worst.shape[1], m, directions=1) - base
+    chunk = int(max(1, min(n_free, (max_bytes - base) // per_direction))) if math.isfinite(max_bytes) else n_free
     N = sum(G.shape[0] * (G.shape[1] - m) for G in groups)
     fixed_alpha = None if alpha is None else check_alpha(alpha, "alpha", m)
     if init_pi is None:
@@ -206,18 +256,25 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
         al = torch.exp(x[S * (S - 1) :]) if fixed_alpha is None else torch.as_tensor(fixed_alpha)
         return pi, al
 
-    def objective(x):
+    def group_objective(x, Y):
         pi, al = unpack(x)
-        return sum(log_evidence_torch(Y, pi, al, m).sum() for Y in Yt)
+        return log_evidence_torch(Y, pi, al, m).sum()
+
+    def objective(x):
+        return sum(group_objective(x, Y) for Y in Yt)
 
     last: dict = {}
 
     def fg(xn):
-        x = torch.tensor(xn, dtype=torch.float64, requires_grad=True)
-        f = objective(x)
-        (gr,) = torch.autograd.grad(f, x)
-        last["x"], last["f"] = np.array(xn, copy=True), float(f.detach())
-        return -last["f"], -gr.numpy().astype(np.float64)
+        # one length group's graph at a time: the peak is the largest group's, as memory_estimate assumes
+        f, gr = 0.0, np.zeros_like(xn)
+        for Y in Yt:
+            x = torch.tensor(xn, dtype=torch.float64, requires_grad=True)
+            fy = group_objective(x, Y)
+            (gy,) = torch.autograd.grad(fy, x)
+            f, gr = f + float(fy.detach()), gr + gy.numpy()
+        last["x"], last["f"] = np.array(xn, copy=True), f
+        return -f, -gr
 
     history = [-fg(x0)[0]]
 
@@ -236,7 +293,15 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
     if not res.success:
         warnings.warn(f"fit_icl: L-BFGS-B stopped without converging ({res.message})", RuntimeWarning, stacklevel=2)
     # observed information in the unconstrained coordinates, delta method to (pi, alpha)
-    Hx = torch.func.hessian(objective)(x).detach().numpy()  # forward-over-reverse: ~3x faster here
+    # forward-over-reverse Hessian-vector products, ``chunk`` directions at a time and one group at a time,
+    # so the peak stays within max_bytes (memory_estimate)
+    Hx = np.zeros((x.shape[0], x.shape[0]))
+    eye = torch.eye(x.shape[0], dtype=torch.float64)
+    for Y in Yt:
+        def hvp(v, Y=Y):
+            return torch.func.jvp(torch.func.grad(lambda z: group_objective(z, Y)), (x,), (v,))[1]
+
+        Hx += torch.func.vmap(hvp, chunk_size=chunk)(eye).detach().numpy()
     info = -(Hx + Hx.T) / 2
     ev, V = np.linalg.eigh(info)
     good = ev > 1e-9 * ev.max()  # a flat direction: an entry of pi estimated on the boundary (logit -> -inf)
