@@ -139,6 +139,8 @@ TABLE = {
                                           schedule=False),
                      {"pi": "pi", "alpha": "alpha", "L": "int_pos", "n_train": "size", "n_test": "size",
                       "n_boot": "int", "rng": "rng", "schedule": "bool"}),
+    "predicted_step": (M.predicted_step, dict(pi=PI, alpha=ALPHA, n_samples=8, rng=0),
+                       {"pi": "pi", "alpha": "alpha", "n_samples": "int_pos", "rng": "rng"}),
 }
 
 SEQ = np.array([0, 1, 2, 1, 0, 2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 1, 2, 0, 0, 1] * 5)
@@ -245,6 +247,7 @@ VALID = {
     ("sample_icl", "rng", "none"): "rng=None is fresh entropy",
     ("posterior_mean_mc", "rng", "none"): "rng=None is fresh entropy",
     ("optimal_step", "rng", "none"): "rng=None is fresh entropy",
+    ("predicted_step", "rng", "none"): "rng=None is fresh entropy",
     ("optimal_step", "L", "none"): "L=None selects the training objective (then T must be given: tested apart)",
     ("sample", "lam", "shape"): "any length m of lam is an order (m = 3 <= T here)",
     ("predictive", "lam", "shape"): "any length m of lam is an order (m = 3 <= T here)",
@@ -252,6 +255,7 @@ VALID = {
     ("eta_bayes", "alpha", "shape"): "any length of alpha is an order m",
     ("md_predictive_all_prefixes", "alpha", "shape"): "any length of alpha is an order m (T = 8 >= 3)",
     ("optimal_step", "alpha", "shape"): "any length of alpha is an order m",
+    ("predicted_step", "alpha", "shape"): "any length m >= 2 of alpha is an order m (m = 1 is refused: tested apart)",
     ("mle", "C", "shape"): "any number of columns is an order m",
     ("log_likelihood", "C", "impossible"): "impossible data have log-likelihood -inf (documented)",
     ("log_evidence", "C", "impossible"): "impossible data have log evidence -inf (documented)",

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._validate import as_rng, check_alloc, check_int
-from .model import MTDModel
+from .laws import MTDModel
 
 __all__ = ["minorised_components", "perfect_sample"]
 
