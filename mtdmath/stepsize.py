@@ -647,7 +647,7 @@ def predicted_step(pi: Any, alpha: Any, *, n_samples: int = 512, n_windows: int 
     h = 1e-4 * c
     d2 = (risk(c + h)[1].mean() - risk(c - h)[1].mean()) / (2 * h)
     sd = float(np.std(risk(c)[1], ddof=1))
-    c_se = sd / math.sqrt(n_samples) / d2 if d2 > 0 and math.isfinite(d2) else math.inf
+    c_se = sd / math.sqrt(n_samples) / float(d2) if d2 > 0 and math.isfinite(d2) else math.inf
     return law(c, c_se if math.isfinite(c_se) else math.inf, "interior")
 
 
