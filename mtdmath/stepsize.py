@@ -230,14 +230,15 @@ class PredictedStep:
     ----------
     c_inf : float
         The limiting step constant: ``n·η_opt(n) → c_inf`` as the number of transitions n → ∞
-        (docs/math.md, eq-step-law-cinf).
+        (docs/math.md, eq-step-law-cinf); ``inf`` when ``regime`` is "flat" or "unbounded".
     c_inf_se : float
         Its Monte Carlo standard error (sandwich estimate over the sampled lag weights λ*, and over the
-        sampled windows where those are sampled).
+        sampled windows where those are sampled); ``inf`` where the curvature of the risk at the minimiser
+        is not resolved and in the "unbounded" regime, 0 in the "flat" one.
     A : float
         Intercept ``1 + α₀``: ``η(0) = η* = 1/(1+α₀)`` (Theorem 1's step).
     B, B_se : float
-        Slope ``1/c_inf`` and its standard error ``c_inf_se / c_inf²``.
+        Slope ``1/c_inf`` (0 when ``c_inf`` is inf) and its standard error ``c_inf_se / c_inf²``.
     eta_star : float
         ``η* = 1/(1+α₀)``.
     n_samples : int
@@ -245,6 +246,10 @@ class PredictedStep:
     exact_windows : bool
         True when the expectation over the stationary law of the m-token window is an exact sum (only λ*
         is sampled), False when windows were sampled too.
+    regime : {"interior", "unbounded", "flat"}
+        Where the limiting risk R∞(c) has its infimum (docs/math.md, "Where the infimum lies"): at a finite
+        ``c_inf``; as c → ∞ (B = 0, η ≡ η*); or nowhere in particular, every step giving the same predictor
+        (one lag, one token, identical rows of pi, λ* = μ to float64 resolution: B = 0, η ≡ η*).
     """
 
     c_inf: float
@@ -528,15 +533,21 @@ def predicted_step(pi: Any, alpha: Any, *, n_samples: int = 512, n_windows: int 
     exact sum over the S^m windows when S^m <= ``n_windows``, else an average over ``n_windows``
     windows drawn from that exact law. Above ``max_states`` both come from a simulated chain of
     ``chain_length`` transitions per draw. ``c_inf`` minimises the sample mean of R∞ over log c
-    (a grid, then Brent); its standard error is the M-estimator sandwich
-    ``sd(R_k'(ĉ)) / (√K · R̄''(ĉ))``.
+    (a grid, extended towards an edge that holds the minimum, then Brent); its standard error is the
+    M-estimator sandwich ``sd(R_k'(ĉ)) / (√K · R̄''(ĉ))``.
+
+    ``R∞'(0) = −E Var_μ ḡ(λ*) <= 0``, so the infimum is never at c → 0: it is at a finite c
+    (``regime="interior"``), or at c → ∞ (``"unbounded"``, e.g. α → 0, λ* at the vertices), or R∞ is constant
+    (``"flat"``: m = 1, S = 1, identical rows of pi, or λ* = μ to float64 resolution, α₀ ≳ 1e32). The last two
+    give ``c_inf = inf``, ``B = 0`` and the constant law ``η(n) = η*``.
 
     Parameters
     ----------
     pi : array_like, shape (S, S)
         Row-stochastic transition matrix (irreducible and aperiodic for the limits to hold).
-    alpha : array_like, shape (m,), m >= 2
-        Dirichlet prior of the lag weights.
+    alpha : array_like, shape (m,)
+        Dirichlet prior of the lag weights (m = 1 gives the flat law). Every ``alpha_g / α₀`` must be
+        a normal float64 (>= 2.2e-308), as for every estimator started from the prior mean μ.
     n_samples : int
         Draws of λ* ~ Dirichlet(α), >= 2.
     n_windows : int
@@ -550,12 +561,13 @@ def predicted_step(pi: Any, alpha: Any, *, n_samples: int = 512, n_windows: int 
     Returns
     -------
     PredictedStep
-        ``c_inf``, ``c_inf_se``, ``A``, ``B``, ``B_se`` and the law ``eta(n)``.
+        ``c_inf``, ``c_inf_se``, ``A``, ``B``, ``B_se``, ``regime`` and the law ``eta(n)``.
 
     Raises
     ------
     ValueError
-        For bad arguments (naming the argument), or when the window chain does not mix.
+        For bad arguments (naming the argument), a prior mean that underflows (naming alpha), or a window
+        chain without a unique stationary law (naming pi).
 
     Examples
     --------
