@@ -140,6 +140,13 @@ def _optimal_step(z: dict) -> float:
     return _linear(64)(z) + 8 * 2**20  # scipy's optimisers and the bootstrap's index arrays
 
 
+def _predicted_step(z: dict) -> float:
+    # n_samples = 16 draws of lam*, each with its (S^m, m, S) window array, the (S^m, S) transition
+    # laws and the power iteration's two (S^m,) laws, a few float64 copies alive at once
+    w = z["S"] ** z["m"]
+    return 8 * 16 * 16 * w * (z["m"] + 1) * (z["S"] + 1) + 4 * 2**20
+
+
 _MODEL, _LIK, _EST, _BAYES = SECTIONS[:4]
 _FIT = "covered by tests/test_fit*.py (the fitting estimators' contract)"
 _NN = "covered by tests/test_nn*.py and tests/test_transformer.py (the torch layer's contract)"
@@ -168,6 +175,8 @@ API: dict[str, Entry] = {
                                    _linear(12)),
     "optimal_step": Entry(_EST, {"pi": "pi", "alpha": "alpha", "L": "L", "n_train": "count", "n_test": "count",
                                  "n_boot": "n_boot", "rng": "seed"}, ("finite", "seeded"), _optimal_step, max_n=12),
+    "predicted_step": Entry(_EST, {"pi": "pi", "alpha": "alpha", "n_samples": "samples", "rng": "seed"},
+                            ("finite", "seeded", "refuses_mu_underflow"), _predicted_step),
     "k_step_md": Entry(_EST, {"C": "C", "alpha": "alpha", "k": "k", "eta": "eta"}, ("simplex",), _linear(12)),
     "posterior_mean": Entry(_BAYES, {"C": "C_exact", "alpha": "alpha", "max_bytes": "max_bytes"}, ("simplex", "refuses_range"),
                             _exact_bayes, max_n=40),

@@ -10,6 +10,7 @@ minimises), on sequences drawn from the in-context task (pi, alpha).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,7 +217,7 @@ def optimal_step(pi: Any, alpha: Any, *, L: int | None = None, T: int | None = N
 MAX_EXACT_STATES = 2**17
 #: power iteration of the window chain: stop at an L1 change below this, fail after this many steps
 _POWER_TOL = 1e-13
-_POWER_ITERS = 20_000
+_POWER_ITERS = 2_000
 #: entries of one batched work array (lag-weight samples times S^(m+1)); bounds the memory
 _CHUNK_ENTRIES = 2**22
 
@@ -229,14 +230,15 @@ class PredictedStep:
     ----------
     c_inf : float
         The limiting step constant: ``n·η_opt(n) → c_inf`` as the number of transitions n → ∞
-        (docs/math.md, eq-step-law-cinf).
+        (docs/math.md, eq-step-law-cinf); ``inf`` when ``regime`` is "flat" or "unbounded".
     c_inf_se : float
         Its Monte Carlo standard error (sandwich estimate over the sampled lag weights λ*, and over the
-        sampled windows where those are sampled).
+        sampled windows where those are sampled); ``inf`` where the curvature of the risk at the minimiser
+        is not resolved and in the "unbounded" regime, 0 in the "flat" one.
     A : float
         Intercept ``1 + α₀``: ``η(0) = η* = 1/(1+α₀)`` (Theorem 1's step).
     B, B_se : float
-        Slope ``1/c_inf`` and its standard error ``c_inf_se / c_inf²``.
+        Slope ``1/c_inf`` (0 when ``c_inf`` is inf) and its standard error ``c_inf_se / c_inf²``.
     eta_star : float
         ``η* = 1/(1+α₀)``.
     n_samples : int
@@ -244,6 +246,10 @@ class PredictedStep:
     exact_windows : bool
         True when the expectation over the stationary law of the m-token window is an exact sum (only λ*
         is sampled), False when windows were sampled too.
+    regime : {"interior", "unbounded", "flat"}
+        Where the limiting risk R∞(c) has its infimum (docs/math.md, "Where the infimum lies"): at a finite
+        ``c_inf``; as c → ∞ (B = 0, η ≡ η*); or nowhere in particular, every step giving the same predictor
+        (one lag, one token, identical rows of pi, λ* = μ to float64 resolution: B = 0, η ≡ η*).
     """
 
     c_inf: float
@@ -254,6 +260,7 @@ class PredictedStep:
     eta_star: float
     n_samples: int
     exact_windows: bool
+    regime: str = "interior"
 
     def eta(self, n: Any) -> Any:
         """The step ``1/(A + B·n)`` after n >= 0 transitions (a float for a scalar, else an ndarray).
@@ -282,7 +289,10 @@ def _stationary_windows(Pi: np.ndarray, lam: np.ndarray, S: int, m: int) -> np.n
 
     ``Pi`` (S^m, m, S) is ``pi[token at lag g of window w, b]``. The chain moves (d0, rest) -> (rest, b)
     with probability ``Σ_g lam_g Pi[w, g-1, b]``. Power iteration from the uniform law, batched over
-    the rows of ``lam``; a row stops once its L1 change is below _POWER_TOL."""
+    the rows of ``lam``; a row stops once its L1 change is below _POWER_TOL. A row that has not converged
+    after _POWER_ITERS steps (a periodic chain, or one that mixes slowly: a transition probability of
+    1e-8 takes ~1e8 steps) gets the stationary law by a sparse direct solve of ``ρ(P − I) = 0, Σρ = 1``;
+    a chain without a unique stationary law (reducible) is then an error naming pi."""
     K, n = lam.shape[0], S**m
     P = np.einsum("wgb,kg->kwb", Pi, lam).reshape(K, S, n // S, S)  # (k, oldest token, rest, next)
     p = np.full((K, n), 1.0 / n)
@@ -294,8 +304,36 @@ def _stationary_windows(Pi: np.ndarray, lam: np.ndarray, S: int, m: int) -> np.n
         active = active[delta >= _POWER_TOL]
         if active.size == 0:
             return p
-    raise ValueError(f"pi: the window chain did not mix within {_POWER_ITERS} power iterations (the law of "
-                     "large numbers behind the step law needs an irreducible, aperiodic chain)")
+    for k in active:
+        p[k] = _stationary_direct(P[k].reshape(n, S), S)
+    return p
+
+
+def _stationary_direct(P: np.ndarray, S: int) -> np.ndarray:
+    """The stationary law of the window chain with next-token laws ``P`` (S^m, S), by a sparse LU solve."""
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
+    n = P.shape[0]
+    rows = np.repeat(np.arange(n), S)
+    cols = ((np.arange(n) % (n // S))[:, None] * S + np.arange(S)[None, :]).ravel()  # (rest, b)
+    A = sparse.coo_matrix((P.ravel(), (cols, rows)), shape=(n, n)).tolil()  # (P^T)
+    A.setdiag(A.diagonal() - 1.0)
+    A[n - 1, :] = np.ones(n)  # one balance equation is redundant: replaced by the normalisation
+    rhs = np.zeros(n)
+    rhs[-1] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a singular matrix (a reducible chain) is an error below, not a warning
+        try:
+            rho = spsolve(A.tocsc(), rhs)
+        except Exception:  # noqa: BLE001 - scipy's MatrixRankWarning or a LinAlgError alike
+            rho = np.full(n, np.nan)
+    # a stationary law is >= 0; the solve's rounding may leave entries of size n·eps·max below 0
+    if not np.all(np.isfinite(rho)) or rho.min() < -1e-9 * rho.max():
+        raise ValueError(f"pi: the window chain did not converge within {_POWER_ITERS} power iterations and has no "
+                         "unique stationary law (reducible); the law of large numbers behind the step law needs one")
+    rho = np.clip(rho, 0.0, None)
+    return rho / rho.sum()
 
 
 def _gbar_terms(Pw: np.ndarray, lam: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -350,6 +388,9 @@ def limit_gradient(pi: Any, alpha: Any, lam: Any, *, chain_length: int = 20_000,
     ((2,), 1.0, True)
     """
     pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    # validated in its own dtype (a float32 pi sums to 1 within float32 rounding); rows that sum to 1 in
+    # float64, else the power iteration's total mass drifts by that rounding every step and never settles
+    pi = pi / pi.sum(axis=1, keepdims=True)
     alpha = V.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
     lam_a = np.asarray(_xp.to_numpy(lam), dtype=np.float64)
@@ -409,46 +450,71 @@ def _limit_windows(pi: np.ndarray, mu: np.ndarray, lam: np.ndarray, n_windows: i
 
 def _risk_parts(pi: np.ndarray, mu: np.ndarray, lam: np.ndarray, tok: np.ndarray, weights: np.ndarray,
                 gbar: np.ndarray):
-    """Per-sample limiting risk ``R_k(c)`` and its derivative ``R_k'(c)`` (docs/math.md eq-step-law-risk).
+    """Per-sample limiting risk ``R_k(c) = R_k(0) + D_k(c)`` and its derivative (docs/math.md eq-step-law-risk).
 
     ``R_k(c) = Σ_w weights[k,w] KL(p*_k(·|w) ‖ p̂_c(·|w))`` with ``p̂_c = Σ_g λ^c_g π[w_g]`` and
-    ``λ^c = softmax(log μ + c ḡ_k)``; ``dλ^c/dc = λ^c ⊙ (ḡ_k − λ^c·ḡ_k)``. Returns a function of c
-    giving ``(R (K,), R' (K,))``, evaluated in chunks of samples."""
-    from scipy.special import xlogy  # x·log y with 0·log 0 = 0
+    ``λ^c = softmax(log μ + c ḡ_k)``; ``dλ^c/dc = λ^c ⊙ (ḡ_k − λ^c·ḡ_k)``. ``c = inf`` is the limit
+    ``λ^∞ ∝ μ`` on the lags of largest ḡ_k. Returns ``(R0 (K,), f)``, ``f(c) -> (D (K,), R' (K,))``.
+
+    The change ``D_k(c) = −Σ_w Σ_b weights·p* log1p(Δ_c/s_μ)``, ``Δ_c = p̂_c − s_μ`` (with
+    ``λ^c − μ = μ·expm1(u − log Σ_h μ_h e^{u_h})``), is what c is chosen by: formed as a difference of two
+    KLs it would be lost in their rounding when λ* is close to μ (weak evidence). A next token with
+    ``p* > 0`` but ``s_μ = 0`` (possible only where a tiny μ_g meets a tiny π entry and both underflow)
+    is left out of both parts."""
+    from scipy.special import logsumexp, xlogy  # x·log y with 0·log 0 = 0
 
     S, m = pi.shape[0], mu.shape[0]
     K, W = weights.shape
     shared = tok.shape[0] == 1
     per = max(1, _CHUNK_ENTRIES // (W * m * S))
     log_mu = np.log(mu)
-    # the c-independent part Σ w p* log p*, once
-    neg_ent = np.empty(K)
+    gmax = gbar.max(axis=1, keepdims=True)
+    centre = gbar @ mu  # μ·ḡ = 1 up to rounding: the shift that keeps u small for small c
+    spread = np.max(np.abs(gbar - centre[:, None]), axis=1)
+
+    def windows(sl):
+        k = sl.stop - sl.start
+        Pw = np.broadcast_to(pi[tok[0]][None], (k, W, m, S)) if shared else pi[tok[sl]]
+        ps = np.einsum("kwgb,kg->kwb", Pw, lam[sl])
+        s_mu = np.einsum("kwgb,g->kwb", Pw, mu)
+        wps = np.where(s_mu > 0, weights[sl][:, :, None] * ps, 0.0)
+        return Pw, ps, wps, np.where(wps > 0, s_mu, 1.0)
+
+    R0 = np.empty(K)
     for i in range(0, K, per):
         sl = slice(i, min(i + per, K))
-        Pw = pi[tok[0]][None] if shared else pi[tok[sl]]
-        ps = np.einsum("kwgb,kg->kwb", np.broadcast_to(Pw, (sl.stop - sl.start,) + Pw.shape[1:]), lam[sl])
-        neg_ent[sl] = np.einsum("kw,kwb->k", weights[sl], xlogy(ps, ps))
+        _, ps, wps, s_mu = windows(sl)
+        R0[sl] = np.einsum("kwb->k", xlogy(wps, np.where(wps > 0, ps, 1.0) / s_mu))
 
     def f(c: float):
-        z = log_mu + c * gbar
-        lc = np.exp(z - z.max(axis=1, keepdims=True))
-        lc /= lc.sum(axis=1, keepdims=True)
-        dl = lc * (gbar - np.sum(lc * gbar, axis=1, keepdims=True))
-        R, dR = np.empty(K), np.empty(K)
-        for i in range(0, K, per):
-            sl = slice(i, min(i + per, K))
-            k = sl.stop - sl.start
-            Pw = np.broadcast_to(pi[tok[0]][None], (k, W, m, S)) if shared else pi[tok[sl]]
-            ps = np.einsum("kwgb,kg->kwb", Pw, lam[sl])
-            ph = np.einsum("kwgb,kg->kwb", Pw, lc[sl])
-            dph = np.einsum("kwgb,kg->kwb", Pw, dl[sl])
-            wps = weights[sl][:, :, None] * ps
-            safe = np.where(wps > 0, ph, 1.0)  # p* > 0 implies p̂ > 0: λ^c has full support
-            R[sl] = neg_ent[sl] - np.einsum("kwb->k", xlogy(wps, safe))
-            dR[sl] = -np.einsum("kwb->k", np.where(wps > 0, wps * dph / safe, 0.0))
-        return R, dR
+        with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+            if c == math.inf:
+                top = gbar == gmax
+                lc = np.where(top, mu, 0.0)
+                lc /= lc.sum(axis=1, keepdims=True)
+                dlam = lc - mu
+                dl = np.zeros_like(lc)
+            else:
+                small = c * spread < 1.0
+                u = np.where(small[:, None], c * (gbar - centre[:, None]), c * (gbar - gmax))
+                log_z = np.where(small, np.log1p(np.sum(mu * np.expm1(np.where(small[:, None], u, 0.0)), axis=1)),
+                                 logsumexp(log_mu + u, axis=1))
+                dlam = mu * np.expm1(u - log_z[:, None])
+                lc = mu + dlam
+                dl = lc * (gbar - np.sum(lc * gbar, axis=1, keepdims=True))
+            D, dR = np.empty(K), np.empty(K)
+            for i in range(0, K, per):
+                sl = slice(i, min(i + per, K))
+                Pw, _, wps, s_mu = windows(sl)
+                delta = np.einsum("kwgb,kg->kwb", Pw, dlam[sl])
+                dph = np.einsum("kwgb,kg->kwb", Pw, dl[sl])
+                # p* > 0 with p̂_c = 0 (λ^∞ dropping a lag p* needs) is an infinite risk, not NaN
+                D[sl] = -np.einsum("kwb->k", np.where(wps > 0, wps * np.log1p(np.maximum(delta / s_mu, -1.0)), 0.0))
+                p_hat = s_mu + delta
+                dR[sl] = -np.einsum("kwb->k", np.where(wps > 0, wps * dph / np.where(p_hat > 0, p_hat, 1.0), 0.0))
+        return D, dR
 
-    return f
+    return R0, f
 
 
 def predicted_step(pi: Any, alpha: Any, *, n_samples: int = 512, n_windows: int = 4096,
@@ -467,15 +533,21 @@ def predicted_step(pi: Any, alpha: Any, *, n_samples: int = 512, n_windows: int 
     exact sum over the S^m windows when S^m <= ``n_windows``, else an average over ``n_windows``
     windows drawn from that exact law. Above ``max_states`` both come from a simulated chain of
     ``chain_length`` transitions per draw. ``c_inf`` minimises the sample mean of R∞ over log c
-    (a grid, then Brent); its standard error is the M-estimator sandwich
-    ``sd(R_k'(ĉ)) / (√K · R̄''(ĉ))``.
+    (a grid, extended towards an edge that holds the minimum, then Brent); its standard error is the
+    M-estimator sandwich ``sd(R_k'(ĉ)) / (√K · R̄''(ĉ))``.
+
+    ``R∞'(0) = −E Var_μ ḡ(λ*) <= 0``, so the infimum is never at c → 0: it is at a finite c
+    (``regime="interior"``), or at c → ∞ (``"unbounded"``, e.g. α → 0, λ* at the vertices), or R∞ is constant
+    (``"flat"``: m = 1, S = 1, identical rows of pi, or λ* = μ to float64 resolution, α₀ ≳ 1e32). The last two
+    give ``c_inf = inf``, ``B = 0`` and the constant law ``η(n) = η*``.
 
     Parameters
     ----------
     pi : array_like, shape (S, S)
         Row-stochastic transition matrix (irreducible and aperiodic for the limits to hold).
-    alpha : array_like, shape (m,), m >= 2
-        Dirichlet prior of the lag weights.
+    alpha : array_like, shape (m,)
+        Dirichlet prior of the lag weights (m = 1 gives the flat law). Every ``alpha_g / α₀`` must be
+        a normal float64 (>= 2.2e-308), as for every estimator started from the prior mean μ.
     n_samples : int
         Draws of λ* ~ Dirichlet(α), >= 2.
     n_windows : int
@@ -489,12 +561,13 @@ def predicted_step(pi: Any, alpha: Any, *, n_samples: int = 512, n_windows: int 
     Returns
     -------
     PredictedStep
-        ``c_inf``, ``c_inf_se``, ``A``, ``B``, ``B_se`` and the law ``eta(n)``.
+        ``c_inf``, ``c_inf_se``, ``A``, ``B``, ``B_se``, ``regime`` and the law ``eta(n)``.
 
     Raises
     ------
     ValueError
-        For bad arguments (naming the argument), or when the window chain does not mix.
+        For bad arguments (naming the argument), a prior mean that underflows (naming alpha), or a window
+        chain without a unique stationary law (naming pi).
 
     Examples
     --------
@@ -512,47 +585,82 @@ def predicted_step(pi: Any, alpha: Any, *, n_samples: int = 512, n_windows: int 
     from scipy import optimize
 
     pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    # validated in its own dtype (a float32 pi sums to 1 within float32 rounding); rows that sum to 1 in
+    # float64, else the power iteration's total mass drifts by that rounding every step and never settles
+    pi = pi / pi.sum(axis=1, keepdims=True)
     alpha = V.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
-    if m < 2:
-        raise ValueError("alpha must have length m >= 2: with one lag, λ = 1 and every step gives the same predictor")
     n_samples = V.check_int(n_samples, "n_samples", minimum=2)
     n_windows = V.check_int(n_windows, "n_windows", minimum=1)
     max_states = V.check_int(max_states, "max_states", minimum=1)
     chain_length = V.check_int(chain_length, "chain_length", minimum=1)
+    # the law is one MD step from μ: a μ_g that underflows to 0 is refused as by every estimator started there
+    mu = V.check_prior_mean(alpha, "alpha")
     S = pi.shape[0]
+    exact = S**m <= max_states
     W = S**m if S**m <= min(n_windows, max_states) else n_windows
     V.check_alloc(min(n_samples, max(1, _CHUNK_ENTRIES // (W * m * S))) * W * m * S * 4 + n_samples * W * (m + 1),
                   8, "n_windows", f"the window arrays of {n_samples} samples")
-    if S**m <= max_states:
+    if exact:
         V.check_alloc(S**m * (m * S + n_samples), 8, "max_states", f"the stationary laws of {S**m} windows")
     else:
         V.check_alloc(n_samples * (chain_length + m) * (2 * m + 1), 8, "chain_length",
                       f"{n_samples} chains of {chain_length} transitions")
     gen = V.as_rng(rng)
     alpha0 = float(alpha.sum())
-    mu = alpha / alpha0
-    lam = gen.dirichlet(alpha, size=n_samples)
+    with np.errstate(under="ignore"):
+        lam = gen.dirichlet(alpha, size=n_samples)
     lam = np.clip(lam, np.finfo(np.float64).tiny, None)
     lam /= lam.sum(axis=1, keepdims=True)
     tok, weights, gbar = _limit_windows(pi, mu, lam, n_windows, max_states, chain_length, gen)
-    risk = _risk_parts(pi, mu, lam, tok, weights, gbar)
+
+    def law(c, c_se, regime):
+        B, B_se = (0.0, 0.0 if c_se == 0 else math.inf) if c == math.inf else (1.0 / c, c_se / c**2)
+        return PredictedStep(c_inf=c, c_inf_se=c_se, A=1.0 + alpha0, B=B, B_se=B_se, eta_star=float(eta_bayes(alpha)),
+                             n_samples=n_samples, exact_windows=bool(S**m <= min(n_windows, max_states)),
+                             regime=regime)
+
+    # flat (eq-step-law-flat): ḡ_k constant over the lags for every draw, to within its rounding (a sum of
+    # nonnegative terms over the windows, the next tokens and the lags: relative error below that count x eps)
+    terms = (S**m if exact else chain_length) + S + m + 4
+    spread = gbar.max(axis=1) - gbar.min(axis=1)
+    if np.all(spread <= 2 * terms * np.finfo(np.float64).eps * gbar.max(axis=1)):
+        return law(math.inf, 0.0, "flat")
+    R0, risk = _risk_parts(pi, mu, lam, tok, weights, gbar)
     obj = lambda x: float(risk(math.exp(x))[0].mean())  # noqa: E731
-    grid = np.linspace(math.log(1e-3), math.log(1e4), 29)  # log-spacing 0.56: brackets the smooth minimum
+    # the grid on [1e-3, 1e4] (log-spacing 0.56 brackets the smooth minimum), extended by 7 decades at a time
+    # towards an edge that holds the minimum: down to where c·(spread of ḡ) < 1e-4 (R is linear in c there,
+    # with slope R∞'(0) = −E Var_μ ḡ < 0, so the minimum is above), up to 1e300, where the softmax has
+    # saturated (c·gap > 1e300·eps far exceeds the log-range of μ, at most 709)
+    step = (math.log(1e4) - math.log(1e-3)) / 28
+    floor = math.log(1e-4 / spread.max())
+    grid = list(np.linspace(math.log(1e-3), math.log(1e4), 29))
     vals = [obj(x) for x in grid]
-    j = int(np.argmin(vals))
-    if j in (0, len(grid) - 1):
-        raise ValueError(f"pi, alpha: the limiting risk has no interior minimiser in c ∈ [1e-3, 1e4] "
-                         f"(the grid minimum is at c = {math.exp(grid[j]):.3g})")
-    res = optimize.minimize_scalar(obj, bounds=(grid[j - 1], grid[j + 1]), method="bounded",
-                                   options={"xatol": 1e-7})
+    while True:
+        j = int(np.argmin(vals))
+        if j == 0 and grid[0] > floor:
+            new = grid[0] - step * np.arange(28, 0, -1)
+            grid, vals = list(new) + grid, [obj(x) for x in new] + vals
+        elif j == len(grid) - 1 and grid[-1] < math.log(1e300):
+            new = grid[-1] + step * np.arange(1, 29)
+            grid, vals = grid + list(new), vals + [obj(x) for x in new]
+        else:
+            break
+    # the limit c -> inf (λ^∞: μ restricted to the lags of largest ḡ): the infimum when no finite c beats it
+    # beyond rounding (relative to the size of the risk)
+    d_inf = float(risk(math.inf)[0].mean())
+    if d_inf <= min(vals) + 64 * np.finfo(np.float64).eps * (abs(d_inf) + float(R0.mean())):
+        return law(math.inf, math.inf, "unbounded")
+    res = optimize.minimize_scalar(obj, bounds=(grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]),
+                                   method="bounded", options={"xatol": 1e-7})
     c = math.exp(res.x)
-    # sandwich standard error of the M-estimator argmin mean_k R_k(c): sd(R_k'(c)) / (sqrt(K) |mean R''(c)|)
+    # sandwich standard error of the M-estimator argmin mean_k R_k(c): sd(R_k'(c)) / (sqrt(K) |mean R''(c)|);
+    # a curvature not resolved by the central difference (<= 0) gives an infinite standard error
     h = 1e-4 * c
     d2 = (risk(c + h)[1].mean() - risk(c - h)[1].mean()) / (2 * h)
-    c_se = float(np.std(risk(c)[1], ddof=1) / math.sqrt(n_samples) / abs(d2))
-    return PredictedStep(c_inf=c, c_inf_se=c_se, A=1.0 + alpha0, B=1.0 / c, B_se=c_se / c**2,
-                         eta_star=float(eta_bayes(alpha)), n_samples=n_samples, exact_windows=bool(S**m <= min(n_windows, max_states)))
+    sd = float(np.std(risk(c)[1], ddof=1))
+    c_se = sd / math.sqrt(n_samples) / float(d2) if d2 > 0 and math.isfinite(d2) else math.inf
+    return law(c, c_se if math.isfinite(c_se) else math.inf, "interior")
 
 
 __all__ += ["PredictedStep", "predicted_step", "limit_gradient", "window_tokens"]

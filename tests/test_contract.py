@@ -300,6 +300,9 @@ def _check(name, e, z, bk, out, args):
     eps = bk.eps
     has_arrays = any(d in ("pi", "lam", "lam_pos", "tokens", "C", "C_exact", "p", "q") for d in e.args.values())
     parts = out if isinstance(out, tuple) else (out,)
+    if name == "predicted_step":
+        _check_step_law(out, z)
+        return
     if is_dataclass(out):  # optimal_step
         assert math.isfinite(float(np.max(out.eta))) and np.all(np.asarray(out.eta) > 0), out.eta
         for f in ("kl", "kl_eta_star"):
@@ -372,6 +375,27 @@ def _check(name, e, z, bk, out, args):
             ref = lg if name == "gradient" else (lg.max(axis=-1) - math.log(max(z.n, 1)) if z.n else np.zeros(lg.shape[:-1]))
         small = ref < fmax - 2  # exact value well inside the dtype's range: the result must be finite
         assert np.all(np.isfinite(v[small])), f"{name}: inf where the exact value is finite: {ref[small & ~np.isfinite(v)][:5]}"
+
+
+def _check_step_law(out, z):
+    """predicted_step's result: c∞ in (0, inf] (inf exactly when the law is flat in n), A = 1 + α₀ and
+    B = 1/c∞ finite and >= 0, standard errors never NaN, and the law η(n) = 1/(A + Bn) positive, at most
+    η* = 1/(1+α₀) and non-increasing in n (the method, evaluated at a few n up to 10^12)."""
+    alpha0 = math.fsum(z.alpha)
+    assert out.c_inf > 0 and not math.isnan(out.c_inf), out
+    assert math.isfinite(out.A) and math.isclose(out.A, 1 + alpha0, rel_tol=4e-16 * z.m), (out.A, alpha0)
+    assert math.isfinite(out.B) and out.B >= 0, out
+    assert (out.B == 0) == (out.c_inf == math.inf), out
+    if out.c_inf < math.inf:  # the slope is the reciprocal of the constant (one rounding)
+        assert math.isclose(out.B, 1 / out.c_inf, rel_tol=2.3e-16), out
+    for se in (out.c_inf_se, out.B_se):
+        assert se >= 0 and not math.isnan(se), out
+    assert math.isclose(out.eta_star, 1 / (1 + alpha0), rel_tol=4e-16 * z.m)
+    n = np.array([0.0, 1.0, 7.0, 1e3, 1e6, 1e12])
+    eta = np.asarray(out.eta(n))
+    assert np.all(np.isfinite(eta)) and np.all(eta > 0), eta
+    assert eta[0] == out.eta(0) and math.isclose(eta[0], out.eta_star, rel_tol=4e-16), (eta[0], out.eta_star)
+    assert np.all(np.diff(eta) <= 0), eta
 
 
 def _call(name, e, z, bk):

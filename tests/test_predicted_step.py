@@ -250,7 +250,7 @@ def test_bad_arguments_are_named(kw, name):
 
 def test_bad_task_is_named():
     with pytest.raises(ValueError, match="alpha"):
-        predicted_step(_task(S=3), np.ones(1))
+        predicted_step(_task(S=3), np.array([1.0, -1.0]))
     with pytest.raises(ValueError, match="pi"):
         predicted_step(np.ones((3, 3)), np.ones(2))
     with pytest.raises(ValueError, match="lam"):
@@ -271,3 +271,85 @@ def test_the_softmax_sink_transformer_with_c_inf_implements_the_law():
         got = torch.softmax(model(torch.as_tensor(y)), dim=-1).numpy()  # forward returns logits
     want = M.md_predictive_all_prefixes(y, pi, alpha, eta=r.eta)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)  # the construction's tolerance (BRIEF: 1e-10)
+
+
+# ------------------------------------------------------------------------------ the limits of the law (eq-step-law-regimes)
+@pytest.mark.parametrize("pi, alpha", [
+    (_task(S=3), np.array([0.7])),  # one lag: λ = 1
+    (np.tile(np.array([0.2, 0.5, 0.3]), (3, 1)), np.array([1.0, 2.0])),  # identical rows: no evidence
+    (np.ones((1, 1)), np.array([1.0, 1.0, 3.0])),  # S = 1
+    (_task(S=3), np.array([1e300, 1e300])),  # λ* = μ to float64 resolution
+])
+def test_no_evidence_gives_the_flat_law(pi, alpha):
+    """Every step gives the same predictor: the law is η ≡ η* (c∞ = inf, B = 0), not an error or NaN."""
+    r = predicted_step(pi, alpha, n_samples=16, rng=0)
+    assert r.regime == "flat" and r.c_inf == np.inf and r.B == 0 and r.c_inf_se == 0 and r.B_se == 0
+    np.testing.assert_array_equal(r.eta(np.array([0.0, 10.0, 1e6])), M.eta_bayes(alpha))
+    # independent route: one MD step from μ on sampled contexts, at steps from tiny to huge, stays at μ
+    # (the gradient is proportional to 1 = μ·∇ℓ/n wherever the lag factors agree across lags)
+    if np.all(alpha < 1e10):
+        y, _ = M.sample_icl(pi, alpha, 40, 8, rng=1)
+        C = M.lag_factors(y, pi, alpha.shape[0])
+        for eta in (1e-3, 1.0, 1e3):
+            np.testing.assert_allclose(M.one_step_md(C, alpha, eta=eta), np.broadcast_to(alpha / alpha.sum(), (8, len(alpha))),
+                                       rtol=8 * max(eta, 1.0) * 40 * np.finfo(float).eps)
+            # equal shifts of the softmax up to the gradient's rounding: n = 39 terms, relative eps each, times η
+
+
+def test_c_inf_tends_to_a_finite_limit_as_the_evidence_weakens():
+    """α = t·1 with t -> inf: λ* − μ = O(t^{-1/2}), R∞ is a quadratic form in it to leading order, so its
+    minimiser converges to a finite limit. The risk change is formed with log1p/expm1: as a difference of two
+    KLs (each of size log S) a change of size 1/t = 1e-20 is below their rounding, and the minimum wanders."""
+    pi = _task(S=3)
+    c = [predicted_step(pi, np.full(2, t), n_samples=64, rng=0) for t in (1e8, 1e20)]
+    assert all(r.regime == "interior" for r in c)
+    # the same seed draws the same normal variates behind both gamma draws, so the directions of λ* − μ
+    # agree; the leading-order correction at t = 1e8 is O(t^{-1/2}) = 1e-4
+    assert abs(c[0].c_inf / c[1].c_inf - 1) < 1e-3, (c[0].c_inf, c[1].c_inf)
+    assert c[1].c_inf_se >= 0 and not np.isnan(c[1].c_inf_se)
+
+
+def test_lag_weights_at_the_vertices_give_the_unbounded_law():
+    """α -> 0: λ* is a vertex e_j, ḡ(e_j) is largest at lag j, so λ^c -> λ* as c -> inf and the risk's
+    infimum is at c = inf: η ≡ η* (B = 0). Independently, one-step MD at η = c/n on long sampled sequences
+    gets better as c grows."""
+    pi, alpha = _task(S=3), np.full(2, 1e-300)
+    r = predicted_step(pi, alpha, n_samples=16, rng=0)
+    assert r.regime == "unbounded" and r.c_inf == np.inf and r.B == 0 and r.eta(1e6) == r.eta_star
+    for j in range(2):
+        assert np.argmax(limit_gradient(pi, alpha, np.eye(2)[j])) == j
+    y, lam = M.sample_icl(pi, alpha, 2001, 32, rng=2)
+    n = 2000 - 2
+    risks = [task_kl(y, lam, pi, alpha, c / n, L=2000).mean() for c in (1.0, 10.0, 100.0, 1000.0)]
+    assert np.all(np.diff(risks) < 0), risks
+
+
+def test_a_prior_mean_that_underflows_is_refused_naming_alpha():
+    with pytest.raises(ValueError, match="alpha: the prior mean"):
+        predicted_step(_task(S=3), np.array([1e-300, 1e300]))
+
+
+def test_float32_pi_and_a_slowly_mixing_chain():
+    """A float32 pi sums to 1 only within float32 rounding (renormalised in float64, else the power
+    iteration's mass drifts and never settles); a chain with a transition probability of 7e-8 mixes in ~1e7
+    steps (the stationary law then comes from a direct solve): ḡ against the dense solve of MTDModel."""
+    pi = np.array([[1 - 7e-5, 7e-5], [7e-8, 1 - 7e-8]])
+    alpha, lam = np.array([1.0, 2.0]), np.array([0.4, 0.6])
+    mu = alpha / alpha.sum()
+    rho, _ = MTDModel(pi, lam).stationary_distribution()
+    want = np.zeros(2)
+    for idx, w in enumerate(itertools.product(range(2), repeat=2)):  # oldest token first, like rho
+        lag = [w[1], w[0]]
+        for b in range(2):
+            p = sum(lam[h] * pi[lag[h], b] for h in range(2))
+            s = sum(mu[h] * pi[lag[h], b] for h in range(2))
+            want += rho[idx] * p * np.array([pi[lag[g], b] for g in range(2)]) / s
+    # two LU solves of a chain with condition ~1/gap = 1e7: agreement to ~1e7·eps
+    np.testing.assert_allclose(limit_gradient(pi, alpha, lam), want, rtol=1e-8)
+    pi32 = _task(S=3, concentration=0.3).astype(np.float32)
+    r32 = predicted_step(pi32, alpha, n_samples=16, rng=0)
+    pi64 = pi32.astype(np.float64)
+    r64 = predicted_step(pi64 / pi64.sum(axis=1, keepdims=True), alpha, n_samples=16, rng=0)
+    assert r32.regime == r64.regime == "interior"
+    # the same float64 matrix up to one more rounding of each row; the minimiser's tolerance is 1e-7 in log c
+    assert abs(r32.c_inf / r64.c_inf - 1) < 1e-6
