@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import mtdmath as M
+from mtdmath import _validate as V
 from mtdmath.nn import MDTransformer, StandardTransformer
 
 torch.set_num_threads(1)
@@ -72,15 +73,21 @@ def test_forward_compiles_to_one_graph(name):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo's warnings on the traced array-api helpers
-def test_eager_checks_would_break_the_graph(monkeypatch):
-    """The wrong case: with the host-side token checks traced, the graph breaks."""
+def test_eager_checks_would_break_the_graph():
+    """The wrong case: the host-side token checks of the eager forward, traced, split the graph."""
     y, models = _models()
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    model = models["std"]
+
+    def checked(tokens):
+        return model(V.check_tokens(tokens, S, m, "tokens"))
+
     torch._dynamo.reset()
     # fullgraph refuses the host read of the range check (as a graph break or a data-dependent guard)
     with pytest.raises(Exception, match="check_tokens"):
-        torch.compile(models["std"], backend="eager", fullgraph=True)(y)
+        torch.compile(checked, backend="eager", fullgraph=True)(y)
     torch._dynamo.reset()
+    explained = torch._dynamo.explain(checked)(y)
+    assert explained.graph_break_count >= 1
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo falls back to eager around the raise
