@@ -66,8 +66,21 @@ __all__ = ["MDConfig", "StandardConfig", "MDTransformer", "StandardTransformer",
 
 # ----------------------------------------------------------------------------- helpers
 def _tokens_2d(tokens: Any, S: int, m: int, device: torch.device) -> torch.Tensor:
-    """Validate tokens (B, T), integer, in [0, S), T >= m; int64 on ``device``."""
-    y = V.check_tokens(tokens, S, m, "tokens", torch_space(device, like=tokens))
+    """Validate tokens (B, T), integer, in [0, S), T >= m; int64 on ``device``.
+
+    Under ``torch.compile`` only what the graph knows statically is checked (a tensor, its
+    dtype and shape): the range check reads the tokens' values back to the host, which would
+    split the compiled graph. A compiled forward therefore trusts the token values.
+    """
+    if torch.compiler.is_compiling():
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype == torch.bool or tokens.is_floating_point() \
+                or tokens.is_complex():
+            raise ValueError("tokens must be an integer torch tensor in a compiled forward")
+        y = tokens.to(device=device, dtype=torch.int64)
+        if y.ndim == 2 and y.shape[1] < m:
+            raise ValueError(f"tokens must have length T >= m = {m} on its last axis (got T = {y.shape[1]})")
+    else:
+        y = V.check_tokens(tokens, S, m, "tokens", torch_space(device, like=tokens))
     if y.ndim != 2:
         raise ValueError(f"tokens must have shape (B, T) (got shape {tuple(y.shape)})")
     return y
@@ -331,11 +344,14 @@ class Responsibility(nn.Module):
         scores = scores + a.lag_bias[(lag - 1).clamp(0, m - 1)]
         window = (lag >= 1) & (lag <= m) & (pos >= m)[:, None]  # rows t < m: no transition ends there
         allowed = window.expand(B, T, T)
-        if bool(pi_zero.any()):
+        # compiled, the mask is always applied (a no-op where pi has no zero) and the data are not
+        # checked: both tests read a value back to the host, which would split the graph
+        compiling = torch.compiler.is_compiling()
+        if compiling or bool(pi_zero.any()):
             # pi[y[s], y[t]] = 0 -> score -inf, by masking (never 0 · -inf)
             allowed = allowed & ~pi_zero[y[:, None, :], y[:, :, None]]
             impossible = window.any(-1) & ~allowed.any(-1)  # (B, T): no lag explains y[t]
-            if bool(impossible.any()):
+            if not compiling and bool(impossible.any()):
                 b, t = impossible.nonzero()[0].tolist()
                 raise ValueError(f"tokens contain a transition with probability 0 under every lag of pi "
                                  f"(batch {b}, position {t}): the data are impossible under pi")
