@@ -119,19 +119,6 @@ def test_posterior_kernel_equals_the_generic_route(bk, m, n, B, seed, scale):
     np.testing.assert_allclose(fast[1], slow[1], rtol=1e-12, atol=1e-12)
 
 
-def test_posterior_parallel_kernel_equals_the_serial_one(monkeypatch):
-    from mtdmath import bayes as Bm
-
-    rng = np.random.default_rng(5)
-    C = rng.uniform(0.05, 1.0, (2, 30, 4))
-    alpha = rng.uniform(0.5, 2.0, 4)
-    serial = M.posterior_mean(C, alpha), M.log_evidence(C, alpha)
-    monkeypatch.setattr(Bm, "_PARALLEL_STATES", 1)  # split every level over the threads
-    par = M.posterior_mean(C, alpha), M.log_evidence(C, alpha)
-    np.testing.assert_allclose(par[0], serial[0], rtol=1e-13, atol=0)  # only the final sums regroup
-    np.testing.assert_allclose(par[1], serial[1], rtol=1e-13, atol=0)
-
-
 @pytest.mark.parametrize("variant, independent, freeze", [("shared", False, False), ("lagwise", False, False),
                                                           ("shared", True, False), ("shared", False, True)])
 def test_fit_em_kernel_equals_the_generic_em_map(variant, independent, freeze, monkeypatch):
