@@ -1,15 +1,21 @@
 """Compiled kernels (numba) behind the public functions, for NumPy (and CPU torch) inputs.
 
 Each kernel is a fast path of one public function and is tested against that function's generic
-Array-API route (tests/test_kernels.py). Kernels are compiled on first use and cached on disk
+Array-API route (tests/test_kernels*.py). Kernels are compiled on first use and cached on disk
 (``cache=True``): ``import mtdmath`` compiles nothing and does not import numba. The cold compile
 takes a few seconds per kernel and dtype; warm calls load the cached machine code.
 
 Set ``MTDMATH_DISABLE_KERNELS=1`` to force the generic route everywhere (the tests do, to compare).
+
+Threads: a threaded kernel is only launched where its work pays for waking the pool (each caller
+keeps a serial route below a measured size), and the pool is started by :func:`start_threads`,
+whose OpenMP workers sleep rather than spin while they wait.
 """
 from __future__ import annotations
 
 import os
+
+_started = False
 
 
 def enabled() -> bool:
@@ -21,3 +27,30 @@ def enabled() -> bool:
     except ImportError:
         return False
     return True
+
+
+def start_threads() -> None:
+    """Start numba's thread pool (once per process) with workers that wait passively.
+
+    With the OpenMP threading layer, idle workers spin by default (GNU OpenMP: up to about 0.3 s
+    per wait); on a machine whose cores are shared, a spinning worker takes a core from the
+    thread it is waiting for, and a parallel map became several times slower in wall time than
+    one thread. GNU OpenMP reads ``OMP_WAIT_POLICY`` once, when numba's pool loads it, so the
+    policy is set to ``PASSIVE`` for that moment only (unless the user chose one) and the
+    environment is restored afterwards: other OpenMP runtimes loaded later (torch's) are not
+    affected. TBB and numba's workqueue layer do not spin and are left as they are.
+    """
+    global _started
+    if _started:
+        return
+    chose = "OMP_WAIT_POLICY" in os.environ
+    if not chose:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        from numba.np.ufunc import parallel
+
+        parallel._launch_threads()
+    finally:
+        if not chose:
+            del os.environ["OMP_WAIT_POLICY"]
+    _started = True
