@@ -250,6 +250,8 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
     row_start = _ragged_rows(n, lay)
     args = (np.ascontiguousarray(Cn), np.ascontiguousarray(alpha, dtype=np.float64), lay.pk, lay.ps,
             lay.par, lay.group_start, row_start, post, log_scale)
+    if route != "serial":
+        _kernels.start_threads()
     if route == "rows":
         forward_rows(*args, nch, _spare_cells(n, lay, nch))
     elif route == "batch":
