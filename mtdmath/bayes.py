@@ -28,8 +28,13 @@ from . import _xp
 
 #: default memory budget (bytes) of the exact recursion; above it posterior_mean raises
 DEFAULT_MAX_BYTES = 2 * 2**30
-#: the compiled recursion splits a level over threads when the last level has this many states
-_PARALLEL_STATES = 1 << 20
+#: the compiled recursion splits each level over threads when the last level has this many states:
+#: every level ends in a barrier, and next to a busy process each barrier waits for a descheduled
+#: worker (m = 4, n = 185, 1.1 M states: ten times slower at two threads than at one); levels of
+#: 16 M states (tens of milliseconds each) absorb that
+_PARALLEL_STATES = 1 << 24
+#: the batch-parallel route needs this many cell updates in all (a few milliseconds; one barrier per call)
+_BATCH_WORK = 1 << 21
 
 
 def n_states(n: int, m: int) -> int:
@@ -279,7 +284,8 @@ def _kernel_route(B: int, n: int, m: int, threads: int) -> tuple[str, int]:
         return "serial", 1
     if n_states(n, m) >= _PARALLEL_STATES and m >= 3:
         return "rows", 2 * threads
-    if B > 1 and n_states(n, m) < _PARALLEL_STATES:
+    # Σ_{L <= n} n_states(L, m) = n_states(n, m + 1): the cell updates of one sequence
+    if B > 1 and n_states(n, m) < _PARALLEL_STATES and B * n_states(n, m + 1) >= _BATCH_WORK:
         return "batch", 1
     return "serial", 1
 

@@ -66,6 +66,9 @@ def test_row_split_reads_the_copied_group(monkeypatch):
 
 THREADS_CODE = """
 import numpy as np, mtdmath as M
+from mtdmath import bayes as Bm
+Bm._PARALLEL_STATES = 1 << 20  # the row-split route for m = 4, n = 185 at two threads
+Bm._BATCH_WORK = 0  # and the batch route for the batches
 rng = np.random.default_rng(0)
 for (B, n, m) in [(1, 185, 4), (6, 40, 4), (3, 60, 3)]:
     C = rng.uniform(0.05, 1.0, (B, n, m))
@@ -89,8 +92,10 @@ def test_results_do_not_depend_on_the_thread_count():
 def test_route_choice():
     assert Bm._kernel_route(8, 50, 4, 1) == ("serial", 1)
     assert Bm._kernel_route(8, 50, 4, 2)[0] == "batch"
+    assert Bm._kernel_route(8, 5, 4, 2)[0] == "serial"  # too little work to wake a thread
     assert Bm._kernel_route(1, 50, 4, 2)[0] == "serial"
-    assert Bm._kernel_route(1, 185, 4, 2)[0] == "rows"
+    assert Bm._kernel_route(1, 185, 4, 2)[0] == "serial"  # 1.1 M states: a barrier per level costs more
+    assert Bm._kernel_route(1, 500, 4, 2)[0] == "rows"  # 21 M states
     assert Bm._kernel_route(1, 10**7, 2, 2)[0] == "serial"  # m = 2: one row, nothing to split
 
 

@@ -19,10 +19,12 @@ import math
 import numba as nb
 import numpy as np
 
-#: cells (restarts x components x distinct tuples) below which a call runs serially. A parallel
-#: launch costs tens of microseconds (wake, barrier); one cell costs about a nanosecond, so
-#: threads need about 1e5 cells to gain (bench/test_bench_kernels.py measures both sides)
-SERIAL_CELLS = 200_000
+#: cells (restarts x components x distinct tuples) below which a call runs serially. On an idle
+#: machine a parallel launch costs tens of microseconds and a cell about a nanosecond; but next
+#: to a busy process every launch waits for a descheduled worker (milliseconds): at 1.7e6 cells
+#: per call (the S = 10, m = 4, n = 1e5 fit, about 5 ms) two threads were 1.5x slower than one
+#: (bench/test_bench_busy.py). Threads are used only where one call is long enough to absorb that
+SERIAL_CELLS = 20_000_000
 
 
 @nb.njit(cache=True, nogil=True)
