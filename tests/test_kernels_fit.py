@@ -58,3 +58,14 @@ def test_start_threads_leaves_the_environment_as_it_was():
     before = os.environ.get("OMP_WAIT_POLICY")
     _kernels.start_threads()
     assert os.environ.get("OMP_WAIT_POLICY") == before
+
+
+def test_small_work_does_not_import_numba_in_a_fresh_process():
+    import subprocess
+    import sys
+
+    code = ("import sys; from mtdmath import _kernels; small = _kernels.enabled(work=10); "
+            "print(small, 'numba' in sys.modules, _kernels.enabled(work=10**9), _kernels.enabled(work=10))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    # small and fresh: no numba; large: numba imported and used; small again once numba is loaded: used
+    assert out == ["False", "False", "True", "True"]

@@ -14,13 +14,27 @@ whose OpenMP workers sleep rather than spin while they wait.
 from __future__ import annotations
 
 import os
+import sys
 
 _started = False
 
 
-def enabled() -> bool:
-    """Whether the compiled fast paths are used (numba importable and not disabled)."""
+#: below this much work (the caller's unit; for the fit, restart x component x tuple cells of one
+#: EM map) a process that has not imported numba yet does not import it: importing numba and
+#: loading a cached kernel costs about 0.5 s of CPU. A first estimate (a NumPy EM map costs about
+#: 10 ns a cell, a fit about 100 maps); the caller that passes ``work`` measures where it pays
+COLD_WORK = 2_000_000
+
+
+def enabled(work: int | None = None) -> bool:
+    """Whether the compiled fast paths are used (numba importable and not disabled).
+
+    ``work``: the size of the problem at hand; below :data:`COLD_WORK`, False unless numba is
+    already imported (no cold-start tax on small problems in a fresh process).
+    """
     if os.environ.get("MTDMATH_DISABLE_KERNELS", "") not in ("", "0"):
+        return False
+    if work is not None and work < COLD_WORK and "numba" not in sys.modules:
         return False
     try:
         import numba  # noqa: F401
