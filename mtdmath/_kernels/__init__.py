@@ -21,8 +21,9 @@ _started = False
 
 #: below this much work (the caller's unit; for the fit, restart x component x tuple cells of one
 #: EM map) a process that has not imported numba yet does not import it: importing numba and
-#: loading a cached kernel costs about 0.5 s of CPU. A first estimate (a NumPy EM map costs about
-#: 10 ns a cell, a fit about 100 maps); the caller that passes ``work`` measures where it pays
+#: loading a cached kernel costs about 0.5 s of CPU. A first estimate: a NumPy EM map costs about
+#: 6 ns a cell (S = 10, m = 4, 10 restarts), a fit about 100 maps; the caller that passes ``work``
+#: measures where it pays
 COLD_WORK = 2_000_000
 
 
