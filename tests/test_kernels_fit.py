@@ -69,3 +69,26 @@ def test_small_work_does_not_import_numba_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     # small and fresh: no numba; large: numba imported and used; small again once numba is loaded: used
     assert out == ["False", "False", "True", "True"]
+
+
+@pytest.mark.parametrize("variant, independent, freeze, order", [
+    ("shared", False, False, 3), ("lagwise", False, False, 3), ("shared", True, False, 2), ("shared", False, True, 3),
+    ("shared", False, False, 1)])
+def test_predicted_gain_kernel_equals_the_numpy_one(variant, independent, freeze, order):
+    from mtdmath.fitting.em import _EM, _Layout, _prepare
+
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 3, size=2000)  # 3 symbols and 3 lags: equal context tokens are common (shared rows)
+    lay = _Layout(3, order, variant, independent)
+    em = _EM(_prepare([y], order, None, None, None), lay, freeze_pi=freeze)
+    for _ in range(4):
+        theta = lay.normalise(rng.random(lay.size))
+        kept = theta.copy()
+        theta[lay.K + 1] = 0.0  # an entry at 0: excluded from the argmax of its row ...
+        if not (em.estep(theta)[1] > 0).all():  # ... unless that makes the data impossible
+            theta = kept
+        want = em.predicted_gain(theta)
+        got = fitem.predicted_gain(theta, em.idx_i64, em.w, em.nxt.astype(np.int64), lay.K, lay.S, em.n_rest, freeze)
+        # the same terms summed in another order (bincount/einsum against one pass): 1e-12 relative
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+        assert want > 0 or freeze

@@ -153,3 +153,78 @@ def em_batch(x, idx, w, K, S, n_rest, freeze_pi, new, ll, *, n_jobs: int | None 
     finally:
         numba.set_parallel_chunksize(prev_chunk)
         numba.set_num_threads(prev)
+
+
+@nb.njit(cache=True, nogil=True)
+def predicted_gain(theta, idx, w, nxt, K, S, n_rest, freeze_pi):  # pragma: no cover - compiled
+    """The fit's predicted gain at theta (d,): Σ over simplex blocks of gap² / (2 c), in one E-step
+    pass and one curvature pass over the tuples (the quantity of the NumPy ``_EM.predicted_gain``:
+    the gain of the best Frank-Wolfe line step per block under the quadratic model, docs/math.md §2).
+
+    ``nxt`` (U,): the next token of each tuple. Components that use the same emission row at one
+    tuple (a shared pi with equal context tokens) are summed before squaring; with a lag-wise pi
+    no two components share a row, so the same loop serves both. Returns inf where some tuple
+    has probability 0 under theta.
+    """
+    U = idx.shape[1]
+    s = np.empty(U)
+    g_lam = np.zeros(K)
+    G = np.zeros(n_rest)
+    for u in range(U):
+        su = 0.0
+        for k in range(K):
+            su += theta[k] * theta[idx[k, u]]
+        if not su > 0.0:
+            return np.inf
+        s[u] = su
+        q = w[u] / su
+        for k in range(K):
+            g_lam[k] += theta[idx[k, u]] * q
+            G[idx[k, u] - K] += theta[k] * q
+    jstar, best, dot = 0, -np.inf, 0.0
+    for k in range(K):
+        dot += theta[k] * g_lam[k]
+        if theta[k] > 0.0 and g_lam[k] > best:
+            jstar, best = k, g_lam[k]
+    gap = best - dot
+    c = 0.0
+    for u in range(U):
+        d = theta[idx[jstar, u]] - s[u]  # direction e_{j*} - lam: ds_u = P_{j*}(u) - s_u
+        c += (w[u] / s[u] / s[u]) * d * d
+    total = gap * gap / (2.0 * c) if gap > 0.0 and c > 0.0 else 0.0
+    if freeze_pi:
+        return total
+    n_rows = n_rest // S
+    bstar = np.zeros(n_rows, dtype=np.int64)
+    gaps = np.empty(n_rows)
+    for row in range(n_rows):
+        top, n_row = -np.inf, 0.0
+        for col in range(S):
+            t, g = theta[K + row * S + col], G[row * S + col]
+            n_row += t * g
+            if t > 0.0 and g > top:
+                bstar[row], top = col, g
+        gaps[row] = top - n_row
+    c_rows = np.zeros(n_rows)
+    rk = np.empty(K, dtype=np.int64)
+    ak = np.empty(K)
+    for u in range(U):
+        h = w[u] / s[u] / s[u]
+        for k in range(K):  # ds_u along d_r for the row r of component k: lam_k ([nxt_u = b*_r] - theta_r[nxt_u])
+            rk[k] = (idx[k, u] - K) // S
+            ak[k] = theta[k] * ((1.0 if nxt[u] == bstar[rk[k]] else 0.0) - theta[idx[k, u]])
+        for k in range(K):
+            first = True
+            for j in range(k):
+                if rk[j] == rk[k]:
+                    first = False
+            if first:
+                a = 0.0
+                for j in range(k, K):
+                    if rk[j] == rk[k]:
+                        a += ak[j]
+                c_rows[rk[k]] += h * a * a
+    for row in range(n_rows):
+        if gaps[row] > 0.0 and c_rows[row] > 0.0:
+            total += gaps[row] * gaps[row] / (2.0 * c_rows[row])
+    return total
