@@ -196,6 +196,12 @@ def _cpu(fn, repeats: int) -> float:
     return best
 
 
+def _say(lines: list, line: str) -> None:
+    """Print a target line at once (a long run may be cut short) and keep it for the summary."""
+    print(line, flush=True)
+    lines.append(line)
+
+
 def _targets(args) -> int:
     import numba
 
@@ -220,7 +226,7 @@ def _targets(args) -> int:
             t_new.append(_cpu(lambda: new.fit(y, 4, restarts=10, rng=0), 1))
             t_old.append(_cpu(lambda: old.fit(y, 4, restarts=10, rng=0), 1))
         r = min(t_old) / min(t_new)
-        lines.append(f"fit S=10 m=4 n=1e5 10 restarts, one thread: {min(t_new):.3f} s CPU against {min(t_old):.3f} s "
+        _say(lines, f"fit S=10 m=4 n=1e5 10 restarts, one thread: {min(t_new):.3f} s CPU against {min(t_old):.3f} s "
                      f"at {args.old_rev}: {r:.2f}x (target >= 3x: {'met' if r >= 3 else 'MISSED'}); "
                      f"log-likelihood equal to 1e-9: {'yes' if same else 'NO'}")
     for n, m in [(128, 5)] + ([(256, 5)] if args.big else []):
@@ -237,7 +243,7 @@ def _targets(args) -> int:
         r = min(t_old) / min(t_new)
         pk_new, pk_old = _peak(new_path, "mtdmath", n, m), _peak(old_path, "mtdmath_old", n, m)
         frac = pk_new / pk_old
-        lines.append(f"exact posterior m={m} n={n}, one thread: {min(t_new):.2f} s CPU against {min(t_old):.2f} s at "
+        _say(lines, f"exact posterior m={m} n={n}, one thread: {min(t_new):.2f} s CPU against {min(t_old):.2f} s at "
                      f"{args.old_rev}: {r:.2f}x (target >= 1.4x: {'met' if r >= 1.4 else 'MISSED'}); peak memory "
                      f"{pk_new / 2**30:.2f} GiB against {pk_old / 2**30:.2f} GiB = {100 * frac:.0f} % (target <= 55 %: "
                      f"{'met' if frac <= 0.55 else 'MISSED'}); largest relative difference {err:.1e} "
