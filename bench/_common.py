@@ -158,6 +158,25 @@ def target_summary() -> list[str]:
             out.append(f"bayes posterior_mean_mc {key[4]}: {_fmt_t(r['median_s'])} for max |error| "
                        f"{r['abs_error']:.1e} (stderr {r['stderr']:.1e}, target 1e-4){exs}")
     out += _kernel_targets()
+    out += _thread_targets()
+    return out
+
+
+def _thread_targets() -> list[str]:
+    """Groups ``busy`` and ``threads``: two threads against one, as met/MISSED lines."""
+    out = []
+    for kernel in ("fit", "bayes_batch", "bayes_rows", "allprefix"):
+        one, two = (RESULTS.get(("busy", kernel, "numpy", "float64", f"threads{t}")) for t in (1, 2))
+        if one and two:
+            r = two["median_s"] / one["median_s"]
+            out.append(f"busy machine {kernel}: two threads {_fmt_t(two['median_s'])}, one thread "
+                       f"{_fmt_t(one['median_s'])} next to a busy process: {r:.2f} of the one-thread time "
+                       f"(target <= 1: {'met' if r <= 1 else 'MISSED'})")
+    one, two = (RESULTS.get(("threads", "bayes_batch", "numpy", "float64", f"threads{t}")) for t in (1, 2))
+    if one and two:
+        sp = one["median_s"] / two["median_s"]
+        out.append(f"threads exact posterior, batch of 8 (m=4, n=48): two threads {sp:.2f}x one thread "
+                   f"(target >= 1.7x: {'met' if sp >= 1.7 else 'MISSED'})")
     return out
 
 

@@ -9,12 +9,23 @@ the ratio new/old (< 1: the new core is faster)::
     python bench/compare_core_versions.py --old-rev 9b3a2b0 [--repeats 7] [--threads 1] [--json out.json]
 
 Results are checked equal (float64: rtol 1e-10) before timing.
+
+``--targets`` times, instead, the cases that have targets against an earlier commit (run it with
+``--old-rev f1b8ced``, the commit before the compiled kernels, and with ``--old-rev 9bc8182``
+for the exact posterior), in CPU time of this process, numba at one thread, and prints every
+target as met or MISSED at the end:
+
+- the fit, S = 10, m = 4, n = 1e5, 10 restarts: new at least 3x faster than old, and the same
+  log-likelihood (1e-9 relative);
+- the exact posterior m = 5, n = 128 (``--big`` adds n = 256): new at least 1.4x faster, and its
+  peak resident memory (fresh processes) at most 55 % of old's; results equal to 1e-12.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -56,8 +67,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (default 1: on a shared machine, waiting threads dominate "
                          "small operations and make 2-thread timings meaningless)")
+    ap.add_argument("--targets", action="store_true", help="time the cases with targets (see above) instead")
+    ap.add_argument("--big", action="store_true", help="with --targets: add the exact posterior m = 5, n = 256")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.targets:
+        return _targets(args)
     sys.path.insert(0, _extract(args.old_rev))
     import mtdmath as new
 
@@ -142,6 +157,101 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(old_rev=args.old_rev, torch_threads=torch.get_num_threads(), rows=rows), fh, indent=1)
+    return 0
+
+
+PEAK_CODE = """
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+M = __import__(sys.argv[2])
+n, m = int(sys.argv[3]), int(sys.argv[4])
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+C = np.random.default_rng(0).uniform(0.05, 1, (1, n, m))
+M.posterior_mean(C[:, :3], np.ones(m))  # numba and the compiled kernel loaded first
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+base = rss("VmRSS")
+M.posterior_mean(C, np.ones(m), max_bytes=2**40)
+print(rss("VmHWM") - base)
+"""
+
+
+def _peak(path: str, module: str, n: int, m: int) -> int:
+    """Peak resident memory one exact posterior adds in a fresh process, bytes."""
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", PEAK_CODE, path, module, str(n), str(m)], env=env,
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
+def _cpu(fn, repeats: int) -> float:
+    """Minimum process CPU time of ``fn`` over ``repeats`` calls."""
+    best = math.inf
+    for _ in range(repeats):
+        t = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t)
+    return best
+
+
+def _say(lines: list, line: str) -> None:
+    """Print a target line at once (a long run may be cut short) and keep it for the summary."""
+    print(line, flush=True)
+    lines.append(line)
+
+
+def _targets(args) -> int:
+    import numba
+
+    numba.set_num_threads(1)
+    old_path = _extract(args.old_rev)
+    sys.path.insert(0, old_path)
+    import mtdmath as new
+
+    old = importlib.import_module("mtdmath_old")
+    new_path = os.path.dirname(os.path.dirname(os.path.abspath(new.__file__)))
+    lines = []
+    if hasattr(old, "fit"):
+        from mtdmath.fitting import MTDModel
+
+        rng = np.random.default_rng(0)
+        true = MTDModel(new.random_transition_matrix(10, concentration=0.5, rng=rng), rng.dirichlet(np.ones(4)))
+        y = true.sample(100_000, rng=1)
+        f_new, f_old = new.fit(y, 4, restarts=10, rng=0), old.fit(y, 4, restarts=10, rng=0)
+        same = abs(f_new.loglik - f_old.loglik) <= 1e-9 * abs(f_old.loglik)
+        t_new, t_old = [], []
+        for _ in range(args.repeats):  # alternate, so load changes hit both alike
+            t_new.append(_cpu(lambda: new.fit(y, 4, restarts=10, rng=0), 1))
+            t_old.append(_cpu(lambda: old.fit(y, 4, restarts=10, rng=0), 1))
+        r = min(t_old) / min(t_new)
+        _say(lines, f"fit S=10 m=4 n=1e5 10 restarts, one thread: {min(t_new):.3f} s CPU against {min(t_old):.3f} s "
+                     f"at {args.old_rev}: {r:.2f}x (target >= 3x: {'met' if r >= 3 else 'MISSED'}); "
+                     f"log-likelihood equal to 1e-9: {'yes' if same else 'NO'}")
+    for n, m in [(128, 5)] + ([(256, 5)] if args.big else []):
+        C = np.random.default_rng(n).uniform(0.05, 1.0, (1, n, m))
+        a = np.ones(m)
+        p_new = new.posterior_mean(C, a, max_bytes=2**40)
+        p_old = old.posterior_mean(C, a, max_bytes=2**40)
+        err = float(np.max(np.abs(p_new / p_old - 1)))
+        reps = 1 if n > 128 else args.repeats
+        t_new, t_old = [], []
+        for _ in range(reps):
+            t_new.append(_cpu(lambda: new.posterior_mean(C, a, max_bytes=2**40), 1))
+            t_old.append(_cpu(lambda: old.posterior_mean(C, a, max_bytes=2**40), 1))
+        r = min(t_old) / min(t_new)
+        pk_new, pk_old = _peak(new_path, "mtdmath", n, m), _peak(old_path, "mtdmath_old", n, m)
+        frac = pk_new / pk_old
+        _say(lines, f"exact posterior m={m} n={n}, one thread: {min(t_new):.2f} s CPU against {min(t_old):.2f} s at "
+                     f"{args.old_rev}: {r:.2f}x (target >= 1.4x: {'met' if r >= 1.4 else 'MISSED'}); peak memory "
+                     f"{pk_new / 2**30:.2f} GiB against {pk_old / 2**30:.2f} GiB = {100 * frac:.0f} % (target <= 55 %: "
+                     f"{'met' if frac <= 0.55 else 'MISSED'}); largest relative difference {err:.1e} "
+                     f"(<= 1e-12: {'yes' if err <= 1e-12 else 'NO'})")
+    print(f"\ntargets against {args.old_rev} (process CPU time, min over {args.repeats} alternating rounds, numba at "
+          "one thread):")
+    for ln in lines:
+        print("  " + ln)
     return 0
 
 

@@ -92,6 +92,7 @@ def _report_load():
     C.LOAD["wall_s"] = time.perf_counter() - t0
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables: the targets are the last lines of the output
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     lines = C.target_summary()
     if lines:

@@ -28,8 +28,13 @@ from . import _xp
 
 #: default memory budget (bytes) of the exact recursion; above it posterior_mean raises
 DEFAULT_MAX_BYTES = 2 * 2**30
-#: the compiled recursion splits a level over threads when the last level has this many states
-_PARALLEL_STATES = 1 << 20
+#: the compiled recursion splits each level over threads when the last level has this many states:
+#: every level ends in a barrier, and next to a busy process each barrier waits for a descheduled
+#: worker (m = 4, n = 185, 1.1 M states: ten times slower at two threads than at one); levels of
+#: 16 M states (tens of milliseconds each) absorb that
+_PARALLEL_STATES = 1 << 24
+#: the batch-parallel route needs this many cell updates in all (a few milliseconds; one barrier per call)
+_BATCH_WORK = 1 << 21
 
 
 def n_states(n: int, m: int) -> int:
@@ -166,14 +171,17 @@ def _layout_rows(n: int, m: int) -> int:
     return comb(n + m - 2, m - 2)
 
 
-def _bytes_needed(batch: int, n: int, m: int, kernel: bool | None = None) -> int:
+def _bytes_needed(batch: int, n: int, m: int, kernel: bool | None = None, threads: int | None = None) -> int:
     """An upper bound of the peak memory of the exact recursion (bytes), checked in the tests.
 
     Array-API route (tracemalloc): two padded levels W of (R+1)·(n+1) floats per sequence and the
     temporaries of a chunk's moves (products, the shifted column, the parent gather, their sums:
     up to about 6 more levels' worth per sequence, 7.5 measured), plus 4 levels for the layout's
-    index arrays on the device and the final moments: ``8·batch + 4`` levels. Compiled route (peak RSS): two ragged levels of exactly
-    n_states(n, m) floats (no padding), per-row maxima and moment sums. Both: the layout (the
+    index arrays on the device and the final moments: ``8·batch + 4`` levels. Compiled route (peak
+    RSS): one ragged level of exactly n_states(n, m) floats (no padding) per sequence in flight
+    (``min(batch, threads)`` when the batch runs in parallel), the groups the row-split route
+    copies aside, the row offsets and a row buffer per thread (``threads``: numba's thread count
+    when None). Both: the layout (the
     prefixes with their build stages, their parents, keys, row offsets and the float copy of the
     counts the Array-API route uses: about 5(m-2) + 10 numbers per row), the copies of C (three), and a fixed 64 KiB of small arrays.
     """
@@ -185,13 +193,23 @@ def _bytes_needed(batch: int, n: int, m: int, kernel: bool | None = None) -> int
         kernel = _kernels.enabled()
     R = _layout_rows(n, m)
     layout = 8 * R * (5 * (m - 2) + 10) + 24 * batch * n * m + 2**16
-    if kernel:  # two ragged levels of n_states(n, m) cells, row maxima and moment sums
-        return 16 * n_states(n, m) + 8 * R * (m + 2) + layout
+    if kernel:
+        if threads is None:
+            import numba
+
+            threads = numba.get_num_threads()
+        route, nch = _kernel_route(batch, n, m, threads)
+        levels = min(batch, threads) if route == "batch" else 1
+        spare = 0
+        if route == "rows":  # nch-1 prefix-sum groups: binom(s+m-3, m-3) rows of n+1-s cells
+            spare = (nch - 1) * max(comb(s + m - 3, m - 3) * (n + 1 - s) for s in range(n + 1))
+        return 8 * (levels * n_states(n, m) + spare + R + 1 + threads * nch * (n + 1)) + layout
     return 8 * (R + 1) * (n + 1) * (8 * batch + 4) + layout
 
 
-def _check_budget(batch: int, n: int, m: int, max_bytes: float, kernel: bool | None = None) -> None:
-    need = _bytes_needed(batch, n, m, kernel)
+def _check_budget(batch: int, n: int, m: int, max_bytes: float, kernel: bool | None = None,
+                  threads: int | None = None) -> None:
+    need = _bytes_needed(batch, n, m, kernel, threads)
     if need > max_bytes:
         raise ValueError(
             f"C: the exact posterior needs about {need / 2**30:.2f} GiB for n = {n}, m = {m} "
@@ -223,33 +241,60 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
 
     if not _kernels.enabled() or n == 0 or m == 1:
         return _forward_xp(C, alpha, max_bytes)
-    _check_budget(B, n, m, max_bytes, kernel=True)
+    import numba
+
+    from ._kernels.bayes import forward, forward_batch, forward_rows
+
+    route, nch = _kernel_route(B, n, m, numba.get_num_threads())
+    _check_budget(B, n, m, max_bytes, kernel=True, threads=numba.get_num_threads())
     cmax = C.max(axis=2)  # (B, n), > 0
     Cn = C / cmax[..., None]
     log_scale = np.log(cmax).sum(axis=1)
-    # the fused level kernel on the ragged layout: the same recursion, one pass per level
-    import numba
-
-    from ._kernels.bayes import forward, forward_parallel
-
-    # threads pay off only for large levels: a barrier per level costs more than a small level
-    threads = numba.get_num_threads()
-    parallel = threads > 1 and n_states(n, m) >= _PARALLEL_STATES
-
     lay = _layout(n, m)
-    R = lay.R
     post = np.empty((B, m))
-    # the ragged layout: row q keeps its n - ps_q + 1 usable cells, rows one after another
-    row_start = np.zeros(R + 1, dtype=np.int64)
-    np.cumsum(n - lay.ps + 1, out=row_start[1:])
+    row_start = _ragged_rows(n, lay)
     args = (np.ascontiguousarray(Cn), np.ascontiguousarray(alpha, dtype=np.float64), lay.pk, lay.ps,
             lay.par, lay.group_start, row_start, post, log_scale)
-    if parallel:
-        forward_parallel(*args, 4 * threads)
+    if route != "serial":
+        _kernels.start_threads()
+    if route == "rows":
+        forward_rows(*args, nch, _spare_cells(n, lay, nch))
+    elif route == "batch":
+        forward_batch(*args)
     else:
         forward(*args)
     return post, log_scale
-    return _forward_xp(C, alpha, max_bytes)
+
+
+def _ragged_rows(n: int, lay: _Layout) -> np.ndarray:
+    """Offsets of the rows of the ragged layout: row q keeps its n - ps_q + 1 usable cells."""
+    row_start = np.zeros(lay.R + 1, dtype=np.int64)
+    np.cumsum(n - lay.ps + 1, out=row_start[1:])
+    return row_start
+
+
+def _kernel_route(B: int, n: int, m: int, threads: int) -> tuple[str, int]:
+    """Which compiled recursion runs, and its number of chunks per level.
+
+    ``"batch"``: the sequences in parallel, one buffer each (small levels, B > 1); ``"rows"``: each
+    level split into chunks over the threads (large levels, where a level costs far more than a
+    thread barrier); ``"serial"`` otherwise. The results do not depend on the route.
+    """
+    if threads <= 1:
+        return "serial", 1
+    if n_states(n, m) >= _PARALLEL_STATES and m >= 3:
+        return "rows", 2 * threads
+    # Σ_{L <= n} n_states(L, m) = n_states(n, m + 1): the cell updates of one sequence
+    if B > 1 and n_states(n, m) < _PARALLEL_STATES and B * n_states(n, m + 1) >= _BATCH_WORK:
+        return "batch", 1
+    return "serial", 1
+
+
+def _spare_cells(n: int, lay: _Layout, nch: int) -> int:
+    """Cells the row-split route copies aside per level: at most nch-1 whole prefix-sum groups."""
+    rows = np.diff(lay.group_start)  # rows of each prefix sum s = 0..n
+    cells = rows * (n + 1 - np.arange(rows.shape[0]))
+    return int((nch - 1) * cells.max())
 
 
 def _forward_checked(C: np.ndarray, alpha: np.ndarray, max_bytes: float) -> tuple[np.ndarray, np.ndarray]:

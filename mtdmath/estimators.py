@@ -561,7 +561,10 @@ def _use_kernel(space: Any, pi: Any) -> bool:
 def _kernel_one_step(y: Any, pi: Any, mu: np.ndarray, eta: Any, space: Any, batch: tuple, out: Any) -> Any:
     """The fused one-step kernel on host arrays (zero-copy views of CPU torch tensors); ``eta`` is a
     scalar or the (T-m+1,) steps of the prefix rows."""
+    from . import _kernels
     from ._kernels.allprefix import one_step_all_prefixes
+
+    _kernels.start_threads()  # a no-op after the first call
 
     T = y.shape[-1]
     y_np = np.ascontiguousarray(_xp.to_numpy(y).reshape(-1, T), dtype=np.int64)
