@@ -255,7 +255,7 @@ VALID = {
     ("eta_bayes", "alpha", "shape"): "any length of alpha is an order m",
     ("md_predictive_all_prefixes", "alpha", "shape"): "any length of alpha is an order m (T = 8 >= 3)",
     ("optimal_step", "alpha", "shape"): "any length of alpha is an order m",
-    ("predicted_step", "alpha", "shape"): "any length m >= 2 of alpha is an order m (m = 1 is refused: tested apart)",
+    ("predicted_step", "alpha", "shape"): "any length of alpha is an order m",
     ("mle", "C", "shape"): "any number of columns is an order m",
     ("log_likelihood", "C", "impossible"): "impossible data have log-likelihood -inf (documented)",
     ("log_evidence", "C", "impossible"): "impossible data have log evidence -inf (documented)",
