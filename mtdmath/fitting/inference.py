@@ -244,6 +244,10 @@ def observed_inference(em: _EM, theta: np.ndarray) -> Inference:
     boundary = np.zeros(d, dtype=bool)
     if G is not None:
         tiny = (rows * G < BOUNDARY_NATS) & (rows * n_row[:, None] < BOUNDARY_NATS)
+        # a row keeps its largest entry off the boundary: zeroing all of them would leave no law on the face
+        # (a one-state row is 1 by definition), and intervals around that empty row miss the estimate
+        empty = np.flatnonzero(tiny.all(axis=1))
+        tiny[empty, np.argmax(rows[empty], axis=1)] = False
         boundary[K:] = tiny.ravel()
     if boundary.any():
         # the face's point: boundary entries at exactly 0, their rows renormalised (moves the log-likelihood by
