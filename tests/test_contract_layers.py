@@ -306,13 +306,17 @@ def test_mtd_model_law_contract(S, k, seed, variant):
 # ---------------------------------------------------------------------------------------------------------
 # fitting: selection, tests, the paper's model
 # ---------------------------------------------------------------------------------------------------------
+def _select(select, d):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeWarning)  # capped fits
+        return select(d["seqs"], max(d["lags"]), n_states=d["n_states"], variant=d["variant"], restarts=2,
+                      max_iter=400, weights=d["weights"], rng=d["seed"])
+
+
 @_FEW
 @given(fit_data(max_T=80))
 def test_select_order_loglik_nondecreasing(d):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=RuntimeWarning)
-        best, table = M.select_order(d["seqs"], max(d["lags"]), n_states=d["n_states"], variant=d["variant"],
-                                     restarts=2, max_iter=400, weights=d["weights"], rng=d["seed"])
+    best, table = _select(M.select_order, d)
     ll = np.array([row["loglik"] for row in table])
     assert np.all(np.isfinite(ll))
     # nondecreasing by construction; a refit from the order-m law loses at most rounding
@@ -324,10 +328,7 @@ def test_select_order_loglik_nondecreasing(d):
 @_FEW
 @given(fit_data(max_T=80))
 def test_select_lags_contract(d):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=RuntimeWarning)
-        best, table = M.select_lags(d["seqs"], max(d["lags"]), n_states=d["n_states"], variant=d["variant"],
-                                    restarts=1, max_iter=300, weights=d["weights"], rng=d["seed"])
+    best, table = _select(M.select_lags, d)
     assert set(best.lags_) <= set(range(1, max(d["lags"]) + 1))
     assert all(np.isfinite(row["loglik"]) for row in table)
     _check_mtd(best, {**d, "lags": best.lags_})
