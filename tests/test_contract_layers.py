@@ -34,9 +34,9 @@ from mtdmath import nn as mnn  # noqa: E402
 
 SLOW = os.environ.get("MTDMATH_SLOW") == "1"
 #: examples per test: the file runs in about a minute on one core in CI
-EXAMPLES = 100 if SLOW else 8
+EXAMPLES = 100 if SLOW else 12
 #: ... fewer for the tests that fit several models or train per example
-FEW = 25 if SLOW else 3
+FEW = 25 if SLOW else 4
 _SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=not SLOW)
 _FEW = settings(_SETTINGS, max_examples=FEW)
 
