@@ -51,7 +51,7 @@ class EffectiveStep:
     n_bins : list of (int, int)
         Ranges [lo, hi] of the number of transitions n of the prefixes in each bin.
     eta_by_n, r2_by_n : ndarray, shape (len(n_bins),)
-        The same fit within each bin (NaN where a bin has no spread in ∇ℓ).
+        The same fit within each bin (NaN where a bin has no spread in ∇ℓ beyond rounding).
     method : str
         ``"layer3"`` (an MDTransformer's layer-3 logits) or ``"output"`` (any model's predictive).
     """
@@ -300,7 +300,7 @@ class StepByN:
     n : ndarray of int, shape (K,)
         Numbers of transitions of the prefixes (context length L = n + m).
     eta : ndarray, shape (K,)
-        The step at each n (NaN where it is not identified, e.g. no spread of ∇ℓ at that n).
+        The step at each n (NaN where it is not identified: no spread of ∇ℓ at that n beyond rounding).
     fit : ndarray, shape (K,)
         How well one step describes the model at n: for :func:`step_by_n` the R² of the
         regression at n (1 for a constructed model); for :func:`matched_step` the mean
