@@ -148,8 +148,9 @@ def _predicted_step(z: dict) -> float:
 
 
 _MODEL, _LIK, _EST, _BAYES = SECTIONS[:4]
-_FIT = "covered by tests/test_fit*.py (the fitting estimators' contract)"
-_NN = "covered by tests/test_nn*.py and tests/test_transformer.py (the torch layer's contract)"
+_FIT = "covered by tests/test_contract_layers.py (the fitting estimators' contract; details in tests/test_fit*.py)"
+_NN = ("covered by tests/test_contract_layers.py (the torch layer's contract; details in tests/test_nn*.py and "
+       "tests/test_transformer.py)")
 
 API: dict[str, Entry] = {
     "random_transition_matrix": Entry(_MODEL, {"S": "S", "concentration": "concentration", "rng": "seed"},

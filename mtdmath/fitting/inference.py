@@ -244,6 +244,10 @@ def observed_inference(em: _EM, theta: np.ndarray) -> Inference:
     boundary = np.zeros(d, dtype=bool)
     if G is not None:
         tiny = (rows * G < BOUNDARY_NATS) & (rows * n_row[:, None] < BOUNDARY_NATS)
+        # a row keeps its largest entry off the boundary: zeroing all of them would leave no law on the face
+        # (a one-state row is 1 by definition), and intervals around that empty row miss the estimate
+        empty = np.flatnonzero(tiny.all(axis=1))
+        tiny[empty, np.argmax(rows[empty], axis=1)] = False
         boundary[K:] = tiny.ravel()
     if boundary.any():
         # the face's point: boundary entries at exactly 0, their rows renormalised (moves the log-likelihood by
@@ -294,6 +298,10 @@ def _covariance(H: np.ndarray, blk: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return cov, zz, znull, good
 
 
+#: a row's expected count below which its Wilson interval is [0, 1] (the data say nothing about it)
+UNOBSERVED = 1e-6
+
+
 def interval(est: np.ndarray, se: np.ndarray, n_ref: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     """Intervals for probabilities on the face (docs/math.md §12): Wald ``est -/+ z se`` clipped to [0, 1]
     where the standard error is positive and finite; where it is 0 (the quantity moves only coordinates held
@@ -305,14 +313,17 @@ def interval(est: np.ndarray, se: np.ndarray, n_ref: np.ndarray, level: float) -
     n = np.broadcast_to(np.asarray(n_ref, dtype=np.float64), est.shape)
     # Wilson where se = 0 and something was observed; a row observed less than a millionth of a time gets
     # [0, 1] (the floor keeps z^2 / n finite)
-    k = z * z / np.maximum(n, 1e-6)
+    k = z * z / np.maximum(n, UNOBSERVED)
     centre = (est + k / 2.0) / (1.0 + k)
     half = np.sqrt(k * est * (1.0 - est) + k * k / 4.0) / (1.0 + k)
     with np.errstate(invalid="ignore"):
         lo = np.where(se > 0, est - z * se, centre - half)
         hi = np.where(se > 0, est + z * se, centre + half)
-    lo = np.where(np.isinf(se), 0.0, np.clip(lo, 0.0, 1.0))
-    hi = np.where(np.isinf(se), 1.0, np.clip(hi, 0.0, 1.0))
+    # the floored Wilson interval of an unobserved row stops just short of 1 (1 - 1/(1 + z^2 / UNOBSERVED)),
+    # which need not hold an estimate the data say nothing about: such a row gets [0, 1] exactly
+    blank = np.isinf(se) | ((se == 0) & (n < UNOBSERVED))
+    lo = np.where(blank, 0.0, np.clip(lo, 0.0, 1.0))
+    hi = np.where(blank, 1.0, np.clip(hi, 0.0, 1.0))
     # the interval always holds the estimate (rounding of centre -/+ half at est = 0 or 1)
     return np.minimum(lo, est), np.maximum(hi, est)
 

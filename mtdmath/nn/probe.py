@@ -51,7 +51,7 @@ class EffectiveStep:
     n_bins : list of (int, int)
         Ranges [lo, hi] of the number of transitions n of the prefixes in each bin.
     eta_by_n, r2_by_n : ndarray, shape (len(n_bins),)
-        The same fit within each bin (NaN where a bin has no spread in ∇ℓ).
+        The same fit within each bin (NaN where a bin has no spread in ∇ℓ beyond rounding).
     method : str
         ``"layer3"`` (an MDTransformer's layer-3 logits) or ``"output"`` (any model's predictive).
     """
@@ -65,6 +65,11 @@ class EffectiveStep:
     method: str = "layer3"
 
 
+#: relative spread of the regressors below which a step is not identified (rounding of sums of at most 10^5
+#: terms is below 10^5 eps ~ 2e-11; a real spread of gradients between prefixes is O(1/n))
+SPREAD_RTOL = 1e-10
+
+
 def _fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> tuple[float, float, float]:
     """Slope, R² and clustered s.e. of ``y[..., j] = a_j + η x[..., j]`` (one intercept per column j), pooled.
 
@@ -74,7 +79,9 @@ def _fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> tupl
     xc = x - x.mean(axis=0)
     yc = y - y.mean(axis=0)
     sxx = float(np.sum(xc * xc))
-    if sxx == 0.0:
+    # a spread at the rounding level of x is no spread: gradients equal in exact arithmetic differ by the
+    # rounding of their sums (a few eps each), and a slope fitted to that noise is arbitrary (any sign, R² = 1)
+    if sxx <= SPREAD_RTOL**2 * float(np.sum(x * x)):
         return float("nan"), float("nan"), float("nan")
     eta = float(np.sum(xc * yc)) / sxx
     ss_tot = float(np.sum(yc * yc))
@@ -293,7 +300,7 @@ class StepByN:
     n : ndarray of int, shape (K,)
         Numbers of transitions of the prefixes (context length L = n + m).
     eta : ndarray, shape (K,)
-        The step at each n (NaN where it is not identified, e.g. no spread of ∇ℓ at that n).
+        The step at each n (NaN where it is not identified: no spread of ∇ℓ at that n beyond rounding).
     fit : ndarray, shape (K,)
         How well one step describes the model at n: for :func:`step_by_n` the R² of the
         regression at n (1 for a constructed model); for :func:`matched_step` the mean

@@ -47,6 +47,7 @@ its module path (TransformerLens names such as ``blocks.{l}.attn.hook_pattern``,
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,13 +279,17 @@ def adaptive_params(alpha: Any, *, c: float | None = None, a: float | None = Non
     if a is not None:
         a = V.check_float(a, "a", nonnegative=True)
     if c is None:
-        c = (m + (a if a is not None else 0.0)) / (1.0 + alpha0)
+        if a is None:  # the default c = m/(1+α₀) is the one with a = 0; a computed back from c may round below 0
+            a = 0.0
+        c = (m + a) / (1.0 + alpha0)
         if not (math.isfinite(c) and c > 0):
             raise ValueError(f"a = {a!r} gives c = (m+a)/(1+α₀) = {c!r}, not a positive finite number")
     if a is None:
         a = c * (1.0 + alpha0) - m
         if not math.isfinite(a):
             raise ValueError(f"c = {c!r} gives a = c(1+α₀) - m = {a!r}, not finite")
+        if 0 > a >= -4 * sys.float_info.epsilon * max(m, c * (1.0 + alpha0)):
+            a = 0.0  # c = m/(1+α₀) to rounding: the product and the difference round by an eps each
         if a < 0:
             raise ValueError(f"c = {c!r} gives the sink a = c(1+α₀) - m = {a!r} < 0 (η(0) = η* needs c >= "
                              f"m/(1+α₀) = {m / (1.0 + alpha0)!r}); pass a >= 0 explicitly")
