@@ -195,6 +195,25 @@ def test_a_run_writes_its_config_and_reruns_from_it(tmp_path):
     assert again.results["m=2"].kl_mean == first.results["m=2"].kl_mean  # the same numbers, bit for bit
 
 
+def test_quick_in_a_yaml_file_means_quick(capsys, tmp_path):
+    path = tmp_path / "q.yaml"
+    path.write_text("quick: true\nmodels: [md]\nlr_md: 0.02\n")
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", str(path), "--print_config"])
+    assert e.value.code == 0
+    from_file = yaml.safe_load(capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        main(["train", "--quick", "--models", "md", "--lr-md", "0.02", "--print_config"])
+    from_flag = yaml.safe_load(capsys.readouterr().out)
+    assert from_file == from_flag
+    # the quick defaults differ from the full ones, so the comparison can fail
+    full = yaml.safe_load(path.read_text().replace("quick: true", "quick: false"))
+    path.write_text(yaml.safe_dump(full))
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(path), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["T"] != from_flag["T"]
+
+
 def test_a_bad_value_in_a_yaml_file_is_one_line(capsys, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("lr_md: .inf\nmodels: [md]\n")

@@ -163,6 +163,32 @@ def _fail(msg: str) -> typing.NoReturn:
     raise SystemExit(2)
 
 
+def quick_requested(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` asks for the quick defaults: ``--quick``, or ``quick: true`` in a ``--config``
+    file or YAML string (the last one that sets ``quick`` wins). The quick values are the parser's
+    defaults, so they must be known before it parses (``--print_config`` included)."""
+    import yaml
+
+    if "--quick" in argv:
+        return True
+    quick = False
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            src = argv[i + 1]
+        elif a.startswith("--config="):
+            src = a.split("=", 1)[1]
+        else:
+            continue
+        try:
+            text = Path(src).read_text() if Path(src).is_file() else src
+            data = yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError):
+            continue  # the parser reports a file it cannot read
+        if isinstance(data, dict) and "quick" in data:
+            quick = bool(data["quick"])  # a later file wins, as its values do
+    return quick
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     """Parse ``argv`` and run; returns the run's result (the summary for ``all``).
 
@@ -171,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
     ``error: …`` to stderr and exits with status 2; no traceback.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(quick="--quick" in argv)
+    parser = build_parser(quick=quick_requested(argv))
     try:
         ns = parser.parse_args(argv)
     except SystemExit:
