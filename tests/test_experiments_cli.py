@@ -125,6 +125,24 @@ def test_corrupted_checkpoint_is_one_line_exit_2(cmd, kind, checkpoint_dirs, cap
     assert line.startswith(f"error: checkpoints: cannot load {ck}"), line
 
 
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_adaptive_refuses_a_corrupted_standard_checkpoint_before_training(kind, checkpoint_dirs, capsys, tmp_path,
+                                                                          monkeypatch):
+    import mtdmath.experiments.adaptive as A
+
+    def no_training(*a, **k):
+        raise AssertionError("adaptive trained before reading its checkpoints")
+
+    monkeypatch.setattr(A, "_train_pair", no_training)
+    monkeypatch.setattr(A, "stepsize_eta_opt", no_training)  # the first phase of the run
+    bad = checkpoint_dirs[kind] / "std2.pt"
+    out = tmp_path / "o"
+    line = _one_error_line(capsys, ["adaptive", "--quick", "--std-checkpoints", str(bad), "--out", str(out),
+                                    "--no-progress"])
+    assert line.startswith(f"error: checkpoints: cannot load {bad}"), line
+    assert not (out / "checkpoints").exists()
+
+
 def test_errors_print_no_traceback_in_a_fresh_process():
     r = subprocess.run([sys.executable, "-m", "mtdmath.experiments", "train", "--lr-md", "inf"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)

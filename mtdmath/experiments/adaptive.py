@@ -303,15 +303,21 @@ def _step_record(model: MDTransformer, tokens: np.ndarray, probs: np.ndarray, pi
     return rec
 
 
-def probe_standard(paths: tuple[str, ...], device: torch.device, n_probe: int, seed: int) -> dict[str, Any]:
-    """The matched one-step MD step of each trained StandardTransformer at each n, and its c/(n+m+a) fit."""
+def load_standard(paths: tuple[str, ...], device: torch.device) -> list[tuple[Path, Any]]:
+    """Each checkpoint of ``paths`` read (model, info), or None where the file is missing; a file that
+    does not load is a :class:`~mtdmath.experiments.common.ConfigError` (read before any training)."""
+    return [(Path(p), X.read_checkpoint(Path(p), device) if Path(p).is_file() else None) for p in paths]
+
+
+def probe_standard(loaded: list[tuple[Path, Any]], device: torch.device, n_probe: int, seed: int) -> dict[str, Any]:
+    """The matched one-step MD step of each trained StandardTransformer at each n, and its c/(n+m+a) fit
+    (``loaded`` from :func:`load_standard`)."""
     out: dict[str, Any] = {}
-    for k, p in enumerate(paths):
-        path = Path(p)
-        if not path.is_file():
+    for k, (path, read) in enumerate(loaded):
+        if read is None:
             out[path.stem] = {"checkpoint": str(path), "skipped": "checkpoint not found"}
             continue
-        model, info = X.read_checkpoint(path, device)
+        model, info = read
         task = info["task"]
         if task is None or isinstance(model, MDTransformer):
             out[path.stem] = {"checkpoint": str(path), "skipped": "not a StandardTransformer with a saved task"}
@@ -336,6 +342,7 @@ def run(cfg: AdaptiveConfig, out: Path, *, seed: int, device: torch.device, prog
     from tqdm.auto import tqdm
 
     m, T = cfg.m, cfg.T
+    standard = load_standard(cfg.std_checkpoints, device)  # a corrupt file stops the run before any work
     with X.run_meta(seed, device) as meta:
         times: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -410,7 +417,7 @@ def run(cfg: AdaptiveConfig, out: Path, *, seed: int, device: torch.device, prog
                 trained[str(j)][role] = rec
         times["training"] = time.perf_counter() - t1
         t1 = time.perf_counter()
-        std = probe_standard(cfg.std_checkpoints, device, cfg.n_probe, seed)
+        std = probe_standard(standard, device, cfg.n_probe, seed)
         times["standard_probe"] = time.perf_counter() - t1
 
         kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
