@@ -63,7 +63,7 @@ def quick_all(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- all --quick
 def test_all_writes_every_file_small_pngs(quick_all):
     want = ["estimators/estimators.json", "estimators/estimators.png", "train/train.json", "train/train_loss.png",
-            "train/checkpoints/md3.pt", "train/checkpoints/std3.pt", "train/checkpoints/std5.pt",
+            "train/checkpoints/md3.safetensors", "train/checkpoints/std3.safetensors", "train/checkpoints/std5.safetensors",
             "compare/compare.json", "compare/compare_kl.png", "compare/compare_attention.png",
             "compare/compare_w1.png", "depth/depth.json", "depth/depth.png", "stepsize/stepsize.json",
             "stepsize/stepsize.png", "stepsize/stepsize.md", "summary.json", "summary.md"]
@@ -128,7 +128,7 @@ def test_train_json_and_checkpoints(quick_all):
         assert n_points >= 1 and c["step"][-1] == rec["steps"]
         for k in ("loss", "construction_nll", "lr"):
             assert len(c[k]) == n_points and _finite(c[k])
-        model, info = load_checkpoint(quick_all / f"train/checkpoints/{kind}.pt")
+        model, info = load_checkpoint(quick_all / f"train/checkpoints/{kind}.safetensors")
         np.testing.assert_array_equal(info["task"].pi.numpy(), pi)
         y = torch.as_tensor(M.sample_icl(pi, info["task"].alpha, 10, 2, rng=0)[0])
         p = model(y)
@@ -158,7 +158,7 @@ def test_compare_json(quick_all):
     learned, target = np.asarray(w1["learned_softmax_W1_T"]), np.asarray(w1["colnorm_pi_T"])
     assert learned.shape == target.shape == (S, S)
     # independent route: rel_entr on the checkpoint's W1
-    model, _ = load_checkpoint(quick_all / "train/checkpoints/md3.pt", dtype=torch.float64)
+    model, _ = load_checkpoint(quick_all / "train/checkpoints/md3.safetensors", dtype=torch.float64)
     W1 = model.W1.detach().numpy()
     q = np.exp(W1 - W1.max(axis=0)) / np.exp(W1 - W1.max(axis=0)).sum(axis=0)  # softmax over keys
     pi = np.asarray(res["pi"])
@@ -357,7 +357,7 @@ def test_configuration_errors_are_one_line_exit_2(argv, words, capsys):
 
 def test_depth_without_a_standard_model_is_one_line_exit_2(quick_all, tmp_path, capsys):
     (tmp_path / "ck").mkdir()
-    (tmp_path / "ck" / "md3.pt").write_bytes((quick_all / "train/checkpoints/md3.pt").read_bytes())
+    (tmp_path / "ck" / "md3.safetensors").write_bytes((quick_all / "train/checkpoints/md3.safetensors").read_bytes())
     with pytest.raises(SystemExit) as e:
         main(["depth", "--quick", "--checkpoints", str(tmp_path / "ck"), "--no-progress"])
     assert e.value.code == 2

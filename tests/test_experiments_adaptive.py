@@ -96,7 +96,7 @@ def test_adaptive_subcommand_quick(tmp_path, capsys):
     assert set(data["paired_adaptive_minus_fixed_trained"]["pooled"]) == {"8", "16", "20"}
     assert "fit" in data["standard"]["std1"] or "skipped" not in data["standard"]["std1"]
     assert data["standard"]["missing"]["skipped"] == "checkpoint not found"
-    assert (out / "checkpoints" / "seed1" / "mdsink.pt").is_file()
+    assert (out / "checkpoints" / "seed1" / "mdsink.safetensors").is_file()
     md = (out / "adaptive.md").read_text()
     assert "KL(trained adaptive) − KL(trained fixed)" in md and "std1" in md
     assert res["fits"]["direct"]["c"] > 0

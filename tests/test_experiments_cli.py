@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -24,7 +25,7 @@ from mtdmath.experiments.cli import EXPERIMENTS, build_parser, main
 from mtdmath.experiments.compare import CompareConfig
 from mtdmath.experiments.stepsize import StepsizeConfig
 from mtdmath.experiments.train import TrainConfig
-from mtdmath.nn import MDTransformer, StandardTransformer, save_checkpoint
+from mtdmath.nn import ICLTask, MDTransformer, StandardTransformer, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,9 +103,12 @@ def checkpoint_dirs(tmp_path) -> dict[str, Path]:
     """Directories with one corrupt checkpoint each: random bytes, and a real one cut in half."""
     gen = torch.Generator().manual_seed(0)
     good = tmp_path / "good"
-    md = save_checkpoint(good / "md3.pt", MDTransformer(4, 2, generator=gen))
+    pi = torch.full((4, 4), 0.25, dtype=torch.float64)
+    task = ICLTask(pi, np.ones(2), T=16)
+    md = save_checkpoint(good / "md3.safetensors", MDTransformer(4, 2, generator=gen), task=task)
+    # `.pt`: the name earlier runs gave the same safetensors files, still read
     std = save_checkpoint(good / "std2.pt", StandardTransformer(4, 2, n_layers=2, d_model=8, n_heads=2, max_len=16,
-                                                                generator=gen))
+                                                                generator=gen), task=task)
     dirs = {}
     for kind in ("garbage", "truncated"):
         d = tmp_path / kind
@@ -123,6 +127,18 @@ def test_corrupted_checkpoint_is_one_line_exit_2(cmd, kind, checkpoint_dirs, cap
     line = _one_error_line(capsys, [cmd, "--quick", "--checkpoints", str(ck), "--out", str(tmp_path / "o"),
                                     "--no-progress"])
     assert line.startswith(f"error: checkpoints: cannot load {ck}"), line
+
+
+def test_checkpoint_directories_read_both_suffixes_and_refuse_a_name_twice(checkpoint_dirs, tmp_path):
+    from mtdmath.experiments.common import ConfigError
+    from mtdmath.experiments.compare import load_models
+
+    good = checkpoint_dirs["garbage"].parent / "good"
+    models, _, _, _ = load_models(good, torch.device("cpu"), required=("md3", "std"))
+    assert list(models) == ["md3", "std2"]
+    (good / "md3.pt").write_bytes((good / "md3.safetensors").read_bytes())
+    with pytest.raises(ConfigError, match="holds both md3.safetensors and md3.pt"):
+        load_models(good, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])

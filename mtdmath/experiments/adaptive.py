@@ -99,8 +99,8 @@ class AdaptiveConfig(TaskConfig):
     warmup: NonNegativeInt = field(default=200, metadata={"help": "linear warm-up steps"})
     grad_clip: PositiveFloat = field(default=1.0, metadata={"help": "gradient-norm clipping threshold"})
     n_probe: Sequences = field(default=256, metadata={"help": "evaluation sequences given to step_by_n / matched_step"})
-    std_checkpoints: tuple[str, ...] = field(default=("runs/paper/train/checkpoints/std3.pt",
-                                                      "runs/paper/train/checkpoints/std5.pt"), metadata={
+    std_checkpoints: tuple[str, ...] = field(default=("runs/paper/train/checkpoints/std3.safetensors",
+                                                      "runs/paper/train/checkpoints/std5.safetensors"), metadata={
         "help": "trained StandardTransformer checkpoints probed for an n-dependent step (missing ones are skipped)"})
     table_L: tuple[Length, ...] = field(default=(16, 32, 64, 128), metadata={"help": "context lengths of the tables"})
 
@@ -279,7 +279,7 @@ def _train_pair(cfg: AdaptiveConfig, pi: np.ndarray, alpha: np.ndarray, seed: in
                         seed=data_seed, log_every=max(1, cfg.steps // 50), progress=progress,
                         desc=f"adaptive: train {spec} seed {j}")
         secs = time.perf_counter() - t0
-        path = save_checkpoint(out / "checkpoints" / f"seed{j}" / f"{spec}.pt", model, task=task, history=hist,
+        path = save_checkpoint(out / "checkpoints" / f"seed{j}" / f"{spec}{X.CHECKPOINT_SUFFIX}", model, task=task, history=hist,
                                extra={"seed": seed, "train_seed": j, "spec": spec, "train_time_s": round(secs, 3)})
         out_models[role] = {"model": model.to(dtype=torch.float64).eval(), "spec": spec, "checkpoint": str(path),
                             "train_time_s": round(secs, 3), "loss_curve": hist.as_dict()}

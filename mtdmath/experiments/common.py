@@ -32,6 +32,12 @@ class ConfigError(ValueError):
     installed): the CLI prints it as one ``error:`` line and exits with status 2."""
 
 
+#: the suffix of the checkpoints the experiments write (:func:`mtdmath.nn.save_checkpoint` writes
+#: safetensors); directories are also searched for ``.pt``, the name earlier runs gave the same files
+CHECKPOINT_SUFFIX = ".safetensors"
+CHECKPOINT_SUFFIXES = (CHECKPOINT_SUFFIX, ".pt")
+
+
 def read_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
     """:func:`mtdmath.nn.load_checkpoint` in float64 on ``device``; a file that does not load (corrupt,
     truncated, foreign) is a :class:`ConfigError` naming it, whatever the loader raised."""

@@ -64,14 +64,15 @@ class CompareConfig(Config):
     """Configuration of the ``compare`` experiment."""
 
     checkpoints: str = field(default="runs/train/checkpoints", metadata={
-        "help": "directory holding md3.pt / std3.pt / std5.pt from `train` (those present are used; md3.pt is required)"})
+        "help": "directory holding the checkpoints of `train` (md3, std3, std5 .safetensors, or .pt from earlier runs; those "
+                "present are used; md3 is required)"})
     n_eval: Sequences = field(default=1000, metadata={"help": "evaluation sequences (fresh, from the checkpoints' pi)"})
     T: Length = field(default=64, metadata={"help": "evaluation sequence length: contexts L = m … T"})
     attention_T: Length = field(default=64, metadata={"help": "length of the sequence whose attention band is shown"})
     n_band: Steps = field(default=256, metadata={
         "help": "evaluation sequences over which the band difference is measured (the first N_BAND)"})
     seed_checkpoints: tuple[str, ...] = field(default=(), metadata={
-        "help": "more directories holding an md3.pt (other training seeds): the step analysis is repeated "
+        "help": "more directories holding an md3 checkpoint (other training seeds): the step analysis is repeated "
                 "on each and the spread over seeds reported"})
     # 1024, not 256: on 256 sequences the tuned η_train of the seed-0 task came out 0.089 ± 0.004
     # against 0.098 ± 0.003 on 1024 (the argmin of a noisy sample mean of heavy-tailed per-sequence
@@ -88,7 +89,8 @@ class CompareConfig(Config):
 
 
 def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = ("md3",)):
-    """Load every ``*.pt`` checkpoint in ``ck_dir`` (named by file stem); check they share one task.
+    """Load every checkpoint in ``ck_dir`` (``*.safetensors``, or ``*.pt`` as earlier runs named the
+    same files; each named by its file stem, a stem with both suffixes refused); check they share one task.
 
     ``required`` names the models that must be present: ``"md3"`` (the disentangled model) or
     ``"std"`` (at least one standard model). Returns (models, infos, pi, alpha), models in
@@ -97,13 +99,20 @@ def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = 
     if not ck_dir.is_dir():
         raise X.ConfigError(f"checkpoints: {ck_dir} is not a directory (run `train` first)")
     models, infos = {}, {}
-    for p in sorted(ck_dir.glob("*.pt")):
-        models[p.stem], infos[p.stem] = X.read_checkpoint(p, device)
+    files: dict[str, Path] = {}
+    for suffix in X.CHECKPOINT_SUFFIXES:
+        for p in sorted(ck_dir.glob(f"*{suffix}")):
+            if p.stem in files:
+                raise X.ConfigError(f"checkpoints: {ck_dir} holds both {files[p.stem].name} and {p.name}: "
+                                    "keep one")
+            files[p.stem] = p
+    for stem, p in sorted(files.items()):
+        models[stem], infos[stem] = X.read_checkpoint(p, device)
     has_md = "md3" in models and isinstance(models["md3"], MDTransformer)
     std = sorted((k for k, v in models.items() if not isinstance(v, MDTransformer)),
                  key=lambda k: (models[k].config.n_layers, k))
-    missing = [w for w, ok in (("md3.pt", "md3" not in required or has_md),
-                               ("a standard model (e.g. std5.pt)", "std" not in required or bool(std))) if not ok]
+    missing = [w for w, ok in (("md3.safetensors", "md3" not in required or has_md),
+                               ("a standard model (e.g. std5.safetensors)", "std" not in required or bool(std))) if not ok]
     if missing:
         raise X.ConfigError(f"checkpoints: {ck_dir} lacks {' and '.join(missing)} (run `train` first)")
     tasks = {k: info["task"] for k, info in infos.items()}
@@ -112,7 +121,7 @@ def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = 
     ref = next(iter(tasks.values()))
     for k, t in tasks.items():
         if not (torch.equal(t.pi.cpu(), ref.pi.cpu()) and np.array_equal(t.alpha, ref.alpha)):
-            raise X.ConfigError(f"checkpoints: {k}.pt was trained on a different task (pi/alpha) than the others")
+            raise X.ConfigError(f"checkpoints: {files[k].name} was trained on a different task (pi/alpha) than the others")
     order = (["md3"] if has_md else []) + std + [k for k in models if k not in std and k != "md3"]
     return ({k: models[k] for k in order}, {k: infos[k] for k in order}, ref.pi.cpu().numpy(), ref.alpha)
 

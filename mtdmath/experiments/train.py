@@ -16,7 +16,7 @@ Models (``--models``) are specs (:func:`mtdmath.nn.model_from_spec`):
 Sequences are ``T = 65`` tokens long by default so that the prediction after a context of
 length L = 64 (position 63) is trained; ``compare`` and ``depth`` evaluate L up to 64.
 
-Each model is saved with :func:`mtdmath.nn.save_checkpoint` to ``OUT/checkpoints/<name>.pt``
+Each model is saved with :func:`mtdmath.nn.save_checkpoint` to ``OUT/checkpoints/<name>.safetensors``
 (``md3``, ``std{L}`` or ``std{L}_d{D}_h{H}``): weights, config, the task (pi, alpha, T), its loss
 curve. The loss curve is also compared with the NLL of the one-step MD construction on the same
 batches (the "construction" reference line).
@@ -171,7 +171,7 @@ def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progres
     with X.run_meta(seed, device) as meta:
         for spec in cfg.models:
             model, rec = train_one(spec, cfg, task, seed=seed, device=device, progress=progress)
-            path = save_checkpoint(ck_dir / f"{rec.name}.pt", model, task=task, history=rec.loss_curve,
+            path = save_checkpoint(ck_dir / f"{rec.name}{X.CHECKPOINT_SUFFIX}", model, task=task, history=rec.loss_curve,
                                    extra={"seed": seed, "spec": spec, "train_config": asdict(cfg),
                                           "train_time_s": rec.train_time_s})
             rec.checkpoint = str(path)
