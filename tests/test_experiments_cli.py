@@ -105,7 +105,7 @@ def checkpoint_dirs(tmp_path) -> dict[str, Path]:
     good = tmp_path / "good"
     pi = torch.full((4, 4), 0.25, dtype=torch.float64)
     task = ICLTask(pi, np.ones(2), T=16)
-    md = save_checkpoint(good / "md3.safetensors", MDTransformer(4, 2, generator=gen), task=task)
+    md = save_checkpoint(good / "md.safetensors", MDTransformer(4, 2, generator=gen), task=task)
     # `.pt`: the name earlier runs gave the same safetensors files, still read
     std = save_checkpoint(good / "std2.pt", StandardTransformer(4, 2, n_layers=2, d_model=8, n_heads=2, max_len=16,
                                                                 generator=gen), task=task)
@@ -134,11 +134,18 @@ def test_checkpoint_directories_read_both_suffixes_and_refuse_a_name_twice(check
     from mtdmath.experiments.compare import load_models
 
     good = checkpoint_dirs["garbage"].parent / "good"
-    models, _, _, _ = load_models(good, torch.device("cpu"), required=("md3", "std"))
-    assert list(models) == ["md3", "std2"]
-    (good / "md3.pt").write_bytes((good / "md3.safetensors").read_bytes())
-    with pytest.raises(ConfigError, match="holds both md3.safetensors and md3.pt"):
+    models, _, _, _ = load_models(good, torch.device("cpu"), required=("md", "std"))
+    assert list(models) == ["md", "std2"]
+    (good / "md.pt").write_bytes((good / "md.safetensors").read_bytes())
+    with pytest.raises(ConfigError, match="holds both md.safetensors and md.pt"):
         load_models(good, torch.device("cpu"))
+    # md3: the disentangled model's earlier name, read as md
+    (good / "md.pt").rename(good / "md3.pt")
+    with pytest.raises(ConfigError, match=r"holds both md.safetensors and md3.pt \(md3 is md's earlier name\)"):
+        load_models(good, torch.device("cpu"))
+    (good / "md.safetensors").unlink()
+    models, _, _, _ = load_models(good, torch.device("cpu"), required=("md", "std"))
+    assert list(models) == ["md", "std2"] and isinstance(models["md"], MDTransformer)
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])

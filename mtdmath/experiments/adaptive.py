@@ -29,7 +29,6 @@ under ``OUT/checkpoints/seed{j}/``.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 import zlib
@@ -51,6 +50,7 @@ from . import common as X
 from .config import (Batch, Length, NonNegativeInt, PositiveFloat, Seed, Sequences, Steps, TaskConfig,
                      check_attention_size)
 from .prefix_bayes import posterior_mean_all_prefixes
+from .stepsize import StepsizeResult
 
 #: the stream key of this experiment (``common`` uses 1-6)
 KEY_ADAPT = 7
@@ -239,13 +239,11 @@ def stepsize_eta_opt(cfg: AdaptiveConfig, pi: np.ndarray, alpha: np.ndarray, see
     path = Path(cfg.stepsize_json) if cfg.stepsize_json else None
     name = f"m={cfg.m}"
     if path is not None and path.is_file():
-        res = json.loads(path.read_text())
-        r = res.get("results", {}).get(name)
-        if r is not None and np.allclose(np.asarray(r["pi"]), pi, rtol=0, atol=1e-12) and \
-                np.allclose(np.asarray(r["alpha"]), alpha):
-            rows = r["rows"]
-            return {"source": str(path), "L": [x["L"] for x in rows], "n": [x["n"] for x in rows],
-                    "eta": [x["eta_opt"] for x in rows], "se": [x["eta_opt_se"] for x in rows]}
+        r = StepsizeResult.read(path).results.get(name)
+        if r is not None and np.allclose(r.pi, pi, rtol=0, atol=1e-12) and np.allclose(r.alpha, alpha):
+            rows = r.rows
+            return {"source": str(path), "L": [x.L for x in rows], "n": [x.n for x in rows],
+                    "eta": [x.eta_opt for x in rows], "se": [x.eta_opt_se for x in rows]}
         why = "its task differs from this one" if r is not None else f"it has no setting {name!r}"
     else:
         why = "no file given" if path is None else f"{path} does not exist"

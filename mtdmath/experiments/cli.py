@@ -32,7 +32,7 @@ from .depth import DepthConfig, DepthResult
 from .depth import run as run_depth
 from .estimators import EstimatorsConfig, EstimatorsResult
 from .estimators import run as run_estimators
-from .stepsize import StepsizeConfig
+from .stepsize import StepsizeConfig, StepsizeResult
 from .stepsize import run as run_stepsize
 from .sweep import SweepConfig
 from .sweep import run as run_sweep
@@ -253,7 +253,7 @@ def run_all(out: Path, *, seed: int, device: torch.device, quick: bool, progress
     return summary
 
 
-def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: DepthResult, ss: dict | None = None
+def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: DepthResult, ss: StepsizeResult | None = None
               ) -> dict[str, Any]:
     """The results table, the targets and hypotheses (met or missed) from the runs' JSON dicts, and
     the git commit and dirty-tree flag each subcommand ran at."""
@@ -261,10 +261,10 @@ def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: DepthResu
     for key, r in est.results.items():
         table[f"estimators {key}"] = r.table
     table[f"trained m={cmp_['m']}"] = {
-        L: {k: v for k, v in row.items() if k in ("trained_md3", "construction", "md1_eta_train", "bayes") or k.startswith("std")}
+        L: {k: v for k, v in row.items() if k in ("md", "construction", "md1_eta_train", "bayes") or k.startswith("std")}
         for L, row in cmp_["table"].items()}
-    Lmax = max(cmp_["gap_trained_md3_minus_construction"], key=int)
-    gap = cmp_["gap_trained_md3_minus_construction"][Lmax]
+    Lmax = max(cmp_["gap_md_minus_construction"], key=int)
+    gap = cmp_["gap_md_minus_construction"][Lmax]
     sa = cmp_["step_analysis"][cmp_["config"]["checkpoints"] if isinstance(cmp_["config"], dict)
                                else cmp_["config"].checkpoints]
     w1 = cmp_["w1"]["mean_row_kl"]
@@ -279,7 +279,7 @@ def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: DepthResu
     targets = {
         # replaces "trained within 0.01 nats of the construction": the trained model is not the η*
         # construction, the hypothesis is that it is one-step MD at the step its training objective favours
-        "trained_md3_approx_md1_at_eta_train": {
+        "trained_md_approx_md1_at_eta_train": {
             "statement": hyp["statement"], "tolerance_nats": hyp["tolerance_nats"], "criterion": hyp["criterion"],
             "per_L": {L: [v["mean"], v["se"]] for L, v in hyp["per_L"].items()},
             "effective_step": sa["effective_step"]["eta"], "effective_step_r2": sa["effective_step"]["r2"],
@@ -303,19 +303,19 @@ def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: DepthResu
             "layer1": bd["layer1"]["max"], "layer3": bd["layer3"]["max"],
             "n_sequences": bd["n_sequences"]}
     metas = {"estimators": est.meta, "train": tr.meta, "compare": cmp_["meta"], "depth": dep.meta} | (
-        {"stepsize": ss["meta"]} if ss else {})
+        {"stepsize": ss.meta} if ss else {})
     git = {k: meta.get("git", {"commit": None, "dirty": None}) for k, meta in metas.items()}
     times = {"estimators": est.meta["run_time_s"], "train": tr.meta["run_time_s"],
              "train_per_model": {k: v.train_time_s for k, v in tr.models.items()},
              "compare": cmp_["meta"]["run_time_s"], "depth": dep.meta["run_time_s"]}
     if ss:
-        times["stepsize"] = ss["meta"]["run_time_s"]
+        times["stepsize"] = ss.meta["run_time_s"]
     extra: dict[str, Any] = {}
     if ss:
-        extra["stepsize"] = {name: {"eta_opt": {str(r["L"]): [r["eta_opt"], r["eta_opt_se"]] for r in v["rows"]},
-                                    "eta_star": v["eta_star"],
-                                    "fit_chi2_dof": {f: v["fit"][f]["chi2_dof"] for f in ss["forms"]},
-                                    "best_form": v["fit"]["best"]} for name, v in ss["results"].items()}
+        extra["stepsize"] = {name: {"eta_opt": {str(r.L): [r.eta_opt, r.eta_opt_se] for r in v.rows},
+                                    "eta_star": v.eta_star,
+                                    "fit_chi2_dof": {f: v.fit[f].chi2_dof for f in ss.forms},
+                                    "best_form": v.best_form} for name, v in ss.results.items()}
     extra["seed_spread"] = cmp_.get("seed_spread")
     extra["depth_labels"] = dep.labels
     return {"table": table, "depth_table": dep.table, "targets": targets, "band_difference": band, "git": git,
@@ -352,7 +352,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
     kl_table("**depth** (standard transformers vs k-step MD) — KL in nats, mean ± s.e.", s["depth_table"],
              s.get("depth_labels"))
     t = s["targets"]
-    a, b, c = (t["trained_md3_approx_md1_at_eta_train"], t["learned_W1_row_kl_below_0.05"],
+    a, b, c = (t["trained_md_approx_md1_at_eta_train"], t["learned_W1_row_kl_below_0.05"],
                t["deepest_standard_no_worse_than_md2"])
     lines.append("| target / hypothesis | measured | met? |")
     lines.append("|---|---|---|")
@@ -417,7 +417,7 @@ def summary_from_files(estimators: Path, train: Path, compare: Path, depth: Path
     """Rebuild ``summary.json``/``summary.md`` in ``out`` from the subcommands' JSON files (when a
     subcommand was re-run alone): the same tables and targets as ``all``; each run keeps its own
     git state and run time."""
-    ss = load_json(stepsize) if stepsize is not None else None
+    ss = StepsizeResult.read(stepsize) if stepsize is not None else None
     summary = summarize(EstimatorsResult.read(estimators), TrainResult.read(train), load_json(compare),
                         DepthResult.read(depth), ss)
     summary["meta"] = {"rebuilt_from": [str(p) for p in (estimators, train, compare, depth, stepsize) if p is not None],

@@ -64,15 +64,15 @@ class CompareConfig(Config):
     """Configuration of the ``compare`` experiment."""
 
     checkpoints: str = field(default="runs/train/checkpoints", metadata={
-        "help": "directory holding the checkpoints of `train` (md3, std3, std5 .safetensors, or .pt from earlier runs; those "
-                "present are used; md3 is required)"})
+        "help": "directory holding the checkpoints of `train` (md, std3, std5 .safetensors, or .pt from earlier runs; "
+                "those present are used; md is required)"})
     n_eval: Sequences = field(default=1000, metadata={"help": "evaluation sequences (fresh, from the checkpoints' pi)"})
     T: Length = field(default=64, metadata={"help": "evaluation sequence length: contexts L = m … T"})
     attention_T: Length = field(default=64, metadata={"help": "length of the sequence whose attention band is shown"})
     n_band: Steps = field(default=256, metadata={
         "help": "evaluation sequences over which the band difference is measured (the first N_BAND)"})
     seed_checkpoints: tuple[str, ...] = field(default=(), metadata={
-        "help": "more directories holding an md3 checkpoint (other training seeds): the step analysis is repeated "
+        "help": "more directories holding an md checkpoint (other training seeds): the step analysis is repeated "
                 "on each and the spread over seeds reported"})
     # 1024, not 256: on 256 sequences the tuned η_train of the seed-0 task came out 0.089 ± 0.004
     # against 0.098 ± 0.003 on 1024 (the argmin of a noisy sample mean of heavy-tailed per-sequence
@@ -88,11 +88,11 @@ class CompareConfig(Config):
                            step_n_boot=2, n_probe=16) | kw))
 
 
-def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = ("md3",)):
+def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = ("md",)):
     """Load every checkpoint in ``ck_dir`` (``*.safetensors``, or ``*.pt`` as earlier runs named the
     same files; each named by its file stem, a stem with both suffixes refused); check they share one task.
 
-    ``required`` names the models that must be present: ``"md3"`` (the disentangled model) or
+    ``required`` names the models that must be present: ``"md"`` (the disentangled model) or
     ``"std"`` (at least one standard model). Returns (models, infos, pi, alpha), models in
     float64 on ``device``, standard models sorted by depth.
     """
@@ -106,12 +106,17 @@ def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = 
                 raise X.ConfigError(f"checkpoints: {ck_dir} holds both {files[p.stem].name} and {p.name}: "
                                     "keep one")
             files[p.stem] = p
+    if "md3" in files:  # the disentangled model's name before it was ``md``
+        if "md" in files:
+            raise X.ConfigError(f"checkpoints: {ck_dir} holds both {files['md'].name} and {files['md3'].name} "
+                                "(md3 is md's earlier name): keep one")
+        files["md"] = files.pop("md3")
     for stem, p in sorted(files.items()):
         models[stem], infos[stem] = X.read_checkpoint(p, device)
-    has_md = "md3" in models and isinstance(models["md3"], MDTransformer)
+    has_md = "md" in models and isinstance(models["md"], MDTransformer)
     std = sorted((k for k, v in models.items() if not isinstance(v, MDTransformer)),
                  key=lambda k: (models[k].config.n_layers, k))
-    missing = [w for w, ok in (("md3.safetensors", "md3" not in required or has_md),
+    missing = [w for w, ok in (("md.safetensors", "md" not in required or has_md),
                                ("a standard model (e.g. std5.safetensors)", "std" not in required or bool(std))) if not ok]
     if missing:
         raise X.ConfigError(f"checkpoints: {ck_dir} lacks {' and '.join(missing)} (run `train` first)")
@@ -122,7 +127,7 @@ def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = 
     for k, t in tasks.items():
         if not (torch.equal(t.pi.cpu(), ref.pi.cpu()) and np.array_equal(t.alpha, ref.alpha)):
             raise X.ConfigError(f"checkpoints: {files[k].name} was trained on a different task (pi/alpha) than the others")
-    order = (["md3"] if has_md else []) + std + [k for k in models if k not in std and k != "md3"]
+    order = (["md"] if has_md else []) + std + [k for k in models if k not in std and k != "md"]
     return ({k: models[k] for k in order}, {k: infos[k] for k in order}, ref.pi.cpu().numpy(), ref.alpha)
 
 
@@ -325,13 +330,13 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
         construction = M.MDTransformer.construct(pi, alpha, dtype=torch.float64, device=device)
         preds["construction"] = X.model_all_prefixes(construction, tokens, device=device)
         for name, model in tqdm(models.items(), desc="compare: trained models", disable=not progress):
-            preds[X.curve_name(name)] = X.model_all_prefixes(model, tokens, device=device)
+            preds[name] = X.model_all_prefixes(model, tokens, device=device)
         kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
-        trained = models["md3"]
+        trained = models["md"]
         steps: dict[str, Any] = {}
         kl_tables: dict[str, Any] = {}
         steps[cfg.checkpoints], kls["md1_eta_train"] = step_analysis(
-            trained, pi, alpha, infos["md3"]["task"].T, tokens, lam, kls["trained_md3"], cfg,
+            trained, pi, alpha, infos["md"]["task"].T, tokens, lam, kls["md"], cfg,
             rng_key=(seed, X.KEY_STEP, m, 0))
         kl_tables[cfg.checkpoints] = steps[cfg.checkpoints]["table"]
         for j, ck in enumerate(tqdm(cfg.seed_checkpoints, desc="compare: seed checkpoints", disable=not progress), 1):
@@ -340,12 +345,12 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
             # each extra checkpoint has its own task (pi depends on the training seed): its own evaluation set
             tok_j, lam_j = M.sample_icl(pi_j, alpha_j, cfg.T, cfg.n_eval, rng=X.rng_for(seed, X.KEY_EVAL, m_j, 100 + j))
             kl_j = X.kl_per_sequence(X.truth_all_prefixes(tok_j, lam_j, pi_j),
-                                     X.model_all_prefixes(mods["md3"], tok_j, device=device))
-            steps[ck], _ = step_analysis(mods["md3"], pi_j, alpha_j, inf["md3"]["task"].T, tok_j, lam_j, kl_j, cfg,
+                                     X.model_all_prefixes(mods["md"], tok_j, device=device))
+            steps[ck], _ = step_analysis(mods["md"], pi_j, alpha_j, inf["md"]["task"].T, tok_j, lam_j, kl_j, cfg,
                                          rng_key=(seed, X.KEY_STEP, m_j, j))
-            steps[ck]["train_seed"] = inf["md3"]["extra"].get("seed")
+            steps[ck]["train_seed"] = inf["md"]["extra"].get("seed")
             kl_tables[ck] = steps[ck]["table"]
-        steps[cfg.checkpoints]["train_seed"] = infos["md3"]["extra"].get("seed")
+        steps[cfg.checkpoints]["train_seed"] = infos["md"]["extra"].get("seed")
         mean, se = X.curves(kls)
 
         tok_band = tokens[: cfg.n_band]
@@ -362,9 +367,9 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
             pattern = lambda n: n.endswith("attn.hook_pattern")  # noqa: E731
             att_tr = [a[:, 0] for a in trained.run_with_cache(y_t, names_filter=pattern)[1].values()]
             att_co = [a[:, 0] for a in construction.run_with_cache(y_t, names_filter=pattern)[1].values()]
-        attention = {"tokens": y_att[0], "trained_md3": [a[0].cpu().numpy().round(6) for a in att_tr],
+        attention = {"tokens": y_att[0], "trained": [a[0].cpu().numpy().round(6) for a in att_tr],
                      "construction": [a[0].cpu().numpy().round(6) for a in att_co],
-                     "band": {"trained_md3": {"layer1": tr1[0], "layer1_aligned": al1[0], "layer3": tr3[0]},
+                     "band": {"trained": {"layer1": tr1[0], "layer1_aligned": al1[0], "layer3": tr3[0]},
                               "construction": {"layer1": co1[0], "layer3": co3[0]},
                               "difference_max": {"layer1": float(np.abs(tr1 - co1)[0, m:].max()),
                                                  "layer1_aligned": float(np.abs(al1 - co1)[0, m:].max()),
@@ -376,8 +381,8 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
         "experiment": "compare", "config": cfg, "seed": seed, "meta": meta, "m": m, "pi": pi, "alpha": alpha,
         "models": list(models), "L": list(range(m, T + 1)), "kl_mean": mean, "kl_se": se,
         "table": X.table_at(kls, m, T),
-        "gap_trained_md3_minus_construction": X.paired_diff(kls, "trained_md3", "construction", m, T),
-        "gap_trained_md3_minus_bayes": X.paired_diff(kls, "trained_md3", "bayes", m, T),
+        "gap_md_minus_construction": X.paired_diff(kls, "md", "construction", m, T),
+        "gap_md_minus_bayes": X.paired_diff(kls, "md", "bayes", m, T),
         "step_analysis": steps,
         "seed_spread": seed_spread(steps, kl_tables),
         "construction_vs_md1_max_abs_prob_diff": float(np.abs(preds["construction"] - preds["md1"]).max()),
@@ -403,10 +408,10 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
 def _plot_kl(res: dict[str, Any], path: Path) -> Path:
     plt = X.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    std = [X.curve_name(k) for k in res["models"] if k != "md3"]
-    methods = [k for k in std + ["trained_md3", "md1", "md1_eta_train", "construction", "bayes"] if k in res["kl_mean"]]
+    std = [k for k in res["models"] if k != "md"]
+    methods = [k for k in std + ["md", "md1", "md1_eta_train", "construction", "bayes"] if k in res["kl_mean"]]
     X.plot_curves(ax, res["L"], res["kl_mean"], res["kl_se"], methods)
-    g = res["gap_trained_md3_minus_construction"]
+    g = res["gap_md_minus_construction"]
     last = max(g, key=int) if g else None
     sub = f"; trained − construction at L={last}: {g[last][0]:+.4f} ± {g[last][1]:.4f}" if last else ""
     sa = next(iter(res["step_analysis"].values()))
@@ -431,7 +436,7 @@ def _plot_attention(att: dict[str, Any], band: dict[str, Any], path: Path) -> Pa
             ("layer3", "layer3", "layer 3: mirror-step weight of lag g"))
     fig, axes = plt.subplots(len(rows), 3, figsize=(9.5, 12))
     for row, (key, ref, title) in enumerate(rows):
-        co, tr = np.asarray(b["construction"][ref]), np.asarray(b["trained_md3"][key])
+        co, tr = np.asarray(b["construction"][ref]), np.asarray(b["trained"][key])
         m = co.shape[1]
         diff = tr - co
         lim = max(float(np.abs(diff).max()), 1e-6)

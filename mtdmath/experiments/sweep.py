@@ -98,7 +98,7 @@ class JobConfig(JobSettings, TaskConfig):
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
     def name(self) -> str:
-        """The model's name (``md3``, ``std4``, ``std3_d64_h4``)."""
+        """The model's name (``md``, ``std4``, ``std3_d64_h4``)."""
         from mtdmath.nn import spec_name
 
         return spec_name(self.model, d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers)
@@ -114,7 +114,7 @@ class JobResult:
 
     key: str  #: the job's config hash (its file name)
     job: JobConfig
-    name: str  #: the model's name (``md3``, ``std3``)
+    name: str  #: the model's name (``md``, ``std3``)
     L: list[int]  #: context lengths evaluated, m … T-1
     kl_mean: dict[str, list[float]]  #: per curve (trained, construction, bayes): mean KL(p* ‖ p̂) at each L [nats]
     kl_se: dict[str, list[float]]  #: its standard error over sequences [nats]
