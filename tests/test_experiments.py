@@ -501,3 +501,27 @@ def test_typed_results_read_back_from_their_json(quick_all):
     # written again, the JSON is the same text: one writer, nothing lost on the way back
     est.write(quick_all / "reread.json")
     assert (quick_all / "reread.json").read_text() == (quick_all / "estimators/estimators.json").read_text()
+    from mtdmath.experiments.stepsize import FormFit, StepRow, StepsizeConfig, StepsizeResult
+
+    ss = StepsizeResult.read(quick_all / "stepsize/stepsize.json")
+    raw = _load(quick_all / "stepsize/stepsize.json")
+    r = ss.results["m=2"]
+    assert isinstance(ss.config, StepsizeConfig) and all(isinstance(x, StepRow) for x in r.rows)
+    assert all(isinstance(f, FormFit) for f in r.fit.values()) and r.best_form == raw["results"]["m=2"]["best_form"]
+    assert [x.eta_opt for x in r.rows] == [x["eta_opt"] for x in raw["results"]["m=2"]["rows"]]
+    ss.write(quick_all / "reread_stepsize.json")
+    assert (quick_all / "reread_stepsize.json").read_text() == (quick_all / "stepsize/stepsize.json").read_text()
+
+
+@pytest.mark.parametrize("name", ["stepsize", "adaptive"])
+def test_committed_results_read_back_by_type(name, tmp_path):
+    """The committed runs (docs/figures) load as their typed results, their markdown is rebuilt from
+    the attributes to the committed text, and written again the JSON is the same text."""
+    from mtdmath.experiments import adaptive, stepsize
+
+    mod = {"stepsize": stepsize, "adaptive": adaptive}[name]
+    cls = {"stepsize": stepsize.StepsizeResult, "adaptive": adaptive.AdaptiveResult}[name]
+    res = cls.read(ROOT / f"docs/figures/{name}.json")
+    assert mod.markdown(res) == (ROOT / f"docs/figures/{name}.md").read_text()
+    res.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == (ROOT / f"docs/figures/{name}.json").read_text()
