@@ -312,7 +312,7 @@ def test_each_subcommand_with_explicit_options(quick_all, tmp_path):
         res = main([cmd, "--quick", "--checkpoints", ck, "--n-eval", "3", "--T", "8",
                     "--out", str(tmp_path / cmd), "--no-progress"])
         assert (tmp_path / cmd / f"{cmd}.json").is_file()
-        kl, m = (res.kl_mean, res.m) if cmd == "depth" else (res["kl_mean"], res["m"])
+        kl, m = res.kl_mean, res.m
         assert len(kl["bayes"]) == 8 - m + 1
 
 
@@ -446,8 +446,8 @@ def test_a_300_step_model_is_told_apart_by_the_band_difference():
     tokens, _ = M.sample_icl(pi, alpha, c["T"], c["n_eval"], rng=X.rng_for(seed, X.KEY_EVAL, m))
     tokens = tokens[: bd["n_sequences"]]  # the sequences the committed number was measured on
     short = band_difference(model.double(), MDTransformer.construct(pi, alpha), tokens, device=torch.device("cpu"))
-    assert short["layer1_aligned"]["mean"] > 3 * bd["layer1_aligned"]["mean"], (short["layer1_aligned"], bd)
-    assert short["max"] > 2 * bd["max"]
+    assert short.layer1_aligned.mean > 3 * bd["layer1_aligned"]["mean"], (short.layer1_aligned, bd)
+    assert short.max > 2 * bd["max"]
 
 
 def test_band_difference_sees_through_the_m2_sign_symmetry_and_not_more():
@@ -470,14 +470,14 @@ def test_band_difference_sees_through_the_m2_sign_symmetry_and_not_more():
         mirror.responsibility.attn.lag_value.copy_(torch.eye(2).flip(0))
     assert (mirror(tokens) - co(tokens)).abs().max() <= 1e-12  # the same model, as a function
     bd = band_difference(mirror, co, tokens, device=torch.device("cpu"))
-    assert bd["layer1"]["max"] > 0.5 and bd["layer1_aligned"]["max"] <= 1e-9 and bd["layer3"]["max"] <= 1e-12
+    assert bd.layer1.max > 0.5 and bd.layer1_aligned.max <= 1e-9 and bd.layer3.max <= 1e-12
     same = band_difference(co, co, tokens, device=torch.device("cpu"))
-    assert same["layer1"]["max"] == same["layer3"]["max"] == 0.0 and same["max"] <= 1e-12  # least-squares rounding
+    assert same.layer1.max == same.layer3.max == 0.0 and same.max <= 1e-12  # least-squares rounding
     # wrong case: a layer 1 that ignores the tokens (W1 = 0) cannot be aligned onto the responsibilities
     blind = MDTransformer.construct(pi, alpha)
     with torch.no_grad():
         blind.responsibility.attn.token_score.zero_()
-    assert band_difference(blind, co, tokens, device=torch.device("cpu"))["layer1_aligned"]["max"] > 0.2
+    assert band_difference(blind, co, tokens, device=torch.device("cpu")).layer1_aligned.max > 0.2
 
 
 def test_typed_results_read_back_from_their_json(quick_all):
@@ -511,6 +511,28 @@ def test_typed_results_read_back_from_their_json(quick_all):
     assert [x.eta_opt for x in r.rows] == [x["eta_opt"] for x in raw["results"]["m=2"]["rows"]]
     ss.write(quick_all / "reread_stepsize.json")
     assert (quick_all / "reread_stepsize.json").read_text() == (quick_all / "stepsize/stepsize.json").read_text()
+    from mtdmath.experiments.compare import CompareConfig, CompareResult, Hypothesis
+
+    cmp_ = CompareResult.read(quick_all / "compare/compare.json")
+    raw = _load(quick_all / "compare/compare.json")
+    assert isinstance(cmp_.config, CompareConfig) and cmp_.models == raw["models"]
+    sa = cmp_.step_analysis[cmp_.config.checkpoints]
+    assert isinstance(sa.hypothesis, Hypothesis) and sa.eta_train == raw["step_analysis"][cmp_.config.checkpoints]["eta_train"]
+    assert cmp_.band_difference.layer1_aligned.max == raw["band_difference"]["layer1_aligned"]["max"]
+    cmp_.write(quick_all / "reread_compare.json")
+    assert (quick_all / "reread_compare.json").read_text() == (quick_all / "compare/compare.json").read_text()
+
+
+def test_committed_compare_and_its_summary_read_back_by_type(tmp_path):
+    """The committed compare.json loads as a CompareResult (its nested parts typed) and writes back the same text."""
+    from mtdmath.experiments.compare import BandDifference, CompareResult, StepAnalysis
+
+    res = CompareResult.read(ROOT / "docs/figures/compare.json")
+    assert isinstance(res.band_difference, BandDifference) and res.band_difference.max == res.band_difference.layer1_aligned.max
+    assert all(isinstance(v, StepAnalysis) for v in res.step_analysis.values())
+    assert res.seed_spread.n_seeds == len(res.step_analysis)
+    res.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == (ROOT / "docs/figures/compare.json").read_text()
 
 
 @pytest.mark.parametrize("name", ["stepsize", "adaptive"])

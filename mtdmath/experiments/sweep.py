@@ -186,8 +186,8 @@ def run_job(job: dict[str, Any]) -> JobResult:
     return JobResult(key=cfg.key(), job=cfg, name=name, L=list(range(cfg.m, Te + 1)), kl_mean=mean, kl_se=se,
                      kl_final={k: float(v[:, -1].mean()) for k, v in kls.items()}, gap_final=gap, gap_final_se=gap_se,
                      loss=list(hist.loss), loss_step=list(hist.step),
-                     band_difference_max=None if band is None else float(band["max"]),
-                     band_difference_mean=None if band is None else float(band["layer1_aligned"]["mean"]),
+                     band_difference_max=None if band is None else float(band.max),
+                     band_difference_mean=None if band is None else float(band.layer1_aligned.mean),
                      train_s=round(train_s, 3), total_s=round(time.perf_counter() - t0, 3),
                      steps_per_s=round(hist.steps_per_s, 3))
 
