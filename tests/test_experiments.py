@@ -63,7 +63,7 @@ def quick_all(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- all --quick
 def test_all_writes_every_file_small_pngs(quick_all):
     want = ["estimators/estimators.json", "estimators/estimators.png", "train/train.json", "train/train_loss.png",
-            "train/checkpoints/md3.pt", "train/checkpoints/std3.pt", "train/checkpoints/std5.pt",
+            "train/checkpoints/md.safetensors", "train/checkpoints/std3.safetensors", "train/checkpoints/std5.safetensors",
             "compare/compare.json", "compare/compare_kl.png", "compare/compare_attention.png",
             "compare/compare_w1.png", "depth/depth.json", "depth/depth.png", "stepsize/stepsize.json",
             "stepsize/stepsize.png", "stepsize/stepsize.md", "summary.json", "summary.md"]
@@ -120,7 +120,7 @@ def test_train_json_and_checkpoints(quick_all):
     cfg = res["config"]
     pi, _ = X.make_task(SEED, cfg["m"], cfg["S"], cfg["concentration"], cfg["alpha"])
     np.testing.assert_array_equal(np.asarray(res["pi"]), pi)  # the same pi as `estimators` at this seed
-    assert list(res["models"]) == ["md3", "std3", "std5"]  # checkpoint names of the specs md, std:L=3, std:L=5
+    assert list(res["models"]) == ["md", "std3", "std5"]  # checkpoint names of the specs md, std:L=3, std:L=5
     for kind in res["models"]:
         rec = res["models"][kind]
         c = rec["loss_curve"]
@@ -128,7 +128,7 @@ def test_train_json_and_checkpoints(quick_all):
         assert n_points >= 1 and c["step"][-1] == rec["steps"]
         for k in ("loss", "construction_nll", "lr"):
             assert len(c[k]) == n_points and _finite(c[k])
-        model, info = load_checkpoint(quick_all / f"train/checkpoints/{kind}.pt")
+        model, info = load_checkpoint(quick_all / f"train/checkpoints/{kind}.safetensors")
         np.testing.assert_array_equal(info["task"].pi.numpy(), pi)
         y = torch.as_tensor(M.sample_icl(pi, info["task"].alpha, 10, 2, rng=0)[0])
         p = model(y)
@@ -139,15 +139,15 @@ def test_compare_json(quick_all):
     res = _load(quick_all / "compare/compare.json")
     _check_meta(res)
     m, T, S = res["m"], res["config"]["T"], len(res["pi"])
-    _check_curves(res, ["trained_md3", "std3", "std5", "construction", "md1", "bayes"], m, T)
+    _check_curves(res, ["md", "std3", "std5", "construction", "md1", "bayes"], m, T)
     assert res["construction_vs_md1_max_abs_prob_diff"] <= 1e-10
-    for L, v in res["gap_trained_md3_minus_construction"].items():
+    for L, v in res["gap_md_minus_construction"].items():
         assert len(v) == 2 and _finite(v)
         t = res["table"][L]
-        np.testing.assert_allclose(v[0], t["trained_md3"][0] - t["construction"][0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(v[0], t["md"][0] - t["construction"][0], rtol=0, atol=1e-12)
     att = res["attention"]
     Ta = res["config"]["attention_T"]
-    for key in ("trained_md3", "construction"):
+    for key in ("trained", "construction"):
         A = np.asarray(att[key])
         assert A.shape == (3, Ta, Ta) and _finite(A)
         # causal, and the softmax layers' rows sum to 1 where defined (t >= m for layer 1)
@@ -158,7 +158,7 @@ def test_compare_json(quick_all):
     learned, target = np.asarray(w1["learned_softmax_W1_T"]), np.asarray(w1["colnorm_pi_T"])
     assert learned.shape == target.shape == (S, S)
     # independent route: rel_entr on the checkpoint's W1
-    model, _ = load_checkpoint(quick_all / "train/checkpoints/md3.pt", dtype=torch.float64)
+    model, _ = load_checkpoint(quick_all / "train/checkpoints/md.safetensors", dtype=torch.float64)
     W1 = model.W1.detach().numpy()
     q = np.exp(W1 - W1.max(axis=0)) / np.exp(W1 - W1.max(axis=0)).sum(axis=0)  # softmax over keys
     pi = np.asarray(res["pi"])
@@ -181,7 +181,7 @@ def test_depth_json_and_summary(quick_all):
     for k in ("md1", "bayes", "std5"):
         assert res["kl_mean"][k] == cmp_["kl_mean"][k]
     s = _load(quick_all / "summary.json")
-    for name in ("trained_md3_approx_md1_at_eta_train", "learned_W1_row_kl_below_0.05",
+    for name in ("trained_md_approx_md1_at_eta_train", "learned_W1_row_kl_below_0.05",
                  "deepest_standard_no_worse_than_md2", "deepest_standard_no_worse_than_tuned_md2"):
         assert isinstance(s["targets"][name]["met"], bool)
     # the git commit and dirty-tree flag of every subcommand
@@ -220,7 +220,7 @@ def test_compare_step_analysis(quick_all):
     assert hyp["tolerance_nats"] == HYPOTHESIS_TOL
     for L, d in sa["paired_trained_minus_md_eta_train"].items():
         t = res["table"][L]
-        np.testing.assert_allclose(d[0], t["trained_md3"][0] - t["md1_eta_train"][0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(d[0], t["md"][0] - t["md1_eta_train"][0], rtol=0, atol=1e-12)
         assert hyp["per_L"][L]["within_tol"] == (abs(d[0]) + 1.96 * d[1] <= HYPOTHESIS_TOL)
     assert hyp["met"] == all(v["within_tol"] for v in hyp["per_L"].values())
     sp = res["seed_spread"]
@@ -249,29 +249,29 @@ def test_depth_tuned_baselines_match_the_numpy_core(quick_all):
 def test_stepsize_json(quick_all):
     """Every row's KLs are finite; the KL of one-step MD at η* is recomputed on the same evaluation
     set with the NumPy core and scipy's rel_entr (1e-9: the same float64 arithmetic, reordered)."""
-    from mtdmath.experiments.stepsize import FORMS, StepsizeConfig, settings
+    from mtdmath.experiments.stepsize import FORMS, StepsizeConfig, StepsizeResult, settings
 
-    res = _load(quick_all / "stepsize/stepsize.json")
+    res = StepsizeResult.read(quick_all / "stepsize/stepsize.json")
     cfg = StepsizeConfig.quick()
     sets = settings(cfg, SEED)
-    assert list(res["results"]) == [s["name"] for s in sets]
+    assert list(res.results) == [s["name"] for s in sets]
     for i, s in enumerate(sets):
-        r = res["results"][s["name"]]
-        assert set(r["fit"]) >= set(FORMS)
-        assert r["fit"]["best"] in FORMS
-        for row in r["rows"]:
-            L, m = row["L"], s["m"]
-            assert row["eta_opt"] > 0 and row["eta_opt_se"] > 0
-            for k in ("md_eta_opt", "md_eta_star", "k2"):
-                assert _finite(row[k]) and row[k][0] >= 0
-            assert ("bayes" in row) == (row["n_bayes"] > 0)
+        r = res.results[s["name"]]
+        assert set(r.fit) == set(FORMS)
+        assert r.best_form in FORMS
+        for row in r.rows:
+            L, m = row.L, s["m"]
+            assert row.eta_opt > 0 and row.eta_opt_se > 0
+            for k in (row.md_eta_opt, row.md_eta_star, row.k2):
+                assert _finite(k) and k[0] >= 0
+            assert (row.bayes is not None) == (row.n_bayes > 0)
             if i == 0 and L == cfg.Ls[0]:
                 y, lam = M.sample_icl(s["pi"], s["alpha"], L + 1, cfg.n_eval, rng=X.rng_for(SEED, X.KEY_STEP, i, L, 1))
                 C = M.lag_factors(y[:, :L], s["pi"], m)
                 p = M.predictive(M.k_step_md(C, s["alpha"], 1), y[:, :L], s["pi"])
                 want = special.rel_entr(M.predictive(lam, y[:, :L], s["pi"]), p).sum(-1).mean()
-                assert row["md_eta_star"][0] == pytest.approx(want, rel=1e-9)
-    assert set(res["verdict"]) == set(res["results"])
+                assert row.md_eta_star[0] == pytest.approx(want, rel=1e-9)
+    assert set(res.verdict) == set(res.results)
 
 
 def test_summary_rebuilt_from_the_json_files_equals_all(quick_all, tmp_path):
@@ -294,7 +294,7 @@ def test_each_subcommand_with_explicit_options(quick_all, tmp_path):
     assert list(est.results) == ["m=2"] and len(est.results["m=2"].L) == 8
     tr = main(["train", "--quick", "--models", "md", "--steps-md", "3", "--log-every", "1",
                "--out", str(tmp_path / "t"), "--no-progress"])
-    assert list(tr.models) == ["md3"] and tr.models["md3"].loss_curve["step"] == [1, 2, 3]
+    assert list(tr.models) == ["md"] and tr.models["md"].loss_curve["step"] == [1, 2, 3]
     # any depth by spec; the deepest standard model is the one `depth` compares
     tr = main(["train", "--quick", "--models", "std:L=4,d=8,h=2", "std:L=1", "--steps-std", "2", "--no-reference",
                "--out", str(tmp_path / "t2"), "--no-progress"])
@@ -312,7 +312,7 @@ def test_each_subcommand_with_explicit_options(quick_all, tmp_path):
         res = main([cmd, "--quick", "--checkpoints", ck, "--n-eval", "3", "--T", "8",
                     "--out", str(tmp_path / cmd), "--no-progress"])
         assert (tmp_path / cmd / f"{cmd}.json").is_file()
-        kl, m = (res.kl_mean, res.m) if cmd == "depth" else (res["kl_mean"], res["m"])
+        kl, m = res.kl_mean, res.m
         assert len(kl["bayes"]) == 8 - m + 1
 
 
@@ -357,7 +357,7 @@ def test_configuration_errors_are_one_line_exit_2(argv, words, capsys):
 
 def test_depth_without_a_standard_model_is_one_line_exit_2(quick_all, tmp_path, capsys):
     (tmp_path / "ck").mkdir()
-    (tmp_path / "ck" / "md3.pt").write_bytes((quick_all / "train/checkpoints/md3.pt").read_bytes())
+    (tmp_path / "ck" / "md.safetensors").write_bytes((quick_all / "train/checkpoints/md.safetensors").read_bytes())
     with pytest.raises(SystemExit) as e:
         main(["depth", "--quick", "--checkpoints", str(tmp_path / "ck"), "--no-progress"])
     assert e.value.code == 2
@@ -446,8 +446,8 @@ def test_a_300_step_model_is_told_apart_by_the_band_difference():
     tokens, _ = M.sample_icl(pi, alpha, c["T"], c["n_eval"], rng=X.rng_for(seed, X.KEY_EVAL, m))
     tokens = tokens[: bd["n_sequences"]]  # the sequences the committed number was measured on
     short = band_difference(model.double(), MDTransformer.construct(pi, alpha), tokens, device=torch.device("cpu"))
-    assert short["layer1_aligned"]["mean"] > 3 * bd["layer1_aligned"]["mean"], (short["layer1_aligned"], bd)
-    assert short["max"] > 2 * bd["max"]
+    assert short.layer1_aligned.mean > 3 * bd["layer1_aligned"]["mean"], (short.layer1_aligned, bd)
+    assert short.max > 2 * bd["max"]
 
 
 def test_band_difference_sees_through_the_m2_sign_symmetry_and_not_more():
@@ -470,14 +470,14 @@ def test_band_difference_sees_through_the_m2_sign_symmetry_and_not_more():
         mirror.responsibility.attn.lag_value.copy_(torch.eye(2).flip(0))
     assert (mirror(tokens) - co(tokens)).abs().max() <= 1e-12  # the same model, as a function
     bd = band_difference(mirror, co, tokens, device=torch.device("cpu"))
-    assert bd["layer1"]["max"] > 0.5 and bd["layer1_aligned"]["max"] <= 1e-9 and bd["layer3"]["max"] <= 1e-12
+    assert bd.layer1.max > 0.5 and bd.layer1_aligned.max <= 1e-9 and bd.layer3.max <= 1e-12
     same = band_difference(co, co, tokens, device=torch.device("cpu"))
-    assert same["layer1"]["max"] == same["layer3"]["max"] == 0.0 and same["max"] <= 1e-12  # least-squares rounding
+    assert same.layer1.max == same.layer3.max == 0.0 and same.max <= 1e-12  # least-squares rounding
     # wrong case: a layer 1 that ignores the tokens (W1 = 0) cannot be aligned onto the responsibilities
     blind = MDTransformer.construct(pi, alpha)
     with torch.no_grad():
         blind.responsibility.attn.token_score.zero_()
-    assert band_difference(blind, co, tokens, device=torch.device("cpu"))["layer1_aligned"]["max"] > 0.2
+    assert band_difference(blind, co, tokens, device=torch.device("cpu")).layer1_aligned.max > 0.2
 
 
 def test_typed_results_read_back_from_their_json(quick_all):
@@ -497,7 +497,53 @@ def test_typed_results_read_back_from_their_json(quick_all):
     assert all(isinstance(t, TunedStep) for t in dep.tuned_steps.values()) and dep.deepest == "std5"
     tr = TrainResult.read(quick_all / "train/train.json")
     assert isinstance(tr.config, TrainConfig) and all(isinstance(v, ModelRecord) for v in tr.models.values())
-    assert tr.models["md3"].loss_curve == _load(quick_all / "train/train.json")["models"]["md3"]["loss_curve"]
+    assert tr.models["md"].loss_curve == _load(quick_all / "train/train.json")["models"]["md"]["loss_curve"]
     # written again, the JSON is the same text: one writer, nothing lost on the way back
     est.write(quick_all / "reread.json")
     assert (quick_all / "reread.json").read_text() == (quick_all / "estimators/estimators.json").read_text()
+    from mtdmath.experiments.stepsize import FormFit, StepRow, StepsizeConfig, StepsizeResult
+
+    ss = StepsizeResult.read(quick_all / "stepsize/stepsize.json")
+    raw = _load(quick_all / "stepsize/stepsize.json")
+    r = ss.results["m=2"]
+    assert isinstance(ss.config, StepsizeConfig) and all(isinstance(x, StepRow) for x in r.rows)
+    assert all(isinstance(f, FormFit) for f in r.fit.values()) and r.best_form == raw["results"]["m=2"]["best_form"]
+    assert [x.eta_opt for x in r.rows] == [x["eta_opt"] for x in raw["results"]["m=2"]["rows"]]
+    ss.write(quick_all / "reread_stepsize.json")
+    assert (quick_all / "reread_stepsize.json").read_text() == (quick_all / "stepsize/stepsize.json").read_text()
+    from mtdmath.experiments.compare import CompareConfig, CompareResult, Hypothesis
+
+    cmp_ = CompareResult.read(quick_all / "compare/compare.json")
+    raw = _load(quick_all / "compare/compare.json")
+    assert isinstance(cmp_.config, CompareConfig) and cmp_.models == raw["models"]
+    sa = cmp_.step_analysis[cmp_.config.checkpoints]
+    assert isinstance(sa.hypothesis, Hypothesis) and sa.eta_train == raw["step_analysis"][cmp_.config.checkpoints]["eta_train"]
+    assert cmp_.band_difference.layer1_aligned.max == raw["band_difference"]["layer1_aligned"]["max"]
+    cmp_.write(quick_all / "reread_compare.json")
+    assert (quick_all / "reread_compare.json").read_text() == (quick_all / "compare/compare.json").read_text()
+
+
+def test_committed_compare_and_its_summary_read_back_by_type(tmp_path):
+    """The committed compare.json loads as a CompareResult (its nested parts typed) and writes back the same text."""
+    from mtdmath.experiments.compare import BandDifference, CompareResult, StepAnalysis
+
+    res = CompareResult.read(ROOT / "docs/figures/compare.json")
+    assert isinstance(res.band_difference, BandDifference) and res.band_difference.max == res.band_difference.layer1_aligned.max
+    assert all(isinstance(v, StepAnalysis) for v in res.step_analysis.values())
+    assert res.seed_spread.n_seeds == len(res.step_analysis)
+    res.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == (ROOT / "docs/figures/compare.json").read_text()
+
+
+@pytest.mark.parametrize("name", ["stepsize", "adaptive"])
+def test_committed_results_read_back_by_type(name, tmp_path):
+    """The committed runs (docs/figures) load as their typed results, their markdown is rebuilt from
+    the attributes to the committed text, and written again the JSON is the same text."""
+    from mtdmath.experiments import adaptive, stepsize
+
+    mod = {"stepsize": stepsize, "adaptive": adaptive}[name]
+    cls = {"stepsize": stepsize.StepsizeResult, "adaptive": adaptive.AdaptiveResult}[name]
+    res = cls.read(ROOT / f"docs/figures/{name}.json")
+    assert mod.markdown(res) == (ROOT / f"docs/figures/{name}.md").read_text()
+    res.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == (ROOT / f"docs/figures/{name}.json").read_text()

@@ -44,19 +44,19 @@ def test_prefix_objective_equals_the_core(objective):
 def test_fits_are_optima_of_their_families(objective):
     obj, *_, alpha = objective
     fits = A.fit_steps(obj, alpha, n_boot=2, rng=np.random.default_rng(0), start=(4.0, 8.0))
-    d, cs, et = fits["direct"], fits["consistent"], fits["eta_train"]
+    d, cs, et = fits.direct, fits.consistent, fits.eta_train
     # the consistent form is a subset of (c, a): its optimum cannot be lower (1e-10: the optimisers' tolerance)
-    assert d["objective"] <= cs["objective"] + 1e-10
+    assert d.objective <= cs.objective + 1e-10
     # the constant step is the a -> ∞ limit of c/(n+m+a); inside the bounds it is reached to ~n/a ~ 1e-3 relative
-    assert d["objective"] <= et["objective"] * (1 + 1e-3)
-    assert obj.objective(obj.adaptive_eta(d["c"], d["a"])) == pytest.approx(d["objective"], rel=1e-12)
+    assert d.objective <= et.objective * (1 + 1e-3)
+    assert obj.objective(obj.adaptive_eta(d.c, d.a)) == pytest.approx(d.objective, rel=1e-12)
     # per-L steps: each minimises its own row; 5 % away the row's mean KL is higher
-    eo = fits["eta_opt_L"]
-    for j in (0, len(eo["n"]) // 2, len(eo["n"]) - 1):
-        r = np.array([eo["n"][j]])
+    eo = fits.eta_opt_L
+    for j in (0, len(eo.n) // 2, len(eo.n) - 1):
+        r = np.array([eo.n[j]])
         f = lambda e: float(obj.kl(np.array([e]), r).mean())  # noqa: E731
-        assert f(eo["eta"][j]) <= min(f(eo["eta"][j] * 1.05), f(eo["eta"][j] / 1.05))
-    assert np.all(np.isfinite(eo["se"])) and d["c_se"] >= 0
+        assert f(eo.eta[j]) <= min(f(eo.eta[j] * 1.05), f(eo.eta[j] / 1.05))
+    assert np.all(np.isfinite(eo.se)) and d.c_se >= 0
 
 
 def test_config_validation():
@@ -84,22 +84,27 @@ def test_adaptive_subcommand_quick(tmp_path, capsys):
     assert time.perf_counter() - t0 < 30
     for f in ("adaptive.json", "adaptive.png", "adaptive.md"):
         assert (out / f).is_file(), f
-    data = json.loads((out / "adaptive.json").read_text())
-    assert data["experiment"] == "adaptive" and set(data["trained"]) == {"0", "1"}
+    data = A.AdaptiveResult.read(out / "adaptive.json")
+    assert json.loads((out / "adaptive.json").read_text())["experiment"] == "adaptive"
+    assert set(data.trained) == {"0", "1"} and data.trained["1"]["adaptive"].step.a_param > 0
     for key in ("md1", "md1_eta_train", "md1_eta_opt_L", "bayes", "md2_tuned", "adaptive_direct",
                 "adaptive_consistent", "trained_fixed", "trained_adaptive"):
-        assert key in data["kl_mean"] and len(data["kl_mean"][key]) == len(data["L"]), key
-    for key, rec in data["constructed"].items():
-        if "skipped" not in rec:
+        assert key in data.kl_mean and len(data.kl_mean[key]) == len(data.L), key
+    assert any(rec.skipped is None for rec in data.constructed.values())
+    for key, rec in data.constructed.items():
+        if rec.skipped is None:
             # the constructed transformer and the core's per-prefix step compute the same numbers in float64
-            assert rec["max_abs_diff_vs_core"] < 1e-10, key
-    assert set(data["paired_adaptive_minus_fixed_trained"]["pooled"]) == {"8", "16", "20"}
-    assert "fit" in data["standard"]["std1"] or "skipped" not in data["standard"]["std1"]
-    assert data["standard"]["missing"]["skipped"] == "checkpoint not found"
-    assert (out / "checkpoints" / "seed1" / "mdsink.pt").is_file()
+            assert rec.max_abs_diff_vs_core < 1e-10, key
+    assert set(data.paired_adaptive_minus_fixed_trained.pooled) == {"8", "16", "20"}
+    assert data.standard["std1"].skipped is None and data.standard["std1"].eta_matched is not None
+    assert data.standard["missing"].skipped == "checkpoint not found"
+    # the verdict reads the paired difference it names: the same numbers, by type
+    pd = data.paired_diff("adaptive_direct", "md1_eta_train")
+    assert pd is not None and set(data.verdict.adaptive_construction_vs_constant_eta_train) == set(pd.per_L)
+    assert (out / "checkpoints" / "seed1" / "mdsink.safetensors").is_file()
     md = (out / "adaptive.md").read_text()
     assert "KL(trained adaptive) − KL(trained fixed)" in md and "std1" in md
-    assert res["fits"]["direct"]["c"] > 0
+    assert res.fits.direct.c > 0
 
 
 def test_cli_reports_a_bad_option_in_one_line(capsys):

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -24,7 +25,7 @@ from mtdmath.experiments.cli import EXPERIMENTS, build_parser, main
 from mtdmath.experiments.compare import CompareConfig
 from mtdmath.experiments.stepsize import StepsizeConfig
 from mtdmath.experiments.train import TrainConfig
-from mtdmath.nn import MDTransformer, StandardTransformer, save_checkpoint
+from mtdmath.nn import ICLTask, MDTransformer, StandardTransformer, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,9 +103,12 @@ def checkpoint_dirs(tmp_path) -> dict[str, Path]:
     """Directories with one corrupt checkpoint each: random bytes, and a real one cut in half."""
     gen = torch.Generator().manual_seed(0)
     good = tmp_path / "good"
-    md = save_checkpoint(good / "md3.pt", MDTransformer(4, 2, generator=gen))
+    pi = torch.full((4, 4), 0.25, dtype=torch.float64)
+    task = ICLTask(pi, np.ones(2), T=16)
+    md = save_checkpoint(good / "md.safetensors", MDTransformer(4, 2, generator=gen), task=task)
+    # `.pt`: the name earlier runs gave the same safetensors files, still read
     std = save_checkpoint(good / "std2.pt", StandardTransformer(4, 2, n_layers=2, d_model=8, n_heads=2, max_len=16,
-                                                                generator=gen))
+                                                                generator=gen), task=task)
     dirs = {}
     for kind in ("garbage", "truncated"):
         d = tmp_path / kind
@@ -123,6 +127,43 @@ def test_corrupted_checkpoint_is_one_line_exit_2(cmd, kind, checkpoint_dirs, cap
     line = _one_error_line(capsys, [cmd, "--quick", "--checkpoints", str(ck), "--out", str(tmp_path / "o"),
                                     "--no-progress"])
     assert line.startswith(f"error: checkpoints: cannot load {ck}"), line
+
+
+def test_checkpoint_directories_read_both_suffixes_and_refuse_a_name_twice(checkpoint_dirs, tmp_path):
+    from mtdmath.experiments.common import ConfigError
+    from mtdmath.experiments.compare import load_models
+
+    good = checkpoint_dirs["garbage"].parent / "good"
+    models, _, _, _ = load_models(good, torch.device("cpu"), required=("md", "std"))
+    assert list(models) == ["md", "std2"]
+    (good / "md.pt").write_bytes((good / "md.safetensors").read_bytes())
+    with pytest.raises(ConfigError, match="holds both md.safetensors and md.pt"):
+        load_models(good, torch.device("cpu"))
+    # md3: the disentangled model's earlier name, read as md
+    (good / "md.pt").rename(good / "md3.pt")
+    with pytest.raises(ConfigError, match=r"holds both md.safetensors and md3.pt \(md3 is md's earlier name\)"):
+        load_models(good, torch.device("cpu"))
+    (good / "md.safetensors").unlink()
+    models, _, _, _ = load_models(good, torch.device("cpu"), required=("md", "std"))
+    assert list(models) == ["md", "std2"] and isinstance(models["md"], MDTransformer)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_adaptive_refuses_a_corrupted_standard_checkpoint_before_training(kind, checkpoint_dirs, capsys, tmp_path,
+                                                                          monkeypatch):
+    import mtdmath.experiments.adaptive as A
+
+    def no_training(*a, **k):
+        raise AssertionError("adaptive trained before reading its checkpoints")
+
+    monkeypatch.setattr(A, "_train_pair", no_training)
+    monkeypatch.setattr(A, "stepsize_eta_opt", no_training)  # the first phase of the run
+    bad = checkpoint_dirs[kind] / "std2.pt"
+    out = tmp_path / "o"
+    line = _one_error_line(capsys, ["adaptive", "--quick", "--std-checkpoints", str(bad), "--out", str(out),
+                                    "--no-progress"])
+    assert line.startswith(f"error: checkpoints: cannot load {bad}"), line
+    assert not (out / "checkpoints").exists()
 
 
 def test_errors_print_no_traceback_in_a_fresh_process():
@@ -193,6 +234,25 @@ def test_a_run_writes_its_config_and_reruns_from_it(tmp_path):
     again = main(["estimators", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "e2")])
     assert again.config == first.config
     assert again.results["m=2"].kl_mean == first.results["m=2"].kl_mean  # the same numbers, bit for bit
+
+
+def test_quick_in_a_yaml_file_means_quick(capsys, tmp_path):
+    path = tmp_path / "q.yaml"
+    path.write_text("quick: true\nmodels: [md]\nlr_md: 0.02\n")
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", str(path), "--print_config"])
+    assert e.value.code == 0
+    from_file = yaml.safe_load(capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        main(["train", "--quick", "--models", "md", "--lr-md", "0.02", "--print_config"])
+    from_flag = yaml.safe_load(capsys.readouterr().out)
+    assert from_file == from_flag
+    # the quick defaults differ from the full ones, so the comparison can fail
+    full = yaml.safe_load(path.read_text().replace("quick: true", "quick: false"))
+    path.write_text(yaml.safe_dump(full))
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(path), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["T"] != from_flag["T"]
 
 
 def test_a_bad_value_in_a_yaml_file_is_one_line(capsys, tmp_path):

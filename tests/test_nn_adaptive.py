@@ -180,7 +180,7 @@ def test_specs_and_checkpoint_round_trip(tmp_path):
     assert parse_model_spec("mdsink") == ("md", {"aggregation": "softmax_sink"})
     assert parse_model_spec("md:agg=softmax_sink") == ("md", {"aggregation": "softmax_sink"})
     assert parse_model_spec("md:agg=sum") == ("md", {})
-    assert spec_name("mdsink") == "mdsink" and spec_name("md") == "md3"
+    assert spec_name("mdsink") == "mdsink" and spec_name("md") == "md"
     model = model_from_spec("mdsink", 5, 2, max_len=12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert isinstance(model, MDTransformer) and model.aggregation == "softmax_sink" and spec_name(model) == "mdsink"
     pi, alpha, y = _task(2, seed=2, S=5)

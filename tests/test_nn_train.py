@@ -134,7 +134,7 @@ def test_model_specs():
     deep = model_from_spec("std:L=7,d=8,h=2", 4, 2, max_len=10)
     assert isinstance(deep, StandardTransformer) and len(deep.blocks) == 7 and deep.config.d_model == 8
     assert isinstance(model_from_spec("md", 4, 2, max_len=10), MDTransformer)
-    assert spec_name("md") == "md3" and spec_name("std:L=5") == "std5"
+    assert spec_name("md") == "md" and spec_name("std:L=5") == "std5"
     assert spec_name("std:L=5,d=64,h=4") == "std5_d64_h4" and spec_name("std:L=5,d=64,h=4", d_model=64, n_heads=4) == "std5"
     assert spec_name(deep) == "std7_d8_h2"
     for bad in ("md4", "gpt", "std:L=0", "std:L=x", "std:w=3", "std:L"):

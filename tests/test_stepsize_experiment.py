@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from mtdmath.experiments.stepsize import FORMS, StepsizeConfig, fit_forms
+from mtdmath.experiments.stepsize import FORMS, StepsizeConfig, best_form, fit_forms
 
 
 def _data(rng: np.random.Generator, truth: str, m: int = 3, alpha0: float = 4.5, rel_noise: float = 0.01):
@@ -42,14 +42,14 @@ def test_fit_forms_matches_curve_fit(truth):
         got = fit[form]
         want = {"c": popt[0]} if form != "A+B*n" else {"A": popt[0], "B": popt[1]}
         for k, v in want.items():
-            assert got["params"][k] == pytest.approx(v, rel=1e-6)
-        assert got["chi2"] == pytest.approx(chi2, rel=1e-6, abs=1e-9)
-        assert got["dof"] == len(y) - len(p0)
-        assert got["p_value"] == pytest.approx(stats.chi2.sf(chi2, len(y) - len(p0)), rel=1e-6, abs=1e-12)
+            assert got.params[k] == pytest.approx(v, rel=1e-6)
+        assert got.chi2 == pytest.approx(chi2, rel=1e-6, abs=1e-9)
+        assert got.dof == len(y) - len(p0)
+        assert got.p_value == pytest.approx(stats.chi2.sf(chi2, len(y) - len(p0)), rel=1e-6, abs=1e-12)
     # the generating form fits (χ²/dof of order 1 with 1 % noise); it is the best or tied with a
     # form that contains it (A + B·n contains c/(α₀+n) and c/L)
-    assert fit[truth]["chi2_dof"] < 5.0
-    assert fit["best"] in (truth, "A+B*n")
+    assert fit[truth].chi2_dof < 5.0
+    assert best_form(fit) in (truth, "A+B*n")
 
 
 def test_wrong_form_is_rejected():
@@ -59,8 +59,8 @@ def test_wrong_form_is_rejected():
     rng = np.random.default_rng(11)
     n, L, eta, eta_se = _data(rng, "c/(alpha0+n)")
     fit = fit_forms(n, L, eta, eta_se, 4.5)
-    assert fit["c/L"]["chi2_dof"] > 10 and fit["c/L"]["p_value"] < 1e-6
-    assert fit["c/(alpha0+n)"]["p_value"] > 1e-3
+    assert fit["c/L"].chi2_dof > 10 and fit["c/L"].p_value < 1e-6
+    assert fit["c/(alpha0+n)"].p_value > 1e-3
 
 
 def test_uniform_alpha_makes_the_two_one_parameter_forms_identical():
@@ -69,7 +69,7 @@ def test_uniform_alpha_makes_the_two_one_parameter_forms_identical():
     rng = np.random.default_rng(3)
     n, L, eta, eta_se = _data(rng, "c/L", m=2, alpha0=2.0)
     fit = fit_forms(n, L, eta, eta_se, 2.0)
-    assert fit["c/L"]["chi2"] == pytest.approx(fit["c/(alpha0+n)"]["chi2"], rel=1e-12)
+    assert fit["c/L"].chi2 == pytest.approx(fit["c/(alpha0+n)"].chi2, rel=1e-12)
 
 
 @pytest.mark.parametrize("kw, words", [

@@ -25,14 +25,14 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from . import common as X
 from .adaptive import AdaptiveConfig
 from .adaptive import run as run_adaptive
-from .compare import CompareConfig
+from .compare import CompareConfig, CompareResult
 from .compare import run as run_compare
 from .config import Seed, Threads, help_of, one_line
 from .depth import DepthConfig, DepthResult
 from .depth import run as run_depth
 from .estimators import EstimatorsConfig, EstimatorsResult
 from .estimators import run as run_estimators
-from .stepsize import StepsizeConfig
+from .stepsize import StepsizeConfig, StepsizeResult
 from .stepsize import run as run_stepsize
 from .sweep import SweepConfig
 from .sweep import run as run_sweep
@@ -163,6 +163,32 @@ def _fail(msg: str) -> typing.NoReturn:
     raise SystemExit(2)
 
 
+def quick_requested(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` asks for the quick defaults: ``--quick``, or ``quick: true`` in a ``--config``
+    file or YAML string (the last one that sets ``quick`` wins). The quick values are the parser's
+    defaults, so they must be known before it parses (``--print_config`` included)."""
+    import yaml
+
+    if "--quick" in argv:
+        return True
+    quick = False
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            src = argv[i + 1]
+        elif a.startswith("--config="):
+            src = a.split("=", 1)[1]
+        else:
+            continue
+        try:
+            text = Path(src).read_text() if Path(src).is_file() else src
+            data = yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError):
+            continue  # the parser reports a file it cannot read
+        if isinstance(data, dict) and "quick" in data:
+            quick = bool(data["quick"])  # a later file wins, as its values do
+    return quick
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     """Parse ``argv`` and run; returns the run's result (the summary for ``all``).
 
@@ -171,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
     ``error: …`` to stderr and exits with status 2; no traceback.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(quick="--quick" in argv)
+    parser = build_parser(quick=quick_requested(argv))
     try:
         ns = parser.parse_args(argv)
     except SystemExit:
@@ -227,42 +253,41 @@ def run_all(out: Path, *, seed: int, device: torch.device, quick: bool, progress
     return summary
 
 
-def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: DepthResult, ss: dict | None = None
+def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: CompareResult, dep: DepthResult, ss: StepsizeResult | None = None
               ) -> dict[str, Any]:
     """The results table, the targets and hypotheses (met or missed) from the runs' JSON dicts, and
     the git commit and dirty-tree flag each subcommand ran at."""
     table: dict[str, Any] = {}
     for key, r in est.results.items():
         table[f"estimators {key}"] = r.table
-    table[f"trained m={cmp_['m']}"] = {
-        L: {k: v for k, v in row.items() if k in ("trained_md3", "construction", "md1_eta_train", "bayes") or k.startswith("std")}
-        for L, row in cmp_["table"].items()}
-    Lmax = max(cmp_["gap_trained_md3_minus_construction"], key=int)
-    gap = cmp_["gap_trained_md3_minus_construction"][Lmax]
-    sa = cmp_["step_analysis"][cmp_["config"]["checkpoints"] if isinstance(cmp_["config"], dict)
-                               else cmp_["config"].checkpoints]
-    w1 = cmp_["w1"]["mean_row_kl"]
+    table[f"trained m={cmp_.m}"] = {
+        L: {k: v for k, v in row.items() if k in ("md", "construction", "md1_eta_train", "bayes") or k.startswith("std")}
+        for L, row in cmp_.table.items()}
+    Lmax = max(cmp_.gap_md_minus_construction, key=int)
+    gap = cmp_.gap_md_minus_construction[Lmax]
+    sa = cmp_.step_analysis[cmp_.config.checkpoints]
+    w1 = cmp_.w1.mean_row_kl
     deep = dep.deepest
     d2 = dep.deepest_minus_md["md2"]
     deep_vs_md2 = {L: {deep: dep.table[L][deep], "md2": dep.table[L]["md2"], "paired_diff": d2[L]}
                    for L in dep.table}
-    hyp = sa["hypothesis"]
+    hyp = sa.hypothesis
     deep_vs_tuned = {L: {deep: dep.table[L][deep], "md2_tuned": dep.table[L]["md2_tuned"],
                          "paired_diff": dep.deepest_minus_md["md2_tuned"][L]}
                      for L in dep.table if "md2_tuned" in dep.table[L]}
     targets = {
         # replaces "trained within 0.01 nats of the construction": the trained model is not the η*
         # construction, the hypothesis is that it is one-step MD at the step its training objective favours
-        "trained_md3_approx_md1_at_eta_train": {
-            "statement": hyp["statement"], "tolerance_nats": hyp["tolerance_nats"], "criterion": hyp["criterion"],
-            "per_L": {L: [v["mean"], v["se"]] for L, v in hyp["per_L"].items()},
-            "effective_step": sa["effective_step"]["eta"], "effective_step_r2": sa["effective_step"]["r2"],
-            "eta_train": sa["eta_train"], "eta_star": sa["eta_star"], "met": bool(hyp["met"]),
+        "trained_md_approx_md1_at_eta_train": {
+            "statement": hyp.statement, "tolerance_nats": hyp.tolerance_nats, "criterion": hyp.criterion,
+            "per_L": {L: [v.mean, v.se] for L, v in hyp.per_L.items()},
+            "effective_step": sa.effective_step.eta, "effective_step_r2": sa.effective_step.r2,
+            "eta_train": sa.eta_train, "eta_star": sa.eta_star, "met": bool(hyp.met),
             # the old target's number, kept for reference: the trained model is not the η* construction
             "trained_minus_construction": {"L": int(Lmax), "mean": gap[0], "se": gap[1]}},
         "learned_W1_row_kl_below_0.05": {"mean_row_kl": w1, "target": "< 0.05", "met": bool(w1 < 0.05),
-                                         **({"mean_row_kl_negated": cmp_["w1"]["mean_row_kl_negated"]}
-                                            if "mean_row_kl_negated" in cmp_["w1"] else {})},
+                                         **({"mean_row_kl_negated": cmp_.w1.mean_row_kl_negated}
+                                            if cmp_.w1.mean_row_kl_negated is not None else {})},
         "deepest_standard_no_worse_than_md2": {
             "model": deep, "per_L": deep_vs_md2, "target": f"mean KL({deep}) <= mean KL(2-step MD) at every table L",
             "met": bool(all(v[deep][0] <= v["md2"][0] for v in deep_vs_md2.values())),
@@ -272,25 +297,24 @@ def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: dict, dep: DepthResu
             "target": f"mean KL({deep}) <= mean KL(2-step MD, constant step tuned for the training objective) at every table L",
             "met": bool(deep_vs_tuned) and all(v[deep][0] <= v["md2_tuned"][0] for v in deep_vs_tuned.values())},
     }
-    bd = cmp_["band_difference"]
-    band = {"max": bd["max"], "layer1_aligned": bd["layer1_aligned"]["max"], "layer1_aligned_mean": bd["layer1_aligned"]["mean"],
-            "layer1": bd["layer1"]["max"], "layer3": bd["layer3"]["max"],
-            "n_sequences": bd["n_sequences"]}
-    metas = {"estimators": est.meta, "train": tr.meta, "compare": cmp_["meta"], "depth": dep.meta} | (
-        {"stepsize": ss["meta"]} if ss else {})
+    bd = cmp_.band_difference
+    band = {"max": bd.max, "layer1_aligned": bd.layer1_aligned.max, "layer1_aligned_mean": bd.layer1_aligned.mean,
+            "layer1": bd.layer1.max, "layer3": bd.layer3.max, "n_sequences": bd.n_sequences}
+    metas = {"estimators": est.meta, "train": tr.meta, "compare": cmp_.meta, "depth": dep.meta} | (
+        {"stepsize": ss.meta} if ss else {})
     git = {k: meta.get("git", {"commit": None, "dirty": None}) for k, meta in metas.items()}
     times = {"estimators": est.meta["run_time_s"], "train": tr.meta["run_time_s"],
              "train_per_model": {k: v.train_time_s for k, v in tr.models.items()},
-             "compare": cmp_["meta"]["run_time_s"], "depth": dep.meta["run_time_s"]}
+             "compare": cmp_.meta["run_time_s"], "depth": dep.meta["run_time_s"]}
     if ss:
-        times["stepsize"] = ss["meta"]["run_time_s"]
+        times["stepsize"] = ss.meta["run_time_s"]
     extra: dict[str, Any] = {}
     if ss:
-        extra["stepsize"] = {name: {"eta_opt": {str(r["L"]): [r["eta_opt"], r["eta_opt_se"]] for r in v["rows"]},
-                                    "eta_star": v["eta_star"],
-                                    "fit_chi2_dof": {f: v["fit"][f]["chi2_dof"] for f in ss["forms"]},
-                                    "best_form": v["fit"]["best"]} for name, v in ss["results"].items()}
-    extra["seed_spread"] = cmp_.get("seed_spread")
+        extra["stepsize"] = {name: {"eta_opt": {str(r.L): [r.eta_opt, r.eta_opt_se] for r in v.rows},
+                                    "eta_star": v.eta_star,
+                                    "fit_chi2_dof": {f: v.fit[f].chi2_dof for f in ss.forms},
+                                    "best_form": v.best_form} for name, v in ss.results.items()}
+    extra["seed_spread"] = dataclasses.asdict(cmp_.seed_spread)  # the summary is a plain dict (its JSON)
     extra["depth_labels"] = dep.labels
     return {"table": table, "depth_table": dep.table, "targets": targets, "band_difference": band, "git": git,
             **extra,
@@ -326,7 +350,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
     kl_table("**depth** (standard transformers vs k-step MD) — KL in nats, mean ± s.e.", s["depth_table"],
              s.get("depth_labels"))
     t = s["targets"]
-    a, b, c = (t["trained_md3_approx_md1_at_eta_train"], t["learned_W1_row_kl_below_0.05"],
+    a, b, c = (t["trained_md_approx_md1_at_eta_train"], t["learned_W1_row_kl_below_0.05"],
                t["deepest_standard_no_worse_than_md2"])
     lines.append("| target / hypothesis | measured | met? |")
     lines.append("|---|---|---|")
@@ -391,8 +415,8 @@ def summary_from_files(estimators: Path, train: Path, compare: Path, depth: Path
     """Rebuild ``summary.json``/``summary.md`` in ``out`` from the subcommands' JSON files (when a
     subcommand was re-run alone): the same tables and targets as ``all``; each run keeps its own
     git state and run time."""
-    ss = load_json(stepsize) if stepsize is not None else None
-    summary = summarize(EstimatorsResult.read(estimators), TrainResult.read(train), load_json(compare),
+    ss = StepsizeResult.read(stepsize) if stepsize is not None else None
+    summary = summarize(EstimatorsResult.read(estimators), TrainResult.read(train), CompareResult.read(compare),
                         DepthResult.read(depth), ss)
     summary["meta"] = {"rebuilt_from": [str(p) for p in (estimators, train, compare, depth, stepsize) if p is not None],
                        "versions": X.package_versions()}

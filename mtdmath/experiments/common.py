@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+import types
 import typing
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,12 @@ import mtdmath as M
 class ConfigError(ValueError):
     """A configuration error found when a run starts (a missing checkpoint, a backend that is not
     installed): the CLI prints it as one ``error:`` line and exits with status 2."""
+
+
+#: the suffix of the checkpoints the experiments write (:func:`mtdmath.nn.save_checkpoint` writes
+#: safetensors); directories are also searched for ``.pt``, the name earlier runs gave the same files
+CHECKPOINT_SUFFIX = ".safetensors"
+CHECKPOINT_SUFFIXES = (CHECKPOINT_SUFFIX, ".pt")
 
 
 def read_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -319,9 +326,15 @@ def _from_dict(tp: Any, v: Any) -> Any:
                      if f.init and f.name in v})
     if tp is np.ndarray:
         return np.asarray(v)
-    if typing.get_origin(tp) is dict:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]: None, or an X
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if v is None else _from_dict(args[0], v) if len(args) == 1 else v
+    if origin is dict:
         vt = typing.get_args(tp)[1]
         return {k: _from_dict(vt, x) for k, x in v.items()}
+    if origin is list and typing.get_args(tp):
+        return [_from_dict(typing.get_args(tp)[0], x) for x in v]
     return v
 
 
@@ -345,7 +358,8 @@ def pyplot():
     return plt
 
 
-#: plotting style per method (label, colour, line style)
+#: plotting style per curve (label, colour, line style): ``md1`` … ``md9`` are k-step MD, trained models
+#: are keyed by their checkpoint names (``md``, ``mdsink``, ``std5``, see :func:`mtdmath.nn.spec_name`)
 STYLE = {
     "bayes": ("exact Bayes", "black", "-"),
     "md1": ("1-step MD (η*)", "tab:blue", "-"),
@@ -361,16 +375,10 @@ STYLE = {
        for k, c in zip(range(2, 6), ("#3182bd", "#6baed6", "#31a354", "#a1d99b"))},
     "em": ("EM", "tab:orange", "--"),
     "mle": ("MLE", "tab:red", "--"),
-    "trained_md3": ("trained disentangled (3 layers)", "tab:green", "-"),
+    "md": ("trained disentangled (3 layers)", "tab:green", "-"),
     "std3": ("trained standard (3 layers)", "tab:gray", "-"),
     "std5": ("trained standard (5 layers)", "darkgoldenrod", "-"),
 }
-
-
-def curve_name(checkpoint_name: str) -> str:
-    """Curve key of a trained model from its checkpoint name: ``md3`` -> ``trained_md3`` (``md3``
-    is also the 3-step MD curve), standard models keep theirs (``std5``, ``std7_d64_h4``)."""
-    return "trained_md3" if checkpoint_name == "md3" else checkpoint_name
 
 
 def style(key: str, labels: dict[str, str] | None = None) -> tuple[str, Any, str]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -64,14 +64,15 @@ class CompareConfig(Config):
     """Configuration of the ``compare`` experiment."""
 
     checkpoints: str = field(default="runs/train/checkpoints", metadata={
-        "help": "directory holding md3.pt / std3.pt / std5.pt from `train` (those present are used; md3.pt is required)"})
+        "help": "directory holding the checkpoints of `train` (md, std3, std5 .safetensors, or .pt from earlier runs; "
+                "those present are used; md is required)"})
     n_eval: Sequences = field(default=1000, metadata={"help": "evaluation sequences (fresh, from the checkpoints' pi)"})
     T: Length = field(default=64, metadata={"help": "evaluation sequence length: contexts L = m … T"})
     attention_T: Length = field(default=64, metadata={"help": "length of the sequence whose attention band is shown"})
     n_band: Steps = field(default=256, metadata={
         "help": "evaluation sequences over which the band difference is measured (the first N_BAND)"})
     seed_checkpoints: tuple[str, ...] = field(default=(), metadata={
-        "help": "more directories holding an md3.pt (other training seeds): the step analysis is repeated "
+        "help": "more directories holding an md checkpoint (other training seeds): the step analysis is repeated "
                 "on each and the spread over seeds reported"})
     # 1024, not 256: on 256 sequences the tuned η_train of the seed-0 task came out 0.089 ± 0.004
     # against 0.098 ± 0.003 on 1024 (the argmin of a noisy sample mean of heavy-tailed per-sequence
@@ -87,23 +88,178 @@ class CompareConfig(Config):
                            step_n_boot=2, n_probe=16) | kw))
 
 
-def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = ("md3",)):
-    """Load every ``*.pt`` checkpoint in ``ck_dir`` (named by file stem); check they share one task.
+@dataclass
+class BandStats:
+    """|trained − constructed| of one attention band over the defined rows (probabilities, dimensionless)."""
 
-    ``required`` names the models that must be present: ``"md3"`` (the disentangled model) or
+    max: float  #: largest absolute difference
+    mean: float  #: mean absolute difference
+    per_sequence_max: list[float]  #: [mean, s.e.] over sequences of each sequence's largest difference
+
+
+@dataclass
+class BandDifference:
+    """How far the trained disentangled model's attention bands are from the construction's
+    (:func:`band_difference`)."""
+
+    n_sequences: int  #: sequences measured on
+    T: int  #: their length
+    layer1: BandStats  #: raw layer-1 band (responsibilities), rows t >= m
+    layer1_aligned: BandStats  #: layer-1 output after the affine map onto the constructed band
+    layer3: BandStats  #: layer-3 band (the lag weights mixed), rows t >= m − 1
+    layer1_alignment_map: np.ndarray  #: the affine map (m+1, m) of :func:`align_layer1`
+    max: float  #: the headline band difference, ``layer1_aligned.max``
+    layer3_vs_bayes: Optional[BandStats] = None  #: layer 3 minus the exact posterior mean of lam
+    construction_layer3_vs_bayes: Optional[BandStats] = None  #: the construction's layer 3 minus it
+
+
+@dataclass
+class W1Comparison:
+    """Learned W1 (softmax over keys) vs column-normalised pi, both as [query b, key a] (:func:`w1_vs_pi`)."""
+
+    learned_softmax_W1_T: np.ndarray  #: (S, S), rows are distributions
+    colnorm_pi_T: np.ndarray  #: (S, S), rows are distributions
+    row_kl: np.ndarray  #: KL(pi row ‖ learned row) per query [nats]
+    mean_row_kl: float  #: their mean [nats]
+    mean_row_kl_negated: Optional[float] = None  #: the same for −W1 (m = 2: W1 is identified up to sign)
+
+
+@dataclass
+class EffectiveStepRecord:
+    """:func:`mtdmath.effective_step` of the trained model."""
+
+    eta: float  #: the one-step MD step that best explains its predictions
+    r2: float  #: R² of that description
+    n_bins: int  #: bins of n in the by-n estimate
+    eta_by_n: Any  #: step per bin of n
+    r2_by_n: Any  #: R² per bin of n
+    n_sequences: int  #: probe sequences
+
+
+@dataclass
+class HypothesisAtL:
+    """KL(trained) − KL(MD at η_train) at one L, paired [nats]."""
+
+    mean: float
+    se: float
+    ci95: list[float]  #: mean ± 1.96 s.e.
+    within_tol: bool  #: |mean| + 1.96 s.e. <= the tolerance
+
+
+@dataclass
+class Hypothesis:
+    """Trained disentangled ≈ one-step MD at η_train, within a tolerance at every table L."""
+
+    statement: str
+    tolerance_nats: float  #: [nats]
+    criterion: str
+    per_L: dict[str, HypothesisAtL]
+    met: bool
+
+
+@dataclass
+class StepAnalysis:
+    """Which step the trained disentangled model implements (:func:`step_analysis`)."""
+
+    effective_step: EffectiveStepRecord
+    eta_star: float  #: η* = 1/(1+α₀)
+    eta_train: list[float]  #: [value, s.e.] of the constant step that minimises the training objective
+    train_objective_T: int  #: the objective is the mean KL over contexts m … this
+    eta_train_heldout_kl: list[float]  #: [mean, s.e.] held-out objective at η_train [nats]
+    eta_star_heldout_kl: list[float]  #: [mean, s.e.] held-out objective at η* [nats]
+    eta_opt: dict[str, list[float]]  #: {L: [η_opt(L), s.e.]}
+    table: dict[str, dict[str, list[float]]]  #: {L: {trained, md1_eta_train: [mean, s.e.]}} [nats]
+    paired_trained_minus_md_eta_train: dict[str, list[float]]  #: {L: [mean, s.e.]} [nats]
+    hypothesis: Hypothesis
+    train_seed: Optional[int] = None  #: the checkpoint's training seed
+
+
+@dataclass
+class SeedAgg:
+    """One number over training seeds."""
+
+    values: list[float]
+    mean: float
+    sd: float  #: standard deviation over seeds (NaN for one)
+    se: float  #: standard error of the mean (NaN for one)
+
+
+@dataclass
+class SeedSpread:
+    """The step analysis over training seeds (one per checkpoint directory, :func:`seed_spread`)."""
+
+    n_seeds: int
+    checkpoints: list[str]  #: the checkpoint directories
+    effective_step: SeedAgg
+    effective_step_r2: SeedAgg
+    eta_train: SeedAgg
+    effective_minus_eta_train: SeedAgg
+    kl_trained: dict[str, SeedAgg]  #: per L [nats]
+    kl_md_eta_train: dict[str, SeedAgg]  #: per L [nats]
+    paired_trained_minus_md_eta_train: dict[str, SeedAgg]  #: per L [nats]
+    hypothesis_met: dict[str, bool]  #: per checkpoint directory
+
+
+@dataclass
+class CompareResult(X.Result):
+    """What ``compare`` measured (``compare.json``). KLs are KL(p* ‖ p̂) in nats; curves are keyed
+    ``md`` (the trained disentangled model), ``std{L}`` …, ``construction``, ``md1``, ``md1_eta_train``,
+    ``bayes``; paired differences are ``{L: [mean, s.e.]}``."""
+
+    config: CompareConfig
+    seed: int  #: base seed of the evaluation streams
+    meta: dict[str, Any]  #: versions, git state, machine, run_time_s [s]
+    m: int  #: MTD order
+    pi: np.ndarray  #: the checkpoints' transition matrix (S, S)
+    alpha: np.ndarray  #: the checkpoints' prior (m,)
+    models: list[str]  #: checkpoint names, ``md`` first, standard models by depth
+    L: list[int]  #: context lengths m … T
+    kl_mean: dict[str, list[float]]  #: per curve: mean KL at each L [nats]
+    kl_se: dict[str, list[float]]  #: its standard error [nats]
+    table: dict[str, dict[str, list[float]]]  #: {L: {curve: [mean, s.e.]}} [nats]
+    gap_md_minus_construction: dict[str, list[float]]  #: paired KL(md) − KL(construction) [nats]
+    gap_md_minus_bayes: dict[str, list[float]]  #: paired KL(md) − KL(bayes) [nats]
+    step_analysis: dict[str, StepAnalysis]  #: per checkpoint directory (``config.checkpoints`` first)
+    seed_spread: SeedSpread
+    construction_vs_md1_max_abs_prob_diff: float  #: max |p̂(construction) − p̂(one-step MD)| (probability)
+    band_difference: BandDifference
+    w1: W1Comparison
+    attention: dict[str, Any]  #: one sequence's attention maps and bands, for the figure
+    train_time_s: dict[str, Optional[float]]  #: per model, from its checkpoint [s]
+    figures: list[str] = field(default_factory=list)  #: PNG files written next to the JSON
+    experiment: str = field(default="compare", init=False)
+
+
+def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = ("md",)):
+    """Load every checkpoint in ``ck_dir`` (``*.safetensors``, or ``*.pt`` as earlier runs named the
+    same files; each named by its file stem, a stem with both suffixes refused); check they share one task.
+
+    ``required`` names the models that must be present: ``"md"`` (the disentangled model) or
     ``"std"`` (at least one standard model). Returns (models, infos, pi, alpha), models in
     float64 on ``device``, standard models sorted by depth.
     """
     if not ck_dir.is_dir():
         raise X.ConfigError(f"checkpoints: {ck_dir} is not a directory (run `train` first)")
     models, infos = {}, {}
-    for p in sorted(ck_dir.glob("*.pt")):
-        models[p.stem], infos[p.stem] = X.read_checkpoint(p, device)
-    has_md = "md3" in models and isinstance(models["md3"], MDTransformer)
+    files: dict[str, Path] = {}
+    for suffix in X.CHECKPOINT_SUFFIXES:
+        for p in sorted(ck_dir.glob(f"*{suffix}")):
+            if p.stem in files:
+                raise X.ConfigError(f"checkpoints: {ck_dir} holds both {files[p.stem].name} and {p.name}: "
+                                    "keep one")
+            files[p.stem] = p
+    if "md3" in files:  # the disentangled model's name before it was ``md``
+        if "md" in files:
+            raise X.ConfigError(f"checkpoints: {ck_dir} holds both {files['md'].name} and {files['md3'].name} "
+                                "(md3 is md's earlier name): keep one")
+        files["md"] = files.pop("md3")
+    for stem, p in sorted(files.items()):
+        models[stem], infos[stem] = X.read_checkpoint(p, device)
+    has_md = "md" in models and isinstance(models["md"], MDTransformer)
     std = sorted((k for k, v in models.items() if not isinstance(v, MDTransformer)),
                  key=lambda k: (models[k].config.n_layers, k))
-    missing = [w for w, ok in (("md3.pt", "md3" not in required or has_md),
-                               ("a standard model (e.g. std5.pt)", "std" not in required or bool(std))) if not ok]
+    missing = [w for w, ok in (("md.safetensors", "md" not in required or has_md),
+                               ("a standard model (e.g. std5.safetensors)", "std" not in required or bool(std))) if not ok]
     if missing:
         raise X.ConfigError(f"checkpoints: {ck_dir} lacks {' and '.join(missing)} (run `train` first)")
     tasks = {k: info["task"] for k, info in infos.items()}
@@ -112,8 +268,8 @@ def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = 
     ref = next(iter(tasks.values()))
     for k, t in tasks.items():
         if not (torch.equal(t.pi.cpu(), ref.pi.cpu()) and np.array_equal(t.alpha, ref.alpha)):
-            raise X.ConfigError(f"checkpoints: {k}.pt was trained on a different task (pi/alpha) than the others")
-    order = (["md3"] if has_md else []) + std + [k for k in models if k not in std and k != "md3"]
+            raise X.ConfigError(f"checkpoints: {files[k].name} was trained on a different task (pi/alpha) than the others")
+    order = (["md"] if has_md else []) + std + [k for k in models if k not in std and k != "md"]
     return ({k: models[k] for k in order}, {k: infos[k] for k in order}, ref.pi.cpu().numpy(), ref.alpha)
 
 
@@ -169,7 +325,7 @@ def align_layer1(r_trained: np.ndarray, band_constructed: np.ndarray, m: int) ->
 
 
 def band_difference(trained: MDTransformer, construction: MDTransformer, tokens: np.ndarray, *,
-                    device: torch.device, posterior: np.ndarray | None = None) -> dict[str, Any]:
+                    device: torch.device, posterior: np.ndarray | None = None) -> BandDifference:
     """How far the trained disentangled model's attention bands are from the construction's, over ``tokens`` (B, T).
 
     Entries (each with ``max``, ``mean`` of the absolute difference on the defined rows —
@@ -188,24 +344,22 @@ def band_difference(trained: MDTransformer, construction: MDTransformer, tokens:
     (t1, t3), (c1, c3) = (attention_bands(x, tokens, device=device) for x in (trained, construction))
     aligned, W = align_layer1(_layer1_outputs(trained, tokens, device=device), c1, m)
 
-    def stats(d: np.ndarray) -> dict[str, Any]:
+    def stats(d: np.ndarray) -> BandStats:
         per_seq = d.max(axis=(1, 2))
         mu, se = X.mean_se(per_seq)
-        return {"max": float(d.max()), "mean": float(d.mean()), "per_sequence_max": [float(mu), float(se)]}
+        return BandStats(max=float(d.max()), mean=float(d.mean()), per_sequence_max=[float(mu), float(se)])
 
-    res: dict[str, Any] = {"n_sequences": int(tokens.shape[0]), "T": int(tokens.shape[1]),
-                           "layer1": stats(np.abs(t1 - c1)[:, m:]),
-                           "layer1_aligned": stats(np.abs(aligned - c1)[:, m:]),
-                           "layer3": stats(np.abs(t3 - c3)[:, m - 1:]),
-                           "layer1_alignment_map": W}
+    l1a = stats(np.abs(aligned - c1)[:, m:])
+    res = BandDifference(n_sequences=int(tokens.shape[0]), T=int(tokens.shape[1]), layer1=stats(np.abs(t1 - c1)[:, m:]),
+                         layer1_aligned=l1a, layer3=stats(np.abs(t3 - c3)[:, m - 1:]), layer1_alignment_map=W,
+                         max=l1a.max)
     if posterior is not None:
-        res["layer3_vs_bayes"] = stats(np.abs(t3[:, m - 1:] - posterior))
-        res["construction_layer3_vs_bayes"] = stats(np.abs(c3[:, m - 1:] - posterior))
-    res["max"] = res["layer1_aligned"]["max"]
+        res.layer3_vs_bayes = stats(np.abs(t3[:, m - 1:] - posterior))
+        res.construction_layer3_vs_bayes = stats(np.abs(c3[:, m - 1:] - posterior))
     return res
 
 
-def w1_vs_pi(W1: np.ndarray, pi: np.ndarray, m: int | None = None) -> dict[str, Any]:
+def w1_vs_pi(W1: np.ndarray, pi: np.ndarray, m: int | None = None) -> W1Comparison:
     """Learned W1 (softmax over the key axis 0) vs column-normalised pi; per-query KLs and their mean.
 
     Both matrices are returned transposed, ``[query b, key a]``, so each *row* is one distribution
@@ -215,18 +369,18 @@ def w1_vs_pi(W1: np.ndarray, pi: np.ndarray, m: int | None = None) -> dict[str, 
     learned = torch.softmax(W, dim=0).numpy().T  # [b, a]
     target = (pi / pi.sum(axis=0, keepdims=True)).T  # [b, a]
     row_kl = M.kl(target, learned)
-    out = {"learned_softmax_W1_T": learned, "colnorm_pi_T": target, "row_kl": row_kl, "mean_row_kl": float(row_kl.mean())}
+    out = W1Comparison(learned_softmax_W1_T=learned, colnorm_pi_T=target, row_kl=row_kl, mean_row_kl=float(row_kl.mean()))
     if m == 2:
         # for m = 2, -W1 (with v1's rows swapped) computes the same layer-1 output: W1 is identified
         # only up to this sign (see align_layer1), so the row KL of -W1 is reported too
         neg = torch.softmax(-W, dim=0).numpy().T
-        out["mean_row_kl_negated"] = float(M.kl(target, neg).mean())
+        out.mean_row_kl_negated = float(M.kl(target, neg).mean())
     return out
 
 
 def step_analysis(model: MDTransformer, pi: np.ndarray, alpha: np.ndarray, train_T: int, tokens: np.ndarray,
                   lam: np.ndarray, kl_trained: np.ndarray, cfg: CompareConfig, *, rng_key: tuple[int, ...]
-                  ) -> tuple[dict[str, Any], np.ndarray]:
+                  ) -> tuple[StepAnalysis, np.ndarray]:
     """Which step the trained disentangled model implements, against the steps MD could use.
 
     Parameters
@@ -244,9 +398,8 @@ def step_analysis(model: MDTransformer, pi: np.ndarray, alpha: np.ndarray, train
 
     Returns
     -------
-    (dict, kl_md_eta_train (B, T − m + 1)) — the dict holds ``effective_step`` (eta, r2, by n),
-    ``eta_star``, ``eta_train`` [value, s.e.], ``eta_opt`` {L: [value, s.e.]}, ``paired_trained_minus_md_eta_train``
-    {L: [mean, s.e.]} and ``hypothesis`` (met or missed at :data:`HYPOTHESIS_TOL`).
+    (:class:`StepAnalysis`, kl_md_eta_train (B, T − m + 1)); the hypothesis is met or missed at
+    :data:`HYPOTHESIS_TOL`.
     """
     m = alpha.shape[0]
     T = tokens.shape[1]
@@ -264,46 +417,43 @@ def step_analysis(model: MDTransformer, pi: np.ndarray, alpha: np.ndarray, train
     kl_md = X.kl_per_sequence(p_true, M.md_predictive_all_prefixes(tokens, pi, alpha, eta=r_train.eta, steps=1))
     kls = {"trained": kl_trained, "md1_eta_train": kl_md}
     paired = X.paired_diff(kls, "trained", "md1_eta_train", m, T)
-    per_L = {L: {"mean": d[0], "se": d[1], "ci95": [d[0] - 1.96 * d[1], d[0] + 1.96 * d[1]],
-                 "within_tol": bool(abs(d[0]) + 1.96 * d[1] <= HYPOTHESIS_TOL)} for L, d in paired.items()}
-    res = {
-        "effective_step": {"eta": eff.eta, "r2": eff.r2, "n_bins": eff.n_bins, "eta_by_n": eff.eta_by_n,
-                           "r2_by_n": eff.r2_by_n, "n_sequences": int(min(cfg.n_probe, tokens.shape[0]))},
-        "eta_star": M.eta_bayes(alpha), "eta_train": [r_train.eta, r_train.eta_se], "train_objective_T": train_T - 1,
-        "eta_train_heldout_kl": [r_train.kl, r_train.kl_se], "eta_star_heldout_kl": [r_train.kl_eta_star, r_train.kl_eta_star_se],
-        "eta_opt": eta_opt, "table": X.table_at(kls, m, T), "paired_trained_minus_md_eta_train": paired,
-        "hypothesis": {"statement": "trained disentangled ≈ one-step MD at η_train", "tolerance_nats": HYPOTHESIS_TOL,
-                       "criterion": "|mean| + 1.96 s.e. of the paired difference <= tolerance at every table L",
-                       "per_L": per_L, "met": bool(per_L) and all(v["within_tol"] for v in per_L.values())},
-    }
+    per_L = {L: HypothesisAtL(mean=d[0], se=d[1], ci95=[d[0] - 1.96 * d[1], d[0] + 1.96 * d[1]],
+                              within_tol=bool(abs(d[0]) + 1.96 * d[1] <= HYPOTHESIS_TOL)) for L, d in paired.items()}
+    res = StepAnalysis(
+        effective_step=EffectiveStepRecord(eta=eff.eta, r2=eff.r2, n_bins=eff.n_bins, eta_by_n=eff.eta_by_n,
+                                           r2_by_n=eff.r2_by_n, n_sequences=int(min(cfg.n_probe, tokens.shape[0]))),
+        eta_star=M.eta_bayes(alpha), eta_train=[r_train.eta, r_train.eta_se], train_objective_T=train_T - 1,
+        eta_train_heldout_kl=[r_train.kl, r_train.kl_se], eta_star_heldout_kl=[r_train.kl_eta_star, r_train.kl_eta_star_se],
+        eta_opt=eta_opt, table=X.table_at(kls, m, T), paired_trained_minus_md_eta_train=paired,
+        hypothesis=Hypothesis(statement="trained disentangled ≈ one-step MD at η_train", tolerance_nats=HYPOTHESIS_TOL,
+                              criterion="|mean| + 1.96 s.e. of the paired difference <= tolerance at every table L",
+                              per_L=per_L, met=bool(per_L) and all(v.within_tol for v in per_L.values())))
     return res, kl_md
 
 
-def seed_spread(analyses: dict[str, dict[str, Any]], kl_tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def seed_spread(analyses: dict[str, StepAnalysis]) -> SeedSpread:
     """Mean, standard deviation and s.e. over seeds (one analysis per checkpoint) of the effective
     step, η_train, their difference, the trained KL and the paired difference at each table L."""
-    def agg(vals: list[float]) -> dict[str, Any]:
+    def agg(vals: list[float]) -> SeedAgg:
         v = np.asarray(vals, np.float64)
         sd = float(v.std(ddof=1)) if v.size > 1 else float("nan")
-        return {"values": v.tolist(), "mean": float(v.mean()), "sd": sd,
-                "se": sd / np.sqrt(v.size) if v.size > 1 else float("nan")}
+        return SeedAgg(values=v.tolist(), mean=float(v.mean()), sd=sd,
+                       se=sd / np.sqrt(v.size) if v.size > 1 else float("nan"))
 
     a = list(analyses.values())
-    Ls = sorted(set.intersection(*(set(x["paired_trained_minus_md_eta_train"]) for x in a)), key=int)
-    return {
-        "n_seeds": len(a), "checkpoints": list(analyses),
-        "effective_step": agg([x["effective_step"]["eta"] for x in a]),
-        "effective_step_r2": agg([x["effective_step"]["r2"] for x in a]),
-        "eta_train": agg([x["eta_train"][0] for x in a]),
-        "effective_minus_eta_train": agg([x["effective_step"]["eta"] - x["eta_train"][0] for x in a]),
-        "kl_trained": {L: agg([kl_tables[k][L]["trained"][0] for k in analyses]) for L in Ls},
-        "kl_md_eta_train": {L: agg([kl_tables[k][L]["md1_eta_train"][0] for k in analyses]) for L in Ls},
-        "paired_trained_minus_md_eta_train": {L: agg([x["paired_trained_minus_md_eta_train"][L][0] for x in a]) for L in Ls},
-        "hypothesis_met": {k: x["hypothesis"]["met"] for k, x in analyses.items()},
-    }
+    Ls = sorted(set.intersection(*(set(x.paired_trained_minus_md_eta_train) for x in a)), key=int)
+    return SeedSpread(
+        n_seeds=len(a), checkpoints=list(analyses),
+        effective_step=agg([x.effective_step.eta for x in a]), effective_step_r2=agg([x.effective_step.r2 for x in a]),
+        eta_train=agg([x.eta_train[0] for x in a]),
+        effective_minus_eta_train=agg([x.effective_step.eta - x.eta_train[0] for x in a]),
+        kl_trained={L: agg([x.table[L]["trained"][0] for x in a]) for L in Ls},
+        kl_md_eta_train={L: agg([x.table[L]["md1_eta_train"][0] for x in a]) for L in Ls},
+        paired_trained_minus_md_eta_train={L: agg([x.paired_trained_minus_md_eta_train[L][0] for x in a]) for L in Ls},
+        hypothesis_met={k: x.hypothesis.met for k, x in analyses.items()})
 
 
-def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
+def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> CompareResult:
     """Evaluate; write ``compare.json``, ``compare_kl.png``, ``compare_attention.png``, ``compare_w1.png``."""
     from tqdm.auto import tqdm
 
@@ -316,27 +466,24 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
         construction = M.MDTransformer.construct(pi, alpha, dtype=torch.float64, device=device)
         preds["construction"] = X.model_all_prefixes(construction, tokens, device=device)
         for name, model in tqdm(models.items(), desc="compare: trained models", disable=not progress):
-            preds[X.curve_name(name)] = X.model_all_prefixes(model, tokens, device=device)
+            preds[name] = X.model_all_prefixes(model, tokens, device=device)
         kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
-        trained = models["md3"]
-        steps: dict[str, Any] = {}
-        kl_tables: dict[str, Any] = {}
+        trained = models["md"]
+        steps: dict[str, StepAnalysis] = {}
         steps[cfg.checkpoints], kls["md1_eta_train"] = step_analysis(
-            trained, pi, alpha, infos["md3"]["task"].T, tokens, lam, kls["trained_md3"], cfg,
+            trained, pi, alpha, infos["md"]["task"].T, tokens, lam, kls["md"], cfg,
             rng_key=(seed, X.KEY_STEP, m, 0))
-        kl_tables[cfg.checkpoints] = steps[cfg.checkpoints]["table"]
         for j, ck in enumerate(tqdm(cfg.seed_checkpoints, desc="compare: seed checkpoints", disable=not progress), 1):
             mods, inf, pi_j, alpha_j = load_models(Path(ck), device)
             m_j = alpha_j.shape[0]
             # each extra checkpoint has its own task (pi depends on the training seed): its own evaluation set
             tok_j, lam_j = M.sample_icl(pi_j, alpha_j, cfg.T, cfg.n_eval, rng=X.rng_for(seed, X.KEY_EVAL, m_j, 100 + j))
             kl_j = X.kl_per_sequence(X.truth_all_prefixes(tok_j, lam_j, pi_j),
-                                     X.model_all_prefixes(mods["md3"], tok_j, device=device))
-            steps[ck], _ = step_analysis(mods["md3"], pi_j, alpha_j, inf["md3"]["task"].T, tok_j, lam_j, kl_j, cfg,
+                                     X.model_all_prefixes(mods["md"], tok_j, device=device))
+            steps[ck], _ = step_analysis(mods["md"], pi_j, alpha_j, inf["md"]["task"].T, tok_j, lam_j, kl_j, cfg,
                                          rng_key=(seed, X.KEY_STEP, m_j, j))
-            steps[ck]["train_seed"] = inf["md3"]["extra"].get("seed")
-            kl_tables[ck] = steps[ck]["table"]
-        steps[cfg.checkpoints]["train_seed"] = infos["md3"]["extra"].get("seed")
+            steps[ck].train_seed = inf["md"]["extra"].get("seed")
+        steps[cfg.checkpoints].train_seed = infos["md"]["extra"].get("seed")
         mean, se = X.curves(kls)
 
         tok_band = tokens[: cfg.n_band]
@@ -346,16 +493,16 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
         y_att, _ = M.sample_icl(pi, alpha, cfg.attention_T, 1, rng=X.rng_for(seed, X.KEY_EVAL, m, 1))
         (tr1, tr3), (co1, co3) = (attention_bands(x, y_att, device=device) for x in (trained, construction))
         r_att = _layer1_outputs(trained, y_att, device=device)
-        al1 = np.concatenate([r_att, np.ones(r_att.shape[:2] + (1,))], axis=-1) @ band["layer1_alignment_map"]
+        al1 = np.concatenate([r_att, np.ones(r_att.shape[:2] + (1,))], axis=-1) @ band.layer1_alignment_map
         al1[:, :m] = 0.0
         with torch.no_grad():
             y_t = torch.as_tensor(y_att, device=device)
             pattern = lambda n: n.endswith("attn.hook_pattern")  # noqa: E731
             att_tr = [a[:, 0] for a in trained.run_with_cache(y_t, names_filter=pattern)[1].values()]
             att_co = [a[:, 0] for a in construction.run_with_cache(y_t, names_filter=pattern)[1].values()]
-        attention = {"tokens": y_att[0], "trained_md3": [a[0].cpu().numpy().round(6) for a in att_tr],
+        attention = {"tokens": y_att[0], "trained": [a[0].cpu().numpy().round(6) for a in att_tr],
                      "construction": [a[0].cpu().numpy().round(6) for a in att_co],
-                     "band": {"trained_md3": {"layer1": tr1[0], "layer1_aligned": al1[0], "layer3": tr3[0]},
+                     "band": {"trained": {"layer1": tr1[0], "layer1_aligned": al1[0], "layer3": tr3[0]},
                               "construction": {"layer1": co1[0], "layer3": co3[0]},
                               "difference_max": {"layer1": float(np.abs(tr1 - co1)[0, m:].max()),
                                                  "layer1_aligned": float(np.abs(al1 - co1)[0, m:].max()),
@@ -363,55 +510,51 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
         w1 = w1_vs_pi(trained.W1.detach().cpu().numpy(), pi, m)
 
     T = cfg.T
-    res = {
-        "experiment": "compare", "config": cfg, "seed": seed, "meta": meta, "m": m, "pi": pi, "alpha": alpha,
-        "models": list(models), "L": list(range(m, T + 1)), "kl_mean": mean, "kl_se": se,
-        "table": X.table_at(kls, m, T),
-        "gap_trained_md3_minus_construction": X.paired_diff(kls, "trained_md3", "construction", m, T),
-        "gap_trained_md3_minus_bayes": X.paired_diff(kls, "trained_md3", "bayes", m, T),
-        "step_analysis": steps,
-        "seed_spread": seed_spread(steps, kl_tables),
-        "construction_vs_md1_max_abs_prob_diff": float(np.abs(preds["construction"] - preds["md1"]).max()),
-        "band_difference": band, "w1": w1, "attention": attention,
-        "train_time_s": {k: info["extra"].get("train_time_s") for k, info in infos.items()},
-    }
+    res = CompareResult(
+        config=cfg, seed=seed, meta=meta, m=m, pi=pi, alpha=alpha, models=list(models), L=list(range(m, T + 1)),
+        kl_mean=mean, kl_se=se, table=X.table_at(kls, m, T),
+        gap_md_minus_construction=X.paired_diff(kls, "md", "construction", m, T),
+        gap_md_minus_bayes=X.paired_diff(kls, "md", "bayes", m, T), step_analysis=steps,
+        seed_spread=seed_spread(steps),
+        construction_vs_md1_max_abs_prob_diff=float(np.abs(preds["construction"] - preds["md1"]).max()),
+        band_difference=band, w1=w1, attention=attention,
+        train_time_s={k: info["extra"].get("train_time_s") for k, info in infos.items()})
     figs = [_plot_kl(res, out / "compare_kl.png"), _plot_attention(attention, band, out / "compare_attention.png"),
             _plot_w1(w1, out / "compare_w1.png")]
-    res["figures"] = [f.name for f in figs]
-    X.write_json(out / "compare.json", res)
-    sa = res["step_analysis"][cfg.checkpoints]
-    hyp = sa["hypothesis"]
-    print(f"compare: effective step {sa['effective_step']['eta']:.4f} (R² {sa['effective_step']['r2']:.3f}); "
-          f"η_train {sa['eta_train'][0]:.4f} ± {sa['eta_train'][1]:.4f}; η* {sa['eta_star']:.4f}; "
-          f"trained ≈ MD(η_train) within {HYPOTHESIS_TOL}: {'met' if hyp['met'] else 'missed'}", file=sys.stderr)
-    print(f"compare: band difference (max |trained − constructed| over {band['n_sequences']} sequences): "
-          f"layer 1 aligned {band['layer1_aligned']['max']:.4f} (mean {band['layer1_aligned']['mean']:.4f}); "
-          f"layer 1 raw {band['layer1']['max']:.4f}; layer 3 {band['layer3']['max']:.4f} "
-          f"(mean {band['layer3']['mean']:.4f})", file=sys.stderr)
+    res.figures = [f.name for f in figs]
+    res.write(out / "compare.json")
+    sa = res.step_analysis[cfg.checkpoints]
+    print(f"compare: effective step {sa.effective_step.eta:.4f} (R² {sa.effective_step.r2:.3f}); "
+          f"η_train {sa.eta_train[0]:.4f} ± {sa.eta_train[1]:.4f}; η* {sa.eta_star:.4f}; "
+          f"trained ≈ MD(η_train) within {HYPOTHESIS_TOL}: {'met' if sa.hypothesis.met else 'missed'}", file=sys.stderr)
+    print(f"compare: band difference (max |trained − constructed| over {band.n_sequences} sequences): "
+          f"layer 1 aligned {band.layer1_aligned.max:.4f} (mean {band.layer1_aligned.mean:.4f}); "
+          f"layer 1 raw {band.layer1.max:.4f}; layer 3 {band.layer3.max:.4f} "
+          f"(mean {band.layer3.mean:.4f})", file=sys.stderr)
     return res
 
 
-def _plot_kl(res: dict[str, Any], path: Path) -> Path:
+def _plot_kl(res: CompareResult, path: Path) -> Path:
     plt = X.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    std = [X.curve_name(k) for k in res["models"] if k != "md3"]
-    methods = [k for k in std + ["trained_md3", "md1", "md1_eta_train", "construction", "bayes"] if k in res["kl_mean"]]
-    X.plot_curves(ax, res["L"], res["kl_mean"], res["kl_se"], methods)
-    g = res["gap_trained_md3_minus_construction"]
+    std = [k for k in res.models if k != "md"]
+    methods = [k for k in std + ["md", "md1", "md1_eta_train", "construction", "bayes"] if k in res.kl_mean]
+    X.plot_curves(ax, res.L, res.kl_mean, res.kl_se, methods)
+    g = res.gap_md_minus_construction
     last = max(g, key=int) if g else None
     sub = f"; trained − construction at L={last}: {g[last][0]:+.4f} ± {g[last][1]:.4f}" if last else ""
-    sa = next(iter(res["step_analysis"].values()))
-    pd = sa["paired_trained_minus_md_eta_train"]
+    sa = next(iter(res.step_analysis.values()))
+    pd = sa.paired_trained_minus_md_eta_train
     if last in pd:
-        sub += (f"\ntrained − MD(η_train = {sa['eta_train'][0]:.4f}) at L={last}: {pd[last][0]:+.4f} ± {pd[last][1]:.4f}; "
-                f"effective step {sa['effective_step']['eta']:.4f}, η* = {sa['eta_star']:.4f}")
-    ax.set_title(f"m = {res['m']}, {res['config'].n_eval} sequences{sub}", fontsize=9)
+        sub += (f"\ntrained − MD(η_train = {sa.eta_train[0]:.4f}) at L={last}: {pd[last][0]:+.4f} ± {pd[last][1]:.4f}; "
+                f"effective step {sa.effective_step.eta:.4f}, η* = {sa.eta_star:.4f}")
+    ax.set_title(f"m = {res.m}, {res.config.n_eval} sequences{sub}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return X.save_figure(fig, path)
 
 
-def _plot_attention(att: dict[str, Any], band: dict[str, Any], path: Path) -> Path:
+def _plot_attention(att: dict[str, Any], band: BandDifference, path: Path) -> Path:
     """Lag bands (T × m images of values): constructed, trained, trained − constructed; rows: layer 1
     raw, layer 1 aligned (the trained layer-1 output mapped onto the constructed band), layer 3."""
     plt = X.pyplot()
@@ -422,7 +565,7 @@ def _plot_attention(att: dict[str, Any], band: dict[str, Any], path: Path) -> Pa
             ("layer3", "layer3", "layer 3: mirror-step weight of lag g"))
     fig, axes = plt.subplots(len(rows), 3, figsize=(9.5, 12))
     for row, (key, ref, title) in enumerate(rows):
-        co, tr = np.asarray(b["construction"][ref]), np.asarray(b["trained_md3"][key])
+        co, tr = np.asarray(b["construction"][ref]), np.asarray(b["trained"][key])
         m = co.shape[1]
         diff = tr - co
         lim = max(float(np.abs(diff).max()), 1e-6)
@@ -433,31 +576,31 @@ def _plot_attention(att: dict[str, Any], band: dict[str, Any], path: Path) -> Pa
             im = ax.imshow(A, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest",
                            extent=(0.5, m + 0.5, T - 0.5, -0.5))
             ax.set_xticks(range(1, m + 1))
-            sub = (f"\nthis sequence: max |diff| = {float(np.abs(diff).max()):.4f}; over {band['n_sequences']}: "
-                   f"{band[key]['max']:.4f}") if j == 2 else ""
+            sub = (f"\nthis sequence: max |diff| = {float(np.abs(diff).max()):.4f}; over {band.n_sequences}: "
+                   f"{getattr(band, key).max:.4f}") if j == 2 else ""
             ax.set_title(f"{name}\n{title}{sub}", fontsize=7)
             ax.set_xlabel("lag g", fontsize=7)
             ax.set_ylabel("query position t", fontsize=7)
             ax.tick_params(labelsize=6)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
     fig.suptitle(f"Attention lag bands, one sequence of length {T}. Band difference (layer 1 aligned, max over "
-                 f"{band['n_sequences']} sequences): {band['max']:.4f}", fontsize=9)
+                 f"{band.n_sequences} sequences): {band.max:.4f}", fontsize=9)
     fig.tight_layout()
     return X.save_figure(fig, path)
 
 
-def _plot_w1(w1: dict[str, Any], path: Path) -> Path:
+def _plot_w1(w1: W1Comparison, path: Path) -> Path:
     plt = X.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8))
-    for ax, key, title in ((axes[0], "colnorm_pi_T", "column-normalised pi"),
-                           (axes[1], "learned_softmax_W1_T", "learned softmax(W1, key axis)")):
-        A = np.asarray(w1[key])
-        im = ax.imshow(A, cmap="magma", vmin=0.0, vmax=float(max(np.max(w1["colnorm_pi_T"]), np.max(w1["learned_softmax_W1_T"]))))
+    top = float(max(np.max(w1.colnorm_pi_T), np.max(w1.learned_softmax_W1_T)))
+    for ax, A, title in ((axes[0], w1.colnorm_pi_T, "column-normalised pi"),
+                         (axes[1], w1.learned_softmax_W1_T, "learned softmax(W1, key axis)")):
+        im = ax.imshow(np.asarray(A), cmap="magma", vmin=0.0, vmax=top)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("key (source) token a")
         ax.set_ylabel("query (target) token b")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-    fig.suptitle(f"W1 of the trained disentangled model: mean row KL(pi ‖ learned) = {w1['mean_row_kl']:.4f} nats",
+    fig.suptitle(f"W1 of the trained disentangled model: mean row KL(pi ‖ learned) = {w1.mean_row_kl:.4f} nats",
                  fontsize=10)
     fig.tight_layout()
     return X.save_figure(fig, path)

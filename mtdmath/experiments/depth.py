@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import mtdmath as M
+from mtdmath.nn import MDTransformer
 
 from . import common as X
 from .compare import load_models
@@ -106,15 +107,15 @@ def run(cfg: DepthConfig, out: Path, *, seed: int, device: torch.device, progres
 
     with X.run_meta(seed, device) as meta:
         models, infos, pi, alpha = load_models(Path(cfg.checkpoints), device, required=("std",))
-        std = [k for k in models if k != "md3"]  # sorted by depth
-        deep = X.curve_name(std[-1])
+        std = [k for k, v in models.items() if not isinstance(v, MDTransformer)]  # sorted by depth
+        deep = std[-1]
         m = alpha.shape[0]
         # the same evaluation stream as `compare` at this seed: the same sequences
         tokens, lam = M.sample_icl(pi, alpha, cfg.T, cfg.n_eval, rng=X.rng_for(seed, X.KEY_EVAL, m))
         p_true = X.truth_all_prefixes(tokens, lam, pi)
         preds = X.estimator_all_prefixes(tokens, pi, alpha, MD_METHODS + ["bayes"], progress=progress, desc="depth")
         for name in std:
-            preds[X.curve_name(name)] = X.model_all_prefixes(models[name], tokens, device=device)
+            preds[name] = X.model_all_prefixes(models[name], tokens, device=device)
         # the steps tuned for the training objective of the deepest model (contexts m … T_train − 1)
         T_obj = infos[std[-1]]["task"].T - 1
         tuned: dict[str, TunedStep] = {}
@@ -136,7 +137,7 @@ def run(cfg: DepthConfig, out: Path, *, seed: int, device: torch.device, progres
     res = DepthResult(
         config=cfg, seed=seed, meta=meta, m=m, pi=pi, alpha=alpha, L=list(range(m, T + 1)), kl_mean=mean, kl_se=se,
         table=X.table_at(kls, m, T), labels={k: LABELS[k] for k in baselines}, train_objective_T=T_obj,
-        tuned_steps=tuned, eta_star=M.eta_bayes(alpha), standard_models=[X.curve_name(k) for k in std], deepest=deep,
+        tuned_steps=tuned, eta_star=M.eta_bayes(alpha), standard_models=list(std), deepest=deep,
         deepest_minus_md={k: X.paired_diff(kls, deep, k, m, T) for k in baselines},
         deepest_minus_bayes=X.paired_diff(kls, deep, "bayes", m, T),
         # the train-objective mean over every context (L = m … T) on the evaluation set, paired

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -73,6 +73,91 @@ class StepsizeConfig(PriorConfig):
                            nonuniform_alpha=(2.0, 0.5), bayes_budget=2e6) | kw))
 
 
+@dataclass
+class FormFit:
+    """One weighted least-squares fit of ``1/η_opt`` against n (see :func:`fit_forms`)."""
+
+    params: dict[str, float]  #: ``{"c": …}`` (η = c/L or c/(α₀+n)) or ``{"A": …, "B": …}`` (1/η = A + B·n)
+    chi2: float  #: χ² of the weighted residuals (dimensionless)
+    dof: int  #: lengths minus parameters
+    chi2_dof: float  #: χ²/dof (NaN for dof = 0)
+    p_value: float  #: P(χ²_dof >= chi2) (NaN for dof = 0)
+    eta_fit: list[float]  #: the fitted step at each row's L
+
+
+@dataclass
+class HeldOutKL:
+    """:func:`mtdmath.optimal_step`'s own held-out numbers at L (its test sequences)."""
+
+    kl: list[float]  #: [mean, s.e.] KL at η_opt(L) [nats]
+    kl_eta_star: list[float]  #: [mean, s.e.] KL at η* [nats]
+    diff_se: float  #: s.e. of the paired difference of the two [nats]
+
+
+@dataclass
+class StepRow:
+    """One context length L of one setting. KLs are KL(p* ‖ p̂) of the next token in nats, [mean, s.e.]
+    over the evaluation sequences; ``a_minus_b`` are paired over the same sequences."""
+
+    L: int  #: context length
+    n: int  #: transitions in the context, L − m
+    eta_opt: float  #: the loss-optimal one-step MD step at L
+    eta_opt_se: float  #: its bootstrap standard error
+    eta_star: float  #: η* = 1/(1+α₀)
+    optimal_step_heldout: HeldOutKL
+    md_eta_opt: list[float]  #: one-step MD at η_opt(L) [nats]
+    md_eta_star: list[float]  #: one-step MD at η* [nats]
+    k2: list[float]  #: the K.2 corrected one-step estimator [nats]
+    k2_minus_md_eta_star: list[float]  #: paired [nats]
+    k2_minus_md_eta_opt: list[float]  #: paired [nats]
+    md_eta_opt_minus_md_eta_star: list[float]  #: paired [nats]
+    n_bayes: int  #: sequences exact Bayes ran on (the first ones; 0: skipped)
+    bayes: Optional[list[float]] = None  #: exact Bayes [nats] (None where skipped)
+    md_eta_opt_minus_bayes: Optional[list[float]] = None  #: paired on the Bayes sequences [nats]
+    md_eta_star_minus_bayes: Optional[list[float]] = None  #: paired on the Bayes sequences [nats]
+    k2_minus_bayes: Optional[list[float]] = None  #: paired on the Bayes sequences [nats]
+
+
+@dataclass
+class SettingVerdict:
+    """Plain statements on one setting (2 s.e. rules on paired differences; p >= 0.05 for a form)."""
+
+    best_form: Optional[str]  #: the form with the smallest finite χ²/dof (None if none is finite)
+    best_chi2_dof: Optional[float]  #: its χ²/dof
+    best_form_acceptable: bool  #: its p-value is >= 0.05
+    acceptable_forms: list[str]  #: every form with p >= 0.05
+    k2_vs_md_eta_star: dict[str, str]  #: per L: "helps", "hurts" or "no significant difference"
+    k2_vs_md_eta_opt: dict[str, str]  #: the same against MD at η_opt(L)
+
+
+@dataclass
+class SettingResult:
+    """One task setting of ``stepsize``."""
+
+    m: int  #: MTD order
+    alpha: np.ndarray  #: Dirichlet prior (m,)
+    alpha0: float  #: Σ alpha
+    pi: np.ndarray  #: transition matrix (S, S)
+    eta_star: float  #: η* = 1/(1+α₀)
+    rows: list[StepRow]  #: one per context length, increasing L
+    fit: dict[str, FormFit]  #: per form of :data:`FORMS`
+    best_form: Optional[str]  #: the form with the smallest finite χ²/dof
+
+
+@dataclass
+class StepsizeResult(X.Result):
+    """What ``stepsize`` measured (``stepsize.json``)."""
+
+    config: StepsizeConfig
+    seed: int  #: base seed of every stream
+    meta: dict[str, Any]  #: versions, git state, machine, run_time_s [s]
+    results: dict[str, SettingResult]  #: per setting name (``m=2``, ``m=3 alpha=(3,1,0.5)``, …)
+    forms: list[str]  #: the fitted forms, :data:`FORMS`
+    verdict: dict[str, SettingVerdict] = field(default_factory=dict)  #: per setting name
+    figures: list[str] = field(default_factory=list)  #: PNG files written next to the JSON
+    experiment: str = field(default="stepsize", init=False)
+
+
 def settings(cfg: StepsizeConfig, seed: int) -> list[dict[str, Any]]:
     """The task settings: ``{"name", "m", "pi", "alpha"}``; pi of order m is the one of
     ``estimators``/``train`` at this seed (the same stream), the second pi has its own stream."""
@@ -93,7 +178,7 @@ def settings(cfg: StepsizeConfig, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def fit_forms(n: np.ndarray, L: np.ndarray, eta: np.ndarray, eta_se: np.ndarray, alpha0: float) -> dict[str, Any]:
+def fit_forms(n: np.ndarray, L: np.ndarray, eta: np.ndarray, eta_se: np.ndarray, alpha0: float) -> dict[str, FormFit]:
     """Weighted least-squares fits of ``y = 1/η_opt`` (σ_y = σ_η/η², the delta method).
 
     Forms
@@ -104,15 +189,14 @@ def fit_forms(n: np.ndarray, L: np.ndarray, eta: np.ndarray, eta_se: np.ndarray,
 
     Returns
     -------
-    dict form -> {"params", "chi2", "dof", "chi2_dof", "p_value", "eta_fit"}; a form with dof = 0
-    gets NaN χ²/dof. ``best`` names the form with the smallest χ²/dof.
+    dict form -> :class:`FormFit`; a form with dof = 0 gets NaN χ²/dof (:func:`best_form` picks one).
     """
     y = 1.0 / eta
     sy = eta_se / eta ** 2
     w = 1.0 / sy
     designs = {"c/L": L[:, None].astype(float), "c/(alpha0+n)": (alpha0 + n)[:, None].astype(float),
                "A+B*n": np.stack([np.ones_like(n, dtype=float), n.astype(float)], axis=1)}
-    out: dict[str, Any] = {}
+    out: dict[str, FormFit] = {}
     for name, D in designs.items():
         beta, *_ = np.linalg.lstsq(D * w[:, None], y * w, rcond=None)
         resid = (y - D @ beta) / sy
@@ -122,13 +206,17 @@ def fit_forms(n: np.ndarray, L: np.ndarray, eta: np.ndarray, eta_se: np.ndarray,
             params = {"A": float(beta[0]), "B": float(beta[1])}
         else:
             params = {"c": float(1.0 / beta[0])}
-        out[name] = {"params": params, "chi2": chi2, "dof": int(dof),
-                     "chi2_dof": chi2 / dof if dof > 0 else float("nan"),
-                     "p_value": float(stats.chi2.sf(chi2, dof)) if dof > 0 else float("nan"),
-                     "eta_fit": (1.0 / (D @ beta)).tolist()}
-    finite = {k: v["chi2_dof"] for k, v in out.items() if np.isfinite(v["chi2_dof"])}
-    out["best"] = min(finite, key=finite.get) if finite else None
+        out[name] = FormFit(params=params, chi2=chi2, dof=int(dof),
+                            chi2_dof=chi2 / dof if dof > 0 else float("nan"),
+                            p_value=float(stats.chi2.sf(chi2, dof)) if dof > 0 else float("nan"),
+                            eta_fit=(1.0 / (D @ beta)).tolist())
     return out
+
+
+def best_form(fit: dict[str, FormFit]) -> str | None:
+    """The form with the smallest finite χ²/dof (None if none is finite)."""
+    finite = {k: v.chi2_dof for k, v in fit.items() if np.isfinite(v.chi2_dof)}
+    return min(finite, key=finite.get) if finite else None
 
 
 def _n_states(n: int, m: int) -> int:
@@ -136,15 +224,15 @@ def _n_states(n: int, m: int) -> int:
     return math.comb(n + m - 1, m - 1)
 
 
-def run(cfg: StepsizeConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> dict[str, Any]:
+def run(cfg: StepsizeConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> StepsizeResult:
     """Tune, evaluate, fit; write ``stepsize.json`` and ``stepsize.png``."""
     from tqdm.auto import tqdm
 
-    results: dict[str, Any] = {}
+    results: dict[str, SettingResult] = {}
     with X.run_meta(seed, device) as meta:
         sets = settings(cfg, seed)
         jobs = [(i, s, L) for i, s in enumerate(sets) for L in cfg.Ls if L >= s["m"] + 1]
-        rows: dict[str, list[dict[str, Any]]] = {s["name"]: [] for s in sets}
+        rows: dict[str, list[StepRow]] = {s["name"]: [] for s in sets}
         for i, s, L in tqdm(jobs, desc="stepsize: η_opt(L)", disable=not progress):
             m, pi, alpha = s["m"], s["pi"], s["alpha"]
             r = M.optimal_step(pi, alpha, L=L, n_train=cfg.n_train, n_test=cfg.n_test, n_boot=cfg.n_boot,
@@ -157,112 +245,113 @@ def run(cfg: StepsizeConfig, out: Path, *, seed: int, device: torch.device, prog
                    "md_eta_star": task_kl(y, lam, pi, alpha, r.eta_star, L=L),
                    "k2": M.kl(p_true, M.predictive(M.corrected_one_step_md(C, alpha), y[:, :L], pi))}
             n_bayes = int(min(cfg.n_eval, cfg.bayes_budget // _n_states(L - m, m)))
-            row: dict[str, Any] = {"L": L, "n": L - m, "eta_opt": r.eta, "eta_opt_se": r.eta_se,
-                                   "eta_star": r.eta_star, "optimal_step_heldout": {
-                                       "kl": [r.kl, r.kl_se], "kl_eta_star": [r.kl_eta_star, r.kl_eta_star_se],
-                                       "diff_se": r.diff_se}}
-            for k, v in kls.items():
-                row[k] = [float(a) for a in X.mean_se(v)]
-            row["k2_minus_md_eta_star"] = [float(a) for a in X.mean_se(kls["k2"] - kls["md_eta_star"])]
-            row["k2_minus_md_eta_opt"] = [float(a) for a in X.mean_se(kls["k2"] - kls["md_eta_opt"])]
-            row["md_eta_opt_minus_md_eta_star"] = [float(a) for a in X.mean_se(kls["md_eta_opt"] - kls["md_eta_star"])]
-            row["n_bayes"] = n_bayes if n_bayes >= 16 else 0
-            if row["n_bayes"]:
+            n_bayes = n_bayes if n_bayes >= 16 else 0
+
+            def ms(v: np.ndarray) -> list[float]:
+                return [float(a) for a in X.mean_se(v)]
+
+            row = StepRow(L=L, n=L - m, eta_opt=r.eta, eta_opt_se=r.eta_se, eta_star=r.eta_star,
+                          optimal_step_heldout=HeldOutKL(kl=[r.kl, r.kl_se], kl_eta_star=[r.kl_eta_star, r.kl_eta_star_se],
+                                                         diff_se=r.diff_se),
+                          md_eta_opt=ms(kls["md_eta_opt"]), md_eta_star=ms(kls["md_eta_star"]), k2=ms(kls["k2"]),
+                          k2_minus_md_eta_star=ms(kls["k2"] - kls["md_eta_star"]),
+                          k2_minus_md_eta_opt=ms(kls["k2"] - kls["md_eta_opt"]),
+                          md_eta_opt_minus_md_eta_star=ms(kls["md_eta_opt"] - kls["md_eta_star"]), n_bayes=n_bayes)
+            if n_bayes:
                 b = slice(0, n_bayes)  # the first n_bayes evaluation sequences
                 kb = M.kl(p_true[b], M.predictive(M.posterior_mean(C[b], alpha), y[b, :L], pi))
-                row["bayes"] = [float(a) for a in X.mean_se(kb)]
-                for k in ("md_eta_opt", "md_eta_star", "k2"):
-                    row[f"{k}_minus_bayes"] = [float(a) for a in X.mean_se(kls[k][b] - kb)]
+                row.bayes = ms(kb)
+                row.md_eta_opt_minus_bayes = ms(kls["md_eta_opt"][b] - kb)
+                row.md_eta_star_minus_bayes = ms(kls["md_eta_star"][b] - kb)
+                row.k2_minus_bayes = ms(kls["k2"][b] - kb)
             rows[s["name"]].append(row)
         for s in sets:
             rs = rows[s["name"]]
             alpha0 = float(np.sum(s["alpha"]))
-            fit = fit_forms(np.array([r["n"] for r in rs]), np.array([r["L"] for r in rs]),
-                            np.array([r["eta_opt"] for r in rs]), np.array([r["eta_opt_se"] for r in rs]), alpha0)
-            results[s["name"]] = {"m": s["m"], "alpha": s["alpha"], "alpha0": alpha0, "pi": s["pi"],
-                                  "eta_star": M.eta_bayes(s["alpha"]), "rows": rs, "fit": fit}
-    res = {"experiment": "stepsize", "config": cfg, "seed": seed, "meta": meta, "results": results,
-           "forms": list(FORMS), "verdict": verdict(results)}
-    res["figures"] = [_plot(res, out / "stepsize.png").name]
-    X.write_json(out / "stepsize.json", res)
+            fit = fit_forms(np.array([r.n for r in rs]), np.array([r.L for r in rs]),
+                            np.array([r.eta_opt for r in rs]), np.array([r.eta_opt_se for r in rs]), alpha0)
+            results[s["name"]] = SettingResult(m=s["m"], alpha=s["alpha"], alpha0=alpha0, pi=s["pi"],
+                                               eta_star=M.eta_bayes(s["alpha"]), rows=rs, fit=fit,
+                                               best_form=best_form(fit))
+    res = StepsizeResult(config=cfg, seed=seed, meta=meta, results=results, forms=list(FORMS), verdict=verdict(results))
+    res.figures = [_plot(res, out / "stepsize.png").name]
+    res.write(out / "stepsize.json")
     (out / "stepsize.md").write_text(markdown(res))
     return res
 
 
-def markdown(res: dict[str, Any]) -> str:
-    """Markdown tables of a ``stepsize`` result (its dict or its JSON): η_opt(L) ± s.e. per setting,
-    the fits (χ²/dof, p), and the KLs of MD at η_opt / η*, K.2 and exact Bayes (mean ± s.e.)."""
-    R = res["results"]
+def markdown(res: StepsizeResult) -> str:
+    """Markdown tables of a ``stepsize`` result (:meth:`StepsizeResult.read` reads its JSON): η_opt(L) ± s.e.
+    per setting, the fits (χ²/dof, p), and the KLs of MD at η_opt / η*, K.2 and exact Bayes (mean ± s.e.)."""
+    R = res.results
     names = list(R)
-    Ls = sorted({row["L"] for r in R.values() for row in r["rows"]})
+    Ls = sorted({row.L for r in R.values() for row in r.rows})
     lines = ["**η_opt(L)** (one-step MD from μ, tuned on held-out sequences; ± bootstrap s.e.)\n",
              "| setting | η* | " + " | ".join(f"L = {L}" for L in Ls) + " |", "|---|---|" + "---|" * len(Ls)]
     for n in names:
-        by = {row["L"]: row for row in R[n]["rows"]}
-        lines.append(f"| {n} | {R[n]['eta_star']:.4f} | " + " | ".join(
-            f"{by[L]['eta_opt']:.4f} ± {by[L]['eta_opt_se']:.4f}" if L in by else "–" for L in Ls) + " |")
+        by = {row.L: row for row in R[n].rows}
+        lines.append(f"| {n} | {R[n].eta_star:.4f} | " + " | ".join(
+            f"{by[L].eta_opt:.4f} ± {by[L].eta_opt_se:.4f}" if L in by else "–" for L in Ls) + " |")
     lines += ["", "**Fits of 1/η_opt against n = L − m** (weighted by the bootstrap s.e.; χ²/dof, p-value)\n",
               "| setting | α₀ | c/L | c/(α₀+n) | A + B·n | form that holds (p ≥ 0.05) |", "|---|---|---|---|---|---|"]
     for n in names:
-        f = R[n]["fit"]
+        f = R[n].fit
 
         def cell(k: str) -> str:
-            pr = ", ".join(f"{a} = {v:.3g}" for a, v in f[k]["params"].items())
-            return f"{f[k]['chi2_dof']:.2f} (p = {f[k]['p_value']:.2g}; {pr})"
+            pr = ", ".join(f"{a} = {v:.3g}" for a, v in f[k].params.items())
+            return f"{f[k].chi2_dof:.2f} (p = {f[k].p_value:.2g}; {pr})"
 
-        ok = res["verdict"][n]["acceptable_forms"]
-        lines.append(f"| {n} | {R[n]['alpha0']:g} | {cell('c/L')} | {cell('c/(alpha0+n)')} | {cell('A+B*n')} | "
+        ok = res.verdict[n].acceptable_forms
+        lines.append(f"| {n} | {R[n].alpha0:g} | {cell('c/L')} | {cell('c/(alpha0+n)')} | {cell('A+B*n')} | "
                      f"{', '.join(ok) if ok else 'none'} |")
     lines += ["", "**KL(p* ‖ p̂)** on a third, disjoint set (nats, mean ± s.e.; exact Bayes on the first n_Bayes "
               "sequences where the count lattice allows)\n",
               "| setting | L | MD(η_opt(L)) | MD(η*) | K.2 corrected | exact Bayes (n_Bayes) | K.2 − MD(η*) (paired) |",
               "|---|---|---|---|---|---|---|"]
     for n in names:
-        for row in R[n]["rows"]:
-            b = f"{row['bayes'][0]:.4f} ± {row['bayes'][1]:.4f} ({row['n_bayes']})" if "bayes" in row else "skipped"
-            d = row["k2_minus_md_eta_star"]
-            lines.append(f"| {n} | {row['L']} | {row['md_eta_opt'][0]:.4f} ± {row['md_eta_opt'][1]:.4f} | "
-                         f"{row['md_eta_star'][0]:.4f} ± {row['md_eta_star'][1]:.4f} | {row['k2'][0]:.4f} ± "
-                         f"{row['k2'][1]:.4f} | {b} | {d[0]:+.4f} ± {d[1]:.4f} |")
+        for row in R[n].rows:
+            b = f"{row.bayes[0]:.4f} ± {row.bayes[1]:.4f} ({row.n_bayes})" if row.bayes is not None else "skipped"
+            d = row.k2_minus_md_eta_star
+            lines.append(f"| {n} | {row.L} | {row.md_eta_opt[0]:.4f} ± {row.md_eta_opt[1]:.4f} | "
+                         f"{row.md_eta_star[0]:.4f} ± {row.md_eta_star[1]:.4f} | {row.k2[0]:.4f} ± "
+                         f"{row.k2[1]:.4f} | {b} | {d[0]:+.4f} ± {d[1]:.4f} |")
     return "\n".join(lines) + "\n"
 
 
-def verdict(results: dict[str, Any]) -> dict[str, Any]:
+def verdict(results: dict[str, SettingResult]) -> dict[str, SettingVerdict]:
     """Per setting: the best form by χ²/dof and whether it is acceptable (p >= 0.05); where K.2 beats
     one-step MD at η* and at η_opt (paired mean difference below −2 s.e.) and where it loses (above +2 s.e.)."""
+    def sig(d: list[float]) -> str:
+        return "helps" if d[0] < -2 * d[1] else "hurts" if d[0] > 2 * d[1] else "no significant difference"
+
     out = {}
     for name, r in results.items():
-        f = r["fit"]
-        best = f["best"]
-        k2_vs_star = {str(row["L"]): ("helps" if row["k2_minus_md_eta_star"][0] < -2 * row["k2_minus_md_eta_star"][1]
-                                      else "hurts" if row["k2_minus_md_eta_star"][0] > 2 * row["k2_minus_md_eta_star"][1]
-                                      else "no significant difference") for row in r["rows"]}
-        k2_vs_opt = {str(row["L"]): ("helps" if row["k2_minus_md_eta_opt"][0] < -2 * row["k2_minus_md_eta_opt"][1]
-                                     else "hurts" if row["k2_minus_md_eta_opt"][0] > 2 * row["k2_minus_md_eta_opt"][1]
-                                     else "no significant difference") for row in r["rows"]}
-        out[name] = {"best_form": best, "best_chi2_dof": f[best]["chi2_dof"] if best else None,
-                     "best_form_acceptable_p>=0.05": bool(best and f[best]["p_value"] >= 0.05),
-                     "acceptable_forms": [k for k in FORMS if np.isfinite(f[k]["p_value"]) and f[k]["p_value"] >= 0.05],
-                     "k2_vs_md_eta_star": k2_vs_star, "k2_vs_md_eta_opt": k2_vs_opt}
+        f, best = r.fit, r.best_form
+        out[name] = SettingVerdict(
+            best_form=best, best_chi2_dof=f[best].chi2_dof if best else None,
+            best_form_acceptable=bool(best and f[best].p_value >= 0.05),
+            acceptable_forms=[k for k in FORMS if np.isfinite(f[k].p_value) and f[k].p_value >= 0.05],
+            k2_vs_md_eta_star={str(row.L): sig(row.k2_minus_md_eta_star) for row in r.rows},
+            k2_vs_md_eta_opt={str(row.L): sig(row.k2_minus_md_eta_opt) for row in r.rows})
     return out
 
 
-def _plot(res: dict[str, Any], path: Path) -> Path:
+def _plot(res: StepsizeResult, path: Path) -> Path:
     plt = X.pyplot()
-    names = list(res["results"])
+    names = list(res.results)
     fig, axes = plt.subplots(2, len(names), figsize=(3.4 * len(names), 6.6), squeeze=False)
     for j, name in enumerate(names):
-        r = res["results"][name]
-        rs = r["rows"]
-        L = np.array([row["L"] for row in rs])
-        eta = np.array([row["eta_opt"] for row in rs])
-        se = np.array([row["eta_opt_se"] for row in rs])
+        r = res.results[name]
+        rs = r.rows
+        L = np.array([row.L for row in rs])
+        eta = np.array([row.eta_opt for row in rs])
+        se = np.array([row.eta_opt_se for row in rs])
         ax = axes[0][j]
         ax.errorbar(L, eta, yerr=se, fmt="o", color="black", ms=3, label="η_opt(L) ± s.e.")
         for form, ls in zip(FORMS, ("--", "-", ":")):
-            f = r["fit"][form]
-            ax.plot(L, f["eta_fit"], ls, lw=1.2, label=f"{form}: χ²/dof {f['chi2_dof']:.2g}")
-        ax.axhline(r["eta_star"], color="tab:blue", lw=0.8, label="η* = 1/(1+α₀)")
+            f = r.fit[form]
+            ax.plot(L, f.eta_fit, ls, lw=1.2, label=f"{form}: χ²/dof {f.chi2_dof:.2g}")
+        ax.axhline(r.eta_star, color="tab:blue", lw=0.8, label="η* = 1/(1+α₀)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(name, fontsize=9)
@@ -274,13 +363,13 @@ def _plot(res: dict[str, Any], path: Path) -> Path:
         for key, label, color in (("md_eta_star", "1-step MD (η*)", "tab:blue"),
                                   ("md_eta_opt", "1-step MD (η_opt(L))", "tab:green"),
                                   ("k2", "K.2 corrected one-step", "tab:red"), ("bayes", "exact Bayes", "black")):
-            pts = [(row["L"], *row[key]) for row in rs if key in row]
+            pts = [(row.L, *getattr(row, key)) for row in rs if getattr(row, key) is not None]
             if not pts:
                 continue
             if key == "bayes":  # say where exact Bayes ran on fewer sequences or not at all
-                n_ev = max(row["n_bayes"] for row in rs)
-                few = [f"L={row['L']}: {row['n_bayes']} seqs" if row["n_bayes"] else f"L={row['L']}: skipped"
-                       for row in rs if row["n_bayes"] < n_ev]
+                n_ev = max(row.n_bayes for row in rs)
+                few = [f"L={row.L}: {row.n_bayes} seqs" if row.n_bayes else f"L={row.L}: skipped"
+                       for row in rs if row.n_bayes < n_ev]
                 label += f" ({'; '.join(few)})" if few else ""
             a = np.array(pts)
             ax.errorbar(a[:, 0], a[:, 1], yerr=a[:, 2], fmt="-o", ms=2.5, lw=1.1, color=color, label=label)

@@ -98,7 +98,7 @@ class JobConfig(JobSettings, TaskConfig):
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
     def name(self) -> str:
-        """The model's name (``md3``, ``std4``, ``std3_d64_h4``)."""
+        """The model's name (``md``, ``std4``, ``std3_d64_h4``)."""
         from mtdmath.nn import spec_name
 
         return spec_name(self.model, d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers)
@@ -114,7 +114,7 @@ class JobResult:
 
     key: str  #: the job's config hash (its file name)
     job: JobConfig
-    name: str  #: the model's name (``md3``, ``std3``)
+    name: str  #: the model's name (``md``, ``std3``)
     L: list[int]  #: context lengths evaluated, m … T-1
     kl_mean: dict[str, list[float]]  #: per curve (trained, construction, bayes): mean KL(p* ‖ p̂) at each L [nats]
     kl_se: dict[str, list[float]]  #: its standard error over sequences [nats]
@@ -186,8 +186,8 @@ def run_job(job: dict[str, Any]) -> JobResult:
     return JobResult(key=cfg.key(), job=cfg, name=name, L=list(range(cfg.m, Te + 1)), kl_mean=mean, kl_se=se,
                      kl_final={k: float(v[:, -1].mean()) for k, v in kls.items()}, gap_final=gap, gap_final_se=gap_se,
                      loss=list(hist.loss), loss_step=list(hist.step),
-                     band_difference_max=None if band is None else float(band["max"]),
-                     band_difference_mean=None if band is None else float(band["layer1_aligned"]["mean"]),
+                     band_difference_max=None if band is None else float(band.max),
+                     band_difference_mean=None if band is None else float(band.layer1_aligned.mean),
                      train_s=round(train_s, 3), total_s=round(time.perf_counter() - t0, 3),
                      steps_per_s=round(hist.steps_per_s, 3))
 

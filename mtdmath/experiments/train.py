@@ -8,7 +8,7 @@ linear warm-up then cosine decay to 0, gradient clipping.
 
 Models (``--models``) are specs (:func:`mtdmath.nn.model_from_spec`):
 
-- ``md`` (``md3``) — :class:`mtdmath.MDTransformer`, the disentangled three-layer architecture of
+- ``md`` (alias ``md3``) — :class:`mtdmath.MDTransformer`, the disentangled three-layer architecture of
   docs/math.md §5 with random learnable weights (the construction is one point of its parameter space);
 - ``std:L=5,d=32,h=2`` — :class:`mtdmath.StandardTransformer` (GPT-style) of any depth L, width d
   and heads h (omitted keys: ``--d-model``, ``--n-heads``); ``std3``, ``std5`` are ``std:L=3``, ``std:L=5``.
@@ -16,8 +16,8 @@ Models (``--models``) are specs (:func:`mtdmath.nn.model_from_spec`):
 Sequences are ``T = 65`` tokens long by default so that the prediction after a context of
 length L = 64 (position 63) is trained; ``compare`` and ``depth`` evaluate L up to 64.
 
-Each model is saved with :func:`mtdmath.nn.save_checkpoint` to ``OUT/checkpoints/<name>.pt``
-(``md3``, ``std{L}`` or ``std{L}_d{D}_h{H}``): weights, config, the task (pi, alpha, T), its loss
+Each model is saved with :func:`mtdmath.nn.save_checkpoint` to ``OUT/checkpoints/<name>.safetensors``
+(``md``, ``std{L}`` or ``std{L}_d{D}_h{H}``): weights, config, the task (pi, alpha, T), its loss
 curve. The loss curve is also compared with the NLL of the one-step MD construction on the same
 batches (the "construction" reference line).
 """
@@ -82,7 +82,7 @@ class TrainConfig(TaskConfig):
             [parse_model_spec(s)[1].get("n_heads", self.n_heads) for s in self.models] + [1]))
 
     def names(self) -> list[str]:
-        """Checkpoint names of the models, in order (``md3``, ``std3``, ``std5_d64_h4`` …)."""
+        """Checkpoint names of the models, in order (``md``, ``std3``, ``std5_d64_h4`` …)."""
         return [spec_name(s, d_model=self.d_model, n_heads=self.n_heads) for s in self.models]
 
     @classmethod
@@ -95,7 +95,7 @@ class TrainConfig(TaskConfig):
 class ModelRecord:
     """One trained model of ``train``."""
 
-    name: str  #: checkpoint name (``md3``, ``std5``, ``std7_d64_h4``)
+    name: str  #: checkpoint name (``md``, ``std5``, ``std7_d64_h4``)
     spec: str  #: the model spec it was built from
     model_config: dict[str, Any]  #: the model's own config (layers, width, heads, …)
     steps: int  #: optimiser steps
@@ -104,7 +104,9 @@ class ModelRecord:
     n_params: int  #: trainable parameters
     train_time_s: float  #: wall-clock training time [s]
     steps_per_s: float  #: optimiser steps per second
-    loss_curve: dict[str, list[float]]  #: ``step``, ``loss`` [nats/token] (window means), ``construction_nll``
+    #: lists ``step``, ``loss`` [nats/token] (window means), ``lr``, ``time`` [s], ``construction_nll``
+    #: [nats/token]; the float ``steps_per_s`` (:meth:`mtdmath.nn.TrainHistory.as_dict`)
+    loss_curve: dict[str, Any]
     checkpoint: str = ""  #: the checkpoint file
 
 
@@ -171,7 +173,7 @@ def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progres
     with X.run_meta(seed, device) as meta:
         for spec in cfg.models:
             model, rec = train_one(spec, cfg, task, seed=seed, device=device, progress=progress)
-            path = save_checkpoint(ck_dir / f"{rec.name}.pt", model, task=task, history=rec.loss_curve,
+            path = save_checkpoint(ck_dir / f"{rec.name}{X.CHECKPOINT_SUFFIX}", model, task=task, history=rec.loss_curve,
                                    extra={"seed": seed, "spec": spec, "train_config": asdict(cfg),
                                           "train_time_s": rec.train_time_s})
             rec.checkpoint = str(path)
@@ -186,7 +188,7 @@ def _plot(records: dict[str, ModelRecord], path: Path) -> Path:
     plt = X.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for kind, rec in records.items():
-        label, color, _ = X.style(X.curve_name(kind))
+        label, color, _ = X.style(kind)
         c = rec.loss_curve
         axes[0].plot(c["step"], c["loss"], color=color, label=label)
         if "construction_nll" in c:

@@ -8,7 +8,8 @@ Any ``nn.Module`` with the library's forward contract trains: an attribute ``m``
 
 Model specs name a model in one string (used by the CLI):
 
-- ``md`` (alias ``md3``) — :class:`~mtdmath.nn.transformer.MDTransformer`;
+- ``md`` (alias ``md3``) — :class:`~mtdmath.nn.transformer.MDTransformer` (named ``md``: ``md3`` was its
+  name before, and ``md1`` … ``md9`` name the k-step mirror-descent curves of the experiments);
 - ``mdsink`` (alias ``md:agg=softmax_sink``) — the same with layer 2 as softmax attention with an
   attention sink (``aggregation="softmax_sink"``: a learnable sink score and layer-3 scale, the
   context-adaptive step c/(n+m+a) of docs/math.md §5.6);
@@ -402,16 +403,16 @@ def model_from_spec(spec: str, S: int, m: int, *, max_len: int, d_model: int = 3
 
 
 def spec_name(model_or_spec: nn.Module | str, **defaults: int) -> str:
-    """A file-safe canonical name: ``md3`` for the disentangled model, ``mdsink`` for it with the
+    """A file-safe canonical name: ``md`` for the disentangled model, ``mdsink`` for it with the
     softmax-sink layer 2, ``std{L}`` for a standard model of width and heads equal to ``defaults``
     (``d_model``, ``n_heads``), else ``std{L}_d{D}_h{H}``."""
     if isinstance(model_or_spec, str):
         kind, kw = parse_model_spec(model_or_spec)
         if kind == "md":
-            return "mdsink" if kw.get("aggregation") == "softmax_sink" else "md3"
+            return "mdsink" if kw.get("aggregation") == "softmax_sink" else "md"
         cfg = {"n_layers": 3, "d_model": 32, "n_heads": 2} | defaults | kw
     elif isinstance(model_or_spec, MDTransformer):
-        return "mdsink" if model_or_spec.aggregation == "softmax_sink" else "md3"
+        return "mdsink" if model_or_spec.aggregation == "softmax_sink" else "md"
     else:
         cfg = asdict(model_or_spec.config)
     base = {"d_model": 32, "n_heads": 2} | {k: v for k, v in defaults.items() if k in ("d_model", "n_heads")}
