@@ -271,7 +271,19 @@ class EM:
         """Sum over simplex blocks B of gap_B^2 / (2 c_B): the gain of the best Frank-Wolfe line step in
         block B under the quadratic model of the (block-concave) log-likelihood along d_B = e_{j*} - theta_B,
         with c_B = -d_B^T (Hessian) d_B = sum_u w_u (ds_u)^2 / s_u^2 (docs/math.md §2 Hessian). In log-likelihood
-        units; costs about one E-step, so it is only evaluated when the other stopping test already passed."""
+        units; costs about one E-step, so it is only evaluated when the other stopping test already passed.
+        Where the compiled EM map is used, so is the compiled gain (two passes over the tuples, no temporaries);
+        else :meth:`predicted_gain_generic`."""
+        if self.kernel if self.kernel is not None else _kernels_enabled(self.idx.size):
+            from .._kernels.fitem import predicted_gain
+
+            theta = np.ascontiguousarray(theta, dtype=np.float64)
+            return float(predicted_gain(theta, self.idx_i64, self.w, self.nxt_i64, self.K, self.lay.S, self.n_rest,
+                                        self.freeze_pi))
+        return self.predicted_gain_generic(theta)
+
+    def predicted_gain_generic(self, theta: np.ndarray) -> float:
+        """:meth:`predicted_gain` in NumPy (the route without the compiled kernels)."""
         K, S = self.K, self.lay.S
         lam = theta[:K]
         P, s, q, g_lam, G = self.estep(theta)
