@@ -21,7 +21,11 @@ from mtdmath._kernels import fitem  # noqa: E402  (after the skip: it imports nu
 def test_serial_small_fit_equals_the_parallel_kernel(variant, monkeypatch):
     true = MTDModel(M.random_transition_matrix(4, concentration=1.0, rng=0), [0.5, 0.3, 0.2])
     y = true.sample(2000, rng=1)
+    calls = []
+    kernel = fitem.em_batch
+    monkeypatch.setattr(fitem, "em_batch", lambda *a, **k: (calls.append(k["n_jobs"]), kernel(*a, **k))[1])
     serial = fit(y, 3, variant=variant, restarts=6, rng=0, n_jobs=1)
+    assert calls and set(calls) == {1}  # the kernel route (numba is imported here), with n_jobs passed down
     monkeypatch.setattr(fitem, "SERIAL_CELLS", 0)  # force the threaded launch of the kernel
     if numba.config.NUMBA_NUM_THREADS >= 2:  # else threads_for caps it at one: nothing to compare
         assert fitem.threads_for(1, 6, n_jobs=2) == 2
