@@ -91,6 +91,17 @@ def check_int(value: Any, name: str, minimum: int | None = None) -> int:
     return value
 
 
+def check_n_jobs(value: Any, name: str = "n_jobs") -> int | None:
+    """scikit-learn's ``n_jobs``: None (the library's choice), a positive int, or a negative int counting back
+    from all cores (-1 all, -2 all but one); 0 and bools are refused."""
+    if value is None:
+        return None
+    value = check_int(value, name)
+    if value == 0:
+        raise ValueError(f"{name} must be None, a positive integer or a negative one (-1 = all cores); got 0")
+    return value
+
+
 def check_bool(value: Any, name: str) -> bool:
     """A bool (Python or NumPy); strings such as "no", numbers and None are refused, not read as truth values."""
     if not isinstance(value, (bool, np.bool_)):

@@ -89,8 +89,13 @@ def test_predicted_gain_kernel_equals_the_numpy_one(variant, independent, freeze
         theta[lay.K + 1] = 0.0  # an entry at 0: excluded from the argmax of its row ...
         if not (em.estep(theta)[1] > 0).all():  # ... unless that makes the data impossible
             theta = kept
-        want = em.predicted_gain(theta)
+        want = em.predicted_gain_generic(theta)
         got = fitem.predicted_gain(theta, em.idx_i64, em.w, em.nxt.astype(np.int64), lay.K, lay.S, em.n_rest, freeze)
         # the same terms summed in another order (bincount/einsum against one pass): 1e-12 relative
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
         assert want > 0 or freeze
+        em.kernel = True  # the EM's dispatch (as inside a run) gives the kernel's value
+        assert em.predicted_gain(theta) == got
+        em.kernel = False
+        assert em.predicted_gain(theta) == want
+        em.kernel = None

@@ -21,10 +21,10 @@ _started = False
 
 #: below this much work (the caller's unit; for the fit, restart x component x tuple cells of one
 #: EM map) a process that has not imported numba yet does not import it: importing numba and
-#: loading a cached kernel costs about 0.5 s of CPU. A first estimate: a NumPy EM map costs about
-#: 6 ns a cell (S = 10, m = 4, 10 restarts), a fit about 100 maps; the caller that passes ``work``
-#: measures where it pays
-COLD_WORK = 2_000_000
+#: loading the cached EM kernel costs about 0.4 s of CPU, and a whole NumPy fit of this size costs
+#: about as much more than the kernel's (measured, 10 restarts: 0.23-0.38 s more at 2e4 cells,
+#: 0.7 s more at 2e5; docs/guide/performance.md), so above it the import pays within the first fit
+COLD_WORK = 50_000
 
 
 def enabled(work: int | None = None) -> bool:

@@ -15,7 +15,6 @@ The object model (docs/guide/fitting.md):
 """
 from ._data import TransitionCounts
 from ._monitor import ConvergenceMonitor
-from .base import NotFittedError
 from .baselines import LRTest, MarkovChain, ModelComparison, compare_models, lr_test
 from .estimator import MTD, fit
 from .icl import ICLFit, fit_icl
@@ -25,3 +24,11 @@ from .selection import select_lags, select_order
 __all__ = ["ChainModel", "ConvergenceMonitor", "ICLFit", "LRTest", "MTD", "MTDModel", "MarkovChain",
            "ModelComparison", "NotFittedError", "TransitionCounts", "compare_models", "fit", "fit_icl", "lr_test",
            "select_lags", "select_order"]
+
+
+def __getattr__(name: str):  # PEP 562: NotFittedError is scikit-learn's class, imported only when first used
+    if name == "NotFittedError":
+        from .base import not_fitted_error
+
+        return not_fitted_error()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

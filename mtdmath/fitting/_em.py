@@ -50,9 +50,6 @@ from ._monitor import ConvergenceMonitor
 VARIANTS = ("shared", "lagwise")
 #: above this many (component, tuple) cells the EM map runs row by row rather than as one batch
 _BATCH_CELLS = 20_000
-#: below this many (restart, component, tuple) cells the compiled EM map runs on one thread: one serial pass
-#: then costs <= ~0.2 ms (measured 0.13 ms at 38k cells), less than a parallel launch on a busy machine
-_PARALLEL_CELLS = 50_000
 #: pseudo-count added to every cell when building the "counts" start (keeps every entry > 0,
 #: because EM can never move an entry away from exactly 0)
 _SMOOTH = 0.5
@@ -128,8 +125,10 @@ class EM:
     threads on these small (U, K) products cost far more than the work when cores are shared, so products
     are einsum / elementwise (single-threaded C loops)."""
 
-    def __init__(self, counts: TransitionCounts, lay: Layout, freeze_pi: bool = False):
+    def __init__(self, counts: TransitionCounts, lay: Layout, freeze_pi: bool = False, n_jobs: int | None = None):
         self.lay = lay
+        #: threads of the compiled EM map (scikit-learn's convention, see :func:`mtdmath._kernels.fitem.threads_for`)
+        self.n_jobs = n_jobs
         self.K = lay.K
         self.idx = np.ascontiguousarray(lay.index(counts).T)  # (K, U): component-major for contiguous rows
         self.idx_i64 = self.idx.astype(np.int64, copy=False)
@@ -143,6 +142,7 @@ class EM:
         # for predicted_gain: emission row of each (component, tuple) pair, and for a shared pi the groups of
         # pairs that use the same row at the same tuple
         self.nxt = counts.nxt
+        self.nxt_i64 = np.ascontiguousarray(counts.nxt, dtype=np.int64)  # the compiled predicted_gain's layout
         self.row_of = (self.idx - self.K) // lay.S  # (K, U)
         self.group = self.group_row = self.group_u = None
         if lay.variant == "shared" and lay.k > 1:
@@ -217,13 +217,13 @@ class EM:
         """
         K, S = self.K, self.lay.S
         b = x.shape[0]
-        if self.kernel if self.kernel is not None else _kernels_enabled():  # the fused E+M kernel: one pass
-            # over the tuples per restart (run_em decides once per fit; direct calls check every time)
+        if self.kernel if self.kernel is not None else _kernels_enabled(b * self.idx.size):  # the fused E+M
+            # kernel: one pass over the tuples per restart (run_em decides once per fit; direct calls every time)
             from .._kernels.fitem import em_batch
 
             x = np.ascontiguousarray(x, dtype=np.float64)
             new, ll = np.empty_like(x), np.empty(b)
-            em_batch(x, self.idx_i64, self.w, K, S, self.n_rest, self.freeze_pi, new, ll)
+            em_batch(x, self.idx_i64, self.w, K, S, self.n_rest, self.freeze_pi, new, ll, n_jobs=self.n_jobs)
             return new, ll
         if b > 1 and self.idx.size > _BATCH_CELLS:
             # many distinct tuples: row by row keeps the (K, U) work in cache (batched einsum is ~3x slower)
@@ -271,7 +271,19 @@ class EM:
         """Sum over simplex blocks B of gap_B^2 / (2 c_B): the gain of the best Frank-Wolfe line step in
         block B under the quadratic model of the (block-concave) log-likelihood along d_B = e_{j*} - theta_B,
         with c_B = -d_B^T (Hessian) d_B = sum_u w_u (ds_u)^2 / s_u^2 (docs/math.md §2 Hessian). In log-likelihood
-        units; costs about one E-step, so it is only evaluated when the other stopping test already passed."""
+        units; costs about one E-step, so it is only evaluated when the other stopping test already passed.
+        Where the compiled EM map is used, so is the compiled gain (two passes over the tuples, no temporaries);
+        else :meth:`predicted_gain_generic`."""
+        if self.kernel if self.kernel is not None else _kernels_enabled(self.idx.size):
+            from .._kernels.fitem import predicted_gain
+
+            theta = np.ascontiguousarray(theta, dtype=np.float64)
+            return float(predicted_gain(theta, self.idx_i64, self.w, self.nxt_i64, self.K, self.lay.S, self.n_rest,
+                                        self.freeze_pi))
+        return self.predicted_gain_generic(theta)
+
+    def predicted_gain_generic(self, theta: np.ndarray) -> float:
+        """:meth:`predicted_gain` in NumPy (the route without the compiled kernels)."""
         K, S = self.K, self.lay.S
         lam = theta[:K]
         P, s, q, g_lam, G = self.estep(theta)
@@ -298,36 +310,26 @@ class EM:
         return total + float(np.sum(gaps[ok] ** 2 / (2.0 * c_rows[ok])))
 
 
-def _kernels_enabled() -> bool:
+def _kernels_enabled(work: int) -> bool:
+    """Whether the compiled EM map serves ``work`` (restart x component x tuple) cells: below
+    :data:`mtdmath._kernels.COLD_WORK` only in a process that has imported numba already (a small fit in a fresh
+    process stays in NumPy rather than pay numba's import)."""
     from .. import _kernels
 
-    return _kernels.enabled()
+    return _kernels.enabled(work=work)
 
 
 @contextlib.contextmanager
 def _kernel_for_run(em: EM, B: int):
-    """For one EM run: decide once whether the compiled kernel is used (the check reads the environment and
-    imports numba, ~5 us, and a run makes ~100 EM evaluations), and run a small problem's kernel on one
-    thread. Below ``_PARALLEL_CELLS`` (restart, component, tuple) cells waking the kernel's thread pool costs
-    more than the pass itself, and on a busy machine every parallel launch waits for a descheduled worker:
-    a 300-symbol fit (S = 4, m = 2, 10 restarts) took 265 ms instead of 5 ms on 2 shared cores. Each
-    restart's arithmetic does not depend on the threads, so results are bit-identical."""
-    use = _kernels_enabled()
-    em.kernel = use
-    prev = None
+    """For one EM run: decide once whether the compiled kernel is used (the check reads the environment, ~5 us,
+    and a run makes ~100 EM evaluations). The kernel itself decides its threads (serial below
+    :data:`mtdmath._kernels.fitem.SERIAL_CELLS`, at most ``em.n_jobs``); each restart's arithmetic does not
+    depend on the threads, so results are bit-identical."""
+    em.kernel = _kernels_enabled(B * em.idx.size)
     try:
-        if use and B * em.idx.size < _PARALLEL_CELLS:
-            import numba
-
-            prev = numba.get_num_threads()
-            numba.set_num_threads(1)
         yield
     finally:
         em.kernel = None
-        if prev is not None:
-            import numba
-
-            numba.set_num_threads(prev)
 
 
 def run_em(em: EM, x0: np.ndarray, tol: float, max_iter: int, accelerate: bool = True,

@@ -20,11 +20,26 @@ from .._validate import as_rng, check_alloc, check_int, check_tokens
 from ._data import Parsed, TransitionCounts, count, parse, to_numpy
 from .symbols import decode, encode
 
-try:  # scikit-learn is a development dependency: use its class when it is there, so its checks recognise ours
-    from sklearn.exceptions import NotFittedError
-except ImportError:  # pragma: no cover - exercised only without scikit-learn
-    class NotFittedError(ValueError, AttributeError):
-        """Raised when a method that needs a fitted estimator is called before ``fit`` (as scikit-learn's)."""
+class FallbackNotFittedError(ValueError, AttributeError):
+    """Raised when a method that needs a fitted estimator is called before ``fit`` (as scikit-learn's), where
+    scikit-learn is not installed."""
+
+
+def not_fitted_error() -> type:
+    """The class :class:`NotFittedError` names: scikit-learn's where it is installed (so that its checks
+    recognise ours), else :class:`FallbackNotFittedError`. Looked up when first needed, not at import:
+    importing scikit-learn costs about a second of CPU, more than a small fit."""
+    try:
+        from sklearn.exceptions import NotFittedError
+    except ImportError:  # pragma: no cover - exercised only without scikit-learn
+        return FallbackNotFittedError
+    return NotFittedError
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: ``NotFittedError`` resolves on first use
+    if name == "NotFittedError":
+        return not_fitted_error()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -93,7 +108,7 @@ class SequenceEstimator:
 
     def _check_fitted(self) -> None:
         if "model_" not in vars(self):
-            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+            raise not_fitted_error()(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
                                  "appropriate arguments before using this estimator.")
 
     # -- what a subclass supplies ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._validate import as_rng, check_alloc, check_float, check_int, check_tokens
+from .._validate import as_rng, check_alloc, check_float, check_int, check_n_jobs, check_tokens
 from ._data import Parsed, TransitionCounts, check_lags, count, parse
 from ._em import EM, VARIANTS, Layout, init_counts, init_explicit, init_random, run_em
 from .base import SequenceEstimator
@@ -47,12 +47,14 @@ def _embed(par: dict, states: np.ndarray, S: int) -> dict:
 
 def em_fit(counts: TransitionCounts, *, variant: str = "shared", independent: bool = False, restarts: int = 10,
            init: Any = "counts", tol: float = 1e-9, max_iter: int = 10_000, rng: Any = None,
-           accelerate: bool = True, freeze_pi: bool = False, window: int = 10) -> tuple[MTDModel, dict]:
+           accelerate: bool = True, freeze_pi: bool = False, window: int = 10,
+           n_jobs: int | None = None) -> tuple[MTDModel, dict]:
     """Maximum likelihood on transition counts by EM (exact M-steps, SQUAREM, restarts as one batch).
 
     The fit of :meth:`MTD.fit` and :meth:`MTD.fit_counts`, with the knobs the tests and the maths checks need: ``accelerate``
     (SQUAREM on/off), ``freeze_pi`` (lam-only EM with pi fixed at the explicit start, to check against
-    ``mtdmath.mle``), ``window`` (of the flat stopping rule). With ``init="counts"`` or ``"random"`` EM runs
+    ``mtdmath.mle``), ``window`` (of the flat stopping rule), ``n_jobs`` (threads of the compiled EM map, as
+    for :class:`MTD`). With ``init="counts"`` or ``"random"`` EM runs
     on the states the counts use (a declared state no transition uses changes nothing but the shapes: its
     column of pi is 0 and its row uniform); an explicit start runs on every declared state.
 
@@ -69,6 +71,7 @@ def em_fit(counts: TransitionCounts, *, variant: str = "shared", independent: bo
     restarts = check_int(restarts, "restarts", minimum=1)
     tol = check_float(tol, "tol", positive=True)
     max_iter = check_int(max_iter, "max_iter", minimum=1)
+    n_jobs = check_n_jobs(n_jobs)
     if isinstance(init, str) and init not in ("counts", "random"):
         raise ValueError(f'init must be "counts", "random", a dict of parameters, an MTDModel or a fitted MTD '
                          f"(got {init!r})")
@@ -85,7 +88,7 @@ def em_fit(counts: TransitionCounts, *, variant: str = "shared", independent: bo
         if used.shape[0] < S_decl:
             states, counts = used, counts.relabel(used)
     lay = Layout(counts.n_states, k, variant, bool(independent))
-    em = EM(counts, lay, freeze_pi=freeze_pi)
+    em = EM(counts, lay, freeze_pi=freeze_pi, n_jobs=n_jobs)
     explicit = None if isinstance(init, str) else init_explicit(init, lay)
     starts = []
     for r in range(restarts):
@@ -162,6 +165,11 @@ class MTD(SequenceEstimator):
         transitions.
     random_state : None, int or numpy Generator
         Seeds the random restarts (and :meth:`sample`, :meth:`confidence_intervals` when not given there).
+    n_jobs : int or None
+        Threads of the compiled EM map, in scikit-learn's convention: None lets the library choose (one
+        thread below a measured problem size, where waking a thread pool costs more than it saves, else
+        numba's thread count), 1 is serial, -1 all cores, -2 all but one. The result does not depend on it
+        (each restart's arithmetic is the same on any thread): only the time does.
 
     Attributes
     ----------
@@ -215,7 +223,7 @@ class MTD(SequenceEstimator):
     def __init__(self, order: int | None = None, *, lags: Sequence[int] | None = None, n_states: int | None = None,
                  variant: str = "shared", independent: bool = False, restarts: int = 10, tol: float = 1e-9,
                  max_iter: int = 10_000, init: Any = "counts", burn_in: int | None = None,
-                 random_state: Any = None):
+                 random_state: Any = None, n_jobs: int | None = None):
         # scikit-learn convention: store the arguments unchanged; validate in fit
         self.order = order
         self.lags = lags
@@ -228,12 +236,14 @@ class MTD(SequenceEstimator):
         self.init = init
         self.burn_in = burn_in
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     # -- the fit on counts -------------------------------------------------------------------------------------
     def _validate_params(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS} (got {self.variant!r})")
         check_int(self.restarts, "restarts", minimum=1)
+        check_n_jobs(self.n_jobs)
         if self.order is not None:
             check_int(self.order, "order", minimum=1)
 
@@ -260,7 +270,7 @@ class MTD(SequenceEstimator):
                 raise ValueError(f"counts: their lags {counts.lags} are not this estimator's lags {lags}")
         return em_fit(counts, variant=self.variant, independent=self.independent, restarts=self.restarts,
                       init=self.init, tol=self.tol, max_iter=self.max_iter,
-                      rng=as_rng(self.random_state, "random_state"))
+                      rng=as_rng(self.random_state, "random_state"), n_jobs=self.n_jobs)
 
     # -- the fitted parameters: views of the law ---------------------------------------------------------------
     @property
@@ -426,7 +436,7 @@ class MTD(SequenceEstimator):
                     warnings.simplefilter("ignore", RuntimeWarning)
                     fb, _ = em_fit(count(parsed, self.lags_, self.n_states_, M), variant=self.variant,
                                    independent=self.independent, restarts=1, init=self.model_, tol=self.tol,
-                                   max_iter=self.max_iter)
+                                   max_iter=self.max_iter, n_jobs=self.n_jobs)
                 draws.append(fb.theta)
             D = np.stack(draws)
             a = (1.0 - level) / 2.0
@@ -460,7 +470,7 @@ class MTD(SequenceEstimator):
 def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None = None,
         n_states: int | None = None, variant: str = "shared", independent: bool = False, restarts: int = 10,
         init: Any = "counts", tol: float = 1e-9, max_iter: int = 10_000, weights: Any = None,
-        rng: Any = None) -> MTD:
+        rng: Any = None, n_jobs: int | None = None) -> MTD:
     """Maximum-likelihood fit of an MTD model by EM: ``MTD(order, ...).fit(sequences, sample_weight=weights)``.
 
     Parameters
@@ -477,6 +487,8 @@ def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None 
         ``y[t]`` (docs/math.md §7.9).
     rng : numpy Generator, int seed or None
         Makes the random restarts reproducible (``random_state`` of :class:`MTD`).
+    n_jobs : int or None
+        Threads of the compiled EM map, as for :class:`MTD` (the result does not depend on it).
 
     Returns
     -------
@@ -493,7 +505,7 @@ def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None 
     (True, (1, 2))
     """
     est = MTD(order, lags=lags, n_states=n_states, variant=variant, independent=independent, restarts=restarts,
-              tol=tol, max_iter=max_iter, init=init, random_state=as_rng(rng))
+              tol=tol, max_iter=max_iter, init=init, random_state=as_rng(rng), n_jobs=n_jobs)
     est._validate_params()
     parsed = parse(sequences, sample_weight=weights, name="sequences", weight_name="weights")
     return est._fit_parsed(parsed)

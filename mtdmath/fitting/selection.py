@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import as_rng, check_int
+from .._validate import as_rng, check_int, check_n_jobs
 from ._data import parse, resolve_states
 from .estimator import MTD
 
@@ -47,7 +47,7 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
     criterion : {"bic", "aic"}
     variant : {"shared", "lagwise"}
     **fit_kwargs
-        ``n_states, independent, restarts, init, tol, max_iter, weights, rng`` as for
+        ``n_states, independent, restarts, init, tol, max_iter, weights, rng, n_jobs`` as for
         :func:`~mtdmath.fitting.fit`; ``init`` applies to order 1.
 
     Returns
@@ -63,9 +63,11 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
     for key in ("order", "lags", "start"):
         if key in fit_kwargs:
             raise ValueError(f"select_order chooses the order itself: do not pass {key!r}")
-    bad = set(fit_kwargs) - {"n_states", "independent", "restarts", "init", "tol", "max_iter", "weights", "rng"}
+    bad = set(fit_kwargs) - {"n_states", "independent", "restarts", "init", "tol", "max_iter", "weights", "rng",
+                             "n_jobs"}
     if bad:
         raise ValueError(f"select_order got unknown fit arguments {sorted(bad)}")
+    check_n_jobs(fit_kwargs.get("n_jobs"))
     parsed = parse(sequences, sample_weight=fit_kwargs.pop("weights", None), name="sequences",
                    weight_name="weights")
     if max_order >= parsed.longest:
@@ -96,7 +98,7 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
 def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criterion: str = "bic",
                 variant: str = "shared", max_size: int | None = None, screen: int = 8, n_states: int | None = None,
                 independent: bool = False, restarts: int = 2, tol: float = 1e-7, max_iter: int = 10_000,
-                weights: Any = None, rng: Any = None) -> tuple[MTD, list[dict]]:
+                weights: Any = None, rng: Any = None, n_jobs: int | None = None) -> tuple[MTD, list[dict]]:
     """Choose a sparse set of lags from the window ``1..max_lag`` by an information criterion.
 
     Every candidate is fitted on the same transitions (each sequence conditioned on its first ``max_lag``
@@ -116,7 +118,7 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
         Window size.
     method : {"forward", "bic"}
     criterion : {"bic", "aic"}
-    variant, n_states, independent, restarts, tol, max_iter, weights, rng
+    variant, n_states, independent, restarts, tol, max_iter, weights, rng, n_jobs
         Passed to each fit. ``tol`` defaults to 1e-7: criteria differ by whole nats between candidates, far
         above what a looser fit loses (tol * |loglik|); the chosen set is refitted with ``tol=1e-9``.
 
@@ -135,6 +137,7 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
     screen = check_int(screen, "screen", minimum=1)
     if max_size is not None:
         max_size = check_int(max_size, "max_size", minimum=1)
+    n_jobs = check_n_jobs(n_jobs)
     rng = as_rng(rng)
     # parsed once: every candidate fit counts the same sequences
     parsed = parse(sequences, sample_weight=weights, name="sequences", weight_name="weights")
@@ -143,7 +146,7 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
                          f"{parsed.longest} tokens")
     S = resolve_states(parsed, n_states)
     kw = dict(n_states=S, variant=variant, independent=independent, restarts=restarts, tol=tol,
-              max_iter=max_iter, burn_in=max_lag, random_state=rng)
+              max_iter=max_iter, burn_in=max_lag, random_state=rng, n_jobs=n_jobs)
     table: list[dict] = []
     cache: dict[tuple, MTD] = {}
 
