@@ -3,7 +3,7 @@
 
 The cases and mtdlearn 0.2.3's times for the same data come from ``bench/peers/small_fit.py`` (mtdlearn runs
 in its own virtualenv, so its times are read from ``bench/peers/results_small_fit.json``, written by
-``MTDLEARN_PYTHON=/work/venvs/mtdlearn/bin/python python bench/peers/small_fit.py``). Each benchmark records
+``MTDLEARN_PYTHON=~/venvs/mtdlearn/bin/python python bench/peers/small_fit.py``). Each benchmark records
 its median, the target, mtdlearn's median for the case and the ratio of the two, and the ratio of the
 lag-wise to the shared-pi fit of the same run.
 """

@@ -12,7 +12,7 @@ fitted parameters (mtdlearn's own value is reported as well, as a check of the p
 
 Usage (repository root)::
 
-    MTDLEARN_PYTHON=/work/venvs/mtdlearn/bin/python python bench/peers/compare_mtdlearn.py [--out FILE] [--check]
+    MTDLEARN_PYTHON=~/venvs/mtdlearn/bin/python python bench/peers/compare_mtdlearn.py [--out FILE] [--check]
 
 ``--check`` exits 1 if a target is missed: ours >= mtdlearn and >= max - 1e-6 n on every case, ours faster on
 every case, >= 10x faster on the largest. Timings are wall-clock of one fit call each, single BLAS thread.

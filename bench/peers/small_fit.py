@@ -10,7 +10,7 @@ one BLAS thread each. Results: ``bench/peers/results_small_fit.json``.
 
 Usage (repository root)::
 
-    MTDLEARN_PYTHON=/work/venvs/mtdlearn/bin/python python bench/peers/small_fit.py [--repeats 7] [--out FILE]
+    MTDLEARN_PYTHON=~/venvs/mtdlearn/bin/python python bench/peers/small_fit.py [--repeats 7] [--out FILE]
 
 Without ``MTDLEARN_PYTHON`` only our times are measured. ``bench/test_bench_fit_small.py`` times the same
 fits under pytest-benchmark and reads mtdlearn's times from the JSON.

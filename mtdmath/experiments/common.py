@@ -244,7 +244,7 @@ def run_meta(seed: int, device: torch.device) -> Iterator[dict[str, Any]]:
     meta: dict[str, Any] = {
         "seed": int(seed), "device": str(device), "versions": package_versions(), "git": _git_state(),
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["python -m mtdmath.experiments", *sys.argv[1:]]), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "loadavg_start": _loadavg(),
     }
     t0 = time.perf_counter()
