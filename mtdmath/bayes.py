@@ -257,12 +257,17 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
             lay.par, lay.group_start, row_start, post, log_scale)
     if route != "serial":
         _kernels.start_threads()
-    if route == "rows":
-        forward_rows(*args, nch, _spare_cells(n, lay, nch))
-    elif route == "batch":
-        forward_batch(*args)
-    else:
-        forward(*args)
+    try:
+        if route == "rows":
+            forward_rows(*args, nch, _spare_cells(n, lay, nch))
+        elif route == "batch":
+            forward_batch(*args)
+        else:
+            forward(*args)
+    except ZeroDivisionError:
+        # a level fell to 0 (alpha entries outside the float64 range of each other): the compiled
+        # route divides by its maximum; report it as the Array-API route does
+        raise range_error(alpha) from None
     return post, log_scale
 
 
@@ -295,15 +300,6 @@ def _spare_cells(n: int, lay: _Layout, nch: int) -> int:
     rows = np.diff(lay.group_start)  # rows of each prefix sum s = 0..n
     cells = rows * (n + 1 - np.arange(rows.shape[0]))
     return int((nch - 1) * cells.max())
-
-
-def _forward_checked(C: np.ndarray, alpha: np.ndarray, max_bytes: float) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_forward`, with a level that fell to 0 (the compiled route then divides by its maximum
-    and raises ZeroDivisionError) reported as the Array-API route reports it."""
-    try:
-        return _forward(C, alpha, max_bytes)
-    except ZeroDivisionError:
-        raise range_error(alpha) from None
 
 
 def _forward_xp(C: Any, alpha: np.ndarray, max_bytes: float) -> tuple[Any, Any]:
@@ -506,7 +502,7 @@ def posterior_mean(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
     if _on_device(space):
         post, _ = _forward_xp(space.xp.reshape(C, (math.prod(batch), n, m)), alpha, max_bytes)
         return _xp.convert(space.xp.reshape(post, batch + (m,)), space)
-    post, _ = _forward_checked(C.reshape((int(np.prod(batch)), n, m)), alpha, max_bytes)
+    post, _ = _forward(C.reshape((int(np.prod(batch)), n, m)), alpha, max_bytes)
     return _xp.from_numpy(post.reshape(batch + (m,)), space)
 
 
@@ -535,7 +531,7 @@ def log_evidence(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> n
     impossible = np.any(np.all(Cf == 0, axis=-1), axis=-1)  # (B,)
     # run the impossible elements on a harmless stand-in and report -inf for them
     Cf = np.where(impossible[:, None, None], 1.0, Cf)
-    _, le = _forward_checked(Cf, alpha, max_bytes)
+    _, le = _forward(Cf, alpha, max_bytes)
     le = np.where(impossible, -np.inf, le)
     return _xp.from_numpy(le.reshape(batch), space)
 
