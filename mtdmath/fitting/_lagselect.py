@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._validate import check_alloc, check_float, check_int, check_tokens, float_array
+from .._validate import check_alloc, check_float, check_int, float_array
+from ._data import as_sequences
 
 __all__ = ["cut", "cut_statistics", "cut_statistics_from_counts", "estimate_oscillations", "forward_stepwise",
            "fs_nu_from_counts", "fsc", "lag_design", "oscillation_estimates_from_counts", "oscillations"]
@@ -21,23 +22,12 @@ __all__ = ["cut", "cut_statistics", "cut_statistics_from_counts", "estimate_osci
 
 # -- data -------------------------------------------------------------------------------------------------
 def _token_arrays(sequences: Any, n_states: int) -> list[np.ndarray]:
-    """A 1-D integer array, a 2-D array (rows are sequences) or a list of 1-D arrays -> validated 1-D arrays."""
-    if isinstance(sequences, np.ndarray) and sequences.ndim in (1, 2):
-        arrs = [sequences] if sequences.ndim == 1 else list(sequences)
-    elif isinstance(sequences, (list, tuple)) and len(sequences) and all(np.ndim(s) == 0 for s in sequences):
-        arrs = [np.asarray(sequences)]  # a flat list of tokens is one sequence
-    elif isinstance(sequences, (list, tuple)) and len(sequences):
-        arrs = list(sequences)
-    else:
-        raise ValueError("sequences must be a 1-D integer array, a 2-D array or a non-empty list of 1-D arrays "
-                         f"(got {type(sequences).__name__})")
-    out = []
-    for i, s in enumerate(arrs):
-        a = check_tokens(s, n_states, name=f"sequences[{i}]")
-        if a.ndim != 1:
-            raise ValueError(f"sequences[{i}] must be 1-D (got shape {a.shape})")
-        out.append(np.asarray(a))
-    return out
+    """The data layer's sequences (:func:`._data.as_sequences`), each checked against ``n_states``."""
+    seqs = as_sequences(sequences, "sequences")
+    for i, a in enumerate(seqs):
+        if a.size and a.max() >= n_states:
+            raise ValueError(f"sequences[{i}] holds the token {a.max()}, outside 0..n_states-1 = 0..{n_states - 1}")
+    return seqs
 
 
 def lag_design(sequences: Any, n_states: int, max_lag: int) -> np.ndarray:
