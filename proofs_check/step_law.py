@@ -26,7 +26,6 @@ the intercept of the large-n asymptote (docs/math.md, math-step-law-exactness).
 """
 from __future__ import annotations
 
-import itertools
 import sys
 from typing import Any, Callable, Sequence
 

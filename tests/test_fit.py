@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import mtdmath
-from mtdmath.fitting import MTD, MTDModel, TransitionCounts, fit, select_order
+from mtdmath.fitting import MTDModel, TransitionCounts, fit, select_order
 from mtdmath.fitting._em import EM, Layout
 from mtdmath.fitting.estimator import em_fit
 

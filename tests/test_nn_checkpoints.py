@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import mtdmath as M
-from mtdmath.nn import (ICLTask, MDTransformer, StandardTransformer, convert_checkpoint, load_checkpoint,
+from mtdmath.nn import (ICLTask, MDTransformer, convert_checkpoint, load_checkpoint,
                         model_from_spec, save_checkpoint, train)
 from mtdmath.nn import checkpoints as CK
 

@@ -9,7 +9,6 @@ different logits (the comparison can fail).
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

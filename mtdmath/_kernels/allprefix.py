@@ -68,7 +68,6 @@ def _sequence(b, y, pi, pflat, log_mu, mu, eta, out, X, E, bits, acc, lam):  # p
     m = mu.shape[0]
     S = pi.shape[1]
     n = T - m
-    one = np.uint64(1)
     uS = np.uint64(S)
     G = np.zeros(m)
     c = np.empty(m)

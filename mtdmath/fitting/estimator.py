@@ -338,7 +338,7 @@ class MTD(SequenceEstimator):
         t = self._variant_test()
         better = "lag-wise (variant='lagwise')" if m.variant == "shared" else "shared pi (variant='shared')"
         if m.variant == "shared" and t.pvalue < 1 - level:
-            verdict = f"the lag-wise variant fits significantly better: refit with variant='lagwise'"
+            verdict = "the lag-wise variant fits significantly better: refit with variant='lagwise'"
         elif m.variant == "shared":
             verdict = "shared pi is not rejected"
         elif t.pvalue < 1 - level:

@@ -11,7 +11,6 @@ read-only and their attributes cannot be rebound.
 from __future__ import annotations
 
 import bisect
-import math
 from typing import Any, Callable, Sequence
 
 import numpy as np

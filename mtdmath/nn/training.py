@@ -33,7 +33,7 @@ from torch import nn
 
 from .. import _validate as V
 from .task import ICLTask
-from .transformer import MDConfig, MDTransformer, StandardConfig, StandardTransformer
+from .transformer import MDTransformer, StandardTransformer
 
 __all__ = ["train", "TrainHistory", "parse_model_spec", "model_from_spec", "spec_name", "lr_schedule"]
 
