@@ -271,7 +271,7 @@ def oscillation_estimates_from_counts(N: Any) -> np.ndarray:
 
 
 # -- CUT --------------------------------------------------------------------------------------------------
-def _check_cut_constants(alpha: float, mu: float, xi: float) -> tuple[float, float, float]:
+def check_cut_constants(alpha: float, mu: float, xi: float) -> tuple[float, float, float]:
     alpha = check_float(alpha, "alpha", positive=True)
     mu = check_float(mu, "mu", positive=True)
     xi = check_float(xi, "xi", positive=True)
@@ -315,7 +315,7 @@ def cut_statistics(sequences: Any, n_states: int, max_lag: int, *, lags: Sequenc
     >>> L, bool(stat[1] > 0)
     ((1, 2), True)
     """
-    alpha, mu, xi = _check_cut_constants(alpha, mu, xi)
+    alpha, mu, xi = check_cut_constants(alpha, mu, xi)
     d = check_int(max_lag, "max_lag", minimum=1)
     L = tuple(range(1, d + 1)) if lags is None else _check_lag_set(lags, d, "lags")
     X = lag_design(sequences, n_states, d)
@@ -345,7 +345,7 @@ def cut_statistics_from_counts(N: Any, *, alpha: float = 0.05, mu: float = 1.0, 
     >>> bool(cut_statistics_from_counts(N)[0] > 0)
     True
     """
-    alpha, mu, xi = _check_cut_constants(alpha, mu, xi)
+    alpha, mu, xi = check_cut_constants(alpha, mu, xi)
     N = _check_count_table(N)
     return np.array([_cut_kernel(T, alpha, mu, xi) for T in _dense_tables(N)])
 
@@ -424,9 +424,15 @@ def forward_stepwise(sequences: Any, n_states: int, max_lag: int, n_lags: int, *
         chosen.append(best)
         maxnu[step] = best_nu
     if elbow:
-        last_min = int(np.flatnonzero(maxnu == maxnu.min())[-1]) + 1  # 1-based step of the smallest nu
-        chosen = chosen[: max(last_min - 1, 1)]
+        chosen = chosen[: elbow_size(maxnu)]
     return tuple(chosen), maxnu
+
+
+def elbow_size(maxnu: np.ndarray) -> int:
+    """hdMTD's elbow rule: the number of lags chosen before the last step whose largest nu is the smallest (at
+    least one)."""
+    last_min = int(np.flatnonzero(maxnu == maxnu.min())[-1]) + 1  # 1-based step of the smallest nu
+    return max(last_min - 1, 1)
 
 
 def fs_nu_from_counts(N: Any) -> float:
@@ -477,7 +483,7 @@ def fsc(sequences: Any, n_states: int, max_lag: int, n_lags: int, *, alpha: floa
     >>> fsc(np.tile([0, 0, 1, 1], 400), 2, 3, 2)
     (2,)
     """
-    _check_cut_constants(alpha, mu, xi)
+    check_cut_constants(alpha, mu, xi)
     S = check_int(n_states, "n_states", minimum=2)
     seqs = _token_arrays(sequences, S)
     first = [y[: y.shape[0] // 2] for y in seqs]

@@ -245,22 +245,36 @@ class SequenceEstimator:
         self._check_fitted()
         return self.model_.n_params
 
-    def aic(self, X: Any = None, y: Any = None, lengths: Any = None) -> float:
-        """``-2 loglik + 2 n_params``: of ``X`` when given, else of the training data."""
+    def aic(self, X: Any = None, y: Any = None, lengths: Any = None, *, boundary: str = "count") -> float:
+        """``-2 loglik + 2 n_params``: of ``X`` when given, else of the training data.
+
+        ``boundary="drop"`` (march's convention, docs/math.md eq-boundary-criteria) does not count the
+        parameters the fit holds at 0 (:meth:`MTDModel.n_params_at_zero`); ``"count"`` (default) counts every
+        identifiable parameter.
+        """
         self._check_fitted()
         ll = self.loglik_ if X is None else self.score(X, y, lengths)
-        return -2.0 * ll + 2.0 * self.n_params
+        return -2.0 * ll + 2.0 * self._criterion_params(boundary)
 
-    def bic(self, X: Any = None, y: Any = None, lengths: Any = None) -> float:
+    def bic(self, X: Any = None, y: Any = None, lengths: Any = None, *, boundary: str = "count") -> float:
         """``-2 loglik + log(n) n_params``, n the number of transitions: of ``X`` when given, else of the
-        training data."""
+        training data; ``boundary`` as for :meth:`aic`."""
         self._check_fitted()
+        k = self._criterion_params(boundary)
         if X is None:
             ll, n = self.loglik_, self.n_obs_
         else:
             c = self._counts_of(X, y, lengths)
             ll, n = self.model_.log_prob(c), c.n_obs
-        return -2.0 * ll + math.log(n) * self.n_params
+        return -2.0 * ll + math.log(n) * k
+
+    def _criterion_params(self, boundary: str) -> int:
+        """The parameter count of AIC/BIC: every identifiable one, or (``"drop"``) those not held at 0."""
+        if boundary not in ("count", "drop"):
+            raise ValueError(f'boundary must be "count" or "drop" (got {boundary!r})')
+        if boundary == "count":
+            return self.n_params
+        return max(self.n_params - self.model_.n_params_at_zero(), 0)
 
     # -- prediction and simulation ---------------------------------------------------------------------------
     def _contexts(self, X: Any) -> np.ndarray:

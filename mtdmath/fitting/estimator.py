@@ -466,6 +466,81 @@ class MTD(SequenceEstimator):
         lo, hi = predictive_interval(inf, self.lags_, X, p, level)
         return p, lo, hi
 
+    def transition_intervals(self, level: float = 0.95, *, method: str = "bonferroni", family: str = "row"
+                             ) -> dict:
+        """Simultaneous confidence intervals for the transition law of every context the training data show
+        (docs/math.md §10.5; march's Bonferroni, Thompson and Bailey intervals).
+
+        The context of a transition is the tuple of symbols at the fit's lags. For each observed context the
+        next-symbol counts of the training transitions are a multinomial sample of the true law
+        ``P(. | context)``, whatever that law is, so these intervals do not assume the MTD: a fitted law
+        ``p`` outside them is evidence against the model.
+
+        Parameters
+        ----------
+        level : float in (0, 1)
+            Simultaneous coverage (``alpha = 1 - level``).
+        method : {"bonferroni", "thompson", "bailey"}
+            Bonferroni of exact Clopper-Pearson intervals (coverage >= ``level`` at every sample size),
+            Thompson (1987) or Bailey (1980) (asymptotic).
+        family : {"row", "all"}
+            ``"row"``: the S intervals of each context hold together with probability >= ``level``;
+            ``"all"`` (Bonferroni only): every interval of every context holds together.
+
+        Returns
+        -------
+        dict
+            ``contexts`` (R, k): the observed contexts, column j the symbol at ``lags_[j]`` (codes);
+            ``n`` (R,): their transition counts; ``p`` (R, S): the fitted law there; ``lower``, ``upper``
+            (R, S): the intervals.
+
+        Raises
+        ------
+        ValueError
+            Naming the argument on bad input, and ``sample_weight`` when the fit's counts are not integers.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mtdmath.fitting import MTD, MTDModel
+        >>> y = MTDModel(np.array([[0.8, 0.2], [0.3, 0.7]]), [0.6, 0.4]).sample(2000, rng=0)
+        >>> band = MTD(2, random_state=0).fit(y).transition_intervals(method="thompson")
+        >>> band["contexts"].tolist(), band["lower"].shape
+        ([[0, 0], [0, 1], [1, 0], [1, 1]], (4, 2))
+        >>> bool(np.all((band["lower"] <= band["p"]) & (band["p"] <= band["upper"])))
+        True
+        """
+        from ._simultaneous import bailey_intervals, bonferroni_intervals, thompson_intervals
+
+        self._check_fitted()
+        level = check_float(level, "level", positive=True)
+        if not level < 1.0:
+            raise ValueError(f"level must be in (0, 1) (got {level})")
+        if method not in ("bonferroni", "thompson", "bailey"):
+            raise ValueError(f'method must be "bonferroni", "thompson" or "bailey" (got {method!r})')
+        if family not in ("row", "all"):
+            raise ValueError(f'family must be "row" or "all" (got {family!r})')
+        if family == "all" and method != "bonferroni":
+            raise ValueError(f'family="all" needs method="bonferroni" (got method={method!r})')
+        c = self.transition_counts_
+        if np.any(c.w != np.round(c.w)):
+            raise ValueError("sample_weight: simultaneous intervals need integer transition counts (the fit was "
+                             "weighted by non-integer weights)")
+        contexts, row = np.unique(c.ctx, axis=0, return_inverse=True)
+        S = c.n_states
+        table = np.zeros((contexts.shape[0], S))
+        np.add.at(table, (row.reshape(-1), c.nxt), c.w)
+        alpha = 1.0 - level
+        if method == "bonferroni":
+            lo, hi = bonferroni_intervals(table, alpha, family=family)
+        else:
+            lo, hi = (thompson_intervals if method == "thompson" else bailey_intervals)(table, alpha)
+        full = np.zeros((contexts.shape[0], self.model_.order), dtype=np.int64)  # time last: lag l at -l
+        for j, l in enumerate(self.lags_):
+            full[:, -l] = contexts[:, j]
+        return {"contexts": contexts, "n": table.sum(axis=1), "p": self.model_.predict_proba(full), "lower": lo,
+                "upper": hi}
+
 
 def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None = None,
         n_states: int | None = None, variant: str = "shared", independent: bool = False, restarts: int = 10,

@@ -25,6 +25,9 @@ from ._em import Layout, mixture_prob
 MAX_STATES = 200_000
 #: default largest state space S^max_lag for a dense :meth:`MTDModel.expanded_matrix`
 MAX_DENSE_STATES = 4096
+#: a fitted parameter at most this is "estimated at 0" for AIC/BIC with ``boundary="drop"``: EM sets an entry no
+#: transition uses to exactly 0, and one whose constrained maximum is 0 shrinks geometrically far below this
+ZERO_PARAM_TOL = 1e-8
 #: stationary law: exact dense solve up to this many states, power iteration (then GMRES) above
 _DENSE_SOLVE_STATES = 2000
 _POWER_ITERS = 20_000
@@ -95,6 +98,17 @@ class _Law:
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen: build a new law instead of setting {name!r}")
+
+    def _simplex_blocks(self) -> list[np.ndarray]:
+        """The law's parameters as probability vectors (each 1-D, summing to 1)."""
+        raise NotImplementedError
+
+    def n_params_at_zero(self, tol: float = ZERO_PARAM_TOL) -> int:
+        """Number of free parameters the law holds at 0 (docs/math.md eq-boundary-criteria): in each simplex
+        block of size s (lam with lam0, a row of pi, p0, a row of a chain's transition), the entries
+        ``<= tol``, at most ``s - 1`` per block (march's convention for AIC/BIC)."""
+        tol = check_float(tol, "tol", nonnegative=True)
+        return int(sum(min(int((b <= tol).sum()), b.shape[0] - 1) for b in self._simplex_blocks()))
 
     def _state_space(self, max_states: int, what: str, dense: bool) -> int:
         S, M = self.n_states, self.order
@@ -303,6 +317,10 @@ class MTDModel(_Law):
         """The parameters packed in :attr:`layout` (a new array)."""
         return self.layout.pack(self.lam, self.pi, self.lam0, self.p0)
 
+    def _simplex_blocks(self) -> list[np.ndarray]:
+        head = [np.append(self.lam, self.lam0) if self.independent else self.lam]
+        return head + list(self.pi.reshape(-1, self.n_states)) + ([self.p0] if self.independent else [])
+
     def _pis(self) -> np.ndarray:
         """(k, S, S) per-lag matrices (a shared pi repeated)."""
         k = len(self.lags)
@@ -381,6 +399,74 @@ class MTDModel(_Law):
 
         return draw_chain(T, self.order, S, rng, init, prefix, row, latent)
 
+    def perfect_sample(self, n: int, rng: Any = None, *, length: int | None = None,
+                       max_steps: int = 65_536) -> np.ndarray:
+        """Exact draws from the stationary law of the chain, by coupling from the past (docs/math.md §10.1;
+        hdMTD's ``perfectSample``).
+
+        Each row is an independent draw of the stationary M-window (M = ``order``), or, with ``length > M``, a
+        stationary stretch of the chain that starts from one. Unlike :meth:`sample`, no burn-in is needed:
+        the first token of each row already has the stationary law.
+
+        Parameters
+        ----------
+        n : int
+            Number of independent draws.
+        rng : numpy Generator, int seed or None
+        length : int, optional
+            Tokens per draw, default M; with ``length < M`` the last ``length`` tokens of the window.
+        max_steps : int
+            Largest backward horizon tried.
+
+        Returns
+        -------
+        ndarray (n, length) int64
+            Oldest token first; a row of length M indexes :meth:`stationary_distribution`'s joint law by
+            ``sum_i row[i] S^(M-1-i)``.
+
+        Raises
+        ------
+        ValueError
+            Naming ``max_steps`` when a draw has not coalesced by then (a periodic or reducible chain never
+            does), or the argument on bad input.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mtdmath.fitting import MTDModel
+        >>> law = MTDModel(np.array([[0.8, 0.2], [0.3, 0.7]]), [0.6, 0.4])
+        >>> x = law.perfect_sample(2000, rng=0)
+        >>> x.shape, round(float(x[:, -1].mean()), 1), law.stationary_distribution()[1].round(1).tolist()
+        ((2000, 2), 0.4, [0.6, 0.4])
+        """
+        from ._perfect import perfect_sample  # the module builds on this class
+
+        return perfect_sample(self.pi, self.lam, n, lags=self.lags, lam0=self.lam0, p0=self.p0, length=length,
+                              rng=rng, max_steps=max_steps)
+
+    def oscillations(self) -> np.ndarray:
+        """Oscillation of each lag (docs/math.md §10.2; hdMTD's ``oscillations``): the largest total-variation
+        change of the next-token law when only the symbol at that lag changes,
+        ``lam[j] * max_{b, c} dTV(pi_j[b, :], pi_j[c, :])``.
+
+        Returns
+        -------
+        ndarray (k,)
+            One entry per lag of :attr:`lags`, in that order. On a fitted law (``MTD.model_``) this is the
+            plug-in estimate; hdMTD's count-based estimate is ``mtdmath.fitting._lagselect``'s
+            ``estimate_oscillations``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mtdmath.fitting import MTDModel
+        >>> MTDModel(np.array([[0.9, 0.1], [0.2, 0.8]]), [0.75, 0.25], lags=(1, 4)).oscillations().round(12).tolist()
+        [0.525, 0.175]
+        """
+        from ._lagselect import oscillations
+
+        return oscillations(self.pi, self.lam)
+
 
 class ChainModel(_Law):
     """The law of a saturated order-m Markov chain (``order=0``: i.i.d. tokens), frozen.
@@ -435,6 +521,9 @@ class ChainModel(_Law):
     @property
     def n_states(self) -> int:
         return int(self.transition.shape[1])
+
+    def _simplex_blocks(self) -> list[np.ndarray]:
+        return list(self.transition)
 
     @property
     def count_lags(self) -> tuple[int, ...]:
