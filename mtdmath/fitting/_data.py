@@ -36,7 +36,7 @@ def _why_not_tokens(a: np.ndarray) -> str:
     if a.dtype.kind == "c":
         return "; Complex data not supported"
     if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-        return "; it holds NaN or inf"
+        return "; it holds NaN or inf (to drop the transitions that touch a missing value pass missing=float('nan'))"
     return ""
 
 
@@ -220,6 +220,9 @@ class TransitionCounts:
     lags : tuple of int
     classes : ndarray (n_states,) or None
         The labels of the states, None for integer codes.
+    n_dropped : int
+        Transitions dropped because their target or a token of their window was missing (the data layer's
+        ``missing`` symbol, docs/math.md §7.1); merged counts add them.
 
     Examples
     --------
@@ -231,24 +234,26 @@ class TransitionCounts:
     5.0
     """
 
-    __slots__ = ("ctx", "nxt", "w", "n_states", "lags", "classes")
+    __slots__ = ("ctx", "nxt", "w", "n_states", "lags", "classes", "n_dropped")
 
-    def __init__(self, ctx: Any, nxt: Any, w: Any, n_states: int, lags: tuple[int, ...], classes: Any = None):
+    def __init__(self, ctx: Any, nxt: Any, w: Any, n_states: int, lags: tuple[int, ...], classes: Any = None,
+                 n_dropped: int = 0):
         self.nxt = np.ascontiguousarray(nxt, dtype=np.int64)
         self.ctx = np.ascontiguousarray(ctx, dtype=np.int64).reshape(self.nxt.shape[0], len(lags))
         self.w = np.ascontiguousarray(w, dtype=np.float64)
         self.n_states = int(n_states)
         self.lags = tuple(int(l) for l in lags)
         self.classes = None if classes is None else np.asarray(classes, dtype=object)
+        self.n_dropped = int(n_dropped)
         for a in (self.ctx, self.nxt, self.w):
             a.setflags(write=False)
 
     @classmethod
     def from_sequences(cls, X: Any, *, lags: Any, n_states: int | None = None, sample_weight: Any = None,
-                       lengths: Any = None) -> "TransitionCounts":
+                       lengths: Any = None, missing: Any = None) -> "TransitionCounts":
         """Count the transitions of ``X`` (any layout of :meth:`MTD.fit`) for the lags ``lags``, each sequence
-        conditioned on its first ``max(lags)`` tokens."""
-        p = parse(X, None, lengths, sample_weight)
+        conditioned on its first ``max(lags)`` tokens; ``missing`` as for :class:`~mtdmath.fitting.MTD`."""
+        p = parse(X, None, lengths, sample_weight, missing=missing)
         return count(p, check_lags(None, lags), n_states)
 
     @property
@@ -271,7 +276,8 @@ class TransitionCounts:
         tuples = np.concatenate([np.column_stack([self.ctx, self.nxt]), np.column_stack([other.ctx, other.nxt])])
         digits, w = _unique_tuples(tuples, np.concatenate([self.w, other.w]), self.n_states)
         k = len(self.lags)
-        return TransitionCounts(digits[:, :k], digits[:, k], w, self.n_states, self.lags, self.classes)
+        return TransitionCounts(digits[:, :k], digits[:, k], w, self.n_states, self.lags, self.classes,
+                                self.n_dropped + other.n_dropped)
 
     def used_states(self) -> np.ndarray:
         """Sorted states that occur in a tuple (as a context token or as the next token)."""
@@ -282,11 +288,13 @@ class TransitionCounts:
         ``states[i]`` becomes ``i``. Labels are dropped (the result is internal to a fit)."""
         code = np.full(self.n_states, -1, dtype=np.int64)
         code[states] = np.arange(states.shape[0])
-        return TransitionCounts(code[self.ctx], code[self.nxt], self.w, states.shape[0], self.lags)
+        return TransitionCounts(code[self.ctx], code[self.nxt], self.w, states.shape[0], self.lags,
+                                n_dropped=self.n_dropped)
 
     def __repr__(self) -> str:
+        dropped = f", n_dropped={self.n_dropped}" if self.n_dropped else ""
         return (f"TransitionCounts({len(self)} distinct tuples, n_obs={self.n_obs:g}, n_states={self.n_states}, "
-                f"lags={self.lags})")
+                f"lags={self.lags}{dropped})")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -305,6 +313,10 @@ class Parsed:
     classes: np.ndarray | None
     name: str = "X"
     weight_name: str = "sample_weight"
+    #: lengths of the sequences before the missing tokens cut them (None when nothing was missing), and the
+    #: number of design-matrix rows dropped for a missing token
+    full_lengths: list[int] | None = None
+    dropped_rows: int = 0
 
     @property
     def longest(self) -> int:
@@ -326,7 +338,7 @@ class Parsed:
 
 
 def parse(X: Any, y: Any = None, lengths: Any = None, sample_weight: Any = None, *, classes: Any = None,
-          fitted: bool = False, name: str = "X", weight_name: str = "sample_weight") -> Parsed:
+          fitted: bool = False, name: str = "X", weight_name: str = "sample_weight", missing: Any = None) -> Parsed:
     """Any accepted layout of ``X`` (and ``y``, ``lengths``, ``sample_weight``) -> :class:`Parsed`.
 
     - ``y`` given: mtdlearn's design matrix, ``X`` (n, L) with column ``c`` the token at lag ``L - c`` (oldest
@@ -338,6 +350,11 @@ def parse(X: Any, y: Any = None, lengths: Any = None, sample_weight: Any = None,
 
     Labels become codes (``classes`` given: those of a fit, an unseen label raises; else the sorted labels or a
     Categorical's categories). ``fitted``: the data are scored by a fitted model (labels need ``classes``).
+
+    ``missing``: the symbol of a missing token (``float('nan')`` also matches None). Every sequence is cut at
+    its missing tokens into the runs between them, each conditioned on its own first tokens, so a transition
+    whose target or window holds a missing token is dropped (march's convention); a design-matrix row holding
+    one is dropped. :func:`count` reports how many transitions that dropped.
     """
     if isinstance(X, (str, bytes)):
         raise ValueError(f"{name} is one string ({X[:20]!r}); to fit its characters as symbols pass list({name})")
@@ -345,6 +362,11 @@ def parse(X: Any, y: Any = None, lengths: Any = None, sample_weight: Any = None,
         raise ValueError(f"{name}: sparse input is not supported; pass integer token sequences (dense arrays)")
     if y is not None and lengths is not None:
         raise ValueError("give either y (design matrix) or lengths (concatenated sequences), not both")
+    masks = y_mask = None
+    if missing is not None:
+        X, masks = fill_missing(X, missing, name)
+        if y is not None:
+            y, y_mask = fill_missing(y, missing, "y")
     if classes is not None or not fitted:
         if y is None:
             X, classes = encode(X, name, classes)
@@ -393,7 +415,87 @@ def parse(X: Any, y: Any = None, lengths: Any = None, sample_weight: Any = None,
     else:
         seqs = as_sequences(X, name)
     seq_w, tok_w = check_weights(w, seqs, weight_name)
-    return Parsed(seqs, seq_w, tok_w, design, L, classes, name, weight_name)
+    out = Parsed(seqs, seq_w, tok_w, design, L, classes, name, weight_name)
+    if masks is not None:
+        if design:
+            row_masks = list(np.concatenate([np.asarray(masks[0]).reshape(len(seqs), -1), np.asarray(y_mask[0])
+                                             .reshape(-1, 1)], axis=1))
+        elif lengths is not None:
+            row_masks = np.split(np.concatenate(masks), np.cumsum(np.asarray(to_numpy(lengths)))[:-1])
+        else:
+            row_masks = masks
+        out = cut_missing(out, row_masks)
+    return out
+
+
+def _is_missing(a: np.ndarray, missing: Any) -> np.ndarray:
+    """Elementwise: does ``a`` hold the missing symbol (NaN also matches None, as pandas' ``isna``)."""
+    if isinstance(missing, float) and math.isnan(missing):
+        if a.dtype.kind == "f":
+            return np.isnan(a)
+        if a.dtype.kind == "O":
+            return np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in a.ravel()],
+                            dtype=bool).reshape(a.shape)
+        return np.zeros(a.shape, dtype=bool)
+    if a.dtype.kind in "USO" or isinstance(missing, str) or a.dtype.kind == np.asarray(missing).dtype.kind:
+        return np.asarray(a == missing, dtype=bool).reshape(a.shape) if a.dtype.kind != "O" else \
+            np.array([v == missing for v in a.ravel()], dtype=bool).reshape(a.shape)
+    return np.asarray(a == missing, dtype=bool)
+
+
+def fill_missing(X: Any, missing: Any, name: str) -> tuple[Any, list[np.ndarray]]:
+    """``X`` with every missing token replaced by a token it holds (the runs between them are cut later), and
+    the mask of the missing tokens of each leaf (one 1-D or 2-D array, or one per sequence of a list)."""
+    if np.ndim(missing) != 0:
+        raise ValueError(f"missing must be one symbol (got {missing!r})")
+    single = not isinstance(X, (list, tuple)) or all(np.ndim(v) == 0 for v in X)  # one array or one sequence
+    leaves = [X] if single else list(X)
+    arrs = []
+    for leaf in leaves:
+        a = np.asarray(leaf) if not isinstance(leaf, (list, tuple)) else np.asarray(leaf, dtype=object)
+        arrs.append(np.asarray(to_numpy(a)) if a.dtype.kind != "O" or not isinstance(leaf, (list, tuple))
+                    else a)
+    masks = [_is_missing(a, missing) for a in arrs]
+    present = [a[~m] for a, m in zip(arrs, masks) if (~m).any()]
+    if not present:
+        raise ValueError(f"{name} holds only missing tokens ({missing!r}): no data to fit")
+    filler = present[0].reshape(-1)[0]
+    out = []
+    for a, m in zip(arrs, masks):
+        a = a.copy() if m.any() else a
+        a[m] = filler
+        if a.dtype.kind in "fO" and a.size and all(isinstance(v, (int, np.integer, float, np.floating)) and
+                                                    float(v) == int(v) for v in a.ravel()):
+            a = a.astype(np.int64)  # integer codes read as floats (or objects) because of NaN or None
+        out.append(a)
+    return (out[0] if single else out), masks
+
+
+def cut_missing(parsed: Parsed, masks: list[np.ndarray]) -> Parsed:
+    """Cut every sequence of ``parsed`` at the tokens ``masks`` marks missing (the runs between them become
+    sequences of the same weight); a design-matrix row with a missing token is dropped."""
+    seqs, seq_w, tok_w = [], [], [] if parsed.tok_w is not None else None
+    full, dropped_rows = [], 0
+    for i, (y, m) in enumerate(zip(parsed.seqs, masks)):
+        m = np.asarray(m, dtype=bool).reshape(-1)
+        if parsed.design:
+            if m.any():
+                dropped_rows += 1
+                continue
+            seqs.append(y)
+            seq_w.append(parsed.seq_w[i])
+            continue
+        full.append(y.shape[0])
+        edges = np.flatnonzero(np.diff(np.concatenate([[1], m.astype(np.int8), [1]])))
+        for a, b in zip(edges[::2], edges[1::2]):  # runs of present tokens [a, b)
+            seqs.append(y[a:b])
+            seq_w.append(parsed.seq_w[i])
+            if tok_w is not None:
+                tok_w.append(parsed.tok_w[i][a:b])
+    if not seqs:
+        raise ValueError(f"{parsed.name}: every row holds a missing token: no data to fit")
+    return Parsed(seqs, np.asarray(seq_w, dtype=np.float64), tok_w, parsed.design, parsed.n_lag_columns,
+                  parsed.classes, parsed.name, parsed.weight_name, None if parsed.design else full, dropped_rows)
 
 
 def resolve_states(parsed: Parsed, n_states: Any) -> int:
@@ -422,7 +524,7 @@ def count(parsed: Parsed, lags: tuple[int, ...], n_states: Any = None, start: in
     else:
         start = M if start is None else max(int(start), M)
         for i, s in enumerate(seqs):
-            if s.shape[0] < M:
+            if s.shape[0] < M and parsed.full_lengths is None:  # a run cut by missing tokens may be short
                 raise ValueError(f"{name}[{i}] has length {s.shape[0]}, shorter than its max lag {M}")
     # the parameters: up to one (S, S) matrix per lag, a few copies per restart and SQUAREM iterate
     why = f"the largest token {S - 1} makes S = {S} states" if n_states is None else f"S = {S} states"
@@ -452,4 +554,8 @@ def count(parsed: Parsed, lags: tuple[int, ...], n_states: Any = None, start: in
     if w.shape[0] == 0:
         raise ValueError(f"{parsed.weight_name} gives every transition weight 0: no data to fit")
     k = len(lags)
-    return TransitionCounts(digits[:, :k], digits[:, k], w, S, lags, parsed.classes)
+    dropped = parsed.dropped_rows
+    if parsed.full_lengths is not None:  # transitions of the uncut sequences minus those of their runs
+        dropped += sum(max(T - start, 0) for T in parsed.full_lengths) - sum(max(y.shape[0] - start, 0)
+                                                                             for y in seqs)
+    return TransitionCounts(digits[:, :k], digits[:, k], w, S, lags, parsed.classes, dropped)

@@ -68,6 +68,8 @@ class SequenceEstimator:
         Training log-likelihood.
     n_obs_ : float
         Number of (weighted) training transitions.
+    n_dropped_ : int
+        Training transitions dropped because their target or window held the ``missing`` symbol.
     """
 
     # -- parameters --------------------------------------------------------------------------------------------
@@ -166,7 +168,7 @@ class SequenceEstimator:
             weights give exactly the fit of the data with each (context, next) tuple repeated that often.
         """
         self._validate_params()
-        return self._fit_parsed(parse(X, y, lengths, sample_weight))
+        return self._fit_parsed(parse(X, y, lengths, sample_weight, missing=getattr(self, "missing", None)))
 
     def _fit_parsed(self, parsed: Parsed):
         """Fit on parsed data (every fitting entry point goes through here or :meth:`fit_counts`)."""
@@ -189,6 +191,7 @@ class SequenceEstimator:
         self.n_states_ = counts.n_states
         self.classes_ = decode(np.arange(counts.n_states), counts.classes)
         self.n_obs_ = counts.n_obs
+        self.n_dropped_ = counts.n_dropped
         for key, value in report.items():
             setattr(self, key + "_", value)
         self._train = None
@@ -204,7 +207,8 @@ class SequenceEstimator:
         """``X`` in the fitted states (labels of fit; a token outside them raises), counted for the model's
         lags, every sequence conditioned on its first ``max(order, burn_in)`` tokens."""
         self._check_fitted()
-        parsed = parse(X, y, lengths, sample_weight, classes=self._labels, fitted=True)
+        parsed = parse(X, y, lengths, sample_weight, classes=self._labels, fitted=True,
+                       missing=getattr(self, "missing", None))
         S = self.n_states_
         if parsed.top >= S:
             raise ValueError(f"X holds the token {parsed.top}, outside this model's states 0..{S - 1}")

@@ -170,6 +170,12 @@ class MTD(SequenceEstimator):
         thread below a measured problem size, where waking a thread pool costs more than it saves, else
         numba's thread count), 1 is serial, -1 all cores, -2 all but one. The result does not depend on it
         (each restart's arithmetic is the same on any thread): only the time does.
+    missing : scalar, optional
+        The symbol of a missing token in ``fit`` and the scores (e.g. -1, "NA", or ``float('nan')``, which
+        also matches None). A transition whose target or window (the ``max(order, burn_in)`` tokens before
+        it) holds one is dropped (march's convention: every sequence is cut into the runs between missing
+        tokens, docs/math.md §7.1); ``n_dropped_`` counts them. Default: none, and data holding None or NaN
+        raise ``ValueError``.
 
     Attributes
     ----------
@@ -186,6 +192,8 @@ class MTD(SequenceEstimator):
         Training log-likelihood, each sequence conditioned on its first ``max(order, burn_in)`` tokens.
     n_obs_ : float
         Number of (weighted) training transitions, the ``n`` of BIC.
+    n_dropped_ : int
+        Training transitions dropped for a ``missing`` token.
     n_iter_ : int
         EM-map evaluations of the best restart (one SQUAREM iteration uses two or three).
     converged_ : bool
@@ -223,7 +231,7 @@ class MTD(SequenceEstimator):
     def __init__(self, order: int | None = None, *, lags: Sequence[int] | None = None, n_states: int | None = None,
                  variant: str = "shared", independent: bool = False, restarts: int = 10, tol: float = 1e-9,
                  max_iter: int = 10_000, init: Any = "counts", burn_in: int | None = None,
-                 random_state: Any = None, n_jobs: int | None = None):
+                 random_state: Any = None, n_jobs: int | None = None, missing: Any = None):
         # scikit-learn convention: store the arguments unchanged; validate in fit
         self.order = order
         self.lags = lags
@@ -237,6 +245,7 @@ class MTD(SequenceEstimator):
         self.burn_in = burn_in
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.missing = missing
 
     # -- the fit on counts -------------------------------------------------------------------------------------
     def _validate_params(self) -> None:
@@ -545,7 +554,7 @@ class MTD(SequenceEstimator):
 def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None = None,
         n_states: int | None = None, variant: str = "shared", independent: bool = False, restarts: int = 10,
         init: Any = "counts", tol: float = 1e-9, max_iter: int = 10_000, weights: Any = None,
-        rng: Any = None, n_jobs: int | None = None) -> MTD:
+        rng: Any = None, n_jobs: int | None = None, missing: Any = None) -> MTD:
     """Maximum-likelihood fit of an MTD model by EM: ``MTD(order, ...).fit(sequences, sample_weight=weights)``.
 
     Parameters
@@ -564,6 +573,8 @@ def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None 
         Makes the random restarts reproducible (``random_state`` of :class:`MTD`).
     n_jobs : int or None
         Threads of the compiled EM map, as for :class:`MTD` (the result does not depend on it).
+    missing : scalar, optional
+        The symbol of a missing token, as for :class:`MTD`.
 
     Returns
     -------
@@ -580,7 +591,7 @@ def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None 
     (True, (1, 2))
     """
     est = MTD(order, lags=lags, n_states=n_states, variant=variant, independent=independent, restarts=restarts,
-              tol=tol, max_iter=max_iter, init=init, random_state=as_rng(rng), n_jobs=n_jobs)
+              tol=tol, max_iter=max_iter, init=init, random_state=as_rng(rng), n_jobs=n_jobs, missing=missing)
     est._validate_params()
-    parsed = parse(sequences, sample_weight=weights, name="sequences", weight_name="weights")
+    parsed = parse(sequences, sample_weight=weights, name="sequences", weight_name="weights", missing=missing)
     return est._fit_parsed(parsed)

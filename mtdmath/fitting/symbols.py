@@ -95,7 +95,8 @@ def _object_leaf(leaf: Any, name: str, i: int) -> np.ndarray:
 def _check_no_missing(values: np.ndarray, name: str) -> None:
     for v in values:
         if v is None or (isinstance(v, float) and v != v):
-            raise ValueError(f"{name} holds a missing value ({v!r}); drop or recode missing symbols first")
+            raise ValueError(f"{name} holds a missing value ({v!r}); to drop the transitions that touch it "
+                             "pass missing=float('nan') (or recode it)")
 
 
 def encode(data: Any, name: str = "sequences", classes: np.ndarray | None = None) -> tuple[Any, np.ndarray | None]:
