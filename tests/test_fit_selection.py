@@ -53,7 +53,7 @@ def test_forward_stops_when_bic_does_not_improve():
 def test_select_lags_bad_input():
     y = chain(0, n=500, W=5)
     with pytest.raises(ValueError, match="method"):
-        select_lags(y, 5, method="cut")
+        select_lags(y, 5, method="lasso")
     with pytest.raises(ValueError, match="max_lag"):
         select_lags(y, 0)
     with pytest.raises(ValueError, match="criterion"):
