@@ -441,6 +441,9 @@ class MTDModel(_Law):
         """
         from ._perfect import perfect_sample  # the module builds on this class
 
+        n = check_int(n, "n", minimum=0)
+        width = self.order if length is None else max(check_int(length, "length", minimum=1), self.order)
+        check_alloc(n * width, 8, "n", f"{n} draws of {width} tokens")
         return perfect_sample(self.pi, self.lam, n, lags=self.lags, lam0=self.lam0, p0=self.p0, length=length,
                               rng=rng, max_steps=max_steps)
 
