@@ -92,3 +92,34 @@ def test_default_refuses_missing_values_naming_X():
     y = MTDModel(PI, [1.0]).sample(400, rng=3)
     a, b = MTD(1, missing=-1, random_state=0).fit(y), MTD(1, random_state=0).fit(y)
     assert a.loglik_ == b.loglik_ and a.n_dropped_ == 0
+
+
+# -- left-padding with a null state (mtdlearn's convention) ---------------------------------------------------
+def test_left_padding_equals_the_fit_on_hand_padded_sequences():
+    rng = np.random.default_rng(5)
+    seqs = [MTDModel(PI, [0.6, 0.4]).sample(int(T), rng=i) for i, T in enumerate(rng.integers(1, 12, size=60))]
+    est = MTD(2, pad=3, random_state=0, restarts=3).fit(seqs)
+    hand = [np.concatenate([[3, 3], s]) for s in seqs]  # two null tokens before each sequence, by hand
+    ref = MTD(2, n_states=4, random_state=0, restarts=3).fit(hand)
+    # every token is a target, short sequences included: n_obs is the total length
+    assert est.n_obs_ == sum(s.shape[0] for s in seqs) == ref.n_obs_
+    assert est.loglik_ == pytest.approx(ref.loglik_, rel=1e-9)  # same tuples, same starts
+    assert np.all(est.pi_[:, 3] == 0)  # the null state is never a target
+    # without padding the short sequences contribute less (the check can fail)
+    plain = MTD(2, n_states=3, random_state=0, restarts=1).fit([s for s in seqs if s.shape[0] > 2])
+    assert plain.n_obs_ < est.n_obs_
+    # scoring pads the same way
+    assert est.score(seqs) == pytest.approx(est.loglik_, rel=1e-12)
+
+
+def test_left_padding_with_labels_and_bad_input():
+    c = TransitionCounts.from_sequences([["a", "b"], ["b", "a", "b"]], lags=(1, 2), pad="<null>")
+    assert c.classes.tolist() == ["a", "b", "<null>"] and c.n_obs == 5
+    with pytest.raises(ValueError, match="pad = 1 is a token"):
+        MTD(1, pad=1).fit([0, 1, 0])
+    with pytest.raises(ValueError, match="pad and missing"):
+        MTD(1, pad=2, missing=-1).fit([0, 1, 0])
+    with pytest.raises(ValueError, match="pad does not apply to a design matrix"):
+        MTD(1, pad=2).fit(np.array([[0], [1]]), np.array([1, 0]))
+    with pytest.raises(ValueError, match="pad must be a non-negative integer"):
+        MTD(1, pad="null").fit([0, 1, 0])

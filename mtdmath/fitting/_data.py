@@ -250,10 +250,11 @@ class TransitionCounts:
 
     @classmethod
     def from_sequences(cls, X: Any, *, lags: Any, n_states: int | None = None, sample_weight: Any = None,
-                       lengths: Any = None, missing: Any = None) -> "TransitionCounts":
+                       lengths: Any = None, missing: Any = None, pad: Any = None) -> "TransitionCounts":
         """Count the transitions of ``X`` (any layout of :meth:`MTD.fit`) for the lags ``lags``, each sequence
-        conditioned on its first ``max(lags)`` tokens; ``missing`` as for :class:`~mtdmath.fitting.MTD`."""
-        p = parse(X, None, lengths, sample_weight, missing=missing)
+        conditioned on its first ``max(lags)`` tokens; ``missing`` and ``pad`` as for
+        :class:`~mtdmath.fitting.MTD`."""
+        p = parse(X, None, lengths, sample_weight, missing=missing, pad=pad)
         return count(p, check_lags(None, lags), n_states)
 
     @property
@@ -317,6 +318,8 @@ class Parsed:
     #: number of design-matrix rows dropped for a missing token
     full_lengths: list[int] | None = None
     dropped_rows: int = 0
+    #: code of the null state that :func:`count` puts before every sequence (``pad``), or None
+    pad_code: int | None = None
 
     @property
     def longest(self) -> int:
@@ -324,7 +327,8 @@ class Parsed:
 
     @property
     def top(self) -> int:
-        return max((int(s.max()) for s in self.seqs if s.size), default=-1)
+        top = max((int(s.max()) for s in self.seqs if s.size), default=-1)
+        return top if self.pad_code is None else max(top, self.pad_code)
 
     def sequences_for(self, max_lag: int) -> list[np.ndarray]:
         """The sequences a fit of max lag ``max_lag`` reads: a design matrix keeps its last ``max_lag`` lag
@@ -338,7 +342,8 @@ class Parsed:
 
 
 def parse(X: Any, y: Any = None, lengths: Any = None, sample_weight: Any = None, *, classes: Any = None,
-          fitted: bool = False, name: str = "X", weight_name: str = "sample_weight", missing: Any = None) -> Parsed:
+          fitted: bool = False, name: str = "X", weight_name: str = "sample_weight", missing: Any = None,
+          pad: Any = None) -> Parsed:
     """Any accepted layout of ``X`` (and ``y``, ``lengths``, ``sample_weight``) -> :class:`Parsed`.
 
     - ``y`` given: mtdlearn's design matrix, ``X`` (n, L) with column ``c`` the token at lag ``L - c`` (oldest
@@ -355,7 +360,15 @@ def parse(X: Any, y: Any = None, lengths: Any = None, sample_weight: Any = None,
     its missing tokens into the runs between them, each conditioned on its own first tokens, so a transition
     whose target or window holds a missing token is dropped (march's convention); a design-matrix row holding
     one is dropped. :func:`count` reports how many transitions that dropped.
+
+    ``pad``: a null symbol (mtdlearn's convention) that :func:`count` puts before every sequence as many times
+    as the window is long, so that every token, from the first, is the target of a transition whose window
+    holds the null symbol where the sequence has no past. It is a state of its own (labels: appended after
+    the data's labels; codes: the given code, which the data must not use) and never a target.
     """
+    if pad is not None and missing is not None:
+        raise ValueError("pad and missing cannot be combined (a run after a missing token would be padded, not "
+                         "dropped)")
     if isinstance(X, (str, bytes)):
         raise ValueError(f"{name} is one string ({X[:20]!r}); to fit its characters as symbols pass list({name})")
     if type(X).__module__.startswith("scipy.sparse"):
@@ -416,6 +429,8 @@ def parse(X: Any, y: Any = None, lengths: Any = None, sample_weight: Any = None,
         seqs = as_sequences(X, name)
     seq_w, tok_w = check_weights(w, seqs, weight_name)
     out = Parsed(seqs, seq_w, tok_w, design, L, classes, name, weight_name)
+    if pad is not None:
+        out.pad_code, out.classes = pad_state(out, pad)
     if masks is not None:
         if design:
             row_masks = list(np.concatenate([np.asarray(masks[0]).reshape(len(seqs), -1), np.asarray(y_mask[0])
@@ -498,6 +513,27 @@ def cut_missing(parsed: Parsed, masks: list[np.ndarray]) -> Parsed:
                   parsed.classes, parsed.name, parsed.weight_name, None if parsed.design else full, dropped_rows)
 
 
+def pad_state(parsed: Parsed, pad: Any) -> tuple[int, np.ndarray | None]:
+    """(code of the null state ``pad``, the classes with it) for parsed data (``pad`` of :func:`parse`)."""
+    if parsed.design:
+        raise ValueError("pad does not apply to a design matrix (each row is one transition with its window)")
+    if np.ndim(pad) != 0:
+        raise ValueError(f"pad must be one symbol (got {pad!r})")
+    classes = parsed.classes
+    if classes is None:
+        if isinstance(pad, (bool, np.bool_)) or not isinstance(pad, (int, np.integer)) or pad < 0:
+            raise ValueError(f"pad must be a non-negative integer code for integer data (got {pad!r})")
+        if any(np.any(y == pad) for y in parsed.seqs):
+            raise ValueError(f"pad = {pad} is a token of {parsed.name}: the null state must be a code of its own")
+        return int(pad), None
+    hits = np.flatnonzero(np.asarray([c == pad for c in classes], dtype=bool))
+    if hits.size:  # a fitted model's classes already hold the null state
+        if any(np.any(y == hits[0]) for y in parsed.seqs):
+            raise ValueError(f"pad = {pad!r} is a label of {parsed.name}: the null state must be a symbol of its own")
+        return int(hits[0]), classes
+    return len(classes), np.append(classes, np.asarray([pad], dtype=object))
+
+
 def resolve_states(parsed: Parsed, n_states: Any) -> int:
     """S: the number of labels, else ``n_states`` (checked against the largest token), else largest token + 1."""
     n_states = check_classes_states(parsed.classes, n_states)
@@ -524,12 +560,15 @@ def count(parsed: Parsed, lags: tuple[int, ...], n_states: Any = None, start: in
     else:
         start = M if start is None else max(int(start), M)
         for i, s in enumerate(seqs):
-            if s.shape[0] < M and parsed.full_lengths is None:  # a run cut by missing tokens may be short
+            if s.shape[0] < M and parsed.full_lengths is None and parsed.pad_code is None:  # (runs, padded)
                 raise ValueError(f"{name}[{i}] has length {s.shape[0]}, shorter than its max lag {M}")
     # the parameters: up to one (S, S) matrix per lag, a few copies per restart and SQUAREM iterate
     why = f"the largest token {S - 1} makes S = {S} states" if n_states is None else f"S = {S} states"
     check_alloc(8 * max(len(lags), 1) * S * S, 8, name if n_states is None else "n_states",
                 f"{why}: (S, S) transition matrices for {len(lags)} lags")
+    if parsed.pad_code is not None:  # the null state fills every window before the sequence starts
+        seqs = [np.concatenate([np.full(start, parsed.pad_code, dtype=np.int64), y]) for y in seqs]
+        tok_w = None if tok_w is None else [np.concatenate([np.zeros(start), w]) for w in tok_w]
     lag_arr = np.asarray(lags, dtype=np.int64)
     tuples, wts = [], []
     same = len({y.shape[0] for y in seqs}) == 1 and seqs[0].shape[0] > start

@@ -168,7 +168,8 @@ class SequenceEstimator:
             weights give exactly the fit of the data with each (context, next) tuple repeated that often.
         """
         self._validate_params()
-        return self._fit_parsed(parse(X, y, lengths, sample_weight, missing=getattr(self, "missing", None)))
+        return self._fit_parsed(parse(X, y, lengths, sample_weight, missing=getattr(self, "missing", None),
+                                      pad=getattr(self, "pad", None)))
 
     def _fit_parsed(self, parsed: Parsed):
         """Fit on parsed data (every fitting entry point goes through here or :meth:`fit_counts`)."""
@@ -208,7 +209,7 @@ class SequenceEstimator:
         lags, every sequence conditioned on its first ``max(order, burn_in)`` tokens."""
         self._check_fitted()
         parsed = parse(X, y, lengths, sample_weight, classes=self._labels, fitted=True,
-                       missing=getattr(self, "missing", None))
+                       missing=getattr(self, "missing", None), pad=getattr(self, "pad", None))
         S = self.n_states_
         if parsed.top >= S:
             raise ValueError(f"X holds the token {parsed.top}, outside this model's states 0..{S - 1}")

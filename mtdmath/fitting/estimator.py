@@ -176,6 +176,12 @@ class MTD(SequenceEstimator):
         it) holds one is dropped (march's convention: every sequence is cut into the runs between missing
         tokens, docs/math.md §7.1); ``n_dropped_`` counts them. Default: none, and data holding None or NaN
         raise ``ValueError``.
+    pad : scalar, optional
+        A null state put before every sequence (mtdlearn's left-padding): every token, from the first, is then
+        a target, its window holding the null state where the sequence has no past, so short sequences count
+        (without ``pad`` a sequence contributes only from token ``max(order, burn_in)`` on). The null state is
+        a state of its own (a label appended to ``classes_``, or the given integer code, unused by the data)
+        and never a target. Not with ``missing``.
 
     Attributes
     ----------
@@ -231,7 +237,7 @@ class MTD(SequenceEstimator):
     def __init__(self, order: int | None = None, *, lags: Sequence[int] | None = None, n_states: int | None = None,
                  variant: str = "shared", independent: bool = False, restarts: int = 10, tol: float = 1e-9,
                  max_iter: int = 10_000, init: Any = "counts", burn_in: int | None = None,
-                 random_state: Any = None, n_jobs: int | None = None, missing: Any = None):
+                 random_state: Any = None, n_jobs: int | None = None, missing: Any = None, pad: Any = None):
         # scikit-learn convention: store the arguments unchanged; validate in fit
         self.order = order
         self.lags = lags
@@ -246,6 +252,7 @@ class MTD(SequenceEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.missing = missing
+        self.pad = pad
 
     # -- the fit on counts -------------------------------------------------------------------------------------
     def _validate_params(self) -> None:
@@ -554,7 +561,7 @@ class MTD(SequenceEstimator):
 def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None = None,
         n_states: int | None = None, variant: str = "shared", independent: bool = False, restarts: int = 10,
         init: Any = "counts", tol: float = 1e-9, max_iter: int = 10_000, weights: Any = None,
-        rng: Any = None, n_jobs: int | None = None, missing: Any = None) -> MTD:
+        rng: Any = None, n_jobs: int | None = None, missing: Any = None, pad: Any = None) -> MTD:
     """Maximum-likelihood fit of an MTD model by EM: ``MTD(order, ...).fit(sequences, sample_weight=weights)``.
 
     Parameters
@@ -573,8 +580,8 @@ def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None 
         Makes the random restarts reproducible (``random_state`` of :class:`MTD`).
     n_jobs : int or None
         Threads of the compiled EM map, as for :class:`MTD` (the result does not depend on it).
-    missing : scalar, optional
-        The symbol of a missing token, as for :class:`MTD`.
+    missing, pad : scalar, optional
+        The symbol of a missing token and the null state of left-padding, as for :class:`MTD`.
 
     Returns
     -------
@@ -591,7 +598,9 @@ def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None 
     (True, (1, 2))
     """
     est = MTD(order, lags=lags, n_states=n_states, variant=variant, independent=independent, restarts=restarts,
-              tol=tol, max_iter=max_iter, init=init, random_state=as_rng(rng), n_jobs=n_jobs, missing=missing)
+              tol=tol, max_iter=max_iter, init=init, random_state=as_rng(rng), n_jobs=n_jobs, missing=missing,
+              pad=pad)
     est._validate_params()
-    parsed = parse(sequences, sample_weight=weights, name="sequences", weight_name="weights", missing=missing)
+    parsed = parse(sequences, sample_weight=weights, name="sequences", weight_name="weights", missing=missing,
+                   pad=pad)
     return est._fit_parsed(parsed)
