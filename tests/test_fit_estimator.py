@@ -44,7 +44,7 @@ def test_get_set_params_and_sklearn_clone():
     params = est.get_params()
     assert params["order"] == 2 and params["variant"] == "lagwise" and params["restarts"] == 3
     assert set(params) == {"order", "lags", "n_states", "variant", "independent", "restarts", "tol", "max_iter",
-                           "init", "burn_in", "random_state", "n_jobs"}
+                           "init", "burn_in", "random_state", "n_jobs", "missing", "pad"}
     c = clone(est)
     assert c is not est and c.get_params() == params and not hasattr(c, "model_")
     assert est.set_params(order=3, tol=1e-8) is est and est.order == 3 and est.tol == 1e-8
