@@ -123,3 +123,19 @@ def test_left_padding_with_labels_and_bad_input():
         MTD(1, pad=2).fit(np.array([[0], [1]]), np.array([1, 0]))
     with pytest.raises(ValueError, match="pad must be a non-negative integer"):
         MTD(1, pad="null").fit([0, 1, 0])
+
+
+def test_score_samples_pads_and_refuses_missing_tokens():
+    seqs = [MTDModel(PI, [0.6, 0.4]).sample(int(T), rng=i) for i, T in enumerate([1, 3, 7, 9])]
+    est = MTD(2, pad=3, random_state=0, restarts=1).fit(seqs)
+    per = est.score_samples(seqs)
+    # per sequence, by hand: the null state twice, then every token scored from its window
+    for s, got in zip(seqs, per):
+        full = np.concatenate([[3, 3], s])
+        want = sum(np.log(est.predict_proba([full[t - 2:t]])[0, full[t]]) for t in range(2, full.shape[0]))
+        assert got == pytest.approx(want, rel=1e-12)
+    assert per.sum() == pytest.approx(est.score(seqs), rel=1e-12)
+    m = MTD(1, missing=-1, restarts=1).fit([0, 1, -1, 1, 0, 1])
+    assert m.score_samples([[0, 1, 1], [1, 0, 0]]).shape == (2,)
+    with pytest.raises(ValueError, match="missing tokens"):
+        m.score_samples([[0, 1, -1, 1]])

@@ -479,9 +479,12 @@ def fill_missing(X: Any, missing: Any, name: str) -> tuple[Any, list[np.ndarray]
     for a, m in zip(arrs, masks):
         a = a.copy() if m.any() else a
         a[m] = filler
-        if a.dtype.kind in "fO" and a.size and all(isinstance(v, (int, np.integer, float, np.floating)) and
-                                                    float(v) == int(v) for v in a.ravel()):
-            a = a.astype(np.int64)  # integer codes read as floats (or objects) because of NaN or None
+        # integer codes read as floats (or objects) because of NaN or None become integer codes again
+        if a.dtype.kind == "f" and a.size and np.all(a == np.round(a)):
+            a = a.astype(np.int64)
+        elif a.dtype.kind == "O" and a.size and all(isinstance(v, (int, np.integer, float, np.floating)) and
+                                                     float(v) == int(v) for v in a.ravel()):
+            a = a.astype(np.int64)
         out.append(a)
     return (out[0] if single else out), masks
 

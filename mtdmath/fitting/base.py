@@ -224,14 +224,25 @@ class SequenceEstimator:
 
     def score_samples(self, X: Any, y: Any = None, lengths: Any = None) -> np.ndarray:
         """Log-likelihood of each sequence (of each row of a design matrix), each conditioned on its first
-        ``max(order, burn_in)`` tokens; shape (n_sequences,)."""
+        ``max(order, burn_in)`` tokens (with ``pad``: every token, after the null state); shape (n_sequences,).
+        With ``missing``, data that hold a missing token raise ``ValueError`` (:meth:`score` drops their
+        transitions)."""
         self._check_fitted()
-        parsed = parse(X, y, lengths, classes=self._labels, fitted=True)
+        missing = getattr(self, "missing", None)
+        parsed = parse(X, y, lengths, classes=self._labels, fitted=True, missing=missing,
+                       pad=getattr(self, "pad", None))
+        # a missing token removes itself from the runs (or its row from a design matrix)
+        cut = parsed.full_lengths is not None and sum(parsed.full_lengths) != sum(q.shape[0] for q in parsed.seqs)
+        if cut or parsed.dropped_rows:
+            raise ValueError("X holds missing tokens: score_samples scores whole sequences; use score, which "
+                             "drops the transitions that touch them")
         law, M = self.model_, self.model_.order
         if parsed.top >= self.n_states_:
             raise ValueError(f"X holds the token {parsed.top}, outside this model's states 0..{self.n_states_ - 1}")
         seqs = parsed.sequences_for(M)
         start = M if parsed.design else self._start()
+        if parsed.pad_code is not None:  # as count() reads them: the null state before every sequence
+            seqs = [np.concatenate([np.full(start, parsed.pad_code, dtype=np.int64), s]) for s in seqs]
         out = np.zeros(len(seqs))
         by_length: dict[int, list[int]] = {}
         for i, s in enumerate(seqs):
