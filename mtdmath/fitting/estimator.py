@@ -447,7 +447,7 @@ class MTD(SequenceEstimator):
             draws = []
             for _ in range(n_boot):
                 boot = [self.model_.sample(s.shape[0], rng=rng, prefix=s[:M]) for s in seqs]
-                parsed = Parsed(boot, p.seq_w, p.tok_w, False, None, None)
+                parsed = Parsed(boot, p.seq_w, p.tok_w, False, None, None, pad_code=p.pad_code)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
                     fb, _ = em_fit(count(parsed, self.lags_, self.n_states_, M), variant=self.variant,
