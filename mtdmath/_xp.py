@@ -1,7 +1,8 @@
 """Array-namespace plumbing: one implementation of the core for every Array-API backend.
 
 The core is written once against the Python Array API standard through ``array-api-compat``
-(``xp = array_namespace(x)``, as SciPy and scikit-learn do). This module holds
+(``xp = array_namespace(x)``, as SciPy and scikit-learn do); NumPy arrays get ``numpy`` itself from
+NumPy 2.1 on, whose main namespace follows the standard (:func:`numpy_namespace`). This module holds
 
 - the *backend contract* (:func:`data_space`, :func:`convert`): which namespace, device and
   dtype a result has, and how every other argument is brought there;
