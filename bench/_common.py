@@ -159,6 +159,19 @@ def target_summary() -> list[str]:
                        f"{r['abs_error']:.1e} (stderr {r['stderr']:.1e}, target 1e-4){exs}")
     out += _kernel_targets()
     out += _thread_targets()
+    out += _cold_targets()
+    return out
+
+
+def _cold_targets() -> list[str]:
+    """Group ``cold-start``: a fresh process's first small fit against a warm fit, in CPU time."""
+    out = []
+    for (group, _, _, _, size), r in RESULTS.items():
+        if group == "cold-start":
+            e, goal = r["excess_cpu_s"], r["target_excess_s"]
+            out.append(f"cold start {size} (n={r['n']}): first fit {_fmt_t(r['cold_cpu_s'])} CPU with the import, "
+                       f"warm {_fmt_t(r['warm_cpu_s'])}: {e:+.3f} s, {r['cold_cpu_s'] / r['warm_cpu_s']:.1f}x "
+                       f"(target <= +{goal} s: {'met' if e <= goal else 'MISSED'})")
     return out
 
 

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-ORDER = ["likelihood", "md-predictive", "estimators", "bayes", "kernels", "threads", "busy", "bandwidth"]
+ORDER = ["likelihood", "md-predictive", "estimators", "bayes", "kernels", "threads", "busy", "cold-start", "bandwidth"]
 LABEL = {"numpy": "NumPy", "cpu": "torch CPU", "cuda": "torch CUDA"}
 
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from array_api_compat import array_namespace, device
+from array_api_compat import device
 
-from ._xp import to_numpy
+from ._xp import array_namespace, to_numpy
 
 __all__ = ["SquaremResult", "squarem"]
 

@@ -1,7 +1,8 @@
 """Array-namespace plumbing: one implementation of the core for every Array-API backend.
 
 The core is written once against the Python Array API standard through ``array-api-compat``
-(``xp = array_namespace(x)``, as SciPy and scikit-learn do). This module holds
+(``xp = array_namespace(x)``, as SciPy and scikit-learn do); NumPy arrays get ``numpy`` itself from
+NumPy 2.1 on, whose main namespace follows the standard (:func:`numpy_namespace`). This module holds
 
 - the *backend contract* (:func:`data_space`, :func:`convert`): which namespace, device and
   dtype a result has, and how every other argument is brought there;
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 from array_api_compat import (
-    array_namespace,
+    array_namespace as _compat_namespace,
     device as _device,
     is_array_api_obj,
     is_numpy_array,
@@ -47,6 +48,8 @@ from array_api_compat import (
 
 __all__ = [
     "Space",
+    "array_namespace",
+    "numpy_namespace",
     "data_space",
     "convert",
     "to_numpy",
@@ -64,13 +67,32 @@ __all__ = [
 ]
 
 
+#: NumPy's own main namespace follows the Array API standard from NumPy 2.1 (``astype``,
+#: ``cumulative_sum``, ``clip(min=, max=)``, ``device=`` keywords): there it is used as it is.
+#: array-api-compat's wrapper of it, needed only by older NumPy, costs about 0.1 s of CPU the
+#: first time a process asks for it (building it walks NumPy's lazy submodules: f2py, testing,
+#: ...), which was most of the cold-start cost of a small fit.
+PLAIN_NUMPY = tuple(int(v) for v in np.__version__.split(".")[:2]) >= (2, 1)
+
+
 @functools.lru_cache(maxsize=1)
 def numpy_namespace() -> Any:
-    """array-api-compat's NumPy namespace, imported on first use (its import walks NumPy's lazy
-    submodules, ~40 ms that ``import mtdmath`` need not pay)."""
+    """The namespace of NumPy arrays: ``numpy`` itself from NumPy 2.1 (see :data:`PLAIN_NUMPY`),
+    else array-api-compat's NumPy namespace, imported on first use."""
+    if PLAIN_NUMPY:
+        return np
     import array_api_compat.numpy
 
     return array_api_compat.numpy
+
+
+def array_namespace(*xs: Any) -> Any:
+    """The Array API namespace of ``xs`` (array-api-compat's :func:`array_namespace`, except that
+    NumPy arrays, alone or with Python scalars and ``None``, give :func:`numpy_namespace`)."""
+    arrays = [x for x in xs if x is not None and not isinstance(x, (bool, int, float, complex))]
+    if arrays and all(is_numpy_array(x) for x in arrays):
+        return numpy_namespace()
+    return _compat_namespace(*xs)
 
 
 class Space:
