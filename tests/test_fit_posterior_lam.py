@@ -1,6 +1,6 @@
 """Per-sequence lam of the paper's model: ``ICLFit.posterior_lam`` (exact posterior mean and credible intervals,
 Monte Carlo fallback) against brute force over every lag assignment, and ``MTD.per_sequence_lam`` (bayes, md,
-mle) against the core functions applied by hand and against scipy.optimize (docs/math.md §4, §7.10)."""
+mle) against the core functions applied by hand and against scipy.optimize (docs/math.md §4, §7.4.3)."""
 from __future__ import annotations
 
 import itertools

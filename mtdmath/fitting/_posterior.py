@@ -1,5 +1,5 @@
 """Per-sequence lam of the paper's model: lag factors per sequence, the exact posterior with credible intervals,
-and its Monte Carlo fallback (docs/math.md §4, §7.10).
+and its Monte Carlo fallback (docs/math.md §4, §7.4.3).
 
 Shared by :meth:`mtdmath.fitting.ICLFit.posterior_lam` and :meth:`mtdmath.fitting.MTD.per_sequence_lam`.
 """
@@ -21,7 +21,7 @@ MC_SAMPLES = 20_000
 
 @dataclass
 class PosteriorLam:
-    """Per-sequence posterior of lam under a Dirichlet(alpha) prior (docs/math.md §7.10).
+    """Per-sequence posterior of lam under a Dirichlet(alpha) prior (docs/math.md §7.4.3).
 
     Attributes
     ----------
@@ -145,7 +145,7 @@ def weighted_quantiles(C: np.ndarray, alpha: np.ndarray, probs: tuple[float, ...
 
 def posterior_lam(groups: list[tuple[np.ndarray, np.ndarray]], n_seq: int, alpha: np.ndarray, level: float | None,
                   max_bytes: float, samples: int, rng: Any) -> PosteriorLam:
-    """Exact posterior mean and credible intervals of every sequence's lam (docs/math.md §7.10), by the Pólya-urn
+    """Exact posterior mean and credible intervals of every sequence's lam (docs/math.md §7.4.3), by the Pólya-urn
     recursion (:class:`mtdmath.bayes.PolyaLevels`) in batches that fit ``max_bytes``; a sequence whose
     recursion alone exceeds it falls back to Monte Carlo (``samples`` prior draws). ``level=None``: the means
     only (``lower``/``upper`` are NaN)."""

@@ -155,7 +155,7 @@ class ICLFit:
         :func:`mtdmath.posterior_mean`) at the fitted ``pi`` and ``alpha``, each sequence conditioned on its
         first ``m`` tokens. The credible interval of ``lam_g`` is the equal-tailed interval of its exact
         marginal posterior, the Beta mixture ``Σ_j P(k_g = j | y) Beta(alpha_g + j, α₀ + n - alpha_g - j)``
-        (k_g: the number of transitions drawn from lag g), inverted by bisection (docs/math.md §7.10): no
+        (k_g: the number of transitions drawn from lag g), inverted by bisection (docs/math.md §7.4.3): no
         normal or moment approximation. Where the recursion for one sequence needs more than ``max_bytes``,
         that sequence falls back to Monte Carlo (importance sampling from the prior): the mean is
         :func:`mtdmath.posterior_mean_mc`'s with its standard error, the interval the weighted quantiles of
