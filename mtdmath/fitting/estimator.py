@@ -419,12 +419,14 @@ class MTD(SequenceEstimator):
             raise ValueError('prior does not apply to method="mle" (the maximiser of the likelihood alone)')
         if eta is not None and method != "md":
             raise ValueError(f'eta applies to method="md" only (got method="{method}")')
+        from ..bayes import DEFAULT_MAX_BYTES as exact_budget
+
+        budget = check_budget(exact_budget if max_bytes is None else max_bytes)
+        samples = check_int(samples, "samples", minimum=1)
+        rng = as_rng(rng, "rng")
         seqs = parse(X, classes=self._labels, fitted=True).seqs
         groups = lag_factor_groups(seqs, np.asarray(m.pi), m.lags, self._start(), "X", min_transitions=1)
         if method == "bayes":
-            from ..bayes import DEFAULT_MAX_BYTES as exact_budget
-
-            budget = check_budget(exact_budget if max_bytes is None else max_bytes)
             return posterior_lam(groups, len(seqs), alpha, None, budget, samples, rng).mean
         out = np.zeros((len(seqs), k))
         for idx, C in groups:
