@@ -248,3 +248,23 @@ def test_per_sequence_lam_bad_input(fitted):
     lagwise = MTD(2, variant="lagwise", random_state=0, restarts=1).fit(Y)
     with pytest.raises(ValueError, match="shared"):
         lagwise.per_sequence_lam(Y, "mle")
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_count_marginals_are_the_brute_force_lag_count_laws(m):
+    """PolyaLevels.count_marginals: P(k_g = j | y) at every level, against the enumeration of assignments."""
+    from mtdmath.bayes import PolyaLevels
+
+    rng = np.random.default_rng(m)
+    alpha = rng.uniform(0.3, 2.0, m)
+    C = rng.uniform(0.05, 1.0, (2, 6, m))
+    levels = PolyaLevels(C, alpha, 2**30)
+    for L in levels:
+        got = levels.count_marginals()
+        assert got.shape == (2, m, L + 1)
+        for b in range(2):
+            ks, w, _ = brute_posterior(C[b, :L], alpha) if L else (np.zeros((1, m), int), np.ones(1), None)
+            want = np.zeros((m, L + 1))
+            for g in range(m):
+                np.add.at(want[g], ks[:, g], w)
+            np.testing.assert_allclose(got[b], want, rtol=1e-12, atol=1e-15)  # exact float64 routes
