@@ -386,13 +386,14 @@ class MTD(SequenceEstimator):
         Examples
         --------
         >>> import numpy as np
-        >>> import mtdmath
-        >>> from mtdmath.fitting import MTD
-        >>> pi = mtdmath.random_transition_matrix(3, rng=0)
-        >>> Y, lam = mtdmath.sample_icl(pi, np.array([1.0, 1.0]), 60, 40, rng=1)
-        >>> est = MTD(2, n_states=3, random_state=0).fit(Y)
-        >>> est.per_sequence_lam(Y[:3], "bayes", prior=[1.0, 1.0]).shape
-        (3, 2)
+        >>> from mtdmath.fitting import MTD, MTDModel
+        >>> law = MTDModel(np.array([[0.8, 0.2], [0.3, 0.7]]), [0.6, 0.4])
+        >>> seqs = [law.sample(80, rng=seed) for seed in range(5)]
+        >>> est = MTD(2, random_state=0).fit(seqs)
+        >>> lam_bayes = est.per_sequence_lam(seqs, "bayes", prior=[1.0, 1.0])
+        >>> lam_mle = est.per_sequence_lam(seqs, "mle")
+        >>> lam_bayes.shape, bool(np.allclose(lam_mle.sum(axis=1), 1.0))
+        ((5, 2), True)
         """
         import mtdmath
 
