@@ -268,3 +268,20 @@ def test_count_marginals_are_the_brute_force_lag_count_laws(m):
             for g in range(m):
                 np.add.at(want[g], ks[:, g], w)
             np.testing.assert_allclose(got[b], want, rtol=1e-12, atol=1e-15)  # exact float64 routes
+
+
+def test_monte_carlo_bounds_do_not_depend_on_the_block_size(monkeypatch):
+    """The fallback's likelihood products run in blocks of draws; a block of 5 draws gives the bounds of one block
+    (the same draws, each draw's product computed alike)."""
+    from mtdmath.fitting import _posterior
+
+    alpha = np.array([0.9, 1.1, 1.4])
+    seqs = [s for s in short_sequences(3, seed=5) if s.shape[0] == 10]
+    fit = icl_at(PI, alpha)
+    budget = levels_bytes(1, 7, 3) - 1
+    one = fit.posterior_lam(seqs, max_bytes=budget, samples=3000, rng=0)
+    monkeypatch.setattr(_posterior, "MC_WORK_FLOATS", 35)  # 5 draws of 7 transitions at a time
+    blocks = fit.posterior_lam(seqs, max_bytes=budget, samples=3000, rng=0)
+    np.testing.assert_allclose(blocks.lower, one.lower, rtol=1e-12)
+    np.testing.assert_allclose(blocks.upper, one.upper, rtol=1e-12)
+    np.testing.assert_allclose(blocks.mean, one.mean, rtol=1e-12)

@@ -17,6 +17,9 @@ from .._validate import as_rng, check_alloc, check_float, check_int
 BISECTION_STEPS = 60
 #: prior draws that estimate each Monte Carlo credible bound
 MC_SAMPLES = 20_000
+#: floats of one block of the Monte Carlo bounds' likelihood products (16 MiB): long sequences take fewer draws
+#: at a time, so the fallback's memory does not grow with the length
+MC_WORK_FLOATS = 2**21
 
 
 @dataclass
@@ -130,9 +133,12 @@ def weighted_quantiles(C: np.ndarray, alpha: np.ndarray, probs: tuple[float, ...
     B, n, m = C.shape
     lam = gen.dirichlet(alpha, size=samples)  # (K, m)
     out = [np.empty((B, m)) for _ in probs]
+    step = max(1, MC_WORK_FLOATS // max(n, 1))  # draws per (n, step) block of C @ lam
     for bi in range(B):
-        with np.errstate(divide="ignore"):
-            logw = np.log(C[bi] @ lam.T).sum(axis=0)  # (K,)
+        logw = np.empty(samples)
+        for a in range(0, samples, step):
+            with np.errstate(divide="ignore"):
+                logw[a : a + step] = np.log(C[bi] @ lam[a : a + step].T).sum(axis=0)
         w = np.exp(logw - logw.max())
         w /= w.sum()
         for g in range(m):
