@@ -460,6 +460,40 @@ class PolyaLevels:
         num = xp.concat(parts, axis=1)  # (B, m)
         return num / ((self.a0 + L) * tot[:, None]), xp.log(tot) + self.log_scale
 
+    def count_marginals(self) -> np.ndarray:
+        """Posterior law of each lag's count given the first L transitions, L the current level.
+
+        The posterior is the mixture ``Σ_k W_L[k] Dirichlet(alpha + k) / Σ_k W_L[k]`` (docs/math.md §4), so
+        the marginal of ``lam_g`` is ``Σ_j P(k_g = j) Beta(alpha_g + j, α₀ + L - alpha_g - j)``: this returns
+        ``P(k_g = j)``, shape (B, m, L + 1), float64 NumPy (summed on the host).
+        """
+        B, n, m = self.shape
+        L = self.level
+        if L < 0:
+            raise RuntimeError("PolyaLevels.count_marginals: iterate to a level first")
+        out = np.zeros((B, m, L + 1))
+        if L == 0 or m == 1:  # one state: k = 0, or k = (L,) with one lag
+            out[:, :, L if m == 1 else 0] = 1.0
+            return out
+        lay = self.lay
+        nr = int(lay.group_start[min(L, int(lay.ps[-1])) + 1])
+        W = np.asarray(_xp.to_numpy(self.W[:, :nr, : L + 1]), dtype=np.float64)  # (B, nr, L + 1)
+        tot = W.sum(axis=(1, 2))
+        offset = (L + 1) * np.arange(B)[:, None]
+
+        def binned(bins: np.ndarray, weights: np.ndarray) -> np.ndarray:  # (B, cells) -> (B, L + 1)
+            idx = (offset + bins.reshape(1, -1)).ravel()
+            return np.bincount(idx, weights=weights.reshape(-1), minlength=B * (L + 1)).reshape(B, L + 1)
+
+        rows = W.sum(axis=2)  # (B, nr)
+        for g in range(m - 2):  # a prefix coordinate: its count is the row's
+            out[:, g] = binned(lay.pk[:nr, g], rows)
+        out[:, m - 2] = W.sum(axis=1)  # the column
+        # the implicit count L - prefix sum - column; a non-state (negative) holds 0
+        k_last = np.clip(L - lay.ps[:nr, None] - np.arange(L + 1)[None, :], 0, L)
+        out[:, m - 1] = binned(k_last, W.reshape(B, -1))
+        return out / tot[:, None, None]
+
 
 def _on_device(space: Any) -> bool:
     """Whether the exact posterior should run where the data are (a CUDA tensor) rather than on the host."""

@@ -147,11 +147,15 @@ SEQ = np.array([0, 1, 2, 1, 0, 2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 1, 2, 0, 0, 1] * 5)
 
 
 def _fitting_rows():
-    from mtdmath.fitting import MTD, ChainModel, ConvergenceMonitor, MarkovChain, MTDModel, compare_models, lr_test
+    from mtdmath.fitting import (MTD, ChainModel, ConvergenceMonitor, ICLFit, MarkovChain, MTDModel, compare_models,
+                                 lr_test)
 
     model = MTDModel(PI, LAM)
     chain1, chain2 = MarkovChain(1).fit(SEQ), MarkovChain(2).fit(SEQ)
     fitkw = dict(restarts=1, max_iter=50)
+    fitted = MTD(2, n_states=3, **fitkw).fit(SEQ)
+    icl = ICLFit(pi=PI, alpha=ALPHA, objective=0.0, history=np.zeros(0), n_iter=0, converged=True,
+                 se_pi=np.zeros((3, 3)), se_alpha=np.zeros(2), n_sequences=0)
     return {
         "fit": (M.fit, dict(sequences=SEQ, order=2, **fitkw),
                 {"sequences": "sequences", "order": "int_pos", "lags": "lags", "n_states": "int_pos",
@@ -188,6 +192,14 @@ def _fitting_rows():
         "fit_icl": (M.fit_icl, dict(sequences=Y, m=2, max_iter=3), {"sequences": "sequences", "m": "int_pos",
                                                                    "alpha": "alpha", "tol": "float_pos"}),
         "ConvergenceMonitor": (ConvergenceMonitor, dict(tol=1e-6, max_iter=10), {"tol": "float_pos", "max_iter": "int_pos"}),
+        "MTD.partial_fit": (lambda X, warm_start=False: MTD(2, **fitkw).partial_fit(SEQ).partial_fit(
+                                X, warm_start=warm_start), dict(X=SEQ), {"X": "sequences", "warm_start": "bool"}),
+        "MTD.per_sequence_lam": (fitted.per_sequence_lam, dict(X=Y, method="md", prior=ALPHA, eta=0.3),
+                                 {"X": "sequences", "method": "choice", "prior": "alpha", "eta": "float",
+                                  "max_bytes": "float_pos", "samples": "int_pos", "rng": "rng"}),
+        "ICLFit.posterior_lam": (icl.posterior_lam, dict(sequences=Y, level=0.9, rng=0),
+                                 {"sequences": "sequences", "level": "float_pos", "max_bytes": "float_pos",
+                                  "samples": "int_pos", "rng": "rng"}),
     }
 
 
@@ -289,6 +301,8 @@ VALID = {
     ("MarkovChain.fit", "n_states", "none"): "n_states=None is inferred from the data",
     ("MarkovChain.fit", "burn_in", "none"): "burn_in=None means the order",
     ("lr_test", "df", "none"): "df=None takes the difference of the identifiable parameter counts",
+    ("MTD.per_sequence_lam", "max_bytes", "inf"): "max_bytes=inf means no memory budget",
+    ("ICLFit.posterior_lam", "max_bytes", "inf"): "max_bytes=inf means no memory budget",
 }
 
 #: public names that are modules or result classes (no arguments to validate); save_checkpoint writes

@@ -11,10 +11,12 @@ The object model (docs/guide/fitting.md):
   :func:`fit` is ``MTD(...).fit(...)``;
 - :mod:`.inference`: standard errors and intervals; :mod:`.selection`: :func:`select_order`,
   :func:`select_lags`; :mod:`.baselines`: :func:`lr_test`, :func:`compare_models`; :mod:`.icl`:
-  :func:`fit_icl`, the paper's model (shared pi, lam ~ Dirichlet(alpha) per sequence).
+  :func:`fit_icl`, the paper's model (shared pi, lam ~ Dirichlet(alpha) per sequence), whose
+  :meth:`ICLFit.posterior_lam` gives each sequence's posterior lam (:class:`PosteriorLam`, :mod:`._posterior`).
 """
 from ._data import TransitionCounts
 from ._monitor import ConvergenceMonitor
+from ._posterior import PosteriorLam
 from .baselines import LRTest, MarkovChain, ModelComparison, compare_models, lr_test
 from .estimator import MTD, fit
 from .icl import ICLFit, fit_icl
@@ -22,7 +24,7 @@ from .laws import ChainModel, MTDModel
 from .selection import select_lags, select_order
 
 __all__ = ["ChainModel", "ConvergenceMonitor", "ICLFit", "LRTest", "MTD", "MTDModel", "MarkovChain",
-           "ModelComparison", "NotFittedError", "TransitionCounts", "compare_models", "fit", "fit_icl", "lr_test",
+           "ModelComparison", "NotFittedError", "PosteriorLam", "TransitionCounts", "compare_models", "fit", "fit_icl", "lr_test",
            "select_lags", "select_order"]
 
 

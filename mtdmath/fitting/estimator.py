@@ -288,6 +288,168 @@ class MTD(SequenceEstimator):
                       init=self.init, tol=self.tol, max_iter=self.max_iter,
                       rng=as_rng(self.random_state, "random_state"), n_jobs=self.n_jobs)
 
+    # -- online and out-of-core fitting -----------------------------------------------------------------------
+    def partial_fit(self, X: Any, y: Any = None, lengths: Any = None, *, sample_weight: Any = None,
+                    warm_start: bool = False) -> "MTD":
+        """Add the sequences ``X`` to the data seen so far and refit; returns self.
+
+        The transitions of ``X`` are counted (:class:`~mtdmath.fitting.TransitionCounts`) and added to
+        ``transition_counts_`` (``a + b``, docs/math.md §7.1); the model is then fitted on the merged counts.
+        Counts are the fit's sufficient statistics, so only they are kept, never the sequences: memory is
+        bounded by the number of distinct (context, next) tuples, whatever the number of batches.
+
+        What "fit" means here: with ``warm_start=False`` (the default) every call is a full fit on the merged
+        counts, with this estimator's ``init`` and ``restarts`` (seeded by ``random_state``), so after any
+        sequence of calls the fit equals ``fit`` on all the batches at once (given as a list of sequences)
+        to the fit's tolerance, whatever the batching. With ``warm_start=True`` EM instead starts from the
+        current fit, with one start (no restarts): cheaper when a batch changes the counts little, but it
+        climbs to the maximum nearest the previous one, so the result can depend on the batching.
+
+        Each batch is a set of separate sequences, each conditioned on its own first
+        ``max(order, burn_in)`` tokens: to split one long sequence into chunks without losing the
+        transitions across a cut, let consecutive chunks overlap by ``max(lags)`` tokens. The first call
+        fixes the states: set ``n_states`` (or pass every label in the first batch) when a later batch may
+        hold a state the first one lacks; a later batch with a state outside them raises ``ValueError``.
+
+        Parameters
+        ----------
+        X, y, lengths, sample_weight
+            One batch, in any layout of :meth:`fit`.
+        warm_start : bool
+            Start EM at the current fit (one start) instead of a full fit (see above). Ignored on the first
+            call.
+
+        Returns
+        -------
+        self : MTD
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mtdmath.fitting import MTD, MTDModel
+        >>> law = MTDModel(np.array([[0.8, 0.2], [0.3, 0.7]]), [0.6, 0.4])
+        >>> batches = [law.sample(300, rng=seed) for seed in range(3)]
+        >>> online = MTD(2, n_states=2, random_state=0)
+        >>> for batch in batches:
+        ...     _ = online.partial_fit(batch)
+        >>> offline = MTD(2, n_states=2, random_state=0).fit(batches)
+        >>> online.n_obs_, bool(np.allclose(online.lam_, offline.lam_))
+        (894.0, True)
+        """
+        if not isinstance(warm_start, (bool, np.bool_)):
+            raise ValueError(f"warm_start must be a bool (got {warm_start!r})")
+        self._validate_params()
+        if "model_" not in vars(self):
+            return self._fit_parsed(parse(X, y, lengths, sample_weight))
+        parsed = parse(X, y, lengths, sample_weight, classes=self._labels, fitted=True)
+        S = self.n_states_
+        if parsed.top >= S:
+            raise ValueError(f"X holds the token {parsed.top}, outside the states 0..{S - 1} of the first batch; "
+                             "set n_states to the number of states of all batches")
+        lags = self._lags(parsed)
+        seen = self.transition_counts_
+        if lags != seen.lags:
+            raise ValueError(f"X: this batch is counted for the lags {lags}, the data seen so far for {seen.lags} "
+                             "(order or lags changed between calls)")
+        merged = seen + count(parsed, lags, S, self._burn_in(parsed))
+        if not warm_start:
+            return self.fit_counts(merged)
+        previous = self.model_
+        init, restarts = self.init, self.restarts
+        try:
+            self.init, self.restarts = previous, 1
+            return self.fit_counts(merged)
+        finally:
+            self.init, self.restarts = init, restarts
+
+    # -- one lam per sequence --------------------------------------------------------------------------------
+    def per_sequence_lam(self, X: Any, method: str = "bayes", *, prior: Any = None, eta: Any = None,
+                         max_bytes: float | None = None, samples: int = 100_000, rng: Any = None) -> np.ndarray:
+        """Each sequence's own lag weights, with the fitted pi shared: ``lam_b`` estimated from sequence b alone.
+
+        The fitted model says every sequence mixes its lags with the one ``lam_``; the paper's model lets
+        every sequence ``b`` have its own ``lam_b ~ Dirichlet(alpha)`` with pi shared. This estimates each
+        ``lam_b`` from the lag factors ``C_b[i, j] = pi_[y_b[t - lags[j]], y_b[t]]`` of that sequence alone
+        (docs/math.md §2), each sequence conditioned on its first ``max(order, burn_in)`` tokens, as in fit:
+
+        - ``"bayes"``: the exact posterior mean ``E[lam_b | y_b]`` under the Dirichlet(alpha) ``prior`` (the
+          Pólya-urn recursion, docs/math.md §4, with the Monte Carlo fallback above ``max_bytes``; for its
+          credible intervals and the route each sequence took use :meth:`ICLFit.posterior_lam`);
+        - ``"md"``: the one-step mirror-descent estimator from the prior mean (:func:`mtdmath.one_step_md`,
+          step ``eta``, default the Bayes-matching ``1 / (1 + α₀)``, Theorem 1);
+        - ``"mle"``: the maximiser of the sequence's own likelihood in lam (:func:`mtdmath.mle`; no prior).
+
+        Parameters
+        ----------
+        X : array (T,), (B, T) or list of 1-D arrays
+            Sequences in the fitted states (codes, or the labels of fit); each needs a transition after its
+            first ``max(order, burn_in)`` tokens.
+        method : {"bayes", "md", "mle"}
+        prior : array (k,) or ICLFit
+            The Dirichlet prior of ``lam_b`` for ``"bayes"`` and ``"md"``: a given ``alpha``, or a fitted one,
+            the ``alpha`` of a :func:`fit_icl` result (its pi is not used: the estimator's ``pi_`` is).
+        eta : float, optional
+            Step of ``"md"``.
+        max_bytes, samples, rng
+            Memory budget of the exact recursion, and prior draws and seed of its Monte Carlo fallback
+            (``"bayes"`` only; as :meth:`ICLFit.posterior_lam`).
+
+        Returns
+        -------
+        ndarray (B, k)
+            One row per sequence, columns in the order of ``lags_``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mtdmath.fitting import MTD, MTDModel
+        >>> law = MTDModel(np.array([[0.8, 0.2], [0.3, 0.7]]), [0.6, 0.4])
+        >>> seqs = [law.sample(80, rng=seed) for seed in range(5)]
+        >>> est = MTD(2, random_state=0).fit(seqs)
+        >>> lam_bayes = est.per_sequence_lam(seqs, "bayes", prior=[1.0, 1.0])
+        >>> lam_mle = est.per_sequence_lam(seqs, "mle")
+        >>> lam_bayes.shape, bool(np.allclose(lam_mle.sum(axis=1), 1.0))
+        ((5, 2), True)
+        """
+        import mtdmath
+
+        from ._posterior import check_budget, lag_factor_groups, posterior_lam
+        from .icl import ICLFit
+
+        self._check_fitted()
+        if method not in ("bayes", "md", "mle"):
+            raise ValueError(f'method must be "bayes", "md" or "mle" (got {method!r})')
+        m = self.model_
+        if m.variant != "shared" or m.independent:
+            raise ValueError("per_sequence_lam needs the shared-pi model without an order-0 component "
+                             "(variant='shared', independent=False): the paper's model")
+        k = len(m.lags)
+        alpha = None
+        if method != "mle":
+            if prior is None:
+                raise ValueError(f'prior must be given for method="{method}": a Dirichlet alpha of length {k} '
+                                 "or a fit_icl result")
+            from .._validate import check_alpha
+
+            alpha = check_alpha(prior.alpha if isinstance(prior, ICLFit) else prior, "prior", k)
+        elif prior is not None:
+            raise ValueError('prior does not apply to method="mle" (the maximiser of the likelihood alone)')
+        if eta is not None and method != "md":
+            raise ValueError(f'eta applies to method="md" only (got method="{method}")')
+        from ..bayes import DEFAULT_MAX_BYTES as exact_budget
+
+        budget = check_budget(exact_budget if max_bytes is None else max_bytes)
+        samples = check_int(samples, "samples", minimum=1)
+        rng = as_rng(rng, "rng")
+        seqs = parse(X, classes=self._labels, fitted=True).seqs
+        groups = lag_factor_groups(seqs, np.asarray(m.pi), m.lags, self._start(), "X", min_transitions=1)
+        if method == "bayes":
+            return posterior_lam(groups, len(seqs), alpha, None, budget, samples, rng).mean
+        out = np.zeros((len(seqs), k))
+        for idx, C in groups:
+            out[idx] = mtdmath.mle(C) if method == "mle" else mtdmath.one_step_md(C, alpha, eta=eta)
+        return out
+
     # -- the fitted parameters: views of the law ---------------------------------------------------------------
     @property
     def lam_(self) -> np.ndarray:

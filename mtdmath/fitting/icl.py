@@ -23,6 +23,7 @@ import numpy as np
 
 from .._validate import check_alpha, check_float, check_int, check_pi
 from ._data import as_sequences as _as_sequences
+from ._posterior import check_budget
 
 #: default memory budget of :func:`fit_icl` (bytes): the autograd graph of one length group's recursion and,
 #: at the end, the Hessian's forward-over-reverse pass (docs/math.md §12.3). The library's budget for one call
@@ -144,18 +145,65 @@ class ICLFit:
     message: str = ""
     cov: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
 
+    def posterior_lam(self, sequences: Any, *, level: float = 0.95, max_bytes: float | None = None,
+                      samples: int = 100_000, rng: Any = None):
+        """Each sequence's own lam under the fitted model: its exact posterior mean and credible intervals.
 
-def _check_budget(max_bytes: Any) -> float:
-    """``max_bytes``: a positive number of bytes or ``inf`` (no budget); nan, 0 and negative values are refused."""
-    if isinstance(max_bytes, (str, bytes, bool, np.bool_)):
-        raise ValueError(f"max_bytes must be a positive number of bytes or inf (got {max_bytes!r})")
-    try:
-        v = float(max_bytes)
-    except (TypeError, ValueError):
-        raise ValueError(f"max_bytes must be a positive number of bytes or inf (got {max_bytes!r})") from None
-    if math.isnan(v) or v <= 0:
-        raise ValueError(f"max_bytes must be a positive number of bytes or inf (got {v})")
-    return v
+        In the paper's model every sequence ``b`` has its own ``lam_b ~ Dirichlet(alpha)``; given its tokens
+        the posterior of ``lam_b`` is the finite Dirichlet mixture of docs/math.md §4, computed by the
+        library's Pólya-urn recursion (:class:`mtdmath.bayes.PolyaLevels`, the recursion of
+        :func:`mtdmath.posterior_mean`) at the fitted ``pi`` and ``alpha``, each sequence conditioned on its
+        first ``m`` tokens. The credible interval of ``lam_g`` is the equal-tailed interval of its exact
+        marginal posterior, the Beta mixture ``Σ_j P(k_g = j | y) Beta(alpha_g + j, α₀ + n - alpha_g - j)``
+        (k_g: the number of transitions drawn from lag g), inverted by bisection (docs/math.md §7.4.3): no
+        normal or moment approximation. Where the recursion for one sequence needs more than ``max_bytes``,
+        that sequence falls back to Monte Carlo (importance sampling from the prior): the mean is
+        :func:`mtdmath.posterior_mean_mc`'s with its standard error, the interval the weighted quantiles of
+        the draws; ``method`` says which route each sequence took.
+
+        Parameters
+        ----------
+        sequences : 2-D int array (rows are sequences) or list of 1-D int arrays
+            Codes in ``0..S-1``, each of length >= m (a sequence of exactly m tokens gets the prior).
+        level : float
+            Credible level in (0, 1).
+        max_bytes : float, optional
+            Memory budget of the exact recursion (default :data:`mtdmath.bayes.DEFAULT_MAX_BYTES`); sequences
+            are processed in batches that fit it.
+        samples : int
+            Prior draws of the Monte Carlo fallback.
+        rng : None, int or numpy Generator
+            Seeds the fallback.
+
+        Returns
+        -------
+        PosteriorLam
+            ``mean``, ``lower``, ``upper``, ``stderr`` (B, m), ``method`` (B,) in ``{"exact", "mc"}``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import mtdmath
+        >>> from mtdmath.fitting import fit_icl
+        >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+        >>> Y, lam = mtdmath.sample_icl(pi, np.array([1.0, 1.0]), 40, 30, rng=1)
+        >>> post = fit_icl(Y, 2).posterior_lam(Y)
+        >>> post.mean.shape, sorted(set(post.method.tolist())), bool(np.all(post.lower <= post.mean))
+        ((30, 2), ['exact'], True)
+        """
+        from .._validate import check_pi
+        from ..bayes import DEFAULT_MAX_BYTES as exact_budget
+        from ._data import to_numpy
+        from ._posterior import check_level, lag_factor_groups, posterior_lam
+
+        level = check_level(level)
+        max_bytes = check_budget(exact_budget if max_bytes is None else max_bytes)
+        pi = check_pi(self.pi, "pi")
+        alpha = check_alpha(self.alpha, "alpha")
+        m = alpha.shape[0]
+        seqs = _as_sequences(to_numpy(sequences))
+        groups = lag_factor_groups(seqs, pi, tuple(range(1, m + 1)), m)
+        return posterior_lam(groups, len(seqs), alpha, level, max_bytes, samples, rng)
 
 
 def _groups(seqs: list[np.ndarray], m: int) -> list[np.ndarray]:
@@ -208,7 +256,7 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
     m = check_int(m, "m", minimum=1)
     tol = check_float(tol, "tol", positive=True)
     max_iter = check_int(max_iter, "max_iter", minimum=1)
-    max_bytes = _check_budget(max_bytes)
+    max_bytes = check_budget(max_bytes)
     seqs = _as_sequences(_to_numpy(sequences))
     if not any(s.size for s in seqs):
         raise ValueError("sequences is empty: no tokens to fit")
