@@ -155,3 +155,21 @@ def test_merged_fit_with_pi_frozen_is_the_core_mle():
     C = np.concatenate([mtdmath.lag_factors(s, PI, 3) for s in seqs])
     # both maximise the same concave function of lam; the MLE to its KKT tolerance 1e-12
     np.testing.assert_allclose(law.lam, mtdmath.mle(C), atol=1e-6)
+
+
+@pytest.mark.parametrize("option", [{"missing": -1}, {"pad": 9}])
+def test_partial_fit_keeps_the_missing_and_pad_conventions(option):
+    """Batches with missing tokens (or padded) fit like fit on all batches: the same dropped count, transitions
+    and weights (the counts are equal, so the fits agree to the fit's tolerance, 1e-8 as above)."""
+    rng = np.random.default_rng(3)
+    X = [rng.integers(0, 3, 60) for _ in range(4)]
+    if "missing" in option:
+        X[0][10] = -1
+        X[3][30] = -1
+    online = MTD(2, random_state=0, **option)
+    online.partial_fit(X[:2]).partial_fit(X[2:])
+    offline = MTD(2, random_state=0, **option).fit(X)
+    # two missing tokens, each the target or in the window of 3 transitions (order 2): 6 dropped
+    assert online.n_dropped_ == offline.n_dropped_ == (6 if "missing" in option else 0)
+    assert online.n_obs_ == offline.n_obs_
+    np.testing.assert_allclose(online.lam_, offline.lam_, atol=1e-8)
