@@ -66,8 +66,11 @@ __all__ = ["MDConfig", "StandardConfig", "MDTransformer", "StandardTransformer",
 
 
 # ----------------------------------------------------------------------------- helpers
-def _tokens_2d(tokens: Any, S: int, m: int, device: torch.device) -> torch.Tensor:
-    """Validate tokens (B, T), integer, in [0, S), T >= m; int64 on ``device``.
+def _tokens_2d(tokens: Any, S: int, m: int, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """Validate tokens (B, T) or (T,), integer, in [0, S), T >= m; int64 on ``device``, as (B, T).
+
+    Returns the (B, T) tokens and whether the input was one sequence (T,), whose batch axis the
+    caller drops from its result: the core functions take one sequence or a batch alike.
 
     Under ``torch.compile`` only what the graph knows statically is checked (a tensor, its
     dtype and shape): the range check reads the tokens' values back to the host, which would
@@ -78,13 +81,13 @@ def _tokens_2d(tokens: Any, S: int, m: int, device: torch.device) -> torch.Tenso
                 or tokens.is_complex():
             raise ValueError("tokens must be an integer torch tensor in a compiled forward")
         y = tokens.to(device=device, dtype=torch.int64)
-        if y.ndim == 2 and y.shape[1] < m:
-            raise ValueError(f"tokens must have length T >= m = {m} on its last axis (got T = {y.shape[1]})")
+        if y.ndim in (1, 2) and y.shape[-1] < m:
+            raise ValueError(f"tokens must have length T >= m = {m} on its last axis (got T = {y.shape[-1]})")
     else:
         y = V.check_tokens(tokens, S, m, "tokens", torch_space(device, like=tokens))
-    if y.ndim != 2:
-        raise ValueError(f"tokens must have shape (B, T) (got shape {tuple(y.shape)})")
-    return y
+    if y.ndim not in (1, 2):
+        raise ValueError(f"tokens must have shape (B, T) or (T,) (got shape {tuple(y.shape)})")
+    return (y[None], True) if y.ndim == 1 else (y, False)
 
 
 def _masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -660,16 +663,16 @@ class MDTransformer(HookedModule):
 
         Parameters
         ----------
-        tokens : int tensor or ndarray, shape (B, T), T >= m
+        tokens : int tensor or ndarray, shape (B, T) or (T,), T >= m
 
         Returns
         -------
-        logits : tensor, shape (B, T-m+1, S)
+        logits : tensor, shape (B, T-m+1, S), or (T-m+1, S) for one sequence (T,)
             ``log p``: row r is the log-law of ``y[m+r]`` given ``y[:m+r]`` (position t = m-1+r);
             ``softmax(logits, -1)`` is the law itself (the logits are already normalised).
             -inf where the law is exactly 0.
         """
-        y = _tokens_2d(tokens, self.S, self.m, self.pi_zero.device)
+        y, single = _tokens_2d(tokens, self.S, self.m, self.pi_zero.device)
         B, T = y.shape
         S, m = self.S, self.m
         # the (B, T, T) scores, patterns and masks of the three layers
@@ -681,10 +684,11 @@ class MDTransformer(HookedModule):
         resid = torch.cat([x, x.new_zeros(B, T, 2 * m + S)], dim=-1)
         resid = self.blocks[0](resid, y, self.pi_zero)
         resid = self.blocks[1](resid)
-        return self.blocks[2](resid, y, self.pi_zero)
+        logits = self.blocks[2](resid, y, self.pi_zero)
+        return logits[0] if single else logits
 
     def log_probs(self, tokens: Any) -> torch.Tensor:
-        """``log_softmax`` of :meth:`forward`, (B, T-m+1, S)."""
+        """``log_softmax`` of :meth:`forward`, (B, T-m+1, S) ((T-m+1, S) for one sequence)."""
         return torch.log_softmax(self(tokens), dim=-1)
 
 
@@ -825,11 +829,12 @@ class StandardTransformer(HookedModule):
                 p.normal_(0.0, std, generator=generator)
 
     def forward(self, tokens: Any) -> torch.Tensor:
-        """Logits (B, T-m+1, S) at positions m-1 … T-1 (``softmax`` gives the predictive law).
+        """Logits (B, T-m+1, S) at positions m-1 … T-1 (``softmax`` gives the predictive law);
+        one sequence (T,) gives (T-m+1, S), as the core functions do.
 
         ``run_with_cache`` returns the named activations of :func:`standard_cache_names`.
         """
-        y = _tokens_2d(tokens, self.S, self.m, self.head.weight.device)
+        y, single = _tokens_2d(tokens, self.S, self.m, self.head.weight.device)
         T = y.shape[1]
         if T > self.config.max_len:
             raise ValueError(f"tokens must have length T <= max_len = {self.config.max_len} (got T = {T})")
@@ -838,10 +843,10 @@ class StandardTransformer(HookedModule):
         for block in self.blocks:
             x = block(x)
         logits = self.hook_logits(self.head(self.ln_final(x)))  # (B, T, S)
-        return logits[:, self.m - 1:]
+        return logits[0, self.m - 1:] if single else logits[:, self.m - 1:]
 
     def log_probs(self, tokens: Any) -> torch.Tensor:
-        """Log-probabilities (B, T-m+1, S): ``log_softmax`` of :meth:`forward`."""
+        """Log-probabilities (B, T-m+1, S), or (T-m+1, S) for one sequence: ``log_softmax`` of :meth:`forward`."""
         return torch.log_softmax(self(tokens), dim=-1)
 
     # -------------------------------------------------------------- TransformerLens
