@@ -135,7 +135,20 @@ def _check_aggregation(aggregation: Any) -> str:
 @dataclass(frozen=True)
 class MDConfig:
     """Shape of an :class:`MDTransformer`: vocabulary size ``S``, MTD order ``m`` and the kind of
-    layer 2 (``aggregation``: ``"sum"`` or ``"softmax_sink"``, see :data:`AGGREGATIONS`)."""
+    layer 2 (``aggregation``: ``"sum"`` or ``"softmax_sink"``, see :data:`AGGREGATIONS`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> nn.MDTransformer.construct(pi, alpha).config
+    MDConfig(S=3, m=2, aggregation='sum')
+    """
 
     S: int
     m: int
@@ -149,7 +162,20 @@ class MDConfig:
 
 @dataclass(frozen=True)
 class StandardConfig:
-    """Hyper-parameters of a :class:`StandardTransformer`."""
+    """Hyper-parameters of a :class:`StandardTransformer`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> nn.StandardTransformer(3, 2, n_layers=1, d_model=8, n_heads=1, max_len=16, generator=torch.Generator().manual_seed(0)).config
+    StandardConfig(S=3, m=2, n_layers=1, d_model=8, n_heads=1, max_len=16, dropout=0.0)
+    """
 
     S: int
     m: int
@@ -227,7 +253,15 @@ MD_SINK_CACHE_NAMES: dict[str, str] = _sink_cache_names()
 
 
 def md_cache_names(aggregation: str = "sum") -> dict[str, str]:
-    """The named activations of an :class:`MDTransformer` with this layer 2 (name -> shape and meaning)."""
+    """The named activations of an :class:`MDTransformer` with this layer 2 (name -> shape and meaning).
+
+    Examples
+    --------
+    >>> from mtdmath import nn
+    >>> names = nn.md_cache_names()
+    >>> list(names)[:3]
+    ['hook_embed', 'blocks.0.attn.hook_scores', 'blocks.0.attn.hook_pattern']
+    """
     return dict(MD_SINK_CACHE_NAMES if _check_aggregation(aggregation) == "softmax_sink" else MD_CACHE_NAMES)
 
 
@@ -236,6 +270,15 @@ def standard_cache_names(n_layers: int) -> dict[str, str]:
 
     D = d_model, H = n_heads, d = D/H. Scores are scaled by 1/sqrt(d) and masked to -inf on
     future keys; patterns are taken before attention dropout.
+
+    Examples
+    --------
+    >>> from mtdmath import nn
+    >>> names = nn.standard_cache_names(1)
+    >>> len(names)
+    17
+    >>> 'hook_logits' in names
+    True
     """
     names = {"hook_embed": "(B, T, D) token embeddings", "hook_pos_embed": "(T, D) position embeddings"}
     for l in range(n_layers):
@@ -274,6 +317,14 @@ def adaptive_params(alpha: Any, *, c: float | None = None, a: float | None = Non
     Returns
     -------
     (c, a) : floats. In the form ``1/η = A + B·n``: ``A = (m+a)/c``, ``B = 1/c``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mtdmath import nn
+    >>> c, a = nn.adaptive_params(np.array([2.0, 1.0]), c=1.0)
+    >>> print(c, round(a, 6))  # a = c (1 + alpha_0) - m, so that eta(0) = c/(m+a) = eta* = 1/4
+    1.0 2.0
     """
     alpha = V.check_alpha(alpha, "alpha")
     m, alpha0 = alpha.shape[0], float(alpha.sum())
@@ -508,6 +559,24 @@ class MDTransformer(HookedModule):
     runs in log space on its band of m keys (finite where p underflows) unless one of its
     (B, T, T) scores or pattern, its values, ``p_t`` or its residual output is hooked; then it
     forms them and the logits are ``log p_t`` (the two routes agree to rounding).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> model = nn.MDTransformer.construct(pi, alpha)  # one MD step at eta*, float64
+    >>> p = torch.softmax(model(tokens), -1).detach().numpy()
+    >>> p.shape
+    (8, 11, 3)
+    >>> print(np.allclose(p, mtdmath.md_predictive_all_prefixes(tokens, pi, alpha), atol=1e-10))
+    True
+    >>> model(tokens[0]).shape  # one sequence (T,) gives (T-m+1, S), as the core does
+    torch.Size([11, 3])
     """
 
     def __init__(self, S: int, m: int, *, dtype: torch.dtype = torch.float32,
@@ -787,6 +856,21 @@ class StandardTransformer(HookedModule):
     / ln2 / mlp``, ``ln_final``, ``head``) and the hook points TransformerLens
     (:func:`standard_cache_names`). Attention runs fused (``F.scaled_dot_product_attention``)
     unless a hook reads or replaces ``attn.hook_scores`` or ``attn.hook_pattern``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> model = nn.StandardTransformer(3, 2, n_layers=1, d_model=8, n_heads=1, max_len=16, generator=torch.Generator().manual_seed(0))
+    >>> model(torch.as_tensor(tokens)).shape
+    torch.Size([8, 11, 3])
+    >>> sorted(model.run_with_cache(tokens)[1])[:3]
+    ['blocks.0.attn.hook_k', 'blocks.0.attn.hook_pattern', 'blocks.0.attn.hook_q']
     """
 
     def __init__(self, S: int, m: int, *, n_layers: int = 3, d_model: int = 64, n_heads: int = 4,
