@@ -61,7 +61,15 @@ HYPOTHESIS_TOL = 0.005
 
 @dataclass
 class CompareConfig(Config):
-    """Configuration of the ``compare`` experiment."""
+    """Configuration of the ``compare`` experiment.
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.CompareConfig.quick(checkpoints='runs/train/checkpoints')
+    >>> cfg.checkpoints, cfg.T
+    ('runs/train/checkpoints', 16)
+    """
 
     checkpoints: str = field(default="runs/train/checkpoints", metadata={
         "help": "directory holding the checkpoints of `train` (md, std3, std5 .safetensors, or .pt from earlier runs; "
@@ -454,7 +462,17 @@ def seed_spread(analyses: dict[str, StepAnalysis]) -> SeedSpread:
 
 
 def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> CompareResult:
-    """Evaluate; write ``compare.json``, ``compare_kl.png``, ``compare_attention.png``, ``compare_w1.png``."""
+    """Evaluate; write ``compare.json``, ``compare_kl.png``, ``compare_attention.png``, ``compare_w1.png``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.CompareConfig.quick(checkpoints='runs/train/checkpoints')  # written by run_train
+    >>> res = experiments.run_compare(cfg, Path('runs/compare'), seed=0, device=torch.device('cpu'), progress=False)  # doctest: +SKIP
+    >>> res.figures  # doctest: +SKIP
+    """
     from tqdm.auto import tqdm
 
     with X.run_meta(seed, device) as meta:
