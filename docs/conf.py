@@ -34,6 +34,7 @@ extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "numpydoc",
 ]
@@ -64,12 +65,10 @@ html_theme = "pydata_sphinx_theme"
 html_title = f"mtdmath {release}"
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
-# MathJax comes from its CDN. For offline reading, point MTDMATH_MATHJAX_DIR at a local MathJax 3
-# "es5" folder (e.g. node_modules/mathjax/es5 after `npm install mathjax@3`): it is copied into
-# the site and used instead.
-if os.environ.get("MTDMATH_MATHJAX_DIR"):
-    html_static_path.append(os.environ["MTDMATH_MATHJAX_DIR"])
-    mathjax_path = "tex-mml-chtml.js"
+# MathJax is served from the site itself, never from a CDN, so the maths renders offline: the
+# sphinx-mathjax-offline extension (the ``docs`` extra) ships MathJax 3 and copies it into
+# ``_static/mathjax``; the path is set here too so that no extension order can put a CDN URL back.
+mathjax_path = "mathjax/tex-chtml.js"
 html_theme_options = {
     "navigation_with_keys": False,
     "header_links_before_dropdown": 6,

@@ -302,6 +302,10 @@ def check_tokens(tokens: Any, S: int, m: int | None = None, name: str = "tokens"
     The range is checked in the tokens' own dtype, before any cast, so an unsigned token of
     2**63 or more is reported rather than wrapped to a negative int64.
     """
+    if isinstance(tokens, (str, bytes)):
+        raise ValueError(f"{name} is one string ({tokens[:20]!r}); the functions of mtdmath take integer codes "
+                         f"0..S-1: pass list({name}) to mtdmath.fitting, which encodes labels, or encode it "
+                         f"yourself, e.g. np.unique(list({name}), return_inverse=True)[1]")
     if _xp._is_array(tokens) and not _xp.is_numpy_array(tokens):
         y = tokens
         xp = _xp.array_namespace(y)

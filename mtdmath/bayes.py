@@ -38,7 +38,15 @@ _BATCH_WORK = 1 << 21
 
 
 def n_states(n: int, m: int) -> int:
-    """Number of count vectors k in N^m with |k| = n: ``binom(n+m-1, m-1)``."""
+    """Number of count vectors k in N^m with |k| = n: ``binom(n+m-1, m-1)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> mtdmath.n_states(4, 3)  # binom(4 + 3 - 1, 3 - 1)
+    15
+    """
     n = V.check_int(n, "n", minimum=0)
     m = V.check_int(m, "m", minimum=1)
     return comb(n + m - 1, m - 1)
@@ -529,6 +537,19 @@ def posterior_mean(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
     array, shape (..., m)
         In C's namespace, device and float dtype (computed in float64 NumPy). For n = 0 the
         prior mean ``alpha / α₀``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> post = mtdmath.posterior_mean(C[:20], alpha)
+    >>> print(post.round(4), round(float(post.sum()), 12))
+    [0.6292 0.3708] 1.0
     """
     max_bytes = V.check_float(max_bytes, "max_bytes", positive=True)
     C, alpha, space = _prepare(C, alpha, allow_impossible=False)
@@ -549,6 +570,20 @@ def log_evidence(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> n
     -------
     array, shape (...)
         In C's namespace, device and float dtype (computed in float64 NumPy). 0 for n = 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> lam = rng.dirichlet(alpha, size=200_000)  # Monte Carlo check: log E[prod_i C[i]·lam]
+    >>> mc = np.log(np.exp((np.log(C[:8] @ lam.T)).sum(axis=0)).mean())
+    >>> print(abs(float(mtdmath.log_evidence(C[:8], alpha)) - mc) < 1e-2)
+    True
     """
     max_bytes = V.check_float(max_bytes, "max_bytes", positive=True)
     C, alpha, space = _prepare(C, alpha, allow_impossible=True)
@@ -624,6 +659,19 @@ def posterior_mean_mc(
         When no prior draw gives the data positive probability (importance sampling from the
         prior has no effective sample: use the exact :func:`posterior_mean`), or when the prior
         draws themselves are not finite (alpha outside what the Dirichlet sampler supports).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> mean, se = mtdmath.posterior_mean_mc(C[:20], alpha, samples=20_000, rng=1)
+    >>> print(bool(np.all(np.abs(mean - mtdmath.posterior_mean(C[:20], alpha)) < 5 * se)))
+    True
     """
     max_bytes = V.check_float(max_bytes, "max_bytes", positive=True)
     C, alpha, space = _prepare(C, alpha, allow_impossible=False)

@@ -165,6 +165,20 @@ def mirror_descent(C: Any, *, eta: Any, steps: int | None = None, lam0: Any = No
     -------
     lam : array, shape (broadcast batch..., m)
         In C's namespace, device and float dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> lam = mtdmath.mirror_descent(C, eta=0.02, steps=50)
+    >>> print(lam.round(3))
+    [0.324 0.676]
+    >>> print(mtdmath.log_likelihood(lam, C) > mtdmath.log_likelihood(np.array([0.5, 0.5]), C))
+    True
     """
     if steps is not None:
         steps = V.check_int(steps, "steps", minimum=0)
@@ -188,6 +202,18 @@ def em(C: Any, *, steps: int = 1, lam0: Any = None) -> Any:
     """EM for the lag weights: ``lam⁺_g = (1/n) Σ_i γ_i(g) = lam_g ∇ℓ(lam)_g / n`` (docs/math.md §3).
 
     Parameters and returns as :func:`mirror_descent` (no step size). ℓ never decreases.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> lam = mtdmath.em(C, steps=200)
+    >>> print(lam.round(3), np.allclose(lam, mtdmath.mle(C), atol=1e-3))
+    [0.324 0.676] True
     """
     steps = V.check_int(steps, "steps", minimum=0)
     C, lam0, xp, safe = _prepare(C, lam0)
@@ -206,6 +232,17 @@ def kkt_gap(lam: Any, C: Any) -> Any:
 
     At a maximiser of ℓ on Δ_m, ``∇ℓ_g <= n`` with equality where ``lam_g > 0``, so the gap
     is 0; by concavity ``ℓ(MLE) - ℓ(lam) <= n · gap``. Shape (...); 0 when n = 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> print(float(mtdmath.kkt_gap(mtdmath.mle(C), C)) < 1e-10, float(mtdmath.kkt_gap(np.array([0.5, 0.5]), C)) > 0)
+    True True
     """
     space = _xp.data_space(C)
     xp = space.xp
@@ -249,6 +286,18 @@ def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> Any:
     lam : array, shape (..., m)
         In C's namespace, device and float dtype. n = 0 returns the uniform start point. When C
         has collinear columns the MLE is not unique; any maximiser is returned.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> lam = mtdmath.mle(C)
+    >>> print(lam.round(3), float(mtdmath.kkt_gap(lam, C)) < 1e-10)
+    [0.324 0.676] True
     """
     tol = V.check_float(tol, "tol", positive=True)
     max_steps = V.check_int(max_steps, "max_steps", minimum=1)
@@ -298,7 +347,15 @@ def _kkt_floor(n: int, m: int, eps: float) -> float:
 
 
 def eta_bayes(alpha: Any) -> float:
-    """The Bayes-matching step size ``η* = 1 / (1 + α₀)``, ``α₀ = Σ alpha`` (Theorem 1)."""
+    """The Bayes-matching step size ``η* = 1 / (1 + α₀)``, ``α₀ = Σ alpha`` (Theorem 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> mtdmath.eta_bayes(np.array([1.0, 2.0]))  # 1 / (1 + alpha_0)
+    0.25
+    """
     alpha = V.check_alpha(alpha, "alpha")
     return float(1.0 / (1.0 + alpha.sum()))
 
@@ -330,6 +387,20 @@ def one_step_md(C: Any, alpha: Any, *, eta: Any = None) -> Any:
     -------
     array, shape (..., m)
         In C's namespace, device and float dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> print(mtdmath.one_step_md(C, alpha).round(3))
+    [0.071 0.929]
+    >>> print(np.allclose(mtdmath.one_step_md(C, alpha), mtdmath.mirror_descent(C, eta=mtdmath.eta_bayes(alpha), steps=1, lam0=alpha / alpha.sum())))
+    True
     """
     return k_step_md(C, alpha, 1, eta=eta)
 
@@ -340,6 +411,20 @@ def k_step_md(C: Any, alpha: Any, k: int, *, eta: Any = None) -> Any:
     ``eta`` is a scalar (the same every step; default η* = eta_bayes(alpha)) or a schedule of
     length k. A constant η* is first-order consistent only for k = 1: the first-order coefficient
     of k steps is ``Σ_j η_j`` (docs/math.md §3), so ``Σ_j η_j = η*`` is the consistent choice.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> print(np.allclose(mtdmath.k_step_md(C, alpha, 1), mtdmath.one_step_md(C, alpha)))
+    True
+    >>> print(mtdmath.k_step_md(C, alpha, 3).round(3))
+    [0. 1.]
     """
     alpha = V.check_alpha(alpha, "alpha")
     space = _xp.data_space(C)
@@ -383,6 +468,21 @@ def corrected_one_step_md(C: Any, alpha: Any) -> Any:
     -------
     array, shape (..., m)
         In C's namespace, device and float dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> C5 = C[:5]  # a short context, where the second-order term matters
+    >>> exact = mtdmath.posterior_mean(C5, alpha)
+    >>> err = lambda lam: float(np.abs(lam - exact).max())
+    >>> print(err(mtdmath.corrected_one_step_md(C5, alpha)) < err(mtdmath.one_step_md(C5, alpha)))
+    True
     """
     alpha = V.check_alpha(alpha, "alpha")
     space = _xp.data_space(C)
@@ -462,6 +562,21 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     ------
     ValueError
         For bad arguments, or if a transition of ``tokens`` has probability 0 under every lag.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> P = mtdmath.md_predictive_all_prefixes(tokens, pi, alpha)
+    >>> P.shape  # one law after every prefix of length m .. T
+    (59, 3)
+    >>> lam = mtdmath.one_step_md(mtdmath.lag_factors(tokens[:10], pi, 2), alpha)
+    >>> print(np.allclose(P[10 - 2], mtdmath.predictive(lam, tokens[:10], pi)))
+    True
     """
     alpha = V.check_alpha(alpha, "alpha")
     m = alpha.shape[0]

@@ -158,27 +158,87 @@ def log_likelihood(lam: Any, C: Any) -> Any:
     -------
     array, shape (broadcast batch...)
         In C's namespace, device and float dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> print(round(float(mtdmath.log_likelihood(np.array([0.7, 0.3]), C)), 4))
+    -49.5334
+    >>> print(mtdmath.log_likelihood(mtdmath.mle(C), C) >= mtdmath.log_likelihood(np.array([0.7, 0.3]), C))  # the MLE is the maximum
+    True
     """
     lam, C, xp, safe = _lam_C(lam, C, allow_impossible=True)
     return xp.sum(_log_s(lam, C, xp, safe), axis=-1)
 
 
 def gradient(lam: Any, C: Any) -> Any:
-    """``∇ℓ(lam)_g = Σ_i C[i,g] / s_i(lam)``, shape (broadcast batch..., m)."""
+    """``∇ℓ(lam)_g = Σ_i C[i,g] / s_i(lam)``, shape (broadcast batch..., m).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> lam = np.array([0.6, 0.4])
+    >>> g = mtdmath.gradient(lam, C)
+    >>> h = 1e-6
+    >>> d = np.array([1.0, -1.0])  # a direction inside the simplex
+    >>> fd = (mtdmath.log_likelihood(lam + h * d, C) - mtdmath.log_likelihood(lam - h * d, C)) / (2 * h)
+    >>> print(g.shape, bool(np.isclose(g @ d, fd, rtol=1e-6)))  # central difference, error O(h^2)
+    (2,) True
+    """
     lam, C, xp, safe = _lam_C(lam, C, allow_impossible=False)
     check_possible(lam, C, xp, safe=safe)
     return _grad(C, None, _xp.log(lam, xp), xp, safe)
 
 
 def hessian(lam: Any, C: Any) -> Any:
-    """``∇²ℓ(lam) = -Σ_i C[i] C[i]ᵀ / s_i(lam)²``, shape (..., m, m); negative semidefinite."""
+    """``∇²ℓ(lam) = -Σ_i C[i] C[i]ᵀ / s_i(lam)²``, shape (..., m, m); negative semidefinite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> H = mtdmath.hessian(np.array([0.6, 0.4]), C)
+    >>> H.shape
+    (2, 2)
+    >>> print(bool(np.all(np.linalg.eigvalsh(H) <= 0)))  # the log-likelihood is concave
+    True
+    """
     lam, C, xp, safe = _lam_C(lam, C, allow_impossible=False)
     Cs = _C_over_s(lam, C, check_possible(lam, C, xp, safe=safe), xp, safe)  # (..., n, m)
     return -(xp.matrix_transpose(Cs) @ Cs)
 
 
 def responsibilities(lam: Any, C: Any) -> Any:
-    """Posterior of the latent lag, ``γ_i(g) = lam_g C[i,g] / s_i(lam)``, shape (..., n, m)."""
+    """Posterior of the latent lag, ``γ_i(g) = lam_g C[i,g] / s_i(lam)``, shape (..., n, m).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> r = mtdmath.responsibilities(np.array([0.6, 0.4]), C)
+    >>> r.shape
+    (58, 2)
+    >>> print(np.allclose(r.sum(axis=-1), 1.0))
+    True
+    """
     lam, C, xp, safe = _lam_C(lam, C, allow_impossible=False)
     s = check_possible(lam, C, xp, safe=safe)
     with _xp.quiet(xp):
@@ -200,6 +260,14 @@ def kl(p: Any, q: Any) -> Any:
     Uses ``0·log 0 = 0``; the result is ``+inf`` where some ``p > 0 = q``. Both arguments
     must be probability vectors (nonnegative, summing to 1 within 1e-6, loose enough for
     float32 model outputs). The result is in the namespace, device and float dtype of p and q.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> p = np.array([0.5, 0.5])
+    >>> print(round(float(mtdmath.kl(p, np.array([0.9, 0.1]))), 6), float(mtdmath.kl(p, p)))
+    0.510826 0.0
     """
     space = _xp.data_space(p, q)
     xp = space.xp

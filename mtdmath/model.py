@@ -30,6 +30,16 @@ def random_transition_matrix(S: int, *, concentration: float = 1.0, rng: Any = N
     -------
     pi : ndarray, shape (S, S)
         ``pi[a, b] = P(next = b | source token a)``; rows sum to 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> pi = mtdmath.random_transition_matrix(4, concentration=0.5, rng=0)
+    >>> pi.shape
+    (4, 4)
+    >>> print(np.allclose(pi.sum(axis=1), 1.0))
+    True
     """
     S = V.check_int(S, "S", minimum=1)
     V.check_alloc(S * S, 8, "S", f"an (S, S) matrix for S = {S}")
@@ -61,6 +71,17 @@ def sample(pi: Any, lam: Any, T: int, *, rng: Any = None, init: Any = None) -> n
     -------
     tokens : array of int64, shape ``lam.shape[:-1] + (T,)``
         In ``pi``'s namespace and on its device (NumPy for NumPy or list input).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> y = mtdmath.sample(pi, np.array([0.7, 0.3]), 10, rng=1)
+    >>> y.shape, y.dtype
+    ((10,), dtype('int64'))
+    >>> print(bool(((0 <= y) & (y < 3)).all()))
+    True
     """
     space = _xp.data_space(pi)
     pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
@@ -119,6 +140,17 @@ def sample_icl(pi: Any, alpha: Any, T: int, batch: int, *, rng: Any = None) -> t
     lam : array, shape (batch, m)
         The latent lag weights of each sequence (never shown to a predictor).
         Both in ``pi``'s namespace and on its device; lam in pi's float dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> tokens, lam = mtdmath.sample_icl(pi, np.array([2.0, 1.0]), 20, 4, rng=1)
+    >>> tokens.shape, lam.shape
+    ((4, 20), (4, 2))
+    >>> print(np.allclose(lam.sum(axis=-1), 1.0))
+    True
     """
     space = _xp.data_space(pi)
     pi_np = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
@@ -151,6 +183,19 @@ def lag_factors(tokens: Any, pi: Any, m: int) -> Any:
     C : array, shape (..., T - m, m)
         Row i is transition i (into position m + i); column g-1 is lag g. In the namespace and
         on the device of ``tokens``/``pi``, in pi's float dtype (float16/bfloat16 as float32).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> C = mtdmath.lag_factors(tokens, pi, 2)
+    >>> C.shape
+    (58, 2)
+    >>> print(C[0, 0] == pi[tokens[1], tokens[2]], C[0, 1] == pi[tokens[0], tokens[2]])
+    True True
     """
     m = V.check_int(m, "m", minimum=1)
     space = _xp.data_space(tokens, pi)
@@ -196,6 +241,19 @@ def predictive(lam: Any, tokens: Any, pi: Any) -> Any:
     -------
     p : array, shape (broadcast batch..., S)
         In the namespace, device and float dtype of ``tokens``/``pi``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> rng = np.random.default_rng(0)
+    >>> pi = mtdmath.random_transition_matrix(3, rng=rng)
+    >>> tokens = mtdmath.sample(pi, np.array([0.7, 0.3]), 60, rng=rng)
+    >>> p = mtdmath.predictive(np.array([0.7, 0.3]), tokens, pi)
+    >>> p.shape
+    (3,)
+    >>> print(round(float(p.sum()), 12))
+    1.0
     """
     space = _xp.data_space(tokens, pi)
     xp = space.xp

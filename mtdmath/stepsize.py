@@ -150,6 +150,15 @@ def optimal_step(pi: Any, alpha: Any, *, L: int | None = None, T: int | None = N
     Returns
     -------
     StepResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> pi = mtdmath.random_transition_matrix(4, concentration=0.5, rng=0)
+    >>> res = mtdmath.optimal_step(pi, np.array([1.0, 1.0]), L=8, n_train=64, n_test=64, n_boot=0, rng=1)
+    >>> print(round(float(res.eta), 3), round(mtdmath.eta_bayes(np.array([1.0, 1.0])), 3))
+    0.238 0.333
     """
     pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
     # validated in its own dtype (a float32 pi sums to 1 within float32 rounding); the sampling and

@@ -21,6 +21,12 @@ Each experiment has a config dataclass (:mod:`.config`: constrained field types,
 :class:`TaskConfig`); the functions ``run_*`` take it, an output directory, a seed and a torch
 device, and return the run's result (written to JSON).
 """
+from .._optional import require
+
+for _module in ("torch", "jsonargparse", "matplotlib"):
+    require(_module, extra="experiments", feature="mtdmath.experiments")
+del _module
+
 from .adaptive import AdaptiveConfig
 from .adaptive import run as run_adaptive
 from .cli import main, run_all

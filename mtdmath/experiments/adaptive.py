@@ -73,7 +73,15 @@ COLORS = {"md1": "tab:blue", "md1_eta_train": "tab:green", "md1_eta_opt_L": "dar
 @dataclass
 class AdaptiveConfig(TaskConfig):
     """Configuration of the ``adaptive`` experiment (S, concentration, alpha, m, T:
-    :class:`~mtdmath.experiments.config.TaskConfig`)."""
+    :class:`~mtdmath.experiments.config.TaskConfig`).
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.AdaptiveConfig.quick()
+    >>> cfg.m, cfg.T, cfg.seeds
+    (2, 20, (0, 1))
+    """
 
     T: Length = field(default=128, metadata={
         "help": "longest context L evaluated and trained (training sequences have T+1 tokens, the objective is L = m..T)"})
@@ -530,7 +538,16 @@ def probe_standard(loaded: list[tuple[Path, Any]], device: torch.device, n_probe
 
 # ----------------------------------------------------------------------------- run
 def run(cfg: AdaptiveConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> AdaptiveResult:
-    """Fit, evaluate, train, probe; write ``adaptive.json``, ``adaptive.png`` and ``adaptive.md``."""
+    """Fit, evaluate, train, probe; write ``adaptive.json``, ``adaptive.png`` and ``adaptive.md``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.AdaptiveConfig.quick()
+    >>> res = experiments.run_adaptive(cfg, Path('runs/adaptive'), seed=0, device=torch.device('cpu'), progress=False)  # doctest: +SKIP
+    """
     from tqdm.auto import tqdm
 
     m, T = cfg.m, cfg.T

@@ -195,6 +195,14 @@ def main(argv: Sequence[str] | None = None) -> Any:
     A configuration error (a bad option value, a missing or unreadable checkpoint, an output
     directory that cannot be written, options that contradict each other) prints one line
     ``error: …`` to stderr and exits with status 2; no traceback.
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> res = experiments.main(['estimators', '--quick', '--orders', '2', '--n-seqs', '8', '--T', '8', '--out', 'est', '--no-progress'])
+    >>> import os
+    >>> sorted(os.listdir('est'))
+    ['config.yaml', 'estimators.json', 'estimators.png']
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(quick=quick_requested(argv))
@@ -231,7 +239,17 @@ def main(argv: Sequence[str] | None = None) -> Any:
 
 # --------------------------------------------------------------------------- all + summary
 def run_all(out: Path, *, seed: int, device: torch.device, quick: bool, progress: bool) -> dict[str, Any]:
-    """estimators → stepsize → train → compare → depth, then the summary (targets and table)."""
+    """estimators → stepsize → train → compare → depth, then the summary (targets and table).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> summary = experiments.run_all(Path('runs/paper'), seed=0, device=torch.device('cpu'), quick=True, progress=False)  # doctest: +SKIP
+    >>> sorted(summary)  # doctest: +SKIP
+    ['band_difference', 'construction_vs_md1_max_abs_prob_diff', 'depth_labels', 'depth_table', 'git', 'labels', 'loadavg', 'meta', 'run_times_s', 'seed_spread', 'stepsize', 'table', 'targets']
+    """
     t0 = time.perf_counter()
     ck = str(out / "train" / "checkpoints")
     est = run_estimators(EstimatorsConfig.quick() if quick else EstimatorsConfig(), out / "estimators",

@@ -61,7 +61,15 @@ HYPOTHESIS_TOL = 0.005
 
 @dataclass
 class CompareConfig(Config):
-    """Configuration of the ``compare`` experiment."""
+    """Configuration of the ``compare`` experiment.
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.CompareConfig.quick(checkpoints='runs/train/checkpoints')
+    >>> cfg.checkpoints, cfg.T
+    ('runs/train/checkpoints', 16)
+    """
 
     checkpoints: str = field(default="runs/train/checkpoints", metadata={
         "help": "directory holding the checkpoints of `train` (md, std3, std5 .safetensors, or .pt from earlier runs; "
@@ -454,7 +462,17 @@ def seed_spread(analyses: dict[str, StepAnalysis]) -> SeedSpread:
 
 
 def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> CompareResult:
-    """Evaluate; write ``compare.json``, ``compare_kl.png``, ``compare_attention.png``, ``compare_w1.png``."""
+    """Evaluate; write ``compare.json``, ``compare_kl.png``, ``compare_attention.png``, ``compare_w1.png``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.CompareConfig.quick(checkpoints='runs/train/checkpoints')  # written by run_train
+    >>> res = experiments.run_compare(cfg, Path('runs/compare'), seed=0, device=torch.device('cpu'), progress=False)  # doctest: +SKIP
+    >>> res.figures  # doctest: +SKIP
+    """
     from tqdm.auto import tqdm
 
     with X.run_meta(seed, device) as meta:
@@ -555,15 +573,19 @@ def _plot_kl(res: CompareResult, path: Path) -> Path:
 
 
 def _plot_attention(att: dict[str, Any], band: BandDifference, path: Path) -> Path:
-    """Lag bands (T × m images of values): constructed, trained, trained − constructed; rows: layer 1
-    raw, layer 1 aligned (the trained layer-1 output mapped onto the constructed band), layer 3."""
+    """Lag bands (T × m images of values): columns constructed, trained, trained − constructed; rows:
+    layer 1 raw, layer 1 aligned (the trained layer-1 output mapped onto the constructed band), layer 3.
+
+    The figure is shown at the page width of the docs (about 750 px): it is drawn at that size, with
+    the column titles once at the top and the row names on the left, so that its text stays at
+    10 pt and more instead of shrinking with a larger canvas."""
     plt = X.pyplot()
     b = att["band"]
     T = len(att["tokens"])
-    rows = (("layer1", "layer1", "layer 1: responsibility of lag g (raw)"),
-            ("layer1_aligned", "layer1", "layer 1 aligned: affine map of r_t onto the construction"),
-            ("layer3", "layer3", "layer 3: mirror-step weight of lag g"))
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9.5, 12))
+    rows = (("layer1", "layer1", "layer 1, raw:\nresponsibility of lag g"),
+            ("layer1_aligned", "layer1", "layer 1, aligned:\naffine map of r_t"),
+            ("layer3", "layer3", "layer 3:\nmirror-step weight of lag g"))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(8.2, 9.6), sharex=True, sharey=True)
     for row, (key, ref, title) in enumerate(rows):
         co, tr = np.asarray(b["construction"][ref]), np.asarray(b["trained"][key])
         m = co.shape[1]
@@ -576,16 +598,22 @@ def _plot_attention(att: dict[str, Any], band: BandDifference, path: Path) -> Pa
             im = ax.imshow(A, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest",
                            extent=(0.5, m + 0.5, T - 0.5, -0.5))
             ax.set_xticks(range(1, m + 1))
-            sub = (f"\nthis sequence: max |diff| = {float(np.abs(diff).max()):.4f}; over {band.n_sequences}: "
-                   f"{getattr(band, key).max:.4f}") if j == 2 else ""
-            ax.set_title(f"{name}\n{title}{sub}", fontsize=7)
-            ax.set_xlabel("lag g", fontsize=7)
-            ax.set_ylabel("query position t", fontsize=7)
-            ax.tick_params(labelsize=6)
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
-    fig.suptitle(f"Attention lag bands, one sequence of length {T}. Band difference (layer 1 aligned, max over "
-                 f"{band.n_sequences} sequences): {band.max:.4f}", fontsize=9)
-    fig.tight_layout()
+            ax.tick_params(labelsize=10)
+            if row == 0:
+                ax.set_title(name, fontsize=12, fontweight="bold", pad=36)  # above the difference note
+            if j == 2:  # this sequence's largest difference, and the largest over the evaluation set
+                ax.text(0.5, 1.02, f"max |diff| {float(np.abs(diff).max()):.3f}\n"
+                        f"({band.n_sequences} seq.: {getattr(band, key).max:.3f})",
+                        transform=ax.transAxes, ha="center", va="bottom", fontsize=10)
+            if j == 0:
+                ax.set_ylabel(f"{title}\n\nquery position t", fontsize=11)
+            if row == len(rows) - 1:
+                ax.set_xlabel("lag g", fontsize=11)
+            if j != 1:  # one colour bar for the shared 0-1 scale of the first two columns, one per difference
+                fig.colorbar(im, ax=axes[row][:2] if j == 0 else ax, fraction=0.05, pad=0.03,
+                             location="right").ax.tick_params(labelsize=9)
+    fig.suptitle(f"Lag bands of one sequence (T = {T}); aligned layer-1 difference, max over "
+                 f"{band.n_sequences} sequences: {band.max:.3f}", fontsize=11)
     return X.save_figure(fig, path)
 
 

@@ -150,7 +150,14 @@ class Config:
 # --------------------------------------------------------------------------- the shared task
 @dataclass
 class PriorConfig(Config):
-    """The task's vocabulary and priors (docs/math.md §1), shared by every experiment that draws a task."""
+    """The task's vocabulary and priors (docs/math.md §1), shared by every experiment that draws a task.
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> experiments.PriorConfig(S=4, alpha=2.0)
+    PriorConfig(S=4, concentration=0.5, alpha=2.0)
+    """
 
     S: Vocab = field(default=8, metadata={"help": "vocabulary size"})
     concentration: PositiveFloat = field(default=0.5, metadata={
@@ -160,7 +167,14 @@ class PriorConfig(Config):
 
 @dataclass
 class TaskConfig(PriorConfig):
-    """The in-context task of one order m and sequence length T (docs/math.md §1)."""
+    """The in-context task of one order m and sequence length T (docs/math.md §1).
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> experiments.TaskConfig(S=4, m=3, T=33)
+    TaskConfig(S=4, concentration=0.5, alpha=1.0, m=3, T=33)
+    """
 
     m: Order = field(default=2, metadata={"help": "MTD order of the task"})
     T: Length = field(default=65, metadata={"help": "training sequence length (contexts up to T-1 are trained)"})

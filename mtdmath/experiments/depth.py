@@ -39,7 +39,15 @@ LABELS = {**{f"md{k}": f"{k}-step MD (η* each step{'; not 1st-order consistent'
 
 @dataclass
 class DepthConfig(Config):
-    """Configuration of the ``depth`` experiment."""
+    """Configuration of the ``depth`` experiment.
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.DepthConfig.quick(checkpoints='runs/train/checkpoints')
+    >>> cfg.n_eval, cfg.T
+    (16, 16)
+    """
 
     checkpoints: str = field(default="runs/train/checkpoints", metadata={
         "help": "directory of `train` checkpoints with at least one standard model (the deepest is compared)"})
@@ -102,7 +110,16 @@ class DepthResult(X.Result):
 
 
 def run(cfg: DepthConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> DepthResult:
-    """Evaluate; write ``depth.json`` and ``depth.png``."""
+    """Evaluate; write ``depth.json`` and ``depth.png``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.DepthConfig.quick(checkpoints='runs/train/checkpoints')  # written by run_train
+    >>> res = experiments.run_depth(cfg, Path('runs/depth'), seed=0, device=torch.device('cpu'), progress=False)  # doctest: +SKIP
+    """
     from tqdm.auto import tqdm
 
     with X.run_meta(seed, device) as meta:

@@ -31,7 +31,15 @@ METHODS = ["bayes", "md1", "md2", "md3", "md4", "md5", "em", "mle"]
 @dataclass
 class EstimatorsConfig(PriorConfig):
     """Configuration of the ``estimators`` experiment (S, concentration, alpha:
-    :class:`~mtdmath.experiments.config.PriorConfig`)."""
+    :class:`~mtdmath.experiments.config.PriorConfig`).
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.EstimatorsConfig.quick(orders=(2,), n_seqs=(8,))
+    >>> cfg.orders, cfg.T, cfg.n_seqs
+    ((2,), 16, (8,))
+    """
 
     orders: tuple[Order, ...] = field(default=(2, 3, 5), metadata={"help": "MTD orders m, one panel each"})
     n_seqs: tuple[Sequences, ...] = field(default=(), metadata={
@@ -100,7 +108,18 @@ def default_n_seqs(m: int, quick: bool = False) -> int:
 
 
 def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> EstimatorsResult:
-    """Run every order; write ``estimators.json`` and ``estimators.png`` under ``out``; return the result."""
+    """Run every order; write ``estimators.json`` and ``estimators.png`` under ``out``; return the result.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.EstimatorsConfig.quick(orders=(2,), n_seqs=(8,), T=8)
+    >>> res = experiments.run_estimators(cfg, Path('est'), seed=0, device=torch.device('cpu'), progress=False)
+    >>> sorted(p.name for p in Path('est').iterdir())
+    ['estimators.json', 'estimators.png']
+    """
     from tqdm.auto import tqdm
 
     results: dict[str, OrderCurves] = {}

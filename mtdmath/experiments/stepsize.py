@@ -39,7 +39,15 @@ FORMS = ("c/L", "c/(alpha0+n)", "A+B*n")
 @dataclass
 class StepsizeConfig(PriorConfig):
     """Configuration of the ``stepsize`` experiment (S, concentration, alpha:
-    :class:`~mtdmath.experiments.config.PriorConfig`)."""
+    :class:`~mtdmath.experiments.config.PriorConfig`).
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.StepsizeConfig.quick(orders=(2,))
+    >>> cfg.orders, cfg.Ls
+    ((2,), (8, 12, 16, 24))
+    """
 
     orders: tuple[Order, ...] = field(default=(2, 3, 5), metadata={"help": "MTD orders m (alpha = ALPHA·1_m each)"})
     Ls: tuple[Length, ...] = field(default=(8, 16, 32, 64, 128, 256), metadata={"help": "context lengths L"})
@@ -225,7 +233,16 @@ def _n_states(n: int, m: int) -> int:
 
 
 def run(cfg: StepsizeConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> StepsizeResult:
-    """Tune, evaluate, fit; write ``stepsize.json`` and ``stepsize.png``."""
+    """Tune, evaluate, fit; write ``stepsize.json`` and ``stepsize.png``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.StepsizeConfig.quick(orders=(2,))
+    >>> res = experiments.run_stepsize(cfg, Path('runs/stepsize'), seed=0, device=torch.device('cpu'), progress=False)  # doctest: +SKIP
+    """
     from tqdm.auto import tqdm
 
     results: dict[str, SettingResult] = {}

@@ -80,7 +80,15 @@ class JobSettings:
 
 @dataclass
 class JobConfig(JobSettings, TaskConfig):
-    """One training-and-evaluation job of a sweep (every field enters the hash)."""
+    """One training-and-evaluation job of a sweep (every field enters the hash).
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> job = experiments.JobConfig(m=2, T=17)
+    >>> job.m, job.T
+    (2, 17)
+    """
 
     seed: Seed = field(default=0, metadata={"help": "fixes pi, the batches, the initial weights, the evaluation set"})
     model: str = field(default="md", metadata={"help": "model spec: md, mdsink, std:L=5,d=32,h=2, …"})
@@ -110,7 +118,16 @@ PLACEMENT = ("device", "threads")
 
 @dataclass
 class JobResult:
-    """The result of one job. KLs are in nats, averaged over the job's ``n_eval`` evaluation sequences."""
+    """The result of one job. KLs are in nats, averaged over the job's ``n_eval`` evaluation sequences.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> res = experiments.run_sweep(experiments.SweepConfig.quick(), Path('runs/sweep'), seed=0, device=torch.device('cpu'), progress=False)  # doctest: +SKIP
+    >>> job = experiments.load_sweep('runs/sweep')  # doctest: +SKIP
+    """
 
     key: str  #: the job's config hash (its file name)
     job: JobConfig
@@ -198,6 +215,13 @@ class SweepConfig(JobSettings, PriorConfig):
 
     The prior fields (S, concentration, alpha) and :class:`JobSettings` are every job's values
     unless an axis sets them.
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.SweepConfig.quick(seeds=(0, 1), models=('md', 'std:L=2'))
+    >>> cfg.seeds, cfg.models, cfg.backend
+    ((0, 1), ('md', 'std:L=2'), 'local')
     """
 
     seeds: tuple[Seed, ...] = field(default=(0, 1, 2), metadata={
@@ -388,7 +412,16 @@ def load_result(path: Path) -> JobResult:
 
 @dataclass
 class SweepResult:
-    """What one ``sweep`` run did and where its tables are."""
+    """What one ``sweep`` run did and where its tables are.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> res = experiments.run_sweep(experiments.SweepConfig.quick(), Path('runs/sweep'), seed=0, device=torch.device('cpu'), progress=False)  # doctest: +SKIP
+    >>> res.n_jobs, res.results_csv  # doctest: +SKIP
+    """
 
     config: SweepConfig
     seed: int  #: the CLI's common --seed (not used: the grid's seeds are the seeds)
@@ -404,7 +437,17 @@ class SweepResult:
 
 def run(cfg: SweepConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> SweepResult:
     """Run the grid (skipping finished jobs); write ``results.csv``, ``summary.csv``, ``sweep.md``,
-    ``sweep.png`` and ``sweep.json`` (this run's record)."""
+    ``sweep.png`` and ``sweep.json`` (this run's record).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.SweepConfig.quick(seeds=(0, 1))
+    >>> res = experiments.run_sweep(cfg, Path('runs/sweep'), seed=0, device=torch.device('cpu'), progress=False)  # doctest: +SKIP
+    >>> res.n_jobs, res.n_run  # doctest: +SKIP
+    """
     from tqdm.auto import tqdm
 
     grid = cfg.grid(device.type)

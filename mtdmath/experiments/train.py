@@ -46,7 +46,15 @@ DEFAULT_MODELS = ("md", "std:L=3", "std:L=5")
 @dataclass
 class TrainConfig(TaskConfig):
     """Configuration of the ``train`` experiment (the task fields S, concentration, alpha, m, T are
-    :class:`~mtdmath.experiments.config.TaskConfig`'s)."""
+    :class:`~mtdmath.experiments.config.TaskConfig`'s).
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.TrainConfig.quick(models=('md', 'std:L=2'))
+    >>> cfg.names(), cfg.T
+    (['md', 'std2'], 17)
+    """
 
     models: tuple[str, ...] = field(default=DEFAULT_MODELS, metadata={
         "help": "model specs: md (the disentangled 3-layer model), std:L=5,d=32,h=2 (a standard model of any "
@@ -165,7 +173,18 @@ def train_one(spec: str, cfg: TrainConfig, task: ICLTask, *, seed: int, device: 
 
 
 def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> TrainResult:
-    """Train every model of ``cfg.models``; write checkpoints, ``train.json`` and ``train_loss.png``."""
+    """Train every model of ``cfg.models``; write checkpoints, ``train.json`` and ``train_loss.png``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.TrainConfig.quick(models=('md', 'std:L=2'))
+    >>> res = experiments.run_train(cfg, Path('runs/train'), seed=0, device=torch.device('cpu'), progress=False)  # doctest: +SKIP
+    >>> sorted(p.name for p in Path('runs/train/checkpoints').iterdir())  # doctest: +SKIP
+    ['md.safetensors', 'std2.safetensors']
+    """
     pi, alpha = X.make_task(seed, cfg.m, cfg.S, cfg.concentration, cfg.alpha)
     task = ICLTask(pi, alpha, cfg.T, device=device)
     records = {}

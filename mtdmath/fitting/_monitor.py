@@ -39,6 +39,18 @@ class ConvergenceMonitor:
         EM-map evaluations used.
     reason : str or None
         ``"kkt"``, ``"flat"``, ``"max_iter"`` once stopped.
+
+    Examples
+    --------
+    >>> from mtdmath import fitting
+    >>> mon = fitting.ConvergenceMonitor(tol=1e-6, max_iter=100)
+    >>> no_gain = lambda: 0.0  # the Frank-Wolfe gain left, asked for only once the likelihood stalls
+    >>> [mon.check(ll, no_gain) for ll in (-10.0, -9.0, -9.0)]
+    [False, False, True]
+    >>> mon.converged, mon.reason, mon.iter
+    (True, 'kkt', 2)
+    >>> print(mon.report())
+    ConvergenceMonitor: 2 iterates, 0 EM evaluations, loglik -9, stopped by kkt
     """
 
     def __init__(self, tol: float, max_iter: int, window: int = 10):

@@ -228,6 +228,17 @@ class LRTest:
         Whether Wilks' theorem applies to the pair (see :func:`nesting`); when False the p-value is the naive
         chi-square one and is not justified.
     smaller, larger : the fitted copies
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> from mtdmath import fitting
+    >>> pi = mtdmath.random_transition_matrix(3, concentration=0.5, rng=0)
+    >>> y = mtdmath.sample(pi, np.array([0.0, 1.0]), 600, rng=1)  # all the weight on lag 2
+    >>> t = fitting.lr_test(fitting.MarkovChain(1), fitting.MarkovChain(2), y)
+    >>> type(t).__name__, t.statistic == 2 * (t.loglik_larger - t.loglik_smaller)
+    ('LRTest', True)
     """
 
     statistic: float
@@ -286,6 +297,17 @@ def lr_test(smaller: Any, larger: Any, X: Any, y: Any = None, lengths: Any = Non
         ``statistic = 2 (l_larger - l_smaller)``, ``df``, ``pvalue = P(chi2_df >= statistic)``; a
         ``RuntimeWarning`` says when the pair is nested but not regular (a boundary or unidentified null),
         where the chi-square p-value is not justified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> from mtdmath import fitting
+    >>> pi = mtdmath.random_transition_matrix(3, concentration=0.5, rng=0)
+    >>> y = mtdmath.sample(pi, np.array([0.0, 1.0]), 600, rng=1)  # all the weight on lag 2
+    >>> t = fitting.lr_test(fitting.MarkovChain(1), fitting.MarkovChain(2), y)
+    >>> t.df, bool(t.pvalue < 1e-6)  # lag 2 matters: order 1 is rejected
+    (12, True)
     """
     nested, regular, why = nesting(smaller, larger)
     if not nested:
@@ -323,6 +345,17 @@ class ModelComparison:
         The fitted copies.
     burn_in : int
         The number of first tokens of each sequence every model is conditioned on.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> from mtdmath import fitting
+    >>> pi = mtdmath.random_transition_matrix(3, concentration=0.5, rng=0)
+    >>> y = mtdmath.sample(pi, np.array([0.0, 1.0]), 600, rng=1)  # all the weight on lag 2
+    >>> cmp = fitting.compare_models([fitting.MarkovChain(1), fitting.MarkovChain(2)], y, names=['order 1', 'order 2'])
+    >>> cmp.best('aic'), len(cmp.tests)
+    ('order 2', 1)
     """
 
     def __init__(self, rows: list[dict], tests: list[dict], models: list, burn_in: int):
@@ -387,6 +420,19 @@ def compare_models(models: Sequence[Any], X: Any, y: Any = None, lengths: Any = 
     -------
     ModelComparison
         Printable; ``to_dict()``, ``to_frame()`` (pandas), ``best("bic")``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> from mtdmath import fitting
+    >>> pi = mtdmath.random_transition_matrix(3, concentration=0.5, rng=0)
+    >>> y = mtdmath.sample(pi, np.array([0.0, 1.0]), 600, rng=1)  # all the weight on lag 2
+    >>> cmp = fitting.compare_models([fitting.MarkovChain(1), fitting.MTD(2, restarts=2, random_state=0)], y)
+    >>> [row['n_params'] for row in cmp.rows]
+    [6, 7]
+    >>> cmp.best('bic')
+    'MTD shared pi, lags (1, 2)'
     """
     if isinstance(models, (str, bytes)) or not hasattr(models, "__len__") or len(models) == 0:
         raise ValueError(f"models must be a non-empty sequence of MTD / MarkovChain estimators (got {models!r})")

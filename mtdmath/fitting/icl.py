@@ -131,6 +131,19 @@ class ICLFit:
     se_pi, se_alpha : ndarray
         Standard errors from the observed information (``inf`` where it is singular).
     n_sequences : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> from mtdmath import fitting
+    >>> pi = mtdmath.random_transition_matrix(3, concentration=0.5, rng=0)
+    >>> tokens, _ = mtdmath.sample_icl(pi, np.array([2.0, 1.0]), 20, 50, rng=1)
+    >>> res = fitting.fit_icl(tokens, 2)
+    >>> type(res).__name__, res.n_sequences, res.se_pi.shape
+    ('ICLFit', 50, (3, 3))
+    >>> print(bool(np.all(np.diff(res.history) >= 0)))  # the objective never decreases
+    True
     """
 
     pi: np.ndarray
@@ -246,6 +259,19 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
     Returns
     -------
     ICLFit
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> from mtdmath import fitting
+    >>> pi = mtdmath.random_transition_matrix(3, concentration=0.5, rng=0)
+    >>> tokens, lam = mtdmath.sample_icl(pi, np.array([2.0, 1.0]), 30, 200, rng=1)
+    >>> res = fitting.fit_icl(tokens, 2)
+    >>> res.converged, res.pi.shape, res.alpha.shape
+    (True, (3, 3), (2,))
+    >>> print(bool(np.abs(res.pi - pi).max() < 0.15))  # 200 sequences of 30 tokens
+    True
     """
     torch = _torch()
     from scipy.optimize import minimize

@@ -57,6 +57,17 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
         The fitted estimator of the chosen order.
     table : list of dict
         One row per order: ``order, loglik, n_params, aic, bic, n_obs``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> from mtdmath import fitting
+    >>> pi = mtdmath.random_transition_matrix(3, concentration=0.5, rng=0)
+    >>> y = mtdmath.sample(pi, np.array([0.0, 1.0]), 600, rng=1)  # all the weight on lag 2
+    >>> best, table = fitting.select_order(y, max_order=3, restarts=1, rng=0)
+    >>> best.lags_, [row['order'] for row in table]
+    ((1, 2), [1, 2, 3])
     """
     max_order = check_int(max_order, "max_order", minimum=1)
     if criterion not in ("aic", "bic"):

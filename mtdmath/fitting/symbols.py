@@ -43,6 +43,12 @@ def _plain(x: Any) -> Any:
     return x
 
 
+def _python(v: Any) -> Any:
+    """A NumPy scalar label (``np.str_('cloud')``) as the Python value it holds, so labels print as
+    ``'cloud'``; NumPy scalars hash and compare equal to those values, so codes are unchanged."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def _is_label_array(a: np.ndarray) -> bool:
     return a.dtype.kind in "USO"
 
@@ -149,7 +155,7 @@ def encode(data: Any, name: str = "sequences", classes: np.ndarray | None = None
                              f"(got types {sorted(t.__name__ for t in kinds)}, some without an order); "
                              "pass a pandas Categorical to fix the order")
         try:
-            uniq = sorted(set(flat.tolist()))
+            uniq = sorted({_python(v) for v in flat.tolist()})
         except TypeError:
             kinds = sorted({type(v).__name__ for v in flat.tolist()})
             raise ValueError(f"{name}: labels must be mutually sortable to give a deterministic code order "
@@ -159,7 +165,9 @@ def encode(data: Any, name: str = "sequences", classes: np.ndarray | None = None
         classes = np.empty(len(uniq), dtype=object)
         classes[:] = uniq
     else:
-        classes = np.asarray(classes, dtype=object)
+        given_classes = list(np.asarray(classes, dtype=object).tolist())
+        classes = np.empty(len(given_classes), dtype=object)
+        classes[:] = [_python(c) for c in given_classes]
     lookup = {c: j for j, c in enumerate(classes.tolist())}
     out, unseen = [], []
     for a in arrays:
@@ -172,7 +180,7 @@ def encode(data: Any, name: str = "sequences", classes: np.ndarray | None = None
             unseen.extend(v for v, c in zip(vals, codes.tolist()) if c < 0)
         out.append(codes.reshape(a.shape))
     if unseen:
-        shown = sorted({repr(v) for v in unseen})[:10]
+        shown = sorted({repr(_python(v)) for v in unseen})[:10]
         raise ValueError(f"{name} holds labels not seen in fit: {', '.join(shown)} "
                          f"(known labels: {', '.join(repr(c) for c in classes.tolist()[:20])})")
     return (out[0] if single else out), classes

@@ -13,6 +13,10 @@
   of the number of transitions n, for the context-adaptive ``aggregation="softmax_sink"`` model
   (step ``c/(n+m+a)``, :func:`adaptive_params`, docs/math.md §5.6) and for any model's output.
 """
+from .._optional import require
+
+require("torch", extra="torch", feature="mtdmath.nn")
+
 from .probe import AdaptiveFit, EffectiveStep, StepByN, effective_step, fit_adaptive_step, matched_step, step_by_n
 from .task import ICLTask
 from .checkpoints import convert_checkpoint, load_checkpoint, save_checkpoint

@@ -92,8 +92,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, task: ICLTask | None 
 
     Examples
     --------
-    >>> path = save_checkpoint("runs/md.ckpt", MDTransformer.construct(pi, alpha), task=task, extra={"seed": 0})
-    >>> model, info = load_checkpoint(path)
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> task = nn.ICLTask(pi, alpha, T=12)
+    >>> path = nn.save_checkpoint('md.ckpt', nn.MDTransformer.construct(pi, alpha), task=task, extra={'seed': 0})
+    >>> model, info = nn.load_checkpoint(path)
+    >>> type(model).__name__, info['extra']['seed']
+    ('MDTransformer', 0)
     """
     import safetensors.torch
 
@@ -263,8 +272,17 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str | None = Non
 
     Examples
     --------
-    >>> model, info = load_checkpoint("runs/md.ckpt", dtype=torch.float64)
-    >>> mine, _ = load_checkpoint("runs/mine.ckpt", model=MyModule())  # a module of your own
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> path = nn.save_checkpoint('md.ckpt', nn.MDTransformer.construct(pi, alpha))
+    >>> model, info = nn.load_checkpoint(path, dtype=torch.float64)
+    >>> print(np.allclose(torch.softmax(model(tokens), -1).detach().numpy(), mtdmath.md_predictive_all_prefixes(tokens, pi, alpha), atol=1e-10))
+    True
     """
     if not isinstance(path, (str, Path)):
         raise ValueError(f"path must be a file path (got {path!r})")
@@ -340,7 +358,18 @@ def convert_checkpoint(old_path: str | Path, new_path: str | Path) -> Path:
 
     Examples
     --------
-    >>> convert_checkpoint("old/md3.pt", "new/md3.ckpt")
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> model = nn.MDTransformer.construct(pi, alpha, dtype=torch.float32)
+    >>> old = {'kind': 'md3', 'init': {'S': 3, 'm': 2}, 'state_dict': model.state_dict(), 'pi': pi.tolist(), 'alpha': alpha.tolist()}
+    >>> torch.save(old, 'md.pt')  # a file of mtdmath 0.1.0
+    >>> new = nn.convert_checkpoint('md.pt', 'md.ckpt')
+    >>> type(nn.load_checkpoint(new)[0]).__name__
+    'MDTransformer'
     """
     if not isinstance(old_path, (str, Path)) or not Path(old_path).is_file():
         raise ValueError(f"old_path: the checkpoint {old_path!r} does not exist")

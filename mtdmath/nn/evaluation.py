@@ -56,9 +56,20 @@ class HeldOutKL:
 
     Examples
     --------
-    >>> ev = HeldOutKL(task, every=50)
-    >>> hist = train(model, task, steps=500, log_every=50, callbacks=[ev])
-    >>> hist.extra["kl_bayes"]
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> task = nn.ICLTask(pi, alpha, T=12)
+    >>> model = nn.StandardTransformer(3, 2, n_layers=1, d_model=8, n_heads=1, max_len=16, generator=torch.Generator().manual_seed(0))
+    >>> ev = nn.HeldOutKL(task, every=5, batch_size=32)
+    >>> hist = nn.train(model, task, steps=10, batch_size=8, log_every=5, callbacks=[ev], progress=False)
+    >>> sorted(k for k in hist.extra if k.startswith('kl_'))[:3]
+    ['kl_adaptive', 'kl_bayes', 'kl_md']
+    >>> len(hist.extra['kl_bayes']) == len(hist.step)
+    True
     """
 
     def __init__(self, task: ICLTask, *, every: int = 50, batch_size: int = 256, seed: int = 0,

@@ -39,6 +39,21 @@ class HookPoint(nn.Module):
     """An identity module that marks a named activation; hooks on it read or replace the activation.
 
     ``name`` is set by :class:`HookedModule` to the module's dotted path.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> model = nn.MDTransformer.construct(pi, alpha)
+    >>> zero = lambda x, hook: torch.zeros_like(x)  # replace the activation
+    >>> out = model.run_with_hooks(tokens, fwd_hooks=[('blocks.2.attn.hook_step', zero)])
+    >>> out.shape
+    torch.Size([8, 11, 3])
     """
 
     def __init__(self) -> None:
@@ -72,6 +87,20 @@ class HookedModule(nn.Module):
 
     A subclass creates its :class:`HookPoint` submodules and calls :meth:`setup_hooks` at the end
     of ``__init__``; ``forward(tokens)`` returns the logits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> model = nn.MDTransformer.construct(pi, alpha)
+    >>> logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith('hook_r'))
+    >>> list(cache), tuple(cache['blocks.0.hook_r'].shape)
+    (['blocks.0.hook_r'], (8, 12, 2))
     """
 
     hook_dict: dict[str, HookPoint]

@@ -54,6 +54,19 @@ class EffectiveStep:
         The same fit within each bin (NaN where a bin has no spread in ∇ℓ beyond rounding).
     method : str
         ``"layer3"`` (an MDTransformer's layer-3 logits) or ``"output"`` (any model's predictive).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> est = nn.effective_step(nn.MDTransformer.construct(pi, alpha, eta=0.1), tokens, pi, alpha)
+    >>> type(est).__name__, round(est.eta, 10), est.method
+    ('EffectiveStep', 0.1, 'layer3')
     """
 
     eta: float
@@ -264,8 +277,16 @@ def effective_step(model: Any, tokens: Any, pi: Any, alpha: Any, *, bins: int = 
 
     Examples
     --------
-    >>> est = effective_step(MDTransformer.construct(pi, alpha), tokens, pi, alpha)
-    >>> est.eta, est.eta_se
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> est = nn.effective_step(nn.MDTransformer.construct(pi, alpha), tokens, pi, alpha)
+    >>> print(round(est.eta, 10), round(mtdmath.eta_bayes(alpha), 10), round(est.r2, 10))
+    0.25 0.25 1.0
     """
     bins = V.check_int(bins, "bins", minimum=1)
     if LAG_LOGITS not in getattr(model, "hook_dict", {}):
@@ -305,6 +326,21 @@ class StepByN:
         How well one step describes the model at n: for :func:`step_by_n` the R² of the
         regression at n (1 for a constructed model); for :func:`matched_step` the mean
         ``KL(model ‖ MD(η(n)))`` left at the best step (0 for a model that is one MD step).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> res = nn.step_by_n(nn.MDTransformer.construct(pi, alpha), tokens, pi, alpha)
+    >>> type(res).__name__, res.n[:3]
+    ('StepByN', array([1, 2, 3]))
+    >>> print(res.eta[:3].round(6))
+    [0.25 0.25 0.25]
     """
 
     n: np.ndarray
@@ -330,6 +366,20 @@ def step_by_n(model: Any, tokens: Any, pi: Any, alpha: Any) -> StepByN:
     StepByN
         ``n = 1 … T-m``; ``fit`` is the R² at each n. For ``construct(..., aggregation="softmax_sink",
         c=c, a=a)``: ``eta = c/(n+m+a)`` (to rounding) and R² = 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> model = nn.MDTransformer.construct(pi, alpha, aggregation='softmax_sink', c=1.0, a=2.0)
+    >>> res = nn.step_by_n(model, tokens, pi, alpha)
+    >>> print(np.allclose(res.eta, 1.0 / (res.n + 2 + 2.0), rtol=1e-8))  # c / (n + m + a)
+    True
     """
     alpha, y, logits, grad = _lag_logits_and_gradients(model, tokens, pi, alpha)
     if y.shape[0] < 2:
@@ -368,6 +418,21 @@ def matched_step(probs: Any, tokens: Any, pi: Any, alpha: Any, *, bounds: tuple[
     StepByN
         ``n = 1 … T-m``; ``fit`` is the mean KL left at the best step (nats). An ``eta`` at a
         bound means the closest step lies at or beyond it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> model = nn.MDTransformer.construct(pi, alpha, eta=0.1)
+    >>> probs = torch.softmax(model(tokens), -1)
+    >>> res = nn.matched_step(probs, tokens, pi, alpha)
+    >>> print(np.allclose(res.eta, 0.1, rtol=1e-4), bool(res.fit.max() < 1e-12))
+    True True
     """
     from scipy.optimize import minimize_scalar
 
@@ -427,6 +492,15 @@ class AdaptiveFit:
         χ²/dof of the line (with the given σ; NaN when none is given or dof = 0).
     eta_fit : ndarray
         The fitted step at the given n.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mtdmath import nn
+    >>> n = np.arange(1, 30)
+    >>> fit = nn.fit_adaptive_step(n, 2.0 / (n + 5.0), m=2)
+    >>> type(fit).__name__, round(fit.A, 8), round(fit.B, 8)  # 1/eta = A + B n
+    ('AdaptiveFit', 2.5, 0.5)
     """
 
     A: float
@@ -461,6 +535,15 @@ def fit_adaptive_step(n: Any, eta: Any, m: int, *, eta_se: Any = None) -> Adapti
     Returns
     -------
     AdaptiveFit
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mtdmath import nn
+    >>> n = np.arange(1, 30)
+    >>> fit = nn.fit_adaptive_step(n, 2.0 / (n + 2 + 3.0), m=2)  # an exact c/(n+m+a), c = 2, a = 3
+    >>> print(round(fit.c, 8), round(fit.a, 8))
+    2.0 3.0
     """
     m = V.check_int(m, "m", minimum=1)
     n_arr = np.asarray(n, dtype=np.float64)

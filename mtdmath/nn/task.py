@@ -90,8 +90,18 @@ class ICLTask:
 
     Examples
     --------
-    >>> task = ICLTask(pi, alpha, T=65)
-    >>> tokens, lam = task.sample(64, generator=torch.Generator().manual_seed(0))
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> task = nn.ICLTask(pi, alpha, T=16)
+    >>> tokens, lam = task.sample(4, generator=torch.Generator().manual_seed(0))
+    >>> tokens.shape, lam.shape
+    (torch.Size([4, 16]), torch.Size([4, 2]))
+    >>> task.S, task.m, task.T
+    (3, 2, 16)
     """
 
     def __init__(self, pi: Any, alpha: Any, T: int, *, device: torch.device | str | None = None) -> None:

@@ -43,7 +43,15 @@ SCHEDULES = ("cosine", "constant", "linear")
 # ----------------------------------------------------------------------------- schedules
 def lr_schedule(schedule: str, *, steps: int, warmup: int) -> Callable[[int], float]:
     """Multiplier of the peak learning rate at step ``k`` (0-based): linear warm-up over ``warmup``
-    steps, then ``cosine`` decay to 0, ``linear`` decay to 0, or ``constant``."""
+    steps, then ``cosine`` decay to 0, ``linear`` decay to 0, or ``constant``.
+
+    Examples
+    --------
+    >>> from mtdmath import nn
+    >>> f = nn.lr_schedule('cosine', steps=100, warmup=10)
+    >>> print([round(f(k), 3) for k in (0, 5, 10, 55, 99)])
+    [0.1, 0.6, 1.0, 0.5, 0.0]
+    """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES} (got {schedule!r})")
 
@@ -68,6 +76,20 @@ class TrainHistory:
     ``loss`` is the mean training loss over the steps since the previous point (nats/token),
     ``lr`` the learning rate after the point's last step, ``time`` the wall-clock seconds since
     the start; ``extra`` holds the window means of what the callbacks returned.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> task = nn.ICLTask(pi, alpha, T=12)
+    >>> model = nn.StandardTransformer(3, 2, n_layers=1, d_model=8, n_heads=1, max_len=16, generator=torch.Generator().manual_seed(0))
+    >>> hist = nn.train(model, task, steps=10, batch_size=8, log_every=5, progress=False)
+    >>> type(hist).__name__, hist.step, len(hist.loss)
+    ('TrainHistory', [5, 10], 2)
     """
 
     step: list[int] = field(default_factory=list)
@@ -237,6 +259,22 @@ def train(model: nn.Module, task: ICLTask, *, steps: int, batch_size: int = 64, 
     Returns
     -------
     TrainHistory
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> task = nn.ICLTask(pi, alpha, T=12)
+    >>> model = nn.StandardTransformer(3, 2, n_layers=1, d_model=8, n_heads=1, max_len=16, generator=torch.Generator().manual_seed(0))
+    >>> hist = nn.train(model, task, steps=20, batch_size=16, lr=1e-2, log_every=10, progress=False)
+    >>> hist.step
+    [10, 20]
+    >>> print(hist.loss[-1] < hist.loss[0])
+    True
     """
     from tqdm.auto import tqdm
 
@@ -360,6 +398,14 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     "softmax_sink"}); ``"std:L=5,d=32,h=2"`` -> ("std", {"n_layers": 5, "d_model": 32, "n_heads": 2}).
 
     Raises a ValueError naming ``model spec`` for anything else.
+
+    Examples
+    --------
+    >>> from mtdmath import nn
+    >>> nn.parse_model_spec('std:L=5,d=32,h=2')
+    ('std', {'n_layers': 5, 'd_model': 32, 'n_heads': 2})
+    >>> nn.parse_model_spec('mdsink')
+    ('md', {'aggregation': 'softmax_sink'})
     """
     if not isinstance(spec, str):
         raise ValueError(f"model spec must be a string such as 'md' or 'std:L=5,d=32,h=2' (got {spec!r})")
@@ -394,6 +440,16 @@ def model_from_spec(spec: str, S: int, m: int, *, max_len: int, d_model: int = 3
 
     ``d_model``, ``n_heads``, ``n_layers`` are the defaults of a ``std`` spec that omits them;
     ``max_len`` is the longest context of a standard model. Raises ValueError on a bad spec.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from mtdmath import nn
+    >>> model = nn.model_from_spec('std:L=2,d=16,h=2', 5, 3, max_len=32)
+    >>> type(model).__name__, model.config.n_layers, model.config.d_model
+    ('StandardTransformer', 2, 16)
+    >>> type(nn.model_from_spec('md', 5, 3, max_len=32)).__name__
+    'MDTransformer'
     """
     kind, kw = parse_model_spec(spec)
     if kind == "md":
@@ -405,7 +461,18 @@ def model_from_spec(spec: str, S: int, m: int, *, max_len: int, d_model: int = 3
 def spec_name(model_or_spec: nn.Module | str, **defaults: int) -> str:
     """A file-safe canonical name: ``md`` for the disentangled model, ``mdsink`` for it with the
     softmax-sink layer 2, ``std{L}`` for a standard model of width and heads equal to ``defaults``
-    (``d_model``, ``n_heads``), else ``std{L}_d{D}_h{H}``."""
+    (``d_model``, ``n_heads``), else ``std{L}_d{D}_h{H}``.
+
+    Examples
+    --------
+    >>> from mtdmath import nn
+    >>> nn.spec_name('std:L=5,d=32,h=2', d_model=32, n_heads=2)
+    'std5'
+    >>> nn.spec_name('std:L=5,d=64,h=4', d_model=32, n_heads=2)
+    'std5_d64_h4'
+    >>> nn.spec_name('md')
+    'md'
+    """
     if isinstance(model_or_spec, str):
         kind, kw = parse_model_spec(model_or_spec)
         if kind == "md":

@@ -66,8 +66,11 @@ __all__ = ["MDConfig", "StandardConfig", "MDTransformer", "StandardTransformer",
 
 
 # ----------------------------------------------------------------------------- helpers
-def _tokens_2d(tokens: Any, S: int, m: int, device: torch.device) -> torch.Tensor:
-    """Validate tokens (B, T), integer, in [0, S), T >= m; int64 on ``device``.
+def _tokens_2d(tokens: Any, S: int, m: int, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """Validate tokens (B, T) or (T,), integer, in [0, S), T >= m; int64 on ``device``, as (B, T).
+
+    Returns the (B, T) tokens and whether the input was one sequence (T,), whose batch axis the
+    caller drops from its result: the core functions take one sequence or a batch alike.
 
     Under ``torch.compile`` only what the graph knows statically is checked (a tensor, its
     dtype and shape): the range check reads the tokens' values back to the host, which would
@@ -78,13 +81,13 @@ def _tokens_2d(tokens: Any, S: int, m: int, device: torch.device) -> torch.Tenso
                 or tokens.is_complex():
             raise ValueError("tokens must be an integer torch tensor in a compiled forward")
         y = tokens.to(device=device, dtype=torch.int64)
-        if y.ndim == 2 and y.shape[1] < m:
-            raise ValueError(f"tokens must have length T >= m = {m} on its last axis (got T = {y.shape[1]})")
+        if y.ndim in (1, 2) and y.shape[-1] < m:
+            raise ValueError(f"tokens must have length T >= m = {m} on its last axis (got T = {y.shape[-1]})")
     else:
         y = V.check_tokens(tokens, S, m, "tokens", torch_space(device, like=tokens))
-    if y.ndim != 2:
-        raise ValueError(f"tokens must have shape (B, T) (got shape {tuple(y.shape)})")
-    return y
+    if y.ndim not in (1, 2):
+        raise ValueError(f"tokens must have shape (B, T) or (T,) (got shape {tuple(y.shape)})")
+    return (y[None], True) if y.ndim == 1 else (y, False)
 
 
 def _masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -132,7 +135,20 @@ def _check_aggregation(aggregation: Any) -> str:
 @dataclass(frozen=True)
 class MDConfig:
     """Shape of an :class:`MDTransformer`: vocabulary size ``S``, MTD order ``m`` and the kind of
-    layer 2 (``aggregation``: ``"sum"`` or ``"softmax_sink"``, see :data:`AGGREGATIONS`)."""
+    layer 2 (``aggregation``: ``"sum"`` or ``"softmax_sink"``, see :data:`AGGREGATIONS`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> nn.MDTransformer.construct(pi, alpha).config
+    MDConfig(S=3, m=2, aggregation='sum')
+    """
 
     S: int
     m: int
@@ -146,7 +162,20 @@ class MDConfig:
 
 @dataclass(frozen=True)
 class StandardConfig:
-    """Hyper-parameters of a :class:`StandardTransformer`."""
+    """Hyper-parameters of a :class:`StandardTransformer`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> nn.StandardTransformer(3, 2, n_layers=1, d_model=8, n_heads=1, max_len=16, generator=torch.Generator().manual_seed(0)).config
+    StandardConfig(S=3, m=2, n_layers=1, d_model=8, n_heads=1, max_len=16, dropout=0.0)
+    """
 
     S: int
     m: int
@@ -224,7 +253,15 @@ MD_SINK_CACHE_NAMES: dict[str, str] = _sink_cache_names()
 
 
 def md_cache_names(aggregation: str = "sum") -> dict[str, str]:
-    """The named activations of an :class:`MDTransformer` with this layer 2 (name -> shape and meaning)."""
+    """The named activations of an :class:`MDTransformer` with this layer 2 (name -> shape and meaning).
+
+    Examples
+    --------
+    >>> from mtdmath import nn
+    >>> names = nn.md_cache_names()
+    >>> list(names)[:3]
+    ['hook_embed', 'blocks.0.attn.hook_scores', 'blocks.0.attn.hook_pattern']
+    """
     return dict(MD_SINK_CACHE_NAMES if _check_aggregation(aggregation) == "softmax_sink" else MD_CACHE_NAMES)
 
 
@@ -233,6 +270,15 @@ def standard_cache_names(n_layers: int) -> dict[str, str]:
 
     D = d_model, H = n_heads, d = D/H. Scores are scaled by 1/sqrt(d) and masked to -inf on
     future keys; patterns are taken before attention dropout.
+
+    Examples
+    --------
+    >>> from mtdmath import nn
+    >>> names = nn.standard_cache_names(1)
+    >>> len(names)
+    17
+    >>> 'hook_logits' in names
+    True
     """
     names = {"hook_embed": "(B, T, D) token embeddings", "hook_pos_embed": "(T, D) position embeddings"}
     for l in range(n_layers):
@@ -271,6 +317,14 @@ def adaptive_params(alpha: Any, *, c: float | None = None, a: float | None = Non
     Returns
     -------
     (c, a) : floats. In the form ``1/η = A + B·n``: ``A = (m+a)/c``, ``B = 1/c``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mtdmath import nn
+    >>> c, a = nn.adaptive_params(np.array([2.0, 1.0]), c=1.0)
+    >>> print(c, round(a, 6))  # a = c (1 + alpha_0) - m, so that eta(0) = c/(m+a) = eta* = 1/4
+    1.0 2.0
     """
     alpha = V.check_alpha(alpha, "alpha")
     m, alpha0 = alpha.shape[0], float(alpha.sum())
@@ -505,6 +559,24 @@ class MDTransformer(HookedModule):
     runs in log space on its band of m keys (finite where p underflows) unless one of its
     (B, T, T) scores or pattern, its values, ``p_t`` or its residual output is hooked; then it
     forms them and the logits are ``log p_t`` (the two routes agree to rounding).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> model = nn.MDTransformer.construct(pi, alpha)  # one MD step at eta*, float64
+    >>> p = torch.softmax(model(tokens), -1).detach().numpy()
+    >>> p.shape
+    (8, 11, 3)
+    >>> print(np.allclose(p, mtdmath.md_predictive_all_prefixes(tokens, pi, alpha), atol=1e-10))
+    True
+    >>> model(tokens[0]).shape  # one sequence (T,) gives (T-m+1, S), as the core does
+    torch.Size([11, 3])
     """
 
     def __init__(self, S: int, m: int, *, dtype: torch.dtype = torch.float32,
@@ -660,16 +732,16 @@ class MDTransformer(HookedModule):
 
         Parameters
         ----------
-        tokens : int tensor or ndarray, shape (B, T), T >= m
+        tokens : int tensor or ndarray, shape (B, T) or (T,), T >= m
 
         Returns
         -------
-        logits : tensor, shape (B, T-m+1, S)
+        logits : tensor, shape (B, T-m+1, S), or (T-m+1, S) for one sequence (T,)
             ``log p``: row r is the log-law of ``y[m+r]`` given ``y[:m+r]`` (position t = m-1+r);
             ``softmax(logits, -1)`` is the law itself (the logits are already normalised).
             -inf where the law is exactly 0.
         """
-        y = _tokens_2d(tokens, self.S, self.m, self.pi_zero.device)
+        y, single = _tokens_2d(tokens, self.S, self.m, self.pi_zero.device)
         B, T = y.shape
         S, m = self.S, self.m
         # the (B, T, T) scores, patterns and masks of the three layers
@@ -681,10 +753,11 @@ class MDTransformer(HookedModule):
         resid = torch.cat([x, x.new_zeros(B, T, 2 * m + S)], dim=-1)
         resid = self.blocks[0](resid, y, self.pi_zero)
         resid = self.blocks[1](resid)
-        return self.blocks[2](resid, y, self.pi_zero)
+        logits = self.blocks[2](resid, y, self.pi_zero)
+        return logits[0] if single else logits
 
     def log_probs(self, tokens: Any) -> torch.Tensor:
-        """``log_softmax`` of :meth:`forward`, (B, T-m+1, S)."""
+        """``log_softmax`` of :meth:`forward`, (B, T-m+1, S) ((T-m+1, S) for one sequence)."""
         return torch.log_softmax(self(tokens), dim=-1)
 
 
@@ -783,6 +856,21 @@ class StandardTransformer(HookedModule):
     / ln2 / mlp``, ``ln_final``, ``head``) and the hook points TransformerLens
     (:func:`standard_cache_names`). Attention runs fused (``F.scaled_dot_product_attention``)
     unless a hook reads or replaces ``attn.hook_scores`` or ``attn.hook_pattern``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> model = nn.StandardTransformer(3, 2, n_layers=1, d_model=8, n_heads=1, max_len=16, generator=torch.Generator().manual_seed(0))
+    >>> model(torch.as_tensor(tokens)).shape
+    torch.Size([8, 11, 3])
+    >>> sorted(model.run_with_cache(tokens)[1])[:3]
+    ['blocks.0.attn.hook_k', 'blocks.0.attn.hook_pattern', 'blocks.0.attn.hook_q']
     """
 
     def __init__(self, S: int, m: int, *, n_layers: int = 3, d_model: int = 64, n_heads: int = 4,
@@ -825,11 +913,12 @@ class StandardTransformer(HookedModule):
                 p.normal_(0.0, std, generator=generator)
 
     def forward(self, tokens: Any) -> torch.Tensor:
-        """Logits (B, T-m+1, S) at positions m-1 … T-1 (``softmax`` gives the predictive law).
+        """Logits (B, T-m+1, S) at positions m-1 … T-1 (``softmax`` gives the predictive law);
+        one sequence (T,) gives (T-m+1, S), as the core functions do.
 
         ``run_with_cache`` returns the named activations of :func:`standard_cache_names`.
         """
-        y = _tokens_2d(tokens, self.S, self.m, self.head.weight.device)
+        y, single = _tokens_2d(tokens, self.S, self.m, self.head.weight.device)
         T = y.shape[1]
         if T > self.config.max_len:
             raise ValueError(f"tokens must have length T <= max_len = {self.config.max_len} (got T = {T})")
@@ -838,10 +927,10 @@ class StandardTransformer(HookedModule):
         for block in self.blocks:
             x = block(x)
         logits = self.hook_logits(self.head(self.ln_final(x)))  # (B, T, S)
-        return logits[:, self.m - 1:]
+        return logits[0, self.m - 1:] if single else logits[:, self.m - 1:]
 
     def log_probs(self, tokens: Any) -> torch.Tensor:
-        """Log-probabilities (B, T-m+1, S): ``log_softmax`` of :meth:`forward`."""
+        """Log-probabilities (B, T-m+1, S), or (T-m+1, S) for one sequence: ``log_softmax`` of :meth:`forward`."""
         return torch.log_softmax(self(tokens), dim=-1)
 
     # -------------------------------------------------------------- TransformerLens
