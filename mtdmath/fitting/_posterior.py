@@ -42,6 +42,21 @@ class PosteriorLam:
     level : float
     n_transitions : ndarray (B,)
         Transitions each posterior conditions on.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mtdmath
+    >>> from mtdmath import fitting
+    >>> pi = mtdmath.random_transition_matrix(3, concentration=0.5, rng=0)
+    >>> tokens, lam = mtdmath.sample_icl(pi, np.array([1.0, 1.0]), 30, 4, rng=1)
+    >>> known = fitting.ICLFit(pi=pi, alpha=np.array([1.0, 1.0]), objective=0.0, history=np.zeros(1), n_iter=0,
+    ...                        converged=True, se_pi=np.zeros((3, 3)), se_alpha=np.zeros(2), n_sequences=4)
+    >>> post = known.posterior_lam(tokens, level=0.9)
+    >>> type(post).__name__, post.mean.shape, post.n_transitions.tolist()
+    ('PosteriorLam', (4, 2), [28, 28, 28, 28])
+    >>> print(bool(np.all((post.lower <= post.mean) & (post.mean <= post.upper))))
+    True
     """
 
     mean: np.ndarray
