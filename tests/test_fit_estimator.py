@@ -212,3 +212,11 @@ def test_mtdmath_fit_is_the_function_and_no_submodule_shadows_it():
     assert mtdmath.fit is mtdmath.fitting.fit
     y = np.array([0, 1, 2, 1, 0, 2, 1, 0, 1, 2] * 3)
     assert isinstance(mtdmath.fit(y, 1, restarts=1, rng=0), MTD)
+
+
+def test_summary_of_a_one_lag_fit_says_there_is_no_variant_test():
+    """With one lag the shared and lag-wise variants have the same parameters (df 0): the summary says so
+    instead of failing on a chi-square with 0 degrees of freedom."""
+    rng = np.random.default_rng(0)
+    text = MTD(1, random_state=0).fit(rng.integers(0, 3, 300)).summary()
+    assert "with one lag the two variants are the same model" in text

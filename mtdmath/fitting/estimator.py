@@ -514,6 +514,9 @@ class MTD(SequenceEstimator):
                  f"AIC {-2 * ll + 2 * k:.2f}, BIC {-2 * ll + math.log(n) * k:.2f}",
                  f"  converged {self.converged_} (stopped by {self.monitor_.reason})"]
         lines += self._parameter_table(level)
+        if len(m.lags) == 1:  # one lag: shared pi and lag-wise are the same model, there is nothing to test
+            lines.append("  LR test shared pi vs lag-wise: none (with one lag the two variants are the same model)")
+            return "\n".join(lines)
         t = self._variant_test()
         better = "lag-wise (variant='lagwise')" if m.variant == "shared" else "shared pi (variant='shared')"
         if m.variant == "shared" and t.pvalue < 1 - level:
