@@ -90,7 +90,8 @@ def test_predicted_gain_kernel_equals_the_numpy_one(variant, independent, freeze
         if not (em.estep(theta)[1] > 0).all():  # ... unless that makes the data impossible
             theta = kept
         want = em.predicted_gain_generic(theta)
-        got = fitem.predicted_gain(theta, em.idx_i64, em.w, em.nxt.astype(np.int64), lay.K, lay.S, em.n_rest, freeze)
+        got = fitem.predicted_gain(theta, em.idx_i64, em.w, em.nxt.astype(np.int64), em.row_of.astype(np.int64),
+                                   em.shared_rows, lay.K, lay.S, em.n_rest, freeze)
         # the same terms summed in another order (bincount/einsum against one pass): 1e-12 relative
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
         assert want > 0 or freeze
