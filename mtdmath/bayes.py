@@ -261,7 +261,14 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
         if route == "rows":
             forward_rows(*args, nch, _spare_cells(n, lay, nch))
         elif route == "batch":
-            forward_batch(*args)
+            # sequences handed out one at a time: a thread that a competing process holds back takes
+            # fewer of them, rather than the caller waiting for its fixed share (set from Python:
+            # numba cannot cache a kernel with a chunk-size block inside)
+            prev_chunk = numba.set_parallel_chunksize(1)
+            try:
+                forward_batch(*args)
+            finally:
+                numba.set_parallel_chunksize(prev_chunk)
         else:
             forward(*args)
     except ZeroDivisionError:
