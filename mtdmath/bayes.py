@@ -245,7 +245,12 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
 
     from ._kernels.bayes import forward, forward_batch, forward_rows
 
+    from ._kernels.cores import usable_threads
+
     route, nch = _kernel_route(B, n, m, numba.get_num_threads())
+    if route != "serial":  # no more threads than there are idle cores for (a worker waiting for a core
+        # makes the call slower than one thread); every route gives the same bits
+        route, nch = _kernel_route(B, n, m, usable_threads(numba.get_num_threads()))
     _check_budget(B, n, m, max_bytes, kernel=True, threads=numba.get_num_threads())
     cmax = C.max(axis=2)  # (B, n), > 0
     Cn = C / cmax[..., None]

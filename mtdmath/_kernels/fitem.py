@@ -113,7 +113,8 @@ def threads_for(cells: int, batch: int, n_jobs: int | None = None) -> int:
     """Threads the EM map uses for ``batch`` restarts and ``cells`` cells in all.
 
     ``n_jobs`` follows scikit-learn: None means numba's current thread count, -1 all of numba's
-    threads, a positive number at most that many. 1 below :data:`SERIAL_CELLS` or for one restart.
+    threads, a positive number at most that many. 1 below :data:`SERIAL_CELLS` or for one restart;
+    above it, no more than there are idle cores for (:func:`mtdmath._kernels.cores.usable_threads`).
     """
     import numba
 
@@ -125,7 +126,11 @@ def threads_for(cells: int, batch: int, n_jobs: int | None = None) -> int:
     else:
         want = n_jobs
     want = min(want, numba.config.NUMBA_NUM_THREADS, batch)
-    return 1 if cells < SERIAL_CELLS else max(1, want)
+    if cells < SERIAL_CELLS:
+        return 1
+    from .cores import usable_threads
+
+    return usable_threads(want)
 
 
 def em_batch(x, idx, w, K, S, n_rest, freeze_pi, new, ll, *, n_jobs: int | None = None) -> None:
