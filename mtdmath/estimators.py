@@ -581,7 +581,7 @@ def _kernel_one_step(y: Any, pi: Any, mu: np.ndarray, eta: Any, space: Any, batc
     from ._kernels.cores import usable_threads
 
     # no more threads than there are idle cores for, and the sequences handed out 8 at a time (a
-    # sequence is microseconds of work): a thread that a competing process holds back takes fewer of
+    # sequence is a small piece of work): a thread that a competing process holds back takes fewer of
     # them, rather than the caller waiting for its fixed half. The bits do not depend on either.
     prev_threads = numba.get_num_threads()
     numba.set_num_threads(usable_threads(prev_threads))

@@ -2,9 +2,8 @@
 
 A threaded call ends in a barrier that waits for every worker to run at least once. When other
 processes keep the cores busy, a worker waits for the operating system to give it a core, and
-the call is slower than on the calling thread alone (measured next to one busy process on two
-cores: the all-prefix predictive 1.1-1.4x slower at two threads, the exact posterior's batch
-route up to 2.5x; bench/thread_targets.py). So a kernel asks for threads only where the cores
+the call can be slower than on the calling thread alone (bench/thread_targets.py measures it
+next to a busy process). So a kernel asks for threads only where the cores
 they would use are idle at the moment of the call: Linux's count of runnable tasks
 (``/proc/loadavg``, the instantaneous one, not the average), less the calling thread, against
 the cores this process may run on. Elsewhere, and where the count cannot be read, the request
