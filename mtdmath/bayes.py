@@ -253,7 +253,12 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
 
     from ._kernels.bayes import forward, forward_batch, forward_rows
 
+    from ._kernels.cores import usable_threads
+
     route, nch = _kernel_route(B, n, m, numba.get_num_threads())
+    if route != "serial":  # no more threads than there are idle cores for (a worker waiting for a core
+        # makes the call slower than one thread); every route gives the same bits
+        route, nch = _kernel_route(B, n, m, usable_threads(numba.get_num_threads()))
     _check_budget(B, n, m, max_bytes, kernel=True, threads=numba.get_num_threads())
     cmax = C.max(axis=2)  # (B, n), > 0
     Cn = C / cmax[..., None]
@@ -269,7 +274,14 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
         if route == "rows":
             forward_rows(*args, nch, _spare_cells(n, lay, nch))
         elif route == "batch":
-            forward_batch(*args)
+            # sequences handed out one at a time: a thread that a competing process holds back takes
+            # fewer of them, rather than the caller waiting for its fixed share (set from Python:
+            # numba cannot cache a kernel with a chunk-size block inside)
+            prev_chunk = numba.set_parallel_chunksize(1)
+            try:
+                forward_batch(*args)
+            finally:
+                numba.set_parallel_chunksize(prev_chunk)
         else:
             forward(*args)
     except ZeroDivisionError:

@@ -691,7 +691,22 @@ def _kernel_one_step(y: Any, pi: Any, mu: np.ndarray, eta: Any, space: Any, batc
     with np.errstate(divide="ignore"):
         log_mu = np.log(mu)
     etas = np.ascontiguousarray(np.broadcast_to(np.asarray(eta, dtype=np.float64), (shape[1],)))
-    if one_step_all_prefixes(y_np, pi_np, log_mu, mu, etas, buf):
+    import numba
+
+    from ._kernels.cores import usable_threads
+
+    # no more threads than there are idle cores for, and the sequences handed out 8 at a time (a
+    # sequence is a small piece of work): a thread that a competing process holds back takes fewer of
+    # them, rather than the caller waiting for its fixed half. The bits do not depend on either.
+    prev_threads = numba.get_num_threads()
+    numba.set_num_threads(usable_threads(prev_threads))
+    prev_chunk = numba.set_parallel_chunksize(8)
+    try:
+        bad = one_step_all_prefixes(y_np, pi_np, log_mu, mu, etas, buf)
+    finally:
+        numba.set_parallel_chunksize(prev_chunk)
+        numba.set_num_threads(prev_threads)
+    if bad:
         raise ValueError("tokens contain a transition with probability 0 under every lag of pi: "
                          "the data are impossible under pi")
     if out is not None:

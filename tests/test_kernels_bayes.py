@@ -69,6 +69,8 @@ import numpy as np, mtdmath as M
 from mtdmath import bayes as Bm
 Bm._PARALLEL_STATES = 1 << 20  # the row-split route for m = 4, n = 185 at two threads
 Bm._BATCH_WORK = 0  # and the batch route for the batches
+from mtdmath._kernels import cores
+cores.runnable_tasks = lambda: 1  # as on an idle machine: the threaded routes even when other work runs
 rng = np.random.default_rng(0)
 for (B, n, m) in [(1, 185, 4), (6, 40, 4), (3, 60, 3)]:
     C = rng.uniform(0.05, 1.0, (B, n, m))

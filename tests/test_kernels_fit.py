@@ -44,13 +44,18 @@ def test_threaded_route_is_bit_identical_to_the_serial_one(variant, monkeypatch)
         assert ll[0] == serial_ll[r]
 
 
-def test_thread_policy():
+def test_thread_policy(monkeypatch):
+    from mtdmath._kernels import cores
+
+    monkeypatch.setattr(cores, "runnable_tasks", lambda: 1)  # as on an idle machine, whatever else runs
     many = fitem.SERIAL_CELLS
     assert fitem.threads_for(many - 1, 10) == 1  # small: serial, the pool is not woken
     assert fitem.threads_for(many, 1) == 1  # one restart: nothing to spread
     assert fitem.threads_for(many, 10, n_jobs=1) == 1
     assert fitem.threads_for(many, 10, n_jobs=-1) == min(numba.get_num_threads(), 10)
     assert fitem.threads_for(many, 10, n_jobs=10**6) <= numba.config.NUMBA_NUM_THREADS
+    monkeypatch.setattr(cores, "runnable_tasks", lambda: 10**6)  # every core busy: the calling thread alone
+    assert fitem.threads_for(many, 10, n_jobs=-1) == 1
 
 
 def test_start_threads_leaves_the_environment_as_it_was():
@@ -90,7 +95,8 @@ def test_predicted_gain_kernel_equals_the_numpy_one(variant, independent, freeze
         if not (em.estep(theta)[1] > 0).all():  # ... unless that makes the data impossible
             theta = kept
         want = em.predicted_gain_generic(theta)
-        got = fitem.predicted_gain(theta, em.idx_i64, em.w, em.nxt.astype(np.int64), lay.K, lay.S, em.n_rest, freeze)
+        got = fitem.predicted_gain(theta, em.idx_i64, em.w, em.nxt.astype(np.int64), em.row_of.astype(np.int64),
+                                   em.shared_rows, lay.K, lay.S, em.n_rest, freeze)
         # the same terms summed in another order (bincount/einsum against one pass): 1e-12 relative
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
         assert want > 0 or freeze

@@ -113,7 +113,8 @@ def threads_for(cells: int, batch: int, n_jobs: int | None = None) -> int:
     """Threads the EM map uses for ``batch`` restarts and ``cells`` cells in all.
 
     ``n_jobs`` follows scikit-learn: None means numba's current thread count, -1 all of numba's
-    threads, a positive number at most that many. 1 below :data:`SERIAL_CELLS` or for one restart.
+    threads, a positive number at most that many. 1 below :data:`SERIAL_CELLS` or for one restart;
+    above it, no more than there are idle cores for (:func:`mtdmath._kernels.cores.usable_threads`).
     """
     import numba
 
@@ -125,7 +126,11 @@ def threads_for(cells: int, batch: int, n_jobs: int | None = None) -> int:
     else:
         want = n_jobs
     want = min(want, numba.config.NUMBA_NUM_THREADS, batch)
-    return 1 if cells < SERIAL_CELLS else max(1, want)
+    if cells < SERIAL_CELLS:
+        return 1
+    from .cores import usable_threads
+
+    return usable_threads(want)
 
 
 def em_batch(x, idx, w, K, S, n_rest, freeze_pi, new, ll, *, n_jobs: int | None = None) -> None:
@@ -155,18 +160,22 @@ def em_batch(x, idx, w, K, S, n_rest, freeze_pi, new, ll, *, n_jobs: int | None 
         numba.set_num_threads(prev)
 
 
-@nb.njit(cache=True, nogil=True)
-def predicted_gain(theta, idx, w, nxt, K, S, n_rest, freeze_pi):  # pragma: no cover - compiled
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def predicted_gain(theta, idx, w, nxt, row_of, shared_rows, K, S, n_rest, freeze_pi):  # pragma: no cover - compiled
     """The fit's predicted gain at theta (d,): Σ over simplex blocks of gap² / (2 c), in one E-step
     pass and one curvature pass over the tuples (the quantity of the NumPy ``_EM.predicted_gain``:
     the gain of the best Frank-Wolfe line step per block under the quadratic model, docs/math.md §2).
 
-    ``nxt`` (U,): the next token of each tuple. Components that use the same emission row at one
-    tuple (a shared pi with equal context tokens) are summed before squaring; with a lag-wise pi
-    no two components share a row, so the same loop serves both. Returns inf where some tuple
-    has probability 0 under theta.
+    ``nxt`` (U,): the next token of each tuple; ``row_of`` (K, U): the emission row that component k
+    uses at tuple u (``(idx - K) // S``, precomputed once per fit). Components that use the same
+    emission row at one tuple (a shared pi with equal context tokens) are summed before squaring;
+    ``shared_rows`` says whether that happens at any tuple (never with a lag-wise pi): if not, each
+    component's term is added alone, which adds the same terms without the grouping's branches. Returns inf where some tuple has probability 0 under
+    theta. The curvatures of the lam block and of every row are accumulated in the same pass, each
+    in tuple order (the error model "numpy" only lets the divisions vectorise: no value is 0 there).
     """
     U = idx.shape[1]
+    h = np.empty(U)  # w_u / s_u², the weight of each tuple in every curvature
     s = np.empty(U)
     g_lam = np.zeros(K)
     G = np.zeros(n_rest)
@@ -178,6 +187,7 @@ def predicted_gain(theta, idx, w, nxt, K, S, n_rest, freeze_pi):  # pragma: no c
             return np.inf
         s[u] = su
         q = w[u] / su
+        h[u] = q / su
         for k in range(K):
             g_lam[k] += theta[idx[k, u]] * q
             G[idx[k, u] - K] += theta[k] * q
@@ -187,43 +197,49 @@ def predicted_gain(theta, idx, w, nxt, K, S, n_rest, freeze_pi):  # pragma: no c
         if theta[k] > 0.0 and g_lam[k] > best:
             jstar, best = k, g_lam[k]
     gap = best - dot
-    c = 0.0
-    for u in range(U):
-        d = theta[idx[jstar, u]] - s[u]  # direction e_{j*} - lam: ds_u = P_{j*}(u) - s_u
-        c += (w[u] / s[u] / s[u]) * d * d
-    total = gap * gap / (2.0 * c) if gap > 0.0 and c > 0.0 else 0.0
-    if freeze_pi:
-        return total
     n_rows = n_rest // S
     bstar = np.zeros(n_rows, dtype=np.int64)
     gaps = np.empty(n_rows)
-    for row in range(n_rows):
-        top, n_row = -np.inf, 0.0
-        for col in range(S):
-            t, g = theta[K + row * S + col], G[row * S + col]
-            n_row += t * g
-            if t > 0.0 and g > top:
-                bstar[row], top = col, g
-        gaps[row] = top - n_row
+    if not freeze_pi:
+        for row in range(n_rows):
+            top, n_row = -np.inf, 0.0
+            for col in range(S):
+                t, g = theta[K + row * S + col], G[row * S + col]
+                n_row += t * g
+                if t > 0.0 and g > top:
+                    bstar[row], top = col, g
+            gaps[row] = top - n_row
+    c = 0.0
     c_rows = np.zeros(n_rows)
-    rk = np.empty(K, dtype=np.int64)
     ak = np.empty(K)
     for u in range(U):
-        h = w[u] / s[u] / s[u]
+        hu = h[u]
+        d = theta[idx[jstar, u]] - s[u]  # direction e_{j*} - lam: ds_u = P_{j*}(u) - s_u
+        c += hu * d * d
+        if freeze_pi:
+            continue
         for k in range(K):  # ds_u along d_r for the row r of component k: lam_k ([nxt_u = b*_r] - theta_r[nxt_u])
-            rk[k] = (idx[k, u] - K) // S
-            ak[k] = theta[k] * ((1.0 if nxt[u] == bstar[rk[k]] else 0.0) - theta[idx[k, u]])
+            ak[k] = theta[k] * ((1.0 if nxt[u] == bstar[row_of[k, u]] else 0.0) - theta[idx[k, u]])
+        if not shared_rows:
+            for k in range(K):
+                a = ak[k]
+                c_rows[row_of[k, u]] += hu * a * a
+            continue
         for k in range(K):
+            rk = row_of[k, u]
             first = True
             for j in range(k):
-                if rk[j] == rk[k]:
+                if row_of[j, u] == rk:
                     first = False
             if first:
                 a = 0.0
                 for j in range(k, K):
-                    if rk[j] == rk[k]:
+                    if row_of[j, u] == rk:
                         a += ak[j]
-                c_rows[rk[k]] += h * a * a
+                c_rows[rk] += hu * a * a
+    total = gap * gap / (2.0 * c) if gap > 0.0 and c > 0.0 else 0.0
+    if freeze_pi:
+        return total
     for row in range(n_rows):
         if gaps[row] > 0.0 and c_rows[row] > 0.0:
             total += gaps[row] * gaps[row] / (2.0 * c_rows[row])

@@ -144,6 +144,9 @@ class EM:
         self.nxt = counts.nxt
         self.nxt_i64 = np.ascontiguousarray(counts.nxt, dtype=np.int64)  # the compiled predicted_gain's layout
         self.row_of = (self.idx - self.K) // lay.S  # (K, U)
+        self.row_of_i64 = np.ascontiguousarray(self.row_of, dtype=np.int64)
+        # whether two components use the same emission row at some tuple (shared pi, equal context tokens)
+        self.shared_rows = bool(any((self.row_of[j] == self.row_of[k]).any() for k in range(self.K) for j in range(k)))
         self.group = self.group_row = self.group_u = None
         if lay.variant == "shared" and lay.k > 1:
             U = self.idx.shape[1]
@@ -278,8 +281,8 @@ class EM:
             from .._kernels.fitem import predicted_gain
 
             theta = np.ascontiguousarray(theta, dtype=np.float64)
-            return float(predicted_gain(theta, self.idx_i64, self.w, self.nxt_i64, self.K, self.lay.S, self.n_rest,
-                                        self.freeze_pi))
+            return float(predicted_gain(theta, self.idx_i64, self.w, self.nxt_i64, self.row_of_i64, self.shared_rows,
+                                        self.K, self.lay.S, self.n_rest, self.freeze_pi))
         return self.predicted_gain_generic(theta)
 
     def predicted_gain_generic(self, theta: np.ndarray) -> float:
