@@ -127,7 +127,7 @@ def _tune(objective, k: int, schedule: bool, eta_star: float) -> np.ndarray:
 _BOOT_HALF_WIDTH, _BOOT_STEP = 0.5, 0.02
 
 
-def _boot_tune_constant(per_seq, eta: float, boot_idx: list, retune) -> list:
+def _boot_tune_constant(per_seq, eta: float, boot_idx: list, retune) -> list[float]:
     """The minimiser of every bootstrap resample's objective (a constant step), from one evaluation of
     the per-sequence objective on a fine grid of log η about the full-sample minimiser ``eta``.
 
@@ -149,7 +149,7 @@ def _boot_tune_constant(per_seq, eta: float, boot_idx: list, retune) -> list:
             out.append(retune(i))
             continue
         x = offsets[j] + _BOOT_STEP * (v[j - 1] - v[j + 1]) / (2 * curv)
-        out.append(np.array([eta * math.exp(x)]))
+        out.append(eta * math.exp(x))
     return out
 
 
@@ -235,8 +235,9 @@ def optimal_step(pi: Any, alpha: Any, *, L: int | None = None, T: int | None = N
     if schedule and k > 1:
         boot_eta = [tune(y_tr[i], lam_tr[i]) for i in boot_idx]
     else:
-        boot_eta = _boot_tune_constant(lambda e: per_seq(y_tr, lam_tr, np.full(k, e)), float(eta[0]), boot_idx,
-                                       lambda i: tune(y_tr[i], lam_tr[i]))
+        boot_eta = [np.full(k, e) for e in _boot_tune_constant(
+            lambda e: per_seq(y_tr, lam_tr, np.full(k, e)), float(eta[0]), boot_idx,
+            lambda i: float(tune(y_tr[i], lam_tr[i])[0]))]
     se = (lambda x: np.std(np.asarray(x), axis=0, ddof=1)) if n_boot >= 2 else (lambda x: np.nan)
     out_eta = eta if schedule else float(eta[0])
     eta_se = se(boot_eta)
