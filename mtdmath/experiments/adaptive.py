@@ -741,7 +741,7 @@ def markdown(res: AdaptiveResult) -> str:
         lines.append(f"| {pd.a} − {pd.b} | " + " | ".join(_fmt_diff(pd.per_L[L]) for L in Ls) + " |")
     le = res.learned
     lines += ["", "**Trained models: the layer-3 step at each n and the fit of c/(n+m+a)** (mean ± s.e. over seeds "
-              "of one task; the R² is set by the architecture — a sink model's step depends on n through "
+              "of one task setting; the R² is set by the architecture — a sink model's step depends on n through "
               "1/(n+m+a) whatever its weights, a fixed-step model's not at all — so only the learned (c, a) are "
               "evidence)\n",
               "| model | c (fit) | a (fit) | R² of c/(n+m+a) | a = exp(sink_logit) | relative spread of η(n) |", "|---|---|---|---|---|---|"]

@@ -377,7 +377,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
     lines.append("")
     sp = s.get("seed_spread")
     if sp:
-        lines.append(f"Steps of the trained disentangled model over {sp['n_seeds']} training seeds of one task (mean ± s.e. "
+        lines.append(f"Steps of the trained disentangled model over {sp['n_seeds']} training seeds of one task setting, each seed with its own pi (mean ± s.e. "
                      f"over seeds, sd in brackets): effective step {sp['effective_step']['mean']:.4f} ± "
                      f"{sp['effective_step']['se']:.4f} ({sp['effective_step']['sd']:.4f}); η_train "
                      f"{sp['eta_train']['mean']:.4f} ± {sp['eta_train']['se']:.4f} ({sp['eta_train']['sd']:.4f}); "
