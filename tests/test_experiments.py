@@ -166,6 +166,55 @@ def test_compare_json(quick_all):
     row_kl = special.rel_entr(p, q).sum(axis=0)  # one KL per query token (column of W1)
     np.testing.assert_allclose(w1["row_kl"], row_kl, rtol=1e-9, atol=1e-12)
     assert w1["mean_row_kl"] == pytest.approx(row_kl.mean(), rel=1e-9)
+    _check_w1_negated_and_se(w1, W1, pi)
+
+
+def _check_w1_negated_and_se(w1: dict, W1: np.ndarray, pi: np.ndarray) -> None:
+    """−W1's row KL and both standard errors over the query rows, by rel_entr and numpy's std."""
+    p = pi / pi.sum(axis=0)
+    S = p.shape[0]
+    for Wx, key in ((W1, "mean_row_kl"), (-W1, "mean_row_kl_negated")):
+        q = np.exp(Wx - Wx.max(axis=0)) / np.exp(Wx - Wx.max(axis=0)).sum(axis=0)
+        kl = special.rel_entr(p, q).sum(axis=0)
+        assert w1[key] == pytest.approx(kl.mean(), rel=1e-9)
+        assert w1[key + "_se"] == pytest.approx(np.std(kl, ddof=1) / np.sqrt(S), rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def quick_m3(tmp_path_factory) -> Path:
+    """The learned-pi check at m = 3: ``train --quick --m 3 --models md`` for two seeds, then ``compare
+    --quick`` with the second as a seed checkpoint."""
+    out = tmp_path_factory.mktemp("m3")
+    for s in (0, 1):
+        main(["train", "--quick", "--m", "3", "--models", "md", "--seed", str(s), "--out", str(out / f"s{s}"),
+              "--no-progress"])
+    main(["compare", "--quick", "--checkpoints", str(out / "s0/checkpoints"), "--seed_checkpoints",
+          str(out / "s1/checkpoints"), "--out", str(out / "compare"), "--no-progress"])
+    return out
+
+
+def test_compare_w1_at_m3(quick_m3):
+    """At m = 3 compare runs on a disentangled model alone, reports W1 and −W1 (no symmetry there) with
+    standard errors, and the spread of both over the training seeds, each against its checkpoint's own pi."""
+    res = _load(quick_m3 / "compare/compare.json")
+    assert res["m"] == 3 and len(res["alpha"]) == 3 and res["models"] == ["md"]
+    per_seed = []
+    for s in (0, 1):
+        model, info = load_checkpoint(quick_m3 / f"s{s}/checkpoints/md.safetensors", dtype=torch.float64)
+        W1, pi = model.W1.detach().numpy(), info["task"].pi.numpy().astype(np.float64)
+        if s == 0:
+            np.testing.assert_allclose(np.asarray(res["pi"]), pi, rtol=0, atol=1e-7)  # float32 pi of the task
+            _check_w1_negated_and_se(res["w1"], W1, np.asarray(res["pi"]))
+        q = np.exp(W1 - W1.max(axis=0)) / np.exp(W1 - W1.max(axis=0)).sum(axis=0)
+        qn = np.exp(-W1 + W1.min(axis=0)) / np.exp(-W1 + W1.min(axis=0)).sum(axis=0)
+        p = pi / pi.sum(axis=0)
+        per_seed.append([special.rel_entr(p, q).sum(axis=0).mean(), special.rel_entr(p, qn).sum(axis=0).mean()])
+    spread = res["seed_spread"]
+    assert spread["n_seeds"] == 2
+    # compare casts the checkpoint's float32 pi itself; 1e-5 relative covers float32 rounding (~6e-8) carried
+    # through row KLs of size 0.1-1 (a wrong sign or a wrong seed moves them by tens of per cent)
+    np.testing.assert_allclose(spread["w1_mean_row_kl"]["values"], [v[0] for v in per_seed], rtol=1e-5)
+    np.testing.assert_allclose(spread["w1_mean_row_kl_negated"]["values"], [v[1] for v in per_seed], rtol=1e-5)
 
 
 def test_depth_json_and_summary(quick_all):

@@ -37,12 +37,17 @@ def test_fit_forms_matches_curve_fit(truth):
     models = {"c/L": (lambda x, c: x[1] / c, [1.0]), "c/(alpha0+n)": (lambda x, c: (alpha0 + x[0]) / c, [1.0]),
               "A+B*n": (lambda x, A, B: A + B * x[0], [1.0, 1.0])}
     for form, (f, p0) in models.items():
-        popt, _ = optimize.curve_fit(f, np.stack([n, L]).astype(float), y, p0=p0, sigma=sy, absolute_sigma=True)
+        popt, pcov = optimize.curve_fit(f, np.stack([n, L]).astype(float), y, p0=p0, sigma=sy, absolute_sigma=True)
         chi2 = float(np.sum(((y - f(np.stack([n, L]).astype(float), *popt)) / sy) ** 2))
         got = fit[form]
         want = {"c": popt[0]} if form != "A+B*n" else {"A": popt[0], "B": popt[1]}
         for k, v in want.items():
             assert got.params[k] == pytest.approx(v, rel=1e-6)
+        # standard errors: curve_fit's covariance (absolute sigma) against the WLS one; c = 1/β by the delta
+        # method, so its s.e. is LM's s.e. of c itself to first order (LM fits c directly: the same linearisation)
+        want_se = {"c": np.sqrt(pcov[0, 0])} if form != "A+B*n" else {"A": np.sqrt(pcov[0, 0]), "B": np.sqrt(pcov[1, 1])}
+        for k, v in want_se.items():
+            assert got.params_se[k] == pytest.approx(v, rel=1e-5)
         assert got.chi2 == pytest.approx(chi2, rel=1e-6, abs=1e-9)
         assert got.dof == len(y) - len(p0)
         assert got.p_value == pytest.approx(stats.chi2.sf(chi2, len(y) - len(p0)), rel=1e-6, abs=1e-12)

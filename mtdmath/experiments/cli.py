@@ -329,9 +329,13 @@ def summarize(est: EstimatorsResult, tr: TrainResult, cmp_: CompareResult, dep: 
     extra: dict[str, Any] = {}
     if ss:
         extra["stepsize"] = {name: {"eta_opt": {str(r.L): [r.eta_opt, r.eta_opt_se] for r in v.rows},
-                                    "eta_star": v.eta_star,
+                                    "eta_star": v.eta_star, "alpha0": v.alpha0,
                                     "fit_chi2_dof": {f: v.fit[f].chi2_dof for f in ss.forms},
+                                    "fit_p_value": {f: v.fit[f].p_value for f in ss.forms},
+                                    "fit_params": {f: v.fit[f].params for f in ss.forms},
+                                    "fit_params_se": {f: v.fit[f].params_se for f in ss.forms},
                                     "best_form": v.best_form} for name, v in ss.results.items()}
+        extra["stepsize_n_boot"] = ss.config.n_boot
     extra["seed_spread"] = dataclasses.asdict(cmp_.seed_spread)  # the summary is a plain dict (its JSON)
     extra["depth_labels"] = dep.labels
     return {"table": table, "depth_table": dep.table, "targets": targets, "band_difference": band, "git": git,
@@ -377,7 +381,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
                  f"±{a['tolerance_nats']} nats at every L) | KL(trained) − KL(MD(η_train)): {per_a}; effective step "
                  f"{a['effective_step']:.4f} (R² {a['effective_step_r2']:.3f}), η_train {a['eta_train'][0]:.4f} ± "
                  f"{a['eta_train'][1]:.4f}, η* {a['eta_star']:.4f} | {'met' if a['met'] else 'missed'} |")
-    neg = f" (of −W1: {b['mean_row_kl_negated']:.4f})" if "mean_row_kl_negated" in b else ""
+    neg = f" (of −W1: {b['mean_row_kl_negated']:.4f})" if b.get("mean_row_kl_negated") is not None else ""
     lines.append(f"| learned W1 (softmax over keys) vs column-normalised pi: mean row KL < 0.05 | "
                  f"{b['mean_row_kl']:.4f}{neg} | {'met' if b['met'] else 'missed'} |")
     per = "; ".join(f"L={L}: {v['paired_diff'][0]:+.4f} ± {v['paired_diff'][1]:.4f}" for L, v in c["per_L"].items())
@@ -391,7 +395,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
     lines.append("")
     sp = s.get("seed_spread")
     if sp:
-        lines.append(f"Steps of the trained disentangled model over {sp['n_seeds']} training seeds (mean ± s.e. "
+        lines.append(f"Steps of the trained disentangled model over {sp['n_seeds']} training seeds of one task setting, each seed with its own pi (mean ± s.e. "
                      f"over seeds, sd in brackets): effective step {sp['effective_step']['mean']:.4f} ± "
                      f"{sp['effective_step']['se']:.4f} ({sp['effective_step']['sd']:.4f}); η_train "
                      f"{sp['eta_train']['mean']:.4f} ± {sp['eta_train']['se']:.4f} ({sp['eta_train']['sd']:.4f}); "
@@ -402,8 +406,20 @@ def summary_markdown(s: dict[str, Any]) -> str:
                          "met" if v else "missed" for v in sp["hypothesis_met"].values()) + ".")
         lines.append("")
     if s.get("stepsize"):
-        lines.append("Fits of 1/η_opt(L) against n = L − m (χ²/dof for c/L, c/(α₀+n), A + B·n): " + "; ".join(
-            f"{k}: " + ", ".join(f"{v['fit_chi2_dof'][f]:.2f}" for f in v["fit_chi2_dof"]) + f" (best {v['best_form']})"
+        def ab(v: dict) -> str:  # A ± s.e. against 1 + α₀ (summaries written before they were recorded: nothing)
+            p, se = v.get("fit_params", {}).get("A+B*n"), v.get("fit_params_se", {}).get("A+B*n")
+            if not p or not se:
+                return ""
+            return f"; A = {p['A']:.2f} ± {se['A']:.2f} (1 + α₀ = {1 + v['alpha0']:g}), B = {p['B']:.3f} ± {se['B']:.3f}"
+
+        def chi(v: dict, f: str) -> str:
+            pv = v.get("fit_p_value", {}).get(f)
+            return f"{v['fit_chi2_dof'][f]:.2f}" + (f" (p = {pv:.2g})" if pv is not None else "")
+
+        nb = s.get("stepsize_n_boot")
+        lines.append("Fits of 1/η_opt(L) against n = L − m (χ²/dof for c/L, c/(α₀+n), A + B·n" + (
+            f"; weights from {nb} bootstrap resamples of η_opt" if nb else "") + "): " + "; ".join(
+            f"{k}: " + ", ".join(chi(v, f) for f in v["fit_chi2_dof"]) + f" (best {v['best_form']}{ab(v)})"
             for k, v in s["stepsize"].items()) + ".")
         lines.append("")
     bd = s["band_difference"]

@@ -129,7 +129,11 @@ class W1Comparison:
     colnorm_pi_T: np.ndarray  #: (S, S), rows are distributions
     row_kl: np.ndarray  #: KL(pi row ‖ learned row) per query [nats]
     mean_row_kl: float  #: their mean [nats]
-    mean_row_kl_negated: Optional[float] = None  #: the same for −W1 (m = 2: W1 is identified up to sign)
+    #: the same for −W1: at m = 2 an exact symmetry (W1 is identified up to sign), at m >= 3 not one, so
+    #: there −W1 is a wrong candidate that a learned W1 ≈ log pi must beat
+    mean_row_kl_negated: Optional[float] = None
+    mean_row_kl_se: Optional[float] = None  #: s.e. of ``mean_row_kl`` over the S query rows [nats]
+    mean_row_kl_negated_se: Optional[float] = None  #: s.e. of ``mean_row_kl_negated`` over the S rows [nats]
 
 
 @dataclass
@@ -206,6 +210,10 @@ class SeedSpread:
     kl_md_eta_train: dict[str, SeedAgg]  #: per L [nats]
     paired_trained_minus_md_eta_train: dict[str, SeedAgg]  #: per L [nats]
     hypothesis_met: dict[str, bool]  #: per checkpoint directory
+    #: the learned W1 against each checkpoint's own pi (:func:`w1_vs_pi`): mean row KL of W1 and of −W1
+    #: (None in results written before they were recorded)
+    w1_mean_row_kl: Optional[SeedAgg] = None
+    w1_mean_row_kl_negated: Optional[SeedAgg] = None
 
 
 @dataclass
@@ -371,19 +379,22 @@ def w1_vs_pi(W1: np.ndarray, pi: np.ndarray, m: int | None = None) -> W1Comparis
     """Learned W1 (softmax over the key axis 0) vs column-normalised pi; per-query KLs and their mean.
 
     Both matrices are returned transposed, ``[query b, key a]``, so each *row* is one distribution
-    (the displayed rows; "row KL" in the figure title).
+    (the displayed rows; "row KL" in the figure title). The row KL of −W1 is reported too: for
+    m = 2, −W1 (with v1's rows swapped) computes the same layer-1 output, so W1 is identified only up
+    to this sign (see :func:`align_layer1`); for m >= 3 the responsibilities of −W1,
+    ``(1/a)/(1/a + 1/b + 1/c)``, are no affine function of those of W1, so there the sign is
+    identified and −W1 is a wrong candidate. ``m`` is accepted for the callers' symmetry and unused.
+    Standard errors are over the S query rows.
     """
     W = torch.as_tensor(W1, dtype=torch.float64)
     learned = torch.softmax(W, dim=0).numpy().T  # [b, a]
     target = (pi / pi.sum(axis=0, keepdims=True)).T  # [b, a]
     row_kl = M.kl(target, learned)
-    out = W1Comparison(learned_softmax_W1_T=learned, colnorm_pi_T=target, row_kl=row_kl, mean_row_kl=float(row_kl.mean()))
-    if m == 2:
-        # for m = 2, -W1 (with v1's rows swapped) computes the same layer-1 output: W1 is identified
-        # only up to this sign (see align_layer1), so the row KL of -W1 is reported too
-        neg = torch.softmax(-W, dim=0).numpy().T
-        out.mean_row_kl_negated = float(M.kl(target, neg).mean())
-    return out
+    neg = M.kl(target, torch.softmax(-W, dim=0).numpy().T)
+    mean_se = [X.mean_se(v) for v in (row_kl, neg)]
+    return W1Comparison(learned_softmax_W1_T=learned, colnorm_pi_T=target, row_kl=row_kl,
+                        mean_row_kl=float(mean_se[0][0]), mean_row_kl_negated=float(mean_se[1][0]),
+                        mean_row_kl_se=float(mean_se[0][1]), mean_row_kl_negated_se=float(mean_se[1][1]))
 
 
 def step_analysis(model: MDTransformer, pi: np.ndarray, alpha: np.ndarray, train_T: int, tokens: np.ndarray,
@@ -439,9 +450,10 @@ def step_analysis(model: MDTransformer, pi: np.ndarray, alpha: np.ndarray, train
     return res, kl_md
 
 
-def seed_spread(analyses: dict[str, StepAnalysis]) -> SeedSpread:
+def seed_spread(analyses: dict[str, StepAnalysis], w1: Optional[dict[str, W1Comparison]] = None) -> SeedSpread:
     """Mean, standard deviation and s.e. over seeds (one analysis per checkpoint) of the effective
-    step, η_train, their difference, the trained KL and the paired difference at each table L."""
+    step, η_train, their difference, the trained KL and the paired difference at each table L, and
+    (given ``w1``, one :func:`w1_vs_pi` per checkpoint) the mean row KL of the learned W1 and of −W1."""
     def agg(vals: list[float]) -> SeedAgg:
         v = np.asarray(vals, np.float64)
         sd = float(v.std(ddof=1)) if v.size > 1 else float("nan")
@@ -458,7 +470,9 @@ def seed_spread(analyses: dict[str, StepAnalysis]) -> SeedSpread:
         kl_trained={L: agg([x.table[L]["trained"][0] for x in a]) for L in Ls},
         kl_md_eta_train={L: agg([x.table[L]["md1_eta_train"][0] for x in a]) for L in Ls},
         paired_trained_minus_md_eta_train={L: agg([x.paired_trained_minus_md_eta_train[L][0] for x in a]) for L in Ls},
-        hypothesis_met={k: x.hypothesis.met for k, x in analyses.items()})
+        hypothesis_met={k: x.hypothesis.met for k, x in analyses.items()},
+        w1_mean_row_kl=agg([w.mean_row_kl for w in w1.values()]) if w1 else None,
+        w1_mean_row_kl_negated=agg([w.mean_row_kl_negated for w in w1.values()]) if w1 else None)
 
 
 def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> CompareResult:
@@ -488,6 +502,7 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
         kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
         trained = models["md"]
         steps: dict[str, StepAnalysis] = {}
+        w1s = {cfg.checkpoints: w1_vs_pi(trained.W1.detach().cpu().numpy(), pi, m)}
         steps[cfg.checkpoints], kls["md1_eta_train"] = step_analysis(
             trained, pi, alpha, infos["md"]["task"].T, tokens, lam, kls["md"], cfg,
             rng_key=(seed, X.KEY_STEP, m, 0))
@@ -501,6 +516,7 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
             steps[ck], _ = step_analysis(mods["md"], pi_j, alpha_j, inf["md"]["task"].T, tok_j, lam_j, kl_j, cfg,
                                          rng_key=(seed, X.KEY_STEP, m_j, j))
             steps[ck].train_seed = inf["md"]["extra"].get("seed")
+            w1s[ck] = w1_vs_pi(mods["md"].W1.detach().cpu().numpy(), pi_j, m_j)
         steps[cfg.checkpoints].train_seed = infos["md"]["extra"].get("seed")
         mean, se = X.curves(kls)
 
@@ -525,7 +541,7 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
                               "difference_max": {"layer1": float(np.abs(tr1 - co1)[0, m:].max()),
                                                  "layer1_aligned": float(np.abs(al1 - co1)[0, m:].max()),
                                                  "layer3": float(np.abs(tr3 - co3)[0, m - 1:].max())}}}
-        w1 = w1_vs_pi(trained.W1.detach().cpu().numpy(), pi, m)
+        w1 = w1s[cfg.checkpoints]
 
     T = cfg.T
     res = CompareResult(
@@ -533,7 +549,7 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
         kl_mean=mean, kl_se=se, table=X.table_at(kls, m, T),
         gap_md_minus_construction=X.paired_diff(kls, "md", "construction", m, T),
         gap_md_minus_bayes=X.paired_diff(kls, "md", "bayes", m, T), step_analysis=steps,
-        seed_spread=seed_spread(steps),
+        seed_spread=seed_spread(steps, w1s),
         construction_vs_md1_max_abs_prob_diff=float(np.abs(preds["construction"] - preds["md1"]).max()),
         band_difference=band, w1=w1, attention=attention,
         train_time_s={k: info["extra"].get("train_time_s") for k, info in infos.items()})
@@ -628,7 +644,7 @@ def _plot_w1(w1: W1Comparison, path: Path) -> Path:
         ax.set_xlabel("key (source) token a")
         ax.set_ylabel("query (target) token b")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-    fig.suptitle(f"W1 of the trained disentangled model: mean row KL(pi ‖ learned) = {w1.mean_row_kl:.4f} nats",
-                 fontsize=10)
+    fig.suptitle(f"W1 of the trained disentangled model: mean row KL(pi ‖ learned) = {w1.mean_row_kl:.4f} ± "
+                 f"{w1.mean_row_kl_se:.4f} nats (of −W1: {w1.mean_row_kl_negated:.4f})", fontsize=10)
     fig.tight_layout()
     return X.save_figure(fig, path)

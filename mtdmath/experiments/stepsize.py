@@ -59,8 +59,9 @@ class StepsizeConfig(PriorConfig):
     n_test: Sequences = field(default=512, metadata={"help": "held-out sequences of optimal_step"})
     n_eval: Sequences = field(default=512, metadata={
         "help": "a third, disjoint set on which η_opt, η*, Bayes and K.2 are compared (paired)"})
-    n_boot: Sequences = field(default=30, metadata={
-        "help": "bootstrap resamples for the standard error of η_opt (>= 2: the fit is weighted by them)"})
+    n_boot: Sequences = field(default=200, metadata={
+        "help": "bootstrap resamples for the standard error of η_opt (>= 2: the fit is weighted by them; the χ² "
+                "p-values take these weights as known, so few resamples make them unreliable)"})
     bayes_budget: PositiveFloat = field(default=4e8, metadata={
         "help": "exact Bayes on min(n_eval, BUDGET / #count states) sequences at each L (the posterior mean sums "
                 "over C(n+m-1, m-1) count states per sequence); skipped below 16 sequences"})
@@ -91,6 +92,9 @@ class FormFit:
     chi2_dof: float  #: χ²/dof (NaN for dof = 0)
     p_value: float  #: P(χ²_dof >= chi2) (NaN for dof = 0)
     eta_fit: list[float]  #: the fitted step at each row's L
+    #: standard errors of ``params`` from the weighted least-squares covariance ``(DᵀΣ⁻¹D)⁻¹`` with the
+    #: bootstrap σ taken as known (empty in results written before they were recorded)
+    params_se: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -195,6 +199,10 @@ def fit_forms(n: np.ndarray, L: np.ndarray, eta: np.ndarray, eta_se: np.ndarray,
     ``c/(alpha0+n)`` : η = c/(α₀+n),   y = (α₀+n)/c   (one parameter; c = 1 would be the Bayes count rate)
     ``A+B*n``        : y = A + B·n                    (two parameters)
 
+    The p-value treats σ_y as known. It is estimated from the bootstrap resamples of
+    :func:`mtdmath.optimal_step`, so with few resamples χ² is not χ²-distributed (each σ² has only
+    ``n_boot − 1`` degrees of freedom) and the p-value is unreliable: the experiment uses 200.
+
     Returns
     -------
     dict form -> :class:`FormFit`; a form with dof = 0 gets NaN χ²/dof (:func:`best_form` picks one).
@@ -206,18 +214,22 @@ def fit_forms(n: np.ndarray, L: np.ndarray, eta: np.ndarray, eta_se: np.ndarray,
                "A+B*n": np.stack([np.ones_like(n, dtype=float), n.astype(float)], axis=1)}
     out: dict[str, FormFit] = {}
     for name, D in designs.items():
-        beta, *_ = np.linalg.lstsq(D * w[:, None], y * w, rcond=None)
+        Dw = D * w[:, None]
+        beta, *_ = np.linalg.lstsq(Dw, y * w, rcond=None)
         resid = (y - D @ beta) / sy
         chi2 = float(resid @ resid)
         dof = len(y) - D.shape[1]
+        beta_se = np.sqrt(np.diag(np.linalg.pinv(Dw.T @ Dw)))  # σ known (absolute), not rescaled by χ²/dof
         if name == "A+B*n":
             params = {"A": float(beta[0]), "B": float(beta[1])}
-        else:
+            params_se = {"A": float(beta_se[0]), "B": float(beta_se[1])}
+        else:  # c = 1/β: delta method
             params = {"c": float(1.0 / beta[0])}
+            params_se = {"c": float(beta_se[0] / beta[0] ** 2)}
         out[name] = FormFit(params=params, chi2=chi2, dof=int(dof),
                             chi2_dof=chi2 / dof if dof > 0 else float("nan"),
                             p_value=float(stats.chi2.sf(chi2, dof)) if dof > 0 else float("nan"),
-                            eta_fit=(1.0 / (D @ beta)).tolist())
+                            eta_fit=(1.0 / (D @ beta)).tolist(), params_se=params_se)
     return out
 
 
@@ -309,13 +321,16 @@ def markdown(res: StepsizeResult) -> str:
         by = {row.L: row for row in R[n].rows}
         lines.append(f"| {n} | {R[n].eta_star:.4f} | " + " | ".join(
             f"{by[L].eta_opt:.4f} ± {by[L].eta_opt_se:.4f}" if L in by else "–" for L in Ls) + " |")
-    lines += ["", "**Fits of 1/η_opt against n = L − m** (weighted by the bootstrap s.e.; χ²/dof, p-value)\n",
+    lines += ["", f"**Fits of 1/η_opt against n = L − m** (weighted by the bootstrap s.e. of η_opt from "
+              f"{res.config.n_boot} resamples; χ²/dof, p-value of χ² with those weights taken as known; "
+              "parameters ± their weighted least-squares s.e.)\n",
               "| setting | α₀ | c/L | c/(α₀+n) | A + B·n | form that holds (p ≥ 0.05) |", "|---|---|---|---|---|---|"]
     for n in names:
         f = R[n].fit
 
         def cell(k: str) -> str:
-            pr = ", ".join(f"{a} = {v:.3g}" for a, v in f[k].params.items())
+            se = f[k].params_se
+            pr = ", ".join(f"{a} = {v:.3g}" + (f" ± {se[a]:.2g}" if a in se else "") for a, v in f[k].params.items())
             return f"{f[k].chi2_dof:.2f} (p = {f[k].p_value:.2g}; {pr})"
 
         ok = res.verdict[n].acceptable_forms
