@@ -157,6 +157,65 @@ def test_checker_catches_a_stale_output_and_an_error():
     assert "fake.md:15" in failures[2] and "no output" in failures[2]
 
 
+def _bash_blocks(path: Path) -> list[list[str]]:
+    """The command lines of each ``bash`` block of a Markdown file, comments and blank lines dropped."""
+    out = []
+    for b in parse_blocks(path.read_text(), path):
+        if b.lang == "bash":
+            lines = [ln.split(" #")[0].strip() for ln in b.code.splitlines()]
+            out.append([ln for ln in lines if ln and not ln.startswith("#")])
+    return out
+
+
+def test_readme_is_a_guide_of_at_most_250_lines():
+    """The README guides and points at docs/; measured tables and long references live in docs/guide/."""
+    n = len((ROOT / "README.md").read_text().splitlines())
+    assert n <= 250, f"README.md has {n} lines; move detail into docs/guide/ (at most 250)"
+
+
+def test_quickstart_and_readme_agree_on_set_up():
+    """The two set-up commands, the test command and the docs build are the same on both pages."""
+    readme, quick = _bash_blocks(ROOT / "README.md"), _bash_blocks(ROOT / "docs" / "quickstart.md")
+    setup = ["pip install torch==2.13.0", 'pip install -e ".[dev]"']
+    assert readme[0] == setup, f"README.md's first bash block is {readme[0]}, not the set-up {setup}"
+    assert quick[0] == setup, f"docs/quickstart.md's first bash block is {quick[0]}, not the set-up {setup}"
+    quick_lines = {ln for block in quick for ln in block}
+    for block in readme[1:3]:  # the test command, then the docs build
+        missing = [ln for ln in block if ln not in quick_lines]
+        assert not missing, f"README.md runs {missing}, which docs/quickstart.md does not"
+    ci = (ROOT / ".ci" / "run").read_text()  # CI installs the same torch, and dev with more extras
+    assert "pip install --quiet torch==2.13.0" in ci and 'pip install --quiet -e ".[dev' in ci
+
+
+#: a home, a workspace or a fixed temporary folder of one machine (written in parts so that this
+#: file does not match itself); examples write to tempfile.mkdtemp() or to a relative runs/ folder
+_MACHINE_PATH = re.compile("(?<![\\w.~])/(?:" + "work|root|home|Users" + ")/[\\w.-]+")
+_FIXED_TMP = re.compile("(?<![\\w.~])/" + "tmp/[\\w.-]+")
+
+
+def test_no_machine_paths_in_readme_and_docs():
+    hits = []
+    for f in repo_text_files():
+        rel = str(f.relative_to(ROOT))
+        if rel.startswith(".ci/"):
+            continue
+        try:
+            text = f.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        pats = [_MACHINE_PATH] + ([_FIXED_TMP] if rel == "README.md" or rel.startswith("docs/") else [])
+        for ln_no, ln in enumerate(text.splitlines(), 1):
+            if any(p.search(ln) for p in pats):
+                hits.append(f"{rel}:{ln_no}: {ln.strip()[:100]}")
+    assert not hits, "machine-specific paths:\n" + "\n".join(hits)
+
+
+def test_machine_path_patterns_catch_what_they_must():
+    assert _MACHINE_PATH.search("see " + "/ro" + "ot/venv/bin/python") and _MACHINE_PATH.search("/ho" + "me/me/x")
+    assert _FIXED_TMP.search("--out " + "/t" + "mp/smoke")
+    assert not _MACHINE_PATH.search("~/venvs/mtdlearn/bin/python") and not _FIXED_TMP.search("runs/tmp/x")
+
+
 # =============================================================================== (b) references
 def repo_text_files() -> list[Path]:
     """The repository's files (tracked, or new and not ignored), text only, without built output."""
