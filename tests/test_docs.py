@@ -187,35 +187,6 @@ def test_quickstart_and_readme_agree_on_set_up():
     assert "pip install --quiet torch==2.13.0" in ci and 'pip install --quiet -e ".[dev' in ci
 
 
-#: a home, a workspace or a fixed temporary folder of one machine (written in parts so that this
-#: file does not match itself); examples write to tempfile.mkdtemp() or to a relative runs/ folder
-_MACHINE_PATH = re.compile("(?<![\\w.~])/(?:" + "work|root|home|Users" + ")/[\\w.-]+")
-_FIXED_TMP = re.compile("(?<![\\w.~])/" + "tmp/[\\w.-]+")
-
-
-def test_no_machine_paths_in_readme_and_docs():
-    hits = []
-    for f in repo_text_files():
-        rel = str(f.relative_to(ROOT))
-        if rel.startswith(".ci/"):
-            continue
-        try:
-            text = f.read_text()
-        except (UnicodeDecodeError, OSError):
-            continue
-        pats = [_MACHINE_PATH] + ([_FIXED_TMP] if rel == "README.md" or rel.startswith("docs/") else [])
-        for ln_no, ln in enumerate(text.splitlines(), 1):
-            if any(p.search(ln) for p in pats):
-                hits.append(f"{rel}:{ln_no}: {ln.strip()[:100]}")
-    assert not hits, "machine-specific paths:\n" + "\n".join(hits)
-
-
-def test_machine_path_patterns_catch_what_they_must():
-    assert _MACHINE_PATH.search("see " + "/ro" + "ot/venv/bin/python") and _MACHINE_PATH.search("/ho" + "me/me/x")
-    assert _FIXED_TMP.search("--out " + "/t" + "mp/smoke")
-    assert not _MACHINE_PATH.search("~/venvs/mtdlearn/bin/python") and not _FIXED_TMP.search("runs/tmp/x")
-
-
 # =============================================================================== (b) references
 def repo_text_files() -> list[Path]:
     """The repository's files (tracked, or new and not ignored), text only, without built output."""
@@ -355,8 +326,8 @@ def test_resolver_rejects_references_that_do_not_exist():
 _OUTSIDE = (".." + "/shared", "/work" + "/shared")
 
 
-def test_no_file_points_outside_the_repository():
-    hits = []
+def repo_lines():
+    """(path relative to the root, line number, line) of every text line of the repository but .ci/."""
     for f in repo_text_files():
         rel = str(f.relative_to(ROOT))
         if rel.startswith(".ci/"):
@@ -366,9 +337,34 @@ def test_no_file_points_outside_the_repository():
         except (UnicodeDecodeError, OSError):
             continue
         for ln_no, ln in enumerate(text.splitlines(), 1):
-            if any(o in ln for o in _OUTSIDE):
-                hits.append(f"{rel}:{ln_no}: {ln.strip()[:100]}")
+            yield rel, ln_no, ln
+
+
+def test_no_file_points_outside_the_repository():
+    hits = [f"{rel}:{n}: {ln.strip()[:100]}" for rel, n, ln in repo_lines() if any(o in ln for o in _OUTSIDE)]
     assert not hits, "paths outside the repository:\n" + "\n".join(hits)
+
+
+#: a home, a workspace or a fixed temporary folder of one machine (written in parts so that this
+#: file does not match itself); examples write to tempfile.mkdtemp() or to a relative runs/ folder
+_MACHINE_PATH = re.compile("(?<![\\w.~])/(?:" + "work|root|home|Users" + ")/[\\w.-]+")
+_FIXED_TMP = re.compile("(?<![\\w.~])/" + "tmp/[\\w.-]+")
+
+
+def test_no_machine_paths():
+    """No tracked file names a machine's home or workspace; README and docs name no fixed temp folder."""
+    hits = []
+    for rel, n, ln in repo_lines():
+        docs = rel == "README.md" or rel.startswith("docs/")
+        if _MACHINE_PATH.search(ln) or (docs and _FIXED_TMP.search(ln)):
+            hits.append(f"{rel}:{n}: {ln.strip()[:100]}")
+    assert not hits, "machine-specific paths:\n" + "\n".join(hits)
+
+
+def test_machine_path_patterns_catch_what_they_must():
+    assert _MACHINE_PATH.search("see " + "/ro" + "ot/venv/bin/python") and _MACHINE_PATH.search("/ho" + "me/me/x")
+    assert _FIXED_TMP.search("--out " + "/t" + "mp/smoke")
+    assert not _MACHINE_PATH.search("~/venvs/mtdlearn/bin/python") and not _FIXED_TMP.search("runs/tmp/x")
 
 
 # =============================================================================== (d) claims of math.md
