@@ -70,16 +70,16 @@ class PhaseConfig(PriorConfig):
     n_train: Sequences = field(default=1024, metadata={"help": "sequences η_opt(L) is tuned on"})
     n_eval: Sequences = field(default=1024, metadata={"help": "fresh sequences of the paired KL gap"})
     tolerance: PositiveFloat = field(default=5e-4, metadata={"help": "a cell passes when its gap is <= this [nats]"})
-    n_samples: Steps = field(default=128, metadata={"help": "predicted_step: draws of λ*"})
+    n_samples: Steps = field(default=64, metadata={"help": "predicted_step: draws of λ*"})
     n_windows: Steps = field(default=1024, metadata={"help": "predicted_step: windows per draw above S^m = this"})
     max_states: Steps = field(default=4096, metadata={
         "help": "predicted_step: exact stationary laws up to S^m = this, simulated chains above"})
-    chain_length: Steps = field(default=10_000, metadata={"help": "predicted_step: transitions per simulated chain"})
+    chain_length: Steps = field(default=5000, metadata={"help": "predicted_step: transitions per simulated chain"})
     train_m: Order = field(default=2, metadata={"help": "order of the trained models' task"})
     train_Ts: tuple[Length, ...] = field(default=(17, 33, 65, 129), metadata={
         "help": "training sequence lengths T of the trained models"})
     train_seeds: NonNegativeInt = field(default=3, metadata={"help": "seeds per trained model and T (0: none)"})
-    train_steps: Steps = field(default=1500, metadata={"help": "optimiser steps of each trained model"})
+    train_steps: Steps = field(default=800, metadata={"help": "optimiser steps of each trained model"})
     batch: Batch = field(default=32, metadata={"help": "sequences per optimiser step"})
     lr: PositiveFloat = field(default=1e-2, metadata={"help": "peak learning rate (AdamW, warm-up, cosine)"})
     warmup: NonNegativeInt = field(default=100, metadata={"help": "linear warm-up steps"})
@@ -366,7 +366,7 @@ def _jobs(cfg: PhaseConfig, seed: int) -> list[CellJob | TrainJob]:
                        alpha=cfg.alpha, T=T, steps=cfg.train_steps, batch=cfg.batch, lr=cfg.lr, warmup=cfg.warmup,
                        n_probe=cfg.n_probe)
               for T in sorted(cfg.train_Ts, reverse=True) for j in range(cfg.train_seeds) for spec in TRAINED.values()]
-    return [*trains, *cells]
+    return [*cells, *trains]  # the phase diagram first
 
 
 def _load(path: Path, kind: str) -> CellResult | TrainResult:
