@@ -103,10 +103,10 @@ def test_resume_skips_finished_jobs_and_a_zero_tolerance_fails(quick_run, tmp_pa
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["--orders", "[0]"], "orders must be an integer in 1 … 64"),
-    (["--sizes", "[1]"], "sizes must be >= 2"),
+    (["--orders", "0"], "orders must be an integer in 1 … 64"),
+    (["--sizes", "1"], "sizes must be >= 2"),
     (["--tolerance", "0"], "tolerance must be a finite number > 0"),
-    (["--Ls", "[3]", "--orders", "[5]"], "Ls must hold an L >= m + 1"),
+    (["--Ls", "3", "--orders", "5"], "Ls must hold an L >= m + 1"),
     (["--address", "auto"], "address is only used with --backend ray"),
 ])
 def test_bad_configs_are_named(argv, msg, tmp_path, capsys):
