@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 import zlib
@@ -44,7 +43,7 @@ import mtdmath
 from mtdmath.stepsize import task_kl
 
 from . import common as X
-from .config import (Batch, Config, Length, NonNegativeInt, Order, PositiveFloat, PriorConfig, Sequences, Steps,
+from .config import (Batch, Length, NonNegativeInt, Order, PositiveFloat, PriorConfig, Sequences, Steps,
                      Threads, Vocab)
 
 #: the stream key of this experiment (``common`` uses 1-6, ``adaptive`` 7)
@@ -413,10 +412,7 @@ def run(cfg: PhaseConfig, out: Path, *, seed: int, device: torch.device, progres
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"phase ({cfg.backend})", disable=not progress)
 
         def on_done(res: CellResult | TrainResult) -> None:
-            path = paths[res.key]
-            tmp = path.with_suffix(".tmp")
-            X.write_json(tmp, res)
-            os.replace(tmp, path)  # atomic: an interrupted run leaves no half-written job
+            X.write_json_atomic(paths[res.key], res)
             bar.update(1)
 
         if todo:

@@ -420,10 +420,7 @@ def run(cfg: SweepConfig, out: Path, *, seed: int, device: torch.device, progres
                    disable=not progress)
 
         def on_done(res: JobResult) -> None:
-            path = out / "jobs" / f"{res.key}.json"
-            tmp = path.with_suffix(".tmp")
-            X.write_json(tmp, res)
-            os.replace(tmp, path)  # atomic: an interrupted sweep leaves no half-written job
+            X.write_json_atomic(out / "jobs" / f"{res.key}.json", res)
             bar.update(1)
 
         if todo:
