@@ -515,6 +515,8 @@ def _plot(res: PhaseResult, path: Path) -> Path:
             ax.axhline(cfg.tolerance, color="tab:red", lw=0.8, ls="--", label=f"tolerance {cfg.tolerance:g}")
             ax.axhline(0, color="gray", lw=0.5)
             ax.set_xscale("log")
+            ax.set_xticks(list(cfg.alpha0s), [f"{a:g}" for a in cfg.alpha0s])
+            ax.minorticks_off()
             ax.set_title(f"m={m}, β={b:g}, S={S}", fontsize=8)
             ax.set_xlabel("α₀", fontsize=7)
             ax.set_ylabel("KL gap [nats]", fontsize=7)
@@ -540,6 +542,8 @@ def _plot(res: PhaseResult, path: Path) -> Path:
                         color="tab:blue", ms=3, capsize=2,
                         label="η_opt(T), constant step" if quantities[j] == "eta (fixed)" else "law")
             ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(cfg.train_Ts), [str(t) for t in sorted(cfg.train_Ts)])
+            ax.minorticks_off()
             ax.set_title(f"trained: {quantities[j]}", fontsize=8)
             ax.set_xlabel("training length T", fontsize=7)
             ax.tick_params(labelsize=6)
