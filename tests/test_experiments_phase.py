@@ -68,7 +68,7 @@ def test_a_cell_gap_against_the_all_prefix_kernel(quick_run):
     out, res = quick_run
     cfg = P.PhaseConfig.quick()
     cell = res.cells[-1]
-    job = next(j for j in P._jobs(cfg, 3) if isinstance(j, P.CellJob) and j.m == cell.m)
+    job = next(j for j in P.grid_jobs(cfg, 3) if isinstance(j, P.CellJob) and j.m == cell.m)
     alpha = np.full(job.m, job.alpha0 / job.m)
     L = max(cfg.Ls)
     row = next(r for r in cell.rows if r.L == L)

@@ -354,7 +354,8 @@ class PhaseResult(X.Result):
     experiment: str = field(default="phase", init=False)
 
 
-def _jobs(cfg: PhaseConfig, seed: int) -> list[CellJob | TrainJob]:
+def grid_jobs(cfg: PhaseConfig, seed: int) -> list[CellJob | TrainJob]:
+    """Every job of the run: the cells (largest S^m first), then the trained models (largest T first)."""
     cells = [CellJob(seed=seed, m=m, alpha0=a0, concentration=b, S=S, tasks=cfg.tasks, Ls=tuple(cfg.Ls),
                      n_train=cfg.n_train, n_eval=cfg.n_eval, n_samples=cfg.n_samples, n_windows=cfg.n_windows,
                      max_states=cfg.max_states, chain_length=cfg.chain_length)
@@ -405,7 +406,7 @@ def run(cfg: PhaseConfig, out: Path, *, seed: int, device: torch.device, progres
 
     from .sweep import run_local, run_ray
 
-    jobs = _jobs(cfg, seed)
+    jobs = grid_jobs(cfg, seed)
     paths = {job_key(j): out / "jobs" / f"{job_key(j)}.json" for j in jobs}
     todo = [j for j in jobs if not paths[job_key(j)].is_file()]
     with X.run_meta(seed, device) as meta:
