@@ -25,6 +25,8 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from . import common as X
 from .adaptive import AdaptiveConfig
 from .adaptive import run as run_adaptive
+from .phase import PhaseConfig
+from .phase import run as run_phase
 from .compare import CompareConfig, CompareResult
 from .compare import run as run_compare
 from .config import Seed, Threads, help_of, one_line
@@ -64,6 +66,11 @@ EXPERIMENTS = {
                  "L of the adaptive construction against one-step MD at η*, η_train, η_opt(L), exact Bayes and tuned "
                  "k-step MD; the learnable adaptive model (mdsink) and the fixed-step md trained on the same seeds "
                  "(paired); the n-dependent step of trained standard transformers."),
+    "phase": (PhaseConfig, run_phase, "the zero-parameter step law vs the per-L optimal step over a grid of tasks",
+              "Phase diagram of the zero-parameter step law η(n) = 1/((1+α₀) + n/c∞) (predicted_step, docs/math.md "
+              "§11) against the per-L optimal one-step MD step over m × α₀ × β × S: the paired KL gap ± s.e. per cell "
+              "and the pass rate at a tolerance; the steps learned by the fixed-step and softmax-sink models "
+              "trained at several T against the prediction. Local process pool or Ray; resumable."),
     "sweep": (SweepConfig, run_sweep, "a grid of train-and-evaluate jobs on a process pool, Ray or SLURM",
               "A grid of independent train-and-evaluate jobs over any job field (seeds × orders × T × model specs × "
               "steps × --axes: lr, weight_decay, alpha, concentration, S, n_layers, …) on a local process pool, on Ray "
