@@ -55,7 +55,15 @@ TRAINED = {"fixed": "md", "sink": "mdsink"}
 @dataclass
 class PhaseConfig(PriorConfig):
     """Configuration of the ``phase`` experiment. The grid: ``orders`` × ``alpha0s`` × ``concentrations`` ×
-    ``sizes``; the trained models use the prior fields (S, concentration, alpha) with order ``train_m``."""
+    ``sizes``; the trained models use the prior fields (S, concentration, alpha) with order ``train_m``.
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.PhaseConfig.quick(orders=(2,))
+    >>> cfg.orders, cfg.alpha0s, cfg.tolerance
+    ((2,), (1.0,), 0.0005)
+    """
 
     orders: tuple[Order, ...] = field(default=(2, 3, 5), metadata={"help": "MTD orders m of the grid"})
     alpha0s: tuple[PositiveFloat, ...] = field(default=(0.5, 2.0, 8.0), metadata={
@@ -336,7 +344,19 @@ class LearnedVsPredicted:
 
 @dataclass
 class PhaseResult(X.Result):
-    """What ``phase`` measured (``phase.json``)."""
+    """What ``phase`` measured (``phase.json``).
+
+    Examples
+    --------
+    The committed run of the default config, read back (from a clone of the repository):
+
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> path = Path(experiments.__file__).parents[2] / "docs" / "figures" / "phase.json"
+    >>> res = experiments.PhaseResult.read(path)
+    >>> res.n_cells, res.n_pass, len(res.failing) == res.n_cells - res.n_pass
+    (36, 22, True)
+    """
 
     config: PhaseConfig
     seed: int
@@ -401,7 +421,20 @@ def _fail_reason(c: CellResult) -> str:
 
 def run(cfg: PhaseConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> PhaseResult:
     """Run every cell and trained model (skipping the finished ones); write ``phase.json``, ``phase.png``
-    and ``phase.md``."""
+    and ``phase.md``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import torch
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.PhaseConfig.quick(orders=(2,), train_Ts=(9,), train_seeds=1)
+    >>> res = experiments.run_phase(cfg, Path(tempfile.mkdtemp()), seed=0, device=torch.device("cpu"),
+    ...                             progress=False)
+    >>> res.n_cells, len(res.learned_vs_predicted)
+    (1, 1)
+    """
     from tqdm.auto import tqdm
 
     from .sweep import run_local, run_ray
