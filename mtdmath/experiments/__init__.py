@@ -11,6 +11,8 @@
   K.2 corrected one-step estimator against MD and Bayes (:mod:`.stepsize`);
 - ``adaptive`` — the context-adaptive MD step c/(n+m+a) of a softmax layer 2 with an attention
   sink: fitted, constructed, trained and compared with the loss-optimal steps (:mod:`.adaptive`);
+- ``mechanism`` — inside trained standard transformers: within-context probes, head-by-head
+  ablation and an added attention sink, judged against docs/guide/mechanism.md (:mod:`.mechanism`);
 - ``sweep`` — a grid over any job field (seeds, orders, T, model specs, steps, learning rate,
   weight decay, alpha, …) on a local pool, Ray or SLURM, into a tidy table (:mod:`.sweep`,
   :func:`load_sweep`);
@@ -31,6 +33,8 @@ from .depth import DepthConfig
 from .depth import run as run_depth
 from .estimators import EstimatorsConfig
 from .estimators import run as run_estimators
+from .mechanism import MechanismConfig, MechanismResult
+from .mechanism import run as run_mechanism
 from .prefix_bayes import posterior_mean_all_prefixes
 from .stepsize import StepsizeConfig
 from .stepsize import run as run_stepsize
@@ -45,5 +49,5 @@ __all__ = [
     "run_estimators", "run_train", "run_compare", "run_depth", "run_sweep", "run_stepsize",
     "AdaptiveConfig", "run_adaptive", "PriorConfig", "TaskConfig",
     "JobConfig", "JobResult", "SweepResult", "load_sweep",
-    "posterior_mean_all_prefixes",
+    "posterior_mean_all_prefixes", "MechanismConfig", "MechanismResult", "run_mechanism",
 ]
