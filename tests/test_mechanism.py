@@ -186,12 +186,12 @@ def test_quick_run_end_to_end_and_reuses_its_checkpoints(tmp_path):
         assert [iv.weight for iv in r.interventions] == [4.0, 16.0]
         for p in r.probes:
             assert all(np.isfinite(v[1]) and v[1] > 0 for v in p.diff.values())
-        assert r.train_time_s > 0
+        assert r.train_time_s > 0 and not r.reused
     assert back.verdict == verdict(back.models)
     assert (out / "mechanism.png").is_file() and (out / "mechanism.md").is_file()
     again = main(["mechanism", "--quick", "--out", str(out), "--no-progress"])
     for name, r in again.models.items():
-        assert r.train_time_s == 0.0  # the checkpoint was reused, not retrained
+        assert r.reused and r.train_time_s == back.models[name].train_time_s  # reused, not retrained
         assert r.eta == back.models[name].eta and r.kl == back.models[name].kl
 
 

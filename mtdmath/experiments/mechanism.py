@@ -48,11 +48,11 @@ class MechanismConfig(PriorConfig):
     T: Length = field(default=33, metadata={"help": "training and evaluation sequence length"})
     d_model: Width = field(default=32, metadata={"help": "model width"})
     n_heads: Heads = field(default=2, metadata={"help": "attention heads per layer"})
-    steps: Steps = field(default=1500, metadata={"help": "optimiser steps per model"})
+    steps: Steps = field(default=1000, metadata={"help": "optimiser steps per model"})
     batch: Batch = field(default=32, metadata={"help": "sequences per optimiser step"})
-    lr: PositiveFloat = field(default=2e-3, metadata={"help": "peak AdamW learning rate (cosine decay)"})
+    lr: PositiveFloat = field(default=3e-3, metadata={"help": "peak AdamW learning rate (cosine decay)"})
     weight_decay: NonNegativeFloat = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    warmup: NonNegativeInt = field(default=100, metadata={"help": "linear warm-up steps"})
+    warmup: NonNegativeInt = field(default=50, metadata={"help": "linear warm-up steps"})
     n_eval: Sequences = field(default=512, metadata={"help": "evaluation sequences per order (half fit the probes)"})
     n_boot: Steps = field(default=1000, metadata={"help": "bootstrap resamples of the held-out sequences (ΔR² s.e.)"})
     sink_weights: tuple[PositiveFloat, ...] = field(default=(4.0, 16.0), metadata={
@@ -120,7 +120,8 @@ class ModelMechanism:
     n_layers: int
     seed: int  #: training seed index
     final_loss: float  #: last logged training NLL [nats/token]
-    train_time_s: float  #: wall clock of training in this run (0 when the checkpoint was reused) [s]
+    train_time_s: float  #: wall clock of the training, over every session that built the checkpoint [s]
+    reused: bool  #: the finished checkpoint was found and reused (no training in this run)
     kl: list[float]  #: [mean, s.e.] over sequences of the per-sequence mean KL(truth ‖ model) [nats]
     kl_bayes: list[float]  #: the same for exact Bayes on the same sequences [nats]
     n: list[int]  #: numbers of transitions of the matched step
@@ -160,17 +161,15 @@ class MechanismResult(X.Result):
 
 # ----------------------------------------------------------------------------- training (checkpoints reused)
 def train_model(cfg: MechanismConfig, task: nn.ICLTask, n_layers: int, seed_index: int, path: Path, *,
-                seed: int, device: torch.device, progress: bool) -> tuple[torch.nn.Module, float, float]:
+                seed: int, device: torch.device, progress: bool) -> tuple[torch.nn.Module, float, float, bool]:
     """Train one model, resuming (or reusing) the training checkpoint at ``path``; returns the model
-    (float64, eval), its last logged loss and the seconds spent training in this call."""
-    import time
-
+    (float64, eval), its last logged loss, its training wall clock (the history's, which a resumed
+    run continues) and whether a finished checkpoint was reused."""
     m = task.m
     key = (m, n_layers, seed_index)
     gen = torch.Generator().manual_seed(X.torch_seed_for(seed, X.KEY_INIT, *key))
     model = nn.StandardTransformer(cfg.S, m, n_layers=n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
                                    max_len=cfg.T, generator=gen)
-    t0 = time.perf_counter()
     done = False
     if path.exists():
         _, info = nn.load_checkpoint(path, model=model, device=device)
@@ -184,8 +183,7 @@ def train_model(cfg: MechanismConfig, task: nn.ICLTask, n_layers: int, seed_inde
                         seed=X.torch_seed_for(seed, X.KEY_TRAIN, *key), log_every=max(1, cfg.steps // 30),
                         progress=progress, desc=path.stem, checkpoint=path,
                         checkpoint_every=max(1, cfg.steps // 5), resume=path if path.exists() else None)
-    seconds = time.perf_counter() - t0 if not done else 0.0
-    return model.to(device=device, dtype=torch.float64).eval(), float(hist.loss[-1]), seconds
+    return model.to(device=device, dtype=torch.float64).eval(), float(hist.loss[-1]), float(hist.time[-1]), done
 
 
 # ----------------------------------------------------------------------------- step fits
@@ -435,12 +433,12 @@ def run(cfg: MechanismConfig, out: Path, *, seed: int, device: torch.device, pro
             tokens, lam, bayes = evals[m]
             task = nn.ICLTask(pi, alpha, cfg.T, device=device)
             name = f"std{L}_m{m}_seed{s}"
-            model, loss, secs = train_model(cfg, task, L, s, ck / f"{name}{X.CHECKPOINT_SUFFIX}", seed=seed,
+            model, loss, secs, reused = train_model(cfg, task, L, s, ck / f"{name}{X.CHECKPOINT_SUFFIX}", seed=seed,
                                             device=device, progress=progress)
             fields = analyse(model, tokens, lam, pi, alpha, cfg, rng=X.rng_for(seed, X.KEY_STEP, m, L, s),
                              bayes_probs=bayes)
             models[name] = ModelMechanism(name=name, m=m, n_layers=L, seed=s, final_loss=loss,
-                                          train_time_s=round(secs, 3), **fields)
+                                          train_time_s=round(secs, 3), reused=reused, **fields)
     res = MechanismResult(config=cfg, seed=seed, meta=meta, pi=pis, alpha=alphas, models=models,
                           verdict=verdict(models))
     res.figures = [_plot(res, out / "mechanism.png").name]
