@@ -45,7 +45,7 @@ class MechanismConfig(PriorConfig):
     orders: tuple[Order, ...] = field(default=(2, 3), metadata={"help": "MTD orders m (one task per order)"})
     depths: tuple[Layers, ...] = field(default=(3, 5), metadata={"help": "layers of the standard transformers"})
     n_seeds: Steps = field(default=3, metadata={"help": "training seeds per (order, depth)"})
-    T: Length = field(default=33, metadata={"help": "training and evaluation sequence length"})
+    T: Length = field(default=33, metadata={"help": "training sequence length (evaluation: T - 1, the trained rows)"})
     d_model: Width = field(default=32, metadata={"help": "model width"})
     n_heads: Heads = field(default=2, metadata={"help": "attention heads per layer"})
     steps: Steps = field(default=1000, metadata={"help": "optimiser steps per model"})
@@ -59,8 +59,8 @@ class MechanismConfig(PriorConfig):
         "help": "weights a' of the added sink (test c); 16 is the decisive one"})
 
     def validate(self) -> None:
-        if self.T < max(self.orders) + 4:
-            raise ValueError(f"T must be >= max(orders) + 4 for a step fit at n >= 2 (got T={self.T}, "
+        if self.T < max(self.orders) + 5:
+            raise ValueError(f"T must be >= max(orders) + 5 for a step fit at n >= 2 (got T={self.T}, "
                              f"orders={self.orders})")
         if min(self.orders) < 2:
             raise ValueError(f"orders must be >= 2: a step moves lam only for m >= 2 (got {self.orders})")
@@ -427,7 +427,9 @@ def run(cfg: MechanismConfig, out: Path, *, seed: int, device: torch.device, pro
             pi, alpha = X.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
             pis[str(m)], alphas[str(m)] = pi, alpha
             if m not in evals:
-                tokens, lam = mtdmath.sample_icl(pi, alpha, cfg.T, cfg.n_eval, rng=X.rng_for(seed, X.KEY_EVAL, m))
+                # length T - 1: the training loss reaches positions up to T - 2 (the last position of a
+                # training sequence has no next token), so the row of position T - 1 is never trained
+                tokens, lam = mtdmath.sample_icl(pi, alpha, cfg.T - 1, cfg.n_eval, rng=X.rng_for(seed, X.KEY_EVAL, m))
                 bayes = X.estimator_all_prefixes(tokens, pi, alpha, ["bayes"])["bayes"]
                 evals[m] = (tokens, lam, bayes)
             tokens, lam, bayes = evals[m]
