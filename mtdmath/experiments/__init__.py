@@ -13,6 +13,8 @@
   sink: fitted, constructed, trained and compared with the loss-optimal steps (:mod:`.adaptive`);
 - ``phase`` — the zero-parameter step law against the per-L optimal step over a grid of tasks (a
   phase diagram), and the steps learned by trained fixed-step and softmax-sink models (:mod:`.phase`);
+- ``mechanism`` — inside trained standard transformers: within-context probes, head-by-head
+  ablation and an added attention sink, judged against docs/guide/mechanism.md (:mod:`.mechanism`);
 - ``sweep`` — a grid over any job field (seeds, orders, T, model specs, steps, learning rate,
   weight decay, alpha, …) on a local pool, Ray or SLURM, into a tidy table (:mod:`.sweep`,
   :func:`load_sweep`);
@@ -41,6 +43,8 @@ from .estimators import EstimatorsConfig
 from .estimators import run as run_estimators
 from .phase import PhaseConfig, PhaseResult
 from .phase import run as run_phase
+from .mechanism import MechanismConfig, MechanismResult
+from .mechanism import run as run_mechanism
 from .prefix_bayes import posterior_mean_all_prefixes
 from .stepsize import StepsizeConfig
 from .stepsize import run as run_stepsize
@@ -55,5 +59,5 @@ __all__ = [
     "run_estimators", "run_train", "run_compare", "run_depth", "run_sweep", "run_stepsize",
     "AdaptiveConfig", "run_adaptive", "PhaseConfig", "PhaseResult", "run_phase", "PriorConfig", "TaskConfig",
     "JobConfig", "JobResult", "SweepResult", "load_sweep",
-    "posterior_mean_all_prefixes",
+    "posterior_mean_all_prefixes", "MechanismConfig", "MechanismResult", "run_mechanism",
 ]
