@@ -40,7 +40,15 @@ DECISIVE_SINK = 16.0
 
 @dataclass
 class MechanismConfig(PriorConfig):
-    """Configuration of the ``mechanism`` experiment (defaults: the committed run, about 25 min on 2 CPU cores)."""
+    """Configuration of the ``mechanism`` experiment (defaults: the committed run, about 25 min on 2 CPU cores).
+
+    Examples
+    --------
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.MechanismConfig.quick()
+    >>> cfg.orders, cfg.depths, cfg.n_seeds
+    ((2,), (1, 2), 1)
+    """
 
     orders: tuple[Order, ...] = field(default=(2, 3), metadata={"help": "MTD orders m (one task per order)"})
     depths: tuple[Layers, ...] = field(default=(3, 5), metadata={"help": "layers of the standard transformers"})
@@ -146,7 +154,19 @@ class ModelMechanism:
 
 @dataclass
 class MechanismResult(X.Result):
-    """What ``mechanism`` measured (``mechanism.json``)."""
+    """What ``mechanism`` measured (``mechanism.json``).
+
+    Examples
+    --------
+    The committed run, read back (from a clone of the repository):
+
+    >>> from pathlib import Path
+    >>> from mtdmath import experiments
+    >>> path = Path(experiments.__file__).parents[2] / "docs" / "figures" / "mechanism.json"
+    >>> res = experiments.MechanismResult.read(path)
+    >>> type(res.config).__name__, res.config.n_seeds
+    ('MechanismConfig', 3)
+    """
 
     config: MechanismConfig
     seed: int
@@ -413,7 +433,20 @@ def verdict(models: dict[str, ModelMechanism]) -> dict[str, Any]:
 
 
 def run(cfg: MechanismConfig, out: Path, *, seed: int, device: torch.device, progress: bool = True) -> MechanismResult:
-    """Train (or reuse) the models, run tests (a)-(c); write ``mechanism.json`` and ``mechanism.png``."""
+    """Train (or reuse) the models, run tests (a)-(c); write ``mechanism.json`` and ``mechanism.png``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import torch
+    >>> from mtdmath import experiments
+    >>> cfg = experiments.MechanismConfig.quick(depths=(1,))
+    >>> res = experiments.run_mechanism(cfg, Path(tempfile.mkdtemp()), seed=0, device=torch.device("cpu"),
+    ...                                 progress=False)
+    >>> type(res).__name__
+    'MechanismResult'
+    """
     from tqdm.auto import tqdm
 
     ck = out / "checkpoints"

@@ -45,7 +45,16 @@ def head_ablation_hook(head: int, mean: torch.Tensor | None = None) -> Callable[
 
     Examples
     --------
-    >>> logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", head_ablation_hook(1))])  # doctest: +SKIP
+    >>> import torch
+    >>> from mtdmath import nn
+    >>> g = torch.Generator().manual_seed(0)
+    >>> model = nn.StandardTransformer(3, 2, n_layers=2, d_model=8, n_heads=2, max_len=10, generator=g,
+    ...                                dtype=torch.float64)
+    >>> tokens = torch.randint(0, 3, (2, 10), generator=g)
+    >>> base = model(tokens)
+    >>> ablated = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", nn.head_ablation_hook(1))])
+    >>> ablated.shape, bool((ablated - base).abs().max() > 1e-6)  # the head mattered
+    (torch.Size([2, 9, 3]), True)
     """
     head = _check_head(head)
     if mean is not None and not isinstance(mean, torch.Tensor):
@@ -88,8 +97,18 @@ def add_sink_hook(weight: float, heads: Sequence[int] | None = None) -> Callable
 
     Examples
     --------
-    >>> fn = add_sink_hook(16.0, heads=[0])
-    >>> logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", fn)])  # doctest: +SKIP
+    >>> import torch
+    >>> from mtdmath import nn
+    >>> g = torch.Generator().manual_seed(0)
+    >>> model = nn.StandardTransformer(3, 2, n_layers=2, d_model=8, n_heads=2, max_len=10, generator=g,
+    ...                                dtype=torch.float64)
+    >>> tokens = torch.randint(0, 3, (2, 10), generator=g)
+    >>> base = model(tokens)
+    >>> def run(weight):
+    ...     hook = nn.add_sink_hook(weight, heads=[0])
+    ...     return model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", hook)])
+    >>> bool(torch.allclose(run(0.0), base, atol=1e-12)), bool((run(16.0) - base).abs().max() > 1e-6)
+    (True, True)
     """
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
         raise ValueError(f"weight must be a finite number >= 0 (got {weight!r})")
