@@ -533,7 +533,7 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
         Row-stochastic transition matrix.
     alpha : array_like, shape (m,)
         Dirichlet prior of lam; ``m = len(alpha)``, ``μ = alpha / α₀``.
-    eta : float, sequence of float, array of shape (steps, T-m+1) or callable, optional
+    eta : float, sequence of float, array of shape (steps, T-m+1), callable, "predicted" or PredictedStep, optional
         Step size ``>= 0``: a scalar (the same every step and prefix; default
         ``η* = 1/(1+α₀)``, :func:`eta_bayes`); a schedule of length ``steps``; or a **per-prefix
         step** (docs/math.md §5.6), either a 2-D array whose entry ``[j, r]`` is step j's size at
@@ -542,7 +542,10 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
         shape (T-m+1,) (the same every step) or (steps, T-m+1). For example
         ``eta=lambda n: c / (n + m + a)`` is the step of the softmax-sink transformer, and
         ``eta=predicted_step(pi, alpha).eta`` the zero-parameter step law
-        (:func:`mtdmath.predicted_step`, docs/math.md "The predicted step law").
+        (:func:`mtdmath.predicted_step`, docs/math.md "The predicted step law"). The name
+        ``eta="predicted"`` is that law with ``predicted_step``'s default sample sizes and
+        ``rng=0`` (a fixed function of pi and alpha; it costs one ``predicted_step`` call, seconds
+        for S^m in the thousands); a :class:`~mtdmath.stepsize.PredictedStep` is its law.
     steps : int
         Number of MD steps ``k >= 0`` from μ (0: the prior predictive at every prefix).
     out : array, shape (..., T-m+1, S), optional
@@ -581,6 +584,11 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     alpha = V.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
     steps = V.check_int(steps, "steps", minimum=0)
+    from .stepsize import step_law  # imported here: stepsize imports this module
+
+    law = step_law(eta, pi, alpha)  # a named step or a PredictedStep: its eta(n); else None
+    if law is not None:
+        eta = law.eta
     per_prefix = _is_per_prefix(eta)
     etas = None if per_prefix else _check_etas(eta, alpha, steps, "steps")
     space = _xp.data_space(tokens, pi)

@@ -714,4 +714,25 @@ def predicted_step(pi: Any, alpha: Any, *, n_samples: int = 512, n_windows: int 
     return law(c, c_se if math.isfinite(c_se) else math.inf, "interior")
 
 
+#: the named steps an estimator or a construction accepts as ``eta`` (besides numbers and functions of n)
+NAMED_STEPS = ("predicted",)
+#: the seed of ``eta="predicted"``: the named step is a fixed function of (pi, alpha), the same every call
+PREDICTED_SEED = 0
+
+
+def step_law(eta: Any, pi: Any, alpha: Any) -> PredictedStep | None:
+    """The step law behind a named ``eta``: ``"predicted"`` is ``predicted_step(pi, alpha, rng=0)`` (its
+    default sample sizes), a :class:`PredictedStep` is itself; anything else is None (not a law).
+
+    A string other than the names of :data:`NAMED_STEPS` is a ValueError naming ``eta``."""
+    if isinstance(eta, PredictedStep):
+        return eta
+    if isinstance(eta, str):
+        if eta not in NAMED_STEPS:
+            raise ValueError(f"eta must be a number, a schedule, a function of n, a PredictedStep or one of "
+                             f"{NAMED_STEPS} (got {eta!r})")
+        return predicted_step(pi, alpha, rng=PREDICTED_SEED)
+    return None
+
+
 __all__ += ["PredictedStep", "predicted_step", "limit_gradient", "window_tokens"]

@@ -245,6 +245,8 @@ def _nn_rows():
         "effective_step": (nn.effective_step, dict(model=md, tokens=Y, pi=PI, alpha=ALPHA),
                            {"model": "model", "tokens": "tokens", "pi": "pi", "alpha": "alpha"}),
         "load_checkpoint": (nn.load_checkpoint, dict(path="/nonexistent.pt"), {"path": "path"}),
+        "head_ablation_hook": (nn.head_ablation_hook, dict(head=1), {"head": "int"}),
+        "add_sink_hook": (nn.add_sink_hook, dict(weight=4.0, heads=[0]), {"weight": "float"}),
     }
 
 

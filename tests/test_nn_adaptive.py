@@ -168,6 +168,9 @@ def test_construct_and_init_validate_their_arguments():
     for bad in ("softmax", "SUM", 3, None):
         with pytest.raises(ValueError, match=r"\baggregation must be one of"):
             MDTransformer(3, 2, aggregation=bad)
+        if bad is None:  # construct's default: "sum", or the aggregation a step law (eta="predicted") needs
+            assert MDTransformer.construct(pi, alpha, aggregation=None).aggregation == "sum"
+            continue
         with pytest.raises(ValueError, match=r"\baggregation must be one of"):
             MDTransformer.construct(pi, alpha, aggregation=bad)
     with pytest.raises(ValueError, match="sink_weight"):

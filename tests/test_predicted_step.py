@@ -353,3 +353,73 @@ def test_float32_pi_and_a_slowly_mixing_chain():
     assert r32.regime == r64.regime == "interior"
     # the same float64 matrix up to one more rounding of each row; the minimiser's tolerance is 1e-7 in log c
     assert abs(r32.c_inf / r64.c_inf - 1) < 1e-6
+
+
+# ------------------------------------------------------------------------------ the named step "predicted"
+def _one_step_by_prefix(y, pi, alpha, eta_of_n):
+    """One MD step from μ at each prefix, prefix by prefix (k_step_md on that prefix's lag factors, then
+    ``predictive``): a route independent of the cumulative-sum kernel and of the transformer."""
+    m = len(alpha)
+    rows = []
+    for r in range(y.shape[1] - m + 1):
+        pre = y[:, :m + r]
+        lam = M.k_step_md(M.lag_factors(pre, pi, m), alpha, 1, eta=float(eta_of_n(r)))
+        rows.append(M.predictive(lam, pre, pi))
+    return np.stack(rows, axis=1)
+
+
+def test_named_predicted_step_is_the_seeded_law_in_the_estimator_and_the_construction():
+    """``eta="predicted"`` = ``predicted_step(pi, alpha, rng=0)``: the all-prefix estimator and the softmax-sink
+    construction both equal one MD step at the law's η(n), computed prefix by prefix."""
+    torch = pytest.importorskip("torch")
+    from mtdmath.nn import MDTransformer
+
+    pi, alpha = _task(S=3, seed=4, concentration=1.0), np.array([1.5, 1.0])
+    law = predicted_step(pi, alpha, rng=0)
+    assert law.regime == "interior" and law.c_inf * (1 + alpha.sum()) - 2 > 0
+    y, _ = M.sample_icl(pi, alpha, 40, 4, rng=2)
+    want = _one_step_by_prefix(y, pi, alpha, lambda n: 1.0 / ((1 + alpha.sum()) + n / law.c_inf))
+    # the kernel accumulates in float64 against a per-prefix recomputation: exact paths, 1e-12 relative
+    np.testing.assert_allclose(M.md_predictive_all_prefixes(y, pi, alpha, eta="predicted"), want, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(M.md_predictive_all_prefixes(y, pi, alpha, eta=law), want, rtol=1e-12, atol=0)
+    for eta in ("predicted", law):
+        model = MDTransformer.construct(pi, alpha, eta=eta)
+        assert model.aggregation == "softmax_sink"
+        with torch.no_grad():
+            got = torch.softmax(model(torch.as_tensor(y)), dim=-1).numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)  # the construction's tolerance (BRIEF: 1e-10)
+    # a different seed gives a different law: the name is the seed-0 law, not any law
+    other = predicted_step(pi, alpha, rng=1)
+    assert other.c_inf != law.c_inf
+    assert np.abs(M.md_predictive_all_prefixes(y, pi, alpha, eta=other) - want).max() > 1e-8
+
+
+def test_named_predicted_step_outside_the_interior_regime_and_bad_names():
+    torch = pytest.importorskip("torch")
+    from mtdmath.nn import MDTransformer
+    from mtdmath.stepsize import PredictedStep
+
+    # identical rows: the flat law η ≡ η*, built as the "sum" model at η*
+    pi, alpha = np.tile(np.array([0.2, 0.5, 0.3]), (3, 1)), np.array([1.0, 2.0])
+    model = MDTransformer.construct(pi, alpha, eta="predicted")
+    assert model.aggregation == "sum"
+    y, _ = M.sample_icl(_task(S=3), alpha, 20, 2, rng=0)
+    with torch.no_grad():
+        got = torch.softmax(model(torch.as_tensor(y)), dim=-1).numpy()
+    np.testing.assert_allclose(got, _one_step_by_prefix(y, pi, alpha, lambda n: 1 / (1 + alpha.sum())), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="aggregation='softmax_sink'.*aggregation='sum'"):
+        MDTransformer.construct(pi, alpha, eta="predicted", aggregation="softmax_sink")
+    # a law whose sink weight would be negative: c∞ = 0.1 < m/(1+α₀) = 0.5
+    low = PredictedStep(c_inf=0.1, c_inf_se=0.0, A=4.0, B=10.0, B_se=0.0, eta_star=0.25, n_samples=2,
+                        exact_windows=True)
+    with pytest.raises(ValueError, match="eta: the step law has c_inf"):
+        MDTransformer.construct(_task(S=3), alpha, eta=low)
+    with pytest.raises(ValueError, match="sets c and a"):
+        MDTransformer.construct(_task(S=3), alpha, eta="predicted", c=1.0)
+    with pytest.raises(ValueError, match="aggregation='sum'.*softmax_sink"):
+        MDTransformer.construct(_task(S=3), alpha, eta="predicted", aggregation="sum")
+    for bad in ("optimal", "Predicted"):
+        with pytest.raises(ValueError, match="eta must be"):
+            M.md_predictive_all_prefixes(y, _task(S=3), alpha, eta=bad)
+        with pytest.raises(ValueError, match="eta must be"):
+            MDTransformer.construct(_task(S=3), alpha, eta=bad)

@@ -11,6 +11,10 @@
   K.2 corrected one-step estimator against MD and Bayes (:mod:`.stepsize`);
 - ``adaptive`` — the context-adaptive MD step c/(n+m+a) of a softmax layer 2 with an attention
   sink: fitted, constructed, trained and compared with the loss-optimal steps (:mod:`.adaptive`);
+- ``phase`` — the zero-parameter step law against the per-L optimal step over a grid of tasks (a
+  phase diagram), and the steps learned by trained fixed-step and softmax-sink models (:mod:`.phase`);
+- ``mechanism`` — inside trained standard transformers: within-context probes, head-by-head
+  ablation and an added attention sink, judged against docs/guide/mechanism.md (:mod:`.mechanism`);
 - ``sweep`` — a grid over any job field (seeds, orders, T, model specs, steps, learning rate,
   weight decay, alpha, …) on a local pool, Ray or SLURM, into a tidy table (:mod:`.sweep`,
   :func:`load_sweep`);
@@ -37,6 +41,10 @@ from .depth import DepthConfig
 from .depth import run as run_depth
 from .estimators import EstimatorsConfig
 from .estimators import run as run_estimators
+from .phase import PhaseConfig, PhaseResult
+from .phase import run as run_phase
+from .mechanism import MechanismConfig, MechanismResult
+from .mechanism import run as run_mechanism
 from .prefix_bayes import posterior_mean_all_prefixes
 from .stepsize import StepsizeConfig
 from .stepsize import run as run_stepsize
@@ -49,7 +57,7 @@ __all__ = [
     "main", "run_all",
     "EstimatorsConfig", "TrainConfig", "CompareConfig", "DepthConfig", "SweepConfig", "StepsizeConfig",
     "run_estimators", "run_train", "run_compare", "run_depth", "run_sweep", "run_stepsize",
-    "AdaptiveConfig", "run_adaptive", "PriorConfig", "TaskConfig",
+    "AdaptiveConfig", "run_adaptive", "PhaseConfig", "PhaseResult", "run_phase", "PriorConfig", "TaskConfig",
     "JobConfig", "JobResult", "SweepResult", "load_sweep",
-    "posterior_mean_all_prefixes",
+    "posterior_mean_all_prefixes", "MechanismConfig", "MechanismResult", "run_mechanism",
 ]

@@ -25,6 +25,8 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from . import common as X
 from .adaptive import AdaptiveConfig
 from .adaptive import run as run_adaptive
+from .phase import PhaseConfig
+from .phase import run as run_phase
 from .compare import CompareConfig, CompareResult
 from .compare import run as run_compare
 from .config import Seed, Threads, help_of, one_line
@@ -32,6 +34,8 @@ from .depth import DepthConfig, DepthResult
 from .depth import run as run_depth
 from .estimators import EstimatorsConfig, EstimatorsResult
 from .estimators import run as run_estimators
+from .mechanism import MechanismConfig
+from .mechanism import run as run_mechanism
 from .stepsize import StepsizeConfig, StepsizeResult
 from .stepsize import run as run_stepsize
 from .sweep import SweepConfig
@@ -64,6 +68,17 @@ EXPERIMENTS = {
                  "L of the adaptive construction against one-step MD at η*, η_train, η_opt(L), exact Bayes and tuned "
                  "k-step MD; the learnable adaptive model (mdsink) and the fixed-step md trained on the same seeds "
                  "(paired); the n-dependent step of trained standard transformers."),
+    "phase": (PhaseConfig, run_phase, "the zero-parameter step law vs the per-L optimal step over a grid of tasks",
+              "Phase diagram of the zero-parameter step law η(n) = 1/((1+α₀) + n/c∞) (predicted_step, docs/math.md "
+              "§11) against the per-L optimal one-step MD step over m × α₀ × β × S: the paired KL gap ± s.e. per cell "
+              "and the pass rate at a tolerance; the steps learned by the fixed-step and softmax-sink models "
+              "trained at several T against the prediction. Local process pool or Ray; resumable."),
+    "mechanism": (MechanismConfig, run_mechanism, "inside trained standard transformers: probes, head ablation, an added sink",
+                  "Train standard transformers (3 and 5 layers, m = 2 and 3, three seeds) or reuse their checkpoints; "
+                  "(a) within-context probes of the residual stream for adaptive-step MD, constant-step MD, exact Bayes "
+                  "and the running mean (bootstrap s.e. of ΔR²); (b) head-by-head mean ablation (KL and the slope of "
+                  "1/η on n); (c) an added attention sink of weight a' (does the matched step move to "
+                  "c/(n+m+a+a')?); the verdict against the criterion of docs/guide/mechanism.md."),
     "sweep": (SweepConfig, run_sweep, "a grid of train-and-evaluate jobs on a process pool, Ray or SLURM",
               "A grid of independent train-and-evaluate jobs over any job field (seeds × orders × T × model specs × "
               "steps × --axes: lr, weight_decay, alpha, concentration, S, n_layers, …) on a local process pool, on Ray "

@@ -299,6 +299,14 @@ def write_json(path: Path, obj: dict[str, Any]) -> Path:
     return path
 
 
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    """:func:`write_json` to a temporary file, then renamed: an interrupted run leaves no half-written file."""
+    tmp = path.with_suffix(".tmp")
+    write_json(tmp, obj)
+    os.replace(tmp, path)
+    return path
+
+
 @dataclasses.dataclass
 class Result:
     """Base of the experiments' typed results: :func:`write_json` writes one, :meth:`read` reads it back."""

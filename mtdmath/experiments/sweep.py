@@ -288,17 +288,20 @@ class SweepConfig(JobSettings, PriorConfig):
 
 
 # ----------------------------------------------------------------------------- backends
-def _run_local(jobs: list[JobConfig], workers: int, on_done: Callable[[JobResult], None]) -> None:
+def run_local(jobs: list[Any], workers: int, on_done: Callable[[Any], None], fn: Callable[[dict], Any] = run_job
+              ) -> None:
+    """Run ``fn(asdict(job))`` for every job (a dataclass) on a process pool of ``workers``; ``on_done``
+    receives each result as it arrives. ``fn`` is a module-level function (picklable)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     if workers == 1:  # no pool: same results, easier to debug
         for j in jobs:
-            on_done(run_job(asdict(j)))
+            on_done(fn(asdict(j)))
         return
     # spawn: a fresh interpreter per worker (forking a process that holds torch threads can hang)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futs = [pool.submit(run_job, asdict(j)) for j in jobs]
+        futs = [pool.submit(fn, asdict(j)) for j in jobs]
         for f in as_completed(futs):
             on_done(f.result())
 
@@ -353,14 +356,17 @@ def connect_ray(address: str, cpus: int) -> bool:
     return True
 
 
-def _run_ray(jobs: list[JobConfig], *, address: str, cpus: int, on_done: Callable[[JobResult], None]) -> None:
+def run_ray(jobs: list[Any], *, address: str, cpus: int, on_done: Callable[[Any], None],
+            fn: Callable[[dict], Any] = run_job) -> None:
+    """Run ``fn(asdict(job))`` for every job as one Ray task asking for ``job.threads`` CPUs (and a GPU
+    where ``job.device`` is "cuda"); ``on_done`` receives each result as it arrives."""
     import ray
 
     started = connect_ray(address, cpus)
     try:
         pending = {}
         for j in jobs:
-            task = ray.remote(num_cpus=j.threads, num_gpus=1 if j.device == "cuda" else 0)(run_job)
+            task = ray.remote(num_cpus=j.threads, num_gpus=1 if j.device == "cuda" else 0)(fn)
             pending[task.remote(asdict(j))] = j
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -457,17 +463,14 @@ def run(cfg: SweepConfig, out: Path, *, seed: int, device: torch.device, progres
                    disable=not progress)
 
         def on_done(res: JobResult) -> None:
-            path = out / "jobs" / f"{res.key}.json"
-            tmp = path.with_suffix(".tmp")
-            X.write_json(tmp, res)
-            os.replace(tmp, path)  # atomic: an interrupted sweep leaves no half-written job
+            X.write_json_atomic(out / "jobs" / f"{res.key}.json", res)
             bar.update(1)
 
         if todo:
             if cfg.backend == "local":
-                _run_local(todo, cfg.jobs, on_done)
+                run_local(todo, cfg.jobs, on_done)
             elif cfg.backend == "ray":
-                _run_ray(todo, address=cfg.address, cpus=cfg.jobs, on_done=on_done)
+                run_ray(todo, address=cfg.address, cpus=cfg.jobs, on_done=on_done)
             else:
                 _run_submitit(todo, cfg, out / "submitit", on_done)
         bar.close()

@@ -58,6 +58,7 @@ from torch import nn
 from .. import _validate as V
 from .._xp import torch_space
 from ..estimators import _check_eta
+from ..stepsize import step_law
 from .hooks import HookedModule, HookPoint
 
 __all__ = ["MDConfig", "StandardConfig", "MDTransformer", "StandardTransformer", "MD_CACHE_NAMES",
@@ -624,8 +625,8 @@ class MDTransformer(HookedModule):
 
     # -------------------------------------------------------------- construction
     @classmethod
-    def construct(cls, pi: Any, alpha: Any, *, eta: float | None = None, dtype: torch.dtype = torch.float64,
-                  device: torch.device | str | None = None, aggregation: str = "sum", c: float | None = None,
+    def construct(cls, pi: Any, alpha: Any, *, eta: Any = None, dtype: torch.dtype = torch.float64,
+                  device: torch.device | str | None = None, aggregation: str | None = None, c: float | None = None,
                   a: float | None = None) -> "MDTransformer":
         """The exact one-step-MD transformer of docs/math.md §5 (and its context-adaptive form, §5.6).
 
@@ -635,13 +636,21 @@ class MDTransformer(HookedModule):
             Row-stochastic; zero entries are allowed (masked to -inf scores).
         alpha : array_like or tensor, shape (m,)
             Dirichlet prior of lam; μ = alpha/α₀.
-        eta : float, optional
+        eta : float, "predicted" or PredictedStep, optional
             Step size ``>= 0`` of the ``"sum"`` model; default ``η* = eta_bayes(alpha) = 1/(1+α₀)``.
+            ``"predicted"`` (``predicted_step(pi, alpha, rng=0)``) or a
+            :class:`~mtdmath.stepsize.PredictedStep`: the zero-parameter step law
+            ``η(n) = 1/((1+α₀) + n/c∞)`` (docs/math.md eq-step-law), built as the ``"softmax_sink"``
+            model with ``c = c∞`` and ``a = c∞(1+α₀) − m`` (a ValueError naming eta where that
+            ``a < 0``); in the ``"flat"`` and ``"unbounded"`` regimes the law is the constant η*, built
+            as the ``"sum"`` model at η*. ``c`` and ``a`` are then not given.
         dtype, device :
             Of the model.
-        aggregation : {"sum", "softmax_sink"}
+        aggregation : {"sum", "softmax_sink"}, optional
             ``"softmax_sink"``: layer 2 normalises by ``t+1+a`` and layer 3 takes one MD step of
-            size ``η(n) = c/(n+m+a)`` after a prefix of n transitions (docs/math.md §5.6).
+            size ``η(n) = c/(n+m+a)`` after a prefix of n transitions (docs/math.md §5.6). Default
+            ``"sum"``, or the aggregation the step law needs when ``eta`` is one (giving another is a
+            ValueError naming aggregation).
         c : float, optional
             ``> 0``, finite: the layer-3 scale of ``"softmax_sink"`` (``w_q = diag(c/μ)``). Default
             ``(m+a)/(1+α₀)`` if ``a`` is given, else ``m/(1+α₀)``: η(0) = η*.
@@ -661,6 +670,25 @@ class MDTransformer(HookedModule):
         alpha = V.check_alpha(alpha, "alpha")
         dtype = V.check_torch_dtype(dtype)
         device = V.check_torch_device(device)
+        law = step_law(eta, pi64.numpy(), alpha)
+        if law is not None:
+            for name, v in (("c", c), ("a", a)):
+                if v is not None:
+                    raise ValueError(f"eta={eta!r} is a step law that sets c and a (got {name}={v!r})")
+            need = "softmax_sink" if law.regime == "interior" else "sum"
+            if aggregation is not None and aggregation != need:
+                raise ValueError(f"aggregation={aggregation!r}: the step law of eta (regime {law.regime!r}) is "
+                                 f"built with aggregation={need!r}")
+            aggregation, eta = need, None
+            if need == "softmax_sink":
+                c = law.c_inf
+                a = c * (1.0 + float(alpha.sum())) - alpha.shape[0]
+                if a < 0:
+                    raise ValueError(f"eta: the step law has c_inf = {c!r} < m/(1+α₀), so its sink weight "
+                                     f"a = c_inf(1+α₀) - m = {a!r} is negative and no softmax sink realises it")
+            else:
+                eta = law.eta_star
+        aggregation = "sum" if aggregation is None else aggregation
         _check_aggregation(aggregation)
         S, m = pi64.shape[0], alpha.shape[0]
         if aggregation == "sum":
