@@ -107,9 +107,9 @@ def test_adaptive_subcommand_quick(tmp_path, capsys):
     assert res.fits.direct.c > 0
 
 
-def test_cli_reports_a_bad_option_in_one_line(capsys):
+def test_cli_reports_a_bad_option_in_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        main(["adaptive", "--quick", "--seeds", "1", "1", "--out", "/tmp/never"])
+        main(["adaptive", "--quick", "--seeds", "1", "1", "--out", str(tmp_path / "never")])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: seeds must be distinct") and err.count("\n") == 1
