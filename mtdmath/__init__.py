@@ -3,7 +3,7 @@
 Implements, verifies and extends "Transformers Learn Latent Mixture Models In-Context via
 Mirror Descent" (D'Angelo & Flammarion, ICLR 2026). The formulas are those of docs/math.md.
 """
-from .bayes import log_evidence, n_states, posterior_mean, posterior_mean_mc
+from .bayes import log_evidence, n_count_states, posterior_mean, posterior_mean_mc
 from .estimators import (corrected_one_step_md, em, eta_bayes, k_step_md, kkt_gap, md_predictive_all_prefixes,
                          mirror_descent, mle, one_step_md)
 from .fitting import (ConvergenceMonitor, ICLFit, LRTest, MarkovChain, ModelComparison, MTD, MTDModel,
@@ -63,7 +63,7 @@ __all__ = [
     "log_evidence",
     "posterior_mean_mc",
     "md_predictive_all_prefixes",
-    "n_states",
+    "n_count_states",
     "torch_core",
     "nn",
     "MDTransformer",

@@ -188,7 +188,7 @@ API: dict[str, Entry] = {
     "md_predictive_all_prefixes": Entry(_EST, {"tokens": "tokens", "pi": "pi", "alpha": "alpha", "eta": "eta",
                                                "steps": "steps"}, ("simplex", "refuses_mu_underflow"),
                                         _all_prefix_md, max_n=200),
-    "n_states": Entry(_BAYES, {"n": "n", "m": "m"}, ("exact",)),
+    "n_count_states": Entry(_BAYES, {"n": "n", "m": "m"}, ("exact",)),
     # the torch layer (mtdmath.nn), loaded on first use
     **{name: Entry("Transformers", covered_by=_NN) for name in (
         "torch_core", "nn", "MDTransformer", "StandardTransformer", "ICLTask", "train", "TrainHistory",

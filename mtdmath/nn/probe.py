@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import _validate as V
+from .. import _validate as validate
 from .._xp import to_numpy
 from ..model import lag_factors
 
@@ -180,7 +180,7 @@ def _device(model: Any) -> torch.device:
 
 def _validated(model: Any, tokens: Any, pi: Any, alpha: Any, m_extra: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """alpha, pi and tokens (B, T >= m + m_extra) checked against each other and the model's m."""
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be an nn.Module (got {type(model).__name__})")
@@ -188,8 +188,8 @@ def _validated(model: Any, tokens: Any, pi: Any, alpha: Any, m_extra: int) -> tu
         raise ValueError(f"alpha has length {m} but the model has order m = {model.m}")
     if m < 2:
         raise ValueError("alpha: the step is identified by logit differences between lags: m >= 2")
-    pi_np = to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
-    y = np.asarray(to_numpy(V.check_tokens(tokens, pi_np.shape[0], m + m_extra, "tokens")))
+    pi_np = to_numpy(validate.check_pi(pi, "pi")).astype(np.float64)
+    y = np.asarray(to_numpy(validate.check_tokens(tokens, pi_np.shape[0], m + m_extra, "tokens")))
     if y.ndim != 2:
         raise ValueError(f"tokens must have shape (B, T) (got shape {y.shape})")
     return alpha, pi_np, y
@@ -288,7 +288,7 @@ def effective_step(model: Any, tokens: Any, pi: Any, alpha: Any, *, bins: int = 
     >>> print(round(est.eta, 10), round(mtdmath.eta_bayes(alpha), 10), round(est.r2, 10))
     0.25 0.25 1.0
     """
-    bins = V.check_int(bins, "bins", minimum=1)
+    bins = validate.check_int(bins, "bins", minimum=1)
     if LAG_LOGITS not in getattr(model, "hook_dict", {}):
         alpha, pi_np, y = _validated(model, tokens, pi, alpha, m_extra=2)
         if not callable(getattr(model, "log_probs", None)):
@@ -436,18 +436,18 @@ def matched_step(probs: Any, tokens: Any, pi: Any, alpha: Any, *, bounds: tuple[
     """
     from scipy.optimize import minimize_scalar
 
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
     if m < 2:
         raise ValueError("alpha: a step moves lam only for m >= 2")
-    pi_np = to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    pi_np = to_numpy(validate.check_pi(pi, "pi")).astype(np.float64)
     S = pi_np.shape[0]
-    y = np.asarray(to_numpy(V.check_tokens(tokens, S, m + 1, "tokens")))
+    y = np.asarray(to_numpy(validate.check_tokens(tokens, S, m + 1, "tokens")))
     if y.ndim != 2:
         raise ValueError(f"tokens must have shape (B, T) (got shape {y.shape})")
     if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
         raise ValueError(f"bounds must be a pair (lo, hi) (got {bounds!r})")
-    lo, hi = (V.check_float(b, "bounds", positive=True) for b in bounds)
+    lo, hi = (validate.check_float(b, "bounds", positive=True) for b in bounds)
     if not lo < hi:
         raise ValueError(f"bounds must have lo < hi (got {bounds!r})")
     p = np.asarray(to_numpy(probs.detach() if isinstance(probs, torch.Tensor) else probs), dtype=np.float64)
@@ -545,7 +545,7 @@ def fit_adaptive_step(n: Any, eta: Any, m: int, *, eta_se: Any = None) -> Adapti
     >>> print(round(fit.c, 8), round(fit.a, 8))
     2.0 3.0
     """
-    m = V.check_int(m, "m", minimum=1)
+    m = validate.check_int(m, "m", minimum=1)
     n_arr = np.asarray(n, dtype=np.float64)
     e = np.asarray(eta, dtype=np.float64)
     if n_arr.ndim != 1 or e.shape != n_arr.shape or n_arr.size < 2:
