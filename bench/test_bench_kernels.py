@@ -149,7 +149,7 @@ def test_bayes(benchmark, monkeypatch, route, m_, n):
 
 
 PEAK_CODE = """
-import sys, numpy as np, mtdmath as M
+import sys, numpy as np, mtdmath
 n, m = int(sys.argv[1]), int(sys.argv[2])
 def rss(field):
     for line in open("/proc/self/status"):

@@ -1,6 +1,6 @@
 """NumPy reference for every-prefix predictors (used by the torch tests).
 
-The independent route for the all-prefix predictive on every backend and for :mod:`mtdmath.transformer`: the NumPy
+The independent route for the all-prefix predictive on every backend and for :mod:`mtdmath.nn`: the NumPy
 core applied one prefix at a time, with a Python loop over prefixes (nothing shared
 with the vectorised all-prefix code).
 """

@@ -417,7 +417,7 @@ def test_bad_inputs_raise_value_error_naming_the_argument(bk, fname, kwargs, nam
         else:
             converted[k] = v
     with pytest.raises(ValueError, match=name):
-        getattr(M, fname)(**converted)
+        getattr(mtdmath, fname)(**converted)
 
 
 def test_complex_and_string_inputs_are_refused():
@@ -452,16 +452,6 @@ def test_cuda_parity_with_the_cpu(bk):
             a, b = f(C), f(Cg)
             assert b.device.type == "cuda"
             np.testing.assert_allclose(b.cpu().double().numpy(), a.double().numpy(), rtol=rtol * 100, atol=rtol)
-
-
-def test_torch_core_is_a_deprecated_re_export():
-    import importlib
-    import sys
-
-    sys.modules.pop("mtdmath.torch_core", None)
-    with pytest.warns(DeprecationWarning, match="torch_core is deprecated"):
-        tc = importlib.import_module("mtdmath.torch_core")
-    assert tc.mirror_descent is mtdmath.mirror_descent and tc.md_predictive_all_prefixes is mtdmath.md_predictive_all_prefixes
 
 
 def test_import_mtdmath_does_not_import_torch():

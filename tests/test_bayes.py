@@ -273,7 +273,7 @@ def test_compiled_route_peak_rss_is_bounded():
     import sys
 
     code = """
-import numpy as np, mtdmath as M
+import numpy as np, mtdmath
 from mtdmath import bayes as Bm
 def rss(field):
     for line in open("/proc/self/status"):

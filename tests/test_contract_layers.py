@@ -606,43 +606,30 @@ def test_train_seeded_and_finite(kind, S, m, seed):
         assert torch.equal(a, b)
 
 
-@_SETTINGS
-@given(tasks(min_m=1))
-def test_torch_core_reexports_agree_with_the_core(task):
-    pi, alpha, tokens, _ = task
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from mtdmath import torch_core
-    t = torch_core.md_predictive_all_prefixes(torch.as_tensor(tokens), torch.as_tensor(pi), torch.as_tensor(alpha))
-    want = np.asarray(mtdmath.md_predictive_all_prefixes(tokens, pi, alpha))
-    # one implementation on two backends: the same float64 operations up to the library kernels' rounding
-    np.testing.assert_allclose(t.numpy(), want, rtol=0, atol=1e-12)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # every covered name has a test here
 # ---------------------------------------------------------------------------------------------------------
 COVERAGE = {
-    "fit": test_fit_function_long_sequences, "MTD": test_mtd_fit_contract,
-    "ConvergenceMonitor": test_mtd_fit_contract, "MTDModel": test_mtd_model_law_contract,
-    "select_order": test_select_order_loglik_nondecreasing, "select_lags": test_select_lags_contract,
-    "fit_icl": test_fit_icl_finite_on_small_data, "ICLFit": test_fit_icl_finite_on_small_data,
-    "MarkovChain": test_markov_chain_contract, "lr_test": test_lr_test_and_compare_models_pvalues,
-    "LRTest": test_lr_test_and_compare_models_pvalues, "compare_models": test_lr_test_and_compare_models_pvalues,
-    "ModelComparison": test_lr_test_and_compare_models_pvalues,
-    "torch_core": test_torch_core_reexports_agree_with_the_core, "nn": test_md_transformer_construct_equals_core_all_prefixes,
-    "MDTransformer": test_md_transformer_construct_equals_core_all_prefixes,
-    "StandardTransformer": test_standard_transformer_logits_finite_and_seeded,
-    "ICLTask": test_icl_task_sample_seeded_and_on_the_simplex, "train": test_train_seeded_and_finite,
-    "TrainHistory": test_train_seeded_and_finite, "save_checkpoint": test_checkpoint_round_trip_bit_for_bit,
-    "load_checkpoint": test_checkpoint_round_trip_bit_for_bit,
-    "model_from_spec": test_model_from_spec_builds_what_the_spec_says,
-    "parse_model_spec": test_model_from_spec_builds_what_the_spec_says,
-    "effective_step": test_effective_step_recovers_the_constructed_step,
-    "step_by_n": test_step_by_n_and_matched_step_on_the_sink_model,
-    "matched_step": test_step_by_n_and_matched_step_on_the_sink_model,
-    "fit_adaptive_step": test_fit_adaptive_step_recovers_c_and_a_and_nan_for_a_constant_step,
-    "adaptive_params": test_adaptive_params_give_eta_star_at_n0,
+    "fitting.fit": test_fit_function_long_sequences, "fitting.MTD": test_mtd_fit_contract,
+    "fitting.ConvergenceMonitor": test_mtd_fit_contract, "fitting.MTDModel": test_mtd_model_law_contract,
+    "fitting.select_order": test_select_order_loglik_nondecreasing, "fitting.select_lags": test_select_lags_contract,
+    "fitting.fit_icl": test_fit_icl_finite_on_small_data, "fitting.ICLFit": test_fit_icl_finite_on_small_data,
+    "fitting.MarkovChain": test_markov_chain_contract, "fitting.lr_test": test_lr_test_and_compare_models_pvalues,
+    "fitting.LRTest": test_lr_test_and_compare_models_pvalues,
+    "fitting.compare_models": test_lr_test_and_compare_models_pvalues,
+    "fitting.ModelComparison": test_lr_test_and_compare_models_pvalues,
+    "nn.MDTransformer": test_md_transformer_construct_equals_core_all_prefixes,
+    "nn.StandardTransformer": test_standard_transformer_logits_finite_and_seeded,
+    "nn.ICLTask": test_icl_task_sample_seeded_and_on_the_simplex, "nn.train": test_train_seeded_and_finite,
+    "nn.TrainHistory": test_train_seeded_and_finite, "nn.save_checkpoint": test_checkpoint_round_trip_bit_for_bit,
+    "nn.load_checkpoint": test_checkpoint_round_trip_bit_for_bit,
+    "nn.model_from_spec": test_model_from_spec_builds_what_the_spec_says,
+    "nn.parse_model_spec": test_model_from_spec_builds_what_the_spec_says,
+    "nn.effective_step": test_effective_step_recovers_the_constructed_step,
+    "nn.step_by_n": test_step_by_n_and_matched_step_on_the_sink_model,
+    "nn.matched_step": test_step_by_n_and_matched_step_on_the_sink_model,
+    "nn.fit_adaptive_step": test_fit_adaptive_step_recovers_c_and_a_and_nan_for_a_constant_step,
+    "nn.adaptive_params": test_adaptive_params_give_eta_star_at_n0,
 }
 
 

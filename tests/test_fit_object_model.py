@@ -276,3 +276,4 @@ def test_sklearn_estimator_checks(estimator, check):
 def test_mtdmath_exports_the_fitting_names_without_the_removed_ones():
     assert not hasattr(mtdmath, "MTDFit") and not hasattr(mtdmath.fitting, "MTDFit")
     assert mtdmath.fitting.fit is fit and mtdmath.fitting.MTD is MTD
+    assert not hasattr(mtdmath, "fit") and not hasattr(mtdmath, "MTD")  # no alias at the top level

@@ -65,7 +65,7 @@ def test_row_split_reads_the_copied_group(monkeypatch):
 
 
 THREADS_CODE = """
-import numpy as np, mtdmath as M
+import numpy as np, mtdmath
 from mtdmath import bayes as Bm
 Bm._PARALLEL_STATES = 1 << 20  # the row-split route for m = 4, n = 185 at two threads
 Bm._BATCH_WORK = 0  # and the batch route for the batches
