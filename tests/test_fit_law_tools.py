@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from mtdmath.fitting import MTD, MarkovChain, MTDModel, select_lags
-from mtdmath.fitting import estimator, laws, selection
+from mtdmath.fitting import mtd, laws, selection
 
 PI3 = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
 
@@ -223,5 +223,5 @@ def test_boundary_drop_does_not_count_parameters_estimated_at_zero():
 
 
 def test_docstring_examples_run():
-    for mod in (laws, estimator, selection):
+    for mod in (laws, mtd, selection):
         assert doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
