@@ -178,6 +178,8 @@ def _generate_api() -> list[str]:
         grp = []
         for name in mod.__all__:
             obj = getattr(mod, name)
+            if _kind(obj) == "data":  # constants (cache-name tables) carry no docstring of their own
+                continue
             qual = f"mtdmath.{namespace}.{name}"
             grp.append((qual, obj))
             _write(REF / f"{qual}.rst", _stub(qual, obj))
