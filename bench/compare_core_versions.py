@@ -163,17 +163,17 @@ def main(argv=None) -> int:
 PEAK_CODE = """
 import sys, numpy as np
 sys.path.insert(0, sys.argv[1])
-M = __import__(sys.argv[2])
+lib = __import__(sys.argv[2])
 n, m = int(sys.argv[3]), int(sys.argv[4])
 def rss(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
 C = np.random.default_rng(0).uniform(0.05, 1, (1, n, m))
-M.posterior_mean(C[:, :3], np.ones(m))  # numba and the compiled kernel loaded first
+lib.posterior_mean(C[:, :3], np.ones(m))  # numba and the compiled kernel loaded first
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
 base = rss("VmRSS")
-M.posterior_mean(C, np.ones(m), max_bytes=2**40)
+lib.posterior_mean(C, np.ones(m), max_bytes=2**40)
 print(rss("VmHWM") - base)
 """
 

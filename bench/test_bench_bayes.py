@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import _common as C
-import mtdmath as M
+import mtdmath
 
 S = 16
 ALPHAS = {2: np.array([2.0, 1.0]), 3: np.array([2.0, 1.0, 0.5]), 5: np.array([2.0, 1.0, 0.5, 1.5, 0.8])}
@@ -26,20 +26,20 @@ MC_TARGET = 1e-4
 @lru_cache(maxsize=None)
 def lag_factors(m, n):
     rng = np.random.default_rng(100 * m + n)
-    pi = M.random_transition_matrix(S, rng=rng)
-    tokens, _ = M.sample_icl(pi, ALPHAS[m], n + m, 1, rng=rng)
-    return M.lag_factors(tokens, pi, m)[0]  # (n, m)
+    pi = mtdmath.random_transition_matrix(S, rng=rng)
+    tokens, _ = mtdmath.sample_icl(pi, ALPHAS[m], n + m, 1, rng=rng)
+    return mtdmath.lag_factors(tokens, pi, m)[0]  # (n, m)
 
 
 @pytest.mark.benchmark(group="bayes")
 @pytest.mark.parametrize("m,n", SIZES, ids=[f"numpy-float64-m{m}-n{n}" for m, n in SIZES])
 def test_posterior_mean(benchmark, m, n):
     C_ = lag_factors(m, n)
-    rounds = 3 if M.n_states(n, m) * n > 2e6 else 10
-    post = C.run(benchmark, lambda: M.posterior_mean(C_, ALPHAS[m]), backend="numpy", rounds=rounds)
+    rounds = 3 if mtdmath.n_count_states(n, m) * n > 2e6 else 10
+    post = C.run(benchmark, lambda: mtdmath.posterior_mean(C_, ALPHAS[m]), backend="numpy", rounds=rounds)
     assert abs(post.sum() - 1) < 1e-12
     C.record(benchmark, ("bayes", "posterior_mean", "numpy", "float64", f"m{m}-n{n}"), backend="numpy",
-             min_bytes=C.nbytes(C_) + 8 * m, states=M.n_states(n, m))
+             min_bytes=C.nbytes(C_) + 8 * m, states=mtdmath.n_count_states(n, m))
 
 
 @pytest.mark.benchmark(group="bayes")
@@ -52,12 +52,12 @@ def test_posterior_mean_many_lags(benchmark, m, n):
 
     def fn():
         Bm._layout.cache_clear()
-        return M.posterior_mean(C_, np.ones(m))
+        return mtdmath.posterior_mean(C_, np.ones(m))
 
     post = C.run(benchmark, fn, backend="numpy", rounds=3)
     assert abs(post.sum() - 1) < 1e-12
     C.record(benchmark, ("bayes", "posterior_mean_layout", "numpy", "float64", f"m{m}-n{n}"), backend="numpy",
-             min_bytes=C.nbytes(C_) + 8 * m, states=M.n_states(n, m))
+             min_bytes=C.nbytes(C_) + 8 * m, states=mtdmath.n_count_states(n, m))
 
 
 @lru_cache(maxsize=1)
@@ -65,7 +65,7 @@ def mc_sample_count():
     """K with stderr <= MC_TARGET/2 on every coordinate, from a pilot of 2^16 draws (stderr ∝ K^(-1/2))."""
     m, n = MC_SIZE
     k0 = 2**16
-    _, se = M.posterior_mean_mc(lag_factors(m, n), ALPHAS[m], samples=k0, rng=1)
+    _, se = mtdmath.posterior_mean_mc(lag_factors(m, n), ALPHAS[m], samples=k0, rng=1)
     k = k0 * (se.max() / (MC_TARGET / 2)) ** 2
     return int(math.ceil(k / 4096) * 4096)
 
@@ -75,8 +75,8 @@ def mc_sample_count():
 def test_posterior_mean_mc(benchmark, m, n):
     C_ = lag_factors(m, n)
     K = mc_sample_count()
-    exact = M.posterior_mean(C_, ALPHAS[m])
-    mean, se = C.run(benchmark, lambda: M.posterior_mean_mc(C_, ALPHAS[m], samples=K, rng=2),
+    exact = mtdmath.posterior_mean(C_, ALPHAS[m])
+    mean, se = C.run(benchmark, lambda: mtdmath.posterior_mean_mc(C_, ALPHAS[m], samples=K, rng=2),
                      backend="numpy", rounds=1, warmup=0)
     err = float(np.abs(mean - exact).max())
     C.record(benchmark, ("bayes", "posterior_mean_mc", "numpy", "float64", f"m{m}-n{n}-K{K}"), backend="numpy",

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import _common as C
-import mtdmath as M
+import mtdmath
 
 numba = pytest.importorskip("numba")
 
@@ -52,7 +52,7 @@ def fit_chain():
     from mtdmath.fitting import MTDModel
 
     rng = np.random.default_rng(0)
-    true = MTDModel(M.random_transition_matrix(10, concentration=0.5, rng=rng), rng.dirichlet(np.ones(4)))
+    true = MTDModel(mtdmath.random_transition_matrix(10, concentration=0.5, rng=rng), rng.dirichlet(np.ones(4)))
     return true.sample(100_000, rng=1)
 
 
@@ -64,23 +64,23 @@ def bayes_batch(B, n, m):
 @lru_cache(maxsize=1)
 def tokens():
     rng = np.random.default_rng(6)
-    pi = M.random_transition_matrix(16, rng=rng)
-    return M.sample_icl(pi, np.array([2.0, 1.0, 0.5]), 256, 1024, rng=rng)[0], pi
+    pi = mtdmath.random_transition_matrix(16, rng=rng)
+    return mtdmath.sample_icl(pi, np.array([2.0, 1.0, 0.5]), 256, 1024, rng=rng)[0], pi
 
 
 def _case(kernel):
     if kernel == "fit":
         y = fit_chain()
-        M.fit(y[:2000], 4, restarts=2, rng=0)  # compile / load the kernels first
-        return lambda: M.fit(y, 4, restarts=10, rng=0), 3
+        mtdmath.fitting.fit(y[:2000], 4, restarts=2, rng=0)  # compile / load the kernels first
+        return lambda: mtdmath.fitting.fit(y, 4, restarts=10, rng=0), 3
     if kernel == "bayes_batch":
         Cb = bayes_batch(8, 48, 4)
-        return lambda: M.posterior_mean(Cb, np.ones(4)), 5
+        return lambda: mtdmath.posterior_mean(Cb, np.ones(4)), 5
     if kernel == "bayes_rows":
         Cb = bayes_batch(1, 185, 4)
-        return lambda: M.posterior_mean(Cb, np.ones(4)), 3
+        return lambda: mtdmath.posterior_mean(Cb, np.ones(4)), 3
     y, pi = tokens()
-    return lambda: M.md_predictive_all_prefixes(y, pi, np.array([2.0, 1.0, 0.5])), 5
+    return lambda: mtdmath.md_predictive_all_prefixes(y, pi, np.array([2.0, 1.0, 0.5])), 5
 
 
 KERNELS = ["fit", "bayes_batch", "bayes_rows", "allprefix"]

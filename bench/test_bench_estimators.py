@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import _common as C
-import mtdmath as M
+import mtdmath
 
 B, n, m, S = 1024, 256, 3, 16
 SIZE = f"B{B}-n{n}-m{m}"
 ALPHA = np.array([2.0, 1.0, 0.5])
 MU = ALPHA / ALPHA.sum()
-ETA = M.eta_bayes(ALPHA)
+ETA = mtdmath.eta_bayes(ALPHA)
 KS = (1, 5, 50)
 ROUNDS = {1: 15, 5: 7, 50: 3}
 VARIANTS = [("numpy", "float64"), ("torch-cpu", "float64"), ("torch-cpu", "float32"),
@@ -26,9 +26,9 @@ VARIANTS = [("numpy", "float64"), ("torch-cpu", "float64"), ("torch-cpu", "float
 @lru_cache(maxsize=1)
 def lag_factors():
     rng = np.random.default_rng(5)
-    pi = M.random_transition_matrix(S, rng=rng)
-    tokens, _ = M.sample_icl(pi, ALPHA, n + m, B, rng=rng)
-    return M.lag_factors(tokens, pi, m)
+    pi = mtdmath.random_transition_matrix(S, rng=rng)
+    tokens, _ = mtdmath.sample_icl(pi, ALPHA, n + m, B, rng=rng)
+    return mtdmath.lag_factors(tokens, pi, m)
 
 
 def _fn(kernel, backend, dtype, k, rows=slice(None)):
@@ -82,8 +82,8 @@ def test_mle(benchmark, variant):
     backend, dtype = variant
     C_ = lag_factors()
     Cx = C_ if backend == "numpy" else torch.as_tensor(C_).to(C.DEVICE[backend], getattr(torch, dtype))
-    lam = C.run(benchmark, lambda: M.mle(Cx), backend=backend, rounds=3)
+    lam = C.run(benchmark, lambda: mtdmath.mle(Cx), backend=backend, rounds=3)
     lam = lam if backend == "numpy" else lam.detach().cpu().numpy()
-    assert np.all(M.kkt_gap(lam, C_) < 1e-10)
+    assert np.all(mtdmath.kkt_gap(lam, C_) < 1e-10)
     C.record(benchmark, ("estimators", "mle", backend, dtype, SIZE), backend=backend,
              min_bytes=C.nbytes(C_) + B * m * 8)

@@ -1,4 +1,4 @@
-"""Group ``fit-small``: the fixed cost of one ``mtdmath.fit`` call on short sequences (target: < 20 ms for
+"""Group ``fit-small``: the fixed cost of one ``mtdmath.fitting.fit`` call on short sequences (target: < 20 ms for
 300 symbols, S = 4, m = 2, 10 restarts, once the kernels are warm).
 
 The cases and mtdlearn 0.2.3's times for the same data come from ``bench/peers/small_fit.py`` (mtdlearn runs

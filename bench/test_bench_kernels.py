@@ -9,7 +9,7 @@ All at one thread (numba and torch), measured side by side in one run:
   ``md_predictive_all_prefixes``; ``allprefix_generic``: the Array-API route it replaced
   (``MTDMATH_DISABLE_KERNELS=1``), on NumPy float64 and torch float32;
 - ``bayes_kernel`` / ``bayes_generic``: the exact posterior, reported in ns per state-step
-  (Σ_L n_states(L, m) cell updates);
+  (Σ_L n_count_states(L, m) cell updates);
 - ``bayes_peak_rss``: the peak resident memory of m = 5, n = 128 in a fresh process.
 
 ``MTDMATH_BENCH_SLOW=1`` adds m = 5, n = 256 (minutes; 187 M states per level).
@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import _common as C
-import mtdmath as M
+import mtdmath
 
 numba = pytest.importorskip("numba")
 
@@ -55,8 +55,8 @@ def generic(monkeypatch):
 @lru_cache(maxsize=1)
 def problem():
     rng = np.random.default_rng(6)
-    pi = M.random_transition_matrix(S, rng=rng)
-    tokens, _ = M.sample_icl(pi, ALPHA, T, B, rng=rng)
+    pi = mtdmath.random_transition_matrix(S, rng=rng)
+    tokens, _ = mtdmath.sample_icl(pi, ALPHA, T, B, rng=rng)
     return tokens, pi
 
 
@@ -92,8 +92,8 @@ def test_write_ceiling_prealloc(benchmark, dtype):
 def test_allprefix_kernel(benchmark, dtype):
     tokens, pi = problem()
     P = pi.astype(dtype)
-    M.md_predictive_all_prefixes(tokens[:2], P, ALPHA)  # compile / load the cached kernel first
-    C.run(benchmark, lambda: M.md_predictive_all_prefixes(tokens, P, ALPHA), backend="numpy", rounds=7)
+    mtdmath.md_predictive_all_prefixes(tokens[:2], P, ALPHA)  # compile / load the cached kernel first
+    C.run(benchmark, lambda: mtdmath.md_predictive_all_prefixes(tokens, P, ALPHA), backend="numpy", rounds=7)
     C.record(benchmark, ("kernels", "allprefix_kernel", "numpy", dtype, f"B{B}-T{T}"), backend="numpy",
              min_bytes=_out_bytes(dtype) + tokens.nbytes)
 
@@ -108,7 +108,7 @@ def test_allprefix_generic(benchmark, generic, variant):
         y, P = tokens, pi
     else:
         y, P = torch.as_tensor(tokens), torch.as_tensor(pi, dtype=torch.float32)
-    C.run(benchmark, lambda: M.md_predictive_all_prefixes(y, P, ALPHA), backend=backend, rounds=3)
+    C.run(benchmark, lambda: mtdmath.md_predictive_all_prefixes(y, P, ALPHA), backend=backend, rounds=3)
     C.record(benchmark, ("kernels", "allprefix_generic", backend, dtype, f"B{B}-T{T}"), backend=backend,
              min_bytes=_out_bytes(dtype) + tokens.nbytes)
 
@@ -123,7 +123,7 @@ def bayes_C(m_: int, n: int) -> np.ndarray:
 
 
 def _state_steps(m_: int, n: int) -> int:
-    return sum(M.n_states(L, m_) for L in range(1, n + 1))
+    return sum(mtdmath.n_count_states(L, m_) for L in range(1, n + 1))
 
 
 @pytest.mark.benchmark(group="kernels")
@@ -136,10 +136,10 @@ def test_bayes(benchmark, monkeypatch, route, m_, n):
         monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", "1")
     Cx = bayes_C(m_, n)
     alpha = np.ones(m_)
-    M.posterior_mean(Cx[:3], alpha)  # compile / load the kernel, build a small layout
+    mtdmath.posterior_mean(Cx[:3], alpha)  # compile / load the kernel, build a small layout
     budget = 16 * 2**30
     rounds = 1 if n > 128 else 3
-    C.run(benchmark, lambda: M.posterior_mean(Cx, alpha, max_bytes=budget), backend="numpy", rounds=rounds,
+    C.run(benchmark, lambda: mtdmath.posterior_mean(Cx, alpha, max_bytes=budget), backend="numpy", rounds=rounds,
           warmup=0 if n > 128 else 1)
     extra = {}
     if benchmark.stats is not None:
@@ -149,17 +149,17 @@ def test_bayes(benchmark, monkeypatch, route, m_, n):
 
 
 PEAK_CODE = """
-import sys, numpy as np, mtdmath as M
+import sys, numpy as np, mtdmath
 n, m = int(sys.argv[1]), int(sys.argv[2])
 def rss(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
 C = np.random.default_rng(0).uniform(0.05, 1, (n, m))
-M.posterior_mean(C[:3], np.ones(m))  # load numba and the compiled kernel first
+mtdmath.posterior_mean(C[:3], np.ones(m))  # load numba and the compiled kernel first
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
 base = rss("VmRSS")
-M.posterior_mean(C, np.ones(m))
+mtdmath.posterior_mean(C, np.ones(m))
 print(rss("VmHWM") - base)
 """
 
@@ -185,7 +185,7 @@ def fit_chain():
     from mtdmath.fitting import MTDModel
 
     rng = np.random.default_rng(0)
-    true = MTDModel(M.random_transition_matrix(10, concentration=0.5, rng=rng), rng.dirichlet(np.ones(4)))
+    true = MTDModel(mtdmath.random_transition_matrix(10, concentration=0.5, rng=rng), rng.dirichlet(np.ones(4)))
     return true.sample(100_000, rng=1)
 
 
@@ -196,7 +196,7 @@ def test_fit(benchmark, monkeypatch, route):
     if route == "generic":
         monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", "1")
     y = fit_chain()
-    M.fit(y[:2000], 4, restarts=2, rng=0)  # compile / load the kernel
-    f = C.run(benchmark, lambda: M.fit(y, 4, restarts=10, rng=0), backend="numpy", rounds=3)
+    mtdmath.fitting.fit(y[:2000], 4, restarts=2, rng=0)  # compile / load the kernel
+    f = C.run(benchmark, lambda: mtdmath.fitting.fit(y, 4, restarts=10, rng=0), backend="numpy", rounds=3)
     C.record(benchmark, ("kernels", f"fit_{route}", "numpy", "float64", "S10-m4-n100000"), backend="numpy",
              min_bytes=y.nbytes, loglik=float(f.loglik_))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import _common as C
-import mtdmath as M
+import mtdmath
 
 SIZES = [(256, 128, 3), (4096, 1024, 5)]  # (B, n, m); the last is the largest
 VARIANTS = [("numpy", "float64"), ("torch-cpu", "float64"), ("torch-cpu", "float32"),
@@ -60,16 +60,16 @@ IDS = [_id(v, s) for v, s in CASES]
 @pytest.mark.benchmark(group="likelihood")
 @pytest.mark.parametrize("variant,size", CASES, ids=IDS)
 def test_log_likelihood(benchmark, variant, size):
-    _bench(benchmark, "log_likelihood", M.log_likelihood, M.log_likelihood, *variant, size, (size[0],))
+    _bench(benchmark, "log_likelihood", mtdmath.log_likelihood, mtdmath.log_likelihood, *variant, size, (size[0],))
 
 
 @pytest.mark.benchmark(group="likelihood")
 @pytest.mark.parametrize("variant,size", CASES, ids=IDS)
 def test_gradient(benchmark, variant, size):
-    _bench(benchmark, "gradient", M.gradient, M.gradient, *variant, size, (size[0], size[2]))
+    _bench(benchmark, "gradient", mtdmath.gradient, mtdmath.gradient, *variant, size, (size[0], size[2]))
 
 
 @pytest.mark.benchmark(group="likelihood")
 @pytest.mark.parametrize("variant,size", CASES, ids=IDS)
 def test_hessian(benchmark, variant, size):
-    _bench(benchmark, "hessian", M.hessian, M.hessian, *variant, size, (size[0], size[2], size[2]))
+    _bench(benchmark, "hessian", mtdmath.hessian, mtdmath.hessian, *variant, size, (size[0], size[2], size[2]))

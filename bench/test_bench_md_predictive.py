@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import _common as C
-import mtdmath as M
+import mtdmath
 
 S, m = 16, 3
 ALPHA = np.array([2.0, 1.0, 0.5])
@@ -33,8 +33,8 @@ ROUNDS = {SMALL: 15, LARGE: 5, (512, 256): 3}
 @lru_cache(maxsize=1)
 def _problem():
     rng = np.random.default_rng(6)
-    pi = M.random_transition_matrix(S, rng=rng)
-    tokens, _ = M.sample_icl(pi, ALPHA, LARGE[1], LARGE[0], rng=rng)
+    pi = mtdmath.random_transition_matrix(S, rng=rng)
+    tokens, _ = mtdmath.sample_icl(pi, ALPHA, LARGE[1], LARGE[0], rng=rng)
     return tokens, pi
 
 
@@ -54,13 +54,13 @@ def naive(tokens, pi, alpha):
     for b, y in enumerate(tokens):
         for t in range(m - 1, y.shape[0]):
             prefix = y[: t + 1]
-            lam = M.one_step_md(M.lag_factors(prefix, pi, m), alpha)
-            out[b, t - m + 1] = M.predictive(lam, prefix, pi)
+            lam = mtdmath.one_step_md(mtdmath.lag_factors(prefix, pi, m), alpha)
+            out[b, t - m + 1] = mtdmath.predictive(lam, prefix, pi)
     return out
 
 
 def _check(got, tokens, pi, dtype):
-    ref = M.md_predictive_all_prefixes(tokens[:3], pi, ALPHA)
+    ref = mtdmath.md_predictive_all_prefixes(tokens[:3], pi, ALPHA)
     got = got.detach().cpu().double().numpy() if isinstance(got, torch.Tensor) else got
     np.testing.assert_allclose(got[:3], ref, rtol=0, atol=1e-10 if dtype == "float64" else 1e-5)
 
@@ -77,14 +77,14 @@ def test_all_prefixes(benchmark, variant, size):
     backend, dtype = variant
     tokens, pi = get(*size)
     if backend == "numpy":
-        fn = lambda: M.md_predictive_all_prefixes(tokens, pi, ALPHA)  # noqa: E731
+        fn = lambda: mtdmath.md_predictive_all_prefixes(tokens, pi, ALPHA)  # noqa: E731
     else:
         dev = C.DEVICE[backend]
         yt = torch.as_tensor(tokens).to(dev)
         pit = torch.as_tensor(pi).to(dev, getattr(torch, dtype))
-        fn = lambda: M.md_predictive_all_prefixes(yt, pit, ALPHA)  # noqa: E731
+        fn = lambda: mtdmath.md_predictive_all_prefixes(yt, pit, ALPHA)  # noqa: E731
     if backend != "numpy":  # (every backend is tested in tests/test_backends.py)
-        _check(M.md_predictive_all_prefixes(yt[:3], pit, ALPHA), tokens, pi, dtype)
+        _check(mtdmath.md_predictive_all_prefixes(yt[:3], pit, ALPHA), tokens, pi, dtype)
     C.run(benchmark, fn, backend=backend, rounds=ROUNDS[size])
     C.record(benchmark, ("md-predictive", "md_predictive_all_prefixes", backend, dtype, f"B{size[0]}-T{size[1]}"),
              backend=backend, min_bytes=min_bytes(*size, np.dtype(dtype).itemsize), largest=size == LARGE)
@@ -99,7 +99,7 @@ T_CASES = [(b, s) for s in T_SIZES for b in ("torch-cpu", "torch-cuda")]
 def test_transformer(benchmark, backend, size):
     tokens, pi = get(*size)
     dev = C.DEVICE[backend]
-    model = M.MDTransformer.construct(pi, ALPHA, dtype=torch.float32, device=dev)
+    model = mtdmath.nn.MDTransformer.construct(pi, ALPHA, dtype=torch.float32, device=dev)
     yt = torch.as_tensor(tokens).to(dev)
 
     def fn():

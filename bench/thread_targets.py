@@ -82,14 +82,14 @@ def _kernels():
     rng = np.random.default_rng(0)
     true = MTDModel(mtdmath.random_transition_matrix(10, concentration=0.5, rng=rng), rng.dirichlet(np.ones(4)))
     y = true.sample(100_000, rng=1)
-    mtdmath.fit(y[:2000], 4, restarts=2, rng=0)  # compile / load the kernels first
+    mtdmath.fitting.fit(y[:2000], 4, restarts=2, rng=0)  # compile / load the kernels first
     Cb = np.random.default_rng(8 * 48 + 4).uniform(0.05, 1.0, (8, 48, 4))
     Cr = np.random.default_rng(185 + 4).uniform(0.05, 1.0, (1, 185, 4))
     rng = np.random.default_rng(6)
     pi = mtdmath.random_transition_matrix(16, rng=rng)
     tok = mtdmath.sample_icl(pi, np.array([2.0, 1.0, 0.5]), 256, 1024, rng=rng)[0]
     out = {
-        "fit": lambda: mtdmath.fit(y, 4, restarts=10, rng=0),
+        "fit": lambda: mtdmath.fitting.fit(y, 4, restarts=10, rng=0),
         "bayes_batch": lambda: mtdmath.posterior_mean(Cb, np.ones(4)),
         "bayes_rows": lambda: mtdmath.posterior_mean(Cr, np.ones(4)),
         "allprefix": lambda: mtdmath.md_predictive_all_prefixes(tok, pi, np.array([2.0, 1.0, 0.5])),

@@ -102,9 +102,10 @@ def _math_links(text: str) -> str:
 # --------------------------------------------------------------------------- generated reference
 REF = HERE / "reference"
 
-# The API reference lists the names of the public-name table ``mtdmath._api.API`` (one row per
-# name of ``mtdmath.__all__``: its section, argument domains and promises, which the contract test
-# tests/test_contract.py checks), so a public name without a row stops the build.
+# The API reference lists the names of ``mtdmath.__all__`` by the sections of the public-name table
+# ``mtdmath._api.API`` (one row per name of ``mtdmath.__all__``: its section, argument domains and
+# promises, which the contract test tests/test_contract.py checks), so a public name without a row
+# stops the build; then the names of the namespaces mtdmath.fitting, mtdmath.nn, mtdmath.experiments.
 from mtdmath import _api  # noqa: E402
 
 _missing = [name for name in mtdmath.__all__ if name not in _api.API]
@@ -154,36 +155,47 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return "\n".join(out) + "\n"
 
 
+#: the namespaces of mtdmath, each a group of the API reference after the core's sections
+_NAMESPACES = (("fitting", "Fitting MTD models (mtdmath.fitting)"), ("nn", "Transformers (mtdmath.nn)"),
+               ("experiments", "Experiments (mtdmath.experiments)"))
+
+
 def _generate_api() -> list[str]:
-    """One page per public name of ``mtdmath.__all__`` and ``mtdmath.experiments.__all__``."""
+    """One page per public name of ``mtdmath.__all__`` and of the namespaces' ``__all__``."""
     written = []
     rows: dict[str, list[tuple[str, object]]] = {}
     for name in mtdmath.__all__:
         obj = getattr(mtdmath, name)
+        if inspect.ismodule(obj):  # a namespace: its names get a group of their own below
+            continue
         qual = f"mtdmath.{name}"
         rows.setdefault(_api.API[name].section, []).append((qual, obj))
         _write(REF / f"{qual}.rst", _stub(qual, obj))
         written.append(qual)
-    exp = importlib.import_module("mtdmath.experiments")
-    exp_rows = []
-    for name in exp.__all__:
-        obj = getattr(exp, name)
-        qual = f"mtdmath.experiments.{name}"
-        exp_rows.append((qual, obj))
-        _write(REF / f"{qual}.rst", _stub(qual, obj))
-        written.append(qual)
+    groups = [(t, rows[t]) for t in _api.SECTIONS if t in rows]
+    for namespace, title in _NAMESPACES:
+        mod = importlib.import_module(f"mtdmath.{namespace}")
+        grp = []
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if _kind(obj) == "data":  # constants (cache-name tables) carry no docstring of their own
+                continue
+            qual = f"mtdmath.{namespace}.{name}"
+            grp.append((qual, obj))
+            _write(REF / f"{qual}.rst", _stub(qual, obj))
+            written.append(qual)
+        groups.append((title, grp))
 
     lines = [
         ".. _api:", "", "API reference", "=============", "",
         "Generated from the docstrings of every public name in ``mtdmath.__all__`` (importable as",
-        "``mtdmath.NAME``) and ``mtdmath.experiments.__all__``, grouped by the module that defines it.",
+        "``mtdmath.NAME``) and in the namespaces ``mtdmath.fitting``, ``mtdmath.nn`` and",
+        "``mtdmath.experiments`` (``mtdmath.fitting.NAME`` ...), grouped by section and namespace.",
         "Formulas are cited as \"§N\" of :doc:`../math`. Every array function takes NumPy, torch (CPU or",
         "CUDA) or array-api-strict arrays and answers in the data's namespace, device and dtype: the",
         "contract is :ref:`math-8`, shown at work in :doc:`../guide/backends`.",
         "The command line is documented in :doc:`cli`.", "",
     ]
-    groups = [(t, rows[t]) for t in _api.SECTIONS if t in rows]
-    groups.append(("Experiments (mtdmath.experiments)", exp_rows))
     for title, grp in groups:
         lines += [title, "-" * len(title), "", _table(grp)]
         # one hidden toctree per group: its caption heads the group in the sidebar

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate as V
+from . import _validate as validate
 from . import _xp
 
 #: default memory budget (bytes) of the exact recursion; above it posterior_mean raises
@@ -37,18 +37,18 @@ _PARALLEL_STATES = 1 << 24
 _BATCH_WORK = 1 << 21
 
 
-def n_states(n: int, m: int) -> int:
+def n_count_states(n: int, m: int) -> int:
     """Number of count vectors k in N^m with |k| = n: ``binom(n+m-1, m-1)``.
 
     Examples
     --------
     >>> import numpy as np
     >>> import mtdmath
-    >>> mtdmath.n_states(4, 3)  # binom(4 + 3 - 1, 3 - 1)
+    >>> mtdmath.n_count_states(4, 3)  # binom(4 + 3 - 1, 3 - 1)
     15
     """
-    n = V.check_int(n, "n", minimum=0)
-    m = V.check_int(m, "m", minimum=1)
+    n = validate.check_int(n, "n", minimum=0)
+    m = validate.check_int(m, "m", minimum=1)
     return comb(n + m - 1, m - 1)
 
 
@@ -83,7 +83,7 @@ _CHUNK_RATIO = 0.75
 _CHUNK_MIN_CELLS = 8192
 
 
-class _Layout:
+class _LevelLayout:
     """Data-independent structure of the padded recursion for (n, m), m >= 2 (see above)."""
 
     def __init__(self, n: int, m: int) -> None:
@@ -170,8 +170,8 @@ def _prefixes(P: int, n: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _layout(n: int, m: int) -> _Layout:
-    return _Layout(n, m)
+def _layout(n: int, m: int) -> _LevelLayout:
+    return _LevelLayout(n, m)
 
 
 def _layout_rows(n: int, m: int) -> int:
@@ -186,7 +186,7 @@ def _bytes_needed(batch: int, n: int, m: int, kernel: bool | None = None, thread
     temporaries of a chunk's moves (products, the shifted column, the parent gather, their sums:
     up to about 6 more levels' worth per sequence, 7.5 measured), plus 4 levels for the layout's
     index arrays on the device and the final moments: ``8·batch + 4`` levels. Compiled route (peak
-    RSS): one ragged level of exactly n_states(n, m) floats (no padding) per sequence in flight
+    RSS): one ragged level of exactly n_count_states(n, m) floats (no padding) per sequence in flight
     (``min(batch, threads)`` when the batch runs in parallel), the groups the row-split route
     copies aside, the row offsets and a row buffer per thread (``threads``: numba's thread count
     when None). Both: the layout (the
@@ -211,7 +211,7 @@ def _bytes_needed(batch: int, n: int, m: int, kernel: bool | None = None, thread
         spare = 0
         if route == "rows":  # nch-1 prefix-sum groups: binom(s+m-3, m-3) rows of n+1-s cells
             spare = (nch - 1) * max(comb(s + m - 3, m - 3) * (n + 1 - s) for s in range(n + 1))
-        return 8 * (levels * n_states(n, m) + spare + R + 1 + threads * nch * (n + 1)) + layout
+        return 8 * (levels * n_count_states(n, m) + spare + R + 1 + threads * nch * (n + 1)) + layout
     return 8 * (R + 1) * (n + 1) * (8 * batch + 4) + layout
 
 
@@ -221,7 +221,7 @@ def _check_budget(batch: int, n: int, m: int, max_bytes: float, kernel: bool | N
     if need > max_bytes:
         raise ValueError(
             f"C: the exact posterior needs about {need / 2**30:.2f} GiB for n = {n}, m = {m} "
-            f"({n_states(n, m)} count states x batch {batch}), above max_bytes = {max_bytes / 2**30:.2f} GiB; "
+            f"({n_count_states(n, m)} count states x batch {batch}), above max_bytes = {max_bytes / 2**30:.2f} GiB; "
             "raise max_bytes or use posterior_mean_mc"
         )
 
@@ -291,7 +291,7 @@ def _forward(C: np.ndarray, alpha: np.ndarray, max_bytes: int) -> tuple[np.ndarr
     return post, log_scale
 
 
-def _ragged_rows(n: int, lay: _Layout) -> np.ndarray:
+def _ragged_rows(n: int, lay: _LevelLayout) -> np.ndarray:
     """Offsets of the rows of the ragged layout: row q keeps its n - ps_q + 1 usable cells."""
     row_start = np.zeros(lay.R + 1, dtype=np.int64)
     np.cumsum(n - lay.ps + 1, out=row_start[1:])
@@ -307,15 +307,15 @@ def _kernel_route(B: int, n: int, m: int, threads: int) -> tuple[str, int]:
     """
     if threads <= 1:
         return "serial", 1
-    if n_states(n, m) >= _PARALLEL_STATES and m >= 3:
+    if n_count_states(n, m) >= _PARALLEL_STATES and m >= 3:
         return "rows", 2 * threads
-    # Σ_{L <= n} n_states(L, m) = n_states(n, m + 1): the cell updates of one sequence
-    if B > 1 and n_states(n, m) < _PARALLEL_STATES and B * n_states(n, m + 1) >= _BATCH_WORK:
+    # Σ_{L <= n} n_count_states(L, m) = n_count_states(n, m + 1): the cell updates of one sequence
+    if B > 1 and n_count_states(n, m) < _PARALLEL_STATES and B * n_count_states(n, m + 1) >= _BATCH_WORK:
         return "batch", 1
     return "serial", 1
 
 
-def _spare_cells(n: int, lay: _Layout, nch: int) -> int:
+def _spare_cells(n: int, lay: _LevelLayout, nch: int) -> int:
     """Cells the row-split route copies aside per level: at most nch-1 whole prefix-sum groups."""
     rows = np.diff(lay.group_start)  # rows of each prefix sum s = 0..n
     cells = rows * (n + 1 - np.arange(rows.shape[0]))
@@ -341,7 +341,7 @@ def range_error(alpha: np.ndarray) -> ValueError:
     the float64 range on every path of a level (alpha entries about 1e300 apart), so that the
     level's weights, and the posterior's ratios, are not representable."""
     return ValueError(
-        f"alpha: the exact recursion's weights fall below the float64 range for alpha = {V._show(alpha)} "
+        f"alpha: the exact recursion's weights fall below the float64 range for alpha = {validate._show(alpha)} "
         "(the smallest alpha_g / α₀ is below about 1e-300); use posterior_mean_mc, or bring the alpha "
         "entries closer together")
 
@@ -520,13 +520,13 @@ def _on_device(space: Any) -> bool:
     return space.is_torch and space.device.type == "cuda"
 
 
-def _prepare(C: Any, alpha: Any, allow_impossible: bool) -> tuple[np.ndarray, np.ndarray, _xp.Space]:
+def _prepare_bayes_inputs(C: Any, alpha: Any, allow_impossible: bool) -> tuple[np.ndarray, np.ndarray, _xp.Space]:
     """Validate in C's own space, then continue in float64 NumPy (the recursion is host code);
     the space is returned so the result goes back to C's namespace, device and dtype."""
     space = _xp.data_space(C)
-    C = V.check_C(C, "C", allow_impossible=allow_impossible, space=space)
-    alpha = V.check_alpha(alpha, "alpha")
-    V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
+    C = validate.check_C(C, "C", allow_impossible=allow_impossible, space=space)
+    alpha = validate.check_alpha(alpha, "alpha")
+    validate.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
     if _on_device(space):  # a CUDA batch stays on its device, in float64
         return _xp.convert(C, _xp.Space(space.xp, space.device, space.xp.float64)), alpha, space
     return np.asarray(_xp.to_numpy(C), dtype=np.float64), alpha, space
@@ -563,8 +563,8 @@ def posterior_mean(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) ->
     >>> print(post.round(4), round(float(post.sum()), 12))
     [0.6292 0.3708] 1.0
     """
-    max_bytes = V.check_float(max_bytes, "max_bytes", positive=True)
-    C, alpha, space = _prepare(C, alpha, allow_impossible=False)
+    max_bytes = validate.check_float(max_bytes, "max_bytes", positive=True)
+    C, alpha, space = _prepare_bayes_inputs(C, alpha, allow_impossible=False)
     batch, (n, m) = tuple(C.shape[:-2]), tuple(C.shape[-2:])
     if _on_device(space):
         post, _ = _forward_xp(space.xp.reshape(C, (math.prod(batch), n, m)), alpha, max_bytes)
@@ -597,8 +597,8 @@ def log_evidence(C: Any, alpha: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> n
     >>> print(abs(float(mtdmath.log_evidence(C[:8], alpha)) - mc) < 1e-2)
     True
     """
-    max_bytes = V.check_float(max_bytes, "max_bytes", positive=True)
-    C, alpha, space = _prepare(C, alpha, allow_impossible=True)
+    max_bytes = validate.check_float(max_bytes, "max_bytes", positive=True)
+    C, alpha, space = _prepare_bayes_inputs(C, alpha, allow_impossible=True)
     batch, (n, m) = tuple(C.shape[:-2]), tuple(C.shape[-2:])
     if _on_device(space):
         xp = space.xp
@@ -685,11 +685,11 @@ def posterior_mean_mc(
     >>> print(bool(np.all(np.abs(mean - mtdmath.posterior_mean(C[:20], alpha)) < 5 * se)))
     True
     """
-    max_bytes = V.check_float(max_bytes, "max_bytes", positive=True)
-    C, alpha, space = _prepare(C, alpha, allow_impossible=False)
-    samples = V.check_int(samples, "samples", minimum=1)
-    chunk = V.check_int(chunk, "chunk", minimum=1)
-    gen = V.as_rng(rng)
+    max_bytes = validate.check_float(max_bytes, "max_bytes", positive=True)
+    C, alpha, space = _prepare_bayes_inputs(C, alpha, allow_impossible=False)
+    samples = validate.check_int(samples, "samples", minimum=1)
+    chunk = validate.check_int(chunk, "chunk", minimum=1)
+    gen = validate.as_rng(rng)
     batch, (n, m) = C.shape[:-2], C.shape[-2:]
     Bn = int(np.prod(batch))
     if Bn == 0:
@@ -710,7 +710,7 @@ def posterior_mean_mc(
             lam = gen.dirichlet(alpha, size=k)  # (k, m)
             lam /= lam.sum(axis=1, keepdims=True)
         if not np.all(np.isfinite(lam)):
-            raise ValueError(f"alpha: the Dirichlet prior draws are not finite for alpha = {V._show(alpha)}; "
+            raise ValueError(f"alpha: the Dirichlet prior draws are not finite for alpha = {validate._show(alpha)}; "
                              "use the exact posterior_mean")
         logw = _log_prod(np.matmul(lam, CfT))  # (B, k): Σ_i log(C[i]·lam_k)
         new_top = np.maximum(top, logw.max(axis=1))

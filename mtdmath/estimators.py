@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate as V
+from . import _validate as validate
 from . import _xp
 from ._squarem import squarem
 from .likelihood import _C_over_s, _broadcast_batch, _grad, _log_grad, _log_s, check_possible, is_safe
 
 
-def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0", *, checked: tuple | None = None
+def _prepare_counts_and_start(C: Any, lam0: Any, name_lam0: str = "lam0", *, checked: tuple | None = None
              ) -> tuple[Any, Any, Any, bool]:
     """Validate C and the start point, broadcast them, check the start explains the data.
 
@@ -31,7 +31,7 @@ def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0", *, checked: tuple | Non
     """
     if checked is None:
         space = _xp.data_space(C)
-        C, cmin = V.check_C(C, "C", space=space, with_min=True)
+        C, cmin = validate.check_C(C, "C", space=space, with_min=True)
     else:
         C, cmin, space = checked
     xp = space.xp
@@ -40,8 +40,8 @@ def _prepare(C: Any, lam0: Any, name_lam0: str = "lam0", *, checked: tuple | Non
     if lam0 is None:
         lam0 = xp.full((m,), 1.0 / m, dtype=C.dtype, device=space.device)
     else:
-        lam0 = V.check_lam(lam0, name_lam0, space=space)
-        V.check_same_m(m, lam0.shape[-1], name_lam0)
+        lam0 = validate.check_lam(lam0, name_lam0, space=space)
+        validate.check_same_m(m, lam0.shape[-1], name_lam0)
     batch = _broadcast_batch(lam0, C, name_lam0, "C", 1, 2)
     C = xp.broadcast_to(C, batch + tuple(C.shape[-2:]))
     lam0 = xp.broadcast_to(lam0, batch + (m,))
@@ -181,9 +181,9 @@ def mirror_descent(C: Any, *, eta: Any, steps: int | None = None, lam0: Any = No
     True
     """
     if steps is not None:
-        steps = V.check_int(steps, "steps", minimum=0)
-    etas = V.check_schedule(eta, steps)
-    return _md_run(*_prepare(C, lam0), etas)
+        steps = validate.check_int(steps, "steps", minimum=0)
+    etas = validate.check_schedule(eta, steps)
+    return _md_run(*_prepare_counts_and_start(C, lam0), etas)
 
 
 def _md_run(C: Any, lam0: Any, xp: Any, safe: bool, etas: list[float], loglam0: Any = None) -> Any:
@@ -215,8 +215,8 @@ def em(C: Any, *, steps: int = 1, lam0: Any = None) -> Any:
     >>> print(lam.round(3), np.allclose(lam, mtdmath.mle(C), atol=1e-3))
     [0.324 0.676] True
     """
-    steps = V.check_int(steps, "steps", minimum=0)
-    C, lam0, xp, safe = _prepare(C, lam0)
+    steps = validate.check_int(steps, "steps", minimum=0)
+    C, lam0, xp, safe = _prepare_counts_and_start(C, lam0)
     n = C.shape[-2]
     if n == 0 or steps == 0:
         return xp.asarray(lam0, copy=True)
@@ -246,10 +246,10 @@ def kkt_gap(lam: Any, C: Any) -> Any:
     """
     space = _xp.data_space(C)
     xp = space.xp
-    C, cmin = V.check_C(C, "C", space=space, with_min=True)
+    C, cmin = validate.check_C(C, "C", space=space, with_min=True)
     safe = is_safe(cmin, C.dtype, xp)
-    lam = V.check_lam(lam, "lam", space=space)
-    V.check_same_m(C.shape[-1], lam.shape[-1], "lam")
+    lam = validate.check_lam(lam, "lam", space=space)
+    validate.check_same_m(C.shape[-1], lam.shape[-1], "lam")
     n = C.shape[-2]
     batch = _broadcast_batch(lam, C, "lam", "C", 1, 2)
     if n == 0:
@@ -299,9 +299,9 @@ def mle(C: Any, *, tol: float = 1e-12, max_steps: int = 100_000) -> Any:
     >>> print(lam.round(3), float(mtdmath.kkt_gap(lam, C)) < 1e-10)
     [0.324 0.676] True
     """
-    tol = V.check_float(tol, "tol", positive=True)
-    max_steps = V.check_int(max_steps, "max_steps", minimum=1)
-    C, lam0, xp, safe = _prepare(C, None)
+    tol = validate.check_float(tol, "tol", positive=True)
+    max_steps = validate.check_int(max_steps, "max_steps", minimum=1)
+    C, lam0, xp, safe = _prepare_counts_and_start(C, None)
     batch, (n, m) = tuple(C.shape[:-2]), tuple(C.shape[-2:])
     if n == 0 or m == 1 or math.prod(batch) == 0:
         return xp.asarray(lam0, copy=True)
@@ -356,18 +356,18 @@ def eta_bayes(alpha: Any) -> float:
     >>> mtdmath.eta_bayes(np.array([1.0, 2.0]))  # 1 / (1 + alpha_0)
     0.25
     """
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     return float(1.0 / (1.0 + alpha.sum()))
 
 
 def _check_eta(eta: Any, alpha: np.ndarray) -> float:
     """Step size: default η* = eta_bayes(alpha) = 1/(1+α₀) (docs/math.md §3, Theorem 1)."""
-    return eta_bayes(alpha) if eta is None else V.check_float(eta, "eta", nonnegative=True)
+    return eta_bayes(alpha) if eta is None else validate.check_float(eta, "eta", nonnegative=True)
 
 
 def _check_etas(eta: Any, alpha: np.ndarray, k: int, steps_name: str) -> list[float]:
     """A k-step schedule: default η* every step; a scalar every step; or a length-k sequence."""
-    return V.check_schedule(eta_bayes(alpha) if eta is None else eta, k, "eta", steps_name)
+    return validate.check_schedule(eta_bayes(alpha) if eta is None else eta, k, "eta", steps_name)
 
 
 def one_step_md(C: Any, alpha: Any, *, eta: Any = None) -> Any:
@@ -426,11 +426,11 @@ def k_step_md(C: Any, alpha: Any, k: int, *, eta: Any = None) -> Any:
     >>> print(mtdmath.k_step_md(C, alpha, 3).round(3))
     [0. 1.]
     """
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     space = _xp.data_space(C)
-    C, cmin = V.check_C(C, "C", space=space, with_min=True)
-    V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
-    k = V.check_int(k, "k", minimum=0)
+    C, cmin = validate.check_C(C, "C", space=space, with_min=True)
+    validate.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
+    k = validate.check_int(k, "k", minimum=0)
     etas = _check_etas(eta, alpha, k, "k")
     # μ = alpha/α₀ in log space, exact whatever alpha is (alpha_g/α₀ itself may underflow for alpha
     # spanning 1e-300 ... 1e300); μ > 0 explains every transition of a valid C, so no check is needed
@@ -484,13 +484,13 @@ def corrected_one_step_md(C: Any, alpha: Any) -> Any:
     >>> print(err(mtdmath.corrected_one_step_md(C5, alpha)) < err(mtdmath.one_step_md(C5, alpha)))
     True
     """
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     space = _xp.data_space(C)
     xp = space.xp
-    C = V.check_C(C, "C", space=space)
-    V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
+    C = validate.check_C(C, "C", space=space)
+    validate.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
     a0 = float(alpha.sum())
-    mu = xp.asarray(V.check_prior_mean(alpha, "alpha"), dtype=C.dtype, device=space.device)
+    mu = xp.asarray(validate.check_prior_mean(alpha, "alpha"), dtype=C.dtype, device=space.device)
     s = (C @ mu[:, None])[..., 0]  # (..., n), > 0 where C[i] != 0 (μ > 0)
     u = _C_over_s(mu, C, s, xp) - 1.0  # (..., n, m): γ_i/μ - 1
     g = xp.sum(u, axis=-2)  # (..., m): ∇ℓ(μ) - n
@@ -581,9 +581,9 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     >>> print(np.allclose(P[10 - 2], mtdmath.predictive(lam, tokens[:10], pi)))
     True
     """
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
-    steps = V.check_int(steps, "steps", minimum=0)
+    steps = validate.check_int(steps, "steps", minimum=0)
     from .stepsize import step_law  # imported here: stepsize imports this module
 
     law = step_law(eta, pi, alpha)  # a named step or a PredictedStep: its eta(n); else None
@@ -593,19 +593,19 @@ def md_predictive_all_prefixes(tokens: Any, pi: Any, alpha: Any, eta: Any = None
     etas = None if per_prefix else _check_etas(eta, alpha, steps, "steps")
     space = _xp.data_space(tokens, pi)
     xp = space.xp
-    pi = V.check_pi(pi, "pi", space)
+    pi = validate.check_pi(pi, "pi", space)
     S = pi.shape[0]
-    y = V.check_tokens(tokens, S, m, "tokens", space)
+    y = validate.check_tokens(tokens, S, m, "tokens", space)
     batch, T = tuple(y.shape[:-1]), y.shape[-1]
     n = T - m
     if per_prefix:
         etas = _check_prefix_etas(eta, steps, n)
     # the (..., n+1, S) output and about 4 (m, B, n+1) work arrays
     rows = int(np.prod(batch)) * (n + 1)
-    V.check_alloc(rows * (S + 4 * m), 8, "tokens", f"the predictive of {rows} prefixes over S = {S} tokens")
+    validate.check_alloc(rows * (S + 4 * m), 8, "tokens", f"the predictive of {rows} prefixes over S = {S} tokens")
     if out is not None:
         _check_out(out, space, batch + (n + 1, S), pi.dtype)
-    mu_np = V.check_prior_mean(alpha, "alpha")
+    mu_np = validate.check_prior_mean(alpha, "alpha")
     if steps == 1 and _use_kernel(space, pi):
         return _kernel_one_step(y, pi, mu_np, etas[0], space, batch, out)
     p = _md_predictive_generic(y, pi, mu_np, etas, steps, space, batch)

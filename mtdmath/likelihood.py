@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from . import _validate as V
+from . import _validate as validate
 from . import _xp
 
 
@@ -38,9 +38,9 @@ def _lam_C(lam: Any, C: Any, allow_impossible: bool) -> tuple[Any, Any, Any, boo
     """Validated (lam, C, xp, safe); ``safe``: every C[i]·lam is above the underflow bound
     :func:`_tiny_s` for any lam on the simplex (min C is), so no check of s is needed."""
     space = _xp.data_space(C)
-    C, cmin = V.check_C(C, "C", allow_impossible=allow_impossible, space=space, with_min=True)
-    lam = V.check_lam(lam, "lam", space=space)
-    V.check_same_m(C.shape[-1], lam.shape[-1], "lam")
+    C, cmin = validate.check_C(C, "C", allow_impossible=allow_impossible, space=space, with_min=True)
+    lam = validate.check_lam(lam, "lam", space=space)
+    validate.check_same_m(C.shape[-1], lam.shape[-1], "lam")
     _broadcast_batch(lam, C, "lam", "C", 1, 2)
     return lam, C, space.xp, is_safe(cmin, C.dtype, space.xp)
 
@@ -271,8 +271,8 @@ def kl(p: Any, q: Any) -> Any:
     """
     space = _xp.data_space(p, q)
     xp = space.xp
-    p = V.check_prob_vector(p, "p", tol=1e-6, space=space)
-    q = V.check_prob_vector(q, "q", tol=1e-6, space=space)
+    p = validate.check_prob_vector(p, "p", tol=1e-6, space=space)
+    q = validate.check_prob_vector(q, "q", tol=1e-6, space=space)
     if p.shape[-1] != q.shape[-1]:
         raise ValueError(f"p and q must have the same last axis (got {p.shape[-1]} and {q.shape[-1]})")
     _broadcast_batch(p, q, "p", "q", 1, 1)

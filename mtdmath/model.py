@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate as V
+from . import _validate as validate
 from . import _xp
 
 
@@ -41,10 +41,10 @@ def random_transition_matrix(S: int, *, concentration: float = 1.0, rng: Any = N
     >>> print(np.allclose(pi.sum(axis=1), 1.0))
     True
     """
-    S = V.check_int(S, "S", minimum=1)
-    V.check_alloc(S * S, 8, "S", f"an (S, S) matrix for S = {S}")
-    concentration = V.check_float(concentration, "concentration", positive=True)
-    gen = V.as_rng(rng)
+    S = validate.check_int(S, "S", minimum=1)
+    validate.check_alloc(S * S, 8, "S", f"an (S, S) matrix for S = {S}")
+    concentration = validate.check_float(concentration, "concentration", positive=True)
+    gen = validate.as_rng(rng)
     pi = gen.dirichlet(np.full(S, concentration), size=S)
     # renormalise: Dirichlet draws sum to 1 only up to rounding
     return pi / pi.sum(axis=1, keepdims=True)
@@ -84,19 +84,19 @@ def sample(pi: Any, lam: Any, T: int, *, rng: Any = None, init: Any = None) -> n
     True
     """
     space = _xp.data_space(pi)
-    pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    pi = _xp.to_numpy(validate.check_pi(pi, "pi")).astype(np.float64)
     S = pi.shape[0]
-    lam = _xp.to_numpy(V.check_lam(lam, "lam")).astype(np.float64)
+    lam = _xp.to_numpy(validate.check_lam(lam, "lam")).astype(np.float64)
     if lam.ndim > 2:
         raise ValueError(f"lam must have shape (m,) or (B, m) (got shape {lam.shape})")
     m = lam.shape[-1]
-    T = V.check_int(T, "T", minimum=m)
-    V.check_alloc(int(np.prod(lam.shape[:-1])) * T, 8 * 3, "T", f"{int(np.prod(lam.shape[:-1]))} sequences of length T = {T}")
+    T = validate.check_int(T, "T", minimum=m)
+    validate.check_alloc(int(np.prod(lam.shape[:-1])) * T, 8 * 3, "T", f"{int(np.prod(lam.shape[:-1]))} sequences of length T = {T}")
     init = np.full(S, 1.0 / S) if init is None else \
-        _xp.to_numpy(V.check_prob_vector(init, "init", S)).astype(np.float64)
+        _xp.to_numpy(validate.check_prob_vector(init, "init", S)).astype(np.float64)
     if init.ndim != 1:
         raise ValueError(f"init must be a length-S vector (got shape {init.shape})")
-    gen = V.as_rng(rng)
+    gen = validate.as_rng(rng)
     return _xp.from_numpy(_sample(pi, lam, T, gen, init), space, dtype=None)
 
 
@@ -153,12 +153,12 @@ def sample_icl(pi: Any, alpha: Any, T: int, batch: int, *, rng: Any = None) -> t
     True
     """
     space = _xp.data_space(pi)
-    pi_np = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
-    alpha = V.check_alpha(alpha, "alpha")
-    batch = V.check_int(batch, "batch", minimum=1)
-    T = V.check_int(T, "T", minimum=alpha.shape[0])
-    V.check_alloc(batch * T, 8 * 3, "T", f"batch = {batch} sequences of length T = {T}")
-    gen = V.as_rng(rng)
+    pi_np = _xp.to_numpy(validate.check_pi(pi, "pi")).astype(np.float64)
+    alpha = validate.check_alpha(alpha, "alpha")
+    batch = validate.check_int(batch, "batch", minimum=1)
+    T = validate.check_int(T, "T", minimum=alpha.shape[0])
+    validate.check_alloc(batch * T, 8 * 3, "T", f"batch = {batch} sequences of length T = {T}")
+    gen = validate.as_rng(rng)
     lam = gen.dirichlet(alpha, size=batch)
     lam = lam / lam.sum(axis=1, keepdims=True)
     # pi is validated once, in its own dtype (a float16 pi's rows sum to 1 only within
@@ -197,13 +197,13 @@ def lag_factors(tokens: Any, pi: Any, m: int) -> Any:
     >>> print(C[0, 0] == pi[tokens[1], tokens[2]], C[0, 1] == pi[tokens[0], tokens[2]])
     True True
     """
-    m = V.check_int(m, "m", minimum=1)
+    m = validate.check_int(m, "m", minimum=1)
     space = _xp.data_space(tokens, pi)
-    pi = V.check_pi(pi, "pi", space)
-    y = V.check_tokens(tokens, pi.shape[0], m, "tokens", space)
+    pi = validate.check_pi(pi, "pi", space)
+    y = validate.check_tokens(tokens, pi.shape[0], m, "tokens", space)
     n = y.shape[-1] - m
     # the output and its flat index: (itemsize + 8) bytes per entry
-    V.check_alloc(int(np.prod(y.shape[:-1])) * n * m, 16, "m", f"lag factors of shape {tuple(y.shape[:-1]) + (n, m)}")
+    validate.check_alloc(int(np.prod(y.shape[:-1])) * n * m, 16, "m", f"lag factors of shape {tuple(y.shape[:-1]) + (n, m)}")
     return _lag_factors(y, pi, m, space.xp)
 
 
@@ -257,10 +257,10 @@ def predictive(lam: Any, tokens: Any, pi: Any) -> Any:
     """
     space = _xp.data_space(tokens, pi)
     xp = space.xp
-    pi = V.check_pi(pi, "pi", space)
-    lam = V.check_lam(lam, "lam", space=space)
+    pi = validate.check_pi(pi, "pi", space)
+    lam = validate.check_lam(lam, "lam", space=space)
     m = lam.shape[-1]
-    y = V.check_tokens(tokens, pi.shape[0], m, "tokens", space)
+    y = validate.check_tokens(tokens, pi.shape[0], m, "tokens", space)
     from .likelihood import _broadcast_batch
 
     _broadcast_batch(lam, y, "lam", "tokens", 1, 1)

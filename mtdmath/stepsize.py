@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate as V
+from . import _validate as validate
 from . import _xp
 from .estimators import eta_bayes, k_step_md, md_predictive_all_prefixes
 from .likelihood import kl
@@ -88,7 +88,7 @@ def task_kl(tokens: Any, lam: Any, pi: Any, alpha: Any, eta: Any, *, k: int = 1,
     tokens = np.asarray(_xp.to_numpy(tokens))
     pi = np.asarray(_xp.to_numpy(pi), dtype=np.float64)
     lam = np.asarray(_xp.to_numpy(lam), dtype=np.float64)
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
     p_true = _true_next(tokens, pi, lam, m, L)
     if L is not None:
@@ -197,29 +197,29 @@ def optimal_step(pi: Any, alpha: Any, *, L: int | None = None, T: int | None = N
     >>> print(round(float(res.eta), 3), round(mtdmath.eta_bayes(np.array([1.0, 1.0])), 3))
     0.238 0.333
     """
-    pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    pi = _xp.to_numpy(validate.check_pi(pi, "pi")).astype(np.float64)
     # validated in its own dtype (a float32 pi sums to 1 within float32 rounding); the sampling and
     # the KL run in float64 on rows that sum to 1 in float64
     pi = pi / pi.sum(axis=1, keepdims=True)
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
-    k = V.check_int(k, "k", minimum=1)
+    k = validate.check_int(k, "k", minimum=1)
     if (L is None) == (T is None):
         raise ValueError("give exactly one of L (a context length) and T (the training objective over L = m..T)")
     if L is not None:
-        L = V.check_int(L, "L", minimum=m)
+        L = validate.check_int(L, "L", minimum=m)
     else:
-        T = V.check_int(T, "T", minimum=m)
-    n_train = V.check_int(n_train, "n_train", minimum=2)
-    n_test = V.check_int(n_test, "n_test", minimum=2)
-    n_boot = V.check_int(n_boot, "n_boot", minimum=0)
-    schedule = V.check_bool(schedule, "schedule")
-    gen = V.as_rng(rng)
+        T = validate.check_int(T, "T", minimum=m)
+    n_train = validate.check_int(n_train, "n_train", minimum=2)
+    n_test = validate.check_int(n_test, "n_test", minimum=2)
+    n_boot = validate.check_int(n_boot, "n_boot", minimum=0)
+    schedule = validate.check_bool(schedule, "schedule")
+    gen = validate.as_rng(rng)
     length = (L + 1) if L is not None else T
     # the sampled tokens of the larger draw and the (n, T, S) predictive laws of its KL
     length_name = "L" if L is not None else "T"
     for count, name in ((n_train, "n_train"), (n_test, "n_test")):
-        V.check_alloc(count * length * (3 + 2 * pi.shape[0]), 8, f"{name}, {length_name}",
+        validate.check_alloc(count * length * (3 + 2 * pi.shape[0]), 8, f"{name}, {length_name}",
                       f"{name} = {count} sequences of length {length} over S = {pi.shape[0]} tokens")
     y_tr, lam_tr = sample_icl(pi, alpha, length, n_train, rng=gen)
     y_te, lam_te = sample_icl(pi, alpha, length, n_test, rng=gen)
@@ -438,11 +438,11 @@ def limit_gradient(pi: Any, alpha: Any, lam: Any, *, chain_length: int = 20_000,
     >>> g.shape, round(float(np.full(2, 0.5) @ g), 12), bool(lam @ g >= 1)
     ((2,), 1.0, True)
     """
-    pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    pi = _xp.to_numpy(validate.check_pi(pi, "pi")).astype(np.float64)
     # validated in its own dtype (a float32 pi sums to 1 within float32 rounding); rows that sum to 1 in
     # float64, else the power iteration's total mass drifts by that rounding every step and never settles
     pi = pi / pi.sum(axis=1, keepdims=True)
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
     lam_a = np.asarray(_xp.to_numpy(lam), dtype=np.float64)
     one = lam_a.ndim == 1
@@ -450,10 +450,10 @@ def limit_gradient(pi: Any, alpha: Any, lam: Any, *, chain_length: int = 20_000,
     if lam_a.ndim != 2 or lam_a.shape[1] != m:
         raise ValueError(f"lam must have shape (m,) or (K, m) with m = {m} (got shape {np.shape(lam)})")
     for row in lam_a:
-        V.check_prob_vector(row, "lam", m)
-    chain_length = V.check_int(chain_length, "chain_length", minimum=1)
-    max_states = V.check_int(max_states, "max_states", minimum=1)
-    _, _, gbar = _limit_windows(pi, alpha / alpha.sum(), lam_a, 1, max_states, chain_length, V.as_rng(rng))
+        validate.check_prob_vector(row, "lam", m)
+    chain_length = validate.check_int(chain_length, "chain_length", minimum=1)
+    max_states = validate.check_int(max_states, "max_states", minimum=1)
+    _, _, gbar = _limit_windows(pi, alpha / alpha.sum(), lam_a, 1, max_states, chain_length, validate.as_rng(rng))
     return gbar[0] if one else gbar
 
 
@@ -623,41 +623,41 @@ def predicted_step(pi: Any, alpha: Any, *, n_samples: int = 512, n_windows: int 
     Examples
     --------
     >>> import numpy as np
-    >>> import mtdmath as M
-    >>> pi = M.random_transition_matrix(4, concentration=1.0, rng=0)
+    >>> import mtdmath
+    >>> pi = mtdmath.random_transition_matrix(4, concentration=1.0, rng=0)
     >>> alpha = np.ones(2)
-    >>> r = M.predicted_step(pi, alpha, n_samples=64, rng=0)
-    >>> r.A, r.eta(0) == M.eta_bayes(alpha)
+    >>> r = mtdmath.predicted_step(pi, alpha, n_samples=64, rng=0)
+    >>> r.A, r.eta(0) == mtdmath.eta_bayes(alpha)
     (3.0, True)
-    >>> y, lam = M.sample_icl(pi, alpha, 32, 4, rng=1)
-    >>> M.md_predictive_all_prefixes(y, pi, alpha, eta=r.eta).shape
+    >>> y, lam = mtdmath.sample_icl(pi, alpha, 32, 4, rng=1)
+    >>> mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta=r.eta).shape
     (4, 31, 4)
     """
     from scipy import optimize
 
-    pi = _xp.to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    pi = _xp.to_numpy(validate.check_pi(pi, "pi")).astype(np.float64)
     # validated in its own dtype (a float32 pi sums to 1 within float32 rounding); rows that sum to 1 in
     # float64, else the power iteration's total mass drifts by that rounding every step and never settles
     pi = pi / pi.sum(axis=1, keepdims=True)
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
-    n_samples = V.check_int(n_samples, "n_samples", minimum=2)
-    n_windows = V.check_int(n_windows, "n_windows", minimum=1)
-    max_states = V.check_int(max_states, "max_states", minimum=1)
-    chain_length = V.check_int(chain_length, "chain_length", minimum=1)
+    n_samples = validate.check_int(n_samples, "n_samples", minimum=2)
+    n_windows = validate.check_int(n_windows, "n_windows", minimum=1)
+    max_states = validate.check_int(max_states, "max_states", minimum=1)
+    chain_length = validate.check_int(chain_length, "chain_length", minimum=1)
     # the law is one MD step from μ: a μ_g that underflows to 0 is refused as by every estimator started there
-    mu = V.check_prior_mean(alpha, "alpha")
+    mu = validate.check_prior_mean(alpha, "alpha")
     S = pi.shape[0]
     exact = S**m <= max_states
     W = S**m if S**m <= min(n_windows, max_states) else n_windows
-    V.check_alloc(min(n_samples, max(1, _CHUNK_ENTRIES // (W * m * S))) * W * m * S * 4 + n_samples * W * (m + 1),
+    validate.check_alloc(min(n_samples, max(1, _CHUNK_ENTRIES // (W * m * S))) * W * m * S * 4 + n_samples * W * (m + 1),
                   8, "n_windows", f"the window arrays of {n_samples} samples")
     if exact:
-        V.check_alloc(S**m * (m * S + n_samples), 8, "max_states", f"the stationary laws of {S**m} windows")
+        validate.check_alloc(S**m * (m * S + n_samples), 8, "max_states", f"the stationary laws of {S**m} windows")
     else:
-        V.check_alloc(n_samples * (chain_length + m) * (2 * m + 1), 8, "chain_length",
+        validate.check_alloc(n_samples * (chain_length + m) * (2 * m + 1), 8, "chain_length",
                       f"{n_samples} chains of {chain_length} transitions")
-    gen = V.as_rng(rng)
+    gen = validate.as_rng(rng)
     alpha0 = float(alpha.sum())
     with np.errstate(under="ignore"):
         lam = gen.dirichlet(alpha, size=n_samples)

@@ -1,6 +1,6 @@
 """NumPy reference for every-prefix predictors (used by the torch tests).
 
-The independent route for the all-prefix predictive on every backend and for :mod:`mtdmath.transformer`: the NumPy
+The independent route for the all-prefix predictive on every backend and for :mod:`mtdmath.nn`: the NumPy
 core applied one prefix at a time, with a Python loop over prefixes (nothing shared
 with the vectorised all-prefix code).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import mtdmath as M
+import mtdmath
 
 
 def numpy_prefix_md(tokens, pi, alpha, *, eta=None, steps=1):
@@ -32,8 +32,8 @@ def numpy_prefix_md(tokens, pi, alpha, *, eta=None, steps=1):
     for t in range(m - 1, T):
         y = tokens[:, : t + 1]
         e = eta(t + 1 - m) if callable(eta) else eta
-        lam[:, t - m + 1] = M.k_step_md(M.lag_factors(y, pi, m), alpha, steps, eta=e)
-        probs[:, t - m + 1] = M.predictive(lam[:, t - m + 1], y, pi)
+        lam[:, t - m + 1] = mtdmath.k_step_md(mtdmath.lag_factors(y, pi, m), alpha, steps, eta=e)
+        probs[:, t - m + 1] = mtdmath.predictive(lam[:, t - m + 1], y, pi)
     return lam, probs
 
 
@@ -56,7 +56,7 @@ def md_well_conditioned(C, eta, steps, lam0=None, kappa=1e5):
     if C.shape[-2] == 0:
         return ok
     for k in range(steps):
-        lam = M.mirror_descent(C, eta=eta, steps=k, lam0=lam0)  # (..., m)
+        lam = mtdmath.mirror_descent(C, eta=eta, steps=k, lam0=lam0)  # (..., m)
         s = (C @ lam[..., :, None])[..., 0]  # (..., n)
         pos = np.all(s > 0, axis=-1)
         grad = (C / np.where(s > 0, s, 1.0)[..., None]).sum(axis=-2)
@@ -69,7 +69,7 @@ def numpy_prefix_well_conditioned(tokens, pi, alpha, *, eta=None, steps=1, kappa
     tokens = np.asarray(tokens)
     alpha = np.asarray(alpha, dtype=np.float64)
     m, (B, T) = alpha.shape[0], tokens.shape
-    eta = M.eta_bayes(alpha) if eta is None else eta
-    C = M.lag_factors(tokens, pi, m)  # (B, n, m); prefix r uses C[:, :r]
+    eta = mtdmath.eta_bayes(alpha) if eta is None else eta
+    C = mtdmath.lag_factors(tokens, pi, m)  # (B, n, m); prefix r uses C[:, :r]
     mu = alpha / alpha.sum()
     return np.stack([md_well_conditioned(C[:, :r], eta, steps, mu, kappa) for r in range(T - m + 1)], axis=1)

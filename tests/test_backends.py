@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import mtdmath as M
+import mtdmath
 from mtdmath import _xp
 from backends import ALL, CUDA64, FLOAT64, NUMPY, STRICT, TORCH32, TORCH64, given_backends, params
 from prefix_reference import numpy_prefix_md, numpy_prefix_well_conditioned
@@ -44,7 +44,7 @@ def _one_step_bound(tokens, pi, alpha, eta, eps):
     Factor 4 for the remaining roundings.
     """
     m = len(alpha)
-    C = M.lag_factors(tokens, pi, m)
+    C = mtdmath.lag_factors(tokens, pi, m)
     mu = alpha / alpha.sum()
     n = C.shape[-2]
     kappa = eta * float((C / (C @ mu)[..., None]).sum(-2).max()) if n else 0.0
@@ -56,27 +56,27 @@ def _one_step_bound(tokens, pi, alpha, eta, eps):
 @pytest.mark.parametrize("bk", params(ALL))
 def test_results_in_the_namespace_device_and_dtype_of_the_data(bk):
     rng = np.random.default_rng(0)
-    pi = M.random_transition_matrix(4, rng=rng).astype(bk.float_dtype)
+    pi = mtdmath.random_transition_matrix(4, rng=rng).astype(bk.float_dtype)
     alpha = np.array([1.0, 2.0])
-    y = M.sample_icl(pi, alpha, 12, 3, rng=rng)[0]
+    y = mtdmath.sample_icl(pi, alpha, 12, 3, rng=rng)[0]
     Y, P = bk.asarray(y), bk.asarray(pi)
-    C = M.lag_factors(Y, P, 2)
+    C = mtdmath.lag_factors(Y, P, 2)
     bk.check(C)
     lam = [0.3, 0.7]  # a Python list: converted to C's space
-    for out in (M.log_likelihood(lam, C), M.gradient(lam, C), M.hessian(lam, C), M.responsibilities(lam, C),
-                M.kkt_gap(lam, C), M.mirror_descent(C, eta=0.3), M.em(C), M.mle(C), M.one_step_md(C, alpha),
-                M.k_step_md(C, alpha, 2), M.posterior_mean(C, alpha), M.log_evidence(C, alpha),
-                *M.posterior_mean_mc(C, alpha, samples=64, rng=0), M.predictive(lam, Y, P),
-                M.md_predictive_all_prefixes(Y, P, alpha), M.md_predictive_all_prefixes(Y, P, alpha, steps=2),
-                M.kl(M.predictive(lam, Y, P), M.predictive([0.5, 0.5], Y, P))):
+    for out in (mtdmath.log_likelihood(lam, C), mtdmath.gradient(lam, C), mtdmath.hessian(lam, C), mtdmath.responsibilities(lam, C),
+                mtdmath.kkt_gap(lam, C), mtdmath.mirror_descent(C, eta=0.3), mtdmath.em(C), mtdmath.mle(C), mtdmath.one_step_md(C, alpha),
+                mtdmath.k_step_md(C, alpha, 2), mtdmath.posterior_mean(C, alpha), mtdmath.log_evidence(C, alpha),
+                *mtdmath.posterior_mean_mc(C, alpha, samples=64, rng=0), mtdmath.predictive(lam, Y, P),
+                mtdmath.md_predictive_all_prefixes(Y, P, alpha), mtdmath.md_predictive_all_prefixes(Y, P, alpha, steps=2),
+                mtdmath.kl(mtdmath.predictive(lam, Y, P), mtdmath.predictive([0.5, 0.5], Y, P))):
         bk.check(out)
-    tokens = M.sample(P, [0.5, 0.5], 9, rng=1)
+    tokens = mtdmath.sample(P, [0.5, 0.5], 9, rng=1)
     bk.check(tokens, integer=True)
-    tok2, lam2 = M.sample_icl(P, alpha, 9, 2, rng=1)
+    tok2, lam2 = mtdmath.sample_icl(P, alpha, 9, 2, rng=1)
     bk.check(tok2, integer=True)
     bk.check(lam2)
     # the samplers draw with the NumPy Generator: the same seed gives the same tokens everywhere
-    np.testing.assert_array_equal(bk.to_numpy(tokens), M.sample(pi, [0.5, 0.5], 9, rng=1))
+    np.testing.assert_array_equal(bk.to_numpy(tokens), mtdmath.sample(pi, [0.5, 0.5], 9, rng=1))
 
 
 def test_mixed_inputs_follow_the_data_argument():
@@ -85,26 +85,26 @@ def test_mixed_inputs_follow_the_data_argument():
     lam = np.array([0.4, 0.6])
     want = np.log(C @ lam).sum(-1)
     # NumPy lam with a torch C: torch out; torch lam with NumPy C: NumPy out
-    got = M.log_likelihood(lam, torch.as_tensor(C))
+    got = mtdmath.log_likelihood(lam, torch.as_tensor(C))
     assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-14)
-    got = M.log_likelihood(torch.as_tensor(lam), C)
+    got = mtdmath.log_likelihood(torch.as_tensor(lam), C)
     assert isinstance(got, np.ndarray)
     np.testing.assert_allclose(got, want, rtol=1e-14)
     # a torch float32 C with a float64 lam: float32 out (the data's dtype)
-    assert M.log_likelihood(lam, torch.as_tensor(C, dtype=torch.float32)).dtype == torch.float32
+    assert mtdmath.log_likelihood(lam, torch.as_tensor(C, dtype=torch.float32)).dtype == torch.float32
     # an array-api-strict lam with a torch C, and a list C: the non-NumPy array wins over a list
-    got = M.log_likelihood(xs.asarray(lam), torch.as_tensor(C))
+    got = mtdmath.log_likelihood(xs.asarray(lam), torch.as_tensor(C))
     assert isinstance(got, torch.Tensor)
-    assert isinstance(M.log_likelihood(lam, C.tolist()), np.ndarray)
+    assert isinstance(mtdmath.log_likelihood(lam, C.tolist()), np.ndarray)
     # tokens as a torch tensor with a NumPy pi: torch out (the non-NumPy data argument wins)
-    pi = M.random_transition_matrix(3, rng=rng)
+    pi = mtdmath.random_transition_matrix(3, rng=rng)
     y = rng.integers(0, 3, size=(2, 7))
-    Ct = M.lag_factors(torch.as_tensor(y), pi, 2)
+    Ct = mtdmath.lag_factors(torch.as_tensor(y), pi, 2)
     assert isinstance(Ct, torch.Tensor) and Ct.dtype == torch.float64
-    np.testing.assert_array_equal(Ct.numpy(), M.lag_factors(y, pi, 2))
+    np.testing.assert_array_equal(Ct.numpy(), mtdmath.lag_factors(y, pi, 2))
     # integer data give float64
-    assert M.log_likelihood([0.5, 0.5], np.ones((3, 2), dtype=np.int32)).dtype == np.float64
+    assert mtdmath.log_likelihood([0.5, 0.5], np.ones((3, 2), dtype=np.int32)).dtype == np.float64
 
 
 def test_tensors_that_require_grad():
@@ -112,14 +112,14 @@ def test_tensors_that_require_grad():
     C = rng.uniform(0.1, 1, size=(10, 3))
     lam = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64, requires_grad=True)
     # NumPy data, a tensor that requires grad as the other argument: detached, NumPy out (no crash)
-    np.testing.assert_allclose(M.log_likelihood(lam, C), np.log(C @ lam.detach().numpy()).sum(), rtol=1e-14)
+    np.testing.assert_allclose(mtdmath.log_likelihood(lam, C), np.log(C @ lam.detach().numpy()).sum(), rtol=1e-14)
     # torch data: the same namespace, so autograd flows through lam; d ℓ / d lam = ∇ℓ
-    ll = M.log_likelihood(lam, torch.as_tensor(C))
+    ll = mtdmath.log_likelihood(lam, torch.as_tensor(C))
     (g,) = torch.autograd.grad(ll, lam)
     np.testing.assert_allclose(g.numpy(), (C / (C @ lam.detach().numpy())[:, None]).sum(0), rtol=1e-13)
     # and a C that requires grad
     Ct = torch.as_tensor(C).requires_grad_(True)
-    out = M.mirror_descent(Ct, eta=0.1, steps=2)
+    out = mtdmath.mirror_descent(Ct, eta=0.1, steps=2)
     out[0].backward()
     assert Ct.grad is not None and torch.isfinite(Ct.grad).all()
 
@@ -130,19 +130,19 @@ def test_all_prefix_predictive_is_differentiable_in_pi(steps):
     differences (torch.autograd.gradcheck, float64)."""
     rng = np.random.default_rng(3)
     y = torch.as_tensor(rng.integers(0, 4, size=(2, 9)))
-    pi = torch.as_tensor(M.random_transition_matrix(4, rng=rng)).requires_grad_(True)
+    pi = torch.as_tensor(mtdmath.random_transition_matrix(4, rng=rng)).requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda p: M.md_predictive_all_prefixes(y, p / p.sum(1, keepdim=True), [1.0, 2.0, 0.5], steps=steps),
+        lambda p: mtdmath.md_predictive_all_prefixes(y, p / p.sum(1, keepdim=True), [1.0, 2.0, 0.5], steps=steps),
         (pi,), eps=1e-6, atol=1e-7)
 
 
 def _long_sequence(seed, S, concentration, floor, alpha):
     """One sequence of n = 100 000 transitions of the in-context task, pi floored at ``floor``."""
     rng = np.random.default_rng(seed)
-    pi = M.random_transition_matrix(S, concentration=concentration, rng=rng)
+    pi = mtdmath.random_transition_matrix(S, concentration=concentration, rng=rng)
     pi = np.maximum(pi, floor)
     pi /= pi.sum(1, keepdims=True)
-    return pi, M.sample_icl(pi, alpha, 100_003, 1, rng=rng)[0]
+    return pi, mtdmath.sample_icl(pi, alpha, 100_003, 1, rng=rng)[0]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -151,10 +151,10 @@ def test_half_precision_is_computed_and_returned_in_float32(dtype):
     pi, y = _long_sequence(4, 5, 0.5, 1e-3, alpha)
     Ph = torch.as_tensor(pi).to(getattr(torch, dtype))
     P32 = Ph.to(torch.float32)  # what the core computes with
-    C = M.lag_factors(y, Ph, 3)  # tokens NumPy, pi torch: torch out
+    C = mtdmath.lag_factors(y, Ph, 3)  # tokens NumPy, pi torch: torch out
     assert C.dtype == torch.float32
     mu = alpha / alpha.sum()
-    ll = M.log_likelihood(mu, C)
+    ll = mtdmath.log_likelihood(mu, C)
     # n = 100 000: ℓ ~ -1.6e5, beyond float16's range (65 504); float32 holds it to
     # n·eps32·|mean log s| relative at worst (≈ 1e-2 absolute per 1e5 terms is far inside 1e-3 relative)
     P64 = P32.double().numpy()
@@ -163,16 +163,16 @@ def test_half_precision_is_computed_and_returned_in_float32(dtype):
     want = np.log(C64 @ mu).sum(-1)
     assert ll.dtype == torch.float32 and torch.isfinite(ll).all()
     np.testing.assert_allclose(ll.double().numpy(), want, rtol=1e-3)
-    lam = M.mirror_descent(C, eta=1e-4, steps=3)
-    em = M.em(C, steps=3)
+    lam = mtdmath.mirror_descent(C, eta=1e-4, steps=3)
+    em = mtdmath.em(C, steps=3)
     for out in (lam, em):
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
         assert abs(float(out.sum()) - 1) < 1e-5  # on the simplex
     # the all-prefix predictive at n = 20 000: finite and close to float64 (float16 was off by 0.5)
     y2 = y[:, :20_003]
-    p = M.md_predictive_all_prefixes(y2, Ph, alpha)
+    p = mtdmath.md_predictive_all_prefixes(y2, Ph, alpha)
     assert p.dtype == torch.float32 and torch.isfinite(p).all()
-    ref = M.md_predictive_all_prefixes(y2, P64 / P64.sum(1, keepdims=True), alpha)
+    ref = mtdmath.md_predictive_all_prefixes(y2, P64 / P64.sum(1, keepdims=True), alpha)
     # float32 cumulative sums of 2e4 terms of size <= 1/μ_min: relative 2e4·eps32 = 2.4e-3 on
     # η·G/μ ≈ η·n, i.e. an exponent error of ≈ 2.4e-3·η*·n/μ ≈ 0.5 in the worst row would be
     # visible; the measured error is far smaller because the sums are compensated by rounding to
@@ -185,36 +185,36 @@ def test_n_100000_no_overflow_or_underflow(bk):
     alpha = np.array([0.1, 0.5, 2.0])
     pi, y = _long_sequence(5, 6, 0.3, 1e-12, alpha)
     pib = bk.round_trip(pi)
-    C = M.lag_factors(bk.asarray(y), bk.asarray(pi), 3)
+    C = mtdmath.lag_factors(bk.asarray(y), bk.asarray(pi), 3)
     n = y.shape[-1] - 3
     C64 = np.stack([pib[y[..., 3 - g: 3 - g + n], y[..., 3:]] for g in (1, 2, 3)], axis=-1)  # plain indexing
     mu = alpha / alpha.sum()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ll = bk.check(M.log_likelihood(mu, C))
+        ll = bk.check(mtdmath.log_likelihood(mu, C))
         assert np.all(np.isfinite(ll)) and ll.max() < -1e4
         # ℓ: float64 rounding of 1e5 logs summed (≈ 1e-16·sqrt(n) relative); float32 ≈ n·eps32
         np.testing.assert_allclose(ll, np.log(C64 @ mu).sum(-1), rtol=2e-3 if bk.float32 else 1e-12)
         for eta in (1e-3, 1.0, 100.0):  # η∇ℓ ~ 1e5: exp would overflow outside log space
-            lam = bk.check(M.mirror_descent(C, eta=eta, steps=3))
+            lam = bk.check(mtdmath.mirror_descent(C, eta=eta, steps=3))
             assert np.all(np.isfinite(lam)) and abs(lam.sum() - 1) < 8 * bk.eps
-        lam = bk.check(M.em(C, steps=20))
+        lam = bk.check(mtdmath.em(C, steps=20))
         assert np.all(np.isfinite(lam)) and abs(lam.sum() - 1) < 8 * bk.eps
-        assert np.all(np.isfinite(bk.check(M.one_step_md(C, alpha))))
+        assert np.all(np.isfinite(bk.check(mtdmath.one_step_md(C, alpha))))
 
 
 # ----------------------------------------------------------------------------- all prefixes
 @given_backends(icl_batches(max_T=40), st.sampled_from([0, 1, 1, 2, 3]), backends=FLOAT64)
 def test_all_prefixes_match_the_core_prefix_by_prefix(bk, case, steps):
     tokens, pi, alpha = case
-    got = bk.check(M.md_predictive_all_prefixes(bk.asarray(tokens), bk.asarray(pi), alpha, steps=steps))
+    got = bk.check(mtdmath.md_predictive_all_prefixes(bk.asarray(tokens), bk.asarray(pi), alpha, steps=steps))
     # everywhere: probability vectors (large steps collapse weights; no NaN, no overflow)
     assert np.all(got >= 0)
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-12)
     _, ref = numpy_prefix_md(tokens, pi, alpha, steps=steps)
     assert got.shape == ref.shape
     if steps <= 1:
-        bound = _one_step_bound(tokens, pi, alpha, M.eta_bayes(alpha), bk.eps)
+        bound = _one_step_bound(tokens, pi, alpha, mtdmath.eta_bayes(alpha), bk.eps)
         assert np.abs(got - ref).max() <= bound
     else:
         # for k >= 2 a step η∇ℓ = κ turns a relative rounding error ε of ∇ℓ into ~κε in log lam
@@ -232,7 +232,7 @@ def test_all_prefixes_explicit_step_size(bk, case, eta):
         eta = min(eta, 100 * mu.min() / max(1, tokens.shape[-1]))
     pi_ref = _ref_pi(bk, pi)
     _, ref = numpy_prefix_md(tokens, pi_ref, alpha, eta=eta, steps=1)
-    got = bk.check(M.md_predictive_all_prefixes(bk.asarray(tokens), bk.asarray(pi), alpha, eta=eta))
+    got = bk.check(mtdmath.md_predictive_all_prefixes(bk.asarray(tokens), bk.asarray(pi), alpha, eta=eta))
     pi = pi_ref
     assert np.abs(got - ref).max() <= _one_step_bound(tokens, pi, alpha, eta, bk.eps)
 
@@ -240,12 +240,12 @@ def test_all_prefixes_explicit_step_size(bk, case, eta):
 def test_a_wrong_prefix_offset_is_caught():
     # the check above can fail: the rows shifted by one prefix are off by far more than the bound
     rng = np.random.default_rng(6)
-    pi = M.random_transition_matrix(5, rng=rng)
+    pi = mtdmath.random_transition_matrix(5, rng=rng)
     alpha = np.array([0.5, 2.0, 1.0])
-    y = M.sample_icl(pi, alpha, 30, 2, rng=rng)[0]
-    got = M.md_predictive_all_prefixes(y, pi, alpha)
+    y = mtdmath.sample_icl(pi, alpha, 30, 2, rng=rng)[0]
+    got = mtdmath.md_predictive_all_prefixes(y, pi, alpha)
     _, ref = numpy_prefix_md(y, pi, alpha)
-    assert np.abs(got[:, 1:] - ref[:, :-1]).max() > 1e3 * _one_step_bound(y, pi, alpha, M.eta_bayes(alpha), 2.2e-16)
+    assert np.abs(got[:, 1:] - ref[:, :-1]).max() > 1e3 * _one_step_bound(y, pi, alpha, mtdmath.eta_bayes(alpha), 2.2e-16)
 
 
 @pytest.mark.parametrize("bk", params(ALL))
@@ -254,12 +254,12 @@ def test_all_prefixes_chunking_matches_unchunked(bk, monkeypatch):
     import mtdmath.estimators as E
 
     rng = np.random.default_rng(7)
-    pi = M.random_transition_matrix(5, rng=rng)
-    tokens = bk.asarray(M.sample_icl(pi, [0.4, 1.0, 3.0], 50, 3, rng=rng)[0])
+    pi = mtdmath.random_transition_matrix(5, rng=rng)
+    tokens = bk.asarray(mtdmath.sample_icl(pi, [0.4, 1.0, 3.0], 50, 3, rng=rng)[0])
     P = bk.asarray(pi)
-    whole = bk.check(M.md_predictive_all_prefixes(tokens, P, [0.4, 1.0, 3.0], steps=3))
+    whole = bk.check(mtdmath.md_predictive_all_prefixes(tokens, P, [0.4, 1.0, 3.0], steps=3))
     monkeypatch.setattr(E, "_CHUNK_ELEMENTS", 1)
-    chunked = bk.check(M.md_predictive_all_prefixes(tokens, P, [0.4, 1.0, 3.0], steps=3))
+    chunked = bk.check(mtdmath.md_predictive_all_prefixes(tokens, P, [0.4, 1.0, 3.0], steps=3))
     # only the lengths of the masked reductions differ (a chunk sums over i < b-1 with -inf
     # padding): pairwise summation regroups the same terms, a few eps per step, amplified by
     # κ = η∇ℓ (about 10 here) at each of the 3 steps: 500 eps (1.1e-13 in float64; 2.9e-14 seen)
@@ -269,43 +269,43 @@ def test_all_prefixes_chunking_matches_unchunked(bk, monkeypatch):
 @pytest.mark.parametrize("bk", params(ALL))
 def test_all_prefixes_edges(bk):
     rng = np.random.default_rng(8)
-    pi = M.random_transition_matrix(4, rng=rng)
+    pi = mtdmath.random_transition_matrix(4, rng=rng)
     P = bk.asarray(pi)
     pi = bk.round_trip(pi)
     mu = np.array([0.2, 0.3, 0.5])
     y = np.array([[1, 2, 0]])  # T = m: one row, the prior predictive
-    p = bk.check(M.md_predictive_all_prefixes(bk.asarray(y), P, [2.0, 3.0, 5.0], steps=2))
+    p = bk.check(mtdmath.md_predictive_all_prefixes(bk.asarray(y), P, [2.0, 3.0, 5.0], steps=2))
     np.testing.assert_allclose(p[0, 0], mu @ pi[[0, 2, 1]], rtol=8 * bk.eps)
     # m = 1: the weight is 1 whatever the data; the predictive is pi[y[t]]
     y = rng.integers(0, 4, size=(2, 9))
     for k in (0, 1, 3):
-        got = bk.check(M.md_predictive_all_prefixes(bk.asarray(y), P, [0.7], steps=k))
+        got = bk.check(mtdmath.md_predictive_all_prefixes(bk.asarray(y), P, [0.7], steps=k))
         np.testing.assert_allclose(got, pi[y], rtol=4 * bk.eps)
     # batch shapes
     y = rng.integers(0, 4, size=(2, 3, 9))
-    p = bk.check(M.md_predictive_all_prefixes(bk.asarray(y), P, [1.0, 3.0]))
+    p = bk.check(mtdmath.md_predictive_all_prefixes(bk.asarray(y), P, [1.0, 3.0]))
     assert p.shape == (2, 3, 8, 4)
-    np.testing.assert_allclose(p[1, 2], bk.check(M.md_predictive_all_prefixes(bk.asarray(y[1, 2]), P, [1.0, 3.0])),
+    np.testing.assert_allclose(p[1, 2], bk.check(mtdmath.md_predictive_all_prefixes(bk.asarray(y[1, 2]), P, [1.0, 3.0])),
                                rtol=4 * bk.eps)
 
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_all_prefixes_long_context_matches_the_core(steps):
     rng = np.random.default_rng(11)
-    pi = M.random_transition_matrix(6, concentration=0.3, rng=rng)
+    pi = mtdmath.random_transition_matrix(6, concentration=0.3, rng=rng)
     pi = np.maximum(pi, 1e-12)
     pi /= pi.sum(axis=1, keepdims=True)
     alpha = np.array([0.1, 0.5, 2.0])
-    tokens = M.sample_icl(pi, alpha, 5003, 1 if steps == 2 else 2, rng=rng)[0]  # k >= 2 is O(T²)
+    tokens = mtdmath.sample_icl(pi, alpha, 5003, 1 if steps == 2 else 2, rng=rng)[0]  # k >= 2 is O(T²)
     for bk in (NUMPY, TORCH64):
-        p = bk.check(M.md_predictive_all_prefixes(bk.asarray(tokens), bk.asarray(pi), alpha, steps=steps))
+        p = bk.check(mtdmath.md_predictive_all_prefixes(bk.asarray(tokens), bk.asarray(pi), alpha, steps=steps))
         assert p.shape == (tokens.shape[0], 5001, 6) and np.all(np.isfinite(p))
         np.testing.assert_allclose(p.sum(-1), 1.0, rtol=0, atol=1e-12)
         for r in (0, 1, 37, 2500, 5000):  # row r: the prefix of length m + r
             y = tokens[:, : 3 + r]
-            lam = M.k_step_md(M.lag_factors(y, pi, 3), alpha, steps)
+            lam = mtdmath.k_step_md(mtdmath.lag_factors(y, pi, 3), alpha, steps)
             # κ = η∇ℓ reaches ~2e3 here: two float64 routes agree to ~κ·n·eps ≈ 1e-9
-            np.testing.assert_allclose(p[:, r], M.predictive(lam, y, pi), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(p[:, r], mtdmath.predictive(lam, y, pi), rtol=1e-9, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- fast paths
@@ -359,7 +359,7 @@ def test_md_step_overflow_is_exact_on_every_backend(bk):
             z = [mp.log(lam[g]) + 4 * mp.fsum(row[g] / si for row, si in zip(Cm, s)) for g in range(3)]
             e = [mp.exp(zg - max(z)) for zg in z]
             lam = [x / mp.fsum(e) for x in e]
-            got = bk.check(M.mirror_descent(bk.asarray(C), eta=4.0, steps=k, lam0=lam0))
+            got = bk.check(mtdmath.mirror_descent(bk.asarray(C), eta=4.0, steps=k, lam0=lam0))
             np.testing.assert_allclose(got, [float(x) for x in lam], rtol=1e-10, atol=0)
     assert got.tolist() == [1.0, 0.0, 0.0]
 
@@ -417,51 +417,41 @@ def test_bad_inputs_raise_value_error_naming_the_argument(bk, fname, kwargs, nam
         else:
             converted[k] = v
     with pytest.raises(ValueError, match=name):
-        getattr(M, fname)(**converted)
+        getattr(mtdmath, fname)(**converted)
 
 
 def test_complex_and_string_inputs_are_refused():
     with pytest.raises(ValueError, match="C must be real"):
-        M.log_likelihood([0.5, 0.5], GOOD_C + 0j)
+        mtdmath.log_likelihood([0.5, 0.5], GOOD_C + 0j)
     with pytest.raises(ValueError, match="C must be real"):
-        M.log_likelihood([0.5, 0.5], torch.as_tensor(GOOD_C + 0j))
+        mtdmath.log_likelihood([0.5, 0.5], torch.as_tensor(GOOD_C + 0j))
     with pytest.raises(ValueError, match="lam must be an array of real numbers"):
-        M.log_likelihood(["0.5", "0.5"], GOOD_C)
+        mtdmath.log_likelihood(["0.5", "0.5"], GOOD_C)
 
 
 @pytest.mark.parametrize("bk", params((CUDA64,)))
 def test_cuda_parity_with_the_cpu(bk):
     rng = np.random.default_rng(12)
-    pi = M.random_transition_matrix(7, rng=rng)
+    pi = mtdmath.random_transition_matrix(7, rng=rng)
     alpha = np.array([0.2, 1.0, 4.0])
-    tokens = M.sample_icl(pi, alpha, 300, 3, rng=rng)[0]
+    tokens = mtdmath.sample_icl(pi, alpha, 300, 3, rng=rng)[0]
     for dtype, rtol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         pc = torch.tensor(pi, dtype=dtype)
         pg = pc.cuda()
         for k in (1, 2):
-            a = M.md_predictive_all_prefixes(torch.as_tensor(tokens), pc, alpha, steps=k)
-            b = M.md_predictive_all_prefixes(torch.as_tensor(tokens).cuda(), pg, alpha, steps=k)
+            a = mtdmath.md_predictive_all_prefixes(torch.as_tensor(tokens), pc, alpha, steps=k)
+            b = mtdmath.md_predictive_all_prefixes(torch.as_tensor(tokens).cuda(), pg, alpha, steps=k)
             assert b.device.type == "cuda" and b.dtype == dtype
             np.testing.assert_allclose(b.cpu().double().numpy(), a.double().numpy(), rtol=rtol, atol=rtol)
-        C, Cg = M.lag_factors(tokens, pc, 3), M.lag_factors(torch.as_tensor(tokens).cuda(), pg, 3)
+        C, Cg = mtdmath.lag_factors(tokens, pc, 3), mtdmath.lag_factors(torch.as_tensor(tokens).cuda(), pg, 3)
         assert torch.equal(C, Cg.cpu())
         lam = alpha / alpha.sum()
-        for f in (lambda c: M.log_likelihood(lam, c), lambda c: M.gradient(lam, c), lambda c: M.hessian(lam, c),
-                  lambda c: M.mirror_descent(c, eta=0.1, steps=3), lambda c: M.em(c, steps=3),
-                  lambda c: M.mle(c), lambda c: M.one_step_md(c, alpha), lambda c: M.posterior_mean(c, alpha)):
+        for f in (lambda c: mtdmath.log_likelihood(lam, c), lambda c: mtdmath.gradient(lam, c), lambda c: mtdmath.hessian(lam, c),
+                  lambda c: mtdmath.mirror_descent(c, eta=0.1, steps=3), lambda c: mtdmath.em(c, steps=3),
+                  lambda c: mtdmath.mle(c), lambda c: mtdmath.one_step_md(c, alpha), lambda c: mtdmath.posterior_mean(c, alpha)):
             a, b = f(C), f(Cg)
             assert b.device.type == "cuda"
             np.testing.assert_allclose(b.cpu().double().numpy(), a.double().numpy(), rtol=rtol * 100, atol=rtol)
-
-
-def test_torch_core_is_a_deprecated_re_export():
-    import importlib
-    import sys
-
-    sys.modules.pop("mtdmath.torch_core", None)
-    with pytest.warns(DeprecationWarning, match="torch_core is deprecated"):
-        tc = importlib.import_module("mtdmath.torch_core")
-    assert tc.mirror_descent is M.mirror_descent and tc.md_predictive_all_prefixes is M.md_predictive_all_prefixes
 
 
 def test_import_mtdmath_does_not_import_torch():
@@ -476,7 +466,7 @@ def test_import_mtdmath_does_not_import_torch():
 @given_backends(icl_batches(max_T=25), st.lists(st.floats(0.0, 2.0), min_size=2, max_size=3), backends=FLOAT64)
 def test_all_prefixes_with_a_schedule(bk, case, etas):
     tokens, pi, alpha = case
-    got = bk.check(M.md_predictive_all_prefixes(bk.asarray(tokens), bk.asarray(pi), alpha, eta=etas,
+    got = bk.check(mtdmath.md_predictive_all_prefixes(bk.asarray(tokens), bk.asarray(pi), alpha, eta=etas,
                                                 steps=len(etas)))
     _, ref = numpy_prefix_md(tokens, pi, alpha, eta=etas, steps=len(etas))
     ok = numpy_prefix_well_conditioned(tokens, pi, alpha, eta=max(etas), steps=len(etas))
@@ -497,7 +487,7 @@ def test_all_prefixes_with_a_per_prefix_step(bk, case, c, a, steps, as_array):
     step = lambda n: c / (n + m + a)  # noqa: E731
     eta = np.tile(step(np.arange(T - m + 1)), (steps, 1)) if as_array else step
     pi_ref = _ref_pi(bk, pi)
-    got = bk.check(M.md_predictive_all_prefixes(bk.asarray(tokens), bk.asarray(pi), alpha, eta=eta, steps=steps))
+    got = bk.check(mtdmath.md_predictive_all_prefixes(bk.asarray(tokens), bk.asarray(pi), alpha, eta=eta, steps=steps))
     _, ref = numpy_prefix_md(tokens, pi_ref, alpha, eta=step, steps=steps)
     if steps == 1:
         # the bound at the largest step, η(0) = c/(m + a), bounds every prefix's
@@ -510,16 +500,16 @@ def test_all_prefixes_with_a_per_prefix_step(bk, case, c, a, steps, as_array):
 def test_a_wrong_per_prefix_step_is_caught():
     # the check above can fail: the step c/(n + a) (the sink without the m lags) is far off c/(n + m + a)
     rng = np.random.default_rng(8)
-    pi = M.random_transition_matrix(5, rng=rng)
+    pi = mtdmath.random_transition_matrix(5, rng=rng)
     alpha = np.array([0.5, 2.0, 1.0])
-    y = M.sample_icl(pi, alpha, 30, 2, rng=rng)[0]
+    y = mtdmath.sample_icl(pi, alpha, 30, 2, rng=rng)[0]
     c, a, m = 2.0, 1.0, 3
     _, ref = numpy_prefix_md(y, pi, alpha, eta=lambda n: c / (n + m + a))
-    wrong = M.md_predictive_all_prefixes(y, pi, alpha, eta=lambda n: c / (n + a))
+    wrong = mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta=lambda n: c / (n + a))
     assert np.abs(wrong - ref).max() > 1e6 * _one_step_bound(y, pi, alpha, c / a, 2.2e-16)
     # a constant step is the scalar route exactly: the per-prefix route adds no rounding of its own
-    np.testing.assert_array_equal(M.md_predictive_all_prefixes(y, pi, alpha, eta=lambda n: np.full(n.shape, 0.3)),
-                                  M.md_predictive_all_prefixes(y, pi, alpha, eta=0.3))
+    np.testing.assert_array_equal(mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta=lambda n: np.full(n.shape, 0.3)),
+                                  mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta=0.3))
 
 
 @pytest.mark.parametrize("eta, match", [
@@ -532,25 +522,25 @@ def test_a_wrong_per_prefix_step_is_caught():
     ([[0.1], [0.2, 0.3]], r"eta must be .*ragged"),
 ])
 def test_per_prefix_step_validation(eta, match):
-    pi = M.random_transition_matrix(3, rng=0)
+    pi = mtdmath.random_transition_matrix(3, rng=0)
     y = np.array([0, 1, 2, 0, 1, 2, 2, 1, 0, 0])  # T = 10, m = 2: 9 prefix rows
     with pytest.raises(ValueError, match=match):
-        M.md_predictive_all_prefixes(y, pi, [1.0, 1.0], eta=eta)
+        mtdmath.md_predictive_all_prefixes(y, pi, [1.0, 1.0], eta=eta)
 
 
 def test_numpy_float32_data_give_float32_results(monkeypatch):
     rng = np.random.default_rng(13)
-    pi = M.random_transition_matrix(4, rng=rng).astype(np.float32)
-    y = M.sample_icl(pi, [1.0, 2.0], 12, 2, rng=rng)[0]
-    C = M.lag_factors(y, pi, 2)
+    pi = mtdmath.random_transition_matrix(4, rng=rng).astype(np.float32)
+    y = mtdmath.sample_icl(pi, [1.0, 2.0], 12, 2, rng=rng)[0]
+    C = mtdmath.lag_factors(y, pi, 2)
     assert C.dtype == np.float32
-    for out in (M.log_likelihood([0.5, 0.5], C), M.gradient([0.5, 0.5], C), M.mirror_descent(C, eta=0.1),
-                M.em(C), M.one_step_md(C, [1.0, 2.0]), M.posterior_mean(C, [1.0, 2.0]),
-                M.md_predictive_all_prefixes(y, pi, [1.0, 2.0], steps=2)):
+    for out in (mtdmath.log_likelihood([0.5, 0.5], C), mtdmath.gradient([0.5, 0.5], C), mtdmath.mirror_descent(C, eta=0.1),
+                mtdmath.em(C), mtdmath.one_step_md(C, [1.0, 2.0]), mtdmath.posterior_mean(C, [1.0, 2.0]),
+                mtdmath.md_predictive_all_prefixes(y, pi, [1.0, 2.0], steps=2)):
         assert out.dtype == np.float32
     for disable in ("0", "1"):  # the compiled kernel and the generic route
         monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", disable)
-        assert M.md_predictive_all_prefixes(y, pi, [1.0, 2.0]).dtype == np.float32
+        assert mtdmath.md_predictive_all_prefixes(y, pi, [1.0, 2.0]).dtype == np.float32
 
 
 @pytest.mark.parametrize("bk", params((TORCH64, TORCH32)))
@@ -558,7 +548,7 @@ def test_torch_lag_factors_fast_path_equals_the_generic_gather(bk):
     import mtdmath.model as Mm
 
     rng = np.random.default_rng(14)
-    pi = M.random_transition_matrix(7, rng=rng)
+    pi = mtdmath.random_transition_matrix(7, rng=rng)
     y = torch.as_tensor(rng.integers(0, 7, size=(3, 2, 20)))
     P = bk.asarray(pi)
     fast = Mm._lag_factors(y, P, 4, _xp.data_space(P).xp)

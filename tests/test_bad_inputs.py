@@ -4,7 +4,7 @@ whose message names the argument, before any work.
 Data-driven: ``TABLE`` gives, per public name, a valid call (keyword arguments) and the kind of each
 argument; ``BAD`` gives, per kind, the classes of bad value (NaN, inf, negative, wrong shape, wrong
 ndim, empty, complex, string, object, bool, out of range, too large to allocate, ...). A public name
-of ``mtdmath.__all__`` without a row fails ``test_every_public_name_is_in_the_table``, so a new
+of ``mtdmath.__all__`` (or of the namespaces' rows in ``mtdmath._api.API``) without a row fails ``test_every_public_name_is_in_the_table``, so a new
 function cannot skip validation unnoticed.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 
 torch = pytest.importorskip("torch")
 
@@ -22,7 +22,7 @@ PI = np.array([[0.5, 0.3, 0.2], [0.2, 0.6, 0.2], [0.3, 0.3, 0.4]])
 Y = np.array([[0, 1, 2, 1, 0, 2, 2, 1], [1, 1, 0, 2, 1, 0, 1, 2]])
 LAM = np.array([0.3, 0.7])
 ALPHA = np.array([1.0, 2.0])
-C = M.lag_factors(Y, PI, 2)
+C = mtdmath.lag_factors(Y, PI, 2)
 
 # ----------------------------------------------------------------------------- bad values per kind
 BIG = 10**12  # an integer size whose allocation is refused by the budget
@@ -103,43 +103,43 @@ def _bad(kind: str) -> dict[str, object]:
 # ----------------------------------------------------------------------------- the table
 # name -> (callable, valid kwargs, {argument: kind}); "skip" lists bad classes that are valid there
 TABLE = {
-    "random_transition_matrix": (M.random_transition_matrix, dict(S=3, concentration=1.0, rng=0),
+    "random_transition_matrix": (mtdmath.random_transition_matrix, dict(S=3, concentration=1.0, rng=0),
                                  {"S": "size", "concentration": "float_pos", "rng": "rng"}),
-    "sample": (M.sample, dict(pi=PI, lam=LAM, T=10, rng=0), {"pi": "pi", "lam": "simplex", "T": "size", "rng": "rng"}),
-    "sample_icl": (M.sample_icl, dict(pi=PI, alpha=ALPHA, T=10, batch=2, rng=0),
+    "sample": (mtdmath.sample, dict(pi=PI, lam=LAM, T=10, rng=0), {"pi": "pi", "lam": "simplex", "T": "size", "rng": "rng"}),
+    "sample_icl": (mtdmath.sample_icl, dict(pi=PI, alpha=ALPHA, T=10, batch=2, rng=0),
                    {"pi": "pi", "alpha": "alpha", "T": "size", "batch": "size", "rng": "rng"}),
-    "lag_factors": (M.lag_factors, dict(tokens=Y, pi=PI, m=2), {"tokens": "tokens", "pi": "pi", "m": "int_pos"}),
-    "predictive": (M.predictive, dict(lam=LAM, tokens=Y, pi=PI), {"lam": "simplex", "tokens": "tokens", "pi": "pi"}),
-    "log_likelihood": (M.log_likelihood, dict(lam=LAM, C=C), {"lam": "simplex", "C": "C"}),
-    "gradient": (M.gradient, dict(lam=LAM, C=C), {"lam": "simplex", "C": "C"}),
-    "hessian": (M.hessian, dict(lam=LAM, C=C), {"lam": "simplex", "C": "C"}),
-    "responsibilities": (M.responsibilities, dict(lam=LAM, C=C), {"lam": "simplex", "C": "C"}),
-    "kl": (M.kl, dict(p=LAM, q=LAM[::-1]), {"p": "simplex", "q": "simplex"}),
-    "mirror_descent": (M.mirror_descent, dict(C=C, eta=0.1, steps=2, lam0=LAM),
+    "lag_factors": (mtdmath.lag_factors, dict(tokens=Y, pi=PI, m=2), {"tokens": "tokens", "pi": "pi", "m": "int_pos"}),
+    "predictive": (mtdmath.predictive, dict(lam=LAM, tokens=Y, pi=PI), {"lam": "simplex", "tokens": "tokens", "pi": "pi"}),
+    "log_likelihood": (mtdmath.log_likelihood, dict(lam=LAM, C=C), {"lam": "simplex", "C": "C"}),
+    "gradient": (mtdmath.gradient, dict(lam=LAM, C=C), {"lam": "simplex", "C": "C"}),
+    "hessian": (mtdmath.hessian, dict(lam=LAM, C=C), {"lam": "simplex", "C": "C"}),
+    "responsibilities": (mtdmath.responsibilities, dict(lam=LAM, C=C), {"lam": "simplex", "C": "C"}),
+    "kl": (mtdmath.kl, dict(p=LAM, q=LAM[::-1]), {"p": "simplex", "q": "simplex"}),
+    "mirror_descent": (mtdmath.mirror_descent, dict(C=C, eta=0.1, steps=2, lam0=LAM),
                        {"C": "C", "eta": "float", "steps": "int", "lam0": "simplex"}),
-    "em": (M.em, dict(C=C, steps=2, lam0=LAM), {"C": "C", "steps": "int", "lam0": "simplex"}),
-    "mle": (M.mle, dict(C=C, tol=1e-10, max_steps=50), {"C": "C", "tol": "float_pos", "max_steps": "int_pos"}),
-    "kkt_gap": (M.kkt_gap, dict(lam=LAM, C=C), {"lam": "simplex", "C": "C"}),
-    "eta_bayes": (M.eta_bayes, dict(alpha=ALPHA), {"alpha": "alpha"}),
-    "one_step_md": (M.one_step_md, dict(C=C, alpha=ALPHA, eta=0.2), {"C": "C", "alpha": "alpha", "eta": "float"}),
-    "corrected_one_step_md": (M.corrected_one_step_md, dict(C=C, alpha=ALPHA), {"C": "C", "alpha": "alpha"}),
-    "k_step_md": (M.k_step_md, dict(C=C, alpha=ALPHA, k=2, eta=0.1),
+    "em": (mtdmath.em, dict(C=C, steps=2, lam0=LAM), {"C": "C", "steps": "int", "lam0": "simplex"}),
+    "mle": (mtdmath.mle, dict(C=C, tol=1e-10, max_steps=50), {"C": "C", "tol": "float_pos", "max_steps": "int_pos"}),
+    "kkt_gap": (mtdmath.kkt_gap, dict(lam=LAM, C=C), {"lam": "simplex", "C": "C"}),
+    "eta_bayes": (mtdmath.eta_bayes, dict(alpha=ALPHA), {"alpha": "alpha"}),
+    "one_step_md": (mtdmath.one_step_md, dict(C=C, alpha=ALPHA, eta=0.2), {"C": "C", "alpha": "alpha", "eta": "float"}),
+    "corrected_one_step_md": (mtdmath.corrected_one_step_md, dict(C=C, alpha=ALPHA), {"C": "C", "alpha": "alpha"}),
+    "k_step_md": (mtdmath.k_step_md, dict(C=C, alpha=ALPHA, k=2, eta=0.1),
                   {"C": "C", "alpha": "alpha", "k": "int", "eta": "float"}),
-    "posterior_mean": (M.posterior_mean, dict(C=C, alpha=ALPHA, max_bytes=2**30),
+    "posterior_mean": (mtdmath.posterior_mean, dict(C=C, alpha=ALPHA, max_bytes=2**30),
                        {"C": "C", "alpha": "alpha", "max_bytes": "float_pos"}),
-    "log_evidence": (M.log_evidence, dict(C=C, alpha=ALPHA, max_bytes=2**30),
+    "log_evidence": (mtdmath.log_evidence, dict(C=C, alpha=ALPHA, max_bytes=2**30),
                      {"C": "C", "alpha": "alpha", "max_bytes": "float_pos"}),
-    "posterior_mean_mc": (M.posterior_mean_mc, dict(C=C, alpha=ALPHA, samples=64, rng=0, chunk=16, max_bytes=2**30),
+    "posterior_mean_mc": (mtdmath.posterior_mean_mc, dict(C=C, alpha=ALPHA, samples=64, rng=0, chunk=16, max_bytes=2**30),
                           {"C": "C", "alpha": "alpha", "samples": "int_pos", "rng": "rng", "chunk": "int_pos",
                            "max_bytes": "float_pos"}),
-    "md_predictive_all_prefixes": (M.md_predictive_all_prefixes, dict(tokens=Y, pi=PI, alpha=ALPHA, eta=0.2, steps=1),
+    "md_predictive_all_prefixes": (mtdmath.md_predictive_all_prefixes, dict(tokens=Y, pi=PI, alpha=ALPHA, eta=0.2, steps=1),
                                    {"tokens": "tokens", "pi": "pi", "alpha": "alpha", "eta": "float", "steps": "int"}),
-    "n_states": (M.n_states, dict(n=5, m=3), {"n": "int", "m": "int_pos"}),
-    "optimal_step": (M.optimal_step, dict(pi=PI, alpha=ALPHA, L=6, n_train=8, n_test=8, n_boot=0, rng=0,
+    "n_count_states": (mtdmath.n_count_states, dict(n=5, m=3), {"n": "int", "m": "int_pos"}),
+    "optimal_step": (mtdmath.optimal_step, dict(pi=PI, alpha=ALPHA, L=6, n_train=8, n_test=8, n_boot=0, rng=0,
                                           schedule=False),
                      {"pi": "pi", "alpha": "alpha", "L": "int_pos", "n_train": "size", "n_test": "size",
                       "n_boot": "int", "rng": "rng", "schedule": "bool"}),
-    "predicted_step": (M.predicted_step, dict(pi=PI, alpha=ALPHA, n_samples=8, rng=0),
+    "predicted_step": (mtdmath.predicted_step, dict(pi=PI, alpha=ALPHA, n_samples=8, rng=0),
                        {"pi": "pi", "alpha": "alpha", "n_samples": "int_pos", "rng": "rng"}),
 }
 
@@ -153,27 +153,27 @@ def _fitting_rows():
     model = MTDModel(PI, LAM)
     chain1, chain2 = MarkovChain(1).fit(SEQ), MarkovChain(2).fit(SEQ)
     fitkw = dict(restarts=1, max_iter=50)
-    fitted = MTD(2, n_states=3, **fitkw).fit(SEQ)
+    fitted = MTD(2, n_symbols=3, **fitkw).fit(SEQ)
     icl = ICLFit(pi=PI, alpha=ALPHA, objective=0.0, history=np.zeros(0), n_iter=0, converged=True,
                  se_pi=np.zeros((3, 3)), se_alpha=np.zeros(2), n_sequences=0)
     return {
-        "fit": (M.fit, dict(sequences=SEQ, order=2, **fitkw),
-                {"sequences": "sequences", "order": "int_pos", "lags": "lags", "n_states": "int_pos",
+        "fit": (mtdmath.fitting.fit, dict(sequences=SEQ, order=2, **fitkw),
+                {"sequences": "sequences", "order": "int_pos", "lags": "lags", "n_symbols": "int_pos",
                  "variant": "choice", "restarts": "int_pos", "tol": "float_pos", "max_iter": "int_pos", "rng": "rng",
                  "weights": "weights"}),
-        "select_order": (M.select_order, dict(sequences=SEQ, max_order=2, restarts=1),
+        "select_order": (mtdmath.fitting.select_order, dict(sequences=SEQ, max_order=2, restarts=1),
                          {"sequences": "sequences", "max_order": "int_pos", "criterion": "choice", "variant": "choice",
                           "weights": "weights"}),
-        "select_lags": (M.select_lags, dict(sequences=SEQ, max_lag=3, restarts=1),
+        "select_lags": (mtdmath.fitting.select_lags, dict(sequences=SEQ, max_lag=3, restarts=1),
                         {"sequences": "sequences", "max_lag": "int_pos", "method": "choice", "criterion": "choice",
                          "screen": "int_pos", "tol": "float_pos", "rng": "rng"}),
         "MTD.fit": (lambda X, order=2, restarts=1, sample_weight=None:
                     MTD(order=order, restarts=restarts).fit(X, sample_weight=sample_weight), dict(X=SEQ),
                     {"X": "sequences", "order": "int_pos", "restarts": "int_pos", "sample_weight": "weights"}),
-        "MarkovChain.fit": (lambda X, order=1, smoothing=0.0, n_states=None, burn_in=None, sample_weight=None:
-                            MarkovChain(order, smoothing=smoothing, n_states=n_states, burn_in=burn_in).fit(
+        "MarkovChain.fit": (lambda X, order=1, smoothing=0.0, n_symbols=None, burn_in=None, sample_weight=None:
+                            MarkovChain(order, smoothing=smoothing, n_symbols=n_symbols, burn_in=burn_in).fit(
                                 X, sample_weight=sample_weight), dict(X=SEQ),
-                            {"X": "sequences", "order": "int", "smoothing": "float", "n_states": "int_pos",
+                            {"X": "sequences", "order": "int", "smoothing": "float", "n_symbols": "int_pos",
                              "burn_in": "int", "sample_weight": "weights"}),
         "MarkovChain.sample": (chain1.sample, dict(n=20, random_state=0), {"n": "size", "random_state": "rng"}),
         "MarkovChain.predict_proba": (chain2.predict_proba, dict(X=Y[:, :2]), {"X": "tokens"}),
@@ -189,7 +189,7 @@ def _fitting_rows():
         "MTD.transition_intervals": (MTD(2, restarts=1, max_iter=50).fit(SEQ).transition_intervals, dict(),
                                      {"level": "float_pos", "method": "choice", "family": "choice"}),
         "ChainModel": (ChainModel, dict(transition=PI, order=1), {"transition": "pi", "order": "int"}),
-        "fit_icl": (M.fit_icl, dict(sequences=Y, m=2, max_iter=3), {"sequences": "sequences", "m": "int_pos",
+        "fit_icl": (mtdmath.fitting.fit_icl, dict(sequences=Y, m=2, max_iter=3), {"sequences": "sequences", "m": "int_pos",
                                                                    "alpha": "alpha", "tol": "float_pos"}),
         "ConvergenceMonitor": (ConvergenceMonitor, dict(tol=1e-6, max_iter=10), {"tol": "float_pos", "max_iter": "int_pos"}),
         "MTD.partial_fit": (lambda X, warm_start=False: MTD(2, **fitkw).partial_fit(SEQ).partial_fit(
@@ -281,7 +281,7 @@ VALID = {
     ("ICLTask", "alpha", "shape"): "any length of alpha is an order m (T = 9 > 3)",
     ("ICLTask", "T", "too_large"): "a task allocates nothing; ICLTask.sample checks batch x T",
     ("fit", "lags", "none"): "lags=None means 1..order",
-    ("fit", "n_states", "none"): "n_states=None is inferred from the data",
+    ("fit", "n_symbols", "none"): "n_symbols=None is inferred from the data",
     ("fit", "rng", "none"): "rng=None is fresh entropy",
     ("select_lags", "rng", "none"): "rng=None is fresh entropy",
     ("fit", "order", "none"): "order may be None when lags are given (tested apart)",
@@ -300,7 +300,7 @@ VALID = {
     ("MarkovChain.fit", "X", "string"): "strings are labels (docs/math.md §7.9)",
     ("lr_test", "X", "string"): "strings are labels (docs/math.md §7.9)",
     ("compare_models", "X", "string"): "strings are labels (docs/math.md §7.9)",
-    ("MarkovChain.fit", "n_states", "none"): "n_states=None is inferred from the data",
+    ("MarkovChain.fit", "n_symbols", "none"): "n_symbols=None is inferred from the data",
     ("MarkovChain.fit", "burn_in", "none"): "burn_in=None means the order",
     ("lr_test", "df", "none"): "df=None takes the difference of the identifiable parameter counts",
     ("MTD.per_sequence_lam", "max_bytes", "inf"): "max_bytes=inf means no memory budget",
@@ -309,7 +309,7 @@ VALID = {
 
 #: public names that are modules or result classes (no arguments to validate); save_checkpoint writes
 #: what it is given (its path argument is covered by load_checkpoint's row and the nn tests)
-NOT_FUNCTIONS = {"torch_core", "nn", "TrainHistory", "save_checkpoint", "ICLFit", "LRTest", "ModelComparison"}
+NOT_FUNCTIONS = {"fitting", "TrainHistory", "save_checkpoint", "ICLFit", "LRTest", "ModelComparison"}
 
 
 def _cases():
@@ -339,36 +339,41 @@ def test_the_valid_call_of_each_row_works(fname):
 
 
 def test_every_public_name_is_in_the_table():
+    """The names of ``mtdmath.__all__`` and those of ``mtdmath.fitting`` / ``mtdmath.nn`` with a row in the
+    public-name table (``fitting.NAME``, ``nn.NAME``) each have a row here (rows are named without the namespace)."""
+    from mtdmath import _api
+
     covered = set(TABLE) | {name.split(".")[0] for name in TABLE} | NOT_FUNCTIONS
-    missing = [name for name in M.__all__ if name not in covered]
+    public = list(mtdmath.__all__) + [name.partition(".")[2] for name in _api.API if "." in name]
+    missing = [name for name in public if name not in covered]
     assert not missing, f"public names without a row in the bad-input matrix: {missing}"
 
 
 def test_kl_length_mismatch_names_p_and_q():
     with pytest.raises(ValueError, match=r"\bp\b.*\bq\b"):
-        M.kl([0.5, 0.5], [0.2, 0.3, 0.5])
+        mtdmath.kl([0.5, 0.5], [0.2, 0.3, 0.5])
 
 
 
 def test_messages_blame_the_right_argument():
     y = np.array([0, 1, 2, 1, 0, 2, 1, 0, 1, 2])
-    f = M.fit(y, 1, restarts=1)
+    f = mtdmath.fitting.fit(y, 1, restarts=1)
     with pytest.raises(ValueError, match=r"sequences hold the token 5, outside this law's states 0\.\.2"):
-        f.model_.log_likelihood(np.array([0, 1, 5]))  # not "n_states", which the caller never passed
+        f.model_.log_likelihood(np.array([0, 1, 5]))  # not "n_symbols", which the caller never passed
     with pytest.raises(ValueError, match=r"X holds the token 5, outside this model's states 0\.\.2"):
         f.score(np.array([0, 1, 5]))
     with pytest.raises(ValueError, match=r"max_order = 5 leaves no transition"):
-        M.select_order(y[:3], 5)
+        mtdmath.fitting.select_order(y[:3], 5)
     with pytest.raises(ValueError, match="alpha: the sum"):  # not "lam0" nor "impossible data"
-        M.one_step_md(C, [1e308, 1e308])
+        mtdmath.one_step_md(C, [1e308, 1e308])
 
 
 @pytest.mark.parametrize("call, name", [
-    (lambda: M.fit(np.array([0, 10**6, 1] * 10), 1, restarts=1), "sequences"),
-    (lambda: M.fit(np.array([0, 1, 2] * 10), 1, n_states=50_000, restarts=1), "n_states"),
-    (lambda: M.StandardTransformer(3, 2, max_len=10**9), "max_len"),
-    (lambda: M.StandardTransformer(3, 2, d_model=2**16, n_heads=1), "d_model"),
-    (lambda: M.MDTransformer.construct(PI, ALPHA)(np.zeros((1, 20_000), dtype=np.int64)), "tokens"),
+    (lambda: mtdmath.fitting.fit(np.array([0, 10**6, 1] * 10), 1, restarts=1), "sequences"),
+    (lambda: mtdmath.fitting.fit(np.array([0, 1, 2] * 10), 1, n_symbols=50_000, restarts=1), "n_symbols"),
+    (lambda: mtdmath.nn.StandardTransformer(3, 2, max_len=10**9), "max_len"),
+    (lambda: mtdmath.nn.StandardTransformer(3, 2, d_model=2**16, n_heads=1), "d_model"),
+    (lambda: mtdmath.nn.MDTransformer.construct(PI, ALPHA)(np.zeros((1, 20_000), dtype=np.int64)), "tokens"),
 ])
 def test_oversized_models_and_fits_are_refused_before_allocating(call, name):
     with pytest.raises(ValueError, match=rf"^{name}: .* GiB, above the budget"):

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mtdmath as M
+import mtdmath
 import mtdmath.bayes as BY
 from strategies import alphas, lag_factor_arrays
 
@@ -66,7 +66,7 @@ def test_layout_matches_dict_recursion(m, n, min_cells, monkeypatch):
         C = np.where(rng.random(C.shape) < 0.15, 0.0, C)  # impossible lags
         C[..., rng.integers(0, m)] += 1e-3  # every transition stays possible
         alpha = np.exp(rng.uniform(np.log(0.1), np.log(20.0), size=m))
-        post, le = M.posterior_mean(C, alpha), M.log_evidence(C, alpha)
+        post, le = mtdmath.posterior_mean(C, alpha), mtdmath.log_evidence(C, alpha)
         for b in range(2):
             ref_mean, ref_le = dict_recursion(C[b], alpha)
             np.testing.assert_allclose(post[b], ref_mean, rtol=1e-11)
@@ -87,8 +87,8 @@ def test_layout_matches_dict_recursion(m, n, min_cells, monkeypatch):
 def test_layout_matches_dict_recursion_property(case):
     C, alpha = case
     ref_mean, ref_le = dict_recursion(C, alpha)
-    np.testing.assert_allclose(M.posterior_mean(C, alpha), ref_mean, rtol=1e-11)
-    np.testing.assert_allclose(M.log_evidence(C, alpha), ref_le, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(mtdmath.posterior_mean(C, alpha), ref_mean, rtol=1e-11)
+    np.testing.assert_allclose(mtdmath.log_evidence(C, alpha), ref_le, rtol=1e-11, atol=1e-12)
 
 
 def test_chunk_plans_cover_every_state_once():
@@ -103,4 +103,4 @@ def test_chunk_plans_cover_every_state_once():
             is_state = np.arange(n + 1)[None, :] <= (L - lay.ps)[:, None]
             assert covered.max() <= 1
             assert np.all(covered[is_state] == 1)
-            assert is_state.sum() == M.n_states(L, m)
+            assert is_state.sum() == mtdmath.n_count_states(L, m)

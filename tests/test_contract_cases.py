@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 from mtdmath.estimators import _kkt_floor
 from mtdmath.experiments import posterior_mean_all_prefixes
 
@@ -35,8 +35,8 @@ def test_mle_float32_stops_at_the_dtype_tolerance(make):
         # the default tol 1e-12 is below what float32 can certify: with a tolerance that ignores
         # the dtype the iteration runs to max_steps and warns
         warnings.simplefilter("error", RuntimeWarning)
-        lam32 = np.asarray(M._xp.to_numpy(M.mle(make(X), max_steps=500)), dtype=np.float64)
-    lam64 = M.mle(X)
+        lam32 = np.asarray(mtdmath._xp.to_numpy(mtdmath.mle(make(X), max_steps=500)), dtype=np.float64)
+    lam64 = mtdmath.mle(X)
     n, m = X.shape
     floor = _kkt_floor(n, m, np.finfo(np.float32).eps)
     assert 1e-7 < floor < 1e-5  # the float32 tolerance: 4 (m + log2 n) eps32 = 7.1e-6 here
@@ -44,11 +44,11 @@ def test_mle_float32_stops_at_the_dtype_tolerance(make):
     # The gap of lam32 evaluated in float64 is at most the float32 tolerance plus the effect of
     # rounding lam to float32 (|δlam| <= eps32 per entry, ∇ℓ/n ~ 1: a few eps32); 2x floor holds both.
     lam32 /= lam32.sum()
-    gap64 = float(M.kkt_gap(lam32, X))
+    gap64 = float(mtdmath.kkt_gap(lam32, X))
     assert gap64 <= 2 * floor
     assert _ll(lam64, X) - _ll(lam32, X) <= n * 2 * floor
     # and the float64 MLE is held to 1e-12 as before (the floor is far below it in float64)
-    assert float(M.kkt_gap(lam64, X)) < 1e-12
+    assert float(mtdmath.kkt_gap(lam64, X)) < 1e-12
     assert _kkt_floor(10**9, 64, np.finfo(np.float64).eps) < 1e-12
 
 
@@ -56,23 +56,23 @@ def test_the_float32_tolerance_can_fail():
     """A deliberately unreachable iteration budget still warns: the stop did not become vacuous."""
     X = np.random.default_rng(1).uniform(0.05, 1, (2000, 4))
     with pytest.warns(RuntimeWarning, match="max_steps"):
-        M.mle(torch.as_tensor(X, dtype=torch.float32), max_steps=1)
+        mtdmath.mle(torch.as_tensor(X, dtype=torch.float32), max_steps=1)
 
 
 def _estimators(alpha: np.ndarray, lam: np.ndarray):
     return {
-        "mle": lambda C: M.mle(C),
-        "mirror_descent": lambda C: M.mirror_descent(C, eta=0.5, steps=2),
-        "em": lambda C: M.em(C, steps=2),
-        "one_step_md": lambda C: M.one_step_md(C, alpha),
-        "k_step_md": lambda C: M.k_step_md(C, alpha, 3),
-        "corrected_one_step_md": lambda C: M.corrected_one_step_md(C, alpha),
-        "posterior_mean": lambda C: M.posterior_mean(C, alpha),
-        "posterior_mean_mc": lambda C: M.posterior_mean_mc(C, alpha, samples=8, rng=0)[0],
-        "kkt_gap": lambda C: M.kkt_gap(lam, C),
-        "log_evidence": lambda C: M.log_evidence(C, alpha),
-        "log_likelihood": lambda C: M.log_likelihood(lam, C),
-        "responsibilities": lambda C: M.responsibilities(lam, C),
+        "mle": lambda C: mtdmath.mle(C),
+        "mirror_descent": lambda C: mtdmath.mirror_descent(C, eta=0.5, steps=2),
+        "em": lambda C: mtdmath.em(C, steps=2),
+        "one_step_md": lambda C: mtdmath.one_step_md(C, alpha),
+        "k_step_md": lambda C: mtdmath.k_step_md(C, alpha, 3),
+        "corrected_one_step_md": lambda C: mtdmath.corrected_one_step_md(C, alpha),
+        "posterior_mean": lambda C: mtdmath.posterior_mean(C, alpha),
+        "posterior_mean_mc": lambda C: mtdmath.posterior_mean_mc(C, alpha, samples=8, rng=0)[0],
+        "kkt_gap": lambda C: mtdmath.kkt_gap(lam, C),
+        "log_evidence": lambda C: mtdmath.log_evidence(C, alpha),
+        "log_likelihood": lambda C: mtdmath.log_likelihood(lam, C),
+        "responsibilities": lambda C: mtdmath.responsibilities(lam, C),
     }
 
 
@@ -107,43 +107,43 @@ def test_prefix_posterior_refuses_before_allocating():
     with pytest.raises(ValueError, match="max_bytes"):
         posterior_mean_all_prefixes(Cs, np.ones(3), max_bytes=1000)
     post = posterior_mean_all_prefixes(Cs, np.ones(3))
-    np.testing.assert_allclose(post[:, -1], M.posterior_mean(Cs, np.ones(3)), rtol=1e-12)
+    np.testing.assert_allclose(post[:, -1], mtdmath.posterior_mean(Cs, np.ones(3)), rtol=1e-12)
 
 
 @pytest.mark.parametrize("make", [lambda p: p.astype(np.float16), lambda p: torch.as_tensor(p, dtype=torch.float16)],
                          ids=["numpy", "torch"])
 def test_sample_icl_accepts_a_float16_pi(make):
-    pi64 = M.random_transition_matrix(5, rng=3)
+    pi64 = mtdmath.random_transition_matrix(5, rng=3)
     pi16 = make(pi64)
-    y, lam = M.sample_icl(pi16, np.ones(3), 40, 4, rng=7)
-    y2, lam2 = M.sample_icl(pi16, np.ones(3), 40, 4, rng=7)
-    y_np, lam_np = M._xp.to_numpy(y), M._xp.to_numpy(lam)
+    y, lam = mtdmath.sample_icl(pi16, np.ones(3), 40, 4, rng=7)
+    y2, lam2 = mtdmath.sample_icl(pi16, np.ones(3), 40, 4, rng=7)
+    y_np, lam_np = mtdmath._xp.to_numpy(y), mtdmath._xp.to_numpy(lam)
     assert y_np.dtype == np.int64 and lam_np.dtype == np.float32  # float16 computes as float32
-    np.testing.assert_array_equal(y_np, M._xp.to_numpy(y2))
-    np.testing.assert_array_equal(lam_np, M._xp.to_numpy(lam2))
+    np.testing.assert_array_equal(y_np, mtdmath._xp.to_numpy(y2))
+    np.testing.assert_array_equal(lam_np, mtdmath._xp.to_numpy(lam2))
     # the same draws as the float64 sampler given the float16 values renormalised (the sampler
     # divides each cumulative row by its total, so both routes see the same CDFs up to rounding)
-    p = np.asarray(M._xp.to_numpy(pi16), dtype=np.float64)
-    y64, lam64 = M.sample_icl(p / p.sum(1, keepdims=True), np.ones(3), 40, 4, rng=7)
+    p = np.asarray(mtdmath._xp.to_numpy(pi16), dtype=np.float64)
+    y64, lam64 = mtdmath.sample_icl(p / p.sum(1, keepdims=True), np.ones(3), 40, 4, rng=7)
     np.testing.assert_array_equal(y_np, y64)
     np.testing.assert_allclose(lam_np, lam64, rtol=1e-6)  # float32 rounding of the same draws
 
 
 @pytest.mark.parametrize("value", ["no", "False", 1, 0, None, np.array([True])])
 def test_optimal_step_schedule_is_a_strict_bool(value):
-    pi = M.random_transition_matrix(3, rng=0)
+    pi = mtdmath.random_transition_matrix(3, rng=0)
     with pytest.raises(ValueError, match=r"^schedule must be True or False"):
-        M.optimal_step(pi, np.ones(2), L=4, n_train=4, n_test=4, n_boot=0, schedule=value, rng=0)
+        mtdmath.optimal_step(pi, np.ones(2), L=4, n_train=4, n_test=4, n_boot=0, schedule=value, rng=0)
     # numpy booleans are booleans
-    M.optimal_step(pi, np.ones(2), L=4, n_train=4, n_test=4, n_boot=0, schedule=np.bool_(False), rng=0)
+    mtdmath.optimal_step(pi, np.ones(2), L=4, n_train=4, n_test=4, n_boot=0, schedule=np.bool_(False), rng=0)
 
 
 def test_optimal_step_budget_names_n_train():
-    pi = M.random_transition_matrix(3, rng=0)
+    pi = mtdmath.random_transition_matrix(3, rng=0)
     with pytest.raises(ValueError, match=r"^n_train, L: .* GiB"):
-        M.optimal_step(pi, np.ones(2), L=4, n_train=10**12, n_test=4, rng=0)
+        mtdmath.optimal_step(pi, np.ones(2), L=4, n_train=10**12, n_test=4, rng=0)
     with pytest.raises(ValueError, match=r"^n_test, T: .* GiB"):
-        M.optimal_step(pi, np.ones(2), T=1000, n_train=4, n_test=10**10, rng=0)
+        mtdmath.optimal_step(pi, np.ones(2), T=1000, n_train=4, n_test=10**10, rng=0)
 
 
 def test_prefix_posterior_evidence_matches_log_evidence_per_prefix():
@@ -156,8 +156,8 @@ def test_prefix_posterior_evidence_matches_log_evidence_per_prefix():
     rec = PolyaLevels(C, alpha, 2**30)
     for L in rec:
         post, le = rec.moments()
-        np.testing.assert_allclose(le, M.log_evidence(C[:, :L], alpha), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(post, M.posterior_mean(C[:, :L], alpha), rtol=1e-11, atol=1e-15)
+        np.testing.assert_allclose(le, mtdmath.log_evidence(C[:, :L], alpha), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(post, mtdmath.posterior_mean(C[:, :L], alpha), rtol=1e-11, atol=1e-15)
     # brute force for n = 2, m = 2: E[Π_i C[i]·lam] under Dirichlet(alpha) by exact moments
     C2, a = rng.uniform(0.1, 1, (1, 2, 2)), np.array([0.7, 1.9])
     a0 = a.sum()
@@ -176,9 +176,9 @@ def test_huge_alpha_in_the_second_order_estimator():
     """α₀ = 2e300: (1+α₀)² overflows a float; the estimator is then the prior mean to all orders
     (every correction term carries 1/(1+α₀)), i.e. uniform here."""
     C = np.random.default_rng(2).uniform(0.1, 1, (5, 2))
-    out = M.corrected_one_step_md(C, [1e300, 1e300])
+    out = mtdmath.corrected_one_step_md(C, [1e300, 1e300])
     np.testing.assert_allclose(out, [0.5, 0.5], rtol=1e-15)
-    out = M.corrected_one_step_md(C, [1e300, 3e300])
+    out = mtdmath.corrected_one_step_md(C, [1e300, 3e300])
     np.testing.assert_allclose(out, [0.25, 0.75], rtol=1e-15)
 
 
@@ -189,23 +189,23 @@ def test_md_from_a_prior_mean_below_the_float_range():
     transition the step is negligible and lam¹ stays μ = (0, 1) in float64."""
     alpha = np.array([1e-290, 1e188])
     C = np.array([[1.0, 0.0], [0.5, 0.5]])
-    np.testing.assert_array_equal(M.one_step_md(C, alpha), [1.0, 0.0])
-    np.testing.assert_array_equal(M.one_step_md(C[1:], alpha), [0.0, 1.0])
-    np.testing.assert_array_equal(M.k_step_md(C, alpha, 3), [1.0, 0.0])
+    np.testing.assert_array_equal(mtdmath.one_step_md(C, alpha), [1.0, 0.0])
+    np.testing.assert_array_equal(mtdmath.one_step_md(C[1:], alpha), [0.0, 1.0])
+    np.testing.assert_array_equal(mtdmath.k_step_md(C, alpha, 3), [1.0, 0.0])
     # the estimators whose formula divides by μ refuse it, naming alpha
     with pytest.raises(ValueError, match=r"^alpha: the prior mean alpha / α₀ underflows for lags \[1\]"):
-        M.corrected_one_step_md(C, alpha)
+        mtdmath.corrected_one_step_md(C, alpha)
     with pytest.raises(ValueError, match=r"^alpha: the prior mean"):
-        M.md_predictive_all_prefixes(np.array([0, 1, 0, 1]), np.full((2, 2), 0.5), alpha)
+        mtdmath.md_predictive_all_prefixes(np.array([0, 1, 0, 1]), np.full((2, 2), 0.5), alpha)
 
 
 def test_optimal_step_accepts_a_float32_pi():
-    pi64 = M.random_transition_matrix(3, rng=0)
+    pi64 = mtdmath.random_transition_matrix(3, rng=0)
     pi32 = torch.as_tensor(pi64, dtype=torch.float32)
-    r32 = M.optimal_step(pi32, np.ones(2), L=5, n_train=4, n_test=4, n_boot=0, rng=1)
+    r32 = mtdmath.optimal_step(pi32, np.ones(2), L=5, n_train=4, n_test=4, n_boot=0, rng=1)
     # the same as the float64 route on the float32 values renormalised
     p = pi32.double().numpy()
-    r64 = M.optimal_step(p / p.sum(1, keepdims=True), np.ones(2), L=5, n_train=4, n_test=4, n_boot=0, rng=1)
+    r64 = mtdmath.optimal_step(p / p.sum(1, keepdims=True), np.ones(2), L=5, n_train=4, n_test=4, n_boot=0, rng=1)
     assert r32.eta == r64.eta and r32.kl == r64.kl
 
 
@@ -214,7 +214,7 @@ def test_responsibilities_where_s_underflows():
     before); the responsibility is 1 on the one lag that explains the transition, 0 elsewhere."""
     lam = np.array([1.0, 4.58e-300, 0.0, 0.0])
     C = np.array([[0.0, 6.6e-300, 0.19, 0.74], [0.0, 0.18, 0.0, 9.4e-300]])
-    np.testing.assert_array_equal(M.responsibilities(lam, C), [[0, 1, 0, 0], [0, 1, 0, 0]])
+    np.testing.assert_array_equal(mtdmath.responsibilities(lam, C), [[0, 1, 0, 0], [0, 1, 0, 0]])
 
 
 def test_second_order_estimator_with_a_prior_mean_of_1e_minus_250():
@@ -225,7 +225,7 @@ def test_second_order_estimator_with_a_prior_mean_of_1e_minus_250():
 
     C = np.array([[0.3, 0.9], [0.5, 0.1]])
     alpha = np.array([4.18365913e196, 3.30736268e-055])
-    out = M.corrected_one_step_md(C, alpha)
+    out = mtdmath.corrected_one_step_md(C, alpha)
     a = [F(x) for x in alpha]
     a0 = sum(a)
     mu = [x / a0 for x in a]
@@ -239,7 +239,7 @@ def test_second_order_estimator_with_a_prior_mean_of_1e_minus_250():
     np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-300)
 
 
-@pytest.mark.parametrize("fn", [lambda C, a: M.posterior_mean(C, a), lambda C, a: M.log_evidence(C, a),
+@pytest.mark.parametrize("fn", [lambda C, a: mtdmath.posterior_mean(C, a), lambda C, a: mtdmath.log_evidence(C, a),
                                 lambda C, a: posterior_mean_all_prefixes(C, a)])
 def test_exact_posterior_refuses_weights_below_the_float_range(fn):
     """alpha_2/α₀ ~ 1e-397: after a transition that lag 1 cannot explain every path of the level

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mtdmath as M
+import mtdmath
 from mtdmath import _api
 from mtdmath.fitting import MTD, MarkovChain, MTDModel, TransitionCounts
 
@@ -80,7 +80,7 @@ def fit_data(draw, max_T: int = 60, min_B: int = 1, max_B: int = 3, long: bool =
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     if draw(st.booleans()):  # from an MTD law with drawn zeros (structured transitions)
-        law = MTDModel(M.random_transition_matrix(S, concentration=0.3, rng=rng), rng.dirichlet(np.ones(top)))
+        law = MTDModel(mtdmath.random_transition_matrix(S, concentration=0.3, rng=rng), rng.dirichlet(np.ones(top)))
         seqs = [law.sample(T, rng=rng) for T in lengths]
     else:  # uniform tokens
         seqs = [rng.integers(0, S, T) for T in lengths]
@@ -96,7 +96,7 @@ def fit_data(draw, max_T: int = 60, min_B: int = 1, max_B: int = 3, long: bool =
         names = np.array(["a", "bb", "c"])
         seqs = [names[s] for s in seqs]
     return {"S": S, "seqs": seqs, "weights": weights, "lags": lags, "order": order,
-            "n_states": S + 1 if unused else None, "labels": labels, "seed": seed,
+            "n_symbols": S + 1 if unused else None, "labels": labels, "seed": seed,
             "variant": draw(st.sampled_from(["shared", "lagwise"])), "independent": draw(st.booleans())}
 
 
@@ -104,7 +104,7 @@ def _estimator(d: dict, **kw) -> MTD:
     lag_kw = {"order": d["order"]} if d["order"] is not None else {"lags": d["lags"]}
     # few restarts and a loose cap: the contract (finite, simplex, seeded) holds at any iterate, so the
     # property test need not run every fit to 1e-9
-    opts = dict(n_states=d["n_states"], variant=d["variant"], independent=d["independent"], restarts=2,
+    opts = dict(n_symbols=d["n_symbols"], variant=d["variant"], independent=d["independent"], restarts=2,
                 max_iter=400, random_state=d["seed"])
     opts.update(kw)
     return MTD(**lag_kw, **opts)
@@ -120,29 +120,29 @@ def _fit(est, d):
 def _contexts(d: dict, est, n: int = 7) -> np.ndarray:
     """(n, max lag) contexts over every declared state (code or label)."""
     rng = np.random.default_rng(d["seed"] + 1)
-    return est.classes_[rng.integers(0, est.n_states_, (n, max(d["lags"])))]
+    return est.classes_[rng.integers(0, est.n_symbols_, (n, max(d["lags"])))]
 
 
 def _check_mtd(est, d):
     # a law's log-likelihood is <= 0; each transition's probability is a sum of at most 4 rounded terms
-    # (lam_j pi, lam0 p0), so it may exceed 1 by 4 eps and its log by as much
+    # (lam_j pi, lam_indep p0), so it may exceed 1 by 4 eps and its log by as much
     assert np.isfinite(est.loglik_) and est.loglik_ <= 4 * np.finfo(float).eps * est.n_obs_
     law = est.model_
     lam = np.asarray(est.lam_)
-    total = lam.sum() + (est.lam0_ if est.independent else 0.0)
+    total = lam.sum() + (est.lam_indep_ if est.independent else 0.0)
     assert np.all(lam >= 0) and abs(total - 1.0) <= SIMPLEX_TOL
     pi = np.asarray(est.pi_)
     assert_simplex(pi, what="pi rows")  # an unused state's row is the uniform law
     X = _contexts(d, est)
     p = est.predict_proba(X)
-    assert p.shape == (X.shape[0], est.n_states_)
+    assert p.shape == (X.shape[0], est.n_symbols_)
     assert_simplex(p, what="predict_proba")
     # independent route: the mixture formula by hand on the codes
     codes = np.searchsorted(est.classes_, X) if d["labels"] else X
     pis = pi if pi.ndim == 3 else np.broadcast_to(pi, (len(law.count_lags),) + pi.shape)
     want = sum(lam[j] * pis[j][codes[:, X.shape[1] - lag]] for j, lag in enumerate(est.lags_))
     if est.independent:
-        want = want + est.lam0_ * est.p0_
+        want = want + est.lam_indep_ * est.p0_
     np.testing.assert_allclose(p, want, rtol=0, atol=SIMPLEX_TOL)
     assert np.isfinite(est.score(d["seqs"], sample_weight=d["weights"]))
     h = np.asarray(est.history_)
@@ -173,7 +173,7 @@ def test_fit_function_long_sequences(d):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)
         kw = {"order": d["order"]} if d["order"] is not None else {"lags": d["lags"]}
-        est = M.fit(d["seqs"], **kw, n_states=d["n_states"], variant=d["variant"], independent=d["independent"],
+        est = mtdmath.fitting.fit(d["seqs"], **kw, n_symbols=d["n_symbols"], variant=d["variant"], independent=d["independent"],
                     restarts=1, max_iter=100, weights=d["weights"], rng=d["seed"])
     _check_mtd(est, d)
 
@@ -187,7 +187,7 @@ def test_mtd_inference_contract(d):
         v = np.asarray(v)
         assert not np.any(np.isnan(v)) and np.all(v >= 0), f"se of {name}"
     ci = est.confidence_intervals(0.9)
-    pars = {"lam": est.lam_, "pi": est.pi_, **({"lam0": est.lam0_, "p0": est.p0_} if est.independent else {})}
+    pars = {"lam": est.lam_, "pi": est.pi_, **({"lam_indep": est.lam_indep_, "p0": est.p0_} if est.independent else {})}
     for name, (lo, hi) in ci.items():
         lo, hi, e = np.asarray(lo), np.asarray(hi), np.asarray(pars[name])
         assert np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)), name
@@ -198,17 +198,17 @@ def test_mtd_inference_contract(d):
 
 
 def test_regression_an_unobserved_row_gets_the_interval_0_1():
-    # found by test_mtd_inference_contract: lam0 fitted to 0 leaves p0 unobserved; its floored Wilson interval
+    # found by test_mtd_inference_contract: lam_indep fitted to 0 leaves p0 unobserved; its floored Wilson interval
     # was [0, 1 - 3.7e-7] and missed the estimate p0 = (0, 1)
     est = MTD(1, independent=True, restarts=2, max_iter=400, random_state=0).fit([np.array([1, 1, 1]),
                                                                                   np.array([0, 0])])
     lo, hi = est.confidence_intervals(0.9)["p0"]
-    assert est.lam0_ <= 1e-8
+    assert est.lam_indep_ <= 1e-8
     assert np.array_equal(lo, [0.0, 0.0]) and np.array_equal(hi, [1.0, 1.0])
 
 
 def test_regression_a_one_state_row_stays_on_the_face():
-    # found by test_mtd_inference_contract: with S = 1 and lam0 ~ 0, the face point zeroed p0's only entry, and
+    # found by test_mtd_inference_contract: with S = 1 and lam_indep ~ 0, the face point zeroed p0's only entry, and
     # its interval [0, 0.99976] missed the estimate p0 = 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -223,7 +223,7 @@ def test_regression_a_one_state_row_stays_on_the_face():
 def test_markov_chain_contract(d):
     order = max(d["lags"])
     before = copy.deepcopy(d["seqs"])
-    est = MarkovChain(order, n_states=d["n_states"]).fit(d["seqs"], sample_weight=d["weights"])
+    est = MarkovChain(order, n_symbols=d["n_symbols"]).fit(d["seqs"], sample_weight=d["weights"])
     assert np.isfinite(est.loglik_) and est.loglik_ <= 0
     assert_simplex(est.transition_, what="transition rows")
     X = _contexts(d, est)
@@ -257,13 +257,13 @@ def test_transition_counts_add_equals_counting_the_union(d, data):
     for half in (slice(0, cut), slice(cut, None)):  # counting refuses all-zero weights (no data)
         if not any(w[half]):
             w[half.start or 0] = 1.0
-    n_states = d["n_states"] or d["S"]
+    n_symbols = d["n_symbols"] or d["S"]
     if d["labels"]:  # labelled halves get their own classes: merge the codes
         code = {"a": 0, "bb": 1, "c": 2}
         seqs = [np.array([code[v] for v in s]) for s in seqs]
-        n_states = 3
-    a = TransitionCounts.from_sequences(seqs[:cut], lags=lags, n_states=n_states, sample_weight=w[:cut])
-    b = TransitionCounts.from_sequences(seqs[cut:], lags=lags, n_states=n_states, sample_weight=w[cut:])
+        n_symbols = 3
+    a = TransitionCounts.from_sequences(seqs[:cut], lags=lags, n_symbols=n_symbols, sample_weight=w[:cut])
+    b = TransitionCounts.from_sequences(seqs[cut:], lags=lags, n_symbols=n_symbols, sample_weight=w[cut:])
     total = a + b
     # independent route: a plain Python loop over the transitions of every sequence
     want = defaultdict(float)
@@ -281,9 +281,9 @@ def test_transition_counts_add_equals_counting_the_union(d, data):
 @given(st.integers(1, 3), st.integers(1, 3), st.integers(0, 2**32 - 1), st.sampled_from(["shared", "lagwise"]))
 def test_mtd_model_law_contract(S, k, seed, variant):
     rng = np.random.default_rng(seed)
-    pi = M.random_transition_matrix(S, concentration=0.2, rng=rng)
+    pi = mtdmath.random_transition_matrix(S, concentration=0.2, rng=rng)
     if variant == "lagwise":
-        pi = np.stack([M.random_transition_matrix(S, concentration=0.2, rng=rng) for _ in range(k)])
+        pi = np.stack([mtdmath.random_transition_matrix(S, concentration=0.2, rng=rng) for _ in range(k)])
     pi[pi < 1e-3] = 0.0  # exact zeros
     pi /= pi.sum(-1, keepdims=True)
     lam = rng.dirichlet(np.ones(k))
@@ -309,14 +309,14 @@ def test_mtd_model_law_contract(S, k, seed, variant):
 def _select(select, d):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)  # capped fits
-        return select(d["seqs"], max(d["lags"]), n_states=d["n_states"], variant=d["variant"], restarts=2,
+        return select(d["seqs"], max(d["lags"]), n_symbols=d["n_symbols"], variant=d["variant"], restarts=2,
                       max_iter=400, weights=d["weights"], rng=d["seed"])
 
 
 @_FEW
 @given(fit_data(max_T=80))
 def test_select_order_loglik_nondecreasing(d):
-    best, table = _select(M.select_order, d)
+    best, table = _select(mtdmath.fitting.select_order, d)
     ll = np.array([row["loglik"] for row in table])
     assert np.all(np.isfinite(ll))
     # nondecreasing by construction; a refit from the order-m law loses at most rounding
@@ -328,7 +328,7 @@ def test_select_order_loglik_nondecreasing(d):
 @_FEW
 @given(fit_data(max_T=80))
 def test_select_lags_contract(d):
-    best, table = _select(M.select_lags, d)
+    best, table = _select(mtdmath.fitting.select_lags, d)
     assert set(best.lags_) <= set(range(1, max(d["lags"]) + 1))
     assert all(np.isfinite(row["loglik"]) for row in table)
     _check_mtd(best, {**d, "lags": best.lags_})
@@ -341,12 +341,12 @@ def test_lr_test_and_compare_models_pvalues(d):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)
         try:
-            res = M.lr_test(MarkovChain(0, n_states=d["n_states"]), MarkovChain(k, n_states=d["n_states"]),
+            res = mtdmath.fitting.lr_test(MarkovChain(0, n_symbols=d["n_symbols"]), MarkovChain(k, n_symbols=d["n_symbols"]),
                             d["seqs"], sample_weight=d["weights"])
         except ValueError as e:  # a one-state chain has no parameter to test
             assert "df" in str(e)
             res = None
-        cmp = M.compare_models([MarkovChain(0), MarkovChain(k), _estimator(d, n_states=d["n_states"])], d["seqs"],
+        cmp = mtdmath.fitting.compare_models([MarkovChain(0), MarkovChain(k), _estimator(d, n_symbols=d["n_symbols"])], d["seqs"],
                                sample_weight=d["weights"])
     if res is not None:
         assert 0.0 <= res.pvalue <= 1.0 and res.statistic >= 0 and np.isfinite(res.loglik_larger)
@@ -362,12 +362,12 @@ def test_lr_test_and_compare_models_pvalues(d):
 @given(st.integers(2, 3), st.integers(1, 2), st.integers(2, 4), st.integers(0, 2**32 - 1))
 def test_fit_icl_finite_on_small_data(S, m, B, seed):
     rng = np.random.default_rng(seed)
-    pi = M.random_transition_matrix(S, concentration=1.0, rng=rng)
-    y, _ = M.sample_icl(pi, np.ones(m), 12, batch=B, rng=rng)
+    pi = mtdmath.random_transition_matrix(S, concentration=1.0, rng=rng)
+    y, _ = mtdmath.sample_icl(pi, np.ones(m), 12, batch=B, rng=rng)
     y0 = np.array(y, copy=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)
-        res = M.fit_icl(y, m, n_states=S, max_iter=30)
+        res = mtdmath.fitting.fit_icl(y, m, n_symbols=S, max_iter=30)
     assert _same_bits(y, y0)
     assert np.isfinite(res.objective)
     assert_simplex(res.pi, what="fit_icl pi")
@@ -398,7 +398,7 @@ def tasks(draw, min_m: int = 1, max_T: int = 14):
     alpha = np.maximum(scale * rng.uniform(0.2, 5.0, m), 1e-300)
     T = draw(st.integers(m + 2, max_T))
     B = draw(st.integers(2, 3))
-    tokens, _ = M.sample_icl(pi, alpha, T, batch=B, rng=seed)
+    tokens, _ = mtdmath.sample_icl(pi, alpha, T, batch=B, rng=seed)
     return pi, alpha, np.asarray(tokens), seed
 
 
@@ -428,7 +428,7 @@ def test_md_transformer_construct_equals_core_all_prefixes(task):
     pi, alpha, tokens, _ = task
     model = mnn.MDTransformer.construct(pi.copy(), alpha.copy(), dtype=torch.float64)
     probs = torch.softmax(model(torch.as_tensor(tokens)), -1).detach().numpy()
-    want = np.asarray(M.md_predictive_all_prefixes(tokens, pi, alpha))  # default eta: eta* as construct
+    want = np.asarray(mtdmath.md_predictive_all_prefixes(tokens, pi, alpha))  # default eta: eta* as construct
     assert probs.shape == want.shape
     # the construction is exact in float64 (docs/math.md §5): agreement to 1e-10
     np.testing.assert_allclose(probs, want, rtol=0, atol=1e-10)
@@ -485,7 +485,7 @@ def test_effective_step_recovers_the_constructed_step(task, eta):
     pi, alpha, tokens, _ = task
     model = mnn.MDTransformer.construct(pi, alpha, eta=eta)
     est = mnn.effective_step(model, tokens, pi, alpha)
-    g = np.asarray(M.gradient(alpha / alpha.sum(), M.lag_factors(tokens, pi, alpha.shape[0])))
+    g = np.asarray(mtdmath.gradient(alpha / alpha.sum(), mtdmath.lag_factors(tokens, pi, alpha.shape[0])))
     if np.ptp(g, axis=-1).max() <= 1e-12:  # no spread of the gradient: the step is not identified
         assert not np.isinf(est.eta)
         return
@@ -509,7 +509,7 @@ def test_step_by_n_and_matched_step_on_the_sink_model(task, c, a):
     probs = torch.softmax(model(torch.as_tensor(tokens)), -1)
     ms = mnn.matched_step(probs, tokens, pi, alpha)
     assert np.all(np.isfinite(ms.eta)) and np.all((ms.eta >= 1e-4) & (ms.eta <= 1e2))
-    assert np.all(ms.fit >= -1e-12)  # a mean KL
+    assert np.all(ms.kl_left >= -1e-12)  # a mean KL
 
 
 @_SETTINGS
@@ -540,7 +540,7 @@ def test_regression_step_by_n_is_nan_where_the_gradients_differ_by_rounding_only
     model = mnn.MDTransformer.construct(pi, alpha, aggregation="softmax_sink", c=1.0, a=0.0)
     sb = mnn.step_by_n(model, tokens, pi, alpha)
     np.testing.assert_allclose(sb.eta[:2], [1 / 3, 1 / 4], rtol=1e-12)
-    assert np.isnan(sb.eta[2]) and np.isnan(sb.fit[2])
+    assert np.isnan(sb.eta[2]) and np.isnan(sb.r2[2])
 
 
 def test_regression_adaptive_params_defaults_for_any_alpha():
@@ -590,7 +590,7 @@ def test_model_from_spec_builds_what_the_spec_says(spec_kw, S, m, seed):
 @given(st.sampled_from(["md", "std"]), st.integers(2, 3), st.integers(1, 2), st.integers(0, 2**16))
 def test_train_seeded_and_finite(kind, S, m, seed):
     rng = np.random.default_rng(seed)
-    pi, alpha = M.random_transition_matrix(S, rng=rng), np.ones(m)
+    pi, alpha = mtdmath.random_transition_matrix(S, rng=rng), np.ones(m)
     task = mnn.ICLTask(pi, alpha, T=m + 4)
 
     def run():
@@ -606,43 +606,30 @@ def test_train_seeded_and_finite(kind, S, m, seed):
         assert torch.equal(a, b)
 
 
-@_SETTINGS
-@given(tasks(min_m=1))
-def test_torch_core_reexports_agree_with_the_core(task):
-    pi, alpha, tokens, _ = task
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from mtdmath import torch_core
-    t = torch_core.md_predictive_all_prefixes(torch.as_tensor(tokens), torch.as_tensor(pi), torch.as_tensor(alpha))
-    want = np.asarray(M.md_predictive_all_prefixes(tokens, pi, alpha))
-    # one implementation on two backends: the same float64 operations up to the library kernels' rounding
-    np.testing.assert_allclose(t.numpy(), want, rtol=0, atol=1e-12)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # every covered name has a test here
 # ---------------------------------------------------------------------------------------------------------
 COVERAGE = {
-    "fit": test_fit_function_long_sequences, "MTD": test_mtd_fit_contract,
-    "ConvergenceMonitor": test_mtd_fit_contract, "MTDModel": test_mtd_model_law_contract,
-    "select_order": test_select_order_loglik_nondecreasing, "select_lags": test_select_lags_contract,
-    "fit_icl": test_fit_icl_finite_on_small_data, "ICLFit": test_fit_icl_finite_on_small_data,
-    "MarkovChain": test_markov_chain_contract, "lr_test": test_lr_test_and_compare_models_pvalues,
-    "LRTest": test_lr_test_and_compare_models_pvalues, "compare_models": test_lr_test_and_compare_models_pvalues,
-    "ModelComparison": test_lr_test_and_compare_models_pvalues,
-    "torch_core": test_torch_core_reexports_agree_with_the_core, "nn": test_md_transformer_construct_equals_core_all_prefixes,
-    "MDTransformer": test_md_transformer_construct_equals_core_all_prefixes,
-    "StandardTransformer": test_standard_transformer_logits_finite_and_seeded,
-    "ICLTask": test_icl_task_sample_seeded_and_on_the_simplex, "train": test_train_seeded_and_finite,
-    "TrainHistory": test_train_seeded_and_finite, "save_checkpoint": test_checkpoint_round_trip_bit_for_bit,
-    "load_checkpoint": test_checkpoint_round_trip_bit_for_bit,
-    "model_from_spec": test_model_from_spec_builds_what_the_spec_says,
-    "parse_model_spec": test_model_from_spec_builds_what_the_spec_says,
-    "effective_step": test_effective_step_recovers_the_constructed_step,
-    "step_by_n": test_step_by_n_and_matched_step_on_the_sink_model,
-    "matched_step": test_step_by_n_and_matched_step_on_the_sink_model,
-    "fit_adaptive_step": test_fit_adaptive_step_recovers_c_and_a_and_nan_for_a_constant_step,
-    "adaptive_params": test_adaptive_params_give_eta_star_at_n0,
+    "fitting.fit": test_fit_function_long_sequences, "fitting.MTD": test_mtd_fit_contract,
+    "fitting.ConvergenceMonitor": test_mtd_fit_contract, "fitting.MTDModel": test_mtd_model_law_contract,
+    "fitting.select_order": test_select_order_loglik_nondecreasing, "fitting.select_lags": test_select_lags_contract,
+    "fitting.fit_icl": test_fit_icl_finite_on_small_data, "fitting.ICLFit": test_fit_icl_finite_on_small_data,
+    "fitting.MarkovChain": test_markov_chain_contract, "fitting.lr_test": test_lr_test_and_compare_models_pvalues,
+    "fitting.LRTest": test_lr_test_and_compare_models_pvalues,
+    "fitting.compare_models": test_lr_test_and_compare_models_pvalues,
+    "fitting.ModelComparison": test_lr_test_and_compare_models_pvalues,
+    "nn.MDTransformer": test_md_transformer_construct_equals_core_all_prefixes,
+    "nn.StandardTransformer": test_standard_transformer_logits_finite_and_seeded,
+    "nn.ICLTask": test_icl_task_sample_seeded_and_on_the_simplex, "nn.train": test_train_seeded_and_finite,
+    "nn.TrainHistory": test_train_seeded_and_finite, "nn.save_checkpoint": test_checkpoint_round_trip_bit_for_bit,
+    "nn.load_checkpoint": test_checkpoint_round_trip_bit_for_bit,
+    "nn.model_from_spec": test_model_from_spec_builds_what_the_spec_says,
+    "nn.parse_model_spec": test_model_from_spec_builds_what_the_spec_says,
+    "nn.effective_step": test_effective_step_recovers_the_constructed_step,
+    "nn.step_by_n": test_step_by_n_and_matched_step_on_the_sink_model,
+    "nn.matched_step": test_step_by_n_and_matched_step_on_the_sink_model,
+    "nn.fit_adaptive_step": test_fit_adaptive_step_recovers_c_and_a_and_nan_for_a_constant_step,
+    "nn.adaptive_params": test_adaptive_params_give_eta_star_at_n0,
 }
 
 

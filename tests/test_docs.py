@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 
 ROOT = Path(__file__).resolve().parents[1]
 MATH = ROOT / "docs" / "math.md"
@@ -392,7 +392,7 @@ def k2_estimator(C: np.ndarray, alpha: np.ndarray, *, wrong: bool = False) -> np
     a0 = alpha.sum()
     mu = alpha / a0
     u = C / (C @ mu)[:, None] - 1.0  # γ_i/μ - 1
-    z = np.log(mu) + M.gradient(mu, C) / (1 + a0) + (0.0 if wrong else _zeta(u, a0))
+    z = np.log(mu) + mtdmath.gradient(mu, C) / (1 + a0) + (0.0 if wrong else _zeta(u, a0))
     w = np.exp(z - z.max())
     return w / w.sum()
 
@@ -407,7 +407,7 @@ def _eps2_relative_errors(m, alpha, seed, wrong=False):
     errs = []
     for eps in (1e-3, 1e-4):
         C = b * (1 + eps * d)
-        gap = (M.posterior_mean(C, alpha) - M.one_step_md(C, alpha)) / eps**2
+        gap = (mtdmath.posterior_mean(C, alpha) - mtdmath.one_step_md(C, alpha)) / eps**2
         errs.append(np.abs(gap - pred).max() / np.abs(pred).max())
     return errs
 
@@ -434,7 +434,7 @@ def _k2_slope(m, alpha, seed, wrong=False):
     alpha = np.asarray(alpha)
     b, d = _eps_path(m, seed)
     eps = np.geomspace(3e-4, 3e-3, 5)
-    gaps = [np.abs(M.posterior_mean(b * (1 + e * d), alpha) - k2_estimator(b * (1 + e * d), alpha, wrong=wrong)).max()
+    gaps = [np.abs(mtdmath.posterior_mean(b * (1 + e * d), alpha) - k2_estimator(b * (1 + e * d), alpha, wrong=wrong)).max()
             for e in eps]
     return np.polyfit(np.log(eps), np.log(gaps), 1)[0]
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy import optimize
 from scipy.special import softmax
 
-import mtdmath as M
+import mtdmath
 from backends import ALL, FLOAT64, NUMPY, given_backends, params
 from strategies import alphas, batch_shapes, lag_factor_arrays, orders, simplex_points
 
@@ -53,7 +53,7 @@ def test_md_step_equals_closed_form_softmax(bk, p):
     # direct (linear-space) route: softmax(log lam + η ∇ℓ(lam)) with scipy's softmax
     C, lam0, eta = p
     C, lam0 = bk.round_trip(C), bk.round_trip(lam0)
-    lam1 = bk.check(M.mirror_descent(bk.asarray(C), eta=eta, lam0=bk.asarray(lam0)))
+    lam1 = bk.check(mtdmath.mirror_descent(bk.asarray(C), eta=eta, lam0=bk.asarray(lam0)))
     want = softmax(np.log(lam0) + eta * _grad(lam0, C), axis=-1)
     atol = _md_tol(bk, C, lam0, eta)
     if atol is None:
@@ -72,7 +72,7 @@ def test_md_k_steps_compose(bk, p, k):
         # the linear-space reference is only defined while no weight underflows to 0
         assume(np.all(lam > 1e-250))
         lam = softmax(np.log(lam) + eta * _grad(lam, C), axis=-1)
-    got = bk.check(M.mirror_descent(bk.asarray(C), eta=eta, steps=k, lam0=bk.asarray(lam0)))
+    got = bk.check(mtdmath.mirror_descent(bk.asarray(C), eta=eta, steps=k, lam0=bk.asarray(lam0)))
     np.testing.assert_allclose(got, lam, rtol=1e-9, atol=1e-13)
 
 
@@ -81,7 +81,7 @@ def test_md_step_is_argmax_of_kl_regularised_objective(p):
     # lam⁺ = argmax_{λ∈Δ} η⟨∇ℓ(lam), λ⟩ - KL(λ ‖ lam): solve numerically with SLSQP
     C, lam0, eta = p
     C = C[(0,) * (C.ndim - 2)]  # first batch element
-    g = M.gradient(lam0, C)
+    g = mtdmath.gradient(lam0, C)
     m = len(lam0)
 
     def neg_obj(x):
@@ -92,7 +92,7 @@ def test_md_step_is_argmax_of_kl_regularised_objective(p):
         neg_obj, np.full(m, 1 / m), method="SLSQP", bounds=[(0, 1)] * m,
         constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}], options={"ftol": 1e-14, "maxiter": 500},
     )
-    lam1 = M.mirror_descent(C, eta=eta, lam0=lam0)
+    lam1 = mtdmath.mirror_descent(C, eta=eta, lam0=lam0)
     # the closed form is optimal: its objective is at least the numerical optimum's
     assert -neg_obj(lam1) >= -res.fun - 1e-9 * max(1, abs(res.fun))
     if eta * np.ptp(g) < 20:  # well-conditioned: the optimiser locates the point itself
@@ -107,7 +107,7 @@ def test_em_monotone_and_closed_form(bk, p, steps):
     Cb = bk.asarray(C)
     prev = np.log(C @ lam[..., :, None])[..., 0].sum(-1)
     for _ in range(steps):
-        nxt = bk.check(M.em(Cb, steps=1, lam0=bk.asarray(lam)))
+        nxt = bk.check(mtdmath.em(Cb, steps=1, lam0=bk.asarray(lam)))
         if n:
             # closed form lam_g ∇ℓ_g / n = mean responsibilities (Bayes rule, by broadcasting)
             resp = lam[..., None, :] * C / (C @ lam[..., :, None])
@@ -121,13 +121,13 @@ def test_em_monotone_and_closed_form(bk, p, steps):
     # k steps at once = k single steps: the same arithmetic, except that single steps leave log
     # space (exp, then log at the next call): ~2 eps per step and a renormalisation (m eps),
     # over <= 20 steps ≈ 1.6e-14; 1e-12 leaves room for steps that amplify (3.6e-15 measured)
-    np.testing.assert_allclose(bk.check(M.em(Cb, steps=steps, lam0=bk.asarray(lam0))), lam, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(bk.check(mtdmath.em(Cb, steps=steps, lam0=bk.asarray(lam0))), lam, rtol=1e-12, atol=1e-13)
 
 
 @given_backends(lag_factor_arrays(batch=(), n=st.integers(1, 60)), backends=FLOAT64)
 def test_mle_satisfies_kkt_and_beats_scipy(bk, C):
     n, m = C.shape
-    lam = bk.check(M.mle(bk.asarray(C)))
+    lam = bk.check(mtdmath.mle(bk.asarray(C)))
     np.testing.assert_allclose(lam.sum(), 1.0, atol=1e-13)
     g = _grad(lam, C)
     # KKT: ∇ℓ_g <= n everywhere, = n where lam_g > 0 (tolerance: the documented tol 1e-12
@@ -149,15 +149,15 @@ def test_mle_satisfies_kkt_and_beats_scipy(bk, C):
 def test_mle_batched_and_limits(bk):
     rng = np.random.default_rng(0)
     C = rng.uniform(0.01, 1, size=(5, 40, 3))
-    lam = bk.check(M.mle(bk.asarray(C)))
+    lam = bk.check(mtdmath.mle(bk.asarray(C)))
     assert lam.shape == (5, 3)
     assert np.all(_grad(lam, C).max(-1) / 40 - 1 < 1e-12)
-    assert np.all(bk.check(M.kkt_gap(bk.asarray(lam), bk.asarray(C))) < 1e-12)
+    assert np.all(bk.check(mtdmath.kkt_gap(bk.asarray(lam), bk.asarray(C))) < 1e-12)
     # a batch element alone reaches the same maximiser: the KKT stop at 1e-12 bounds the
     # difference (strictly concave here: C has full column rank)
-    np.testing.assert_allclose(lam[2], bk.check(M.mle(bk.asarray(C[2]))), atol=1e-12)
+    np.testing.assert_allclose(lam[2], bk.check(mtdmath.mle(bk.asarray(C[2]))), atol=1e-12)
     with pytest.warns(RuntimeWarning, match="max_steps"):
-        M.mle(bk.asarray(C), max_steps=1)
+        mtdmath.mle(bk.asarray(C), max_steps=1)
 
 
 def test_mle_interior_optimum_vs_newton_kkt_solve():
@@ -167,9 +167,9 @@ def test_mle_interior_optimum_vs_newton_kkt_solve():
 
     rng = np.random.default_rng(1)
     lam_true = np.array([0.5, 0.3, 0.2])
-    pi = M.random_transition_matrix(6, rng=rng)
-    y = M.sample(pi, lam_true, 3000, rng=rng)
-    C = M.lag_factors(y, pi, 3)
+    pi = mtdmath.random_transition_matrix(6, rng=rng)
+    y = mtdmath.sample(pi, lam_true, 3000, rng=rng)
+    C = mtdmath.lag_factors(y, pi, 3)
     Ct = torch.tensor(C)
     f = lambda x: torch.log(Ct @ x).sum()  # noqa: E731
     x = np.full(3, 1 / 3)
@@ -184,25 +184,25 @@ def test_mle_interior_optimum_vs_newton_kkt_solve():
         if np.abs(dx).max() < 1e-15:
             break
     assert np.all(x > 0.01)  # interior, as assumed
-    np.testing.assert_allclose(M.mle(C), x, atol=1e-9)
+    np.testing.assert_allclose(mtdmath.mle(C), x, atol=1e-9)
 
 
 def test_long_context_no_overflow():
     # (every backend at n = 100 000: tests/test_backends.py)
     rng = np.random.default_rng(2)
-    pi = M.random_transition_matrix(8, concentration=0.3, rng=rng)
-    y = M.sample(pi, np.array([0.6, 0.3, 0.1]), 5003, rng=rng)
-    C = M.lag_factors(y, pi, 3)
+    pi = mtdmath.random_transition_matrix(8, concentration=0.3, rng=rng)
+    y = mtdmath.sample(pi, np.array([0.6, 0.3, 0.1]), 5003, rng=rng)
+    C = mtdmath.lag_factors(y, pi, 3)
     assert C.shape == (5000, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no overflow / invalid-value warnings either
         for eta in (1e-3, 1.0, 100.0):
-            lam = M.mirror_descent(C, eta=eta, steps=5)
+            lam = mtdmath.mirror_descent(C, eta=eta, steps=5)
             assert np.all(np.isfinite(lam)) and abs(lam.sum() - 1) < 1e-12
-        lam = M.em(C, steps=50)
+        lam = mtdmath.em(C, steps=50)
         assert np.all(np.isfinite(lam))
-        assert np.all(np.isfinite(M.one_step_md(C, [1.0, 2.0, 0.5])))
-        assert np.all(np.isfinite(M.mle(C)))
+        assert np.all(np.isfinite(mtdmath.one_step_md(C, [1.0, 2.0, 0.5])))
+        assert np.all(np.isfinite(mtdmath.mle(C)))
 
 
 @pytest.mark.parametrize("bk", params(ALL))
@@ -210,24 +210,24 @@ def test_edges_n0_steps0_m1(bk):
     C0 = bk.asarray(np.zeros((0, 3)))
     lam0 = bk.round_trip([0.2, 0.3, 0.5])
     L0 = bk.asarray(lam0)
-    np.testing.assert_array_equal(bk.check(M.mirror_descent(C0, eta=1.0, lam0=L0)), lam0)
-    np.testing.assert_array_equal(bk.check(M.em(C0, steps=3, lam0=L0)), lam0)
-    np.testing.assert_array_equal(bk.check(M.mle(C0)), bk.round_trip(np.full(3, 1 / 3)))
+    np.testing.assert_array_equal(bk.check(mtdmath.mirror_descent(C0, eta=1.0, lam0=L0)), lam0)
+    np.testing.assert_array_equal(bk.check(mtdmath.em(C0, steps=3, lam0=L0)), lam0)
+    np.testing.assert_array_equal(bk.check(mtdmath.mle(C0)), bk.round_trip(np.full(3, 1 / 3)))
     C = bk.asarray(np.random.default_rng(0).uniform(0.1, 1, (7, 3)))
-    np.testing.assert_array_equal(bk.check(M.mirror_descent(C, eta=1.0, steps=0, lam0=L0)), lam0)
-    np.testing.assert_array_equal(bk.check(M.em(C, steps=0, lam0=L0)), lam0)
+    np.testing.assert_array_equal(bk.check(mtdmath.mirror_descent(C, eta=1.0, steps=0, lam0=L0)), lam0)
+    np.testing.assert_array_equal(bk.check(mtdmath.em(C, steps=0, lam0=L0)), lam0)
     C1 = bk.asarray(np.random.default_rng(0).uniform(0.1, 1, (7, 1)))
-    for out in (M.mirror_descent(C1, eta=0.5), M.em(C1), M.mle(C1), M.one_step_md(C1, [2.0])):
+    for out in (mtdmath.mirror_descent(C1, eta=0.5), mtdmath.em(C1), mtdmath.mle(C1), mtdmath.one_step_md(C1, [2.0])):
         np.testing.assert_allclose(bk.check(out), [1.0])
 
 
 @pytest.mark.parametrize("bk", params(ALL))
 def test_md_from_boundary_start_keeps_support(bk):
     C = bk.asarray(np.array([[0.5, 0.1, 0.0], [0.2, 0.9, 0.3]]))
-    lam = bk.check(M.mirror_descent(C, eta=1.0, steps=3, lam0=[0.5, 0.5, 0.0]))
+    lam = bk.check(mtdmath.mirror_descent(C, eta=1.0, steps=3, lam0=[0.5, 0.5, 0.0]))
     assert lam[2] == 0.0 and abs(lam.sum() - 1) < 4 * bk.eps
     with pytest.raises(ValueError, match="lam0"):
-        M.mirror_descent(C, eta=1.0, lam0=[0.0, 0.0, 1.0])  # first transition impossible
+        mtdmath.mirror_descent(C, eta=1.0, lam0=[0.0, 0.0, 1.0])  # first transition impossible
 
 
 @given_backends(alphas(), st.integers(0, 2**32 - 1))
@@ -238,17 +238,17 @@ def test_one_step_md_uniform_and_general_forms(bk, alpha, seed):
     mu = alpha / alpha.sum()
     resp = lambda w: (w * C / (C @ w)[..., None]).sum(-2)  # noqa: E731  G = Σ_i γ_i by Bayes rule
     G = resp(mu)
-    want = softmax(np.log(mu) + M.eta_bayes(alpha) * G / mu, axis=-1)
-    atol = _md_tol(bk, C, mu, M.eta_bayes(alpha))
+    want = softmax(np.log(mu) + mtdmath.eta_bayes(alpha) * G / mu, axis=-1)
+    atol = _md_tol(bk, C, mu, mtdmath.eta_bayes(alpha))
     kw = dict(rtol=1e-10, atol=1e-14) if atol is None else dict(rtol=0, atol=atol)
-    np.testing.assert_allclose(bk.check(M.one_step_md(bk.asarray(C), alpha)), want, **kw)
+    np.testing.assert_allclose(bk.check(mtdmath.one_step_md(bk.asarray(C), alpha)), want, **kw)
     u = np.ones(m)
     np.testing.assert_allclose(
-        bk.check(M.one_step_md(bk.asarray(C), u)), softmax(M.eta_bayes(u) * m * resp(u / m), axis=-1), **kw)
+        bk.check(mtdmath.one_step_md(bk.asarray(C), u)), softmax(mtdmath.eta_bayes(u) * m * resp(u / m), axis=-1), **kw)
 
 
 def test_eta_bayes_is_python_float():
-    e = M.eta_bayes(np.array([1.0, 2.0]))
+    e = mtdmath.eta_bayes(np.array([1.0, 2.0]))
     assert type(e) is float and e == 0.25
 
 
@@ -278,7 +278,7 @@ def test_md_with_collapsing_weights_matches_mpmath(bk, eta, steps):
         [9.69183948e-01, 0.0, 1.15081313e-01],
         [4.53619381e-13, 9.12531651e-01, 6.77722817e-01],
     ])
-    got = bk.check(M.mirror_descent(bk.asarray(C), eta=eta, steps=steps, lam0=lam0))
+    got = bk.check(mtdmath.mirror_descent(bk.asarray(C), eta=eta, steps=steps, lam0=lam0))
     want = _mp_mirror_descent(C, lam0, eta, steps)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-300)
     assert abs(got.sum() - 1) < 1e-15
@@ -287,13 +287,13 @@ def test_md_with_collapsing_weights_matches_mpmath(bk, eta, steps):
 @pytest.mark.parametrize("bk", params(FLOAT64))
 def test_one_step_md_long_context_matches_mpmath(bk):
     rng = np.random.default_rng(8)
-    pi = M.random_transition_matrix(5, rng=rng)
+    pi = mtdmath.random_transition_matrix(5, rng=rng)
     alpha = np.array([1.0, 2.0, 0.5])
-    y, _ = M.sample_icl(pi, alpha, 5003, 1, rng=rng)
-    C = M.lag_factors(y[0], pi, 3)
-    want = _mp_mirror_descent(C, alpha / alpha.sum(), M.eta_bayes(alpha), 1, dps=40)
+    y, _ = mtdmath.sample_icl(pi, alpha, 5003, 1, rng=rng)
+    C = mtdmath.lag_factors(y[0], pi, 3)
+    want = _mp_mirror_descent(C, alpha / alpha.sum(), mtdmath.eta_bayes(alpha), 1, dps=40)
     # float64 sums of 5000 terms: relative error ~1e-13 in the step, far inside 1e-10
-    np.testing.assert_allclose(bk.check(M.one_step_md(bk.asarray(C), alpha)), want, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(bk.check(mtdmath.one_step_md(bk.asarray(C), alpha)), want, rtol=1e-10, atol=0)
 
 
 # ----------------------------------------------------------------------------- step schedules
@@ -306,9 +306,9 @@ def test_md_schedule_equals_steps_of_each_size(bk, p, etas):
     for e in etas:
         assume(np.all(lam > 1e-250))
         lam = softmax(np.log(lam) + e * _grad(lam, C), axis=-1)
-    got = bk.check(M.mirror_descent(bk.asarray(C), eta=etas, lam0=bk.asarray(lam0)))
+    got = bk.check(mtdmath.mirror_descent(bk.asarray(C), eta=etas, lam0=bk.asarray(lam0)))
     np.testing.assert_allclose(got, lam, rtol=1e-9, atol=1e-13)
-    got = bk.check(M.mirror_descent(bk.asarray(C), eta=np.array(etas), steps=len(etas), lam0=bk.asarray(lam0)))
+    got = bk.check(mtdmath.mirror_descent(bk.asarray(C), eta=np.array(etas), steps=len(etas), lam0=bk.asarray(lam0)))
     np.testing.assert_allclose(got, lam, rtol=1e-9, atol=1e-13)
 
 
@@ -320,19 +320,19 @@ def test_k_step_md_and_one_step_md_take_schedules():
     lam = mu
     for e in (0.1, 0.02):
         lam = softmax(np.log(lam) + e * _grad(lam, C), axis=-1)
-    np.testing.assert_allclose(M.k_step_md(C, alpha, 2, eta=[0.1, 0.02]), lam, rtol=1e-12)
+    np.testing.assert_allclose(mtdmath.k_step_md(C, alpha, 2, eta=[0.1, 0.02]), lam, rtol=1e-12)
     # a scalar is the same every step; the default is η* every step (not first-order consistent for k >= 2)
-    np.testing.assert_array_equal(M.k_step_md(C, alpha, 2, eta=0.1), M.k_step_md(C, alpha, 2, eta=[0.1, 0.1]))
-    e = M.eta_bayes(alpha)
-    np.testing.assert_array_equal(M.k_step_md(C, alpha, 3), M.k_step_md(C, alpha, 3, eta=[e, e, e]))
-    np.testing.assert_allclose(M.one_step_md(C, alpha, eta=0.3),
+    np.testing.assert_array_equal(mtdmath.k_step_md(C, alpha, 2, eta=0.1), mtdmath.k_step_md(C, alpha, 2, eta=[0.1, 0.1]))
+    e = mtdmath.eta_bayes(alpha)
+    np.testing.assert_array_equal(mtdmath.k_step_md(C, alpha, 3), mtdmath.k_step_md(C, alpha, 3, eta=[e, e, e]))
+    np.testing.assert_allclose(mtdmath.one_step_md(C, alpha, eta=0.3),
                                softmax(np.log(mu) + 0.3 * _grad(mu, C), axis=-1), rtol=1e-12)
     with pytest.raises(ValueError, match="eta has 2 steps but k = 3"):
-        M.k_step_md(C, alpha, 3, eta=[0.1, 0.2])
+        mtdmath.k_step_md(C, alpha, 3, eta=[0.1, 0.2])
     with pytest.raises(ValueError, match=r"eta\[1\] must be >= 0"):
-        M.mirror_descent(C, eta=[0.1, -0.2])
+        mtdmath.mirror_descent(C, eta=[0.1, -0.2])
     with pytest.raises(ValueError, match="eta has 2 steps but steps = 1"):
-        M.mirror_descent(C, eta=[0.1, 0.2], steps=1)
+        mtdmath.mirror_descent(C, eta=[0.1, 0.2], steps=1)
     with pytest.raises(ValueError, match="eta has 1 steps but steps = 2"):
-        M.md_predictive_all_prefixes(np.array([0, 1, 2, 0]), M.random_transition_matrix(3, rng=0), alpha[:2],
+        mtdmath.md_predictive_all_prefixes(np.array([0, 1, 2, 0]), mtdmath.random_transition_matrix(3, rng=0), alpha[:2],
                                      eta=[0.1], steps=2)

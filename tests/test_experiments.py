@@ -30,8 +30,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, special
 
-import mtdmath as M
-from mtdmath.experiments import common as X
+import mtdmath
+from mtdmath.experiments import common as exp_common
 from mtdmath.experiments import posterior_mean_all_prefixes
 from mtdmath.experiments.cli import EXPERIMENTS, build_parser, main
 from mtdmath.nn import load_checkpoint
@@ -111,14 +111,14 @@ def test_estimators_json_and_construction_equals_one_step_md(quick_all):
         # (uniform here, alpha = 1), so the first points of MD, EM, Bayes and MLE coincide
         first = [r["kl_mean"][k][0] for k in ("bayes", "md1", "md5", "em", "mle")]
         np.testing.assert_allclose(first, first[0], rtol=1e-12, atol=0)
-        assert set(r["table"]) == {str(L) for L in X.TABLE_L if m <= L <= cfg["T"]}
+        assert set(r["table"]) == {str(L) for L in exp_common.TABLE_L if m <= L <= cfg["T"]}
 
 
 def test_train_json_and_checkpoints(quick_all):
     res = _load(quick_all / "train/train.json")
     _check_meta(res)
     cfg = res["config"]
-    pi, _ = X.make_task(SEED, cfg["m"], cfg["S"], cfg["concentration"], cfg["alpha"])
+    pi, _ = exp_common.make_task(SEED, cfg["m"], cfg["S"], cfg["concentration"], cfg["alpha"])
     np.testing.assert_array_equal(np.asarray(res["pi"]), pi)  # the same pi as `estimators` at this seed
     assert list(res["models"]) == ["md", "std3", "std5"]  # checkpoint names of the specs md, std:L=3, std:L=5
     for kind in res["models"]:
@@ -130,7 +130,7 @@ def test_train_json_and_checkpoints(quick_all):
             assert len(c[k]) == n_points and _finite(c[k])
         model, info = load_checkpoint(quick_all / f"train/checkpoints/{kind}.safetensors")
         np.testing.assert_array_equal(info["task"].pi.numpy(), pi)
-        y = torch.as_tensor(M.sample_icl(pi, info["task"].alpha, 10, 2, rng=0)[0])
+        y = torch.as_tensor(mtdmath.sample_icl(pi, info["task"].alpha, 10, 2, rng=0)[0])
         p = model(y)
         assert p.shape == (2, 10 - cfg["m"] + 1, cfg["S"]) and _finite(p.detach())
 
@@ -259,9 +259,9 @@ def test_compare_step_analysis(quick_all):
     assert sa["eta_train"][0] > 0 and sa["eta_train"][1] >= 0 and _finite(sa["eta_train"])
     assert _finite(sa["effective_step"]["eta"]) and sa["effective_step"]["r2"] <= 1.0
     # independent route: k_step_md (k = 1, eta = η_train) per prefix on the same evaluation sequences
-    tokens, lam = M.sample_icl(pi, alpha, T, n_eval, rng=X.rng_for(SEED, X.KEY_EVAL, m))
-    kl = np.stack([special.rel_entr(M.predictive(lam, tokens[:, :L], pi),
-                                    M.predictive(M.k_step_md(M.lag_factors(tokens[:, :L], pi, m), alpha, 1,
+    tokens, lam = mtdmath.sample_icl(pi, alpha, T, n_eval, rng=exp_common.rng_for(SEED, exp_common.KEY_EVAL, m))
+    kl = np.stack([special.rel_entr(mtdmath.predictive(lam, tokens[:, :L], pi),
+                                    mtdmath.predictive(mtdmath.k_step_md(mtdmath.lag_factors(tokens[:, :L], pi, m), alpha, 1,
                                                              eta=sa["eta_train"][0]), tokens[:, :L], pi)).sum(-1)
                    for L in range(m, T + 1)], axis=1)
     np.testing.assert_allclose(res["kl_mean"]["md1_eta_train"], kl.mean(axis=0), rtol=1e-9, atol=1e-13)
@@ -283,12 +283,12 @@ def test_depth_tuned_baselines_match_the_numpy_core(quick_all):
     res = _load(quick_all / "depth/depth.json")
     m, T, n_eval = res["m"], res["config"]["T"], res["config"]["n_eval"]
     pi, alpha = np.asarray(res["pi"]), np.asarray(res["alpha"])
-    tokens, lam = M.sample_icl(pi, alpha, T, n_eval, rng=X.rng_for(SEED, X.KEY_EVAL, m))
+    tokens, lam = mtdmath.sample_icl(pi, alpha, T, n_eval, rng=exp_common.rng_for(SEED, exp_common.KEY_EVAL, m))
     for key in ("md3_tuned", "md3_sched"):
         t = res["tuned_steps"][key]
         eta = t["eta"] if t["schedule"] else float(t["eta"])
-        kl = np.stack([special.rel_entr(M.predictive(lam, tokens[:, :L], pi),
-                                        M.predictive(M.k_step_md(M.lag_factors(tokens[:, :L], pi, m), alpha, 3, eta=eta),
+        kl = np.stack([special.rel_entr(mtdmath.predictive(lam, tokens[:, :L], pi),
+                                        mtdmath.predictive(mtdmath.k_step_md(mtdmath.lag_factors(tokens[:, :L], pi, m), alpha, 3, eta=eta),
                                                      tokens[:, :L], pi)).sum(-1) for L in range(m, T + 1)], axis=1)
         np.testing.assert_allclose(res["kl_mean"][key], kl.mean(axis=0), rtol=1e-9, atol=1e-13)
     assert res["tuned_steps"]["md3_sched"]["schedule"] and len(res["tuned_steps"]["md3_sched"]["eta"]) == 3
@@ -315,10 +315,10 @@ def test_stepsize_json(quick_all):
                 assert _finite(k) and k[0] >= 0
             assert (row.bayes is not None) == (row.n_bayes > 0)
             if i == 0 and L == cfg.Ls[0]:
-                y, lam = M.sample_icl(s["pi"], s["alpha"], L + 1, cfg.n_eval, rng=X.rng_for(SEED, X.KEY_STEP, i, L, 1))
-                C = M.lag_factors(y[:, :L], s["pi"], m)
-                p = M.predictive(M.k_step_md(C, s["alpha"], 1), y[:, :L], s["pi"])
-                want = special.rel_entr(M.predictive(lam, y[:, :L], s["pi"]), p).sum(-1).mean()
+                y, lam = mtdmath.sample_icl(s["pi"], s["alpha"], L + 1, cfg.n_eval, rng=exp_common.rng_for(SEED, exp_common.KEY_STEP, i, L, 1))
+                C = mtdmath.lag_factors(y[:, :L], s["pi"], m)
+                p = mtdmath.predictive(mtdmath.k_step_md(C, s["alpha"], 1), y[:, :L], s["pi"])
+                want = special.rel_entr(mtdmath.predictive(lam, y[:, :L], s["pi"]), p).sum(-1).mean()
                 assert row.md_eta_star[0] == pytest.approx(want, rel=1e-9)
     assert set(res.verdict) == set(res.results)
 
@@ -330,7 +330,7 @@ def test_summary_rebuilt_from_the_json_files_equals_all(quick_all, tmp_path):
     s = summary_from_files(q / "estimators/estimators.json", q / "train/train.json", q / "compare/compare.json",
                            q / "depth/depth.json", tmp_path, stepsize=q / "stepsize/stepsize.json")
     ref = _load(q / "summary.json")
-    assert json.loads(json.dumps(X._jsonable(s["targets"]))) == ref["targets"]
+    assert json.loads(json.dumps(exp_common._jsonable(s["targets"]))) == ref["targets"]
     assert s["git"] == ref["git"] and (tmp_path / "summary.md").read_text() == (q / "summary.md").read_text()
 
 
@@ -438,7 +438,7 @@ def test_prefix_bayes_matches_posterior_mean_per_prefix(data):
     post = posterior_mean_all_prefixes(C, alpha, chunk=2)
     assert post.shape == (C.shape[0], C.shape[1] + 1, m)
     for r in range(C.shape[1] + 1):
-        np.testing.assert_allclose(post[:, r], M.posterior_mean(C[:, :r], alpha), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(post[:, r], mtdmath.posterior_mean(C[:, :r], alpha), rtol=0, atol=1e-12)
 
 
 def test_prefix_bayes_matches_quadrature_m2():
@@ -459,12 +459,12 @@ def test_prefix_bayes_matches_quadrature_m2():
 
 def test_kstep_md_curves_match_torch_all_prefix_route():
     rng = np.random.default_rng(1)
-    pi = M.random_transition_matrix(5, concentration=0.5, rng=rng)
+    pi = mtdmath.random_transition_matrix(5, concentration=0.5, rng=rng)
     alpha = np.array([0.5, 1.5, 3.0])
-    tokens, _ = M.sample_icl(pi, alpha, 20, 3, rng=rng)
-    preds = X.estimator_all_prefixes(tokens, pi, alpha, ["md1", "md2", "md3"])
+    tokens, _ = mtdmath.sample_icl(pi, alpha, 20, 3, rng=rng)
+    preds = exp_common.estimator_all_prefixes(tokens, pi, alpha, ["md1", "md2", "md3"])
     for k in (1, 2, 3):
-        got = M.md_predictive_all_prefixes(torch.as_tensor(tokens), torch.as_tensor(pi), alpha, steps=k)
+        got = mtdmath.md_predictive_all_prefixes(torch.as_tensor(tokens), torch.as_tensor(pi), alpha, steps=k)
         want = got.numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
         np.testing.assert_allclose(preds[f"md{k}"], want, rtol=0, atol=1e-10)
 
@@ -488,11 +488,11 @@ def test_a_300_step_model_is_told_apart_by_the_band_difference():
     tr_cfg = _load(ROOT / "docs/figures/train.json")["config"]
     cfg = TrainConfig(**(tr_cfg | {"models": ("md",), "steps_md": 300, "reference": False}))
     seed, m = committed["seed"], committed["m"]
-    pi, alpha = X.make_task(seed, cfg.m, cfg.S, cfg.concentration, cfg.alpha)
+    pi, alpha = exp_common.make_task(seed, cfg.m, cfg.S, cfg.concentration, cfg.alpha)
     np.testing.assert_array_equal(pi, np.asarray(committed["pi"]))  # the committed task
     model, _ = train_one("md", cfg, ICLTask(pi, alpha, cfg.T), seed=seed, device=torch.device("cpu"), progress=False)
     c = committed["config"]
-    tokens, _ = M.sample_icl(pi, alpha, c["T"], c["n_eval"], rng=X.rng_for(seed, X.KEY_EVAL, m))
+    tokens, _ = mtdmath.sample_icl(pi, alpha, c["T"], c["n_eval"], rng=exp_common.rng_for(seed, exp_common.KEY_EVAL, m))
     tokens = tokens[: bd["n_sequences"]]  # the sequences the committed number was measured on
     short = band_difference(model.double(), MDTransformer.construct(pi, alpha), tokens, device=torch.device("cpu"))
     assert short.layer1_aligned.mean > 3 * bd["layer1_aligned"]["mean"], (short.layer1_aligned, bd)
@@ -508,9 +508,9 @@ def test_band_difference_sees_through_the_m2_sign_symmetry_and_not_more():
     from mtdmath.nn import MDTransformer
 
     rng = np.random.default_rng(0)
-    pi = M.random_transition_matrix(5, concentration=2.0, rng=rng)  # no zeros: -log pi is finite
+    pi = mtdmath.random_transition_matrix(5, concentration=2.0, rng=rng)  # no zeros: -log pi is finite
     alpha = np.array([1.0, 1.0])  # μ uniform, so b1 = log μ is symmetric too
-    tokens, _ = M.sample_icl(pi, alpha, 30, 40, rng=rng)
+    tokens, _ = mtdmath.sample_icl(pi, alpha, 30, 40, rng=rng)
     co = MDTransformer.construct(pi, alpha)
     mirror = MDTransformer.construct(pi, alpha)
     with torch.no_grad():
@@ -530,7 +530,7 @@ def test_band_difference_sees_through_the_m2_sign_symmetry_and_not_more():
 
 
 def test_typed_results_read_back_from_their_json(quick_all):
-    from mtdmath.experiments.estimators import EstimatorsConfig, EstimatorsResult, OrderCurves
+    from mtdmath.experiments.kl_curves import EstimatorsConfig, EstimatorsResult, OrderCurves
     from mtdmath.experiments.train import ModelRecord, TrainConfig, TrainResult
 
     est = EstimatorsResult.read(quick_all / "estimators/estimators.json")

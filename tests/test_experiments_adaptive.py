@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 
 torch = pytest.importorskip("torch")
 from mtdmath.experiments import adaptive as A  # noqa: E402
-from mtdmath.experiments import common as X  # noqa: E402
+from mtdmath.experiments import common as exp_common  # noqa: E402
 from mtdmath.experiments.cli import main  # noqa: E402
 
 torch.set_num_threads(1)
@@ -25,15 +25,15 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def objective():
-    pi, alpha = X.make_task(3, 2, 5, 0.5, 1.0)
-    y, lam = M.sample_icl(pi, alpha, 40, 64, rng=0)
+    pi, alpha = exp_common.make_task(3, 2, 5, 0.5, 1.0)
+    y, lam = mtdmath.sample_icl(pi, alpha, 40, 64, rng=0)
     return A.PrefixObjective(y, lam, pi, alpha), y, lam, pi, alpha
 
 
 def test_prefix_objective_equals_the_core(objective):
     obj, y, lam, pi, alpha = objective
     eta = obj.adaptive_eta(3.0, 7.0)
-    want = M.kl(X.truth_all_prefixes(y, lam, pi), M.md_predictive_all_prefixes(y, pi, alpha, eta=eta[None]))
+    want = mtdmath.kl(exp_common.truth_all_prefixes(y, lam, pi), mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta=eta[None]))
     # the same float64 softmax and contraction in another order; KLs are O(1e-2), rounding O(1e-16)
     np.testing.assert_allclose(obj.kl(eta), want, rtol=1e-9, atol=1e-13)
     assert obj.objective(eta) == pytest.approx(float(want.mean()), rel=1e-10)
@@ -73,7 +73,7 @@ def test_config_validation():
 def test_adaptive_subcommand_quick(tmp_path, capsys):
     from mtdmath.nn import ICLTask, StandardTransformer, save_checkpoint
 
-    pi, alpha = X.make_task(0, 2, 4, 0.5, 1.0)
+    pi, alpha = exp_common.make_task(0, 2, 4, 0.5, 1.0)
     std = StandardTransformer(4, 2, n_layers=1, d_model=8, n_heads=2, max_len=17,
                               generator=torch.Generator().manual_seed(0))
     ck = save_checkpoint(tmp_path / "std1.pt", std, task=ICLTask(pi, alpha, T=17))

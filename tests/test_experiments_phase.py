@@ -16,7 +16,7 @@ import pytest
 import mtdmath
 
 torch = pytest.importorskip("torch")
-from mtdmath.experiments import common as X  # noqa: E402
+from mtdmath.experiments import common as exp_common  # noqa: E402
 from mtdmath.experiments import phase as P  # noqa: E402
 from mtdmath.experiments.cli import main  # noqa: E402
 
@@ -74,8 +74,8 @@ def test_a_cell_gap_against_the_all_prefix_kernel(quick_run):
     row = next(r for r in cell.rows if r.L == L)
     gaps, ses = [], []
     for t in range(job.tasks):
-        pi = mtdmath.random_transition_matrix(job.S, concentration=job.concentration, rng=X.rng_for(3, *job.keys(t)))
-        y, lam = mtdmath.sample_icl(pi, alpha, L + 1, job.n_eval, rng=X.rng_for(3, *job.keys(t, 3, L)))
+        pi = mtdmath.random_transition_matrix(job.S, concentration=job.concentration, rng=exp_common.rng_for(3, *job.keys(t)))
+        y, lam = mtdmath.sample_icl(pi, alpha, L + 1, job.n_eval, rng=exp_common.rng_for(3, *job.keys(t, 3, L)))
         p_true = mtdmath.predictive(lam, y[:, :L], pi)
         kls = []
         for eta in (row.eta_law[t], row.eta_opt[t]):

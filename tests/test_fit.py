@@ -23,7 +23,7 @@ import torch
 import mtdmath
 from mtdmath.fitting import MTDModel, TransitionCounts, fit, select_order
 from mtdmath.fitting._em import EM, Layout
-from mtdmath.fitting.estimator import em_fit
+from mtdmath.fitting.mtd import em_fit
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -36,7 +36,7 @@ def make_model(S, lags, variant="shared", seed=0, conc=1.0, independent=False, l
     w = rng.dirichlet(np.full(K, lam_conc))
     pi = rng.dirichlet(np.full(S, conc), size=(k, S) if variant == "lagwise" else S)
     if independent:
-        return MTDModel(pi, w[:k], lags=lags, lam0=w[k], p0=rng.dirichlet(np.ones(S)))
+        return MTDModel(pi, w[:k], lags=lags, lam_indep=w[k], p0=rng.dirichlet(np.ones(S)))
     return MTDModel(pi, w, lags=lags)
 
 
@@ -53,8 +53,8 @@ def probs_direct(model, y):
     p = np.zeros(t.shape[0])
     for j, l in enumerate(model.lags):
         p += model.lam[j] * pis[j][y[t - l], y[t]]
-    if model.lam0 is not None:
-        p += model.lam0 * model.p0[y[t]]
+    if model.lam_indep is not None:
+        p += model.lam_indep * model.p0[y[t]]
     return p
 
 
@@ -66,8 +66,8 @@ def loglik_direct(model, seqs, weights=None):
 
 def param_vector(model):
     parts = [model.lam, np.ravel(model.pi)]
-    if model.lam0 is not None:
-        parts += [[model.lam0], model.p0]
+    if model.lam_indep is not None:
+        parts += [[model.lam_indep], model.p0]
     return np.concatenate([np.ravel(p) for p in parts])
 
 
@@ -91,7 +91,7 @@ def test_loglik_equals_latent_path_enumeration(case):
     pis = model.pi if model.pi.ndim == 3 else [model.pi] * len(model.lags)
     comps = [(model.lam[j], lambda t, j=j, l=l: pis[j][y[t - l], y[t]]) for j, l in enumerate(model.lags)]
     if model.independent:
-        comps.append((model.lam0, lambda t: model.p0[y[t]]))
+        comps.append((model.lam_indep, lambda t: model.p0[y[t]]))
     total = 0.0
     for path in itertools.product(range(len(comps)), repeat=len(y) - M):
         prod = 1.0
@@ -106,7 +106,7 @@ def test_loglik_equals_latent_path_enumeration(case):
 def test_conditional_law_sums_to_one_over_all_continuations(case):
     """Sum over every continuation y[M:T] of exp(loglik) = 1: the model is a proper conditional law."""
     model = make_model(case["S"], case["lags"], case["variant"], seed=5, independent=case["independent"])
-    S, M = model.n_states, max(model.lags)
+    S, M = model.n_symbols, max(model.lags)
     head = list(model.sample(M, rng=6))
     tot = sum(math.exp(model.log_likelihood(np.array(head + list(c))))
               for c in itertools.product(range(S), repeat=5))
@@ -132,9 +132,9 @@ def test_loglik_aggregation_without_integer_codes():
 # the EM step itself
 # --------------------------------------------------------------------------------------------------------
 def _em_once(model, seq, variant, independent):
-    data = TransitionCounts.from_sequences(seq, lags=model.lags, n_states=model.n_states)
-    lay = Layout(model.n_states, len(model.lags), variant, independent)
-    theta = lay.pack(model.lam, model.pi, model.lam0, model.p0)
+    data = TransitionCounts.from_sequences(seq, lags=model.lags, n_symbols=model.n_symbols)
+    lay = Layout(model.n_symbols, len(model.lags), variant, independent)
+    theta = lay.pack(model.lam, model.pi, model.lam_indep, model.p0)
     new, ll = EM(data, lay)(theta)
     return lay.unpack(new), ll
 
@@ -169,7 +169,7 @@ def test_em_step_never_decreases_loglik_from_random_points(variant, independent)
         model = make_model(3, (1, 2, 4), variant, seed=100 + i, conc=0.5, independent=independent,
                            lam_conc=0.7)
         par, _ = _em_once(model, y, variant, independent)
-        new = MTDModel(par["pi"], par["lam"], lags=model.lags, lam0=par.get("lam0"), p0=par.get("p0"))
+        new = MTDModel(par["pi"], par["lam"], lags=model.lags, lam_indep=par.get("lam_indep"), p0=par.get("p0"))
         before, after = loglik_direct(model, y), loglik_direct(new, y)
         # rounding of sums of ~1500 logs: 1e-10 relative is far above it and far below any real decrease
         assert after >= before - 1e-10 * abs(before), (i, before, after)
@@ -238,18 +238,18 @@ def _autograd_blocks(f, y):
         p = p + lam[j] * P[yt[t - l], yt[t]]
     extra = []
     if f.independent:
-        lam0 = torch.tensor(f.lam0, requires_grad=True)
+        lam_indep = torch.tensor(f.lam_indep, requires_grad=True)
         p0 = torch.tensor(f.p0, requires_grad=True)
-        p = p + lam0 * p0[yt[t]]
-        extra = [lam0, p0]
+        p = p + lam_indep * p0[yt[t]]
+        extra = [lam_indep, p0]
     torch.log(p).sum().backward()
     blocks = []
     if f.independent:
-        blocks.append((np.append(f.lam, f.lam0), np.append(lam.grad.numpy(), extra[0].grad.item())))
+        blocks.append((np.append(f.lam, f.lam_indep), np.append(lam.grad.numpy(), extra[0].grad.item())))
         blocks.append((f.p0, extra[1].grad.numpy()))
     else:
         blocks.append((f.lam, lam.grad.numpy()))
-    for row, g in zip(f.pi.reshape(-1, f.n_states), pi.grad.numpy().reshape(-1, f.n_states)):
+    for row, g in zip(f.pi.reshape(-1, f.n_symbols), pi.grad.numpy().reshape(-1, f.n_symbols)):
         blocks.append((row, g))
     return blocks
 
@@ -296,7 +296,7 @@ def test_order_one_is_the_empirical_markov_chain(variant):
         for y, wt in zip(seqs, w):
             np.add.at(N, (y[:-lag], y[lag:]), wt)
         Na = N.sum(1)
-        f = fit(seqs, lags=(lag,), n_states=S, variant=variant, weights=w, restarts=3, rng=0)
+        f = fit(seqs, lags=(lag,), n_symbols=S, variant=variant, weights=w, restarts=3, rng=0)
         P = f.pi_.reshape(S, S)
         np.testing.assert_allclose(P[:S - 1], N[:S - 1] / Na[:S - 1, None], rtol=1e-12, atol=1e-15)
         nz = N > 0
@@ -333,7 +333,7 @@ def test_error_shrinks_like_inverse_root_n():
         e2 = []
         for rep in range(8):
             y = true.sample(n + 2, rng=1000 * rep + n)
-            f = fit(y, 2, n_states=S, restarts=1, rng=rep)
+            f = fit(y, 2, n_symbols=S, restarts=1, rng=rep)
             e2.append(np.sum((param_vector(f.model_) - truth) ** 2))
         errs.append(math.sqrt(np.mean(e2)))
     slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
@@ -398,7 +398,7 @@ def test_n_params_equals_jacobian_rank(S, k, variant, independent):
         return out.ravel()
 
     rows_np = np.concatenate([np.asarray(model.pi).reshape(-1, S)] + ([model.p0[None]] if independent else []))
-    wts = np.append(model.lam, model.lam0) if independent else model.lam
+    wts = np.append(model.lam, model.lam_indep) if independent else model.lam
     x0 = torch.tensor(np.concatenate([wts[:-1], rows_np[:, :-1].ravel()]))
     J = torch.autograd.functional.jacobian(law, x0).numpy()
     sv = np.linalg.svd(J, compute_uv=False)
@@ -406,7 +406,7 @@ def test_n_params_equals_jacobian_rank(S, k, variant, independent):
     assert model.n_params == rank
     # the estimator's criteria use the law's count: a fit of the same family on data from the model
     y = model.sample(60, rng=112)
-    f = fit(y, k, variant=variant, independent=independent, restarts=1, n_states=S)
+    f = fit(y, k, variant=variant, independent=independent, restarts=1, n_symbols=S)
     assert f.n_params == rank
     assert f.aic() == pytest.approx(-2 * f.loglik_ + 2 * rank)
     assert f.bic() == pytest.approx(-2 * f.loglik_ + math.log(f.n_obs_) * rank)
@@ -421,7 +421,7 @@ def test_predict_proba_matches_core_predictive_and_direct_formula():
     np.testing.assert_allclose(shared.predict_proba(ctx), mtdmath.predictive(shared.lam, ctx, shared.pi), atol=1e-15)
     lw = make_model(3, (2, 4), "lagwise", seed=123, independent=True)
     c = np.random.default_rng(124).integers(0, 3, size=(10, 5))
-    ref = np.array([lw.lam[0] * lw.pi[0][r[-2]] + lw.lam[1] * lw.pi[1][r[-4]] + lw.lam0 * lw.p0 for r in c])
+    ref = np.array([lw.lam[0] * lw.pi[0][r[-2]] + lw.lam[1] * lw.pi[1][r[-4]] + lw.lam_indep * lw.p0 for r in c])
     np.testing.assert_allclose(lw.predict_proba(c), ref, atol=1e-15)
     np.testing.assert_allclose(lw.predict_proba(c).sum(-1), 1.0, atol=1e-14)
 
@@ -553,7 +553,7 @@ Y_OK = np.array([0, 1, 2, 1, 0, 2, 2, 1, 0, 1])
     ((np.array([0, 1, -1, 2]),), dict(order=1), "sequences"),
     ((np.array([0.0, 1.0, 2.0]),), dict(order=1), "sequences"),
     ((np.zeros((2, 2, 2), dtype=int),), dict(order=1), "sequences"),
-    ((Y_OK,), dict(order=1, n_states=2), "n_states"),
+    ((Y_OK,), dict(order=1, n_symbols=2), "n_symbols"),
     ((Y_OK,), dict(lags=(0, 1)), "lags"),
     ((Y_OK,), dict(lags=(1, 1)), "lags"),
     ((Y_OK,), dict(lags=(1.5,)), "lags"),

@@ -55,14 +55,14 @@ def test_counts_mle_matches_brute_force(m):
 def test_smoothing_is_the_hand_formula_and_unseen_contexts_are_uniform():
     y = np.array([0, 1, 1, 0, 1, 1, 1, 0, 0, 1, 2])  # context (2,) never precedes anything
     a = 0.5
-    ch = MarkovChain(1, smoothing=a, n_states=3).fit(y)
+    ch = MarkovChain(1, smoothing=a, n_symbols=3).fit(y)
     N = np.zeros((3, 3))
     for t in range(1, len(y)):
         N[y[t - 1], y[t]] += 1
     P = (N + a) / (N.sum(1, keepdims=True) + 3 * a)  # hand formula
     np.testing.assert_allclose(ch.predict_proba(np.array([[0], [1], [2]])), P, rtol=1e-14)
     np.testing.assert_allclose(P[2], 1 / 3)  # the formula itself gives the unseen context 1/S
-    raw = MarkovChain(1, n_states=3).fit(y)
+    raw = MarkovChain(1, n_symbols=3).fit(y)
     np.testing.assert_allclose(raw.predict_proba(np.array([[2]])), [[1 / 3] * 3])  # convention: uniform
     assert raw.score(np.array([0, 2, 2])) == -math.inf  # a transition the MLE gives probability 0
     assert math.isfinite(ch.score(np.array([0, 2, 2])))
@@ -175,7 +175,7 @@ def test_lr_pvalues_are_uniform_for_independence_inside_a_chain():
 
 def test_markov_chain_estimator_face_and_bad_arguments():
     ch = MarkovChain(2, smoothing=0.1)
-    assert ch.get_params() == {"order": 2, "smoothing": 0.1, "n_states": None, "burn_in": None}
+    assert ch.get_params() == {"order": 2, "smoothing": 0.1, "n_symbols": None, "burn_in": None}
     assert ch.fit(Y) is ch and "MarkovChain(order=2, smoothing=0.1)" == repr(ch)
     n = len(Y) - 2
     assert ch.aic(Y) == pytest.approx(-2 * ch.score(Y) + 2 * 18, rel=1e-14)
@@ -203,9 +203,9 @@ def test_markov_chain_works_with_scikit_learn_cross_validation():
     from sklearn.model_selection import KFold, cross_val_score
 
     X = np.stack([Y[i * 150 : (i + 1) * 150] for i in range(8)])  # 8 sequences (rows)
-    scores = cross_val_score(MarkovChain(1, smoothing=0.5, n_states=3), X, cv=KFold(4))
+    scores = cross_val_score(MarkovChain(1, smoothing=0.5, n_symbols=3), X, cv=KFold(4))
     for k, (tr, te) in enumerate(KFold(4).split(X)):  # manual refit per fold: the independent route
-        manual = MarkovChain(1, smoothing=0.5, n_states=3).fit(X[tr]).score(X[te])
+        manual = MarkovChain(1, smoothing=0.5, n_symbols=3).fit(X[tr]).score(X[te])
         assert scores[k] == pytest.approx(manual, rel=1e-12)
     c = clone(MarkovChain(2, smoothing=0.1))
     assert c.get_params()["smoothing"] == 0.1 and not hasattr(c, "transition_")

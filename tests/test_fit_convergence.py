@@ -38,7 +38,7 @@ STALLING = [(0, 3.0), (6, 1.0), (7, 2.0)]
 
 def _runs(y, m, restarts=10, window=10, max_iter=20_000):
     data = TransitionCounts.from_sequences(y, lags=range(1, m + 1))
-    lay = Layout(data.n_states, m, "shared", False)
+    lay = Layout(data.n_symbols, m, "shared", False)
     em = EM(data, lay)
     rng = np.random.default_rng(0)
     x0 = np.stack([init_counts(data, lay)] + [init_random(lay, rng) for _ in range(restarts - 1)])
@@ -99,7 +99,7 @@ def test_restarts_run_as_one_batch_equal_separate_runs():
     y = stalling_chain(4, 3, 2000, 1, 2.0)
     data = TransitionCounts.from_sequences(y, lags=(1, 2, 3))
     for variant in ("shared", "lagwise"):
-        lay = Layout(data.n_states, 3, variant, True)
+        lay = Layout(data.n_symbols, 3, variant, True)
         em = EM(data, lay)
         rng = np.random.default_rng(3)
         X = np.stack([init_random(lay, rng) for _ in range(5)])

@@ -12,7 +12,7 @@ import pytest
 
 import mtdmath
 from mtdmath.fitting import MTDModel, fit
-from mtdmath.fitting.estimator import MTD
+from mtdmath.fitting.mtd import MTD
 
 
 def make(S=3, lags=(1, 2), variant="shared", seed=0, independent=False):
@@ -21,7 +21,7 @@ def make(S=3, lags=(1, 2), variant="shared", seed=0, independent=False):
     pi = rng.dirichlet(np.ones(S), size=(k, S) if variant == "lagwise" else S)
     w = rng.dirichlet(np.full(k + int(independent), 2.0))
     if independent:
-        return MTDModel(pi, w[:k], lags=lags, lam0=w[k], p0=rng.dirichlet(np.ones(S)))
+        return MTDModel(pi, w[:k], lags=lags, lam_indep=w[k], p0=rng.dirichlet(np.ones(S)))
     return MTDModel(pi, w, lags=lags)
 
 
@@ -43,7 +43,7 @@ def test_get_set_params_and_sklearn_clone():
     est = MTD(2, lags=None, variant="lagwise", restarts=3, random_state=5)
     params = est.get_params()
     assert params["order"] == 2 and params["variant"] == "lagwise" and params["restarts"] == 3
-    assert set(params) == {"order", "lags", "n_states", "variant", "independent", "restarts", "tol", "max_iter",
+    assert set(params) == {"order", "lags", "n_symbols", "variant", "independent", "restarts", "tol", "max_iter",
                            "init", "burn_in", "random_state", "n_jobs", "missing", "pad"}
     c = clone(est)
     assert c is not est and c.get_params() == params and not hasattr(c, "model_")
@@ -54,7 +54,7 @@ def test_get_set_params_and_sklearn_clone():
 
 
 def test_fit_layouts_agree_and_match_fit_function():
-    """list of sequences == 2-D rows == hmmlearn concatenation + lengths == mtdmath.fit."""
+    """list of sequences == 2-D rows == hmmlearn concatenation + lengths == mtdmath.fitting.fit."""
     a = MTD(2, restarts=2, random_state=0).fit(SEQS)
     b = MTD(2, restarts=2, random_state=0).fit(np.stack(SEQS))
     c = MTD(2, restarts=2, random_state=0).fit(np.concatenate(SEQS)[:, None], lengths=[400] * 6)
@@ -137,11 +137,11 @@ def test_gridsearch_over_order_with_sequence_splitter():
     true = MTDModel(TRUE.pi, [0.3, 0.7])
     X = np.stack([true.sample(1000, rng=10 + s) for s in range(8)])
     cv = KFold(4)
-    base = MTD(restarts=2, random_state=0, n_states=3, burn_in=3)
+    base = MTD(restarts=2, random_state=0, n_symbols=3, burn_in=3)
     gs = GridSearchCV(base, {"order": [1, 2, 3]}, cv=cv).fit(X)
     assert gs.best_params_ == {"order": 2}
     for i, order in enumerate([1, 2, 3]):
-        manual = [MTD(order, restarts=2, random_state=0, n_states=3, burn_in=3).fit(X[tr]).score(X[te])
+        manual = [MTD(order, restarts=2, random_state=0, n_symbols=3, burn_in=3).fit(X[tr]).score(X[te])
                   for tr, te in cv.split(X)]
         assert gs.cv_results_["mean_test_score"][i] == pytest.approx(np.mean(manual), rel=1e-10)
 
@@ -161,8 +161,8 @@ def test_burn_in_scores_every_order_on_the_same_transitions():
 def test_model_validation_and_bad_input():
     with pytest.raises(ValueError, match="lags"):
         MTDModel(np.eye(2), [0.5, 0.5], lags=[1, 1])
-    with pytest.raises(ValueError, match="lam0 and p0"):
-        MTDModel(np.eye(2), [1.0], lam0=0.0)
+    with pytest.raises(ValueError, match="lam_indep and p0"):
+        MTDModel(np.eye(2), [1.0], lam_indep=0.0)
     with pytest.raises(ValueError, match=r"pi must have shape \(k=2"):
         MTDModel(np.ones((3, 2, 2)) / 2, [0.5, 0.5])
     with pytest.raises(ValueError, match="not fitted"):
@@ -203,15 +203,17 @@ def test_other_backends_convert_once_at_the_entry_points():
 
 
 def test_mtdmath_fit_is_the_function_and_no_submodule_shadows_it():
-    """The callable-module hack is gone: no file mtdmath/fit.py, and mtdmath.fit is the fitting function."""
+    """The callable-module hack is gone: no file mtdmath/fit.py; mtdmath.fitting.fit is the fitting function of
+    mtdmath/fitting/mtd.py, and the top level keeps no alias of it."""
     from pathlib import Path
 
     import mtdmath
+    from mtdmath.fitting import mtd
 
     assert not (Path(mtdmath.__file__).parent / "fit.py").exists()
-    assert mtdmath.fit is mtdmath.fitting.fit
+    assert mtdmath.fitting.fit is mtd.fit and not hasattr(mtdmath, "fit")
     y = np.array([0, 1, 2, 1, 0, 2, 1, 0, 1, 2] * 3)
-    assert isinstance(mtdmath.fit(y, 1, restarts=1, rng=0), MTD)
+    assert isinstance(mtdmath.fitting.fit(y, 1, restarts=1, rng=0), MTD)
 
 
 def test_summary_of_a_one_lag_fit_says_there_is_no_variant_test():

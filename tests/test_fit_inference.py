@@ -16,8 +16,8 @@ from scipy.stats import binomtest
 from mtdmath.fitting import MTDModel
 from mtdmath.fitting import _coverage as COV
 from mtdmath.fitting import TransitionCounts
-from mtdmath.fitting._em import EM as _EM, Layout as _Layout, init_random as _init_random
-from mtdmath.fitting.estimator import MTD
+from mtdmath.fitting._em import EM as _EM, Layout, init_random as _init_random
+from mtdmath.fitting.mtd import MTD
 from mtdmath.fitting.inference import hessian
 from mtdmath.fitting.laws import mtd_n_params as _n_params
 
@@ -45,8 +45,8 @@ def test_hessian_equals_autograd(variant, independent):
     rng = np.random.default_rng(4)
     true = MTDModel(rng.dirichlet(np.ones(3), size=3), [0.7, 0.3], lags=lags)
     y = true.sample(400, rng=5)
-    data = TransitionCounts.from_sequences(y, lags=lags, n_states=3)
-    lay = _Layout(3, 2, variant, independent)
+    data = TransitionCounts.from_sequences(y, lags=lags, n_symbols=3)
+    lay = Layout(3, 2, variant, independent)
     em = _EM(data, lay)
     theta = _init_random(lay, rng)
     H = hessian(em, theta)

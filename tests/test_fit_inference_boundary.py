@@ -17,7 +17,7 @@ from mtdmath import _validate
 from mtdmath.fitting import MTDModel
 from mtdmath.fitting import _coverage as COV
 from mtdmath.fitting import inference as INF
-from mtdmath.fitting.estimator import MTD
+from mtdmath.fitting.mtd import MTD
 
 P3 = np.array([[.7, .2, .1], [.1, .6, .3], [.25, .25, .5]])
 
@@ -28,8 +28,8 @@ def chain():
 
 
 def test_unused_state_changes_nothing(chain):
-    se3 = MTD(1, n_states=3).fit(chain).standard_errors()["pi"]
-    est4 = MTD(1, n_states=4).fit(chain)
+    se3 = MTD(1, n_symbols=3).fit(chain).standard_errors()["pi"]
+    est4 = MTD(1, n_symbols=4).fit(chain)
     se4 = est4.standard_errors()["pi"]
     # an order-1 chain's MLE is the row frequencies (EM's first step), the same floats for S = 3 and 4; the
     # Hessians sum the same terms: agreement to rounding
@@ -54,7 +54,7 @@ def test_multinomial_standard_error_is_exact(chain):
     """Independent route: for a first-order chain the observed information is the multinomial one, so the
     standard error of pi[a, b] is sqrt(p (1 - p) / n_a) with p the row frequency; the old tangent through an
     unused state gave sqrt(p^2 / n_ab) (1 / (1 - p) too much variance) — the deliberately wrong candidate."""
-    est = MTD(1, n_states=5).fit(chain)
+    est = MTD(1, n_symbols=5).fit(chain)
     C = np.zeros((3, 3))
     np.add.at(C, (chain[:-1], chain[1:]), 1.0)
     n_a = C.sum(axis=1, keepdims=True)
@@ -66,13 +66,13 @@ def test_multinomial_standard_error_is_exact(chain):
 
 
 def test_many_declared_states_cost_only_the_used_ones(chain, monkeypatch):
-    est = MTD(1, n_states=400).fit(chain)
+    est = MTD(1, n_symbols=400).fit(chain)
     inf, _, _ = est._inference()
     assert inf.cov.shape == (10, 10)  # lam (1) + the 3 used rows x 3 observed next states
     se = est.standard_errors()["pi"]
-    np.testing.assert_allclose(se[:3, :3], MTD(1, n_states=3).fit(chain).standard_errors()["pi"], rtol=1e-12)
+    np.testing.assert_allclose(se[:3, :3], MTD(1, n_symbols=3).fit(chain).standard_errors()["pi"], rtol=1e-12)
     # refused before the dense allocation, naming the public method and the GiB
-    est2 = MTD(1, n_states=6).fit(chain)
+    est2 = MTD(1, n_symbols=6).fit(chain)
     # 4000 bytes: enough for the fit's own (S, S) check (8 x 36 x 8 = 2304 bytes), not for the 8 dense
     # (10, 10) float64 arrays of the information (6400 bytes)
     monkeypatch.setattr(_validate, "MAX_ALLOC_BYTES", 4000)
@@ -100,7 +100,7 @@ def _dense_se(inf, est, ctx):
 def test_predictive_se_matches_dense_autograd_gradient_and_chunks(variant, monkeypatch):
     st = COV.SETTINGS["sparse_lagwise"]
     y = COV.true_model(dict(st, variant=variant)).sample(3002, rng=2)
-    est = MTD(lags=(1, 2), variant=variant, restarts=2, random_state=0, n_states=3).fit(y)
+    est = MTD(lags=(1, 2), variant=variant, restarts=2, random_state=0, n_symbols=3).fit(y)
     inf, _, _ = est._inference()
     ctx = np.array([[a, b] for a in range(3) for b in range(3)])
     p, lo, hi = est.predict_proba_interval(ctx)
@@ -131,7 +131,7 @@ def test_lagwise_sparse_intervals_are_finite_and_cover():
     for _ in range(8):
         true = MTDModel(rng.dirichlet(np.full(S, 0.2), size=(2, S)), [0.6, 0.4])
         y = true.sample(3002, rng=rng)
-        est = MTD(2, variant="lagwise", restarts=2, random_state=0, n_states=S).fit(y)
+        est = MTD(2, variant="lagwise", restarts=2, random_state=0, n_symbols=S).fit(y)
         seen = np.unique(y[:-2])  # states that occur as a context at both lags
         ctx = np.array([[a, b] for a in seen for b in seen])
         _, lo, hi = est.predict_proba_interval(ctx)
@@ -155,7 +155,7 @@ def test_predict_proba_interval_many_contexts_is_chunked():
     rng = np.random.default_rng(0)
     S = 30
     y = MTDModel(rng.dirichlet(np.ones(S), size=(2, S)), [0.6, 0.4]).sample(20_000, rng=1)
-    est = MTD(2, variant="lagwise", restarts=1, random_state=0, n_states=S).fit(y)
+    est = MTD(2, variant="lagwise", restarts=1, random_state=0, n_symbols=S).fit(y)
     X = rng.integers(0, S, size=(200_000, 2))
     p, lo, hi = est.predict_proba_interval(X)
     assert p.shape == lo.shape == hi.shape == (200_000, S)

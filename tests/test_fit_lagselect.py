@@ -13,13 +13,13 @@ from mtdmath.fitting._lagselect import (cut, cut_statistics, cut_statistics_from
                                         forward_stepwise, fs_nu_from_counts, fsc, lag_design,
                                         oscillation_estimates_from_counts, oscillations)
 
-# hdMTD's documented example law (its testChains): lag-wise matrices, lam0 = 0.05; here at lags 1 and 4
+# hdMTD's documented example law (its testChains): lag-wise matrices, lam_indep = 0.05; here at lags 1 and 4
 DOC_PJ = np.array([[[0.1, 0.1, 0.8], [0.4, 0.4, 0.2], [0.5, 0.3, 0.2]],
                    [[0.05, 0.2, 0.75], [0.4, 0.4, 0.2], [0.3, 0.3, 0.4]]])
 
 
 def doc_chain(n, seed, lam=(0.35, 0.6)):
-    model = MTDModel(DOC_PJ, list(lam), lags=(1, 4), lam0=1 - sum(lam), p0=np.full(3, 1 / 3))
+    model = MTDModel(DOC_PJ, list(lam), lags=(1, 4), lam_indep=1 - sum(lam), p0=np.full(3, 1 / 3))
     return model.sample(n, rng=seed)
 
 
@@ -187,10 +187,10 @@ def test_oscillations_are_the_largest_change_of_one_lag(seed):
     rng = np.random.default_rng(seed)
     S, lags = 3, (1, 2, 4)
     pis = rng.dirichlet(np.full(S, 0.5), size=(3, S))
-    lam, lam0, p0 = np.array([0.5, 0.2, 0.2]), 0.1, rng.dirichlet(np.ones(S))
+    lam, lam_indep, p0 = np.array([0.5, 0.2, 0.2]), 0.1, rng.dirichlet(np.ones(S))
 
     def law(window):  # window[-l] is the symbol at lag l
-        return lam0 * p0 + sum(lam[j] * pis[j][window[-l]] for j, l in enumerate(lags))
+        return lam_indep * p0 + sum(lam[j] * pis[j][window[-l]] for j, l in enumerate(lags))
 
     brute = np.zeros(3)
     for w in itertools.product(range(S), repeat=4):
@@ -265,10 +265,10 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="n_lags"):
         forward_stepwise(y, 3, 4, 5)
     with pytest.raises(ValueError, match=r"sequences\[0\]"):
-        cut(y, 2, 4)  # tokens outside 0..n_states-1
+        cut(y, 2, 4)  # tokens outside 0..n_symbols-1
     with pytest.raises(ValueError, match="sequences"):
         cut("abc", 3, 2)
-    with pytest.raises(ValueError, match="n_states"):
+    with pytest.raises(ValueError, match="n_symbols"):
         estimate_oscillations(y, 1, [1])
     with pytest.raises(ValueError, match="pi"):
         oscillations(np.ones((2, 2)), [0.5, 0.5, 0.0])

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from mtdmath.fitting import MTD, MarkovChain, MTDModel, select_lags
-from mtdmath.fitting import estimator, laws, selection
+from mtdmath.fitting import mtd, laws, selection
 
 PI3 = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
 
@@ -21,12 +21,12 @@ PI3 = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
 def stationary_by_eigenvector(law):
     """Stationary law of the M-windows (index sum_i w[i] S^(M-1-i)), from a transition matrix built here by
     enumeration of the windows and predict_proba's formula written out (not the library's solver)."""
-    S, M = law.n_states, law.order
+    S, M = law.n_symbols, law.order
     pis = law.pi if law.pi.ndim == 3 else np.broadcast_to(law.pi, (len(law.lags),) + law.pi.shape)
     windows = list(itertools.product(range(S), repeat=M))
     A = np.zeros((len(windows), len(windows)))
     for i, w in enumerate(windows):
-        nxt = (law.lam0 * law.p0) if law.independent else np.zeros(S)
+        nxt = (law.lam_indep * law.p0) if law.independent else np.zeros(S)
         for j, l in enumerate(law.lags):
             nxt = nxt + law.lam[j] * pis[j][w[-l]]
         for b in range(S):
@@ -40,10 +40,10 @@ def stationary_by_eigenvector(law):
     MTDModel(np.array([[0.95, 0.05], [0.1, 0.9]]), [0.7, 0.3]),
     MTDModel(np.array([[[0.1, 0.1, 0.8], [0.4, 0.4, 0.2], [0.5, 0.3, 0.2]],
                        [[0.05, 0.2, 0.75], [0.4, 0.4, 0.2], [0.3, 0.3, 0.4]]]), [0.35, 0.6], lags=(1, 3),
-             lam0=0.05, p0=[0.2, 0.3, 0.5]),
-], ids=["shared", "lagwise_lam0"])
+             lam_indep=0.05, p0=[0.2, 0.3, 0.5]),
+], ids=["shared", "lagwise_lam_indep"])
 def test_perfect_sample_matches_the_stationary_law_by_chi_square(law):
-    S, M = law.n_states, law.order
+    S, M = law.n_symbols, law.order
     p = stationary_by_eigenvector(law)
     # the library's own solver agrees with the eigenvector (exact linear algebra: 1e-12)
     np.testing.assert_allclose(law.stationary_distribution()[0], p, atol=1e-12)
@@ -71,7 +71,7 @@ def test_perfect_sample_long_rows_are_stationary_stretches():
 # -- oscillations -------------------------------------------------------------------------------------------
 def test_oscillations_are_the_largest_change_over_pasts_by_brute_force():
     rng = np.random.default_rng(0)
-    law = MTDModel(rng.dirichlet(np.ones(3), size=(2, 3)), [0.55, 0.35], lags=(1, 3), lam0=0.1,
+    law = MTDModel(rng.dirichlet(np.ones(3), size=(2, 3)), [0.55, 0.35], lags=(1, 3), lam_indep=0.1,
                    p0=[0.2, 0.3, 0.5])
     got = law.oscillations()
     for j, l in enumerate(law.lags):
@@ -152,7 +152,7 @@ def test_transition_intervals_cover_the_true_law(method, family):
     reps, hit_all, hit_rows, rows = 150, 0, 0, 0
     for r in range(reps):
         y = law.sample(1500, rng=100 + r)
-        band = MTD(2, n_states=3, restarts=1, random_state=0).fit(y).transition_intervals(
+        band = MTD(2, n_symbols=3, restarts=1, random_state=0).fit(y).transition_intervals(
             0.9, method=method, family=family)
         full = np.zeros((band["contexts"].shape[0], 2), dtype=np.int64)
         full[:, -1], full[:, -2] = band["contexts"][:, 0], band["contexts"][:, 1]
@@ -173,7 +173,7 @@ def test_per_cell_intervals_fail_the_same_coverage_check():
     law = MTDModel(PI3, [0.6, 0.4])
     hits = 0
     for r in range(150):
-        band = MTD(2, n_states=3, restarts=1, random_state=0).fit(law.sample(1500, rng=100 + r))
+        band = MTD(2, n_symbols=3, restarts=1, random_state=0).fit(law.sample(1500, rng=100 + r))
         b = band.transition_intervals(0.9)
         n = b["n"][:, None]
         c = band.transition_counts_
@@ -223,5 +223,5 @@ def test_boundary_drop_does_not_count_parameters_estimated_at_zero():
 
 
 def test_docstring_examples_run():
-    for mod in (laws, estimator, selection):
+    for mod in (laws, mtd, selection):
         assert doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0

@@ -35,7 +35,7 @@ def test_fit_with_missing_equals_fit_on_hand_cut_runs():
     y = with_holes(0)
     est = MTD(2, missing=-1, random_state=0, restarts=3).fit(y)
     pieces = runs(y.tolist(), -1)
-    ref = MTD(2, n_states=3, random_state=0, restarts=3).fit([p for p in pieces if p.shape[0] > 2])
+    ref = MTD(2, n_symbols=3, random_state=0, restarts=3).fit([p for p in pieces if p.shape[0] > 2])
     # both fits see the same transition tuples (checked exactly), so EM from the same starts agrees to its tol
     assert est.n_obs_ == ref.n_obs_
     assert est.loglik_ == pytest.approx(ref.loglik_, rel=1e-9)
@@ -100,13 +100,13 @@ def test_left_padding_equals_the_fit_on_hand_padded_sequences():
     seqs = [MTDModel(PI, [0.6, 0.4]).sample(int(T), rng=i) for i, T in enumerate(rng.integers(1, 12, size=60))]
     est = MTD(2, pad=3, random_state=0, restarts=3).fit(seqs)
     hand = [np.concatenate([[3, 3], s]) for s in seqs]  # two null tokens before each sequence, by hand
-    ref = MTD(2, n_states=4, random_state=0, restarts=3).fit(hand)
+    ref = MTD(2, n_symbols=4, random_state=0, restarts=3).fit(hand)
     # every token is a target, short sequences included: n_obs is the total length
     assert est.n_obs_ == sum(s.shape[0] for s in seqs) == ref.n_obs_
     assert est.loglik_ == pytest.approx(ref.loglik_, rel=1e-9)  # same tuples, same starts
     assert np.all(est.pi_[:, 3] == 0)  # the null state is never a target
     # without padding the short sequences contribute less (the check can fail)
-    plain = MTD(2, n_states=3, random_state=0, restarts=1).fit([s for s in seqs if s.shape[0] > 2])
+    plain = MTD(2, n_symbols=3, random_state=0, restarts=1).fit([s for s in seqs if s.shape[0] > 2])
     assert plain.n_obs_ < est.n_obs_
     # scoring pads the same way
     assert est.score(seqs) == pytest.approx(est.loglik_, rel=1e-12)

@@ -42,31 +42,31 @@ def test_transition_counts_are_the_hand_counts_and_merge_associatively():
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 4, size=n) for n in (50, 7, 120)]
     lags = (1, 3)
-    parts = [TransitionCounts.from_sequences(s, lags=lags, n_states=4) for s in seqs]
+    parts = [TransitionCounts.from_sequences(s, lags=lags, n_symbols=4) for s in seqs]
     assert as_counter(parts[0]) == hand_counts(seqs[:1], lags)
     left, right = (parts[0] + parts[1]) + parts[2], parts[0] + (parts[1] + parts[2])
-    whole = TransitionCounts.from_sequences(seqs, lags=lags, n_states=4)
+    whole = TransitionCounts.from_sequences(seqs, lags=lags, n_symbols=4)
     # counts are sums of 1.0: exact in floating point, whatever the order of the sums
     assert as_counter(left) == as_counter(right) == as_counter(whole) == hand_counts(seqs, lags)
     assert (parts[2] + parts[0]).n_obs == whole.n_obs - parts[1].n_obs
     # an estimator fitted on merged counts is the estimator fitted on the sequences
-    est = MTD(lags=lags, restarts=2, random_state=0, n_states=4).fit_counts(left)
-    ref = MTD(lags=lags, restarts=2, random_state=0, n_states=4).fit(seqs)
+    est = MTD(lags=lags, restarts=2, random_state=0, n_symbols=4).fit_counts(left)
+    ref = MTD(lags=lags, restarts=2, random_state=0, n_symbols=4).fit(seqs)
     assert est.loglik_ == ref.loglik_ and np.array_equal(est.pi_, ref.pi_)
     with pytest.raises(ValueError, match="not this estimator's lags"):
         MTD(2).fit_counts(left)
     with pytest.raises(ValueError, match="lags"):
-        parts[0] + TransitionCounts.from_sequences(seqs[0], lags=(1,), n_states=4)
-    with pytest.raises(ValueError, match="n_states"):
-        parts[0] + TransitionCounts.from_sequences(seqs[0], lags=lags, n_states=5)
+        parts[0] + TransitionCounts.from_sequences(seqs[0], lags=(1,), n_symbols=4)
+    with pytest.raises(ValueError, match="n_symbols"):
+        parts[0] + TransitionCounts.from_sequences(seqs[0], lags=lags, n_symbols=5)
 
 
 def test_a_declared_unused_state_changes_nothing_but_its_own_entries():
     """Defect: a state no transition uses changed the fit (other random restart draws and a smoothed start
-    with mass on it): lam differed by 3e-8 between n_states = 3 and 4. Now EM runs on the used states."""
+    with mass on it): lam differed by 3e-8 between n_symbols = 3 and 4. Now EM runs on the used states."""
     y = MTDModel(PI3, [0.5, 0.5]).sample(400, rng=1)
-    a = MTD(2, n_states=3, random_state=0).fit(y)
-    b = MTD(2, n_states=4, random_state=0).fit(y)
+    a = MTD(2, n_symbols=3, random_state=0).fit(y)
+    b = MTD(2, n_symbols=4, random_state=0).fit(y)
     assert a.loglik_ == b.loglik_ and np.array_equal(a.lam_, b.lam_) and np.array_equal(a.pi_, b.pi_[:3, :3])
     assert np.all(b.pi_[:3, 3] == 0) and np.all(b.pi_[3] == 0.25)  # its column is 0, its row uniform
     assert np.array_equal(a.restart_logliks_, b.restart_logliks_)
@@ -275,4 +275,5 @@ def test_sklearn_estimator_checks(estimator, check):
 
 def test_mtdmath_exports_the_fitting_names_without_the_removed_ones():
     assert not hasattr(mtdmath, "MTDFit") and not hasattr(mtdmath.fitting, "MTDFit")
-    assert mtdmath.fit is fit and mtdmath.MTD is MTD
+    assert mtdmath.fitting.fit is fit and mtdmath.fitting.MTD is MTD
+    assert not hasattr(mtdmath, "fit") and not hasattr(mtdmath, "MTD")  # no alias at the top level

@@ -27,7 +27,7 @@ def batches(n_batches=4, seed=0):
 
 def same_counts(a: TransitionCounts, b: TransitionCounts) -> None:
     """Equal tuples and, to 1e-12 relative (the sums differ only in their order), equal weights."""
-    assert a.lags == b.lags and a.n_states == b.n_states
+    assert a.lags == b.lags and a.n_symbols == b.n_symbols
     np.testing.assert_array_equal(a.ctx, b.ctx)
     np.testing.assert_array_equal(a.nxt, b.nxt)
     np.testing.assert_allclose(a.w, b.w, rtol=1e-12)
@@ -36,7 +36,7 @@ def same_counts(a: TransitionCounts, b: TransitionCounts) -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_merge_is_associative_and_commutative_and_counts_the_union(seed):
     rng = np.random.default_rng(seed)
-    parts = [TransitionCounts.from_sequences(b, lags=(1, 3), n_states=3,
+    parts = [TransitionCounts.from_sequences(b, lags=(1, 3), n_symbols=3,
                                              sample_weight=rng.uniform(0.1, 2.0, len(b)))
              for b in batches(3, seed)]
     a, b, c = parts
@@ -46,25 +46,25 @@ def test_merge_is_associative_and_commutative_and_counts_the_union(seed):
     seqs = [s for bt in batches(3, seed) for s in bt]
     rng = np.random.default_rng(seed)
     w = np.concatenate([rng.uniform(0.1, 2.0, len(bt)) for bt in batches(3, seed)])
-    same_counts((a + b) + c, TransitionCounts.from_sequences(seqs, lags=(1, 3), n_states=3, sample_weight=w))
+    same_counts((a + b) + c, TransitionCounts.from_sequences(seqs, lags=(1, 3), n_symbols=3, sample_weight=w))
     assert ((a + b) + c).n_obs == pytest.approx(a.n_obs + b.n_obs + c.n_obs, rel=1e-12)
 
 
 def test_merge_refuses_counts_of_other_lags_or_states():
-    a = TransitionCounts.from_sequences([0, 1, 2, 1], lags=(1,), n_states=3)
+    a = TransitionCounts.from_sequences([0, 1, 2, 1], lags=(1,), n_symbols=3)
     with pytest.raises(ValueError, match="lags"):
-        a + TransitionCounts.from_sequences([0, 1, 2, 1], lags=(1, 2), n_states=3)
-    with pytest.raises(ValueError, match="n_states"):
-        a + TransitionCounts.from_sequences([0, 1, 2, 1], lags=(1,), n_states=4)
+        a + TransitionCounts.from_sequences([0, 1, 2, 1], lags=(1, 2), n_symbols=3)
+    with pytest.raises(ValueError, match="n_symbols"):
+        a + TransitionCounts.from_sequences([0, 1, 2, 1], lags=(1,), n_symbols=4)
 
 
 @pytest.mark.parametrize("params", [dict(order=3), dict(lags=(1, 3), burn_in=4)])
 def test_partial_fit_equals_the_fit_on_all_batches(params):
     bts = batches(4, seed=3)
-    online = MTD(n_states=3, random_state=0, restarts=3, **params)
+    online = MTD(n_symbols=3, random_state=0, restarts=3, **params)
     for bt in bts:
         assert online.partial_fit(bt) is online
-    offline = MTD(n_states=3, random_state=0, restarts=3, **params).fit([s for bt in bts for s in bt])
+    offline = MTD(n_symbols=3, random_state=0, restarts=3, **params).fit([s for bt in bts for s in bt])
     same_counts(online.transition_counts_, offline.transition_counts_)
     assert online.n_obs_ == offline.n_obs_
     # the fits agree to the fit's tolerance: both stop at a relative log-likelihood change below tol = 1e-9
@@ -78,8 +78,8 @@ def test_partial_fit_equals_the_fit_on_all_batches(params):
 
 def test_partial_fit_warm_start_climbs_from_the_previous_fit():
     bts = batches(3, seed=5)
-    full = MTD(2, n_states=3, random_state=0)
-    warm = MTD(2, n_states=3, random_state=0)
+    full = MTD(2, n_symbols=3, random_state=0)
+    warm = MTD(2, n_symbols=3, random_state=0)
     for bt in bts:
         full.partial_fit(bt)
         warm.partial_fit(bt, warm_start=True)
@@ -92,7 +92,7 @@ def test_partial_fit_warm_start_climbs_from_the_previous_fit():
 
 def test_partial_fit_refuses_a_new_state_and_changed_lags():
     est = MTD(1).partial_fit([0, 1, 0, 1, 1])
-    with pytest.raises(ValueError, match="n_states"):
+    with pytest.raises(ValueError, match="n_symbols"):
         est.partial_fit([0, 2, 1])
     est.set_params(order=2)
     with pytest.raises(ValueError, match="lags"):
@@ -147,9 +147,9 @@ def test_merged_fit_with_pi_frozen_is_the_core_mle():
     the core's mtdmath.mle on the lag factors of the sequences (docs/math.md §2)."""
     bts = batches(2, seed=7)
     seqs = [s for bt in bts for s in bt]
-    counts = sum((TransitionCounts.from_sequences(bt, lags=(1, 2, 3), n_states=3) for bt in bts[1:]),
-                 TransitionCounts.from_sequences(bts[0], lags=(1, 2, 3), n_states=3))
-    from mtdmath.fitting.estimator import em_fit
+    counts = sum((TransitionCounts.from_sequences(bt, lags=(1, 2, 3), n_symbols=3) for bt in bts[1:]),
+                 TransitionCounts.from_sequences(bts[0], lags=(1, 2, 3), n_symbols=3))
+    from mtdmath.fitting.mtd import em_fit
 
     law, _ = em_fit(counts, init={"pi": PI, "lam": np.ones(3) / 3}, freeze_pi=True, restarts=1, tol=1e-13)
     C = np.concatenate([mtdmath.lag_factors(s, PI, 3) for s in seqs])

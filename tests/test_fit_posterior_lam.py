@@ -173,7 +173,7 @@ def fitted():
     Y, _ = mtdmath.sample_icl(PI, np.array([1.0, 2.0, 1.0]), 40, 30, rng=rng)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        est = MTD(3, n_states=3, random_state=0, restarts=2).fit(Y)
+        est = MTD(3, n_symbols=3, random_state=0, restarts=2).fit(Y)
     return est, Y
 
 
@@ -224,7 +224,7 @@ def test_per_sequence_mle_maximises_each_likelihood(fitted):
 def test_per_sequence_sparse_lags_and_burn_in():
     law = MTDModel(PI, [0.6, 0.4], lags=(1, 3))
     Y = [law.sample(30, rng=i) for i in range(3)]
-    est = MTD(lags=(1, 3), n_states=3, burn_in=5, random_state=0, restarts=2).fit(Y)
+    est = MTD(lags=(1, 3), n_symbols=3, burn_in=5, random_state=0, restarts=2).fit(Y)
     got = est.per_sequence_lam(Y, "mle")
     for b, y in enumerate(Y):
         C = np.array([[est.pi_[y[t - 1], y[t]], est.pi_[y[t - 3], y[t]]] for t in range(5, len(y))])  # by hand

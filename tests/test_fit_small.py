@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 from mtdmath.fitting import MTD, MTDModel, fit, select_lags, select_order
 
 numba = pytest.importorskip("numba")
@@ -19,7 +19,7 @@ from mtdmath._kernels import cores, fitem  # noqa: E402  (after the skip: it imp
 
 @pytest.mark.parametrize("variant", ["shared", "lagwise"])
 def test_serial_small_fit_equals_the_parallel_kernel(variant, monkeypatch):
-    true = MTDModel(M.random_transition_matrix(4, concentration=1.0, rng=0), [0.5, 0.3, 0.2])
+    true = MTDModel(mtdmath.random_transition_matrix(4, concentration=1.0, rng=0), [0.5, 0.3, 0.2])
     y = true.sample(2000, rng=1)
     calls = []
     kernel = fitem.em_batch

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 from mtdmath.fitting import MTD, MTDModel, fit, select_lags, select_order
 
-TRUE = MTDModel(M.random_transition_matrix(3, concentration=3.0, rng=0), [0.6, 0.4])
+TRUE = MTDModel(mtdmath.random_transition_matrix(3, concentration=3.0, rng=0), [0.6, 0.4])
 CODES = TRUE.sample(600, rng=1)
 NAMES = np.array(["low", "mid", "high"])  # sorted order: high, low, mid
 LABELS = NAMES[CODES]
@@ -53,8 +53,8 @@ def test_categorical_keeps_its_own_category_order_and_unused_categories():
     codes = np.array([order.index(v) for v in LABELS])  # by hand, from the category list
     for data in (cat, pd.Series(cat)):
         e = MTD(2, restarts=2, random_state=0).fit(data)
-        g = MTD(2, restarts=2, random_state=0, n_states=4).fit(codes)
-        assert list(e.classes_) == order and e.n_states_ == 4
+        g = MTD(2, restarts=2, random_state=0, n_symbols=4).fit(codes)
+        assert list(e.classes_) == order and e.n_symbols_ == 4
         assert e.loglik_ == g.loglik_
         np.testing.assert_array_equal(e.pi_, g.pi_)
     # a plain Series of strings is sorted like an array
@@ -145,9 +145,9 @@ def test_bad_labels_raise_naming_sequences(data, match):
         fit(data, 1, restarts=1)
 
 
-def test_bad_labels_for_the_estimator_name_x_and_n_states():
-    with pytest.raises(ValueError, match=r"n_states = 5 disagrees with the 3 labels"):
-        MTD(2, n_states=5).fit(LABELS)
+def test_bad_labels_for_the_estimator_name_x_and_n_symbols():
+    with pytest.raises(ValueError, match=r"n_symbols = 5 disagrees with the 3 labels"):
+        MTD(2, n_symbols=5).fit(LABELS)
     with pytest.raises(ValueError, match=r"\bX\b: labels must be mutually sortable"):
         MTD(1).fit(np.array(["a", 1, "b"] * 4, dtype=object))
     pd = pytest.importorskip("pandas")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 from mtdmath.fitting import MTD, MarkovChain, MTDModel, fit
 
-TRUE = MTDModel(M.random_transition_matrix(3, concentration=2.0, rng=4), [0.5, 0.5])
+TRUE = MTDModel(mtdmath.random_transition_matrix(3, concentration=2.0, rng=4), [0.5, 0.5])
 Y = TRUE.sample(400, rng=5)
 RNG = np.random.default_rng(6)
 W = RNG.integers(0, 4, size=Y.shape[0]).astype(float)  # integer weights, some 0

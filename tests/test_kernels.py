@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-import mtdmath as M
+import mtdmath
 from backends import NUMPY, TORCH32, TORCH64, given_backends
 from strategies import icl_batches
 
@@ -35,10 +35,10 @@ def test_all_prefix_kernel_equals_the_generic_route_float64(bk, case, eta):
 
     tokens, pi, alpha = case
     y, P = bk.asarray(tokens), bk.asarray(pi)
-    fast = bk.check(M.md_predictive_all_prefixes(y, P, alpha, eta=eta))
+    fast = bk.check(mtdmath.md_predictive_all_prefixes(y, P, alpha, eta=eta))
     os.environ["MTDMATH_DISABLE_KERNELS"] = "1"
     try:
-        generic = bk.check(M.md_predictive_all_prefixes(y, P, alpha, eta=eta))
+        generic = bk.check(mtdmath.md_predictive_all_prefixes(y, P, alpha, eta=eta))
     finally:
         del os.environ["MTDMATH_DISABLE_KERNELS"]
     np.testing.assert_allclose(fast, generic, rtol=1e-12, atol=1e-300)
@@ -46,15 +46,15 @@ def test_all_prefix_kernel_equals_the_generic_route_float64(bk, case, eta):
 
 def test_all_prefix_kernel_float32_keeps_the_recursion_in_float64(monkeypatch):
     rng = np.random.default_rng(0)
-    pi = M.random_transition_matrix(8, concentration=0.5, rng=rng)
+    pi = mtdmath.random_transition_matrix(8, concentration=0.5, rng=rng)
     alpha = np.array([0.5, 1.0, 2.0])
-    y = M.sample_icl(pi, alpha, 400, 4, rng=rng)[0]
+    y = mtdmath.sample_icl(pi, alpha, 400, 4, rng=rng)[0]
     pi32 = pi.astype(np.float32)
     p64 = pi32.astype(np.float64)
     p64 /= p64.sum(1, keepdims=True)  # float32 rows sum to 1 ± 5e-7, outside the float64 check; moves pi by ~5e-7
-    ref = _generic(monkeypatch, lambda: M.md_predictive_all_prefixes(y, p64, alpha))
-    fast = M.md_predictive_all_prefixes(y, pi32, alpha)
-    slow = _generic(monkeypatch, lambda: M.md_predictive_all_prefixes(y, pi32, alpha))
+    ref = _generic(monkeypatch, lambda: mtdmath.md_predictive_all_prefixes(y, p64, alpha))
+    fast = mtdmath.md_predictive_all_prefixes(y, pi32, alpha)
+    slow = _generic(monkeypatch, lambda: mtdmath.md_predictive_all_prefixes(y, pi32, alpha))
     assert fast.dtype == np.float32 and slow.dtype == np.float32
     err_fast = np.abs(fast - ref).max()
     # the recursion and the softmax run in float64; lam rounded to float32 and a float32 mixture of m = 3
@@ -66,31 +66,31 @@ def test_all_prefix_kernel_float32_keeps_the_recursion_in_float64(monkeypatch):
 def test_out_buffer_is_written_and_returned(monkeypatch):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)
-    pi = M.random_transition_matrix(5, rng=rng)
+    pi = mtdmath.random_transition_matrix(5, rng=rng)
     alpha = np.array([1.0, 2.0])
-    y = M.sample_icl(pi, alpha, 20, 3, rng=rng)[0]
-    want = M.md_predictive_all_prefixes(y, pi, alpha)
+    y = mtdmath.sample_icl(pi, alpha, 20, 3, rng=rng)[0]
+    want = mtdmath.md_predictive_all_prefixes(y, pi, alpha)
     out = np.full(want.shape, np.nan)
-    assert M.md_predictive_all_prefixes(y, pi, alpha, out=out) is out
+    assert mtdmath.md_predictive_all_prefixes(y, pi, alpha, out=out) is out
     np.testing.assert_array_equal(out, want)
     strided = np.full((want.shape[0], want.shape[1], 2 * want.shape[2]), np.nan)[..., ::2]  # not contiguous
-    M.md_predictive_all_prefixes(y, pi, alpha, out=strided)
+    mtdmath.md_predictive_all_prefixes(y, pi, alpha, out=strided)
     np.testing.assert_array_equal(strided, want)
     tout = torch.empty(want.shape, dtype=torch.float64)
-    assert M.md_predictive_all_prefixes(torch.as_tensor(y), torch.as_tensor(pi), alpha, out=tout) is tout
+    assert mtdmath.md_predictive_all_prefixes(torch.as_tensor(y), torch.as_tensor(pi), alpha, out=tout) is tout
     np.testing.assert_array_equal(tout.numpy(), want)
     gen = np.full(want.shape, np.nan)  # the generic route (steps = 2) fills out too
-    got = M.md_predictive_all_prefixes(y, pi, alpha, steps=2, out=gen)
-    np.testing.assert_array_equal(got, M.md_predictive_all_prefixes(y, pi, alpha, steps=2))
+    got = mtdmath.md_predictive_all_prefixes(y, pi, alpha, steps=2, out=gen)
+    np.testing.assert_array_equal(got, mtdmath.md_predictive_all_prefixes(y, pi, alpha, steps=2))
     for bad, msg in ((np.empty((1, 2)), "shape"), (np.empty(want.shape, np.float32), "dtype"),
                      (torch.empty(want.shape, dtype=torch.float64), "namespace")):
         with pytest.raises(ValueError, match=f"out must .*{msg}|out must be an array of the result's {msg}"):
-            M.md_predictive_all_prefixes(y, pi, alpha, out=bad)
+            mtdmath.md_predictive_all_prefixes(y, pi, alpha, out=bad)
 
 
 def test_kernel_reports_impossible_data():
     with pytest.raises(ValueError, match="impossible"):
-        M.md_predictive_all_prefixes(np.array([[0, 1, 0, 0]]), np.array([[0.0, 1.0], [1.0, 0.0]]), [1.0])
+        mtdmath.md_predictive_all_prefixes(np.array([[0, 1, 0, 0]]), np.array([[0.0, 1.0], [1.0, 0.0]]), [1.0])
 
 
 def test_import_compiles_nothing():
@@ -110,10 +110,10 @@ def test_posterior_kernel_equals_the_generic_route(bk, m, n, B, seed, scale):
     C = rng.uniform(0.0, 1.0, (B, n, m)) * (rng.random((B, n, m)) < 0.8)
     C[..., 0] += 1e-3  # every row possible
     alpha = scale * rng.uniform(0.3, 3.0, m)
-    fast = M.posterior_mean(C, alpha), M.log_evidence(C, alpha)
+    fast = mtdmath.posterior_mean(C, alpha), mtdmath.log_evidence(C, alpha)
     os.environ["MTDMATH_DISABLE_KERNELS"] = "1"
     try:
-        slow = M.posterior_mean(C, alpha), M.log_evidence(C, alpha)
+        slow = mtdmath.posterior_mean(C, alpha), mtdmath.log_evidence(C, alpha)
     finally:
         del os.environ["MTDMATH_DISABLE_KERNELS"]
     # the same products cell by cell; the final sums run in another order: 1e-12 relative
@@ -125,12 +125,12 @@ def test_posterior_kernel_equals_the_generic_route(bk, m, n, B, seed, scale):
                                                           ("shared", True, False), ("shared", False, True)])
 def test_fit_em_kernel_equals_the_generic_em_map(variant, independent, freeze, monkeypatch):
     from mtdmath.fitting import TransitionCounts
-    from mtdmath.fitting._em import EM as _EM, Layout as _Layout
+    from mtdmath.fitting._em import EM as _EM, Layout
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 4, size=3000)
     data = TransitionCounts.from_sequences([y], lags=(1, 2, 3))
-    lay = _Layout(4, 3, variant, independent)
+    lay = Layout(4, 3, variant, independent)
     em = _EM(data, lay, freeze_pi=freeze)
     x = np.stack([lay.normalise(rng.random(lay.size)) for _ in range(5)])  # 5 random restarts
     x[2, lay.K:lay.K + 4] = 0.0  # a whole row of pi set to 0: the data become impossible under x[2]
@@ -146,11 +146,11 @@ def test_fit_with_the_kernel_reaches_the_same_maximum(monkeypatch):
     from mtdmath.fitting import MTDModel
 
     rng = np.random.default_rng(0)
-    true = MTDModel(M.random_transition_matrix(6, concentration=0.5, rng=rng), rng.dirichlet(np.ones(3)))
+    true = MTDModel(mtdmath.random_transition_matrix(6, concentration=0.5, rng=rng), rng.dirichlet(np.ones(3)))
     y = true.sample(20_000, rng=1)
-    fast = M.fit(y, 3, restarts=4, rng=0)
+    fast = mtdmath.fitting.fit(y, 3, restarts=4, rng=0)
     monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", "1")
-    slow = M.fit(y, 3, restarts=4, rng=0)
+    slow = mtdmath.fitting.fit(y, 3, restarts=4, rng=0)
     # the same EM path up to rounding, stopped by the same rule: the log-likelihood to 1e-9 relative
     # (the requirement; 1e-14 seen) and the same fixed point
     assert abs(fast.loglik_ - slow.loglik_) <= 1e-9 * abs(slow.loglik_)

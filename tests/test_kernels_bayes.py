@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 from mtdmath import bayes as Bm
 
 numba = pytest.importorskip("numba")
@@ -25,16 +25,16 @@ def test_routes_are_bit_identical(m, n, B, monkeypatch):
     C[..., 0] += 1e-3  # every row possible
     alpha = rng.uniform(0.3, 3.0, m)
     _route(monkeypatch, "serial")
-    want = M.posterior_mean(C, alpha), M.log_evidence(C, alpha)
+    want = mtdmath.posterior_mean(C, alpha), mtdmath.log_evidence(C, alpha)
     routes = [("batch", 1)] + ([("rows", k) for k in (2, 3, 5)] if m >= 3 else [])
     for route, nch in routes:
         _route(monkeypatch, route, nch)
-        got = M.posterior_mean(C, alpha), M.log_evidence(C, alpha)
+        got = mtdmath.posterior_mean(C, alpha), mtdmath.log_evidence(C, alpha)
         np.testing.assert_array_equal(got[0], want[0], err_msg=f"{route} {nch}")
         np.testing.assert_array_equal(got[1], want[1], err_msg=f"{route} {nch}")
     # and the serial kernel against the generic Array-API route (the same products, other sums)
     monkeypatch.setenv("MTDMATH_DISABLE_KERNELS", "1")
-    generic = M.posterior_mean(C, alpha), M.log_evidence(C, alpha)
+    generic = mtdmath.posterior_mean(C, alpha), mtdmath.log_evidence(C, alpha)
     np.testing.assert_allclose(want[0], generic[0], rtol=1e-12, atol=0)
     np.testing.assert_allclose(want[1], generic[1], rtol=1e-12, atol=1e-12)
 
@@ -60,12 +60,12 @@ def test_row_split_reads_the_copied_group(monkeypatch):
 
     want = run(1, 0)
     np.testing.assert_array_equal(run(4, Bm._spare_cells(n, lay, 4)), want)
-    serial = M.posterior_mean(C, alpha)
+    serial = mtdmath.posterior_mean(C, alpha)
     np.testing.assert_allclose(want, serial, rtol=0, atol=0)
 
 
 THREADS_CODE = """
-import numpy as np, mtdmath as M
+import numpy as np, mtdmath
 from mtdmath import bayes as Bm
 Bm._PARALLEL_STATES = 1 << 20  # the row-split route for m = 4, n = 185 at two threads
 Bm._BATCH_WORK = 0  # and the batch route for the batches
@@ -75,7 +75,7 @@ rng = np.random.default_rng(0)
 for (B, n, m) in [(1, 185, 4), (6, 40, 4), (3, 60, 3)]:
     C = rng.uniform(0.05, 1.0, (B, n, m))
     alpha = rng.uniform(0.5, 2.0, m)
-    print(M.posterior_mean(C, alpha).tobytes().hex(), M.log_evidence(C, alpha).tobytes().hex())
+    print(mtdmath.posterior_mean(C, alpha).tobytes().hex(), mtdmath.log_evidence(C, alpha).tobytes().hex())
 """
 
 
@@ -104,4 +104,4 @@ def test_route_choice():
 def test_budget_counts_one_level_per_sequence_in_flight():
     one = Bm._bytes_needed(1, 40, 5, kernel=True, threads=1)
     four = Bm._bytes_needed(8, 40, 5, kernel=True, threads=4)
-    assert four - one >= 3 * 8 * M.n_states(40, 5)  # four buffers at once on the batch route
+    assert four - one >= 3 * 8 * mtdmath.n_count_states(40, 5)  # four buffers at once on the batch route

@@ -11,11 +11,11 @@ from mtdmath._kernels import fitem  # noqa: E402
 
 def _problem(variant="lagwise", restarts=7):
     from mtdmath.fitting import TransitionCounts
-    from mtdmath.fitting._em import EM as _EM, Layout as _Layout
+    from mtdmath.fitting._em import EM as _EM, Layout
 
     rng = np.random.default_rng(4)
     y = rng.integers(0, 5, size=4000)
-    lay = _Layout(5, 3, variant, False)
+    lay = Layout(5, 3, variant, False)
     em = _EM(TransitionCounts.from_sequences([y], lags=(1, 2, 3)), lay)
     x = np.stack([lay.normalise(rng.random(lay.size)) for _ in range(restarts)])
     x[3, lay.K:] = 0.0  # every emission at 0: the data are impossible under restart 3
@@ -82,11 +82,11 @@ def test_small_work_does_not_import_numba_in_a_fresh_process():
     ("shared", False, False, 1)])
 def test_predicted_gain_kernel_equals_the_numpy_one(variant, independent, freeze, order):
     from mtdmath.fitting import TransitionCounts
-    from mtdmath.fitting._em import EM as _EM, Layout as _Layout
+    from mtdmath.fitting._em import EM as _EM, Layout
 
     rng = np.random.default_rng(8)
     y = rng.integers(0, 3, size=2000)  # 3 symbols and 3 lags: equal context tokens are common (shared rows)
-    lay = _Layout(3, order, variant, independent)
+    lay = Layout(3, order, variant, independent)
     em = _EM(TransitionCounts.from_sequences([y], lags=tuple(range(1, order + 1))), lay, freeze_pi=freeze)
     for _ in range(4):
         theta = lay.normalise(rng.random(lay.size))

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import mtdmath as M
+import mtdmath
 from backends import FLOAT64, TORCH32, given_backends
 from strategies import lag_factor_arrays, orders, sequences, simplex_points
 
@@ -57,7 +57,7 @@ def test_gradient_matches_complex_step(bk, p):
     lam, C = bk.round_trip(lam), bk.round_trip(C)
     h = 1e-30
     cs = np.array([brute_loglik(lam + 1j * h * e, C).imag / h for e in np.eye(len(lam))])
-    g = bk.check(M.gradient(bk.asarray(lam), bk.asarray(C)))
+    g = bk.check(mtdmath.gradient(bk.asarray(lam), bk.asarray(C)))
     tol = _rt(bk, 1e-11)
     np.testing.assert_allclose(g, cs, rtol=tol, atol=tol * max(1.0, np.abs(cs).max()))
 
@@ -72,9 +72,9 @@ def test_gradient_and_hessian_match_central_differences(bk, p):
     E = np.eye(m)
     fd_g = np.array([(brute_loglik(lam + h * e, C) - brute_loglik(lam - h * e, C)) / (2 * h) for e in E])
     scale = max(1.0, np.abs(fd_g).max())
-    np.testing.assert_allclose(bk.check(M.gradient(bk.asarray(lam), bk.asarray(C))), fd_g, rtol=1e-6, atol=1e-6 * scale)
+    np.testing.assert_allclose(bk.check(mtdmath.gradient(bk.asarray(lam), bk.asarray(C))), fd_g, rtol=1e-6, atol=1e-6 * scale)
     fd_H = np.array([(brute_grad(lam + h * e, C) - brute_grad(lam - h * e, C)) / (2 * h) for e in E])
-    H = bk.check(M.hessian(bk.asarray(lam), bk.asarray(C)))
+    H = bk.check(mtdmath.hessian(bk.asarray(lam), bk.asarray(C)))
     np.testing.assert_allclose(H, fd_H, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(fd_H).max()))
 
 
@@ -90,8 +90,8 @@ def test_gradient_and_hessian_match_torch_autograd(bk, p):
     g_ad = torch.autograd.grad(f(x), x)[0].numpy()
     H_ad = torch.autograd.functional.hessian(f, x.detach()).numpy()
     lb, Cb = bk.asarray(lam), bk.asarray(C)
-    np.testing.assert_allclose(bk.check(M.gradient(lb, Cb)), g_ad, rtol=1e-11, atol=1e-11 * max(1, np.abs(g_ad).max()))
-    np.testing.assert_allclose(bk.check(M.hessian(lb, Cb)), H_ad, rtol=1e-10, atol=1e-10 * max(1, np.abs(H_ad).max()))
+    np.testing.assert_allclose(bk.check(mtdmath.gradient(lb, Cb)), g_ad, rtol=1e-11, atol=1e-11 * max(1, np.abs(g_ad).max()))
+    np.testing.assert_allclose(bk.check(mtdmath.hessian(lb, Cb)), H_ad, rtol=1e-10, atol=1e-10 * max(1, np.abs(H_ad).max()))
 
 
 @given_backends(problems(interior=0.0), backends=FLOAT64)
@@ -99,12 +99,12 @@ def test_hessian_symmetric_nsd_and_euler_identity(bk, p):
     lam, C = p
     n = C.shape[0]
     assume(np.all(C @ lam > 0))  # lam on the boundary may not explain the data: ℓ = -inf there
-    H = bk.check(M.hessian(bk.asarray(lam), bk.asarray(C)))
+    H = bk.check(mtdmath.hessian(bk.asarray(lam), bk.asarray(C)))
     scale = max(1.0, np.abs(H).max())
     np.testing.assert_allclose(H, H.T, rtol=0, atol=1e-13 * scale)
     assert np.linalg.eigvalsh(H).max() <= 1e-12 * scale
     # lam·∇ℓ(lam) = n on the simplex (homogeneity of degree 0 of each C[i]/s_i)
-    np.testing.assert_allclose(lam @ bk.check(M.gradient(bk.asarray(lam), bk.asarray(C))), n, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lam @ bk.check(mtdmath.gradient(bk.asarray(lam), bk.asarray(C))), n, rtol=1e-12, atol=1e-12)
 
 
 @given_backends(problems(interior=0.0))
@@ -112,7 +112,7 @@ def test_responsibilities_match_bayes_rule_by_loop(bk, p):
     lam, C = p
     lam, C = bk.round_trip(lam), bk.round_trip(C)
     assume(np.all(C @ lam > 0))
-    R = bk.check(M.responsibilities(bk.asarray(lam), bk.asarray(C)))
+    R = bk.check(mtdmath.responsibilities(bk.asarray(lam), bk.asarray(C)))
     # float32: a product and a quotient of rounded terms, m <= 5 summed: (m + 2)·eps32 < 1e-6
     tol, tiny = (1e-6, 1e-30) if bk.float32 else (1e-12, 1e-300)
     for i in range(C.shape[0]):
@@ -129,11 +129,11 @@ def test_lag_factors_and_loglik_match_brute_force_loop(bk, data):
     tokens, pi, lam = data
     pi, lam = bk.round_trip(pi), bk.round_trip(lam)
     m = lam.shape[-1]
-    C = bk.check(M.lag_factors(bk.asarray(tokens), bk.asarray(pi), m))
+    C = bk.check(mtdmath.lag_factors(bk.asarray(tokens), bk.asarray(pi), m))
     y2 = tokens.reshape(-1, tokens.shape[-1])
     lam2 = np.broadcast_to(lam, tokens.shape[:-1] + (m,)).reshape(-1, m)
     C2 = C.reshape(y2.shape[:1] + C.shape[-2:])
-    ll = np.atleast_1d(bk.check(M.log_likelihood(bk.asarray(lam), bk.asarray(C)))).reshape(-1)
+    ll = np.atleast_1d(bk.check(mtdmath.log_likelihood(bk.asarray(lam), bk.asarray(C)))).reshape(-1)
     for b, y in enumerate(y2):
         T = len(y)
         brute = 0.0
@@ -149,7 +149,7 @@ def test_predictive_matches_definition(bk, data):
     tokens, pi, lam = data
     pi, lam = bk.round_trip(pi), bk.round_trip(lam)
     m = lam.shape[-1]
-    p = bk.check(M.predictive(bk.asarray(lam), bk.asarray(tokens), bk.asarray(pi)))
+    p = bk.check(mtdmath.predictive(bk.asarray(lam), bk.asarray(tokens), bk.asarray(pi)))
     y2 = tokens.reshape(-1, tokens.shape[-1])
     lam2 = np.broadcast_to(lam, tokens.shape[:-1] + (m,)).reshape(-1, m)
     for b, y in enumerate(y2):
@@ -164,19 +164,19 @@ def test_broadcasting_lam_against_batched_C():
     rng = np.random.default_rng(0)
     C = rng.uniform(0.1, 1, size=(4, 3, 10, 2))
     lam = np.array([0.3, 0.7])
-    ll = M.log_likelihood(lam, C)
+    ll = mtdmath.log_likelihood(lam, C)
     assert ll.shape == (4, 3)
     np.testing.assert_allclose(ll[2, 1], np.log(C[2, 1] @ lam).sum(), rtol=1e-14)
-    assert M.gradient(lam, C).shape == (4, 3, 2)
-    assert M.hessian(lam, C).shape == (4, 3, 2, 2)
-    assert M.responsibilities(lam, C).shape == (4, 3, 10, 2)
+    assert mtdmath.gradient(lam, C).shape == (4, 3, 2)
+    assert mtdmath.hessian(lam, C).shape == (4, 3, 2, 2)
+    assert mtdmath.responsibilities(lam, C).shape == (4, 3, 10, 2)
 
 
 def test_impossible_data():
     C = np.array([[0.5, 0.2], [0.0, 0.0]])
     lam = np.array([0.5, 0.5])
-    assert M.log_likelihood(lam, C) == -np.inf
-    for f in (M.gradient, M.hessian, M.responsibilities):
+    assert mtdmath.log_likelihood(lam, C) == -np.inf
+    for f in (mtdmath.gradient, mtdmath.hessian, mtdmath.responsibilities):
         with pytest.raises(ValueError, match="C"):
             f(lam, C)
 
@@ -184,9 +184,9 @@ def test_impossible_data():
 def test_n_zero():
     C = np.zeros((0, 3))
     lam = np.full(3, 1 / 3)
-    assert M.log_likelihood(lam, C) == 0.0
-    np.testing.assert_array_equal(M.gradient(lam, C), 0.0)
-    np.testing.assert_array_equal(M.hessian(lam, C), 0.0)
+    assert mtdmath.log_likelihood(lam, C) == 0.0
+    np.testing.assert_array_equal(mtdmath.gradient(lam, C), 0.0)
+    np.testing.assert_array_equal(mtdmath.hessian(lam, C), 0.0)
 
 
 # --------------------------------------------------------------------------- kl
@@ -198,10 +198,10 @@ def test_kl_matches_scipy_rel_entr(bk, S, seed):
     p = rng.dirichlet(np.full(S, 0.3), size=(3,))
     q = rng.dirichlet(np.ones(S))
     want = rel_entr(p, q).sum(-1)
-    got = bk.check(M.kl(bk.asarray(p), bk.asarray(q)))
+    got = bk.check(mtdmath.kl(bk.asarray(p), bk.asarray(q)))
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
     assert np.all(got >= -1e-15)
-    np.testing.assert_allclose(bk.check(M.kl(bk.asarray(q), bk.asarray(q))), 0.0, atol=1e-15)
+    np.testing.assert_allclose(bk.check(mtdmath.kl(bk.asarray(q), bk.asarray(q))), 0.0, atol=1e-15)
 
 
 def test_log_likelihood_below_the_smallest_double_is_finite():
@@ -210,18 +210,18 @@ def test_log_likelihood_below_the_smallest_double_is_finite():
     lam = [1e-30, 1 - 1e-30]
     C = np.array([[1e-300, 0.0], [0.2, 0.5]])
     want = np.log(1e-30) + np.log(1e-300) + np.log(0.2 * 1e-30 + 0.5 * (1 - 1e-30))
-    np.testing.assert_allclose(M.log_likelihood(lam, C), want, rtol=1e-14)
-    assert M.log_likelihood(lam, np.array([[0.0, 0.0], [0.2, 0.5]])) == -np.inf
+    np.testing.assert_allclose(mtdmath.log_likelihood(lam, C), want, rtol=1e-14)
+    assert mtdmath.log_likelihood(lam, np.array([[0.0, 0.0], [0.2, 0.5]])) == -np.inf
 
 
 def test_kl_zero_conventions():
-    assert M.kl([0.5, 0.5, 0.0], [0.5, 0.25, 0.25]) == pytest.approx(0.5 * np.log(2))
-    assert M.kl([0.5, 0.5], [1.0, 0.0]) == np.inf
-    assert M.kl([1.0, 0.0], [1.0, 0.0]) == 0.0
+    assert mtdmath.kl([0.5, 0.5, 0.0], [0.5, 0.25, 0.25]) == pytest.approx(0.5 * np.log(2))
+    assert mtdmath.kl([0.5, 0.5], [1.0, 0.0]) == np.inf
+    assert mtdmath.kl([1.0, 0.0], [1.0, 0.0]) == 0.0
     with pytest.raises(ValueError, match="p"):
-        M.kl([0.5, 0.6], [0.5, 0.5])
+        mtdmath.kl([0.5, 0.6], [0.5, 0.5])
     with pytest.raises(ValueError, match="q"):
-        M.kl([0.5, 0.5], [-0.1, 1.1])
+        mtdmath.kl([0.5, 0.5], [-0.1, 1.1])
 
 
 @given_backends(problems(interior=0.05), st.integers(0, 2**32 - 1), backends=FLOAT64)
@@ -240,7 +240,7 @@ def test_rows_scaled_down_to_1e_320_match_mpmath(bk, p, seed):
     with mp.workdps(50):
         want = float(mp.fsum(mp.log(mp.fsum(mp.mpf(float(c)) * mp.mpf(float(w)) for c, w in zip(row, lam)))
                              for row in Cs))
-    ll = bk.check(M.log_likelihood(bk.asarray(lam), bk.asarray(Cs)))
+    ll = bk.check(mtdmath.log_likelihood(bk.asarray(lam), bk.asarray(Cs)))
     assert np.isfinite(ll)
     # a subnormal entry carries as few as 1 significant bit relative error 2^-(1074+log2 c):
     # the reference uses the same stored values, so only ℓ's own rounding remains (n terms)
@@ -250,16 +250,16 @@ def test_rows_scaled_down_to_1e_320_match_mpmath(bk, p, seed):
     # rounded relative to C, so the invariance is compared where the scaled row kept full precision
     full = (Cs >= np.finfo(float).tiny) | (Cs == 0)
     keep = np.all(full, axis=1)
-    g = bk.check(M.gradient(lb, bk.asarray(Cs)))
+    g = bk.check(mtdmath.gradient(lb, bk.asarray(Cs)))
     ref = (C[keep] / (C[keep] @ lam)[:, None]).sum(0)
     if keep.all():
         np.testing.assert_allclose(g, ref, rtol=1e-12)
     else:
         assert np.all(np.isfinite(g))
-    R = bk.check(M.responsibilities(lb, bk.asarray(Cs)))
+    R = bk.check(mtdmath.responsibilities(lb, bk.asarray(Cs)))
     np.testing.assert_allclose(R[keep], lam * C[keep] / (C[keep] @ lam)[:, None], rtol=1e-12, atol=1e-300)
-    md = bk.check(M.mirror_descent(bk.asarray(Cs), eta=0.1, steps=2, lam0=lb))
+    md = bk.check(mtdmath.mirror_descent(bk.asarray(Cs), eta=0.1, steps=2, lam0=lb))
     assert np.all(np.isfinite(md)) and abs(md.sum() - 1) < 1e-13
     if keep.all():
-        np.testing.assert_allclose(md, bk.check(M.mirror_descent(bk.asarray(C), eta=0.1, steps=2, lam0=lb)),
+        np.testing.assert_allclose(md, bk.check(mtdmath.mirror_descent(bk.asarray(C), eta=0.1, steps=2, lam0=lb)),
                                    rtol=1e-10, atol=1e-14)

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 
 torch = pytest.importorskip("torch")
 from mtdmath.nn import (MD_CACHE_NAMES, MD_SINK_CACHE_NAMES, MDTransformer, adaptive_params, fit_adaptive_step,  # noqa: E402
@@ -26,12 +26,12 @@ torch.set_num_threads(1)
 
 def _task(m: int, seed: int, S: int = 6, zeros: bool = False):
     rng = np.random.default_rng(seed)
-    pi = M.random_transition_matrix(S, concentration=0.5, rng=rng)
+    pi = mtdmath.random_transition_matrix(S, concentration=0.5, rng=rng)
     if zeros:  # a zero per row, away from the diagonal, keeps every transition possible under some lag
         pi[np.arange(S), (np.arange(S) + 2) % S] = 0.0
         pi /= pi.sum(1, keepdims=True)
     alpha = rng.uniform(0.5, 3.0, m)
-    y, _ = M.sample_icl(pi, alpha, 30, 5, rng=rng)
+    y, _ = mtdmath.sample_icl(pi, alpha, 30, 5, rng=rng)
     return pi, alpha, y
 
 
@@ -41,9 +41,9 @@ def _md_per_prefix(y, pi, alpha, step):
     mu = alpha / alpha.sum()
     rows = []
     for r in range(y.shape[1] - m + 1):
-        C = M.lag_factors(y[:, :m + r], pi, m)
-        lam = M.mirror_descent(C, eta=step(r), steps=1, lam0=mu)
-        rows.append(M.predictive(lam, y[:, :m + r], pi))
+        C = mtdmath.lag_factors(y[:, :m + r], pi, m)
+        lam = mtdmath.mirror_descent(C, eta=step(r), steps=1, lam0=mu)
+        rows.append(mtdmath.predictive(lam, y[:, :m + r], pi))
     return np.stack(rows, axis=1)
 
 
@@ -66,10 +66,10 @@ def test_softmax_sink_is_one_md_step_with_the_adaptive_step_at_every_prefix(m, c
     # different summation orders of a few hundred terms, far below any modelling difference
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=0)
     # the vectorised core with a per-prefix step: a function of n, and the (1, T-m+1) array
-    f = M.md_predictive_all_prefixes(y, pi, alpha, eta=lambda n: c_ / (n + m + a_), steps=1)
+    f = mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta=lambda n: c_ / (n + m + a_), steps=1)
     np.testing.assert_allclose(got, f, rtol=1e-10, atol=0)
     arr = (c_ / (np.arange(y.shape[1] - m + 1) + m + a_))[None]
-    np.testing.assert_allclose(got, M.md_predictive_all_prefixes(y, pi, alpha, eta=arr, steps=1), rtol=1e-10, atol=0)
+    np.testing.assert_allclose(got, mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta=arr, steps=1), rtol=1e-10, atol=0)
     # a wrong candidate, the step without the m in its denominator, must differ
     wrong = _md_per_prefix(y, pi, alpha, lambda n: c_ / (n + a_) if n + a_ > 0 else 10.0 * c_)
     assert np.abs(got - wrong).max() > 1e-3
@@ -79,11 +79,11 @@ def test_default_sink_makes_the_first_step_bayes_consistent():
     alpha = np.array([1.0, 2.0, 0.5])
     c, a = adaptive_params(alpha, c=2.0)
     assert a == pytest.approx(2.0 * (1 + alpha.sum()) - 3, rel=1e-15)
-    assert c / (0 + 3 + a) == pytest.approx(M.eta_bayes(alpha), rel=1e-14)  # η(0) = η*
+    assert c / (0 + 3 + a) == pytest.approx(mtdmath.eta_bayes(alpha), rel=1e-14)  # η(0) = η*
     c2, a2 = adaptive_params(alpha, a=4.0)
-    assert c2 / (3 + a2) == pytest.approx(M.eta_bayes(alpha), rel=1e-14)
+    assert c2 / (3 + a2) == pytest.approx(mtdmath.eta_bayes(alpha), rel=1e-14)
     c3, a3 = adaptive_params(alpha)
-    assert a3 == 0.0 and c3 / 3 == pytest.approx(M.eta_bayes(alpha), rel=1e-14)
+    assert a3 == 0.0 and c3 / 3 == pytest.approx(mtdmath.eta_bayes(alpha), rel=1e-14)
 
 
 @pytest.mark.parametrize("a", [0.0, 0.37, 25.0])
@@ -145,7 +145,7 @@ def test_the_sum_model_is_unchanged():
     with torch.no_grad():
         _, cache = model.run_with_cache(torch.as_tensor(y))
     assert list(cache) == list(MD_CACHE_NAMES)
-    np.testing.assert_allclose(_probs(model, y), M.md_predictive_all_prefixes(y, pi, alpha), rtol=1e-10, atol=0)
+    np.testing.assert_allclose(_probs(model, y), mtdmath.md_predictive_all_prefixes(y, pi, alpha), rtol=1e-10, atol=0)
 
 
 def test_construct_and_init_validate_their_arguments():
@@ -208,11 +208,11 @@ def test_step_by_n_and_matched_step_recover_the_adaptive_step():
     np.testing.assert_array_equal(sb.n, np.arange(1, y.shape[1] - 2))
     # the logits are log μ + η(n)∇ℓ exactly in float64: the per-n slope is η(n) to rounding
     np.testing.assert_allclose(sb.eta, c / (sb.n + 3 + a), rtol=1e-10)
-    assert np.all(sb.fit > 1 - 1e-12)
+    assert np.all(sb.r2 > 1 - 1e-12)
     ms = matched_step(_probs(model, y), y, pi, alpha)
     # bounded Brent on log η near a quadratic minimum: |Δη|/η ~ sqrt(machine eps) ~ 1e-8
     np.testing.assert_allclose(ms.eta, c / (ms.n + 3 + a), rtol=1e-5)
-    assert np.all(ms.fit < 1e-12)
+    assert np.all(ms.kl_left < 1e-12)
     f = fit_adaptive_step(sb.n, sb.eta, 3)
     assert f.c == pytest.approx(c, rel=1e-9) and f.a == pytest.approx(a, rel=1e-9) and f.r2 > 1 - 1e-12
     # the fixed-step model: matched step constant in n; the adaptive form cannot describe it as decreasing

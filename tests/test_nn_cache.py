@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import mtdmath as M
+import mtdmath
 from mtdmath.nn import MD_CACHE_NAMES, MDTransformer, StandardTransformer, standard_cache_names
 
 torch.set_num_threads(1)
@@ -72,9 +72,9 @@ def _md_recompute(model: MDTransformer, y: torch.Tensor, cache: dict[str, torch.
 def test_md_cache_recomputes_the_output(constructed):
     rng = np.random.default_rng(0)
     S, m = 5, 3
-    pi = M.random_transition_matrix(S, rng=rng)
+    pi = mtdmath.random_transition_matrix(S, rng=rng)
     alpha = np.array([0.5, 1.0, 2.0])
-    y = torch.as_tensor(M.sample_icl(pi, alpha, 14, 3, rng=rng)[0])
+    y = torch.as_tensor(mtdmath.sample_icl(pi, alpha, 14, 3, rng=rng)[0])
     model = (MDTransformer.construct(pi, alpha) if constructed
              else MDTransformer(S, m, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
     logits, cache = model.run_with_cache(y)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-import mtdmath as M
+import mtdmath
 from mtdmath.nn import (ICLTask, MDTransformer, convert_checkpoint, load_checkpoint,
                         model_from_spec, save_checkpoint, train)
 from mtdmath.nn import checkpoints as CK
@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def task() -> ICLTask:
-    return ICLTask(M.random_transition_matrix(5, concentration=0.5, rng=0), [1.0, 1.0], T=12)
+    return ICLTask(mtdmath.random_transition_matrix(5, concentration=0.5, rng=0), [1.0, 1.0], T=12)
 
 
 @pytest.mark.parametrize("kind", ["md", "mdsink", "std:L=2,d=8,h=2"])

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-import mtdmath as M
-from mtdmath import _validate as V
+import mtdmath
+from mtdmath import _validate as validate
 from mtdmath.nn import MDTransformer, StandardTransformer
 
 torch.set_num_threads(1)
@@ -25,7 +25,7 @@ S, m, T, B = 5, 3, 13, 3
 def _pi_with_zeros(seed=0):
     """A transition matrix with zeros (the masked path of layer 1 and the value logits)."""
     rng = np.random.default_rng(seed)
-    pi = M.random_transition_matrix(S, concentration=0.7, rng=rng)
+    pi = mtdmath.random_transition_matrix(S, concentration=0.7, rng=rng)
     pi[np.arange(S), (np.arange(S) + 1) % S] = 0.0
     return pi / pi.sum(axis=1, keepdims=True)
 
@@ -33,7 +33,7 @@ def _pi_with_zeros(seed=0):
 def _models():
     pi = _pi_with_zeros()
     alpha = np.array([0.5, 1.0, 2.0])
-    y = torch.as_tensor(M.sample_icl(pi, alpha, T, B, rng=1)[0])
+    y = torch.as_tensor(mtdmath.sample_icl(pi, alpha, T, B, rng=1)[0])
     g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
     return y, {
         "md-construct": MDTransformer.construct(pi, alpha),
@@ -79,7 +79,7 @@ def test_eager_checks_would_break_the_graph():
     model = models["std"]
 
     def checked(tokens):
-        return model(V.check_tokens(tokens, S, m, "tokens"))
+        return model(validate.check_tokens(tokens, S, m, "tokens"))
 
     torch._dynamo.reset()
     # fullgraph refuses the host read of the range check (as a graph break or a data-dependent guard)

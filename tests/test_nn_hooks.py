@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import mtdmath as M
+import mtdmath
 from mtdmath.nn import HookPoint, MDTransformer, StandardTransformer, md_cache_names, standard_cache_names
 
 torch.set_num_threads(1)
@@ -20,9 +20,9 @@ torch.set_num_threads(1)
 
 def _setup(S=5, m=3, T=13, B=3, seed=0):
     rng = np.random.default_rng(seed)
-    pi = M.random_transition_matrix(S, concentration=0.7, rng=rng)
+    pi = mtdmath.random_transition_matrix(S, concentration=0.7, rng=rng)
     alpha = rng.uniform(0.3, 2.0, size=m)
-    y = torch.as_tensor(M.sample_icl(pi, alpha, T, B, rng=rng)[0])
+    y = torch.as_tensor(mtdmath.sample_icl(pi, alpha, T, B, rng=rng)[0])
     return pi, alpha, y
 
 
@@ -107,7 +107,7 @@ def test_zero_ablating_the_mirror_step_gives_the_prediction_at_mu(aggregation):
     mu = alpha / alpha.sum()
     tokens = y.numpy()
     # the core, prefix by prefix: the predictive law under the prior mean lam = μ
-    want = np.stack([M.predictive(np.broadcast_to(mu, (y.shape[0], m)), tokens[:, :m + r], pi)
+    want = np.stack([mtdmath.predictive(np.broadcast_to(mu, (y.shape[0], m)), tokens[:, :m + r], pi)
                      for r in range(y.shape[1] - m + 1)], axis=1)
     for name in ("blocks.2.attn.hook_step", "blocks.1.hook_G"):
         with torch.no_grad():

@@ -18,7 +18,7 @@ pytest.importorskip("transformer_lens.model_bridge.sources.native")
 from transformer_lens.config import TransformerBridgeConfig  # noqa: E402
 from transformer_lens.model_bridge.sources.native import boot  # noqa: E402
 
-import mtdmath as M  # noqa: E402
+import mtdmath  # noqa: E402
 from mtdmath.nn import StandardTransformer  # noqa: E402
 
 torch.set_num_threads(1)
@@ -36,9 +36,9 @@ TOL32 = 5e-5
 
 def _tokens(seed=0, b=B, t=T):
     rng = np.random.default_rng(seed)
-    pi = M.random_transition_matrix(S, concentration=0.7, rng=rng)
+    pi = mtdmath.random_transition_matrix(S, concentration=0.7, rng=rng)
     alpha = rng.uniform(0.3, 2.0, size=m)
-    return torch.as_tensor(M.sample_icl(pi, alpha, t, b, rng=rng)[0])
+    return torch.as_tensor(mtdmath.sample_icl(pi, alpha, t, b, rng=rng)[0])
 
 
 def _model(dtype=torch.float64, seed=7, scale=0.3, **kw):

@@ -3,7 +3,7 @@ not an MD step (different steps per lag) is detected by R² < 1."""
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 
 torch = pytest.importorskip("torch")
 from mtdmath.nn import MDTransformer, StandardTransformer, effective_step  # noqa: E402
@@ -12,12 +12,12 @@ from mtdmath.nn import MDTransformer, StandardTransformer, effective_step  # noq
 @pytest.mark.parametrize("m, eta", [(2, None), (2, 0.05), (3, 0.3), (5, 1.7)])
 def test_construction_step_is_recovered(m, eta):
     rng = np.random.default_rng(m)
-    pi = M.random_transition_matrix(6, concentration=0.5, rng=rng)
+    pi = mtdmath.random_transition_matrix(6, concentration=0.5, rng=rng)
     alpha = rng.uniform(0.5, 3.0, m)
-    tokens = M.sample_icl(pi, alpha, 40, 8, rng=rng)[0]
+    tokens = mtdmath.sample_icl(pi, alpha, 40, 8, rng=rng)[0]
     model = MDTransformer.construct(pi, alpha, eta=eta)
     res = effective_step(model, tokens, pi, alpha)
-    want = M.eta_bayes(alpha) if eta is None else eta
+    want = mtdmath.eta_bayes(alpha) if eta is None else eta
     # the logits are exactly log μ + η ∇ℓ in float64: the fit recovers η to rounding (~1e-14)
     assert abs(res.eta - want) <= 1e-10 * max(1.0, want)
     assert res.r2 > 1 - 1e-12
@@ -26,9 +26,9 @@ def test_construction_step_is_recovered(m, eta):
 
 def test_a_layer_3_that_is_not_one_md_step_is_detected():
     rng = np.random.default_rng(0)
-    pi = M.random_transition_matrix(6, concentration=0.5, rng=rng)
+    pi = mtdmath.random_transition_matrix(6, concentration=0.5, rng=rng)
     alpha = np.array([1.0, 2.0, 0.5])
-    tokens = M.sample_icl(pi, alpha, 60, 16, rng=rng)[0]
+    tokens = mtdmath.sample_icl(pi, alpha, 60, 16, rng=rng)[0]
     model = MDTransformer.construct(pi, alpha)
     with torch.no_grad():
         model.mirror_step.attn.w_q.mul_(torch.diag(torch.tensor([1.0, 3.0, 0.2], dtype=torch.float64)).diag())  # a step per lag
@@ -37,7 +37,7 @@ def test_a_layer_3_that_is_not_one_md_step_is_detected():
 
 
 def test_bad_input():
-    pi = M.random_transition_matrix(3, rng=0)
+    pi = mtdmath.random_transition_matrix(3, rng=0)
     model = MDTransformer.construct(pi, [1.0, 1.0])
     with pytest.raises(ValueError, match="alpha has length 3 but the model has order m = 2"):
         effective_step(model, np.zeros((2, 9), dtype=np.int64), pi, [1.0, 1.0, 1.0])
@@ -67,9 +67,9 @@ def _noisy(pi, alpha):
 def test_the_output_route_recovers_the_construction_step():
     # an independent route to the same η: the step of the one-step MD predictive closest to the output
     rng = np.random.default_rng(3)
-    pi = M.random_transition_matrix(5, concentration=0.5, rng=rng)
+    pi = mtdmath.random_transition_matrix(5, concentration=0.5, rng=rng)
     alpha = np.array([0.7, 1.5, 1.0])
-    tokens = M.sample_icl(pi, alpha, 30, 8, rng=rng)[0]
+    tokens = mtdmath.sample_icl(pi, alpha, 30, 8, rng=rng)[0]
     for eta in (0.1, 0.6):
         res = effective_step(_OutputOnly(MDTransformer.construct(pi, alpha, eta=eta)), tokens, pi, alpha)
         # bounded Brent on log η near a quadratic minimum: |Δη|/η ~ sqrt(eps) ~ 1e-8; 1e-5 leaves room
@@ -89,13 +89,13 @@ def test_the_output_route_recovers_the_construction_step():
 def test_standard_errors_match_the_spread_over_independent_batches(route):
     # the clustered s.e. of one batch against the standard deviation of η̂ over K independent batches
     rng = np.random.default_rng(5)
-    pi = M.random_transition_matrix(5, concentration=0.5, rng=rng)
+    pi = mtdmath.random_transition_matrix(5, concentration=0.5, rng=rng)
     alpha = np.array([1.0, 2.0, 0.5])
     model = _noisy(pi, alpha)
     if route == "output":
         model = _OutputOnly(model)
     K = 40
-    fits = [effective_step(model, M.sample_icl(pi, alpha, 24, 12, rng=rng)[0], pi, alpha, bins=1) for _ in range(K)]
+    fits = [effective_step(model, mtdmath.sample_icl(pi, alpha, 24, 12, rng=rng)[0], pi, alpha, bins=1) for _ in range(K)]
     etas, ses = np.array([f.eta for f in fits]), np.array([f.eta_se for f in fits])
     assert all(f.method == route for f in fits)
     # K = 40 batches: the sample sd is within ~±22 % (2 s.e.) of the truth; a sandwich estimate from 12
@@ -107,11 +107,11 @@ def test_standard_errors_match_the_spread_over_independent_batches(route):
 
 def test_construction_standard_error_is_rounding():
     rng = np.random.default_rng(0)
-    pi = M.random_transition_matrix(6, concentration=0.5, rng=rng)
+    pi = mtdmath.random_transition_matrix(6, concentration=0.5, rng=rng)
     alpha = np.array([1.0, 2.0])
-    res = effective_step(MDTransformer.construct(pi, alpha), M.sample_icl(pi, alpha, 30, 6, rng=rng)[0], pi, alpha)
+    res = effective_step(MDTransformer.construct(pi, alpha), mtdmath.sample_icl(pi, alpha, 30, 6, rng=rng)[0], pi, alpha)
     assert res.eta_se < 1e-12
-    one = effective_step(MDTransformer.construct(pi, alpha), M.sample_icl(pi, alpha, 30, 1, rng=rng)[0], pi, alpha)
+    one = effective_step(MDTransformer.construct(pi, alpha), mtdmath.sample_icl(pi, alpha, 30, 1, rng=rng)[0], pi, alpha)
     assert np.isnan(one.eta_se)  # one sequence: no clustered s.e.
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy import stats
 
-import mtdmath as M
+import mtdmath
 from mtdmath.nn import ICLTask
 from mtdmath.nn.task import dirichlet
 
@@ -34,12 +34,12 @@ def _gen(seed: int) -> torch.Generator:
 def test_lam_is_dirichlet(alpha):
     alpha = np.asarray(alpha)
     a0 = alpha.sum()
-    pi = M.random_transition_matrix(3, rng=0)
+    pi = mtdmath.random_transition_matrix(3, rng=0)
     N = 20_000
     _, lam = ICLTask(pi, alpha, T=len(alpha) + 1).sample(N, generator=_gen(1))
     lam = lam.numpy()
     assert lam.shape == (N, len(alpha)) and np.all(lam >= 0) and np.allclose(lam.sum(1), 1.0, atol=1e-12)
-    _, lam_ref = M.sample_icl(pi, alpha, len(alpha) + 1, N, rng=2)
+    _, lam_ref = mtdmath.sample_icl(pi, alpha, len(alpha) + 1, N, rng=2)
     for g in range(len(alpha)):
         # marginal of Dirichlet(alpha): Beta(alpha_g, a0 - alpha_g)
         assert stats.kstest(lam[:, g], stats.beta(alpha[g], a0 - alpha[g]).cdf).pvalue > P_OK
@@ -83,7 +83,7 @@ def _transition_chi2(tokens: np.ndarray, lam: np.ndarray, pi: np.ndarray) -> flo
 
 def test_tokens_follow_the_mtd_transition_law():
     rng = np.random.default_rng(0)
-    pi = M.random_transition_matrix(3, concentration=1.0, rng=rng)
+    pi = mtdmath.random_transition_matrix(3, concentration=1.0, rng=rng)
     pi[0, 2] = 0.0  # a zero entry: never drawn
     pi /= pi.sum(1, keepdims=True)
     lam = np.array([0.3, 0.7])
@@ -100,11 +100,11 @@ def test_tokens_follow_the_mtd_transition_law():
 
 
 def test_joint_law_matches_sample_icl():
-    pi = M.random_transition_matrix(4, concentration=0.7, rng=5)
+    pi = mtdmath.random_transition_matrix(4, concentration=0.7, rng=5)
     alpha = np.array([0.5, 2.0])
     N, T = 20_000, 12
     y, _ = ICLTask(pi, alpha, T).sample(N, generator=_gen(7))
-    y_ref, _ = M.sample_icl(pi, alpha, T, N, rng=8)
+    y_ref, _ = mtdmath.sample_icl(pi, alpha, T, N, rng=8)
 
     def joint(tok):  # counts of (y[T-2], y[T-1]): 16 cells
         return np.bincount(tok[:, -2] * 4 + tok[:, -1], minlength=16)
@@ -113,14 +113,14 @@ def test_joint_law_matches_sample_icl():
     keep = (a + b) > 0
     assert stats.chi2_contingency(np.stack([a[keep], b[keep]])).pvalue > P_OK
     # wrong case: sample_icl with the lag weights' prior reversed differs detectably
-    y_bad, _ = M.sample_icl(pi, alpha[::-1].copy(), T, N, rng=8)
+    y_bad, _ = mtdmath.sample_icl(pi, alpha[::-1].copy(), T, N, rng=8)
     c = joint(y_bad)
     keep = (a + c) > 0
     assert stats.chi2_contingency(np.stack([a[keep], c[keep]])).pvalue < P_WRONG
 
 
 def test_seeded_and_on_the_task_device():
-    pi = M.random_transition_matrix(5, rng=1)
+    pi = mtdmath.random_transition_matrix(5, rng=1)
     task = ICLTask(pi, [1.0, 2.0, 0.5], T=20)
     y1, l1 = task.sample(8, generator=_gen(11))
     y2, l2 = task.sample(8, generator=_gen(11))
@@ -158,7 +158,7 @@ def test_bad_sample_arguments_raise():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_sampling_stays_on_device_and_has_the_law():
-    pi = M.random_transition_matrix(3, rng=0)
+    pi = mtdmath.random_transition_matrix(3, rng=0)
     lam = np.array([0.3, 0.7])
     task = ICLTask(pi, [1.0, 1.0], T=40, device="cuda")
     y, l = task.sample(3000, generator=torch.Generator(device="cuda").manual_seed(3), lam=lam)
@@ -173,7 +173,7 @@ def test_alpha_too_small_for_the_sampler_is_refused():
     # are the one-hot limit of the Dirichlet law (each lag with probability 1/3 here)
     from mtdmath.nn.task import ALPHA_MIN
 
-    pi = M.random_transition_matrix(4, rng=0)
+    pi = mtdmath.random_transition_matrix(4, rng=0)
     with pytest.raises(ValueError, match=r"^alpha entries must be >= 1e-300"):
         ICLTask(pi, [1e-310] * 3, T=20)
     _, lam = ICLTask(pi, [ALPHA_MIN] * 3, T=20).sample(600, generator=torch.Generator().manual_seed(0))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-import mtdmath as M
+import mtdmath
 from mtdmath.nn import (HeldOutKL, ICLTask, MDTransformer, StandardTransformer, TrainHistory, load_checkpoint,
                         lr_schedule, model_from_spec, parse_model_spec, spec_name, train)
 
@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def task() -> ICLTask:
-    return ICLTask(M.random_transition_matrix(5, concentration=0.5, rng=0), [1.0, 1.0], T=12)
+    return ICLTask(mtdmath.random_transition_matrix(5, concentration=0.5, rng=0), [1.0, 1.0], T=12)
 
 
 def _md(seed: int = 0) -> MDTransformer:
@@ -265,9 +265,9 @@ def test_held_out_kl_matches_the_core_on_the_construction(task):
     # against exact Bayes, recomputed here by the core on each prefix
     y = ev.tokens.numpy()
     pi, alpha, m = task.pi.numpy(), task.alpha, task.m
-    C = M.lag_factors(y, pi, m)
-    p_md = M.md_predictive_all_prefixes(y, pi, alpha)
-    kls = [M.kl(M.predictive(M.posterior_mean(C[:, :r], alpha), y[:, :m + r], pi), p_md[:, r])
+    C = mtdmath.lag_factors(y, pi, m)
+    p_md = mtdmath.md_predictive_all_prefixes(y, pi, alpha)
+    kls = [mtdmath.kl(mtdmath.predictive(mtdmath.posterior_mean(C[:, :r], alpha), y[:, :m + r], pi), p_md[:, r])
            for r in range(y.shape[1] - m + 1)]
     assert out["kl_bayes"] == pytest.approx(float(np.mean(kls)), rel=1e-12)
     assert out["kl_bayes"] > 1e-4 and out["kl_adaptive"] > 0

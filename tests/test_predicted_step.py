@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 from mtdmath.fitting import MTDModel
 from mtdmath.stepsize import limit_gradient, predicted_step, task_kl
 
@@ -26,7 +26,7 @@ SLOW = os.environ.get("MTDMATH_STEP_LAW_SLOW") == "1"
 
 
 def _task(S=3, m=2, seed=5, concentration=2.0):
-    return M.random_transition_matrix(S, concentration=concentration, rng=seed)
+    return mtdmath.random_transition_matrix(S, concentration=concentration, rng=seed)
 
 
 # ------------------------------------------------------------------------------ the gradient limit ḡ
@@ -57,8 +57,8 @@ def test_limit_gradient_against_long_chain_averages():
     pi, alpha = _task(S=3), np.array([1.0, 1.0])
     lam = np.array([0.7, 0.3])
     n = 20_000
-    y = M.sample(pi, np.tile(lam, (16, 1)), n + 2, rng=0)
-    avg = M.gradient(alpha / alpha.sum(), M.lag_factors(y, pi, 2)) / n  # (16, 2)
+    y = mtdmath.sample(pi, np.tile(lam, (16, 1)), n + 2, rng=0)
+    avg = mtdmath.gradient(alpha / alpha.sum(), mtdmath.lag_factors(y, pi, 2)) / n  # (16, 2)
     exact = limit_gradient(pi, alpha, lam)
     se = avg.std(axis=0, ddof=1) / 4
     assert np.all(se < 5e-3)  # the comparison has power: ḡ − 1 is O(0.1) here
@@ -84,7 +84,7 @@ def test_c_inf_against_the_minimiser_of_a_monte_carlo_risk():
     r = predicted_step(pi, alpha, n_samples=1000, rng=1)
     assert r.exact_windows
     K, N = 800, 1600
-    y, lam = M.sample_icl(pi, alpha, N + 3, K, rng=4)
+    y, lam = mtdmath.sample_icl(pi, alpha, N + 3, K, rng=4)
     src = np.stack([y[:, 2 - g: y.shape[1] + 1 - g] for g in (1, 2)])
     p_true = np.einsum("gkt,gkts->kts", np.broadcast_to(lam.T[:, :, None], src.shape), pi[src])
     bands = [(400, 800), (800, 1600)]
@@ -94,10 +94,10 @@ def test_c_inf_against_the_minimiser_of_a_monte_carlo_risk():
     def per_seq(grid):
         out = {b: [] for b in bands}
         for c in grid:
-            p = M.md_predictive_all_prefixes(y, pi, alpha,
+            p = mtdmath.md_predictive_all_prefixes(y, pi, alpha,
                                              eta=lambda n, c=c: np.where(n > 0, c / np.maximum(n, 1), 0.0))
             for b in bands:
-                out[b].append(M.kl(p_true[:, sel[b]], p[:, sel[b]]).mean(axis=1))
+                out[b].append(mtdmath.kl(p_true[:, sel[b]], p[:, sel[b]]).mean(axis=1))
         return {b: np.array(v).T for b, v in out.items()}  # (K, grid)
 
     coarse = np.exp(np.linspace(np.log(0.5), np.log(60.0), 9))  # wide, not centred on the prediction
@@ -130,12 +130,12 @@ def test_law_starts_at_eta_star_and_is_a_per_prefix_step():
     pi, alpha = _task(S=3), np.array([3.0, 1.0, 0.5])
     r = predicted_step(pi, alpha, n_samples=32, rng=0)
     assert r.A == 1 + alpha.sum() and r.B == 1 / r.c_inf
-    assert abs(r.eta(0) - M.eta_bayes(alpha)) <= 1e-15  # one division
+    assert abs(r.eta(0) - mtdmath.eta_bayes(alpha)) <= 1e-15  # one division
     n = np.arange(50)
     np.testing.assert_allclose(r.eta(n), 1 / (r.A + r.B * n), rtol=1e-15)
-    y, _ = M.sample_icl(pi, alpha, 40, 3, rng=1)
-    got = M.md_predictive_all_prefixes(y, pi, alpha, eta=r.eta)
-    want = M.md_predictive_all_prefixes(y, pi, alpha, eta=(1 / (r.A + r.B * np.arange(38)))[None, :])
+    y, _ = mtdmath.sample_icl(pi, alpha, 40, 3, rng=1)
+    got = mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta=r.eta)
+    want = mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta=(1 / (r.A + r.B * np.arange(38)))[None, :])
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="n must be finite and >= 0"):
         r.eta(-1)
@@ -167,11 +167,11 @@ def test_small_n_optimal_step_is_not_eta_star_except_in_the_weak_evidence_limit(
     alpha = np.ones(2)
     pi = np.array([[0.9, 0.1], [0.2, 0.8]])
     # the enumeration against Monte Carlo (task_kl on sampled sequences): the risk difference between two steps
-    y, lam = M.sample_icl(pi, alpha, 4, 200_000, rng=0)
+    y, lam = mtdmath.sample_icl(pi, alpha, 4, 200_000, rng=0)
     d_mc = task_kl(y, lam, pi, alpha, 0.9, L=3) - task_kl(y, lam, pi, alpha, 0.1, L=3)
     d_ex = _exact_risk_n1(pi, alpha, 0.9) - _exact_risk_n1(pi, alpha, 0.1)
     assert abs(d_mc.mean() - d_ex) <= 4 * d_mc.std(ddof=1) / np.sqrt(d_mc.size)
-    eta_star = M.eta_bayes(alpha)
+    eta_star = mtdmath.eta_bayes(alpha)
 
     def opt(p):
         return optimize.minimize_scalar(lambda e: _exact_risk_n1(p, alpha, e), bounds=(0.01, 3.0), method="bounded",
@@ -223,7 +223,7 @@ def test_five_settings_slopes_and_kl_gap_to_the_fitted_optimum(capsys):
         gaps = []
         for row in s["rows"]:
             L = row["L"]
-            y, lam = M.sample_icl(pi, alpha, L + 1, 2048, rng=np.random.default_rng([7, i, L]))
+            y, lam = mtdmath.sample_icl(pi, alpha, L + 1, 2048, rng=np.random.default_rng([7, i, L]))
             d = task_kl(y, lam, pi, alpha, r.eta(L - m), L=L) - task_kl(y, lam, pi, alpha, row["eta_opt"], L=L)
             gaps.append((L, d.mean(), d.std(ddof=1) / np.sqrt(d.size)))
         lines.append(f"{name}: B = {r.B:.4f} ± {r.B_se:.4f} (c∞ = {r.c_inf:.3f} ± {r.c_inf_se:.3f}), fitted "
@@ -266,10 +266,10 @@ def test_the_softmax_sink_transformer_with_c_inf_implements_the_law():
     r = predicted_step(pi, alpha, n_samples=16, rng=0)
     assert r.c_inf * (1 + alpha.sum()) - len(alpha) >= 0  # a >= 0: the law is a sink model
     model = MDTransformer.construct(pi, alpha, aggregation="softmax_sink", c=r.c_inf, dtype=torch.float64)
-    y, _ = M.sample_icl(pi, alpha, 30, 3, rng=1)
+    y, _ = mtdmath.sample_icl(pi, alpha, 30, 3, rng=1)
     with torch.no_grad():
         got = torch.softmax(model(torch.as_tensor(y)), dim=-1).numpy()  # forward returns logits
-    want = M.md_predictive_all_prefixes(y, pi, alpha, eta=r.eta)
+    want = mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta=r.eta)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)  # the construction's tolerance (BRIEF: 1e-10)
 
 
@@ -284,14 +284,14 @@ def test_no_evidence_gives_the_flat_law(pi, alpha):
     """Every step gives the same predictor: the law is η ≡ η* (c∞ = inf, B = 0), not an error or NaN."""
     r = predicted_step(pi, alpha, n_samples=16, rng=0)
     assert r.regime == "flat" and r.c_inf == np.inf and r.B == 0 and r.c_inf_se == 0 and r.B_se == 0
-    np.testing.assert_array_equal(r.eta(np.array([0.0, 10.0, 1e6])), M.eta_bayes(alpha))
+    np.testing.assert_array_equal(r.eta(np.array([0.0, 10.0, 1e6])), mtdmath.eta_bayes(alpha))
     # independent route: one MD step from μ on sampled contexts, at steps from tiny to huge, stays at μ
     # (the gradient is proportional to 1 = μ·∇ℓ/n wherever the lag factors agree across lags)
     if np.all(alpha < 1e10):
-        y, _ = M.sample_icl(pi, alpha, 40, 8, rng=1)
-        C = M.lag_factors(y, pi, alpha.shape[0])
+        y, _ = mtdmath.sample_icl(pi, alpha, 40, 8, rng=1)
+        C = mtdmath.lag_factors(y, pi, alpha.shape[0])
         for eta in (1e-3, 1.0, 1e3):
-            np.testing.assert_allclose(M.one_step_md(C, alpha, eta=eta), np.broadcast_to(alpha / alpha.sum(), (8, len(alpha))),
+            np.testing.assert_allclose(mtdmath.one_step_md(C, alpha, eta=eta), np.broadcast_to(alpha / alpha.sum(), (8, len(alpha))),
                                        rtol=8 * max(eta, 1.0) * 40 * np.finfo(float).eps)
             # equal shifts of the softmax up to the gradient's rounding: n = 39 terms, relative eps each, times η
 
@@ -318,7 +318,7 @@ def test_lag_weights_at_the_vertices_give_the_unbounded_law():
     assert r.regime == "unbounded" and r.c_inf == np.inf and r.B == 0 and r.eta(1e6) == r.eta_star
     for j in range(2):
         assert np.argmax(limit_gradient(pi, alpha, np.eye(2)[j])) == j
-    y, lam = M.sample_icl(pi, alpha, 2001, 32, rng=2)
+    y, lam = mtdmath.sample_icl(pi, alpha, 2001, 32, rng=2)
     n = 2000 - 2
     risks = [task_kl(y, lam, pi, alpha, c / n, L=2000).mean() for c in (1.0, 10.0, 100.0, 1000.0)]
     assert np.all(np.diff(risks) < 0), risks
@@ -363,8 +363,8 @@ def _one_step_by_prefix(y, pi, alpha, eta_of_n):
     rows = []
     for r in range(y.shape[1] - m + 1):
         pre = y[:, :m + r]
-        lam = M.k_step_md(M.lag_factors(pre, pi, m), alpha, 1, eta=float(eta_of_n(r)))
-        rows.append(M.predictive(lam, pre, pi))
+        lam = mtdmath.k_step_md(mtdmath.lag_factors(pre, pi, m), alpha, 1, eta=float(eta_of_n(r)))
+        rows.append(mtdmath.predictive(lam, pre, pi))
     return np.stack(rows, axis=1)
 
 
@@ -377,11 +377,11 @@ def test_named_predicted_step_is_the_seeded_law_in_the_estimator_and_the_constru
     pi, alpha = _task(S=3, seed=4, concentration=1.0), np.array([1.5, 1.0])
     law = predicted_step(pi, alpha, rng=0)
     assert law.regime == "interior" and law.c_inf * (1 + alpha.sum()) - 2 > 0
-    y, _ = M.sample_icl(pi, alpha, 40, 4, rng=2)
+    y, _ = mtdmath.sample_icl(pi, alpha, 40, 4, rng=2)
     want = _one_step_by_prefix(y, pi, alpha, lambda n: 1.0 / ((1 + alpha.sum()) + n / law.c_inf))
     # the kernel accumulates in float64 against a per-prefix recomputation: exact paths, 1e-12 relative
-    np.testing.assert_allclose(M.md_predictive_all_prefixes(y, pi, alpha, eta="predicted"), want, rtol=1e-12, atol=0)
-    np.testing.assert_allclose(M.md_predictive_all_prefixes(y, pi, alpha, eta=law), want, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta="predicted"), want, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta=law), want, rtol=1e-12, atol=0)
     for eta in ("predicted", law):
         model = MDTransformer.construct(pi, alpha, eta=eta)
         assert model.aggregation == "softmax_sink"
@@ -391,7 +391,7 @@ def test_named_predicted_step_is_the_seeded_law_in_the_estimator_and_the_constru
     # a different seed gives a different law: the name is the seed-0 law, not any law
     other = predicted_step(pi, alpha, rng=1)
     assert other.c_inf != law.c_inf
-    assert np.abs(M.md_predictive_all_prefixes(y, pi, alpha, eta=other) - want).max() > 1e-8
+    assert np.abs(mtdmath.md_predictive_all_prefixes(y, pi, alpha, eta=other) - want).max() > 1e-8
 
 
 def test_named_predicted_step_outside_the_interior_regime_and_bad_names():
@@ -403,7 +403,7 @@ def test_named_predicted_step_outside_the_interior_regime_and_bad_names():
     pi, alpha = np.tile(np.array([0.2, 0.5, 0.3]), (3, 1)), np.array([1.0, 2.0])
     model = MDTransformer.construct(pi, alpha, eta="predicted")
     assert model.aggregation == "sum"
-    y, _ = M.sample_icl(_task(S=3), alpha, 20, 2, rng=0)
+    y, _ = mtdmath.sample_icl(_task(S=3), alpha, 20, 2, rng=0)
     with torch.no_grad():
         got = torch.softmax(model(torch.as_tensor(y)), dim=-1).numpy()
     np.testing.assert_allclose(got, _one_step_by_prefix(y, pi, alpha, lambda n: 1 / (1 + alpha.sum())), rtol=0, atol=1e-10)
@@ -420,6 +420,6 @@ def test_named_predicted_step_outside_the_interior_regime_and_bad_names():
         MDTransformer.construct(_task(S=3), alpha, eta="predicted", aggregation="sum")
     for bad in ("optimal", "Predicted"):
         with pytest.raises(ValueError, match="eta must be"):
-            M.md_predictive_all_prefixes(y, _task(S=3), alpha, eta=bad)
+            mtdmath.md_predictive_all_prefixes(y, _task(S=3), alpha, eta=bad)
         with pytest.raises(ValueError, match="eta must be"):
             MDTransformer.construct(_task(S=3), alpha, eta=bad)

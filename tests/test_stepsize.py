@@ -3,7 +3,7 @@ step against a brute-force grid, held-out reporting, seeds and bad input."""
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 from mtdmath.stepsize import optimal_step, task_kl
 
 
@@ -17,8 +17,8 @@ def _loop_kl(tokens, lam, pi, alpha, eta, k, L):
         for t in Ls:
             pre = y[:t]
             p_true = sum(l[g - 1] * pi[pre[t - g]] for g in range(1, m + 1))
-            lam_md = M.k_step_md(M.lag_factors(pre, pi, m), alpha, k, eta=eta)
-            p_md = M.predictive(lam_md, pre, pi)
+            lam_md = mtdmath.k_step_md(mtdmath.lag_factors(pre, pi, m), alpha, k, eta=eta)
+            p_md = mtdmath.predictive(lam_md, pre, pi)
             vals.append(float(np.sum(p_true * np.log(p_true / p_md))))
         out.append(np.mean(vals))
     return np.array(out)
@@ -27,9 +27,9 @@ def _loop_kl(tokens, lam, pi, alpha, eta, k, L):
 @pytest.mark.parametrize("k, L", [(1, 12), (2, 9), (1, None), (2, None)])
 def test_task_kl_matches_a_loop(k, L):
     rng = np.random.default_rng(0)
-    pi = M.random_transition_matrix(4, concentration=0.7, rng=rng)
+    pi = mtdmath.random_transition_matrix(4, concentration=0.7, rng=rng)
     alpha = np.array([1.5, 0.5, 1.0])
-    tokens, lam = M.sample_icl(pi, alpha, 14, 5, rng=rng)
+    tokens, lam = mtdmath.sample_icl(pi, alpha, 14, 5, rng=rng)
     eta = [0.2] * k
     got = task_kl(tokens, lam, pi, alpha, eta, k=k, L=L)
     # two float64 routes of a sum of <= 12 KL terms: rounding only, 1e-10 relative leaves room
@@ -38,12 +38,12 @@ def test_task_kl_matches_a_loop(k, L):
 
 
 def test_optimal_step_beats_every_grid_step_on_the_training_objective():
-    pi = M.random_transition_matrix(5, concentration=0.5, rng=1)
+    pi = mtdmath.random_transition_matrix(5, concentration=0.5, rng=1)
     alpha = np.array([1.0, 2.0])
     res = optimal_step(pi, alpha, L=24, n_train=64, n_test=64, n_boot=4, rng=2)
     # the same training sequences (same seed, same draw order) on a brute-force grid
     gen = np.random.default_rng(2)
-    y, lam = M.sample_icl(pi, alpha, 25, 64, rng=gen)
+    y, lam = mtdmath.sample_icl(pi, alpha, 25, 64, rng=gen)
     obj = lambda e: task_kl(y, lam, pi, alpha, [e], L=24).mean()  # noqa: E731
     grid = res.eta_star * np.geomspace(1e-3, 1e2, 200)
     best = min(obj(e) for e in grid)
@@ -65,14 +65,14 @@ def test_bootstrap_se_matches_retuning_every_resample(L, T, k):
     (step 0.5) misses by 10 %."""
     from scipy import optimize
 
-    pi = M.random_transition_matrix(5, concentration=0.5, rng=11)
+    pi = mtdmath.random_transition_matrix(5, concentration=0.5, rng=11)
     alpha = np.array([1.0, 2.0])
     n, B = 48, 12
     res = optimal_step(pi, alpha, L=L, T=T, k=k, n_train=n, n_test=n, n_boot=B, rng=5)
     gen = np.random.default_rng(5)
     length = L + 1 if L is not None else T
-    y, lam = M.sample_icl(pi, alpha, length, n, rng=gen)
-    M.sample_icl(pi, alpha, length, n, rng=gen)  # the test set, drawn next
+    y, lam = mtdmath.sample_icl(pi, alpha, length, n, rng=gen)
+    mtdmath.sample_icl(pi, alpha, length, n, rng=gen)  # the test set, drawn next
     etas = []
     for _ in range(B):
         i = gen.integers(0, n, n)
@@ -88,7 +88,7 @@ def test_bootstrap_se_matches_retuning_every_resample(L, T, k):
 
 
 def test_schedule_and_training_objective_and_seeds():
-    pi = M.random_transition_matrix(4, rng=3)
+    pi = mtdmath.random_transition_matrix(4, rng=3)
     alpha = np.array([1.0, 1.0, 2.0])
     a = optimal_step(pi, alpha, T=16, k=2, schedule=True, n_train=32, n_test=32, n_boot=0, rng=4)
     b = optimal_step(pi, alpha, T=16, k=2, schedule=True, n_train=32, n_test=32, n_boot=0, rng=4)
@@ -96,7 +96,7 @@ def test_schedule_and_training_objective_and_seeds():
     assert np.isnan(a.kl_se)
     c = optimal_step(pi, alpha, T=16, k=2, n_train=32, n_test=32, n_boot=0, rng=4)  # constant step
     gen = np.random.default_rng(4)
-    y, lam = M.sample_icl(pi, alpha, 16, 32, rng=gen)
+    y, lam = mtdmath.sample_icl(pi, alpha, 16, 32, rng=gen)
     train = lambda e: task_kl(y, lam, pi, alpha, list(e), k=2).mean()  # noqa: E731
     assert train(a.eta) <= train([c.eta, c.eta]) + 1e-12  # a schedule is at least as good as a constant
 

@@ -27,7 +27,7 @@ def _run_without(module: str, code: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("code, extra", [
     ("import mtdmath.nn", "torch"),
-    ("import mtdmath; mtdmath.MDTransformer", "torch"),
+    ("import mtdmath; mtdmath.nn.MDTransformer", "torch"),
     ("import runpy; sys.argv = ['mtdmath.experiments', '--help']\n"
      "runpy.run_module('mtdmath.experiments', run_name='__main__', alter_sys=True)", "experiments"),
 ])

@@ -10,7 +10,7 @@ The ±0.1 tolerance is the test plan's; the ranges were chosen from the asymptot
 import numpy as np
 import pytest
 
-import mtdmath as M
+import mtdmath
 
 
 def gap_slope(m, alpha, eta_factor, eps, seed, n=6):
@@ -18,13 +18,13 @@ def gap_slope(m, alpha, eta_factor, eps, seed, n=6):
     b = rng.uniform(0.2, 1.0, size=n)
     d = rng.normal(size=(n, m))
     alpha = np.asarray(alpha, dtype=float)
-    eta = eta_factor * M.eta_bayes(alpha)
+    eta = eta_factor * mtdmath.eta_bayes(alpha)
     mu = alpha / alpha.sum()
     gaps = []
     for e in eps:
         C = b[:, None] * (1 + e * d)
-        exact = M.posterior_mean(C, alpha)
-        md = M.mirror_descent(C, eta=eta, lam0=mu)
+        exact = mtdmath.posterior_mean(C, alpha)
+        md = mtdmath.mirror_descent(C, eta=eta, lam0=mu)
         gaps.append(np.linalg.norm(exact - md))
     return np.polyfit(np.log(eps), np.log(gaps), 1)[0]
 

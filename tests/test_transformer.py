@@ -23,8 +23,8 @@ import torch
 from hypothesis import given, target
 from hypothesis import strategies as st
 
-import mtdmath as M
-from mtdmath import MDTransformer, StandardTransformer
+import mtdmath
+from mtdmath.nn import MDTransformer, StandardTransformer
 from prefix_reference import numpy_prefix_md
 from strategies import icl_batches
 
@@ -98,7 +98,7 @@ def test_attention_maps_mean_what_section_5_says(data):
     E1 = np.zeros((B, T, T))
     E3 = np.zeros((B, T, T))
     for b in range(B):
-        gam = M.responsibilities(mu, M.lag_factors(tokens[b], pi, m))  # (T-m, m)
+        gam = mtdmath.responsibilities(mu, mtdmath.lag_factors(tokens[b], pi, m))  # (T-m, m)
         for t in range(m, T):
             for g in range(1, m + 1):
                 E1[b, t, t - g] = gam[t - m, g - 1]  # r_t = γ_{t-m}
@@ -168,7 +168,7 @@ def test_impossible_transition_raises_naming_tokens():
 def test_W1_softmax_over_keys_is_column_normalised_pi():
     # the identifiable part of W1 (docs/math.md §5): softmax over the key axis = pi normalised per column
     rng = np.random.default_rng(0)
-    pi = M.random_transition_matrix(6, rng=rng)
+    pi = mtdmath.random_transition_matrix(6, rng=rng)
     W1 = MDTransformer.construct(pi, [0.5, 1.0, 3.0]).W1
     np.testing.assert_allclose(_np(torch.softmax(W1, dim=0)), pi / pi.sum(axis=0), rtol=1e-14)
     assert MDTransformer(6, 3).W1.shape == (6, 6)
@@ -176,9 +176,9 @@ def test_W1_softmax_over_keys_is_column_normalised_pi():
 
 def test_construct_accepts_tensor_pi_dtype_and_device():
     rng = np.random.default_rng(1)
-    pi = M.random_transition_matrix(4, rng=rng)
+    pi = mtdmath.random_transition_matrix(4, rng=rng)
     alpha = np.array([0.3, 2.0])
-    tokens = M.sample_icl(pi, alpha, 12, 2, rng=rng)[0]
+    tokens = mtdmath.sample_icl(pi, alpha, 12, 2, rng=rng)[0]
     a = MDTransformer.construct(pi, alpha)(tokens)
     b = MDTransformer.construct(torch.tensor(pi), torch.tensor(alpha), device="cpu")(torch.tensor(tokens))
     c = MDTransformer.construct(torch.tensor(pi, dtype=torch.float32), alpha, dtype=torch.float32)(tokens)
@@ -245,8 +245,8 @@ def test_standard_attention_is_head_averaged_causal_attention():
 @pytest.mark.parametrize("kind", [0, 1], ids=["md", "standard"])
 def test_one_optimiser_step_lowers_the_loss(kind, seed):
     S, m, B, T = 6, 3, 8, 24
-    pi = M.random_transition_matrix(S, rng=seed)
-    tokens = torch.as_tensor(M.sample_icl(pi, [0.5, 1.0, 2.0], T, B, rng=seed)[0])
+    pi = mtdmath.random_transition_matrix(S, rng=seed)
+    tokens = torch.as_tensor(mtdmath.sample_icl(pi, [0.5, 1.0, 2.0], T, B, rng=seed)[0])
     model = _models(S, m, dtype=torch.float32, seed=seed)[kind]
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss0 = _nll(model, tokens)
@@ -352,11 +352,11 @@ def test_bad_model_arguments_raise(make, name):
 @CUDA
 def test_cuda_parity_constructed_and_random_models():
     rng = np.random.default_rng(4)
-    pi = M.random_transition_matrix(7, rng=rng)
+    pi = mtdmath.random_transition_matrix(7, rng=rng)
     pi[pi < 0.05] = 0.0
     pi /= pi.sum(axis=1, keepdims=True)
     alpha = np.array([0.2, 1.0, 4.0])
-    tokens = M.sample_icl(pi, alpha, 64, 4, rng=rng)[0]
+    tokens = mtdmath.sample_icl(pi, alpha, 64, 4, rng=rng)[0]
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
         cpu, gpu = (MDTransformer.construct(pi, alpha, dtype=dtype, device=d) for d in ("cpu", "cuda"))
         (pc, ac), (pg, ag) = _probs_attn(cpu, tokens), _probs_attn(gpu, tokens)

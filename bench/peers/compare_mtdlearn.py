@@ -1,4 +1,4 @@
-"""Peer comparison: mtdmath.fit (variant="lagwise") against mtdlearn 0.2.3's MTD on identical data.
+"""Peer comparison: mtdmath.fitting.fit (variant="lagwise") against mtdlearn 0.2.3's MTD on identical data.
 
 mtdlearn needs numpy<1.24, so it runs in its own virtualenv: set ``MTDLEARN_PYTHON`` to that venv's python
 (see README.md here). Without it the comparison is skipped (exit code 0).

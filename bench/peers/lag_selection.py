@@ -57,7 +57,7 @@ def methods(true_size):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
-                    return select_lags(y, D, n_states=S, rng=0, **kw)[0].lags_
+                    return select_lags(y, D, n_symbols=S, rng=0, **kw)[0].lags_
                 except ValueError as e:  # CUT kept no lag: an empty selection
                     if "kept no lag" not in str(e):
                         raise

@@ -1,4 +1,4 @@
-"""Small fits: the fixed cost of one ``mtdmath.fit`` call on short sequences, next to mtdlearn 0.2.3.
+"""Small fits: the fixed cost of one ``mtdmath.fitting.fit`` call on short sequences, next to mtdlearn 0.2.3.
 
 Cases: the small-fit target (one simulated chain of 300 symbols, S = 4, m = 2, 10 restarts; the target is
 < 20 ms once the kernels are warm), and the two real sequences shipped inside statsmodels that the peer table

@@ -3,7 +3,7 @@
 ``python -m mtdmath.experiments SUBCOMMAND`` with SUBCOMMAND one of
 
 - ``estimators`` — KL to the ground truth vs context length for k-step MD, EM, MLE, exact Bayes
-  and the constructed transformer (:mod:`.estimators`);
+  and the constructed transformer (:mod:`.kl_curves`);
 - ``train`` — train the disentangled and standard transformers (:mod:`.train`);
 - ``compare`` — trained vs constructed vs one-step MD; attention maps; learned W1 (:mod:`.compare`);
 - ``depth`` — the standard models (the deepest compared) vs k-step MD vs Bayes (:mod:`.depth`);
@@ -39,8 +39,8 @@ from .compare import CompareConfig
 from .compare import run as run_compare
 from .depth import DepthConfig
 from .depth import run as run_depth
-from .estimators import EstimatorsConfig
-from .estimators import run as run_estimators
+from .kl_curves import EstimatorsConfig
+from .kl_curves import run as run_estimators
 from .phase import PhaseConfig, PhaseResult
 from .phase import run as run_phase
 from .mechanism import MechanismConfig, MechanismResult

@@ -40,13 +40,13 @@ import numpy as np
 import torch
 from scipy.optimize import minimize, minimize_scalar
 
-import mtdmath as M
+import mtdmath
 from mtdmath.nn import (AdaptiveFit, ICLTask, MDTransformer, fit_adaptive_step, matched_step, model_from_spec, save_checkpoint,
                         step_by_n)
 from mtdmath.nn import train as nn_train
 from mtdmath.nn.probe import _kl_rows, _neg_entropy, _OneStepPrefixes
 
-from . import common as X
+from . import common as exp_common
 from .config import (Batch, Length, NonNegativeInt, PositiveFloat, Seed, Sequences, Steps, TaskConfig,
                      check_attention_size)
 from .prefix_bayes import posterior_mean_all_prefixes
@@ -301,7 +301,7 @@ class AdaptiveVerdict:
 
 
 @dataclass
-class AdaptiveResult(X.Result):
+class AdaptiveResult(exp_common.Result):
     """What ``adaptive`` measured (``adaptive.json``). KLs are KL(p* ‖ p̂) in nats on the evaluation set;
     curve keys are those of :data:`LABELS` (and ``md{k}_tuned``)."""
 
@@ -354,7 +354,7 @@ class PrefixObjective:
         m = alpha.shape[0]
         self.m, self.alpha = m, alpha
         self.md = _OneStepPrefixes(tokens, pi, alpha)  # ∇ℓ(μ) (B, R, m) and the mixed rows of pi
-        self.p_true = X.truth_all_prefixes(tokens, lam, pi)  # (B, R, S)
+        self.p_true = exp_common.truth_all_prefixes(tokens, lam, pi)  # (B, R, S)
         self.neg_entropy = _neg_entropy(self.p_true)
         self.B, self.R = self.md.grad.shape[:2]
 
@@ -458,8 +458,8 @@ def stepsize_eta_opt(cfg: AdaptiveConfig, pi: np.ndarray, alpha: np.ndarray, see
     Ls = [L for L in cfg.stepsize_Ls if L >= cfg.m + 1]
     eta, se = [], []
     for L in tqdm(Ls, desc="adaptive: η_opt(L) (optimal_step)", disable=not progress, leave=False):
-        r = M.optimal_step(pi, alpha, L=L, n_train=cfg.stepsize_n, n_test=cfg.stepsize_n, n_boot=max(cfg.n_boot, 2),
-                           rng=X.rng_for(seed, KEY_ADAPT, 10, L))
+        r = mtdmath.optimal_step(pi, alpha, L=L, n_train=cfg.stepsize_n, n_test=cfg.stepsize_n, n_boot=max(cfg.n_boot, 2),
+                           rng=exp_common.rng_for(seed, KEY_ADAPT, 10, L))
         eta.append(r.eta)
         se.append(r.eta_se)
     return EtaOptCurve(L=Ls, n=[L - cfg.m for L in Ls], eta=np.asarray(eta), se=np.asarray(se),
@@ -472,10 +472,10 @@ def _train_pair(cfg: AdaptiveConfig, pi: np.ndarray, alpha: np.ndarray, seed: in
     """Train the fixed and the adaptive model of training seed j on the same batch stream: per role,
     the model (float64, eval mode) and its record."""
     task = ICLTask(pi, alpha, cfg.T + 1, device=device)
-    data_seed = X.torch_seed_for(seed, KEY_ADAPT, 3, j)
+    data_seed = exp_common.torch_seed_for(seed, KEY_ADAPT, 3, j)
     out_models = {}
     for role, spec in PAIR.items():
-        gen = torch.Generator().manual_seed(X.torch_seed_for(seed, KEY_ADAPT, 4, j, zlib.crc32(spec.encode())))
+        gen = torch.Generator().manual_seed(exp_common.torch_seed_for(seed, KEY_ADAPT, 4, j, zlib.crc32(spec.encode())))
         model = model_from_spec(spec, cfg.S, cfg.m, max_len=cfg.T + 1, generator=gen)
         t0 = time.perf_counter()
         hist = nn_train(model, task, steps=cfg.steps, batch_size=cfg.batch, lr=cfg.lr, schedule="cosine",
@@ -483,7 +483,7 @@ def _train_pair(cfg: AdaptiveConfig, pi: np.ndarray, alpha: np.ndarray, seed: in
                         seed=data_seed, log_every=max(1, cfg.steps // 50), progress=progress,
                         desc=f"adaptive: train {spec} seed {j}")
         secs = time.perf_counter() - t0
-        path = save_checkpoint(out / "checkpoints" / f"seed{j}" / f"{spec}{X.CHECKPOINT_SUFFIX}", model, task=task, history=hist,
+        path = save_checkpoint(out / "checkpoints" / f"seed{j}" / f"{spec}{exp_common.CHECKPOINT_SUFFIX}", model, task=task, history=hist,
                                extra={"seed": seed, "train_seed": j, "spec": spec, "train_time_s": round(secs, 3)})
         out_models[role] = (model.to(dtype=torch.float64).eval(),
                             TrainedModel(spec=spec, checkpoint=str(path), train_time_s=round(secs, 3),
@@ -498,7 +498,7 @@ def _step_record(model: MDTransformer, tokens: np.ndarray, probs: np.ndarray, pi
     sb = step_by_n(model, tokens, pi, alpha)
     ms = matched_step(probs, tokens, pi, alpha)
     ok = np.isfinite(sb.eta) & (sb.eta > 0)
-    return StepRecord(n=sb.n, eta_layer3=sb.eta, r2_layer3_by_n=sb.fit, eta_matched=ms.eta, matched_kl_left=ms.fit,
+    return StepRecord(n=sb.n, eta_layer3=sb.eta, r2_layer3_by_n=sb.r2, eta_matched=ms.eta, matched_kl_left=ms.kl_left,
                       eta_layer3_spread=float(np.std(sb.eta[ok]) / np.mean(sb.eta[ok])) if ok.any() else None,
                       fit_layer3=fit_adaptive_step(sb.n[ok], sb.eta[ok], m) if ok.sum() >= 3 else None,
                       a_param=float(model.sink_weight) if model.aggregation == "softmax_sink" else None)
@@ -507,7 +507,7 @@ def _step_record(model: MDTransformer, tokens: np.ndarray, probs: np.ndarray, pi
 def load_standard(paths: tuple[str, ...], device: torch.device) -> list[tuple[Path, Any]]:
     """Each checkpoint of ``paths`` read (model, info), or None where the file is missing; a file that
     does not load is a :class:`~mtdmath.experiments.common.ConfigError` (read before any training)."""
-    return [(Path(p), X.read_checkpoint(Path(p), device) if Path(p).is_file() else None) for p in paths]
+    return [(Path(p), exp_common.read_checkpoint(Path(p), device) if Path(p).is_file() else None) for p in paths]
 
 
 def probe_standard(loaded: list[tuple[Path, Any]], device: torch.device, n_probe: int, seed: int
@@ -526,12 +526,12 @@ def probe_standard(loaded: list[tuple[Path, Any]], device: torch.device, n_probe
             continue
         pi_s, alpha_s = task.pi.cpu().numpy(), np.asarray(task.alpha, np.float64)
         T_s = int(task.T) - 1  # the longest trained context
-        y, _ = M.sample_icl(pi_s, alpha_s, T_s, n_probe, rng=X.rng_for(seed, KEY_ADAPT, 20, k))
-        probs = X.model_all_prefixes(model, y, device=device)
+        y, _ = mtdmath.sample_icl(pi_s, alpha_s, T_s, n_probe, rng=exp_common.rng_for(seed, KEY_ADAPT, 20, k))
+        probs = exp_common.model_all_prefixes(model, y, device=device)
         ms = matched_step(probs, y, pi_s, alpha_s)
         ok = np.isfinite(ms.eta) & (ms.eta > 0)
         out[path.stem] = StandardProbe(
-            checkpoint=str(path), T=T_s, n=ms.n, eta_matched=ms.eta, matched_kl_left=ms.fit, pi=pi_s, alpha=alpha_s,
+            checkpoint=str(path), T=T_s, n=ms.n, eta_matched=ms.eta, matched_kl_left=ms.kl_left, pi=pi_s, alpha=alpha_s,
             fit=fit_adaptive_step(ms.n[ok], ms.eta[ok], alpha_s.shape[0]) if ok.sum() >= 3 else None)
     return out
 
@@ -552,21 +552,21 @@ def run(cfg: AdaptiveConfig, out: Path, *, seed: int, device: torch.device, prog
 
     m, T = cfg.m, cfg.T
     standard = load_standard(cfg.std_checkpoints, device)  # a corrupt file stops the run before any work
-    with X.run_meta(seed, device) as meta:
+    with exp_common.run_meta(seed, device) as meta:
         times: dict[str, float] = {}
         t0 = time.perf_counter()
-        pi, alpha = X.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
-        alpha0, eta_star = float(alpha.sum()), M.eta_bayes(alpha)
+        pi, alpha = exp_common.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
+        alpha0, eta_star = float(alpha.sum()), mtdmath.eta_bayes(alpha)
         # (i) η_opt(L) of `stepsize`, fitted by 1/η = (m+a)/c + n/c
         ss = stepsize_eta_opt(cfg, pi, alpha, seed, progress)
         fit_i = fit_adaptive_step(np.asarray(ss.n), ss.eta, m, eta_se=ss.se)
         times["stepsize_eta_opt"] = time.perf_counter() - t0
         # (ii) the training objective on a fit set
         t1 = time.perf_counter()
-        y_fit, lam_fit = M.sample_icl(pi, alpha, T, cfg.n_fit, rng=X.rng_for(seed, KEY_ADAPT, 1))
+        y_fit, lam_fit = mtdmath.sample_icl(pi, alpha, T, cfg.n_fit, rng=exp_common.rng_for(seed, KEY_ADAPT, 1))
         obj = PrefixObjective(y_fit, lam_fit, pi, alpha)
         start = (fit_i.c, fit_i.a) if np.isfinite(fit_i.c) and fit_i.c > 0 and fit_i.a >= 0 else (5.0, 10.0)
-        fits = fit_steps(obj, alpha, n_boot=cfg.n_boot, rng=X.rng_for(seed, KEY_ADAPT, 5), start=start, progress=progress)
+        fits = fit_steps(obj, alpha, n_boot=cfg.n_boot, rng=exp_common.rng_for(seed, KEY_ADAPT, 5), start=start, progress=progress)
         eo = fits.eta_opt_L
         fit_own = fit_adaptive_step(np.asarray(eo.n), eo.eta, m, eta_se=eo.se)
         times["fits"] = time.perf_counter() - t1
@@ -575,34 +575,34 @@ def run(cfg: AdaptiveConfig, out: Path, *, seed: int, device: torch.device, prog
         t1 = time.perf_counter()
         k_steps = {}
         for k in tqdm(cfg.k_tuned, desc="adaptive: tuned k-step MD", disable=not progress, leave=False):
-            r = M.optimal_step(pi, alpha, T=T, k=k, n_train=cfg.k_n_train, n_test=cfg.k_n_train, n_boot=0,
-                               rng=X.rng_for(seed, KEY_ADAPT, 6, k))
+            r = mtdmath.optimal_step(pi, alpha, T=T, k=k, n_train=cfg.k_n_train, n_test=cfg.k_n_train, n_boot=0,
+                               rng=exp_common.rng_for(seed, KEY_ADAPT, 6, k))
             k_steps[k] = r.eta
         times["k_step_tuning"] = time.perf_counter() - t1
 
         # evaluation set: every method on the same sequences
         t1 = time.perf_counter()
-        y_ev, lam_ev = M.sample_icl(pi, alpha, T, cfg.n_eval, rng=X.rng_for(seed, KEY_ADAPT, 2))
-        p_true = X.truth_all_prefixes(y_ev, lam_ev, pi)
+        y_ev, lam_ev = mtdmath.sample_icl(pi, alpha, T, cfg.n_eval, rng=exp_common.rng_for(seed, KEY_ADAPT, 2))
+        p_true = exp_common.truth_all_prefixes(y_ev, lam_ev, pi)
         R = T - m + 1
         preds: dict[str, np.ndarray] = {
-            "md1": M.md_predictive_all_prefixes(y_ev, pi, alpha, eta=eta_star),
-            "md1_eta_train": M.md_predictive_all_prefixes(y_ev, pi, alpha, eta=fits.eta_train.eta),
+            "md1": mtdmath.md_predictive_all_prefixes(y_ev, pi, alpha, eta=eta_star),
+            "md1_eta_train": mtdmath.md_predictive_all_prefixes(y_ev, pi, alpha, eta=fits.eta_train.eta),
             # row 0 has ∇ℓ = 0: any step gives μ there
-            "md1_eta_opt_L": M.md_predictive_all_prefixes(y_ev, pi, alpha, eta=np.concatenate([[eta_star], eo.eta])[None]),
+            "md1_eta_opt_L": mtdmath.md_predictive_all_prefixes(y_ev, pi, alpha, eta=np.concatenate([[eta_star], eo.eta])[None]),
         }
         for k, e in k_steps.items():
-            preds[f"md{k}_tuned"] = M.md_predictive_all_prefixes(y_ev, pi, alpha, eta=e, steps=k)
-        post = posterior_mean_all_prefixes(M.lag_factors(y_ev, pi, m), alpha)  # (B, R, m)
-        preds["bayes"] = np.stack([M.predictive(post[:, r], y_ev[:, :m + r], pi) for r in range(R)], axis=1)
+            preds[f"md{k}_tuned"] = mtdmath.md_predictive_all_prefixes(y_ev, pi, alpha, eta=e, steps=k)
+        post = posterior_mean_all_prefixes(mtdmath.lag_factors(y_ev, pi, m), alpha)  # (B, R, m)
+        preds["bayes"] = np.stack([mtdmath.predictive(post[:, r], y_ev[:, :m + r], pi) for r in range(R)], axis=1)
         constructed: dict[str, ConstructedModel] = {}
         for key, (c, a) in {STEPSIZE_FIT: (fit_i.c, fit_i.a), DIRECT: (fits.direct.c, fits.direct.a),
                             CONSISTENT: (fits.consistent.c, fits.consistent.a)}.items():
             rec = ConstructedModel(c=c, a=a)
             if np.isfinite(c) and c > 0 and np.isfinite(a) and a >= 0:
                 model = MDTransformer.construct(pi, alpha, aggregation="softmax_sink", c=c, a=a, device=device)
-                preds[key] = X.model_all_prefixes(model, y_ev, device=device, batch=64)
-                core = M.md_predictive_all_prefixes(y_ev, pi, alpha, eta=lambda n, c=c, a=a: c / (n + m + a))
+                preds[key] = exp_common.model_all_prefixes(model, y_ev, device=device, batch=64)
+                core = mtdmath.md_predictive_all_prefixes(y_ev, pi, alpha, eta=lambda n, c=c, a=a: c / (n + m + a))
                 rec.max_abs_diff_vs_core = float(np.abs(preds[key] - core).max())
                 sb = step_by_n(model, y_ev[:cfg.n_probe], pi, alpha)
                 rec.n, rec.eta_layer3 = sb.n, sb.eta
@@ -619,8 +619,8 @@ def run(cfg: AdaptiveConfig, out: Path, *, seed: int, device: torch.device, prog
             pair = _train_pair(cfg, pi, alpha, seed, j, out, device, progress)
             trained[str(j)] = {}
             for role, (model, tm) in pair.items():
-                probs = X.model_all_prefixes(model, y_ev, device=device, batch=64)
-                kls_seed[role][j] = X.kl_per_sequence(p_true, probs)
+                probs = exp_common.model_all_prefixes(model, y_ev, device=device, batch=64)
+                kls_seed[role][j] = exp_common.kl_per_sequence(p_true, probs)
                 tm.step = _step_record(model, y_ev[:cfg.n_probe], probs[:cfg.n_probe], pi, alpha)
                 trained[str(j)][role] = tm
         times["training"] = time.perf_counter() - t1
@@ -628,33 +628,33 @@ def run(cfg: AdaptiveConfig, out: Path, *, seed: int, device: torch.device, prog
         std = probe_standard(standard, device, cfg.n_probe, seed)
         times["standard_probe"] = time.perf_counter() - t1
 
-        kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
+        kls = {k: exp_common.kl_per_sequence(p_true, v) for k, v in preds.items()}
         kls["trained_fixed"] = np.mean([kls_seed["fixed"][j] for j in cfg.seeds], axis=0)
         kls["trained_adaptive"] = np.mean([kls_seed["adaptive"][j] for j in cfg.seeds], axis=0)
-        mean, se = X.curves(kls)
+        mean, se = exp_common.curves(kls)
         Ls = tuple(cfg.table_L)
         seed_means = {str(L): [float(np.mean(kls_seed["adaptive"][j][:, L - m] - kls_seed["fixed"][j][:, L - m]))
                                for j in cfg.seeds] for L in Ls}
         paired = TrainedDiff(
-            pooled=X.paired_diff(kls, "trained_adaptive", "trained_fixed", m, T, Ls),
-            per_seed={str(j): X.paired_diff({"a": kls_seed["adaptive"][j], "f": kls_seed["fixed"][j]}, "a", "f", m, T, Ls)
+            pooled=exp_common.paired_diff(kls, "trained_adaptive", "trained_fixed", m, T, Ls),
+            per_seed={str(j): exp_common.paired_diff({"a": kls_seed["adaptive"][j], "f": kls_seed["fixed"][j]}, "a", "f", m, T, Ls)
                       for j in cfg.seeds},
             over_seeds={L: [float(np.mean(v)), float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")]
                         for L, v in seed_means.items()})
         pairs = [("trained_adaptive", DIRECT), ("trained_fixed", ETA_TRAIN), (DIRECT, ETA_TRAIN), (DIRECT, ETA_OPT_L),
                  (CONSISTENT, DIRECT), (DIRECT, "bayes"), (STEPSIZE_FIT, DIRECT),
                  *[(DIRECT, f"md{k}_tuned") for k in k_steps]]
-        vs = [PairedDiff(a=a_, b=b_, per_L=X.paired_diff(kls, a_, b_, m, T, Ls)) for a_, b_ in pairs
+        vs = [PairedDiff(a=a_, b=b_, per_L=exp_common.paired_diff(kls, a_, b_, m, T, Ls)) for a_, b_ in pairs
               if a_ in kls and b_ in kls]
         # mean KL over all the trained contexts L = m..T (the objective, on the evaluation set)
-        objective_eval = {k: [float(x) for x in X.mean_se(v.mean(axis=1))] for k, v in kls.items()}
+        objective_eval = {k: [float(x) for x in exp_common.mean_se(v.mean(axis=1))] for k, v in kls.items()}
         learned = _learned_summary(trained)
 
     res = AdaptiveResult(
         config=cfg, seed=seed, meta=meta, m=m, pi=pi, alpha=alpha, alpha0=alpha0, eta_star=eta_star,
         L=list(range(m, T + 1)), labels=_labels(k_steps), stepsize_eta_opt=ss, fit_stepsize=fit_i,
         fit_own_eta_opt_L=fit_own, fits=fits, k_step_eta={str(k): v for k, v in k_steps.items()},
-        constructed=constructed, kl_mean=mean, kl_se=se, table=X.table_at(kls, m, T, Ls), objective_eval=objective_eval,
+        constructed=constructed, kl_mean=mean, kl_se=se, table=exp_common.table_at(kls, m, T, Ls), objective_eval=objective_eval,
         paired_adaptive_minus_fixed_trained=paired, paired=vs, trained=trained, learned=learned, standard=std,
         phase_times_s={k: round(v, 2) for k, v in times.items()})
     res.verdict = verdict(res)
@@ -789,7 +789,7 @@ def markdown(res: AdaptiveResult) -> str:
 
 
 def _plot(res: AdaptiveResult, path: Path) -> Path:
-    plt = X.pyplot()
+    plt = exp_common.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
     L = np.asarray(res.L)
     lab = res.labels
@@ -867,4 +867,4 @@ def _plot(res: AdaptiveResult, path: Path) -> Path:
     ax.set_title("paired differences", fontsize=9)
     fig.suptitle("Context-adaptive MD step c/(n+m+a) (softmax layer 2 with an attention sink, docs/math.md §5.6)", fontsize=10)
     fig.tight_layout()
-    return X.save_figure(fig, path)
+    return exp_common.save_figure(fig, path)

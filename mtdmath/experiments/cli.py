@@ -22,7 +22,7 @@ from typing import Any, Literal, Sequence
 import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
-from . import common as X
+from . import common as exp_common
 from .adaptive import AdaptiveConfig
 from .adaptive import run as run_adaptive
 from .phase import PhaseConfig
@@ -32,8 +32,8 @@ from .compare import run as run_compare
 from .config import Seed, Threads, help_of, one_line
 from .depth import DepthConfig, DepthResult
 from .depth import run as run_depth
-from .estimators import EstimatorsConfig, EstimatorsResult
-from .estimators import run as run_estimators
+from .kl_curves import EstimatorsConfig, EstimatorsResult
+from .kl_curves import run as run_estimators
 from .mechanism import MechanismConfig
 from .mechanism import run as run_mechanism
 from .stepsize import StepsizeConfig, StepsizeResult
@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
     cmd = ns.command
     args = ns[cmd]
     try:
-        device = X.resolve_device(args.device)
+        device = exp_common.resolve_device(args.device)
         cfg = None if cmd == "all" else make_config(EXPERIMENTS[cmd][0], args)
         out = check_out(Path(args.out))
     except ValueError as e:
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
         if cmd == "all":
             return run_all(out, seed=seed, device=device, quick=args.quick, progress=progress)
         res = EXPERIMENTS[cmd][1](cfg, out, seed=seed, device=device, progress=progress)
-    except X.ConfigError as e:
+    except exp_common.ConfigError as e:
         # found when the run starts: missing, corrupt or mismatched checkpoints, a backend not installed
         _fail(str(e))
     print(f"{cmd}: wrote {out}/ in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -278,9 +278,9 @@ def run_all(out: Path, *, seed: int, device: torch.device, quick: bool, progress
     dep = run_depth(DepthConfig.quick(ck) if quick else DepthConfig(checkpoints=ck), out / "depth",
                     seed=seed, device=device, progress=progress)
     summary = summarize(est, tr, cmp_, dep, ss)
-    summary["meta"] = {"seed": seed, "quick": quick, "device": str(device), "versions": X.package_versions(),
+    summary["meta"] = {"seed": seed, "quick": quick, "device": str(device), "versions": exp_common.package_versions(),
                        "total_run_time_s": round(time.perf_counter() - t0, 3)}
-    X.write_json(out / "summary.json", summary)
+    exp_common.write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(summary_markdown(summary))
     print(f"all: wrote {out}/ in {summary['meta']['total_run_time_s']:.1f} s", file=sys.stderr)
     return summary
@@ -379,7 +379,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
         lines.append("| method | " + " | ".join(f"L = {L}" for L in Ls) + " |")
         lines.append("|---|" + "---|" * len(Ls))
         for meth in tab[Ls[0]]:
-            lines.append(f"| {X.style(meth, lab or labels)[0]} | " + " | ".join(_fmt(tab[L][meth]) for L in Ls) + " |")
+            lines.append(f"| {exp_common.style(meth, lab or labels)[0]} | " + " | ".join(_fmt(tab[L][meth]) for L in Ls) + " |")
         lines.append("")
 
     for key, tab in s["table"].items():
@@ -468,7 +468,7 @@ def summary_from_files(estimators: Path, train: Path, compare: Path, depth: Path
     summary = summarize(EstimatorsResult.read(estimators), TrainResult.read(train), CompareResult.read(compare),
                         DepthResult.read(depth), ss)
     summary["meta"] = {"rebuilt_from": [str(p) for p in (estimators, train, compare, depth, stepsize) if p is not None],
-                       "versions": X.package_versions()}
-    X.write_json(out / "summary.json", summary)
+                       "versions": exp_common.package_versions()}
+    exp_common.write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(summary_markdown(summary))
     return summary

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-import mtdmath as M
+import mtdmath
 
 class ConfigError(ValueError):
     """A configuration error found when a run starts (a missing checkpoint, a backend that is not
@@ -76,7 +76,7 @@ def make_task(seed: int, m: int, S: int, concentration: float, alpha_value: floa
     pi depends on (seed, m) only (and S, concentration), so ``estimators`` and ``train`` at the
     same seed and order see the same pi.
     """
-    pi = M.random_transition_matrix(S, concentration=concentration, rng=rng_for(seed, KEY_PI, m))
+    pi = mtdmath.random_transition_matrix(S, concentration=concentration, rng=rng_for(seed, KEY_PI, m))
     return pi, np.full(m, float(alpha_value))
 
 
@@ -97,7 +97,7 @@ def truth_all_prefixes(tokens: np.ndarray, lam: np.ndarray, pi: np.ndarray) -> n
     Formed with :func:`mtdmath.predictive` one prefix at a time (the NumPy core's own route).
     """
     m, T = lam.shape[-1], tokens.shape[-1]
-    return np.stack([M.predictive(lam, tokens[:, :L], pi) for L in range(m, T + 1)], axis=1)
+    return np.stack([mtdmath.predictive(lam, tokens[:, :L], pi) for L in range(m, T + 1)], axis=1)
 
 
 def estimator_all_prefixes(tokens: np.ndarray, pi: np.ndarray, alpha: np.ndarray, methods: list[str], *,
@@ -127,32 +127,32 @@ def estimator_all_prefixes(tokens: np.ndarray, pi: np.ndarray, alpha: np.ndarray
     from .prefix_bayes import posterior_mean_all_prefixes
 
     m, (B, T) = alpha.shape[0], tokens.shape
-    C = M.lag_factors(tokens, pi, m)  # (B, T-m, m); a prefix of r transitions uses C[:, :r]
+    C = mtdmath.lag_factors(tokens, pi, m)  # (B, T-m, m); a prefix of r transitions uses C[:, :r]
     n_rows = T - m + 1
     lams: dict[str, np.ndarray] = {k: np.empty((B, n_rows, m)) for k in methods}
     md_ks = sorted(int(k[2:]) for k in methods if k.startswith("md"))
     mu = alpha / alpha.sum()
-    eta = M.eta_bayes(alpha)
+    eta = mtdmath.eta_bayes(alpha)
     if "bayes" in methods:
         with tqdm(total=B, desc=f"{desc}: exact Bayes", disable=not progress, leave=False) as bar:
             lams["bayes"] = posterior_mean_all_prefixes(C, alpha, progress=bar.update)
     for r in tqdm(range(n_rows), desc=f"{desc}: MD/EM/MLE per prefix", disable=not progress, leave=False):
         Cr = C[:, :r]
         if md_ks:
-            lam = M.k_step_md(Cr, alpha, 0)  # μ
+            lam = mtdmath.k_step_md(Cr, alpha, 0)  # μ
             for k in range(1, max(md_ks) + 1):
                 # k-step MD = one more MD step (η*) from the (k-1)-step iterate (docs/math.md §3)
-                lam = M.mirror_descent(Cr, eta=eta, steps=1, lam0=lam)
+                lam = mtdmath.mirror_descent(Cr, eta=eta, steps=1, lam0=lam)
                 if k in md_ks:
                     lams[f"md{k}"][:, r] = lam
         if "em" in methods:
-            lams["em"][:, r] = M.em(Cr, steps=em_steps, lam0=mu)
+            lams["em"][:, r] = mtdmath.em(Cr, steps=em_steps, lam0=mu)
         if "mle" in methods:
-            lams["mle"][:, r] = M.mle(Cr, tol=mle_tol)
+            lams["mle"][:, r] = mtdmath.mle(Cr, tol=mle_tol)
     out = {}
     for k in methods:
         # predictive of row r from the prefix y[:m+r] (docs/math.md §1)
-        out[k] = np.stack([M.predictive(lams[k][:, r], tokens[:, : m + r], pi) for r in range(n_rows)], axis=1)
+        out[k] = np.stack([mtdmath.predictive(lams[k][:, r], tokens[:, : m + r], pi) for r in range(n_rows)], axis=1)
     return out
 
 
@@ -172,7 +172,7 @@ def model_all_prefixes(model: torch.nn.Module, tokens: np.ndarray, *, device: to
 # --------------------------------------------------------------------------- KL curves
 def kl_per_sequence(p_true: np.ndarray, p_hat: np.ndarray) -> np.ndarray:
     """``KL(p* ‖ p̂)`` in float64 with :func:`mtdmath.kl`, shape (B, T-m+1)."""
-    return M.kl(np.asarray(p_true, np.float64), np.asarray(p_hat, np.float64))
+    return mtdmath.kl(np.asarray(p_true, np.float64), np.asarray(p_hat, np.float64))
 
 
 def mean_se(x: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +216,7 @@ def package_versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
             "torch": torch.__version__, "matplotlib": matplotlib.__version__, "tqdm": tqdm.__version__,
-            "mtdmath": M.__version__}
+            "mtdmath": mtdmath.__version__}
 
 
 def _git_state() -> dict[str, Any]:

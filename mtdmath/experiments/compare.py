@@ -17,7 +17,7 @@ On fresh evaluation sequences of the checkpoints' task (same pi and alpha):
   layer-1 and layer-3 differences and layer 3 against the exact posterior mean): the number
   that tells a badly trained model from a good one;
 - which step the trained disentangled model implements (:func:`step_analysis`): its layer-3
-  effective step (:func:`mtdmath.effective_step`) next to η* = 1/(1+α₀), the loss-optimal
+  effective step (:func:`mtdmath.nn.effective_step`) next to η* = 1/(1+α₀), the loss-optimal
   η_opt(L) at the table lengths and η_train, the constant step that minimises the training
   objective of the run (:func:`mtdmath.optimal_step` with ``T`` = the trained context lengths),
   and the paired difference KL(trained) − KL(one-step MD at η_train) with the hypothesis
@@ -38,11 +38,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-import mtdmath as M
+import mtdmath
 
 from mtdmath.nn import MDTransformer
 
-from . import common as X
+from . import common as exp_common
 from .config import Config, Length, Sequences, Steps
 from .prefix_bayes import posterior_mean_all_prefixes
 
@@ -138,7 +138,7 @@ class W1Comparison:
 
 @dataclass
 class EffectiveStepRecord:
-    """:func:`mtdmath.effective_step` of the trained model."""
+    """:func:`mtdmath.nn.effective_step` of the trained model."""
 
     eta: float  #: the one-step MD step that best explains its predictions
     r2: float  #: R² of that description
@@ -217,7 +217,7 @@ class SeedSpread:
 
 
 @dataclass
-class CompareResult(X.Result):
+class CompareResult(exp_common.Result):
     """What ``compare`` measured (``compare.json``). KLs are KL(p* ‖ p̂) in nats; curves are keyed
     ``md`` (the trained disentangled model), ``std{L}`` …, ``construction``, ``md1``, ``md1_eta_train``,
     ``bayes``; paired differences are ``{L: [mean, s.e.]}``."""
@@ -255,36 +255,36 @@ def load_models(ck_dir: Path, device: torch.device, required: tuple[str, ...] = 
     float64 on ``device``, standard models sorted by depth.
     """
     if not ck_dir.is_dir():
-        raise X.ConfigError(f"checkpoints: {ck_dir} is not a directory (run `train` first)")
+        raise exp_common.ConfigError(f"checkpoints: {ck_dir} is not a directory (run `train` first)")
     models, infos = {}, {}
     files: dict[str, Path] = {}
-    for suffix in X.CHECKPOINT_SUFFIXES:
+    for suffix in exp_common.CHECKPOINT_SUFFIXES:
         for p in sorted(ck_dir.glob(f"*{suffix}")):
             if p.stem in files:
-                raise X.ConfigError(f"checkpoints: {ck_dir} holds both {files[p.stem].name} and {p.name}: "
+                raise exp_common.ConfigError(f"checkpoints: {ck_dir} holds both {files[p.stem].name} and {p.name}: "
                                     "keep one")
             files[p.stem] = p
     if "md3" in files:  # the disentangled model's name before it was ``md``
         if "md" in files:
-            raise X.ConfigError(f"checkpoints: {ck_dir} holds both {files['md'].name} and {files['md3'].name} "
+            raise exp_common.ConfigError(f"checkpoints: {ck_dir} holds both {files['md'].name} and {files['md3'].name} "
                                 "(md3 is md's earlier name): keep one")
         files["md"] = files.pop("md3")
     for stem, p in sorted(files.items()):
-        models[stem], infos[stem] = X.read_checkpoint(p, device)
+        models[stem], infos[stem] = exp_common.read_checkpoint(p, device)
     has_md = "md" in models and isinstance(models["md"], MDTransformer)
     std = sorted((k for k, v in models.items() if not isinstance(v, MDTransformer)),
                  key=lambda k: (models[k].config.n_layers, k))
     missing = [w for w, ok in (("md.safetensors", "md" not in required or has_md),
                                ("a standard model (e.g. std5.safetensors)", "std" not in required or bool(std))) if not ok]
     if missing:
-        raise X.ConfigError(f"checkpoints: {ck_dir} lacks {' and '.join(missing)} (run `train` first)")
+        raise exp_common.ConfigError(f"checkpoints: {ck_dir} lacks {' and '.join(missing)} (run `train` first)")
     tasks = {k: info["task"] for k, info in infos.items()}
     if any(t is None for t in tasks.values()):
-        raise X.ConfigError(f"checkpoints: {', '.join(k for k, t in tasks.items() if t is None)} saved no task")
+        raise exp_common.ConfigError(f"checkpoints: {', '.join(k for k, t in tasks.items() if t is None)} saved no task")
     ref = next(iter(tasks.values()))
     for k, t in tasks.items():
         if not (torch.equal(t.pi.cpu(), ref.pi.cpu()) and np.array_equal(t.alpha, ref.alpha)):
-            raise X.ConfigError(f"checkpoints: {files[k].name} was trained on a different task (pi/alpha) than the others")
+            raise exp_common.ConfigError(f"checkpoints: {files[k].name} was trained on a different task (pi/alpha) than the others")
     order = (["md"] if has_md else []) + std + [k for k in models if k not in std and k != "md"]
     return ({k: models[k] for k in order}, {k: infos[k] for k in order}, ref.pi.cpu().numpy(), ref.alpha)
 
@@ -362,7 +362,7 @@ def band_difference(trained: MDTransformer, construction: MDTransformer, tokens:
 
     def stats(d: np.ndarray) -> BandStats:
         per_seq = d.max(axis=(1, 2))
-        mu, se = X.mean_se(per_seq)
+        mu, se = exp_common.mean_se(per_seq)
         return BandStats(max=float(d.max()), mean=float(d.mean()), per_sequence_max=[float(mu), float(se)])
 
     l1a = stats(np.abs(aligned - c1)[:, m:])
@@ -389,9 +389,9 @@ def w1_vs_pi(W1: np.ndarray, pi: np.ndarray, m: int | None = None) -> W1Comparis
     W = torch.as_tensor(W1, dtype=torch.float64)
     learned = torch.softmax(W, dim=0).numpy().T  # [b, a]
     target = (pi / pi.sum(axis=0, keepdims=True)).T  # [b, a]
-    row_kl = M.kl(target, learned)
-    neg = M.kl(target, torch.softmax(-W, dim=0).numpy().T)
-    mean_se = [X.mean_se(v) for v in (row_kl, neg)]
+    row_kl = mtdmath.kl(target, learned)
+    neg = mtdmath.kl(target, torch.softmax(-W, dim=0).numpy().T)
+    mean_se = [exp_common.mean_se(v) for v in (row_kl, neg)]
     return W1Comparison(learned_softmax_W1_T=learned, colnorm_pi_T=target, row_kl=row_kl,
                         mean_row_kl=float(mean_se[0][0]), mean_row_kl_negated=float(mean_se[1][0]),
                         mean_row_kl_se=float(mean_se[0][1]), mean_row_kl_negated_se=float(mean_se[1][1]))
@@ -413,7 +413,7 @@ def step_analysis(model: MDTransformer, pi: np.ndarray, alpha: np.ndarray, train
     tokens, lam : evaluation sequences (B, T) and their lam (B, m)
     kl_trained : ndarray (B, T − m + 1)
         KL of the trained model after every prefix of ``tokens``.
-    rng_key : the random stream (``X.rng_for(*rng_key)``) of the tuning sequences
+    rng_key : the random stream (``exp_common.rng_for(*rng_key)``) of the tuning sequences
 
     Returns
     -------
@@ -422,28 +422,28 @@ def step_analysis(model: MDTransformer, pi: np.ndarray, alpha: np.ndarray, train
     """
     m = alpha.shape[0]
     T = tokens.shape[1]
-    eff = M.effective_step(model, tokens[: cfg.n_probe], pi, alpha)
+    eff = mtdmath.nn.effective_step(model, tokens[: cfg.n_probe], pi, alpha)
     n_st = cfg.step_n_train
-    r_train = M.optimal_step(pi, alpha, T=train_T - 1, k=1, n_train=n_st, n_test=n_st, n_boot=cfg.step_n_boot,
-                             rng=X.rng_for(*rng_key, 0))
+    r_train = mtdmath.optimal_step(pi, alpha, T=train_T - 1, k=1, n_train=n_st, n_test=n_st, n_boot=cfg.step_n_boot,
+                             rng=exp_common.rng_for(*rng_key, 0))
     eta_opt = {}
-    for L in X.TABLE_L:
+    for L in exp_common.TABLE_L:
         if m <= L <= T:
-            r = M.optimal_step(pi, alpha, L=L, n_train=n_st, n_test=n_st, n_boot=cfg.step_n_boot,
-                               rng=X.rng_for(*rng_key, L))
+            r = mtdmath.optimal_step(pi, alpha, L=L, n_train=n_st, n_test=n_st, n_boot=cfg.step_n_boot,
+                               rng=exp_common.rng_for(*rng_key, L))
             eta_opt[str(L)] = [r.eta, r.eta_se]
-    p_true = X.truth_all_prefixes(tokens, lam, pi)
-    kl_md = X.kl_per_sequence(p_true, M.md_predictive_all_prefixes(tokens, pi, alpha, eta=r_train.eta, steps=1))
+    p_true = exp_common.truth_all_prefixes(tokens, lam, pi)
+    kl_md = exp_common.kl_per_sequence(p_true, mtdmath.md_predictive_all_prefixes(tokens, pi, alpha, eta=r_train.eta, steps=1))
     kls = {"trained": kl_trained, "md1_eta_train": kl_md}
-    paired = X.paired_diff(kls, "trained", "md1_eta_train", m, T)
+    paired = exp_common.paired_diff(kls, "trained", "md1_eta_train", m, T)
     per_L = {L: HypothesisAtL(mean=d[0], se=d[1], ci95=[d[0] - 1.96 * d[1], d[0] + 1.96 * d[1]],
                               within_tol=bool(abs(d[0]) + 1.96 * d[1] <= HYPOTHESIS_TOL)) for L, d in paired.items()}
     res = StepAnalysis(
         effective_step=EffectiveStepRecord(eta=eff.eta, r2=eff.r2, n_bins=eff.n_bins, eta_by_n=eff.eta_by_n,
                                            r2_by_n=eff.r2_by_n, n_sequences=int(min(cfg.n_probe, tokens.shape[0]))),
-        eta_star=M.eta_bayes(alpha), eta_train=[r_train.eta, r_train.eta_se], train_objective_T=train_T - 1,
+        eta_star=mtdmath.eta_bayes(alpha), eta_train=[r_train.eta, r_train.eta_se], train_objective_T=train_T - 1,
         eta_train_heldout_kl=[r_train.kl, r_train.kl_se], eta_star_heldout_kl=[r_train.kl_eta_star, r_train.kl_eta_star_se],
-        eta_opt=eta_opt, table=X.table_at(kls, m, T), paired_trained_minus_md_eta_train=paired,
+        eta_opt=eta_opt, table=exp_common.table_at(kls, m, T), paired_trained_minus_md_eta_train=paired,
         hypothesis=Hypothesis(statement="trained disentangled ≈ one-step MD at η_train", tolerance_nats=HYPOTHESIS_TOL,
                               criterion="|mean| + 1.96 s.e. of the paired difference <= tolerance at every table L",
                               per_L=per_L, met=bool(per_L) and all(v.within_tol for v in per_L.values())))
@@ -489,42 +489,42 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
     """
     from tqdm.auto import tqdm
 
-    with X.run_meta(seed, device) as meta:
+    with exp_common.run_meta(seed, device) as meta:
         models, infos, pi, alpha = load_models(Path(cfg.checkpoints), device)
         m = alpha.shape[0]
-        tokens, lam = M.sample_icl(pi, alpha, cfg.T, cfg.n_eval, rng=X.rng_for(seed, X.KEY_EVAL, m))
-        p_true = X.truth_all_prefixes(tokens, lam, pi)
-        preds = X.estimator_all_prefixes(tokens, pi, alpha, ["md1", "bayes"], progress=progress, desc="compare")
-        construction = M.MDTransformer.construct(pi, alpha, dtype=torch.float64, device=device)
-        preds["construction"] = X.model_all_prefixes(construction, tokens, device=device)
+        tokens, lam = mtdmath.sample_icl(pi, alpha, cfg.T, cfg.n_eval, rng=exp_common.rng_for(seed, exp_common.KEY_EVAL, m))
+        p_true = exp_common.truth_all_prefixes(tokens, lam, pi)
+        preds = exp_common.estimator_all_prefixes(tokens, pi, alpha, ["md1", "bayes"], progress=progress, desc="compare")
+        construction = mtdmath.nn.MDTransformer.construct(pi, alpha, dtype=torch.float64, device=device)
+        preds["construction"] = exp_common.model_all_prefixes(construction, tokens, device=device)
         for name, model in tqdm(models.items(), desc="compare: trained models", disable=not progress):
-            preds[name] = X.model_all_prefixes(model, tokens, device=device)
-        kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
+            preds[name] = exp_common.model_all_prefixes(model, tokens, device=device)
+        kls = {k: exp_common.kl_per_sequence(p_true, v) for k, v in preds.items()}
         trained = models["md"]
         steps: dict[str, StepAnalysis] = {}
         w1s = {cfg.checkpoints: w1_vs_pi(trained.W1.detach().cpu().numpy(), pi, m)}
         steps[cfg.checkpoints], kls["md1_eta_train"] = step_analysis(
             trained, pi, alpha, infos["md"]["task"].T, tokens, lam, kls["md"], cfg,
-            rng_key=(seed, X.KEY_STEP, m, 0))
+            rng_key=(seed, exp_common.KEY_STEP, m, 0))
         for j, ck in enumerate(tqdm(cfg.seed_checkpoints, desc="compare: seed checkpoints", disable=not progress), 1):
             mods, inf, pi_j, alpha_j = load_models(Path(ck), device)
             m_j = alpha_j.shape[0]
             # each extra checkpoint has its own task (pi depends on the training seed): its own evaluation set
-            tok_j, lam_j = M.sample_icl(pi_j, alpha_j, cfg.T, cfg.n_eval, rng=X.rng_for(seed, X.KEY_EVAL, m_j, 100 + j))
-            kl_j = X.kl_per_sequence(X.truth_all_prefixes(tok_j, lam_j, pi_j),
-                                     X.model_all_prefixes(mods["md"], tok_j, device=device))
+            tok_j, lam_j = mtdmath.sample_icl(pi_j, alpha_j, cfg.T, cfg.n_eval, rng=exp_common.rng_for(seed, exp_common.KEY_EVAL, m_j, 100 + j))
+            kl_j = exp_common.kl_per_sequence(exp_common.truth_all_prefixes(tok_j, lam_j, pi_j),
+                                     exp_common.model_all_prefixes(mods["md"], tok_j, device=device))
             steps[ck], _ = step_analysis(mods["md"], pi_j, alpha_j, inf["md"]["task"].T, tok_j, lam_j, kl_j, cfg,
-                                         rng_key=(seed, X.KEY_STEP, m_j, j))
+                                         rng_key=(seed, exp_common.KEY_STEP, m_j, j))
             steps[ck].train_seed = inf["md"]["extra"].get("seed")
             w1s[ck] = w1_vs_pi(mods["md"].W1.detach().cpu().numpy(), pi_j, m_j)
         steps[cfg.checkpoints].train_seed = infos["md"]["extra"].get("seed")
-        mean, se = X.curves(kls)
+        mean, se = exp_common.curves(kls)
 
         tok_band = tokens[: cfg.n_band]
-        post = posterior_mean_all_prefixes(M.lag_factors(tok_band, pi, m), alpha)  # (B, T-m+1, m)
+        post = posterior_mean_all_prefixes(mtdmath.lag_factors(tok_band, pi, m), alpha)  # (B, T-m+1, m)
         band = band_difference(trained, construction, tok_band, device=device, posterior=post)
         # the bands on one fresh sequence of length attention_T (its own stream, not the evaluation set)
-        y_att, _ = M.sample_icl(pi, alpha, cfg.attention_T, 1, rng=X.rng_for(seed, X.KEY_EVAL, m, 1))
+        y_att, _ = mtdmath.sample_icl(pi, alpha, cfg.attention_T, 1, rng=exp_common.rng_for(seed, exp_common.KEY_EVAL, m, 1))
         (tr1, tr3), (co1, co3) = (attention_bands(x, y_att, device=device) for x in (trained, construction))
         r_att = _layer1_outputs(trained, y_att, device=device)
         al1 = np.concatenate([r_att, np.ones(r_att.shape[:2] + (1,))], axis=-1) @ band.layer1_alignment_map
@@ -546,9 +546,9 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
     T = cfg.T
     res = CompareResult(
         config=cfg, seed=seed, meta=meta, m=m, pi=pi, alpha=alpha, models=list(models), L=list(range(m, T + 1)),
-        kl_mean=mean, kl_se=se, table=X.table_at(kls, m, T),
-        gap_md_minus_construction=X.paired_diff(kls, "md", "construction", m, T),
-        gap_md_minus_bayes=X.paired_diff(kls, "md", "bayes", m, T), step_analysis=steps,
+        kl_mean=mean, kl_se=se, table=exp_common.table_at(kls, m, T),
+        gap_md_minus_construction=exp_common.paired_diff(kls, "md", "construction", m, T),
+        gap_md_minus_bayes=exp_common.paired_diff(kls, "md", "bayes", m, T), step_analysis=steps,
         seed_spread=seed_spread(steps, w1s),
         construction_vs_md1_max_abs_prob_diff=float(np.abs(preds["construction"] - preds["md1"]).max()),
         band_difference=band, w1=w1, attention=attention,
@@ -569,11 +569,11 @@ def run(cfg: CompareConfig, out: Path, *, seed: int, device: torch.device, progr
 
 
 def _plot_kl(res: CompareResult, path: Path) -> Path:
-    plt = X.pyplot()
+    plt = exp_common.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     std = [k for k in res.models if k != "md"]
     methods = [k for k in std + ["md", "md1", "md1_eta_train", "construction", "bayes"] if k in res.kl_mean]
-    X.plot_curves(ax, res.L, res.kl_mean, res.kl_se, methods)
+    exp_common.plot_curves(ax, res.L, res.kl_mean, res.kl_se, methods)
     g = res.gap_md_minus_construction
     last = max(g, key=int) if g else None
     sub = f"; trained − construction at L={last}: {g[last][0]:+.4f} ± {g[last][1]:.4f}" if last else ""
@@ -585,7 +585,7 @@ def _plot_kl(res: CompareResult, path: Path) -> Path:
     ax.set_title(f"m = {res.m}, {res.config.n_eval} sequences{sub}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return X.save_figure(fig, path)
+    return exp_common.save_figure(fig, path)
 
 
 def _plot_attention(att: dict[str, Any], band: BandDifference, path: Path) -> Path:
@@ -595,7 +595,7 @@ def _plot_attention(att: dict[str, Any], band: BandDifference, path: Path) -> Pa
     The figure is shown at the page width of the docs (about 750 px): it is drawn at that size, with
     the column titles once at the top and the row names on the left, so that its text stays at
     10 pt and more instead of shrinking with a larger canvas."""
-    plt = X.pyplot()
+    plt = exp_common.pyplot()
     b = att["band"]
     T = len(att["tokens"])
     rows = (("layer1", "layer1", "layer 1, raw:\nresponsibility of lag g"),
@@ -630,11 +630,11 @@ def _plot_attention(att: dict[str, Any], band: BandDifference, path: Path) -> Pa
                              location="right").ax.tick_params(labelsize=9)
     fig.suptitle(f"Lag bands of one sequence (T = {T}); aligned layer-1 difference, max over "
                  f"{band.n_sequences} sequences: {band.max:.3f}", fontsize=11)
-    return X.save_figure(fig, path)
+    return exp_common.save_figure(fig, path)
 
 
 def _plot_w1(w1: W1Comparison, path: Path) -> Path:
-    plt = X.pyplot()
+    plt = exp_common.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8))
     top = float(max(np.max(w1.colnorm_pi_T), np.max(w1.learned_softmax_W1_T)))
     for ax, A, title in ((axes[0], w1.colnorm_pi_T, "column-normalised pi"),
@@ -647,4 +647,4 @@ def _plot_w1(w1: W1Comparison, path: Path) -> Path:
     fig.suptitle(f"W1 of the trained disentangled model: mean row KL(pi ‖ learned) = {w1.mean_row_kl:.4f} ± "
                  f"{w1.mean_row_kl_se:.4f} nats (of −W1: {w1.mean_row_kl_negated:.4f})", fontsize=10)
     fig.tight_layout()
-    return X.save_figure(fig, path)
+    return exp_common.save_figure(fig, path)

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-import mtdmath as M
+import mtdmath
 from mtdmath.nn import MDTransformer
 
-from . import common as X
+from . import common as exp_common
 from .compare import load_models
 from .config import Config, Length, NonNegativeInt, Sequences
 
@@ -80,7 +80,7 @@ class TunedStep:
 
 
 @dataclass
-class DepthResult(X.Result):
+class DepthResult(exp_common.Result):
     """What ``depth`` measured (``depth.json``). KLs are KL(p* ‖ p̂) in nats; paired differences are
     ``{L: [mean, s.e.]}`` over the same evaluation sequences."""
 
@@ -122,44 +122,44 @@ def run(cfg: DepthConfig, out: Path, *, seed: int, device: torch.device, progres
     """
     from tqdm.auto import tqdm
 
-    with X.run_meta(seed, device) as meta:
+    with exp_common.run_meta(seed, device) as meta:
         models, infos, pi, alpha = load_models(Path(cfg.checkpoints), device, required=("std",))
         std = [k for k, v in models.items() if not isinstance(v, MDTransformer)]  # sorted by depth
         deep = std[-1]
         m = alpha.shape[0]
         # the same evaluation stream as `compare` at this seed: the same sequences
-        tokens, lam = M.sample_icl(pi, alpha, cfg.T, cfg.n_eval, rng=X.rng_for(seed, X.KEY_EVAL, m))
-        p_true = X.truth_all_prefixes(tokens, lam, pi)
-        preds = X.estimator_all_prefixes(tokens, pi, alpha, MD_METHODS + ["bayes"], progress=progress, desc="depth")
+        tokens, lam = mtdmath.sample_icl(pi, alpha, cfg.T, cfg.n_eval, rng=exp_common.rng_for(seed, exp_common.KEY_EVAL, m))
+        p_true = exp_common.truth_all_prefixes(tokens, lam, pi)
+        preds = exp_common.estimator_all_prefixes(tokens, pi, alpha, MD_METHODS + ["bayes"], progress=progress, desc="depth")
         for name in std:
-            preds[name] = X.model_all_prefixes(models[name], tokens, device=device)
+            preds[name] = exp_common.model_all_prefixes(models[name], tokens, device=device)
         # the steps tuned for the training objective of the deepest model (contexts m … T_train − 1)
         T_obj = infos[std[-1]]["task"].T - 1
         tuned: dict[str, TunedStep] = {}
         jobs = [(k, False) for k in range(1, 6)] + ([(k, True) for k in range(2, 6)] if cfg.schedules else [])
         for k, sched in tqdm(jobs, desc="depth: tuning k-step MD steps", disable=not progress):
-            r = M.optimal_step(pi, alpha, T=T_obj, k=k, schedule=sched, n_train=cfg.tune_n_train,
+            r = mtdmath.optimal_step(pi, alpha, T=T_obj, k=k, schedule=sched, n_train=cfg.tune_n_train,
                                n_test=cfg.tune_n_train, n_boot=0 if sched else cfg.tune_n_boot,
-                               rng=X.rng_for(seed, X.KEY_STEP, m, 1000 + 10 * k + int(sched)))
+                               rng=exp_common.rng_for(seed, exp_common.KEY_STEP, m, 1000 + 10 * k + int(sched)))
             key = f"md{k}_{'sched' if sched else 'tuned'}"
             tuned[key] = TunedStep(k=k, schedule=sched, eta=r.eta, eta_se=r.eta_se,
                                    sum_eta=float(np.sum(r.eta) if sched else k * r.eta),
                                    heldout_train_objective_kl=[r.kl, r.kl_se],
                                    heldout_train_objective_kl_eta_star=[r.kl_eta_star, r.kl_eta_star_se])
-            preds[key] = M.md_predictive_all_prefixes(tokens, pi, alpha, eta=r.eta if sched else float(r.eta), steps=k)
-        kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
-        mean, se = X.curves(kls)
+            preds[key] = mtdmath.md_predictive_all_prefixes(tokens, pi, alpha, eta=r.eta if sched else float(r.eta), steps=k)
+        kls = {k: exp_common.kl_per_sequence(p_true, v) for k, v in preds.items()}
+        mean, se = exp_common.curves(kls)
     T = cfg.T
     baselines = MD_METHODS + [k for k in TUNED + SCHED if k in kls]
     res = DepthResult(
         config=cfg, seed=seed, meta=meta, m=m, pi=pi, alpha=alpha, L=list(range(m, T + 1)), kl_mean=mean, kl_se=se,
-        table=X.table_at(kls, m, T), labels={k: LABELS[k] for k in baselines}, train_objective_T=T_obj,
-        tuned_steps=tuned, eta_star=M.eta_bayes(alpha), standard_models=list(std), deepest=deep,
-        deepest_minus_md={k: X.paired_diff(kls, deep, k, m, T) for k in baselines},
-        deepest_minus_bayes=X.paired_diff(kls, deep, "bayes", m, T),
+        table=exp_common.table_at(kls, m, T), labels={k: LABELS[k] for k in baselines}, train_objective_T=T_obj,
+        tuned_steps=tuned, eta_star=mtdmath.eta_bayes(alpha), standard_models=list(std), deepest=deep,
+        deepest_minus_md={k: exp_common.paired_diff(kls, deep, k, m, T) for k in baselines},
+        deepest_minus_bayes=exp_common.paired_diff(kls, deep, "bayes", m, T),
         # the train-objective mean over every context (L = m … T) on the evaluation set, paired
-        mean_over_L={k: [float(a) for a in X.mean_se(v.mean(axis=1))] for k, v in kls.items()},
-        deepest_minus_md_mean_over_L={k: [float(a) for a in X.mean_se((kls[deep] - kls[k]).mean(axis=1))]
+        mean_over_L={k: [float(a) for a in exp_common.mean_se(v.mean(axis=1))] for k, v in kls.items()},
+        deepest_minus_md_mean_over_L={k: [float(a) for a in exp_common.mean_se((kls[deep] - kls[k]).mean(axis=1))]
                                       for k in baselines + ["bayes"]})
     res.standing = standing(res)
     res.figures = [_plot(res, out / "depth.png").name]
@@ -181,7 +181,7 @@ def standing(res: DepthResult) -> dict[str, Any]:
 
 
 def _plot(res: DepthResult, path: Path) -> Path:
-    plt = X.pyplot()
+    plt = exp_common.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.4), sharey=True)
     labels = res.labels
     d = res.deepest_minus_md
@@ -190,11 +190,11 @@ def _plot(res: DepthResult, path: Path) -> Path:
               (axes[1], [k for k in TUNED + SCHED if k in res.kl_mean], "steps tuned on held-out sequences "
                                                                          "for the training objective"))
     for ax, md, title in panels:
-        X.plot_curves(ax, res.L, res.kl_mean, res.kl_se, md + res.standard_models + ["bayes"], labels)
+        exp_common.plot_curves(ax, res.L, res.kl_mean, res.kl_se, md + res.standard_models + ["bayes"], labels)
         ref = "md2" if "tuned" not in title else "md2_tuned"
         sub = (f"\n{res.deepest} − {labels.get(ref, ref)} at L={last}: {d[ref][last][0]:+.4f} ± {d[ref][last][1]:.4f}"
                if last and ref in d else "")
         ax.set_title(f"m = {res.m}, {res.config.n_eval} sequences; {title}{sub}", fontsize=8)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    return X.save_figure(fig, path)
+    return exp_common.save_figure(fig, path)

@@ -28,7 +28,7 @@ import torch
 import mtdmath
 from mtdmath import nn
 
-from . import common as X
+from . import common as exp_common
 from .config import (Batch, Heads, Layers, Length, NonNegativeFloat, NonNegativeInt, Order, PositiveFloat,
                      PriorConfig, Sequences, Steps, Width, check_attention_size)
 from .prefix_bayes import posterior_mean_all_prefixes
@@ -153,7 +153,7 @@ class ModelMechanism:
 
 
 @dataclass
-class MechanismResult(X.Result):
+class MechanismResult(exp_common.Result):
     """What ``mechanism`` measured (``mechanism.json``).
 
     Examples
@@ -187,20 +187,20 @@ def train_model(cfg: MechanismConfig, task: nn.ICLTask, n_layers: int, seed_inde
     run continues) and whether a finished checkpoint was reused."""
     m = task.m
     key = (m, n_layers, seed_index)
-    gen = torch.Generator().manual_seed(X.torch_seed_for(seed, X.KEY_INIT, *key))
+    gen = torch.Generator().manual_seed(exp_common.torch_seed_for(seed, exp_common.KEY_INIT, *key))
     model = nn.StandardTransformer(cfg.S, m, n_layers=n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
                                    max_len=cfg.T, generator=gen)
     done = False
     if path.exists():
         _, info = nn.load_checkpoint(path, model=model, device=device)
         if info.get("task") != task:
-            raise X.ConfigError(f"checkpoint {path} was trained on another task: use a fresh --out")
+            raise exp_common.ConfigError(f"checkpoint {path} was trained on another task: use a fresh --out")
         done = info.get("training", {}).get("step", 0) >= cfg.steps
         hist = nn.TrainHistory.from_dict(info["history"])
     if not done:
         hist = nn.train(model, task, steps=cfg.steps, batch_size=cfg.batch, lr=cfg.lr, schedule="cosine",
                         warmup=min(cfg.warmup, cfg.steps), weight_decay=cfg.weight_decay, device=device,
-                        seed=X.torch_seed_for(seed, X.KEY_TRAIN, *key), log_every=max(1, cfg.steps // 30),
+                        seed=exp_common.torch_seed_for(seed, exp_common.KEY_TRAIN, *key), log_every=max(1, cfg.steps // 30),
                         progress=progress, desc=path.stem, checkpoint=path,
                         checkpoint_every=max(1, cfg.steps // 5), resume=path if path.exists() else None)
     return model.to(device=device, dtype=torch.float64).eval(), float(hist.loss[-1]), float(hist.time[-1]), done
@@ -208,7 +208,7 @@ def train_model(cfg: MechanismConfig, task: nn.ICLTask, n_layers: int, seed_inde
 
 # ----------------------------------------------------------------------------- step fits
 def _step_fit(probs: np.ndarray, tokens: np.ndarray, pi: np.ndarray, alpha: np.ndarray
-              ) -> tuple[nn.StepByN, nn.AdaptiveFit | None]:
+              ) -> tuple[nn.MatchedStep, nn.AdaptiveFit | None]:
     """Matched step at every n and c/(n+m+a) fitted over n >= 2 off the search bounds."""
     ms = nn.matched_step(probs, tokens, pi, alpha)
     ok = (ms.n >= 2) & np.isfinite(ms.eta) & (ms.eta > 1.01e-4) & (ms.eta < 0.99e2)
@@ -314,7 +314,7 @@ def _probs(model: torch.nn.Module, tokens: torch.Tensor, hooks: list | None = No
 
 
 def _kl_seq(p_true: np.ndarray, p: np.ndarray) -> np.ndarray:
-    return X.kl_per_sequence(p_true, p).mean(axis=1)  # (B,) per-sequence mean over contexts
+    return exp_common.kl_per_sequence(p_true, p).mean(axis=1)  # (B,) per-sequence mean over contexts
 
 
 @torch.no_grad()
@@ -326,7 +326,7 @@ def analyse(model: torch.nn.Module, tokens: np.ndarray, lam: np.ndarray, pi: np.
 
     m = alpha.shape[0]
     y = torch.as_tensor(tokens, device=next(model.parameters()).device)
-    p_true = X.truth_all_prefixes(tokens, lam, pi)
+    p_true = exp_common.truth_all_prefixes(tokens, lam, pi)
     probs = _probs(model, y)
     kl_model = _kl_seq(p_true, probs)
     ms, fit = _step_fit(probs, tokens, pi, alpha)
@@ -369,8 +369,8 @@ def analyse(model: torch.nn.Module, tokens: np.ndarray, lam: np.ndarray, pi: np.
             msa, fa = _step_fit(pa, tokens, pi, alpha)
             Ba = _slope(fa)
             ratio = Ba / B0 if math.isfinite(B0) and B0 > 0 and math.isfinite(Ba) else math.nan
-            fit_kl = float(np.mean(msa.fit))
-            ablations.append(HeadAblation(layer=l, head=hd, kl_change=[float(v) for v in X.mean_se(d)], B=Ba,
+            fit_kl = float(np.mean(msa.kl_left))
+            ablations.append(HeadAblation(layer=l, head=hd, kl_change=[float(v) for v in exp_common.mean_se(d)], B=Ba,
                                           B_ratio=ratio, fit_kl=fit_kl,
                                           normalising=bool(math.isfinite(ratio) and ratio <= 0.5 and fit_kl <= 0.05)))
     n_norm = sum(a.normalising for a in ablations)
@@ -393,14 +393,14 @@ def analyse(model: torch.nn.Module, tokens: np.ndarray, lam: np.ndarray, pi: np.
         change = float(np.nanmedian(np.abs(mss.eta[sel] / ms.eta[sel] - 1.0)))
         interventions.append(SinkIntervention(
             weight=float(w), eta=mss.eta.tolist(), predicted=pred.tolist(), median_rel_error=rel,
-            median_change=change, fit_kl=float(np.mean(mss.fit)),
+            median_change=change, fit_kl=float(np.mean(mss.kl_left)),
             moves_as_predicted=bool(rel <= 0.10 and change > 0.20)))
     decisive = [iv for iv in interventions if iv.weight == DECISIVE_SINK] or interventions[-1:]
-    kl_b = X.mean_se(_kl_seq(p_true, bayes_probs)) if bayes_probs is not None else (math.nan, math.nan)
+    kl_b = exp_common.mean_se(_kl_seq(p_true, bayes_probs)) if bayes_probs is not None else (math.nan, math.nan)
     nan = math.nan
     return dict(
-        kl=[float(v) for v in X.mean_se(kl_model)], kl_bayes=[float(v) for v in kl_b], n=ms.n.tolist(),
-        eta=ms.eta.tolist(), eta_fit_kl=ms.fit.tolist(),
+        kl=[float(v) for v in exp_common.mean_se(kl_model)], kl_bayes=[float(v) for v in kl_b], n=ms.n.tolist(),
+        eta=ms.eta.tolist(), eta_fit_kl=ms.kl_left.tolist(),
         c=fit.c if fit else nan, a=fit.a if fit else nan, c_se=fit.c_se if fit else nan,
         a_se=fit.a_se if fit else nan, B=B0, fit_r2=fit.r2 if fit else nan, eta_constant=eta_c,
         probes=probes, probe_verdict=probe_verdict(probes[-1]), ablations=ablations, localisation=localisation,
@@ -453,24 +453,24 @@ def run(cfg: MechanismConfig, out: Path, *, seed: int, device: torch.device, pro
     ck.mkdir(parents=True, exist_ok=True)
     models: dict[str, ModelMechanism] = {}
     pis, alphas = {}, {}
-    with X.run_meta(seed, device) as meta:
+    with exp_common.run_meta(seed, device) as meta:
         jobs = [(m, L, s) for m in cfg.orders for L in cfg.depths for s in range(cfg.n_seeds)]
         evals: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for m, L, s in tqdm(jobs, desc="mechanism", disable=not progress):
-            pi, alpha = X.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
+            pi, alpha = exp_common.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
             pis[str(m)], alphas[str(m)] = pi, alpha
             if m not in evals:
                 # length T - 1: the training loss reaches positions up to T - 2 (the last position of a
                 # training sequence has no next token), so the row of position T - 1 is never trained
-                tokens, lam = mtdmath.sample_icl(pi, alpha, cfg.T - 1, cfg.n_eval, rng=X.rng_for(seed, X.KEY_EVAL, m))
-                bayes = X.estimator_all_prefixes(tokens, pi, alpha, ["bayes"])["bayes"]
+                tokens, lam = mtdmath.sample_icl(pi, alpha, cfg.T - 1, cfg.n_eval, rng=exp_common.rng_for(seed, exp_common.KEY_EVAL, m))
+                bayes = exp_common.estimator_all_prefixes(tokens, pi, alpha, ["bayes"])["bayes"]
                 evals[m] = (tokens, lam, bayes)
             tokens, lam, bayes = evals[m]
             task = nn.ICLTask(pi, alpha, cfg.T, device=device)
             name = f"std{L}_m{m}_seed{s}"
-            model, loss, secs, reused = train_model(cfg, task, L, s, ck / f"{name}{X.CHECKPOINT_SUFFIX}", seed=seed,
+            model, loss, secs, reused = train_model(cfg, task, L, s, ck / f"{name}{exp_common.CHECKPOINT_SUFFIX}", seed=seed,
                                             device=device, progress=progress)
-            fields = analyse(model, tokens, lam, pi, alpha, cfg, rng=X.rng_for(seed, X.KEY_STEP, m, L, s),
+            fields = analyse(model, tokens, lam, pi, alpha, cfg, rng=exp_common.rng_for(seed, exp_common.KEY_STEP, m, L, s),
                              bayes_probs=bayes)
             models[name] = ModelMechanism(name=name, m=m, n_layers=L, seed=s, final_loss=loss,
                                           train_time_s=round(secs, 3), reused=reused, **fields)
@@ -520,7 +520,7 @@ def markdown(res: MechanismResult) -> str:
 
 
 def _plot(res: MechanismResult, path: Path) -> Path:
-    plt = X.pyplot()
+    plt = exp_common.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15.0, 4.4))
     ax = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -563,7 +563,7 @@ def _plot(res: MechanismResult, path: Path) -> Path:
     ax.legend(fontsize=6)
     fig.suptitle(f"mechanism: {res.verdict['overall']}", fontsize=9)
     fig.tight_layout()
-    return X.save_figure(fig, path)
+    return exp_common.save_figure(fig, path)
 
 
 __all__ = ["MechanismConfig", "MechanismResult", "ModelMechanism", "ProbeLayer", "HeadAblation", "SinkIntervention",

@@ -42,7 +42,7 @@ import torch
 import mtdmath
 from mtdmath.stepsize import task_kl
 
-from . import common as X
+from . import common as exp_common
 from .config import (Batch, Length, NonNegativeInt, Order, PositiveFloat, PriorConfig, Sequences, Steps,
                      Threads, Vocab)
 
@@ -202,7 +202,7 @@ class GapAtL:
 
 
 @dataclass
-class CellResult(X.Result):
+class CellResult(exp_common.Result):
     """One cell: the laws of its tasks, the gap at every L, and the verdict."""
 
     key: str
@@ -229,22 +229,22 @@ def run_cell(d: dict[str, Any]) -> CellResult:
     laws, per_L = [], {}
     for t in range(job.tasks):
         pi = mtdmath.random_transition_matrix(job.S, concentration=job.concentration,
-                                              rng=X.rng_for(job.seed, *job.keys(t)))
+                                              rng=exp_common.rng_for(job.seed, *job.keys(t)))
         law = mtdmath.predicted_step(pi, alpha, n_samples=job.n_samples, n_windows=job.n_windows,
                                      max_states=job.max_states, chain_length=job.chain_length,
-                                     rng=X.rng_for(job.seed, *job.keys(t, 1)))
+                                     rng=exp_common.rng_for(job.seed, *job.keys(t, 1)))
         laws.append(LawRecord(c_inf=law.c_inf, c_inf_se=law.c_inf_se, A=law.A, B=law.B, B_se=law.B_se,
                               regime=law.regime))
         for L in (L for L in job.Ls if L >= job.m + 1):
             opt = mtdmath.optimal_step(pi, alpha, L=L, n_train=job.n_train, n_test=2, n_boot=0,
-                                       rng=X.rng_for(job.seed, *job.keys(t, 2, L)))
-            y, lam = mtdmath.sample_icl(pi, alpha, L + 1, job.n_eval, rng=X.rng_for(job.seed, *job.keys(t, 3, L)))
+                                       rng=exp_common.rng_for(job.seed, *job.keys(t, 2, L)))
+            y, lam = mtdmath.sample_icl(pi, alpha, L + 1, job.n_eval, rng=exp_common.rng_for(job.seed, *job.keys(t, 3, L)))
             eta_law = law.eta(L - job.m)
             k_law = task_kl(y, lam, pi, alpha, eta_law, L=L)
             k_opt = task_kl(y, lam, pi, alpha, opt.eta, L=L)
             k_star = task_kl(y, lam, pi, alpha, eta_star, L=L)
-            per_L.setdefault(L, []).append((eta_law, opt.eta, X.mean_se(k_opt), X.mean_se(k_law - k_opt),
-                                            X.mean_se(k_star - k_opt)))
+            per_L.setdefault(L, []).append((eta_law, opt.eta, exp_common.mean_se(k_opt), exp_common.mean_se(k_law - k_opt),
+                                            exp_common.mean_se(k_star - k_opt)))
     rows = []
     for L, recs in per_L.items():
         def pooled(j: int) -> list[float]:  # mean over the tasks; s.e. with the tasks held fixed
@@ -285,21 +285,21 @@ def run_train(d: dict[str, Any]) -> TrainResult:
 
     job = TrainJob(**d)
     torch.set_num_threads(job.threads)
-    pi, alpha = X.make_task(job.seed, job.m, job.S, job.concentration, job.alpha)
+    pi, alpha = exp_common.make_task(job.seed, job.m, job.S, job.concentration, job.alpha)
     task = ICLTask(pi, alpha, job.T)
-    gen = torch.Generator().manual_seed(X.torch_seed_for(job.seed, KEY_PHASE, 4, job.T, job.train_seed,
+    gen = torch.Generator().manual_seed(exp_common.torch_seed_for(job.seed, KEY_PHASE, 4, job.T, job.train_seed,
                                                          zlib.crc32(job.spec.encode())))
     model = model_from_spec(job.spec, job.S, job.m, max_len=job.T, generator=gen)
     t0 = time.perf_counter()
     # the fixed and the sink model of one (T, seed) see the same batches
     hist = nn_train(model, task, steps=job.steps, batch_size=job.batch, lr=job.lr, schedule="cosine",
                     warmup=min(job.warmup, job.steps), weight_decay=0.0, grad_clip=1.0,
-                    seed=X.torch_seed_for(job.seed, KEY_PHASE, 3, job.T, job.train_seed), log_every=max(1, job.steps // 20),
+                    seed=exp_common.torch_seed_for(job.seed, KEY_PHASE, 3, job.T, job.train_seed), log_every=max(1, job.steps // 20),
                     progress=False)
     secs = time.perf_counter() - t0
     model = model.to(dtype=torch.float64).eval()
     y, _ = mtdmath.sample_icl(pi, alpha, job.T, job.n_probe,
-                              rng=X.rng_for(job.seed, KEY_PHASE, 5, job.T, job.train_seed))
+                              rng=exp_common.rng_for(job.seed, KEY_PHASE, 5, job.T, job.train_seed))
     out = TrainResult(key=job_key(job), spec=job.spec, T=job.T, train_seed=job.train_seed,
                       final_loss=float(hist.loss[-1]), train_s=round(secs, 3))
     if model.aggregation == "softmax_sink":
@@ -343,7 +343,7 @@ class LearnedVsPredicted:
 
 
 @dataclass
-class PhaseResult(X.Result):
+class PhaseResult(exp_common.Result):
     """What ``phase`` measured (``phase.json``).
 
     Examples
@@ -442,11 +442,11 @@ def run(cfg: PhaseConfig, out: Path, *, seed: int, device: torch.device, progres
     jobs = grid_jobs(cfg, seed)
     paths = {job_key(j): out / "jobs" / f"{job_key(j)}.json" for j in jobs}
     todo = [j for j in jobs if not paths[job_key(j)].is_file()]
-    with X.run_meta(seed, device) as meta:
+    with exp_common.run_meta(seed, device) as meta:
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"phase ({cfg.backend})", disable=not progress)
 
         def on_done(res: CellResult | TrainResult) -> None:
-            X.write_json_atomic(paths[res.key], res)
+            exp_common.write_json_atomic(paths[res.key], res)
             bar.update(1)
 
         if todo:
@@ -477,16 +477,16 @@ def run(cfg: PhaseConfig, out: Path, *, seed: int, device: torch.device, progres
 
 def _trained_summary(cfg: PhaseConfig, seed: int, res: PhaseResult, trained: list[TrainResult]) -> None:
     """The law and the constant-step optimum of the trained task, and the learned-vs-predicted table."""
-    pi, alpha = X.make_task(seed, cfg.train_m, cfg.S, cfg.concentration, cfg.alpha)
+    pi, alpha = exp_common.make_task(seed, cfg.train_m, cfg.S, cfg.concentration, cfg.alpha)
     law = mtdmath.predicted_step(pi, alpha, n_samples=max(cfg.n_samples, 256), n_windows=cfg.n_windows,
                                  max_states=cfg.max_states, chain_length=cfg.chain_length,
-                                 rng=X.rng_for(seed, KEY_PHASE, 6))
+                                 rng=exp_common.rng_for(seed, KEY_PHASE, 6))
     res.train_law = LawRecord(c_inf=law.c_inf, c_inf_se=law.c_inf_se, A=law.A, B=law.B, B_se=law.B_se,
                               regime=law.regime)
     res.trained = sorted(trained, key=lambda r: (r.T, r.spec, r.train_seed))
     for T in sorted(cfg.train_Ts):
         opt = mtdmath.optimal_step(pi, alpha, T=T, n_train=cfg.n_train, n_test=cfg.n_eval, n_boot=cfg.n_boot,
-                                   rng=X.rng_for(seed, KEY_PHASE, 7, T))
+                                   rng=exp_common.rng_for(seed, KEY_PHASE, 7, T))
         res.train_constant_opt[str(T)] = [float(opt.eta), float(opt.eta_se)]
         fixed = [r.eta for r in res.trained if r.T == T and r.spec == TRAINED["fixed"] and r.eta is not None]
         sink = [r for r in res.trained if r.T == T and r.spec == TRAINED["sink"] and r.B is not None]
@@ -530,7 +530,7 @@ def markdown(res: PhaseResult) -> str:
 
 
 def _plot(res: PhaseResult, path: Path) -> Path:
-    plt = X.pyplot()
+    plt = exp_common.pyplot()
     cfg = res.config
     cols = [(b, S) for b in cfg.concentrations for S in cfg.sizes]
     n_rows = len(cfg.orders) + (1 if res.learned_vs_predicted else 0)
@@ -586,4 +586,4 @@ def _plot(res: PhaseResult, path: Path) -> Path:
     fig.suptitle(f"Zero-parameter step law vs the per-L optimum: {res.n_pass}/{res.n_cells} cells within "
                  f"{cfg.tolerance:g} nats", fontsize=10)
     fig.tight_layout()
-    return X.save_figure(fig, path)
+    return exp_common.save_figure(fig, path)

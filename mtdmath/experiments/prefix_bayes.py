@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _validate as V
+from .. import _validate as validate
 from ..bayes import DEFAULT_MAX_BYTES, PolyaLevels, levels_bytes
 
 __all__ = ["posterior_mean_all_prefixes"]
@@ -64,11 +64,11 @@ def posterior_mean_all_prefixes(C: Any, alpha: Any, *, chunk: int = 8, progress:
     >>> post[0, 0].tolist()  # no transition seen: the prior mean
     [0.5, 0.5]
     """
-    max_bytes = V.check_float(max_bytes, "max_bytes", positive=True)
-    C = V.check_C(C, "C")
-    alpha = V.check_alpha(alpha, "alpha")
-    V.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
-    chunk = V.check_int(chunk, "chunk", minimum=1)
+    max_bytes = validate.check_float(max_bytes, "max_bytes", positive=True)
+    C = validate.check_C(C, "C")
+    alpha = validate.check_alpha(alpha, "alpha")
+    validate.check_same_m(C.shape[-1], alpha.shape[0], "alpha")
+    chunk = validate.check_int(chunk, "chunk", minimum=1)
     if C.ndim != 3:
         raise ValueError(f"C must have shape (B, n, m) (got shape {tuple(C.shape)})")
     B, n, m = C.shape

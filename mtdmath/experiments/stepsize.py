@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from scipy import stats
 
-import mtdmath as M
+import mtdmath
 from mtdmath.stepsize import task_kl
 
-from . import common as X
+from . import common as exp_common
 from .config import FiniteFloat, Length, Order, PositiveFloat, PriorConfig, Sequences
 
 #: the forms fitted to 1/η_opt against n = L − m (see :func:`fit_forms`)
@@ -157,7 +157,7 @@ class SettingResult:
 
 
 @dataclass
-class StepsizeResult(X.Result):
+class StepsizeResult(exp_common.Result):
     """What ``stepsize`` measured (``stepsize.json``)."""
 
     config: StepsizeConfig
@@ -175,16 +175,16 @@ def settings(cfg: StepsizeConfig, seed: int) -> list[dict[str, Any]]:
     ``estimators``/``train`` at this seed (the same stream), the second pi has its own stream."""
     out = []
     for m in cfg.orders:
-        pi, alpha = X.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
+        pi, alpha = exp_common.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
         out.append({"name": f"m={m}", "m": m, "pi": pi, "alpha": alpha})
     if cfg.nonuniform_alpha:
         m = len(cfg.nonuniform_alpha)
-        pi, _ = X.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
+        pi, _ = exp_common.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
         out.append({"name": f"m={m} alpha=({','.join(f'{a:g}' for a in cfg.nonuniform_alpha)})", "m": m, "pi": pi,
                     "alpha": np.asarray(cfg.nonuniform_alpha, np.float64)})
     if cfg.second_pi_concentration > 0:
-        pi = M.random_transition_matrix(cfg.S, concentration=cfg.second_pi_concentration,
-                                        rng=X.rng_for(seed, X.KEY_PI, 2, 1))
+        pi = mtdmath.random_transition_matrix(cfg.S, concentration=cfg.second_pi_concentration,
+                                        rng=exp_common.rng_for(seed, exp_common.KEY_PI, 2, 1))
         out.append({"name": f"m=2 pi2 (beta={cfg.second_pi_concentration:g})", "m": 2, "pi": pi,
                     "alpha": np.full(2, float(cfg.alpha))})
     return out
@@ -239,7 +239,7 @@ def best_form(fit: dict[str, FormFit]) -> str | None:
     return min(finite, key=finite.get) if finite else None
 
 
-def _n_states(n: int, m: int) -> int:
+def _n_count_states(n: int, m: int) -> int:
     """Count states of the exact posterior mean after n transitions: C(n+m-1, m-1)."""
     return math.comb(n + m - 1, m - 1)
 
@@ -258,26 +258,26 @@ def run(cfg: StepsizeConfig, out: Path, *, seed: int, device: torch.device, prog
     from tqdm.auto import tqdm
 
     results: dict[str, SettingResult] = {}
-    with X.run_meta(seed, device) as meta:
+    with exp_common.run_meta(seed, device) as meta:
         sets = settings(cfg, seed)
         jobs = [(i, s, L) for i, s in enumerate(sets) for L in cfg.Ls if L >= s["m"] + 1]
         rows: dict[str, list[StepRow]] = {s["name"]: [] for s in sets}
         for i, s, L in tqdm(jobs, desc="stepsize: η_opt(L)", disable=not progress):
             m, pi, alpha = s["m"], s["pi"], s["alpha"]
-            r = M.optimal_step(pi, alpha, L=L, n_train=cfg.n_train, n_test=cfg.n_test, n_boot=cfg.n_boot,
-                               rng=X.rng_for(seed, X.KEY_STEP, i, L))
+            r = mtdmath.optimal_step(pi, alpha, L=L, n_train=cfg.n_train, n_test=cfg.n_test, n_boot=cfg.n_boot,
+                               rng=exp_common.rng_for(seed, exp_common.KEY_STEP, i, L))
             # a third set, disjoint from optimal_step's (its own stream): every estimator on the same sequences
-            y, lam = M.sample_icl(pi, alpha, L + 1, cfg.n_eval, rng=X.rng_for(seed, X.KEY_STEP, i, L, 1))
-            C = M.lag_factors(y[:, :L], pi, m)
-            p_true = M.predictive(lam, y[:, :L], pi)
+            y, lam = mtdmath.sample_icl(pi, alpha, L + 1, cfg.n_eval, rng=exp_common.rng_for(seed, exp_common.KEY_STEP, i, L, 1))
+            C = mtdmath.lag_factors(y[:, :L], pi, m)
+            p_true = mtdmath.predictive(lam, y[:, :L], pi)
             kls = {"md_eta_opt": task_kl(y, lam, pi, alpha, r.eta, L=L),
                    "md_eta_star": task_kl(y, lam, pi, alpha, r.eta_star, L=L),
-                   "k2": M.kl(p_true, M.predictive(M.corrected_one_step_md(C, alpha), y[:, :L], pi))}
-            n_bayes = int(min(cfg.n_eval, cfg.bayes_budget // _n_states(L - m, m)))
+                   "k2": mtdmath.kl(p_true, mtdmath.predictive(mtdmath.corrected_one_step_md(C, alpha), y[:, :L], pi))}
+            n_bayes = int(min(cfg.n_eval, cfg.bayes_budget // _n_count_states(L - m, m)))
             n_bayes = n_bayes if n_bayes >= 16 else 0
 
             def ms(v: np.ndarray) -> list[float]:
-                return [float(a) for a in X.mean_se(v)]
+                return [float(a) for a in exp_common.mean_se(v)]
 
             row = StepRow(L=L, n=L - m, eta_opt=r.eta, eta_opt_se=r.eta_se, eta_star=r.eta_star,
                           optimal_step_heldout=HeldOutKL(kl=[r.kl, r.kl_se], kl_eta_star=[r.kl_eta_star, r.kl_eta_star_se],
@@ -288,7 +288,7 @@ def run(cfg: StepsizeConfig, out: Path, *, seed: int, device: torch.device, prog
                           md_eta_opt_minus_md_eta_star=ms(kls["md_eta_opt"] - kls["md_eta_star"]), n_bayes=n_bayes)
             if n_bayes:
                 b = slice(0, n_bayes)  # the first n_bayes evaluation sequences
-                kb = M.kl(p_true[b], M.predictive(M.posterior_mean(C[b], alpha), y[b, :L], pi))
+                kb = mtdmath.kl(p_true[b], mtdmath.predictive(mtdmath.posterior_mean(C[b], alpha), y[b, :L], pi))
                 row.bayes = ms(kb)
                 row.md_eta_opt_minus_bayes = ms(kls["md_eta_opt"][b] - kb)
                 row.md_eta_star_minus_bayes = ms(kls["md_eta_star"][b] - kb)
@@ -300,7 +300,7 @@ def run(cfg: StepsizeConfig, out: Path, *, seed: int, device: torch.device, prog
             fit = fit_forms(np.array([r.n for r in rs]), np.array([r.L for r in rs]),
                             np.array([r.eta_opt for r in rs]), np.array([r.eta_opt_se for r in rs]), alpha0)
             results[s["name"]] = SettingResult(m=s["m"], alpha=s["alpha"], alpha0=alpha0, pi=s["pi"],
-                                               eta_star=M.eta_bayes(s["alpha"]), rows=rs, fit=fit,
+                                               eta_star=mtdmath.eta_bayes(s["alpha"]), rows=rs, fit=fit,
                                                best_form=best_form(fit))
     res = StepsizeResult(config=cfg, seed=seed, meta=meta, results=results, forms=list(FORMS), verdict=verdict(results))
     res.figures = [_plot(res, out / "stepsize.png").name]
@@ -369,7 +369,7 @@ def verdict(results: dict[str, SettingResult]) -> dict[str, SettingVerdict]:
 
 
 def _plot(res: StepsizeResult, path: Path) -> Path:
-    plt = X.pyplot()
+    plt = exp_common.pyplot()
     names = list(res.results)
     fig, axes = plt.subplots(2, len(names), figsize=(3.4 * len(names), 6.6), squeeze=False)
     for j, name in enumerate(names):
@@ -413,4 +413,4 @@ def _plot(res: StepsizeResult, path: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
     fig.suptitle("Loss-optimal one-step MD step vs L (top) and KL on held-out sequences (bottom)", fontsize=10)
     fig.tight_layout()
-    return X.save_figure(fig, path)
+    return exp_common.save_figure(fig, path)

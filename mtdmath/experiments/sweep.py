@@ -46,9 +46,9 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 import numpy as np
 import torch
 
-import mtdmath as M
+import mtdmath
 
-from . import common as X
+from . import common as exp_common
 from .config import (Batch, Heads, Layers, NonNegativeFloat, NonNegativeInt, Order, PositiveFloat, Seed,
                      PriorConfig, Sequences, Steps, TaskConfig, Threads, Width, check_attention_size, check_heads, Length)
 
@@ -171,9 +171,9 @@ def run_job(job: dict[str, Any]) -> JobResult:
 
     cfg = JobConfig(**job)
     torch.set_num_threads(cfg.threads)
-    device = X.resolve_device(cfg.device)
+    device = exp_common.resolve_device(cfg.device)
     t0 = time.perf_counter()
-    pi, alpha = X.make_task(cfg.seed, cfg.m, cfg.S, cfg.concentration, cfg.alpha)
+    pi, alpha = exp_common.make_task(cfg.seed, cfg.m, cfg.S, cfg.concentration, cfg.alpha)
     task = ICLTask(pi, alpha, cfg.T, device=device)
     name = cfg.name()
     model = model_from_spec(cfg.model, cfg.S, cfg.m, max_len=cfg.T, d_model=cfg.d_model, n_heads=cfg.n_heads,
@@ -183,21 +183,21 @@ def run_job(job: dict[str, Any]) -> JobResult:
     wd = cfg.weight_decay if cfg.weight_decay is not None else (0.0 if is_md else 0.01)
     hist = nn_train(model, task, steps=cfg.steps, batch_size=cfg.batch, lr=lr, warmup=min(cfg.warmup, cfg.steps),
                     weight_decay=wd, grad_clip=cfg.grad_clip, device=device,
-                    seed=X.torch_seed_for(cfg.seed, X.KEY_TRAIN, cfg.m), log_every=max(1, cfg.steps // 20),
+                    seed=exp_common.torch_seed_for(cfg.seed, exp_common.KEY_TRAIN, cfg.m), log_every=max(1, cfg.steps // 20),
                     progress=False)
     train_s = time.perf_counter() - t0
     # evaluation: contexts up to T-1 (the trained ones), the evaluation stream of `compare`
     Te = cfg.T - 1
-    tokens, lam = M.sample_icl(pi, alpha, Te, cfg.n_eval, rng=X.rng_for(cfg.seed, X.KEY_EVAL, cfg.m))
-    p_true = X.truth_all_prefixes(tokens, lam, pi)
-    construction = M.MDTransformer.construct(pi, alpha, dtype=torch.float64, device=device)
-    preds = {"trained": X.model_all_prefixes(model, tokens, device=device),
-             "construction": X.model_all_prefixes(construction, tokens, device=device)}
+    tokens, lam = mtdmath.sample_icl(pi, alpha, Te, cfg.n_eval, rng=exp_common.rng_for(cfg.seed, exp_common.KEY_EVAL, cfg.m))
+    p_true = exp_common.truth_all_prefixes(tokens, lam, pi)
+    construction = mtdmath.nn.MDTransformer.construct(pi, alpha, dtype=torch.float64, device=device)
+    preds = {"trained": exp_common.model_all_prefixes(model, tokens, device=device),
+             "construction": exp_common.model_all_prefixes(construction, tokens, device=device)}
     if cfg.m <= 3:  # exact Bayes is cheap up to m = 3 at these lengths
-        preds |= X.estimator_all_prefixes(tokens, pi, alpha, ["bayes"])
-    kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
-    mean, se = X.curves(kls)
-    gap, gap_se = X.paired_diff(kls, "trained", "construction", cfg.m, Te, (Te,))[str(Te)]
+        preds |= exp_common.estimator_all_prefixes(tokens, pi, alpha, ["bayes"])
+    kls = {k: exp_common.kl_per_sequence(p_true, v) for k, v in preds.items()}
+    mean, se = exp_common.curves(kls)
+    gap, gap_se = exp_common.paired_diff(kls, "trained", "construction", cfg.m, Te, (Te,))[str(Te)]
     band = (band_difference(model.to(torch.float64), construction, tokens[:64], device=device)
             if is_md else None)
     return JobResult(key=cfg.key(), job=cfg, name=name, L=list(range(cfg.m, Te + 1)), kl_mean=mean, kl_se=se,
@@ -333,7 +333,7 @@ def connect_ray(address: str, cpus: int) -> bool:
     try:
         import ray
     except ImportError:
-        raise X.ConfigError('backend: ray is not installed (pip install "mtdmath[ray]")') from None
+        raise exp_common.ConfigError('backend: ray is not installed (pip install "mtdmath[ray]")') from None
     if ray.is_initialized():
         return False
     if not address:
@@ -352,7 +352,7 @@ def connect_ray(address: str, cpus: int) -> bool:
         ray.init(address=address, log_to_driver=False)
     except Exception as e:  # ConnectionError after Ray's ~20 s of InvalidAuthToken retries, AuthenticationError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise X.ConfigError(f"backend ray: cannot connect to {address} ({first}); {RAY_AUTH_HINT}") from None
+        raise exp_common.ConfigError(f"backend ray: cannot connect to {address} ({first}); {RAY_AUTH_HINT}") from None
     return True
 
 
@@ -388,7 +388,7 @@ def _run_submitit(jobs: list[JobConfig], cfg: SweepConfig, folder: Path,
     try:
         import submitit
     except ImportError:
-        raise X.ConfigError('backend: submitit is not installed (pip install "mtdmath[slurm]")') from None
+        raise exp_common.ConfigError('backend: submitit is not installed (pip install "mtdmath[slurm]")') from None
     cluster = None if cfg.submitit_cluster == "auto" else cfg.submitit_cluster
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
     gpus = 1 if jobs and jobs[0].device == "cuda" else 0
@@ -458,12 +458,12 @@ def run(cfg: SweepConfig, out: Path, *, seed: int, device: torch.device, progres
 
     grid = cfg.grid(device.type)
     todo = [j for j in grid if not job_path(out, j).is_file()]
-    with X.run_meta(seed, device) as meta:
+    with exp_common.run_meta(seed, device) as meta:
         bar = tqdm(total=len(grid), initial=len(grid) - len(todo), desc=f"sweep ({cfg.backend})",
                    disable=not progress)
 
         def on_done(res: JobResult) -> None:
-            X.write_json_atomic(out / "jobs" / f"{res.key}.json", res)
+            exp_common.write_json_atomic(out / "jobs" / f"{res.key}.json", res)
             bar.update(1)
 
         if todo:
@@ -485,7 +485,7 @@ def run(cfg: SweepConfig, out: Path, *, seed: int, device: torch.device, progres
     res = SweepResult(config=cfg, seed=seed, meta=meta, n_jobs=len(grid), n_run=len(todo),
                       n_skipped=len(grid) - len(todo), jobs=[j.key() for j in grid],
                       results_csv="results.csv", summary_csv="summary.csv", figures=[fig.name])
-    X.write_json(out / "sweep.json", res)
+    exp_common.write_json(out / "sweep.json", res)
     print(f"sweep: {len(todo)} jobs run, {len(grid) - len(todo)} skipped (done before)", file=sys.stderr)
     return res
 
@@ -569,7 +569,7 @@ def markdown(summary: "pandas.DataFrame", by: list[str]) -> str:
 
 def _plot(results: list[JobResult], by: list[str], path: Path) -> Path:
     """KL vs L of the trained models (mean ± s.e. over seeds), one panel per (m, T)."""
-    plt = X.pyplot()
+    plt = exp_common.pyplot()
     groups: dict[tuple, list[JobResult]] = {}
     for r in results:
         groups.setdefault(tuple(getattr(r.job, k) for k in by), []).append(r)
@@ -583,10 +583,10 @@ def _plot(results: list[JobResult], by: list[str], path: Path) -> Path:
             L = np.asarray(rs[0].L)
             curves = ["trained"] + ([] if ref_done else [k for k in ("construction", "bayes") if k in rs[0].kl_mean])
             for k in curves:
-                mu, se = X.mean_se(np.array([r.kl_mean[k] for r in rs]))
+                mu, se = exp_common.mean_se(np.array([r.kl_mean[k] for r in rs]))
                 label = ", ".join(f"{a}={v}" for a, v in zip(by, key) if a not in ("m", "T")) if k == "trained" \
-                    else X.style(k)[0]
-                color = None if k == "trained" else X.style(k)[1]
+                    else exp_common.style(k)[0]
+                color = None if k == "trained" else exp_common.style(k)[1]
                 line, = ax.plot(L, mu, ":" if k == "construction" else "-", color=color, label=label)
                 ax.fill_between(L, np.maximum(mu - se, 1e-12), mu + se, color=line.get_color(), alpha=0.2, lw=0)
             ref_done = True
@@ -597,7 +597,7 @@ def _plot(results: list[JobResult], by: list[str], path: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     fig.tight_layout()
-    return X.save_figure(fig, path)
+    return exp_common.save_figure(fig, path)
 
 
 __all__ = ["SweepConfig", "JobConfig", "JobResult", "SweepResult", "run", "run_job", "load_sweep", "summarize",

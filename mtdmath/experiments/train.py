@@ -8,9 +8,9 @@ linear warm-up then cosine decay to 0, gradient clipping.
 
 Models (``--models``) are specs (:func:`mtdmath.nn.model_from_spec`):
 
-- ``md`` (alias ``md3``) — :class:`mtdmath.MDTransformer`, the disentangled three-layer architecture of
+- ``md`` (alias ``md3``) — :class:`mtdmath.nn.MDTransformer`, the disentangled three-layer architecture of
   docs/math.md §5 with random learnable weights (the construction is one point of its parameter space);
-- ``std:L=5,d=32,h=2`` — :class:`mtdmath.StandardTransformer` (GPT-style) of any depth L, width d
+- ``std:L=5,d=32,h=2`` — :class:`mtdmath.nn.StandardTransformer` (GPT-style) of any depth L, width d
   and heads h (omitted keys: ``--d-model``, ``--n-heads``); ``std3``, ``std5`` are ``std:L=3``, ``std:L=5``.
 
 Sequences are ``T = 65`` tokens long by default so that the prediction after a context of
@@ -36,7 +36,7 @@ from mtdmath.nn import ICLTask, model_from_spec, parse_model_spec, save_checkpoi
 from mtdmath.nn import train as nn_train
 from mtdmath import md_predictive_all_prefixes
 
-from . import common as X
+from . import common as exp_common
 from .config import (Batch, Heads, NonNegativeFloat, NonNegativeInt, PositiveFloat, Steps, TaskConfig, Width,
                      check_attention_size, check_heads)
 
@@ -119,7 +119,7 @@ class ModelRecord:
 
 
 @dataclass
-class TrainResult(X.Result):
+class TrainResult(exp_common.Result):
     """What ``train`` did (``train.json``)."""
 
     config: TrainConfig
@@ -134,7 +134,7 @@ class TrainResult(X.Result):
 
 def init_seed(seed: int, name: str) -> int:
     """Seed of a model's initial weights: a stream per (seed, model name), stable across model lists."""
-    return X.torch_seed_for(seed, X.KEY_INIT, zlib.crc32(name.encode()))
+    return exp_common.torch_seed_for(seed, exp_common.KEY_INIT, zlib.crc32(name.encode()))
 
 
 def train_one(spec: str, cfg: TrainConfig, task: ICLTask, *, seed: int, device: torch.device,
@@ -158,7 +158,7 @@ def train_one(spec: str, cfg: TrainConfig, task: ICLTask, *, seed: int, device: 
             return {"construction_nll": float(-torch.log(p_ref.gather(2, tokens[:, m:, None])).mean())}
 
         callbacks.append(construction_nll)
-    data_seed = X.torch_seed_for(seed, X.KEY_TRAIN, cfg.m)  # the same batch stream for every model
+    data_seed = exp_common.torch_seed_for(seed, exp_common.KEY_TRAIN, cfg.m)  # the same batch stream for every model
     t0 = time.perf_counter()
     hist = nn_train(model, task, steps=steps, batch_size=cfg.batch, lr=lr, schedule="cosine",
                     warmup=min(cfg.warmup, steps), weight_decay=wd, grad_clip=cfg.grad_clip, device=device,
@@ -185,14 +185,14 @@ def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progres
     >>> sorted(p.name for p in Path('runs/train/checkpoints').iterdir())  # doctest: +SKIP
     ['md.safetensors', 'std2.safetensors']
     """
-    pi, alpha = X.make_task(seed, cfg.m, cfg.S, cfg.concentration, cfg.alpha)
+    pi, alpha = exp_common.make_task(seed, cfg.m, cfg.S, cfg.concentration, cfg.alpha)
     task = ICLTask(pi, alpha, cfg.T, device=device)
     records = {}
     ck_dir = out / "checkpoints"
-    with X.run_meta(seed, device) as meta:
+    with exp_common.run_meta(seed, device) as meta:
         for spec in cfg.models:
             model, rec = train_one(spec, cfg, task, seed=seed, device=device, progress=progress)
-            path = save_checkpoint(ck_dir / f"{rec.name}{X.CHECKPOINT_SUFFIX}", model, task=task, history=rec.loss_curve,
+            path = save_checkpoint(ck_dir / f"{rec.name}{exp_common.CHECKPOINT_SUFFIX}", model, task=task, history=rec.loss_curve,
                                    extra={"seed": seed, "spec": spec, "train_config": asdict(cfg),
                                           "train_time_s": rec.train_time_s})
             rec.checkpoint = str(path)
@@ -204,10 +204,10 @@ def run(cfg: TrainConfig, out: Path, *, seed: int, device: torch.device, progres
 
 
 def _plot(records: dict[str, ModelRecord], path: Path) -> Path:
-    plt = X.pyplot()
+    plt = exp_common.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for kind, rec in records.items():
-        label, color, _ = X.style(kind)
+        label, color, _ = exp_common.style(kind)
         c = rec.loss_curve
         axes[0].plot(c["step"], c["loss"], color=color, label=label)
         if "construction_nll" in c:
@@ -227,4 +227,4 @@ def _plot(records: dict[str, ModelRecord], path: Path) -> Path:
     axes[0].legend(fontsize=7)
     fig.suptitle("Training loss (window means); reference: the one-step MD construction on the same batches")
     fig.tight_layout()
-    return X.save_figure(fig, path)
+    return exp_common.save_figure(fig, path)

@@ -6,7 +6,7 @@ The object model (docs/guide/fitting.md):
   :class:`TransitionCounts`, which merge with ``+``;
 - laws: :mod:`.laws` holds the frozen laws :class:`MTDModel` and :class:`ChainModel`;
 - estimators: :mod:`.base` is the one estimator base (parameters, labels, scores, AIC/BIC,
-  :class:`NotFittedError`); :class:`MTD` (:mod:`.estimator`, EM in :mod:`._em`, :class:`ConvergenceMonitor`
+  :class:`NotFittedError`); :class:`MTD` (:mod:`.mtd`, EM in :mod:`._em`, :class:`ConvergenceMonitor`
   in :mod:`._monitor`) and :class:`MarkovChain` (:mod:`.baselines`) supply only their fit on counts;
   :func:`fit` is ``MTD(...).fit(...)``;
 - :mod:`.inference`: standard errors and intervals; :mod:`.selection`: :func:`select_order`,
@@ -18,7 +18,7 @@ from ._data import TransitionCounts
 from ._monitor import ConvergenceMonitor
 from ._posterior import PosteriorLam
 from .baselines import LRTest, MarkovChain, ModelComparison, compare_models, lr_test
-from .estimator import MTD, fit
+from .mtd import MTD, fit
 from .icl import ICLFit, fit_icl
 from .laws import ChainModel, MTDModel
 from .selection import select_lags, select_order

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 from scipy.stats import binomtest
 
-from .estimator import MTD
+from .mtd import MTD
 from .laws import MTDModel
 
 SETTINGS = {
@@ -58,7 +58,7 @@ def run(name: str, n_sets: int, seed: int = 0, level: float = 0.95) -> dict:
     for _ in range(n_sets):
         y = true.sample(setting["n"] + max(setting["lags"]), rng=rng)
         est = MTD(lags=setting["lags"], variant=setting["variant"], restarts=3, random_state=rng,
-                  n_states=setting["S"])
+                  n_symbols=setting["S"])
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # a non-converged fit would be a bug here
             est.fit(y)

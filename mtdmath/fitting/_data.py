@@ -205,7 +205,7 @@ class TransitionCounts:
     """Aggregated weighted transitions: the sufficient statistics of every fit in :mod:`mtdmath.fitting`.
 
     Row ``u`` is one distinct tuple ``(y[t - lags[0]], ..., y[t - lags[-1]], y[t])`` with its summed weight.
-    Counts of the same ``lags``, ``n_states`` and ``classes`` merge: ``a + b`` counts the transitions of both
+    Counts of the same ``lags``, ``n_symbols`` and ``classes`` merge: ``a + b`` counts the transitions of both
     (associative and commutative up to the order of floating-point sums).
 
     Attributes
@@ -216,9 +216,9 @@ class TransitionCounts:
         Next token.
     w : ndarray (U,)
         Weighted count (> 0).
-    n_states : int
+    n_symbols : int
     lags : tuple of int
-    classes : ndarray (n_states,) or None
+    classes : ndarray (n_symbols,) or None
         The labels of the states, None for integer codes.
     n_dropped : int
         Transitions dropped because their target or a token of their window was missing (the data layer's
@@ -229,19 +229,19 @@ class TransitionCounts:
     >>> import numpy as np
     >>> from mtdmath.fitting import TransitionCounts
     >>> a = TransitionCounts.from_sequences([0, 1, 1, 0], lags=(1,))
-    >>> b = TransitionCounts.from_sequences([1, 0, 1], lags=(1,), n_states=2)
+    >>> b = TransitionCounts.from_sequences([1, 0, 1], lags=(1,), n_symbols=2)
     >>> (a + b).n_obs
     5.0
     """
 
-    __slots__ = ("ctx", "nxt", "w", "n_states", "lags", "classes", "n_dropped")
+    __slots__ = ("ctx", "nxt", "w", "n_symbols", "lags", "classes", "n_dropped")
 
-    def __init__(self, ctx: Any, nxt: Any, w: Any, n_states: int, lags: tuple[int, ...], classes: Any = None,
+    def __init__(self, ctx: Any, nxt: Any, w: Any, n_symbols: int, lags: tuple[int, ...], classes: Any = None,
                  n_dropped: int = 0):
         self.nxt = np.ascontiguousarray(nxt, dtype=np.int64)
         self.ctx = np.ascontiguousarray(ctx, dtype=np.int64).reshape(self.nxt.shape[0], len(lags))
         self.w = np.ascontiguousarray(w, dtype=np.float64)
-        self.n_states = int(n_states)
+        self.n_symbols = int(n_symbols)
         self.lags = tuple(int(l) for l in lags)
         self.classes = None if classes is None else np.asarray(classes, dtype=object)
         self.n_dropped = int(n_dropped)
@@ -249,13 +249,13 @@ class TransitionCounts:
             a.setflags(write=False)
 
     @classmethod
-    def from_sequences(cls, X: Any, *, lags: Any, n_states: int | None = None, sample_weight: Any = None,
+    def from_sequences(cls, X: Any, *, lags: Any, n_symbols: int | None = None, sample_weight: Any = None,
                        lengths: Any = None, missing: Any = None, pad: Any = None) -> "TransitionCounts":
         """Count the transitions of ``X`` (any layout of :meth:`MTD.fit`) for the lags ``lags``, each sequence
         conditioned on its first ``max(lags)`` tokens; ``missing`` and ``pad`` as for
         :class:`~mtdmath.fitting.MTD`."""
         p = parse(X, None, lengths, sample_weight, missing=missing, pad=pad)
-        return count(p, check_lags(None, lags), n_states)
+        return count(p, check_lags(None, lags), n_symbols)
 
     @property
     def n_obs(self) -> float:
@@ -268,16 +268,16 @@ class TransitionCounts:
     def __add__(self, other: Any) -> "TransitionCounts":
         if not isinstance(other, TransitionCounts):
             return NotImplemented
-        if other.lags != self.lags or other.n_states != self.n_states:
-            raise ValueError(f"counts merge only with equal lags and n_states (got lags {self.lags}, "
-                             f"{other.lags}; n_states {self.n_states}, {other.n_states})")
+        if other.lags != self.lags or other.n_symbols != self.n_symbols:
+            raise ValueError(f"counts merge only with equal lags and n_symbols (got lags {self.lags}, "
+                             f"{other.lags}; n_symbols {self.n_symbols}, {other.n_symbols})")
         if (self.classes is None) != (other.classes is None) or (
                 self.classes is not None and self.classes.tolist() != other.classes.tolist()):
             raise ValueError("counts merge only with the same state labels (classes)")
         tuples = np.concatenate([np.column_stack([self.ctx, self.nxt]), np.column_stack([other.ctx, other.nxt])])
-        digits, w = _unique_tuples(tuples, np.concatenate([self.w, other.w]), self.n_states)
+        digits, w = _unique_tuples(tuples, np.concatenate([self.w, other.w]), self.n_symbols)
         k = len(self.lags)
-        return TransitionCounts(digits[:, :k], digits[:, k], w, self.n_states, self.lags, self.classes,
+        return TransitionCounts(digits[:, :k], digits[:, k], w, self.n_symbols, self.lags, self.classes,
                                 self.n_dropped + other.n_dropped)
 
     def used_states(self) -> np.ndarray:
@@ -287,14 +287,14 @@ class TransitionCounts:
     def relabel(self, states: np.ndarray) -> "TransitionCounts":
         """The counts on the sub-state-space ``states`` (sorted, holding every used state): state
         ``states[i]`` becomes ``i``. Labels are dropped (the result is internal to a fit)."""
-        code = np.full(self.n_states, -1, dtype=np.int64)
+        code = np.full(self.n_symbols, -1, dtype=np.int64)
         code[states] = np.arange(states.shape[0])
         return TransitionCounts(code[self.ctx], code[self.nxt], self.w, states.shape[0], self.lags,
                                 n_dropped=self.n_dropped)
 
     def __repr__(self) -> str:
         dropped = f", n_dropped={self.n_dropped}" if self.n_dropped else ""
-        return (f"TransitionCounts({len(self)} distinct tuples, n_obs={self.n_obs:g}, n_states={self.n_states}, "
+        return (f"TransitionCounts({len(self)} distinct tuples, n_obs={self.n_obs:g}, n_symbols={self.n_symbols}, "
                 f"lags={self.lags}{dropped})")
 
 
@@ -537,25 +537,25 @@ def pad_state(parsed: Parsed, pad: Any) -> tuple[int, np.ndarray | None]:
     return len(classes), np.append(classes, np.asarray([pad], dtype=object))
 
 
-def resolve_states(parsed: Parsed, n_states: Any) -> int:
-    """S: the number of labels, else ``n_states`` (checked against the largest token), else largest token + 1."""
-    n_states = check_classes_states(parsed.classes, n_states)
+def resolve_states(parsed: Parsed, n_symbols: Any) -> int:
+    """S: the number of labels, else ``n_symbols`` (checked against the largest token), else largest token + 1."""
+    n_symbols = check_classes_states(parsed.classes, n_symbols)
     top = parsed.top
-    if n_states is None:
+    if n_symbols is None:
         return top + 1
-    S = check_int(n_states, "n_states", minimum=1)
+    S = check_int(n_symbols, "n_symbols", minimum=1)
     if S <= top:
-        raise ValueError(f"n_states must exceed the largest token {top} (got n_states = {S})")
+        raise ValueError(f"n_symbols must exceed the largest token {top} (got n_symbols = {S})")
     return S
 
 
-def count(parsed: Parsed, lags: tuple[int, ...], n_states: Any = None, start: int | None = None) -> TransitionCounts:
+def count(parsed: Parsed, lags: tuple[int, ...], n_symbols: Any = None, start: int | None = None) -> TransitionCounts:
     """Aggregate the transitions of ``parsed`` for ``lags``: every transition ``t = start..T-1`` of every
     sequence (``start`` defaults to and is at least ``max(lags)``) as one tuple, weighted by its sequence's
     weight times its token's weight. A design matrix keeps its last ``max(lags)`` lag columns (and ignores
     ``start``: each row is one transition). Python work is O(#sequences)."""
     name = parsed.name
-    S = resolve_states(parsed, n_states)
+    S = resolve_states(parsed, n_symbols)
     M = lags[-1] if lags else 0
     seqs, tok_w = parsed.sequences_for(M), parsed.tok_w
     if parsed.design:
@@ -566,8 +566,8 @@ def count(parsed: Parsed, lags: tuple[int, ...], n_states: Any = None, start: in
             if s.shape[0] < M and parsed.full_lengths is None and parsed.pad_code is None:  # (runs, padded)
                 raise ValueError(f"{name}[{i}] has length {s.shape[0]}, shorter than its max lag {M}")
     # the parameters: up to one (S, S) matrix per lag, a few copies per restart and SQUAREM iterate
-    why = f"the largest token {S - 1} makes S = {S} states" if n_states is None else f"S = {S} states"
-    check_alloc(8 * max(len(lags), 1) * S * S, 8, name if n_states is None else "n_states",
+    why = f"the largest token {S - 1} makes S = {S} states" if n_symbols is None else f"S = {S} states"
+    check_alloc(8 * max(len(lags), 1) * S * S, 8, name if n_symbols is None else "n_symbols",
                 f"{why}: (S, S) transition matrices for {len(lags)} lags")
     if parsed.pad_code is not None:  # the null state fills every window before the sequence starts
         seqs = [np.concatenate([np.full(start, parsed.pad_code, dtype=np.int64), y]) for y in seqs]

@@ -2,11 +2,11 @@
 
 Model (docs/math.md §1, Raftery's MTD and its lag-wise form MTDg; lags ``l_1 < ... < l_k``, max lag ``M``)::
 
-    P(y[t] = b | past) = lam0 * p0[b] + sum_j lam[j] * pi_j[y[t - l_j], b]          (t >= M)
+    P(y[t] = b | past) = lam_indep * p0[b] + sum_j lam[j] * pi_j[y[t - l_j], b]          (t >= M)
 
 ``variant="shared"``: one ``pi`` for every lag (the paper's model); ``variant="lagwise"``: one matrix per
-lag (MTDg); ``independent=True`` adds the order-0 component ``lam0 * p0`` (hdMTD's model), otherwise
-``lam0 = 0``. Each sequence is conditioned on its own first ``M`` tokens.
+lag (MTDg); ``independent=True`` adds the order-0 component ``lam_indep * p0`` (hdMTD's model), otherwise
+``lam_indep = 0``. Each sequence is conditioned on its own first ``M`` tokens.
 
 EM (the latent lag ``Z_t`` of docs/math.md §1 is the missing datum). With ``s_u`` the mixture probability of a
 distinct (context, next) tuple ``u`` with weighted count ``w_u`` and ``q_u = w_u / s_u``:
@@ -56,7 +56,7 @@ _SMOOTH = 0.5
 
 
 # ----------------------------------------------------------------------------------------------------------
-# parameter layout: theta = [lam (k), lam0 (if independent) | pi rows (S or k*S rows) | p0 row (if independent)]
+# parameter layout: theta = [lam (k), lam_indep (if independent) | pi rows (S or k*S rows) | p0 row (if independent)]
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
 class Layout:
@@ -88,10 +88,10 @@ class Layout:
             cols.append(K + self.n_pi_rows * S + counts.nxt)
         return np.ascontiguousarray(np.stack(cols, axis=1))
 
-    def pack(self, lam, pi, lam0=None, p0=None) -> np.ndarray:
+    def pack(self, lam, pi, lam_indep=None, p0=None) -> np.ndarray:
         parts = [np.asarray(lam, float)]
         if self.independent:
-            parts.append(np.array([lam0], float))
+            parts.append(np.array([lam_indep], float))
         parts.append(np.asarray(pi, float).ravel())
         if self.independent:
             parts.append(np.asarray(p0, float))
@@ -103,7 +103,7 @@ class Layout:
         pi = rows[: self.n_pi_rows]
         out = {"lam": theta[:k].copy(), "pi": (pi.reshape(k, S, S) if self.variant == "lagwise" else pi).copy()}
         if self.independent:
-            out["lam0"] = float(theta[k])
+            out["lam_indep"] = float(theta[k])
             out["p0"] = rows[-1].copy()
         return out
 
@@ -402,7 +402,7 @@ def run_em(em: EM, x0: np.ndarray, tol: float, max_iter: int, accelerate: bool =
 # ----------------------------------------------------------------------------------------------------------
 def lag_counts(counts: TransitionCounts) -> np.ndarray:
     """(k, S, S) weighted transition counts from the token at lag l_j to the next token."""
-    S, k = counts.n_states, len(counts.lags)
+    S, k = counts.n_symbols, len(counts.lags)
     return np.stack(
         [np.bincount(counts.ctx[:, j] * S + counts.nxt, weights=counts.w, minlength=S * S).reshape(S, S) for j in range(k)]
     )
@@ -435,7 +435,7 @@ def init_counts(counts: TransitionCounts, lay: Layout) -> np.ndarray:
 
 
 def init_random(lay: Layout, rng: np.random.Generator) -> np.ndarray:
-    """lam ~ Dirichlet(1), every pi row ~ Dirichlet(1) (and p0, lam0 likewise)."""
+    """lam ~ Dirichlet(1), every pi row ~ Dirichlet(1) (and p0, lam_indep likewise)."""
     S = lay.S
     w = rng.dirichlet(np.ones(lay.K))
     rows = rng.dirichlet(np.ones(S), size=lay.n_pi_rows + int(lay.independent))
@@ -443,15 +443,15 @@ def init_random(lay: Layout, rng: np.random.Generator) -> np.ndarray:
 
 
 def init_explicit(init: Any, lay: Layout) -> np.ndarray:
-    """A dict with keys pi, lam (and lam0, p0 when independent), an MTDModel or a fitted MTD."""
+    """A dict with keys pi, lam (and lam_indep, p0 when independent), an MTDModel or a fitted MTD."""
     law = getattr(init, "model_", init)  # a fitted estimator starts from its law
-    if all(hasattr(law, a) for a in ("pi", "lam", "lam0", "p0")):  # an MTDModel
-        init = {"pi": law.pi, "lam": law.lam, "lam0": law.lam0, "p0": law.p0}
+    if all(hasattr(law, a) for a in ("pi", "lam", "lam_indep", "p0")):  # an MTDModel
+        init = {"pi": law.pi, "lam": law.lam, "lam_indep": law.lam_indep, "p0": law.p0}
     if not isinstance(init, dict):
         raise ValueError(f'init must be "counts", "random", a dict of parameters, an MTDModel or a fitted MTD (got {init!r})')
-    unknown = set(init) - {"pi", "lam", "lam0", "p0"}
+    unknown = set(init) - {"pi", "lam", "lam_indep", "p0"}
     if unknown:
-        raise ValueError(f"init has unknown keys {sorted(unknown)} (allowed: pi, lam, lam0, p0)")
+        raise ValueError(f"init has unknown keys {sorted(unknown)} (allowed: pi, lam, lam_indep, p0)")
     if "pi" not in init or "lam" not in init:
         raise ValueError("init must give both 'pi' and 'lam'")
     S, k = lay.S, lay.k
@@ -467,17 +467,17 @@ def init_explicit(init: Any, lay: Layout) -> np.ndarray:
         if pi.shape != (S, S):
             raise ValueError(f"init['pi'] must have shape ({S}, {S}) (got {pi.shape})")
         check_pi(pi, "init['pi']")
-    lam0 = init.get("lam0")
+    lam_indep = init.get("lam_indep")
     if lay.independent:
-        if lam0 is None or init.get("p0") is None:
-            raise ValueError("init must give 'lam0' and 'p0' when independent=True")
-        lam0 = check_float(lam0, "init['lam0']", nonnegative=True)
+        if lam_indep is None or init.get("p0") is None:
+            raise ValueError("init must give 'lam_indep' and 'p0' when independent=True")
+        lam_indep = check_float(lam_indep, "init['lam_indep']", nonnegative=True)
         p0 = check_prob_vector(init["p0"], "init['p0']", S)
         lam = np.asarray(init["lam"], dtype=np.float64)
-        check_prob_vector(np.append(lam, lam0), "init['lam'] with init['lam0']", k + 1)
-        return lay.pack(lam, pi, lam0, p0)
-    if lam0 not in (None, 0, 0.0):
-        raise ValueError("init gives 'lam0' but independent=False")
+        check_prob_vector(np.append(lam, lam_indep), "init['lam'] with init['lam_indep']", k + 1)
+        return lay.pack(lam, pi, lam_indep, p0)
+    if lam_indep not in (None, 0, 0.0):
+        raise ValueError("init gives 'lam_indep' but independent=False")
     lam = check_prob_vector(init["lam"], "init['lam']", k)
     return lay.pack(lam, pi)
 

@@ -21,23 +21,23 @@ __all__ = ["cut", "cut_statistics", "cut_statistics_from_counts", "estimate_osci
 
 
 # -- data -------------------------------------------------------------------------------------------------
-def _token_arrays(sequences: Any, n_states: int) -> list[np.ndarray]:
-    """The data layer's sequences (:func:`._data.as_sequences`), each checked against ``n_states``."""
+def _token_arrays(sequences: Any, n_symbols: int) -> list[np.ndarray]:
+    """The data layer's sequences (:func:`._data.as_sequences`), each checked against ``n_symbols``."""
     seqs = as_sequences(sequences, "sequences")
     for i, a in enumerate(seqs):
-        if a.size and a.max() >= n_states:
-            raise ValueError(f"sequences[{i}] holds the token {a.max()}, outside 0..n_states-1 = 0..{n_states - 1}")
+        if a.size and a.max() >= n_symbols:
+            raise ValueError(f"sequences[{i}] holds the token {a.max()}, outside 0..n_symbols-1 = 0..{n_symbols - 1}")
     return seqs
 
 
-def lag_design(sequences: Any, n_states: int, max_lag: int) -> np.ndarray:
+def lag_design(sequences: Any, n_symbols: int, max_lag: int) -> np.ndarray:
     """The transitions of the data as rows ``(y[t], y[t-1], ..., y[t-max_lag])``.
 
     Parameters
     ----------
     sequences : int array (T,), (B, T) or list of int arrays (T_b,)
-        Codes in ``0..n_states-1``; each sequence is conditioned on its first ``max_lag`` tokens.
-    n_states : int
+        Codes in ``0..n_symbols-1``; each sequence is conditioned on its first ``max_lag`` tokens.
+    n_symbols : int
         S.
     max_lag : int
         d, the window.
@@ -57,7 +57,7 @@ def lag_design(sequences: Any, n_states: int, max_lag: int) -> np.ndarray:
     >>> lag_design([0, 1, 1, 0], 2, 2).tolist()
     [[1, 1, 0], [0, 1, 1]]
     """
-    S = check_int(n_states, "n_states", minimum=2)
+    S = check_int(n_symbols, "n_symbols", minimum=2)
     d = check_int(max_lag, "max_lag", minimum=1)
     seqs = _token_arrays(sequences, S)
     blocks = [np.stack([y[d - l: y.shape[0] - l] for l in range(d + 1)], axis=1) for y in seqs if y.shape[0] > d]
@@ -198,7 +198,7 @@ def oscillations(pi: Any, lam: Any) -> np.ndarray:
     return lam * _pair_tv(pi).max(axis=(-2, -1))
 
 
-def estimate_oscillations(sequences: Any, n_states: int, lags: Sequence[int], *, max_lag: int | None = None
+def estimate_oscillations(sequences: Any, n_symbols: int, lags: Sequence[int], *, max_lag: int | None = None
                           ) -> np.ndarray:
     """hdMTD's plug-in estimate of the oscillation of each lag in ``lags`` (docs/math.md §10.2).
 
@@ -209,7 +209,7 @@ def estimate_oscillations(sequences: Any, n_states: int, lags: Sequence[int], *,
     Parameters
     ----------
     sequences : int array (T,), (B, T) or list of int arrays
-    n_states : int
+    n_symbols : int
     lags : sequence of int
         The lag set (its estimate is consistent when it contains the true lags).
     max_lag : int, optional
@@ -228,8 +228,8 @@ def estimate_oscillations(sequences: Any, n_states: int, lags: Sequence[int], *,
     """
     lags_t = _check_lag_set(lags, None, "lags")
     d = lags_t[-1] if max_lag is None else check_int(max_lag, "max_lag", minimum=lags_t[-1])
-    X = lag_design(sequences, n_states, d)
-    S = int(n_states)
+    X = lag_design(sequences, n_symbols, d)
+    S = int(n_symbols)
     return np.array([_oscillation_kernel(_grouped(X, S, lags_t[:i] + lags_t[i + 1:], l), X.shape[0])
                      for i, l in enumerate(lags_t)])
 
@@ -280,7 +280,7 @@ def check_cut_constants(alpha: float, mu: float, xi: float) -> tuple[float, floa
     return alpha, mu, xi
 
 
-def cut_statistics(sequences: Any, n_states: int, max_lag: int, *, lags: Sequence[int] | None = None,
+def cut_statistics(sequences: Any, n_symbols: int, max_lag: int, *, lags: Sequence[int] | None = None,
                    alpha: float = 0.05, mu: float = 1.0, xi: float = 0.5) -> tuple[tuple[int, ...], np.ndarray]:
     """The CUT statistic of each candidate lag: largest distance minus threshold (docs/math.md §10.3).
 
@@ -292,7 +292,7 @@ def cut_statistics(sequences: Any, n_states: int, max_lag: int, *, lags: Sequenc
     Parameters
     ----------
     sequences : int array (T,), (B, T) or list of int arrays
-    n_states : int
+    n_symbols : int
     max_lag : int
         d: every sequence is conditioned on its first d tokens.
     lags : sequence of int, optional
@@ -318,8 +318,8 @@ def cut_statistics(sequences: Any, n_states: int, max_lag: int, *, lags: Sequenc
     alpha, mu, xi = check_cut_constants(alpha, mu, xi)
     d = check_int(max_lag, "max_lag", minimum=1)
     L = tuple(range(1, d + 1)) if lags is None else _check_lag_set(lags, d, "lags")
-    X = lag_design(sequences, n_states, d)
-    S = int(n_states)
+    X = lag_design(sequences, n_symbols, d)
+    S = int(n_symbols)
     return L, np.array([_cut_kernel(_grouped(X, S, L[:i] + L[i + 1:], l), alpha, mu, xi) for i, l in enumerate(L)])
 
 
@@ -350,7 +350,7 @@ def cut_statistics_from_counts(N: Any, *, alpha: float = 0.05, mu: float = 1.0, 
     return np.array([_cut_kernel(T, alpha, mu, xi) for T in _dense_tables(N)])
 
 
-def cut(sequences: Any, n_states: int, max_lag: int, *, lags: Sequence[int] | None = None, alpha: float = 0.05,
+def cut(sequences: Any, n_symbols: int, max_lag: int, *, lags: Sequence[int] | None = None, alpha: float = 0.05,
         mu: float = 1.0, xi: float = 0.5) -> tuple[int, ...]:
     """hdMTD's CUT: the candidate lags whose CUT statistic is positive (docs/math.md §10.3).
 
@@ -367,12 +367,12 @@ def cut(sequences: Any, n_states: int, max_lag: int, *, lags: Sequence[int] | No
     >>> cut(np.tile([0, 0, 1, 1], 200), 2, 3)
     (2,)
     """
-    L, stat = cut_statistics(sequences, n_states, max_lag, lags=lags, alpha=alpha, mu=mu, xi=xi)
+    L, stat = cut_statistics(sequences, n_symbols, max_lag, lags=lags, alpha=alpha, mu=mu, xi=xi)
     return tuple(l for l, s in zip(L, stat) if s > 0)
 
 
 # -- forward stepwise ---------------------------------------------------------------------------------------
-def forward_stepwise(sequences: Any, n_states: int, max_lag: int, n_lags: int, *, elbow: bool = False
+def forward_stepwise(sequences: Any, n_symbols: int, max_lag: int, n_lags: int, *, elbow: bool = False
                      ) -> tuple[tuple[int, ...], np.ndarray]:
     """hdMTD's forward stepwise (FS) selection (docs/math.md §10.4).
 
@@ -383,7 +383,7 @@ def forward_stepwise(sequences: Any, n_states: int, max_lag: int, n_lags: int, *
     Parameters
     ----------
     sequences : int array (T,), (B, T) or list of int arrays
-    n_states : int
+    n_symbols : int
     max_lag : int
         d, the window; every sequence is conditioned on its first d tokens.
     n_lags : int
@@ -409,8 +409,8 @@ def forward_stepwise(sequences: Any, n_states: int, max_lag: int, n_lags: int, *
     n_lags = check_int(n_lags, "n_lags", minimum=1)
     if n_lags > d:
         raise ValueError(f"n_lags must be <= max_lag = {d} (got {n_lags})")
-    X = lag_design(sequences, n_states, d)
-    S = int(n_states)
+    X = lag_design(sequences, n_symbols, d)
+    S = int(n_symbols)
     chosen: list[int] = []
     maxnu = np.empty(n_lags)
     for step in range(n_lags):
@@ -460,14 +460,14 @@ def fs_nu_from_counts(N: Any) -> float:
     return _nu_kernel(N.reshape(-1, S, S), N.sum())
 
 
-def fsc(sequences: Any, n_states: int, max_lag: int, n_lags: int, *, alpha: float = 0.05, mu: float = 1.0,
+def fsc(sequences: Any, n_symbols: int, max_lag: int, n_lags: int, *, alpha: float = 0.05, mu: float = 1.0,
         xi: float = 0.5) -> tuple[int, ...]:
     """hdMTD's FSC: forward stepwise on the first half of every sequence, then CUT of the chosen lags on the
     second half (docs/math.md §10.4).
 
     Parameters
     ----------
-    sequences, n_states, max_lag, n_lags
+    sequences, n_symbols, max_lag, n_lags
         As for :func:`forward_stepwise`; each half must leave transitions (more than ``max_lag`` tokens).
     alpha, mu, xi
         As for :func:`cut`.
@@ -484,7 +484,7 @@ def fsc(sequences: Any, n_states: int, max_lag: int, n_lags: int, *, alpha: floa
     (2,)
     """
     check_cut_constants(alpha, mu, xi)
-    S = check_int(n_states, "n_states", minimum=2)
+    S = check_int(n_symbols, "n_symbols", minimum=2)
     seqs = _token_arrays(sequences, S)
     first = [y[: y.shape[0] // 2] for y in seqs]
     second = [y[y.shape[0] // 2:] for y in seqs]

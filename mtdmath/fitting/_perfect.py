@@ -6,7 +6,7 @@ starting window is the image of the set of values at ONE earlier position. Track
 sets (at most S symbols each) detects coalescence exactly, without enumerating the S^M windows. A
 minorisation of each lag's matrix (its column minima) moves mass to the order-0 component, so a chain
 whose matrices share a common floor coalesces quickly even when it has no order-0 component; hdMTD's
-``perfectSample`` needs ``lam0 > 0`` and covers the case where that is all there is.
+``perfectSample`` needs ``lam_indep > 0`` and covers the case where that is all there is.
 """
 from __future__ import annotations
 
@@ -20,39 +20,39 @@ from .laws import MTDModel
 __all__ = ["minorised_components", "perfect_sample"]
 
 
-def _check_law(pi: Any, lam: Any, lags: Sequence[int] | None, lam0: Any, p0: Any):
-    """Validated (pis (k, S, S), lam (k,), lags tuple, lam0 float, p0 (S,)) of the law of docs/math.md §1.2,
+def _check_law(pi: Any, lam: Any, lags: Sequence[int] | None, lam_indep: Any, p0: Any):
+    """Validated (pis (k, S, S), lam (k,), lags tuple, lam_indep float, p0 (S,)) of the law of docs/math.md §1.2,
     through the fitting package's law object (one validation for every use of these parameters)."""
     if lags is not None and not isinstance(lags, (str, bytes)) and np.ndim(lags) == 1 and \
             all(isinstance(l, (int, np.integer)) for l in lags) and list(lags) != sorted(lags):
         # the law stores lags sorted and lam in the given order: refuse rather than pair them wrongly
         raise ValueError(f"lags must be increasing, with lam in the same order (got {lags!r})")
-    law = MTDModel(pi, lam, lags=lags, lam0=lam0, p0=p0)
-    k, S = len(law.lags), law.n_states
+    law = MTDModel(pi, lam, lags=lags, lam_indep=lam_indep, p0=p0)
+    k, S = len(law.lags), law.n_symbols
     pis = law.pi if law.pi.ndim == 3 else np.broadcast_to(law.pi, (k, S, S))
-    lam0_v = 0.0 if law.lam0 is None else float(law.lam0)
+    lam_indep_v = 0.0 if law.lam_indep is None else float(law.lam_indep)
     p0_v = np.full(S, 1.0 / S) if law.p0 is None else np.asarray(law.p0, dtype=np.float64)
-    return np.asarray(pis, dtype=np.float64), np.asarray(law.lam, dtype=np.float64), law.lags, lam0_v, p0_v
+    return np.asarray(pis, dtype=np.float64), np.asarray(law.lam, dtype=np.float64), law.lags, lam_indep_v, p0_v
 
 
-def minorised_components(pi: Any, lam: Any, *, lags: Sequence[int] | None = None, lam0: float | None = None,
+def minorised_components(pi: Any, lam: Any, *, lags: Sequence[int] | None = None, lam_indep: float | None = None,
                          p0: Any = None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """Rewrite an MTD law so that the mass every row of a lag's matrix shares sits in the order-0 component.
 
     With ``f_j[b] = min_a pi_j[a, b]`` and ``r_j = sum_b f_j[b]`` (docs/math.md §10.1),
     ``pi_j[a, :] = f_j + (1 - r_j) R_j[a, :]`` and the law is unchanged when written as
-    ``w0 q0 + sum_j w[j] R_j[y[t - lags[j]], :]`` with ``w0 = lam0 + sum_j lam[j] r_j``,
-    ``w0 q0 = lam0 p0 + sum_j lam[j] f_j`` and ``w[j] = lam[j] (1 - r_j)``.
+    ``w0 q0 + sum_j w[j] R_j[y[t - lags[j]], :]`` with ``w0 = lam_indep + sum_j lam[j] r_j``,
+    ``w0 q0 = lam_indep p0 + sum_j lam[j] f_j`` and ``w[j] = lam[j] (1 - r_j)``.
 
     Parameters
     ----------
     pi : array (S, S) or (k, S, S)
         One shared row-stochastic matrix or one per lag.
     lam : array (k,)
-        Lag weights, ``lam.sum() + lam0 == 1``.
+        Lag weights, ``lam.sum() + lam_indep == 1``.
     lags : sequence of k increasing positive int, optional
         Default ``1..k``.
-    lam0, p0 : float and array (S,), optional
+    lam_indep, p0 : float and array (S,), optional
         The order-0 component (both or neither).
 
     Returns
@@ -73,12 +73,12 @@ def minorised_components(pi: Any, lam: Any, *, lags: Sequence[int] | None = None
     >>> round(w0, 12), q0.round(6).tolist(), w.round(12).tolist()
     (0.3, [0.666667, 0.333333], [0.7])
     """
-    pis, lam, _, lam0, p0 = _check_law(pi, lam, lags, lam0, p0)
+    pis, lam, _, lam_indep, p0 = _check_law(pi, lam, lags, lam_indep, p0)
     S = pis.shape[-1]
     floor = pis.min(axis=1)  # (k, S): f_j
     r = floor.sum(axis=1)
-    mass0 = lam0 * p0 + lam @ floor
-    w0 = float(lam0 + lam @ r)
+    mass0 = lam_indep * p0 + lam @ floor
+    w0 = float(lam_indep + lam @ r)
     q0 = mass0 / w0 if w0 > 0 else np.full(S, 1.0 / S)
     w = lam * (1.0 - r)
     R = np.array(pis)
@@ -93,12 +93,12 @@ def _inverse_cdf(cum: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum((cum <= u[..., None]).sum(axis=-1), S - 1)
 
 
-def perfect_sample(pi: Any, lam: Any, size: int, *, lags: Sequence[int] | None = None, lam0: float | None = None,
+def perfect_sample(pi: Any, lam: Any, size: int, *, lags: Sequence[int] | None = None, lam_indep: float | None = None,
                    p0: Any = None, length: int | None = None, rng: Any = None,
                    max_steps: int = 65_536) -> np.ndarray:
     """Exact draws from the stationary law of an MTD chain (coupling from the past, docs/math.md §10.1).
 
-    The law is ``P(y[t] = b | past) = lam0 p0[b] + sum_j lam[j] pi_j[y[t - lags[j]], b]`` (docs/math.md
+    The law is ``P(y[t] = b | past) = lam_indep p0[b] + sum_j lam[j] pi_j[y[t - lags[j]], b]`` (docs/math.md
     §1.2). Each of the ``size`` draws is an independent Propp-Wilson run on the minorised components of
     :func:`minorised_components`: innovations (component, uniform) are drawn for times -1, -2, ...; from
     horizon T (doubled up to ``max_steps``) the set of values each position can take over every start is
@@ -108,7 +108,7 @@ def perfect_sample(pi: Any, lam: Any, size: int, *, lags: Sequence[int] | None =
 
     Parameters
     ----------
-    pi, lam, lags, lam0, p0
+    pi, lam, lags, lam_indep, p0
         The law, as for :func:`minorised_components`.
     size : int
         Number of independent draws.
@@ -142,7 +142,7 @@ def perfect_sample(pi: Any, lam: Any, size: int, *, lags: Sequence[int] | None =
     >>> bool(np.array_equal(x, perfect_sample(pi, [0.6, 0.4], 5, rng=0)))
     True
     """
-    pis, lam_v, lags_t, lam0_v, p0_v = _check_law(pi, lam, lags, lam0, p0)
+    pis, lam_v, lags_t, lam_indep_v, p0_v = _check_law(pi, lam, lags, lam_indep, p0)
     size = check_int(size, "size", minimum=0)
     max_steps = check_int(max_steps, "max_steps", minimum=1)
     M = lags_t[-1]
@@ -150,7 +150,7 @@ def perfect_sample(pi: Any, lam: Any, size: int, *, lags: Sequence[int] | None =
     S, k = pis.shape[-1], len(lags_t)
     check_alloc(size * max(length, M), 8, "size", f"{size} draws of {max(length, M)} tokens")
     rng = as_rng(rng)
-    w0, q0, w, R = minorised_components(pis, lam_v, lags=lags_t, lam0=lam0_v, p0=p0_v)
+    w0, q0, w, R = minorised_components(pis, lam_v, lags=lags_t, lam_indep=lam_indep_v, p0=p0_v)
     weights = np.append(w, w0)
     weights /= weights.sum()
     # component c < k: residual of lag lags[c]; c == k: the order-0 component (a constant map of any source)

@@ -63,7 +63,7 @@ class SequenceEstimator:
         The training data's aggregated transitions.
     classes_ : ndarray (S,)
         The states: labels in code order (sorted, or a Categorical's order), or ``0..S-1`` for integer data.
-    n_states_ : int
+    n_symbols_ : int
     loglik_ : float
         Training log-likelihood.
     n_obs_ : float
@@ -173,7 +173,7 @@ class SequenceEstimator:
 
     def _fit_parsed(self, parsed: Parsed):
         """Fit on parsed data (every fitting entry point goes through here or :meth:`fit_counts`)."""
-        self.fit_counts(count(parsed, self._lags(parsed), self.n_states, self._burn_in(parsed)))
+        self.fit_counts(count(parsed, self._lags(parsed), self.n_symbols, self._burn_in(parsed)))
         self._train = parsed
         return self
 
@@ -189,8 +189,8 @@ class SequenceEstimator:
         law, report = self._fit_law(counts)
         self.model_ = law
         self.transition_counts_ = counts
-        self.n_states_ = counts.n_states
-        self.classes_ = decode(np.arange(counts.n_states), counts.classes)
+        self.n_symbols_ = counts.n_symbols
+        self.classes_ = decode(np.arange(counts.n_symbols), counts.classes)
         self.n_obs_ = counts.n_obs
         self.n_dropped_ = counts.n_dropped
         for key, value in report.items():
@@ -210,7 +210,7 @@ class SequenceEstimator:
         self._check_fitted()
         parsed = parse(X, y, lengths, sample_weight, classes=self._labels, fitted=True,
                        missing=getattr(self, "missing", None), pad=getattr(self, "pad", None))
-        S = self.n_states_
+        S = self.n_symbols_
         if parsed.top >= S:
             raise ValueError(f"X holds the token {parsed.top}, outside this model's states 0..{S - 1}")
         return count(parsed, self.model_.count_lags, S, None if parsed.design else self._start())
@@ -237,8 +237,8 @@ class SequenceEstimator:
             raise ValueError("X holds missing tokens: score_samples scores whole sequences; use score, which "
                              "drops the transitions that touch them")
         law, M = self.model_, self.model_.order
-        if parsed.top >= self.n_states_:
-            raise ValueError(f"X holds the token {parsed.top}, outside this model's states 0..{self.n_states_ - 1}")
+        if parsed.top >= self.n_symbols_:
+            raise ValueError(f"X holds the token {parsed.top}, outside this model's states 0..{self.n_symbols_ - 1}")
         seqs = parsed.sequences_for(M)
         start = M if parsed.design else self._start()
         if parsed.pad_code is not None:  # as count() reads them: the null state before every sequence
@@ -310,7 +310,7 @@ class SequenceEstimator:
         """Law of the next symbol after each context; ``X`` (n, L) with L >= order, time last, codes or the
         labels of fit (an unseen label raises ``ValueError`` naming it). Returns (n, S): column ``i`` is the
         probability of ``classes_[i]``."""
-        ctx = check_tokens(self._contexts(X), self.n_states_, self.model_.order or None, name="X")
+        ctx = check_tokens(self._contexts(X), self.n_symbols_, self.model_.order or None, name="X")
         return self.model_.predict_proba(ctx)
 
     def predict(self, X: Any) -> np.ndarray:

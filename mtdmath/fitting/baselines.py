@@ -24,7 +24,7 @@ import numpy as np
 from .._validate import check_alloc, check_float, check_int
 from ._data import Parsed, TransitionCounts, check_lags
 from .base import SequenceEstimator
-from .estimator import MTD
+from .mtd import MTD
 from .laws import ChainModel
 
 
@@ -42,7 +42,7 @@ class MarkovChain(SequenceEstimator):
         m >= 0.
     smoothing : float
         Additive pseudo-count ``a >= 0`` per (context, next) cell.
-    n_states : int, optional
+    n_symbols : int, optional
         S for integer codes; default largest code + 1. With labels S is the number of labels.
     burn_in : int, optional
         Condition every sequence on its first ``max(order, burn_in)`` tokens (default ``order``), so that
@@ -54,7 +54,7 @@ class MarkovChain(SequenceEstimator):
         The fitted law; ``transition_`` is a read-only view of its rows.
     classes_ : ndarray (S,)
         The states (labels in code order, or ``0..S-1``).
-    n_states_ : int
+    n_symbols_ : int
     contexts_ : ndarray (n_ctx, order)
         The observed contexts as codes, time last (``contexts_[i, -l]`` is the symbol at lag l).
     counts_ : ndarray (n_ctx, S)
@@ -74,11 +74,11 @@ class MarkovChain(SequenceEstimator):
            [0.5, 0.5]])
     """
 
-    def __init__(self, order: int = 1, *, smoothing: float = 0.0, n_states: int | None = None,
+    def __init__(self, order: int = 1, *, smoothing: float = 0.0, n_symbols: int | None = None,
                  burn_in: int | None = None):
         self.order = order
         self.smoothing = smoothing
-        self.n_states = n_states
+        self.n_symbols = n_symbols
         self.burn_in = burn_in
 
     @property
@@ -100,7 +100,7 @@ class MarkovChain(SequenceEstimator):
     def _fit_law(self, counts: TransitionCounts) -> tuple[ChainModel, dict]:
         """The counting estimate on aggregated counts with lags ``1..order``:
         ``(N[c, b] + a) / (N[c] + S a)`` per observed context (docs/math.md §7.8)."""
-        order, a, S = len(counts.lags), check_float(self.smoothing, "smoothing", nonnegative=True), counts.n_states
+        order, a, S = len(counts.lags), check_float(self.smoothing, "smoothing", nonnegative=True), counts.n_symbols
         if counts.lags != tuple(range(1, self.order + 1)):
             raise ValueError(f"counts: their lags {counts.lags} are not lags 1..order = {self.order}")
         if order and (order + 1) * math.log(S) >= 62 * math.log(2):
@@ -133,18 +133,18 @@ class MarkovChain(SequenceEstimator):
     def n_params_observed(self) -> int:
         """``(#observed contexts) (S - 1)``: the parameters the data identify."""
         self._check_fitted()
-        return self.model_.contexts.shape[0] * (self.n_states_ - 1)
+        return self.model_.contexts.shape[0] * (self.n_symbols_ - 1)
 
     def summary(self) -> str:
         """A printable report: order, states, smoothing, log-likelihood, n_params, AIC, BIC."""
         self._check_fitted()
         states = (", ".join(repr(c) for c in self._labels.tolist()) if self._labels is not None
-                  else f"codes 0..{self.n_states_ - 1}")
+                  else f"codes 0..{self.n_symbols_ - 1}")
         k = self.n_params
         return "\n".join([
             f"{self.name}, saturated: one free law per context, smoothing {self.smoothing_:g}",
-            f"  states (S = {self.n_states_}): {states}",
-            f"  observed contexts {self.model_.contexts.shape[0]} of {self.n_states_ ** self.order_}",
+            f"  states (S = {self.n_symbols_}): {states}",
+            f"  observed contexts {self.model_.contexts.shape[0]} of {self.n_symbols_ ** self.order_}",
             f"  loglik {self.loglik_:.4f} on {self.n_obs_:g} transitions, n_params {k}, "
             f"AIC {-2 * self.loglik_ + 2 * k:.2f}, BIC {-2 * self.loglik_ + math.log(self.n_obs_) * k:.2f}"])
 

@@ -228,7 +228,7 @@ def _groups(seqs: list[np.ndarray], m: int) -> list[np.ndarray]:
     return [np.stack(v) for v in by_len.values()]
 
 
-def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any = None, init_pi: Any = None,
+def fit_icl(sequences: Any, m: int, *, n_symbols: int | None = None, alpha: Any = None, init_pi: Any = None,
             init_alpha: Any = None, tol: float = 1e-10, max_iter: int = 1000,
             max_bytes: int = DEFAULT_MAX_BYTES) -> ICLFit:
     """Estimate the shared pi and the Dirichlet alpha of the paper's model from many sequences.
@@ -240,12 +240,12 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
         sequence's first ``m`` tokens.
     m : int
         Order (lags 1..m).
-    n_states : int, optional
+    n_symbols : int, optional
     alpha : array (m,), optional
         Hold alpha fixed at this value and fit pi only (e.g. a huge concentration ``c * lam``, the limit in
         which every sequence shares ``lam``).
     init_pi, init_alpha : optional
-        Start; default pi from the shared-pi :func:`mtdmath.fit` on the pooled sequences and alpha = 1.
+        Start; default pi from the shared-pi :func:`mtdmath.fitting.fit` on the pooled sequences and alpha = 1.
     tol : float
         Relative decrease tolerance of L-BFGS-B (``ftol``) and gradient tolerance (``gtol`` = tol * N, N the
         number of transitions).
@@ -277,7 +277,7 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
     from scipy.optimize import minimize
 
     from ._data import to_numpy as _to_numpy
-    from .estimator import fit as _fit
+    from .mtd import fit as _fit
 
     m = check_int(m, "m", minimum=1)
     tol = check_float(tol, "tol", positive=True)
@@ -287,9 +287,9 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
     if not any(s.size for s in seqs):
         raise ValueError("sequences is empty: no tokens to fit")
     top = max(int(s.max()) for s in seqs if s.size)
-    S = top + 1 if n_states is None else check_int(n_states, "n_states", minimum=1)
+    S = top + 1 if n_symbols is None else check_int(n_symbols, "n_symbols", minimum=1)
     if S <= top:
-        raise ValueError(f"n_states must exceed the largest token {top} (got n_states = {S})")
+        raise ValueError(f"n_symbols must exceed the largest token {top} (got n_symbols = {S})")
     groups = _groups(seqs, m)
     n_free = S * (S - 1) + (m if alpha is None else 0)  # unconstrained coordinates: Hessian directions
     # the largest group's gradient must fit, and the Hessian at least one direction at a time; the chunk of
@@ -309,7 +309,7 @@ def fit_icl(sequences: Any, m: int, *, n_states: int | None = None, alpha: Any =
     if init_pi is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            pi0 = _fit(seqs, m, n_states=S, restarts=1).pi_
+            pi0 = _fit(seqs, m, n_symbols=S, restarts=1).pi_
     else:
         pi0 = check_pi(init_pi, "init_pi")
         if pi0.shape != (S, S):

@@ -2,7 +2,7 @@
 errors, boundary-respecting intervals (also for identified functionals such as the next-token law), and the
 parametric bootstrap (in :class:`~mtdmath.fitting.MTD`). The mathematics is docs/math.md §7.4.1 and §12.
 
-Parameters ``theta`` are the simplex blocks of the layout in :mod:`.em` (lam with lam0, every row of pi, p0).
+Parameters ``theta`` are the simplex blocks of the layout in :mod:`.em` (lam with lam_indep, every row of pi, p0).
 With ``s_u = sum_j theta[j] theta[e_ju]`` the mixture probability of a distinct (context, next) tuple ``u``
 (weight ``w_u``; component ``j`` uses emission entry ``e_ju``), the log-likelihood ``l = sum_u w_u log s_u``
 has the exact Hessian (docs/math.md §2, extended to the emission entries)
@@ -47,7 +47,7 @@ import scipy.sparse as sp
 from scipy.stats import norm
 
 from .. import _validate
-from ._em import EM as _EM, Layout as _Layout
+from ._em import EM as _EM, Layout
 
 #: relative eigenvalue below which a direction of the observed information counts as not identified. Along a
 #: non-identified direction the log-likelihood is exactly flat, but the Hessian at a point that is stationary
@@ -151,7 +151,7 @@ class Inference:
     identified: bool
     rank: int
     dim: int
-    lay: _Layout
+    lay: Layout
 
     def se_sparse(self, idx: np.ndarray, val: np.ndarray) -> np.ndarray:
         """Delta-method standard errors of many functions, each with a sparse gradient.

@@ -39,7 +39,7 @@ def mtd_n_params(S: int, k: int, variant: str, independent: bool) -> int:
 
     - shared:                 S(S-1) + k - 1            (pi rows, lam on the simplex; identifiable)
     - shared + independent:   S(S-1) + k - 1            (raw S(S-1) + k + S - 1, minus the S-dimensional
-      invariance pi -> (pi - t 1 q^T)/(1-t), lam -> (1-t) lam, lam0 p0 -> lam0 p0 + t (1-lam0) q)
+      invariance pi -> (pi - t 1 q^T)/(1-t), lam -> (1-t) lam, lam_indep p0 -> lam_indep p0 + t (1-lam_indep) q)
     - lagwise (+/- independent): (S-1)(1 + k(S-1))       (the products lam_j pi_j are identified only up to
       adding constant rows 1 c_j^T with sum_j c_j = 0; this is Lebre & Bourguignon's count, also mtdlearn's)
     """
@@ -55,7 +55,7 @@ def _frozen(a: Any) -> np.ndarray:
     return out
 
 
-def draw_chain(T: int, order: int, n_states: int, rng: Any, init: Any, prefix: Any,
+def draw_chain(T: int, order: int, n_symbols: int, rng: Any, init: Any, prefix: Any,
                row: Callable[[list, int, int], list], latent: Callable[[Any, int], Any] | None = None
                ) -> np.ndarray:
     """The one sampler of the fitting package: a chain of length T whose first ``order`` tokens are i.i.d.
@@ -66,7 +66,7 @@ def draw_chain(T: int, order: int, n_states: int, rng: Any, init: Any, prefix: A
     T = check_int(T, "T", minimum=0)
     check_alloc(T, 8 * 3, "T", f"a chain of length T = {T}")
     rng = as_rng(rng)
-    S, M = n_states, order
+    S, M = n_symbols, order
     init_p = np.full(S, 1.0 / S) if init is None else check_prob_vector(init, "init", S)
     y = np.empty(T, dtype=np.int64)
     if prefix is not None:
@@ -94,7 +94,7 @@ def draw_chain(T: int, order: int, n_states: int, rng: Any, init: Any, prefix: A
 
 class _Law:
     """What every law derives from its next-token law: immutability, the first-order embedding on the
-    max-lag state space and its stationary law. Subclasses define ``n_states``, ``order``, ``predict_proba``."""
+    max-lag state space and its stationary law. Subclasses define ``n_symbols``, ``order``, ``predict_proba``."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen: build a new law instead of setting {name!r}")
@@ -105,13 +105,13 @@ class _Law:
 
     def n_params_at_zero(self, tol: float = ZERO_PARAM_TOL) -> int:
         """Number of free parameters the law holds at 0 (docs/math.md eq-boundary-criteria): in each simplex
-        block of size s (lam with lam0, a row of pi, p0, a row of a chain's transition), the entries
+        block of size s (lam with lam_indep, a row of pi, p0, a row of a chain's transition), the entries
         ``<= tol``, at most ``s - 1`` per block (march's convention for AIC/BIC)."""
         tol = check_float(tol, "tol", nonnegative=True)
         return int(sum(min(int((b <= tol).sum()), b.shape[0] - 1) for b in self._simplex_blocks()))
 
     def _state_space(self, max_states: int, what: str, dense: bool) -> int:
-        S, M = self.n_states, self.order
+        S, M = self.n_symbols, self.order
         n = S**M
         if n > max_states:
             raise ValueError(
@@ -126,7 +126,7 @@ class _Law:
     def _expanded_sparse(self, n: int):
         import scipy.sparse as sp
 
-        S, M = self.n_states, self.order
+        S, M = self.n_symbols, self.order
         states = np.arange(n)
         # digits of each state, oldest token first: state = sum_i y[t-M+1+i] S^(M-1-i)
         ctx = np.stack([(states // S ** (M - 1 - i)) % S for i in range(M)], axis=1)
@@ -169,7 +169,7 @@ class _Law:
             Law of one token under stationarity.
         """
         max_states = check_int(max_states, "max_states", 1)
-        S = self.n_states
+        S = self.n_symbols
         n = self._state_space(max_states, "stationary_distribution", dense=S**self.order <= _DENSE_SOLVE_STATES)
         AT = self._expanded_sparse(n).T.tocsr()
         if n <= _DENSE_SOLVE_STATES:
@@ -204,25 +204,25 @@ class _Law:
         """Log-likelihood of ``sequences`` (integer codes, any layout of :func:`~mtdmath.fitting.fit`), each
         conditioned on its first ``order`` tokens; -inf when the data are impossible under the law."""
         p = parse(sequences, sample_weight=weights, fitted=True, name="sequences", weight_name="weights")
-        if p.top >= self.n_states:
-            raise ValueError(f"sequences hold the token {p.top}, outside this law's states 0..{self.n_states - 1}")
-        return self.log_prob(count(p, self.count_lags, self.n_states))
+        if p.top >= self.n_symbols:
+            raise ValueError(f"sequences hold the token {p.top}, outside this law's states 0..{self.n_symbols - 1}")
+        return self.log_prob(count(p, self.count_lags, self.n_symbols))
 
 
 class MTDModel(_Law):
     """The MTD law, given by its parameters, validated and copied on construction, immutable.
 
-    ``P(y[t] = b | past) = lam0 * p0[b] + sum_j lam[j] * pi_j[y[t - lags[j]], b]`` (docs/math.md §1).
+    ``P(y[t] = b | past) = lam_indep * p0[b] + sum_j lam[j] * pi_j[y[t - lags[j]], b]`` (docs/math.md §1).
 
     Parameters
     ----------
     pi : array (S, S) or (k, S, S)
         One shared row-stochastic matrix, or one per lag (``pi[j]`` belongs to ``lags[j]``).
     lam : array (k,)
-        Lag weights; ``lam.sum() + lam0 == 1``.
+        Lag weights; ``lam.sum() + lam_indep == 1``.
     lags : sequence of int, optional
         Distinct positive lags, default ``1..k``; stored sorted (give ``lam`` in the same sorted order).
-    lam0, p0 : float and array (S,), optional
+    lam_indep, p0 : float and array (S,), optional
         Weight and law of the order-0 component; give both or neither.
 
     Raises
@@ -240,7 +240,7 @@ class MTDModel(_Law):
     array([[0.41, 0.59]])
     """
 
-    def __init__(self, pi: Any, lam: Any, *, lags: Sequence[int] | None = None, lam0: float | None = None,
+    def __init__(self, pi: Any, lam: Any, *, lags: Sequence[int] | None = None, lam_indep: float | None = None,
                  p0: Any = None):
         pi, lam, p0 = to_numpy(pi), to_numpy(lam), to_numpy(p0)
         lam = float_array(lam, "lam")  # refuses complex, strings, objects, ragged lists, booleans
@@ -258,25 +258,25 @@ class MTDModel(_Law):
         else:
             pi = check_pi(pi, "pi")
         S = pi.shape[-1]
-        if (lam0 is None) != (p0 is None):
-            raise ValueError("lam0 and p0 must be given together")
-        if lam0 is not None:
-            lam0 = check_float(lam0, "lam0", nonnegative=True)
+        if (lam_indep is None) != (p0 is None):
+            raise ValueError("lam_indep and p0 must be given together")
+        if lam_indep is not None:
+            lam_indep = check_float(lam_indep, "lam_indep", nonnegative=True)
             p0 = _frozen(check_prob_vector(p0, "p0", S))
-            check_prob_vector(np.append(lam, lam0), "lam with lam0")
+            check_prob_vector(np.append(lam, lam_indep), "lam with lam_indep")
         else:
             check_prob_vector(lam, "lam")
-        for name, value in (("pi", _frozen(pi)), ("lam", _frozen(lam)), ("lags", lags_t), ("lam0", lam0),
+        for name, value in (("pi", _frozen(pi)), ("lam", _frozen(lam)), ("lags", lags_t), ("lam_indep", lam_indep),
                             ("p0", p0)):
             object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
-        return (f"MTDModel(S={self.n_states}, lags={self.lags}, variant={self.variant!r}, "
+        return (f"MTDModel(S={self.n_symbols}, lags={self.lags}, variant={self.variant!r}, "
                 f"independent={self.independent})")
 
     def params(self) -> dict:
-        """The parameters as a dict ``{"pi", "lam", "lags", "lam0", "p0"}`` (writable copies)."""
-        return {"pi": self.pi.copy(), "lam": self.lam.copy(), "lags": self.lags, "lam0": self.lam0,
+        """The parameters as a dict ``{"pi", "lam", "lags", "lam_indep", "p0"}`` (writable copies)."""
+        return {"pi": self.pi.copy(), "lam": self.lam.copy(), "lags": self.lags, "lam_indep": self.lam_indep,
                 "p0": None if self.p0 is None else self.p0.copy()}
 
     # -- derived quantities -------------------------------------------------------------------------------
@@ -286,10 +286,10 @@ class MTDModel(_Law):
 
     @property
     def independent(self) -> bool:
-        return self.lam0 is not None
+        return self.lam_indep is not None
 
     @property
-    def n_states(self) -> int:
+    def n_symbols(self) -> int:
         return int(self.pi.shape[-1])
 
     @property
@@ -305,21 +305,21 @@ class MTDModel(_Law):
     def n_params(self) -> int:
         """Generic identifiable parameter count (:func:`mtd_n_params`): shared S(S-1)+k-1 (with or without
         the order-0 component); lagwise (S-1)(1+k(S-1))."""
-        return mtd_n_params(self.n_states, len(self.lags), self.variant, self.independent)
+        return mtd_n_params(self.n_symbols, len(self.lags), self.variant, self.independent)
 
     @property
     def layout(self) -> Layout:
         """The EM parameter layout of this law (:mod:`mtdmath.fitting._em`)."""
-        return Layout(self.n_states, len(self.lags), self.variant, self.independent)
+        return Layout(self.n_symbols, len(self.lags), self.variant, self.independent)
 
     @property
     def theta(self) -> np.ndarray:
         """The parameters packed in :attr:`layout` (a new array)."""
-        return self.layout.pack(self.lam, self.pi, self.lam0, self.p0)
+        return self.layout.pack(self.lam, self.pi, self.lam_indep, self.p0)
 
     def _simplex_blocks(self) -> list[np.ndarray]:
-        head = [np.append(self.lam, self.lam0) if self.independent else self.lam]
-        return head + list(self.pi.reshape(-1, self.n_states)) + ([self.p0] if self.independent else [])
+        head = [np.append(self.lam, self.lam_indep) if self.independent else self.lam]
+        return head + list(self.pi.reshape(-1, self.n_symbols)) + ([self.p0] if self.independent else [])
 
     def _pis(self) -> np.ndarray:
         """(k, S, S) per-lag matrices (a shared pi repeated)."""
@@ -338,9 +338,9 @@ class MTDModel(_Law):
         Returns
         -------
         ndarray (..., S)
-            ``lam0 p0 + sum_j lam[j] pi_j[contexts[..., -lags[j]], :]`` (docs/math.md §1).
+            ``lam_indep p0 + sum_j lam[j] pi_j[contexts[..., -lags[j]], :]`` (docs/math.md §1).
         """
-        S = self.n_states
+        S = self.n_symbols
         c = check_tokens(to_numpy(contexts), S, self.order, name="contexts")
         if self.variant == "shared" and not self.independent:
             # the core's predictive, with lam spread over lags 1..order (zero weight on lags not in the model)
@@ -354,7 +354,7 @@ class MTDModel(_Law):
         for j, l in enumerate(self.lags):
             out += self.lam[j] * pis[j][c[..., -l]]
         if self.independent:
-            out += self.lam0 * self.p0
+            out += self.lam_indep * self.p0
         return out
 
     def log_prob(self, counts: TransitionCounts) -> float:
@@ -364,9 +364,9 @@ class MTDModel(_Law):
 
     def log_prob_terms(self, counts: TransitionCounts) -> np.ndarray:
         """(U,) ``w_u log s_u`` per distinct tuple of ``counts``."""
-        if counts.lags != self.lags or counts.n_states != self.n_states:
-            raise ValueError(f"counts have lags {counts.lags} and {counts.n_states} states; this law has lags "
-                             f"{self.lags} and {self.n_states} states")
+        if counts.lags != self.lags or counts.n_symbols != self.n_symbols:
+            raise ValueError(f"counts have lags {counts.lags} and {counts.n_symbols} states; this law has lags "
+                             f"{self.lags} and {self.n_symbols} states")
         s = mixture_prob(self.layout, self.theta, counts)
         with np.errstate(divide="ignore"):
             return counts.w * np.log(s)
@@ -382,8 +382,8 @@ class MTDModel(_Law):
         -------
         ndarray (T,) int64
         """
-        S, k = self.n_states, len(self.lags)
-        weights = np.append(self.lam, self.lam0) if self.independent else self.lam
+        S, k = self.n_symbols, len(self.lags)
+        weights = np.append(self.lam, self.lam_indep) if self.independent else self.lam
         weights = weights / weights.sum()
         cum = [[np.cumsum(self._pis()[j][a]).tolist() for a in range(S)] for j in range(k)]
         cum0 = np.cumsum(self.p0).tolist() if self.independent else None
@@ -444,7 +444,7 @@ class MTDModel(_Law):
         n = check_int(n, "n", minimum=0)
         width = self.order if length is None else max(check_int(length, "length", minimum=1), self.order)
         check_alloc(n * width, 8, "n", f"{n} draws of {width} tokens")
-        return perfect_sample(self.pi, self.lam, n, lags=self.lags, lam0=self.lam0, p0=self.p0, length=length,
+        return perfect_sample(self.pi, self.lam, n, lags=self.lags, lam_indep=self.lam_indep, p0=self.p0, length=length,
                               rng=rng, max_steps=max_steps)
 
     def oscillations(self) -> np.ndarray:
@@ -519,10 +519,10 @@ class ChainModel(_Law):
             object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
-        return f"ChainModel(S={self.n_states}, order={self.order}, {self.contexts.shape[0]} contexts)"
+        return f"ChainModel(S={self.n_symbols}, order={self.order}, {self.contexts.shape[0]} contexts)"
 
     @property
-    def n_states(self) -> int:
+    def n_symbols(self) -> int:
         return int(self.transition.shape[1])
 
     def _simplex_blocks(self) -> list[np.ndarray]:
@@ -535,11 +535,11 @@ class ChainModel(_Law):
     @property
     def n_params(self) -> int:
         """``S^m (S - 1)``: the free parameters of the saturated chain (docs/math.md §7.8)."""
-        return self.n_states**self.order * (self.n_states - 1)
+        return self.n_symbols**self.order * (self.n_symbols - 1)
 
     def context_codes(self, contexts: np.ndarray) -> np.ndarray:
         """(n,) codes of token contexts (n, L), L >= order, time last (lag 1 = last column)."""
-        S = self.n_states
+        S = self.n_symbols
         c = np.zeros(contexts.shape[0], dtype=np.int64)
         for l in range(1, self.order + 1):
             c = c * S + contexts[:, -l]
@@ -547,23 +547,23 @@ class ChainModel(_Law):
 
     def rows(self, codes: np.ndarray) -> np.ndarray:
         """(n, S) law after each context code; uniform for a context not listed."""
-        S = self.n_states
+        S = self.n_symbols
         pos = np.minimum(np.searchsorted(self.contexts, codes), self.contexts.shape[0] - 1)
         found = self.contexts[pos] == codes
         return np.where(found[:, None], self.transition[pos], 1.0 / S)
 
     def predict_proba(self, contexts: Any) -> np.ndarray:
         """Law of the next token after each context (n, L), L >= order, time last. Returns (n, S)."""
-        c = check_tokens(to_numpy(contexts), self.n_states, self.order or None, name="contexts")
+        c = check_tokens(to_numpy(contexts), self.n_symbols, self.order or None, name="contexts")
         if c.ndim != 2:
             raise ValueError(f"contexts must be 2-D (n, L) (got shape {c.shape})")
         return self.rows(self.context_codes(c))
 
     def log_prob_terms(self, counts: TransitionCounts) -> np.ndarray:
         """(U,) ``w_u log P(next | context)`` per distinct tuple of counts with lags ``1..order``."""
-        if counts.lags != self.count_lags or counts.n_states != self.n_states:
-            raise ValueError(f"counts have lags {counts.lags} and {counts.n_states} states; this chain needs lags "
-                             f"{self.count_lags} and {self.n_states} states")
+        if counts.lags != self.count_lags or counts.n_symbols != self.n_symbols:
+            raise ValueError(f"counts have lags {counts.lags} and {counts.n_symbols} states; this chain needs lags "
+                             f"{self.count_lags} and {self.n_symbols} states")
         codes = self.context_codes(counts.ctx[:, ::-1]) if self.order else np.zeros(len(counts), np.int64)
         p = self.rows(codes)[np.arange(len(counts)), counts.nxt]
         with np.errstate(divide="ignore"):
@@ -576,7 +576,7 @@ class ChainModel(_Law):
     def sample(self, T: int, rng: Any = None, *, init: Any = None, prefix: Any = None) -> np.ndarray:
         """Simulate one chain of length T: the first ``order`` tokens i.i.d. from ``init`` (default uniform) or
         ``prefix``, then each from the law after the previous ``order`` (:func:`draw_chain`). Returns (T,)."""
-        S, m = self.n_states, self.order
+        S, m = self.n_symbols, self.order
         codes = self.contexts.tolist()
         cum = np.cumsum(self.transition, axis=1).tolist()
         uniform = np.cumsum(np.full(S, 1.0 / S)).tolist()

@@ -10,7 +10,7 @@ import numpy as np
 from .._validate import as_rng, check_int, check_n_jobs
 from ._data import parse, resolve_states
 from ._lagselect import check_cut_constants, cut_statistics, elbow_size, forward_stepwise
-from .estimator import MTD
+from .mtd import MTD
 
 #: weight given to the new lag in the warm start of order m + 1 from the best order-m fit (EM cannot move a
 #: weight that is exactly 0; a small one lets the new lag enter while the start stays near the order-m optimum)
@@ -26,7 +26,7 @@ def _nested_start(prev: MTD, m: int, eps: float) -> dict:
     pi = law.pi if law.variant == "shared" else np.concatenate([law.pi, law.pi[-1:]], axis=0)
     out = {"pi": pi, "lam": lam}
     if law.independent:
-        out.update(lam0=law.lam0 * (1.0 - eps), p0=law.p0)
+        out.update(lam_indep=law.lam_indep * (1.0 - eps), p0=law.p0)
     return out
 
 
@@ -48,7 +48,7 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
     criterion : {"bic", "aic"}
     variant : {"shared", "lagwise"}
     **fit_kwargs
-        ``n_states, independent, restarts, init, tol, max_iter, weights, rng, n_jobs`` as for
+        ``n_symbols, independent, restarts, init, tol, max_iter, weights, rng, n_jobs`` as for
         :func:`~mtdmath.fitting.fit`; ``init`` applies to order 1.
 
     Returns
@@ -75,7 +75,7 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
     for key in ("order", "lags", "start"):
         if key in fit_kwargs:
             raise ValueError(f"select_order chooses the order itself: do not pass {key!r}")
-    bad = set(fit_kwargs) - {"n_states", "independent", "restarts", "init", "tol", "max_iter", "weights", "rng",
+    bad = set(fit_kwargs) - {"n_symbols", "independent", "restarts", "init", "tol", "max_iter", "weights", "rng",
                              "n_jobs"}
     if bad:
         raise ValueError(f"select_order got unknown fit arguments {sorted(bad)}")
@@ -85,13 +85,13 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
     if max_order >= parsed.longest:
         raise ValueError(f"max_order = {max_order} leaves no transition to fit: the longest sequence has "
                          f"{parsed.longest} tokens (an order-k fit needs more than k)")
-    S = resolve_states(parsed, fit_kwargs.pop("n_states", None))
+    S = resolve_states(parsed, fit_kwargs.pop("n_symbols", None))
     rng = as_rng(fit_kwargs.pop("rng", None))
     first_init = fit_kwargs.pop("init", "counts")
     table, fits = [], []
     prev = None
     for m in range(1, max_order + 1):
-        kw = dict(n_states=S, variant=variant, burn_in=max_order, random_state=rng, **fit_kwargs)
+        kw = dict(n_symbols=S, variant=variant, burn_in=max_order, random_state=rng, **fit_kwargs)
         init = first_init if prev is None else _nested_start(prev, m, WARM_WEIGHT)
         f = MTD(m, init=init, **kw)._fit_parsed(parsed)
         if prev is not None and f.loglik_ < prev.loglik_:
@@ -108,7 +108,7 @@ def select_order(sequences: Any, max_order: int, *, criterion: str = "bic", vari
 
 
 def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criterion: str = "bic",
-                variant: str = "shared", max_size: int | None = None, screen: int = 8, n_states: int | None = None,
+                variant: str = "shared", max_size: int | None = None, screen: int = 8, n_symbols: int | None = None,
                 independent: bool = False, restarts: int = 2, tol: float = 1e-7, max_iter: int = 10_000,
                 weights: Any = None, rng: Any = None, n_jobs: int | None = None,
                 cut_constants: dict | None = None) -> tuple[MTD, list[dict]]:
@@ -146,7 +146,7 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
     criterion : {"bic", "aic"}
     max_size : int, optional
         Largest lag set (``"forward"``, ``"bic"``); the number of FS steps (``"fs"``, ``"fsc"``).
-    variant, n_states, independent, restarts, tol, max_iter, weights, rng, n_jobs
+    variant, n_symbols, independent, restarts, tol, max_iter, weights, rng, n_jobs
         Passed to each fit. ``tol`` defaults to 1e-7: criteria differ by whole nats between candidates, far
         above what a looser fit loses (tol * |loglik|); the chosen set is refitted with ``tol=1e-9``.
     cut_constants : dict, optional
@@ -196,8 +196,8 @@ def select_lags(sequences: Any, max_lag: int, *, method: str = "forward", criter
     if max_lag >= parsed.longest:
         raise ValueError(f"max_lag = {max_lag} leaves no transition to fit: the longest sequence has "
                          f"{parsed.longest} tokens")
-    S = resolve_states(parsed, n_states)
-    kw = dict(n_states=S, variant=variant, independent=independent, restarts=restarts, tol=tol,
+    S = resolve_states(parsed, n_symbols)
+    kw = dict(n_symbols=S, variant=variant, independent=independent, restarts=restarts, tol=tol,
               max_iter=max_iter, burn_in=max_lag, random_state=rng, n_jobs=n_jobs)
     if method in ("cut", "fs", "fsc"):
         chosen, table = _hdmtd_lags(parsed, S, max_lag, method, max_size, constants)

@@ -197,11 +197,11 @@ def decode(codes: np.ndarray, classes: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def check_classes_states(classes: np.ndarray | None, n_states: Any) -> Any:
-    """With labels, S is the number of labels: ``n_states`` must be None or equal to it."""
+def check_classes_states(classes: np.ndarray | None, n_symbols: Any) -> Any:
+    """With labels, S is the number of labels: ``n_symbols`` must be None or equal to it."""
     if classes is None:
-        return n_states
-    if n_states is not None and n_states != len(classes):
-        raise ValueError(f"n_states = {n_states!r} disagrees with the {len(classes)} labels of the data; with "
-                         "labels leave n_states None (use a pandas Categorical to add unobserved labels)")
+        return n_symbols
+    if n_symbols is not None and n_symbols != len(classes):
+        raise ValueError(f"n_symbols = {n_symbols!r} disagrees with the {len(classes)} labels of the data; with "
+                         "labels leave n_symbols None (use a pandas Categorical to add unobserved labels)")
     return len(classes)

@@ -19,7 +19,7 @@ from .._optional import require
 
 require("torch", extra="torch", feature="mtdmath.nn")
 
-from .probe import AdaptiveFit, EffectiveStep, StepByN, effective_step, fit_adaptive_step, matched_step, step_by_n
+from .probe import AdaptiveFit, EffectiveStep, MatchedStep, StepByN, effective_step, fit_adaptive_step, matched_step, step_by_n
 from .task import ICLTask
 from .checkpoints import convert_checkpoint, load_checkpoint, save_checkpoint
 from .evaluation import HeldOutKL
@@ -33,5 +33,5 @@ __all__ = ["MDTransformer", "StandardTransformer", "MDConfig", "StandardConfig",
            "standard_cache_names", "ICLTask", "train", "TrainHistory", "save_checkpoint", "load_checkpoint",
            "model_from_spec", "parse_model_spec", "spec_name", "lr_schedule", "effective_step", "EffectiveStep",
            "AGGREGATIONS", "MD_SINK_CACHE_NAMES", "md_cache_names", "adaptive_params", "step_by_n", "matched_step",
-           "fit_adaptive_step", "StepByN", "AdaptiveFit", "HookPoint", "HookedModule", "HeldOutKL",
+           "fit_adaptive_step", "StepByN", "MatchedStep", "AdaptiveFit", "HookPoint", "HookedModule", "HeldOutKL",
            "convert_checkpoint", "head_ablation_hook", "add_sink_hook"]

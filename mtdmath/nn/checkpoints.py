@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import _validate as V
+from .. import _validate as validate
 from .task import ICLTask
 from .transformer import MDTransformer, StandardTransformer
 
@@ -287,8 +287,8 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str | None = Non
     if not isinstance(path, (str, Path)):
         raise ValueError(f"path must be a file path (got {path!r})")
     if dtype is not None:
-        dtype = V.check_torch_dtype(dtype)
-    device = V.check_torch_device(device)
+        dtype = validate.check_torch_dtype(dtype)
+    device = validate.check_torch_device(device)
     if model is not None and not isinstance(_module(model), nn.Module):
         raise ValueError(f"model must be an nn.Module or None (got {type(model).__name__})")
     path = Path(path)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import _validate as V
+from .. import _validate as validate
 from ..bayes import posterior_mean
 from ..estimators import md_predictive_all_prefixes
 from ..likelihood import kl
@@ -76,9 +76,9 @@ class HeldOutKL:
                  c: float | None = None, a: float | None = None) -> None:
         if not isinstance(task, ICLTask):
             raise ValueError(f"task must be an ICLTask (got {type(task).__name__})")
-        self.every = V.check_int(every, "every", minimum=1)
-        batch_size = V.check_int(batch_size, "batch_size", minimum=1)
-        seed = V.check_int(seed, "seed", minimum=0)
+        self.every = validate.check_int(every, "every", minimum=1)
+        batch_size = validate.check_int(batch_size, "batch_size", minimum=1)
+        seed = validate.check_int(seed, "seed", minimum=0)
         self.c, self.a = adaptive_params(task.alpha, c=c, a=a)
         cpu = task.to("cpu")
         self.tokens, _ = cpu.sample(batch_size, generator=torch.Generator().manual_seed(seed))

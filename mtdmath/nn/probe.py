@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import _validate as V
+from .. import _validate as validate
 from .._xp import to_numpy
 from ..model import lag_factors
 
 #: the hook point whose activations are layer 3's logits per lag
 LAG_LOGITS = "blocks.2.attn.hook_lag_logits"
 
-__all__ = ["EffectiveStep", "effective_step", "StepByN", "step_by_n", "matched_step", "AdaptiveFit",
+__all__ = ["EffectiveStep", "effective_step", "StepByN", "MatchedStep", "step_by_n", "matched_step", "AdaptiveFit",
            "fit_adaptive_step"]
 
 
@@ -180,7 +180,7 @@ def _device(model: Any) -> torch.device:
 
 def _validated(model: Any, tokens: Any, pi: Any, alpha: Any, m_extra: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """alpha, pi and tokens (B, T >= m + m_extra) checked against each other and the model's m."""
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be an nn.Module (got {type(model).__name__})")
@@ -188,8 +188,8 @@ def _validated(model: Any, tokens: Any, pi: Any, alpha: Any, m_extra: int) -> tu
         raise ValueError(f"alpha has length {m} but the model has order m = {model.m}")
     if m < 2:
         raise ValueError("alpha: the step is identified by logit differences between lags: m >= 2")
-    pi_np = to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
-    y = np.asarray(to_numpy(V.check_tokens(tokens, pi_np.shape[0], m + m_extra, "tokens")))
+    pi_np = to_numpy(validate.check_pi(pi, "pi")).astype(np.float64)
+    y = np.asarray(to_numpy(validate.check_tokens(tokens, pi_np.shape[0], m + m_extra, "tokens")))
     if y.ndim != 2:
         raise ValueError(f"tokens must have shape (B, T) (got shape {y.shape})")
     return alpha, pi_np, y
@@ -288,7 +288,7 @@ def effective_step(model: Any, tokens: Any, pi: Any, alpha: Any, *, bins: int = 
     >>> print(round(est.eta, 10), round(mtdmath.eta_bayes(alpha), 10), round(est.r2, 10))
     0.25 0.25 1.0
     """
-    bins = V.check_int(bins, "bins", minimum=1)
+    bins = validate.check_int(bins, "bins", minimum=1)
     if LAG_LOGITS not in getattr(model, "hook_dict", {}):
         alpha, pi_np, y = _validated(model, tokens, pi, alpha, m_extra=2)
         if not callable(getattr(model, "log_probs", None)):
@@ -314,7 +314,7 @@ def effective_step(model: Any, tokens: Any, pi: Any, alpha: Any, *, bins: int = 
 # ----------------------------------------------------------------------------- the step as a function of n
 @dataclass
 class StepByN:
-    """The step of one MD step from μ at each number of transitions n.
+    """Result of :func:`step_by_n`: the layer-3 step of one MD step from μ at each number of transitions n.
 
     Attributes
     ----------
@@ -322,10 +322,9 @@ class StepByN:
         Numbers of transitions of the prefixes (context length L = n + m).
     eta : ndarray, shape (K,)
         The step at each n (NaN where it is not identified: no spread of ∇ℓ at that n beyond rounding).
-    fit : ndarray, shape (K,)
-        How well one step describes the model at n: for :func:`step_by_n` the R² of the
-        regression at n (1 for a constructed model); for :func:`matched_step` the mean
-        ``KL(model ‖ MD(η(n)))`` left at the best step (0 for a model that is one MD step).
+    r2 : ndarray, shape (K,)
+        The R² of the regression at each n: how well one step describes layer 3 there (higher is
+        better; 1 for a constructed model).
 
     Examples
     --------
@@ -339,13 +338,47 @@ class StepByN:
     >>> res = nn.step_by_n(nn.MDTransformer.construct(pi, alpha), tokens, pi, alpha)
     >>> type(res).__name__, res.n[:3]
     ('StepByN', array([1, 2, 3]))
-    >>> print(res.eta[:3].round(6))
-    [0.25 0.25 0.25]
+    >>> print(res.eta[:3].round(6), bool(res.r2.min() > 1 - 1e-12))
+    [0.25 0.25 0.25] True
     """
 
     n: np.ndarray
     eta: np.ndarray
-    fit: np.ndarray
+    r2: np.ndarray
+
+
+@dataclass
+class MatchedStep:
+    """Result of :func:`matched_step`: the one-step MD step closest to a model's output at each n.
+
+    Attributes
+    ----------
+    n : ndarray of int, shape (K,)
+        Numbers of transitions of the prefixes (context length L = n + m).
+    eta : ndarray, shape (K,)
+        The step η(n) whose one-step MD predictive is closest to the model's at n.
+    kl_left : ndarray, shape (K,)
+        The mean ``KL(model ‖ MD(η(n)))`` left at that step, in nats (lower is better; 0 for a
+        model that is one MD step).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> import mtdmath
+    >>> from mtdmath import nn
+    >>> pi = mtdmath.random_transition_matrix(3, rng=0)
+    >>> alpha = np.array([2.0, 1.0])
+    >>> tokens, lam = mtdmath.sample_icl(pi, alpha, 12, 8, rng=1)
+    >>> model = nn.MDTransformer.construct(pi, alpha, eta=0.2)
+    >>> res = nn.matched_step(torch.softmax(model(tokens), -1), tokens, pi, alpha)
+    >>> type(res).__name__, bool(res.kl_left.max() < 1e-12)
+    ('MatchedStep', True)
+    """
+
+    n: np.ndarray
+    eta: np.ndarray
+    kl_left: np.ndarray
 
 
 def step_by_n(model: Any, tokens: Any, pi: Any, alpha: Any) -> StepByN:
@@ -364,7 +397,7 @@ def step_by_n(model: Any, tokens: Any, pi: Any, alpha: Any) -> StepByN:
     Returns
     -------
     StepByN
-        ``n = 1 … T-m``; ``fit`` is the R² at each n. For ``construct(..., aggregation="softmax_sink",
+        ``n = 1 … T-m``; ``r2`` is the R² at each n. For ``construct(..., aggregation="softmax_sink",
         c=c, a=a)``: ``eta = c/(n+m+a)`` (to rounding) and R² = 1.
 
     Examples
@@ -390,11 +423,11 @@ def step_by_n(model: Any, tokens: Any, pi: Any, alpha: Any) -> StepByN:
     eta, r2 = np.empty(n.size), np.empty(n.size)
     for j, r in enumerate(n):
         eta[j], r2[j], _ = _fit(dx[:, r], dy[:, r])
-    return StepByN(n=n, eta=eta, fit=r2)
+    return StepByN(n=n, eta=eta, r2=r2)
 
 
 def matched_step(probs: Any, tokens: Any, pi: Any, alpha: Any, *, bounds: tuple[float, float] = (1e-4, 1e2)
-                 ) -> StepByN:
+                 ) -> MatchedStep:
     """For any model's predictive law, the one-step MD step closest to it at each number of transitions n.
 
     At each n, ``η(n) = argmin_η mean_b KL(p_model[b, n] ‖ p_MD(η)[b, n])`` over the sequences b,
@@ -415,8 +448,8 @@ def matched_step(probs: Any, tokens: Any, pi: Any, alpha: Any, *, bounds: tuple[
 
     Returns
     -------
-    StepByN
-        ``n = 1 … T-m``; ``fit`` is the mean KL left at the best step (nats). An ``eta`` at a
+    MatchedStep
+        ``n = 1 … T-m``; ``kl_left`` is the mean KL left at the best step (nats). An ``eta`` at a
         bound means the closest step lies at or beyond it.
 
     Examples
@@ -431,23 +464,23 @@ def matched_step(probs: Any, tokens: Any, pi: Any, alpha: Any, *, bounds: tuple[
     >>> model = nn.MDTransformer.construct(pi, alpha, eta=0.1)
     >>> probs = torch.softmax(model(tokens), -1)
     >>> res = nn.matched_step(probs, tokens, pi, alpha)
-    >>> print(np.allclose(res.eta, 0.1, rtol=1e-4), bool(res.fit.max() < 1e-12))
+    >>> print(np.allclose(res.eta, 0.1, rtol=1e-4), bool(res.kl_left.max() < 1e-12))
     True True
     """
     from scipy.optimize import minimize_scalar
 
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     m = alpha.shape[0]
     if m < 2:
         raise ValueError("alpha: a step moves lam only for m >= 2")
-    pi_np = to_numpy(V.check_pi(pi, "pi")).astype(np.float64)
+    pi_np = to_numpy(validate.check_pi(pi, "pi")).astype(np.float64)
     S = pi_np.shape[0]
-    y = np.asarray(to_numpy(V.check_tokens(tokens, S, m + 1, "tokens")))
+    y = np.asarray(to_numpy(validate.check_tokens(tokens, S, m + 1, "tokens")))
     if y.ndim != 2:
         raise ValueError(f"tokens must have shape (B, T) (got shape {y.shape})")
     if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
         raise ValueError(f"bounds must be a pair (lo, hi) (got {bounds!r})")
-    lo, hi = (V.check_float(b, "bounds", positive=True) for b in bounds)
+    lo, hi = (validate.check_float(b, "bounds", positive=True) for b in bounds)
     if not lo < hi:
         raise ValueError(f"bounds must have lo < hi (got {bounds!r})")
     p = np.asarray(to_numpy(probs.detach() if isinstance(probs, torch.Tensor) else probs), dtype=np.float64)
@@ -471,7 +504,7 @@ def matched_step(probs: Any, tokens: Any, pi: Any, alpha: Any, *, bounds: tuple[
         res = minimize_scalar(mean_kl, bounds=(np.log(lo), np.log(hi)), method="bounded",
                               options={"xatol": 1e-10})
         eta[j], left[j] = float(np.exp(res.x)), float(res.fun)
-    return StepByN(n=n, eta=eta, fit=left)
+    return MatchedStep(n=n, eta=eta, kl_left=left)
 
 
 @dataclass
@@ -545,7 +578,7 @@ def fit_adaptive_step(n: Any, eta: Any, m: int, *, eta_se: Any = None) -> Adapti
     >>> print(round(fit.c, 8), round(fit.a, 8))
     2.0 3.0
     """
-    m = V.check_int(m, "m", minimum=1)
+    m = validate.check_int(m, "m", minimum=1)
     n_arr = np.asarray(n, dtype=np.float64)
     e = np.asarray(eta, dtype=np.float64)
     if n_arr.ndim != 1 or e.shape != n_arr.shape or n_arr.size < 2:

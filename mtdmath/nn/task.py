@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import _validate as V
+from .. import _validate as validate
 from .._xp import torch_space
 
 __all__ = ["ICLTask", "dirichlet", "log_gamma", "ALPHA_MIN"]
@@ -105,15 +105,15 @@ class ICLTask:
     """
 
     def __init__(self, pi: Any, alpha: Any, T: int, *, device: torch.device | str | None = None) -> None:
-        dev = V.check_torch_device(device) or torch.device("cpu")
-        self.pi = V.check_pi(pi, "pi", torch_space(dev)).detach()
-        self.alpha = V.check_alpha(alpha, "alpha")
+        dev = validate.check_torch_device(device) or torch.device("cpu")
+        self.pi = validate.check_pi(pi, "pi", torch_space(dev)).detach()
+        self.alpha = validate.check_alpha(alpha, "alpha")
         if float(self.alpha.min()) < ALPHA_MIN:
             # the Gamma boost log(U)/alpha reaches -inf: every weight would be 0 and lam NaN
             raise ValueError(f"alpha entries must be >= {ALPHA_MIN:g} for the torch sampler, whose Gamma draws "
                              f"divide by alpha (got min(alpha) = {float(self.alpha.min())!r})")
         self.S, self.m = int(self.pi.shape[0]), int(self.alpha.shape[0])
-        self.T = V.check_int(T, "T", minimum=self.m + 1)
+        self.T = validate.check_int(T, "T", minimum=self.m + 1)
         self.device = dev
         self._alpha_t = torch.as_tensor(self.alpha, dtype=torch.float64, device=dev)
         cdf = torch.cumsum(self.pi, dim=1)  # (S, S)
@@ -156,16 +156,16 @@ class ICLTask:
         tokens : int64 tensor (batch, T)
         lam : float64 tensor (batch, m), the latent lag weights of each sequence
         """
-        batch = V.check_int(batch, "batch", minimum=1)
+        batch = validate.check_int(batch, "batch", minimum=1)
         # the tokens and four (T, batch) float64 work arrays
-        V.check_alloc(batch * self.T * 5, 8, "batch", f"{batch} sequences of length T = {self.T}")
+        validate.check_alloc(batch * self.T * 5, 8, "batch", f"{batch} sequences of length T = {self.T}")
         if generator is not None and generator.device.type != self.device.type:
             raise ValueError(f"generator must live on the task's device {self.device} (got {generator.device})")
         dev, m, T = self.device, self.m, self.T
         if lam is None:
             lam_t = dirichlet(self._alpha_t, batch, generator)
         else:
-            lam_np = V.check_lam(lam.detach().cpu().numpy() if isinstance(lam, torch.Tensor) else lam, "lam", m)
+            lam_np = validate.check_lam(lam.detach().cpu().numpy() if isinstance(lam, torch.Tensor) else lam, "lam", m)
             lam_t = torch.as_tensor(np.broadcast_to(lam_np, (batch, m)).copy(), dtype=torch.float64, device=dev)
         kw = dict(dtype=torch.float64, device=dev, generator=generator)
         y = torch.empty(batch, T, dtype=torch.int64, device=dev)

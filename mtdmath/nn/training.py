@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _validate as V
+from .. import _validate as validate
 from .task import ICLTask
 from .transformer import MDTransformer, StandardTransformer
 
@@ -285,29 +285,29 @@ def train(model: nn.Module, task: ICLTask, *, steps: int, batch_size: int = 64, 
     if not isinstance(task, ICLTask):
         raise ValueError(f"task must be an ICLTask (got {type(task).__name__})")
     _check_model_task(module, task)
-    steps = V.check_int(steps, "steps", minimum=1)
-    batch_size = V.check_int(batch_size, "batch_size", minimum=1)
-    log_every = V.check_int(log_every, "log_every", minimum=1)
-    warmup = V.check_int(warmup, "warmup", minimum=0)
-    lr = V.check_float(lr, "lr", positive=True)
-    weight_decay = V.check_float(weight_decay, "weight_decay", nonnegative=True)
+    steps = validate.check_int(steps, "steps", minimum=1)
+    batch_size = validate.check_int(batch_size, "batch_size", minimum=1)
+    log_every = validate.check_int(log_every, "log_every", minimum=1)
+    warmup = validate.check_int(warmup, "warmup", minimum=0)
+    lr = validate.check_float(lr, "lr", positive=True)
+    weight_decay = validate.check_float(weight_decay, "weight_decay", nonnegative=True)
     if grad_clip is not None:
-        grad_clip = V.check_float(grad_clip, "grad_clip", positive=True)
+        grad_clip = validate.check_float(grad_clip, "grad_clip", positive=True)
     factor = lr_schedule(schedule, steps=steps, warmup=min(warmup, steps))
-    seed = V.check_int(seed, "seed", minimum=0)
-    checkpoint_every = steps if checkpoint_every is None else V.check_int(checkpoint_every, "checkpoint_every", 1)
+    seed = validate.check_int(seed, "seed", minimum=0)
+    checkpoint_every = steps if checkpoint_every is None else validate.check_int(checkpoint_every, "checkpoint_every", 1)
     for name, p in (("checkpoint", checkpoint), ("resume", resume), ("log_dir", log_dir)):
         if p is not None and not isinstance(p, (str, Path)):
             raise ValueError(f"{name} must be a path or None (got {type(p).__name__})")
     if tensorboard and log_dir is None:
         raise ValueError("tensorboard=True needs a log_dir to write to")
-    dev = V.check_torch_device(device, "device")
+    dev = validate.check_torch_device(device, "device")
     params = list(model.parameters())
     if not params:
         raise ValueError(f"model has no parameters to train ({type(module).__name__})")
     device = dev if dev is not None else params[0].device
     # the batch: (B, T) tokens, the (B, T-m+1, S) logits and their gradient, (B, T, T) attention (as MDTransformer)
-    V.check_alloc(batch_size * task.T * (3 * task.S + 6 + 8 * task.T), 8, "batch_size",
+    validate.check_alloc(batch_size * task.T * (3 * task.S + 6 + 8 * task.T), 8, "batch_size",
                   f"a batch of {batch_size} sequences of length T = {task.T} with S = {task.S} logits each")
     info = None
     if resume is not None:

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _validate as V
+from .. import _validate as validate
 from .._xp import torch_space
 from ..estimators import _check_eta
 from ..stepsize import step_law
@@ -85,7 +85,7 @@ def _tokens_2d(tokens: Any, S: int, m: int, device: torch.device) -> tuple[torch
         if y.ndim in (1, 2) and y.shape[-1] < m:
             raise ValueError(f"tokens must have length T >= m = {m} on its last axis (got T = {y.shape[-1]})")
     else:
-        y = V.check_tokens(tokens, S, m, "tokens", torch_space(device, like=tokens))
+        y = validate.check_tokens(tokens, S, m, "tokens", torch_space(device, like=tokens))
     if y.ndim not in (1, 2):
         raise ValueError(f"tokens must have shape (B, T) or (T,) (got shape {tuple(y.shape)})")
     return (y[None], True) if y.ndim == 1 else (y, False)
@@ -156,8 +156,8 @@ class MDConfig:
     aggregation: str = "sum"
 
     def __post_init__(self) -> None:
-        V.check_int(self.S, "S", minimum=1)
-        V.check_int(self.m, "m", minimum=1)
+        validate.check_int(self.S, "S", minimum=1)
+        validate.check_int(self.m, "m", minimum=1)
         _check_aggregation(self.aggregation)
 
 
@@ -187,15 +187,15 @@ class StandardConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        V.check_int(self.S, "S", minimum=1)
-        V.check_int(self.m, "m", minimum=1)
-        V.check_int(self.n_layers, "n_layers", minimum=1)
-        V.check_int(self.d_model, "d_model", minimum=1)
-        V.check_int(self.n_heads, "n_heads", minimum=1)
-        V.check_int(self.max_len, "max_len", minimum=self.m)
+        validate.check_int(self.S, "S", minimum=1)
+        validate.check_int(self.m, "m", minimum=1)
+        validate.check_int(self.n_layers, "n_layers", minimum=1)
+        validate.check_int(self.d_model, "d_model", minimum=1)
+        validate.check_int(self.n_heads, "n_heads", minimum=1)
+        validate.check_int(self.max_len, "max_len", minimum=self.m)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model must be divisible by n_heads (got d_model={self.d_model}, n_heads={self.n_heads})")
-        d = V.check_float(self.dropout, "dropout", nonnegative=True)
+        d = validate.check_float(self.dropout, "dropout", nonnegative=True)
         if d >= 1:
             raise ValueError(f"dropout must be < 1 (got {d})")
         object.__setattr__(self, "dropout", d)
@@ -327,12 +327,12 @@ def adaptive_params(alpha: Any, *, c: float | None = None, a: float | None = Non
     >>> print(c, round(a, 6))  # a = c (1 + alpha_0) - m, so that eta(0) = c/(m+a) = eta* = 1/4
     1.0 2.0
     """
-    alpha = V.check_alpha(alpha, "alpha")
+    alpha = validate.check_alpha(alpha, "alpha")
     m, alpha0 = alpha.shape[0], float(alpha.sum())
     if c is not None:
-        c = V.check_float(c, "c", positive=True)
+        c = validate.check_float(c, "c", positive=True)
     if a is not None:
-        a = V.check_float(a, "a", nonnegative=True)
+        a = validate.check_float(a, "a", nonnegative=True)
     if c is None:
         if a is None:  # the default c = m/(1+α₀) is the one with a = 0; a computed back from c may round below 0
             a = 0.0
@@ -587,11 +587,11 @@ class MDTransformer(HookedModule):
         self.config = MDConfig(S, m, _check_aggregation(aggregation))
         self.aggregation = aggregation
         self.S, self.m = int(S), int(m)
-        dtype = V.check_torch_dtype(dtype)
-        device = V.check_torch_device(device)
+        dtype = validate.check_torch_dtype(dtype)
+        device = validate.check_torch_device(device)
         # every weight: (S, S) scores, values and mask; (m, m) lag values, keys and w_q
         terms = {"S": 3 * self.S * self.S, "m": 3 * self.m * self.m + 3 * self.m}
-        V.check_alloc(sum(terms.values()), 8, max(terms, key=terms.get),
+        validate.check_alloc(sum(terms.values()), 8, max(terms, key=terms.get),
                       f"the weights of S = {self.S}, m = {self.m}")
         kw = dict(dtype=dtype, device=_init_device(generator), generator=generator)
         self.hook_embed = HookPoint()
@@ -666,10 +666,10 @@ class MDTransformer(HookedModule):
             ``w_q = diag(η/μ)`` (``diag(c/μ)`` for ``"softmax_sink"``), ``W_V = piᵀ``; the softmax
             of its logits is the one-step MD predictive after every prefix.
         """
-        pi64 = V.check_pi(pi, "pi", torch_space("cpu")).detach()  # (S, S) float64
-        alpha = V.check_alpha(alpha, "alpha")
-        dtype = V.check_torch_dtype(dtype)
-        device = V.check_torch_device(device)
+        pi64 = validate.check_pi(pi, "pi", torch_space("cpu")).detach()  # (S, S) float64
+        alpha = validate.check_alpha(alpha, "alpha")
+        dtype = validate.check_torch_dtype(dtype)
+        device = validate.check_torch_device(device)
         law = step_law(eta, pi64.numpy(), alpha)
         if law is not None:
             for name, v in (("c", c), ("a", a)):
@@ -773,7 +773,7 @@ class MDTransformer(HookedModule):
         B, T = y.shape
         S, m = self.S, self.m
         # the (B, T, T) scores, patterns and masks of the three layers
-        V.check_alloc(8 * B * T * T, self.blocks[2].attn.w_q.element_size(), "tokens",
+        validate.check_alloc(8 * B * T * T, self.blocks[2].attn.w_q.element_size(), "tokens",
                       f"the (B, T, T) attention matrices of B = {B}, T = {T} (md_predictive_all_prefixes is O(B·T))")
         dtype = self.blocks[2].attn.w_q.dtype
         x = self.hook_embed(F.one_hot(y, S).to(dtype))  # (B, T, S) token one-hots e(y[t])
@@ -907,11 +907,11 @@ class StandardTransformer(HookedModule):
         super().__init__()
         cfg = StandardConfig(S, m, n_layers, d_model, n_heads, max_len, dropout)
         self.config = cfg
-        dtype = V.check_torch_dtype(dtype)
-        device = V.check_torch_device(device)
+        dtype = validate.check_torch_dtype(dtype)
+        device = validate.check_torch_device(device)
         # embeddings and the 12 d² weights of each block; the error names the largest term
         terms = {"S": 2 * S * d_model, "max_len": max_len * d_model, "d_model": 12 * n_layers * d_model * d_model}
-        V.check_alloc(sum(terms.values()), 8, max(terms, key=terms.get),
+        validate.check_alloc(sum(terms.values()), 8, max(terms, key=terms.get),
                       f"the weights of S = {S}, max_len = {max_len}, d_model = {d_model}, n_layers = {n_layers}")
         self.S, self.m = int(S), int(m)
         self.tok_emb = nn.Embedding(S, d_model)

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-import mtdmath as M
+import mtdmath
 
-from . import common as X
+from . import common as exp_common
 from .config import MAX_ELEMENTS, Length, NonNegativeInt, Order, PositiveFloat, PriorConfig, Sequences
 
 METHODS = ["bayes", "md1", "md2", "md3", "md4", "md5", "em", "mle"]
@@ -87,7 +87,7 @@ class OrderCurves:
 
 
 @dataclass
-class EstimatorsResult(X.Result):
+class EstimatorsResult(exp_common.Result):
     """What ``estimators`` measured (``estimators.json``)."""
 
     config: EstimatorsConfig
@@ -123,27 +123,27 @@ def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, pr
     from tqdm.auto import tqdm
 
     results: dict[str, OrderCurves] = {}
-    with X.run_meta(seed, device) as meta:
+    with exp_common.run_meta(seed, device) as meta:
         for m, N in tqdm(list(zip(cfg.orders, cfg.n_seqs)), desc="estimators: orders", disable=not progress):
-            pi, alpha = X.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
-            tokens, lam = M.sample_icl(pi, alpha, cfg.T, N, rng=X.rng_for(seed, X.KEY_ESTIM, m))
-            p_true = X.truth_all_prefixes(tokens, lam, pi)
-            preds = X.estimator_all_prefixes(tokens, pi, alpha, METHODS, em_steps=cfg.em_steps,
+            pi, alpha = exp_common.make_task(seed, m, cfg.S, cfg.concentration, cfg.alpha)
+            tokens, lam = mtdmath.sample_icl(pi, alpha, cfg.T, N, rng=exp_common.rng_for(seed, exp_common.KEY_ESTIM, m))
+            p_true = exp_common.truth_all_prefixes(tokens, lam, pi)
+            preds = exp_common.estimator_all_prefixes(tokens, pi, alpha, METHODS, em_steps=cfg.em_steps,
                                              mle_tol=cfg.mle_tol, progress=progress, desc=f"m={m}")
             # the constructed transformer of docs/math.md §5, float64, on the same sequences
-            model = M.MDTransformer.construct(pi, alpha, dtype=torch.float64, device=device)
-            preds["construction"] = X.model_all_prefixes(model, tokens, device=device)
-            kls = {k: X.kl_per_sequence(p_true, v) for k, v in preds.items()}
-            mean, se = X.curves(kls)
+            model = mtdmath.nn.MDTransformer.construct(pi, alpha, dtype=torch.float64, device=device)
+            preds["construction"] = exp_common.model_all_prefixes(model, tokens, device=device)
+            kls = {k: exp_common.kl_per_sequence(p_true, v) for k, v in preds.items()}
+            mean, se = exp_common.curves(kls)
             results[f"m={m}"] = OrderCurves(
-                m=m, n_seqs=N, pi=pi, alpha=alpha, eta=M.eta_bayes(alpha), L=list(range(m, cfg.T + 1)),
-                kl_mean=mean, kl_se=se, table=X.table_at(kls, m, cfg.T),
+                m=m, n_seqs=N, pi=pi, alpha=alpha, eta=mtdmath.eta_bayes(alpha), L=list(range(m, cfg.T + 1)),
+                kl_mean=mean, kl_se=se, table=exp_common.table_at(kls, m, cfg.T),
                 construction_vs_md1={
                     "max_abs_prob_diff": float(np.abs(preds["construction"] - preds["md1"]).max()),
                     "max_abs_kl_curve_diff": float(np.max(np.abs(np.asarray(mean["construction"]) - mean["md1"]))),
                 },
-                md1_minus_bayes=X.paired_diff(kls, "md1", "bayes", m, cfg.T))
-    labels = {"em": X.em_label(cfg.em_steps), "mle": f"MLE (KKT gap < {cfg.mle_tol:g})"}
+                md1_minus_bayes=exp_common.paired_diff(kls, "md1", "bayes", m, cfg.T))
+    labels = {"em": exp_common.em_label(cfg.em_steps), "mle": f"MLE (KKT gap < {cfg.mle_tol:g})"}
     fig_path = _plot(results, labels, out / "estimators.png")
     res = EstimatorsResult(config=cfg, seed=seed, meta=meta, results=results, methods=METHODS + ["construction"],
                            labels=labels, figures=[fig_path.name])
@@ -152,16 +152,16 @@ def run(cfg: EstimatorsConfig, out: Path, *, seed: int, device: torch.device, pr
 
 
 def _plot(results: dict[str, OrderCurves], labels: dict[str, str], path: Path) -> Path:
-    plt = X.pyplot()
+    plt = exp_common.pyplot()
     keys = list(results)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
         r = results[key]
-        X.plot_curves(ax, r.L, r.kl_mean, r.kl_se,
+        exp_common.plot_curves(ax, r.L, r.kl_mean, r.kl_se,
                       ["mle", "em", "md5", "md4", "md3", "md2", "md1", "construction", "bayes"], labels)
         ax.set_title(f"m = {r.m}  ({r.n_seqs} sequences)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=5, frameon=False)
     fig.suptitle("KL to the ground truth vs context length (mean ± s.e. over sequences)")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    return X.save_figure(fig, path)
+    return exp_common.save_figure(fig, path)

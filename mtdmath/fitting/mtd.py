@@ -77,7 +77,7 @@ def em_fit(counts: TransitionCounts, *, variant: str = "shared", independent: bo
                          f"(got {init!r})")
     if freeze_pi and isinstance(init, str):
         raise ValueError("freeze_pi needs explicit init parameters")
-    S_decl, k = counts.n_states, len(counts.lags)
+    S_decl, k = counts.n_symbols, len(counts.lags)
     full = Layout(S_decl, k, variant, bool(independent))
     check_alloc(restarts * _COPIES_PER_RESTART * full.size, 8, "restarts",
                 f"{restarts} restarts of {full.size} parameters each")
@@ -87,7 +87,7 @@ def em_fit(counts: TransitionCounts, *, variant: str = "shared", independent: bo
         used = counts.used_states()
         if used.shape[0] < S_decl:
             states, counts = used, counts.relabel(used)
-    lay = Layout(counts.n_states, k, variant, bool(independent))
+    lay = Layout(counts.n_symbols, k, variant, bool(independent))
     em = EM(counts, lay, freeze_pi=freeze_pi, n_jobs=n_jobs)
     explicit = None if isinstance(init, str) else init_explicit(init, lay)
     starts = []
@@ -122,7 +122,7 @@ def em_fit(counts: TransitionCounts, *, variant: str = "shared", independent: bo
         unused = np.ones(rows.shape[0], dtype=bool)
         unused[np.unique(full.index(declared)[:, :k] - full.K) // S_decl] = False
         rows[unused] = 1.0 / S_decl
-    law = MTDModel(par["pi"], par["lam"], lags=counts.lags, lam0=par.get("lam0"), p0=par.get("p0"))
+    law = MTDModel(par["pi"], par["lam"], lags=counts.lags, lam_indep=par.get("lam_indep"), p0=par.get("p0"))
     report = {"loglik": float(mon.history[-1]), "n_iter": mon.n_evals, "converged": mon.converged,
               "monitor": mon, "history": np.asarray(mon.history), "kkt_gap": gap, "restart_logliks": lls}
     return law, report
@@ -138,12 +138,12 @@ class MTD(SequenceEstimator):
         number of its columns.
     lags : sequence of int, optional
         A sparse lag set instead of ``order``.
-    n_states : int, optional
+    n_symbols : int, optional
         S; default: largest token seen in ``fit`` + 1.
     variant : {"shared", "lagwise"}
         One pi for every lag (Raftery's MTD) or one matrix per lag (MTDg).
     independent : bool
-        Add the order-0 component ``lam0 * p0``.
+        Add the order-0 component ``lam_indep * p0``.
     restarts : int
         Number of starts; the first is ``init`` (unless ``init="random"``), the others are random
         (lam and every row ~ Dirichlet(1)), drawn from ``random_state`` in order. The best log-likelihood wins.
@@ -157,7 +157,7 @@ class MTD(SequenceEstimator):
         Maximum number of EM-map evaluations per start (all starts run as one batch).
     init : "counts", "random", dict, MTDModel or fitted MTD
         "counts": lam from the lag-wise mutual information, pi from smoothed lag-wise transition counts
-        (pooled with weights lam when shared); explicit: ``{"pi", "lam"[, "lam0", "p0"]}`` (entries that
+        (pooled with weights lam when shared); explicit: ``{"pi", "lam"[, "lam_indep", "p0"]}`` (entries that
         are exactly 0 stay 0 under EM).
     burn_in : int, optional
         Condition every sequence on its first ``burn_in`` tokens (at least the max lag, which is the
@@ -186,14 +186,14 @@ class MTD(SequenceEstimator):
     Attributes
     ----------
     model_ : MTDModel
-        The fitted law; ``lam_``, ``pi_``, ``lam0_``, ``p0_``, ``lags_`` are read-only views of it
-        (``lam0_``/``p0_`` None unless ``independent``).
+        The fitted law; ``lam_``, ``pi_``, ``lam_indep_``, ``p0_``, ``lags_`` are read-only views of it
+        (``lam_indep_``/``p0_`` None unless ``independent``).
     transition_counts_ : TransitionCounts
         The training transitions.
     classes_ : ndarray (S,)
         The states: the labels of fit in code order (sorted, or a Categorical's order), or ``0..S-1`` for
         integer data. Column ``i`` of :meth:`predict_proba` is ``classes_[i]``.
-    n_states_ : int
+    n_symbols_ : int
     loglik_ : float
         Training log-likelihood, each sequence conditioned on its first ``max(order, burn_in)`` tokens.
     n_obs_ : float
@@ -219,8 +219,8 @@ class MTD(SequenceEstimator):
     array (rows are sequences) or a list of sequences, and any row splitter (``KFold``, ``GroupKFold``)
     splits sequences. To compare orders, set ``burn_in`` to the largest order, otherwise a lower order is
     scored on more transitions and its held-out log-likelihood is lower for that reason alone. For example
-    ``GridSearchCV(MTD(burn_in=3, n_states=S), {"order": [1, 2, 3]}, cv=KFold(5)).fit(X)`` selects the order
-    by the held-out log-likelihood (:meth:`score`). Set ``n_states`` so that every fold knows all tokens.
+    ``GridSearchCV(MTD(burn_in=3, n_symbols=S), {"order": [1, 2, 3]}, cv=KFold(5)).fit(X)`` selects the order
+    by the held-out log-likelihood (:meth:`score`). Set ``n_symbols`` so that every fold knows all tokens.
 
     Examples
     --------
@@ -234,14 +234,14 @@ class MTD(SequenceEstimator):
 
     _repr_always = ("variant",)  # the default (shared pi) differs from mtdlearn's lag-wise model
 
-    def __init__(self, order: int | None = None, *, lags: Sequence[int] | None = None, n_states: int | None = None,
+    def __init__(self, order: int | None = None, *, lags: Sequence[int] | None = None, n_symbols: int | None = None,
                  variant: str = "shared", independent: bool = False, restarts: int = 10, tol: float = 1e-9,
                  max_iter: int = 10_000, init: Any = "counts", burn_in: int | None = None,
                  random_state: Any = None, n_jobs: int | None = None, missing: Any = None, pad: Any = None):
         # scikit-learn convention: store the arguments unchanged; validate in fit
         self.order = order
         self.lags = lags
-        self.n_states = n_states
+        self.n_symbols = n_symbols
         self.variant = variant
         self.independent = independent
         self.restarts = restarts
@@ -308,7 +308,7 @@ class MTD(SequenceEstimator):
         Each batch is a set of separate sequences, each conditioned on its own first
         ``max(order, burn_in)`` tokens: to split one long sequence into chunks without losing the
         transitions across a cut, let consecutive chunks overlap by ``max(lags)`` tokens. The first call
-        fixes the states: set ``n_states`` (or pass every label in the first batch) when a later batch may
+        fixes the states: set ``n_symbols`` (or pass every label in the first batch) when a later batch may
         hold a state the first one lacks; a later batch with a state outside them raises ``ValueError``.
 
         Parameters
@@ -329,10 +329,10 @@ class MTD(SequenceEstimator):
         >>> from mtdmath.fitting import MTD, MTDModel
         >>> law = MTDModel(np.array([[0.8, 0.2], [0.3, 0.7]]), [0.6, 0.4])
         >>> batches = [law.sample(300, rng=seed) for seed in range(3)]
-        >>> online = MTD(2, n_states=2, random_state=0)
+        >>> online = MTD(2, n_symbols=2, random_state=0)
         >>> for batch in batches:
         ...     _ = online.partial_fit(batch)
-        >>> offline = MTD(2, n_states=2, random_state=0).fit(batches)
+        >>> offline = MTD(2, n_symbols=2, random_state=0).fit(batches)
         >>> online.n_obs_, bool(np.allclose(online.lam_, offline.lam_))
         (894.0, True)
         """
@@ -343,10 +343,10 @@ class MTD(SequenceEstimator):
         if "model_" not in vars(self):
             return self._fit_parsed(parse(X, y, lengths, sample_weight, missing=missing, pad=pad))
         parsed = parse(X, y, lengths, sample_weight, classes=self._labels, fitted=True, missing=missing, pad=pad)
-        S = self.n_states_
+        S = self.n_symbols_
         if parsed.top >= S:
             raise ValueError(f"X holds the token {parsed.top}, outside the states 0..{S - 1} of the first batch; "
-                             "set n_states to the number of states of all batches")
+                             "set n_symbols to the number of states of all batches")
         lags = self._lags(parsed)
         seen = self.transition_counts_
         if lags != seen.lags:
@@ -463,9 +463,9 @@ class MTD(SequenceEstimator):
         return self.model_.pi
 
     @property
-    def lam0_(self) -> float | None:
+    def lam_indep_(self) -> float | None:
         self._check_fitted()
-        return self.model_.lam0
+        return self.model_.lam_indep
 
     @property
     def p0_(self) -> np.ndarray | None:
@@ -487,7 +487,7 @@ class MTD(SequenceEstimator):
         other = type(self)(**{**self.get_params(), "variant": other_variant})
         if other_variant == "lagwise":  # the shared fit is a lag-wise point: start there, so l_lagwise >= l_shared
             other.set_params(init={"pi": np.broadcast_to(self.pi_, (len(self.lags_),) + self.pi_.shape),
-                                   "lam": self.lam_, "lam0": self.lam0_, "p0": self.p0_}, restarts=1)
+                                   "lam": self.lam_, "lam_indep": self.lam_indep_, "p0": self.p0_}, restarts=1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             other.fit_counts(self.transition_counts_)
@@ -503,13 +503,13 @@ class MTD(SequenceEstimator):
         self._check_fitted()
         m = self.model_
         states = (", ".join(repr(c) for c in self._labels.tolist()) if self._labels is not None
-                  else f"codes 0..{m.n_states - 1}")
+                  else f"codes 0..{m.n_symbols - 1}")
         k, ll, n = m.n_params, self.loglik_, self.n_obs_
         lines = [f"MTD fit, variant = {m.variant!r} ({VARIANT_NAMES[m.variant]})",
                  f"  note: {PEER_NOTE}",
-                 f"  states (S = {m.n_states}): {states}",
+                 f"  states (S = {m.n_symbols}): {states}",
                  f"  lags {m.lags}, lam {np.array2string(np.round(m.lam, 4), separator=', ')}"
-                 + (f", lam0 {m.lam0:.4f} (order-0 component)" if m.independent else ""),
+                 + (f", lam_indep {m.lam_indep:.4f} (order-0 component)" if m.independent else ""),
                  f"  loglik {ll:.4f} on {n:g} transitions, n_params {k}, "
                  f"AIC {-2 * ll + 2 * k:.2f}, BIC {-2 * ll + math.log(n) * k:.2f}",
                  f"  converged {self.converged_} (stopped by {self.monitor_.reason})"]
@@ -541,12 +541,12 @@ class MTD(SequenceEstimator):
         for j, l in enumerate(m.lags):
             names.append((f"lam[lag {l}]", ("lam", (j,))))
         if m.independent:
-            names.append(("lam0", ("lam0", ())))
+            names.append(("lam_indep", ("lam_indep", ())))
         shape = m.pi.shape
         for idx in np.ndindex(*shape):
             names.append(("pi[" + ",".join(map(str, idx)) + "]", ("pi", idx)))
         if m.independent:
-            names += [(f"p0[{b}]", ("p0", (b,))) for b in range(m.n_states)]
+            names += [(f"p0[{b}]", ("p0", (b,))) for b in range(m.n_symbols)]
         shown = names if len(names) <= 60 else names[:60]
         for label, (key, idx) in shown:
             est = np.asarray(getattr(m, key))[idx]
@@ -576,7 +576,7 @@ class MTD(SequenceEstimator):
 
         Returns
         -------
-        dict with ``lam`` (k,), ``pi`` (S, S) or (k, S, S), and ``lam0``, ``p0`` when independent.
+        dict with ``lam`` (k,), ``pi`` (S, S) or (k, S, S), and ``lam_indep``, ``p0`` when independent.
         """
         self._check_fitted()
         inf, lay, theta = self._inference()
@@ -584,7 +584,7 @@ class MTD(SequenceEstimator):
 
     def confidence_intervals(self, level: float = 0.95, *, method: str = "observed", n_boot: int = 200,
                              random_state: Any = None) -> dict:
-        """Confidence intervals for lam and pi (and lam0, p0).
+        """Confidence intervals for lam and pi (and lam_indep, p0).
 
         ``method="observed"``: Wald intervals ``est -/+ z se`` from :meth:`standard_errors`, clipped to [0, 1]
         (an unidentified parameter gets [0, 1]; one held on the boundary a Wilson interval, docs/math.md §12).
@@ -616,7 +616,7 @@ class MTD(SequenceEstimator):
                 parsed = Parsed(boot, p.seq_w, p.tok_w, False, None, None, pad_code=p.pad_code)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    fb, _ = em_fit(count(parsed, self.lags_, self.n_states_, M), variant=self.variant,
+                    fb, _ = em_fit(count(parsed, self.lags_, self.n_symbols_, M), variant=self.variant,
                                    independent=self.independent, restarts=1, init=self.model_, tol=self.tol,
                                    max_iter=self.max_iter, n_jobs=self.n_jobs)
                 draws.append(fb.theta)
@@ -642,7 +642,7 @@ class MTD(SequenceEstimator):
         level = check_float(level, "level", positive=True)
         if not level < 1.0:
             raise ValueError(f"level must be in (0, 1) (got {level})")
-        X = check_tokens(self._contexts(X), self.n_states_, self.model_.order, name="X")
+        X = check_tokens(self._contexts(X), self.n_symbols_, self.model_.order, name="X")
         inf, lay, theta = self._inference()
         p = self.model_.predict_proba(X)
         lo, hi = predictive_interval(inf, self.lags_, X, p, level)
@@ -709,7 +709,7 @@ class MTD(SequenceEstimator):
             raise ValueError("sample_weight: simultaneous intervals need integer transition counts (the fit was "
                              "weighted by non-integer weights)")
         contexts, row = np.unique(c.ctx, axis=0, return_inverse=True)
-        S = c.n_states
+        S = c.n_symbols
         table = np.zeros((contexts.shape[0], S))
         np.add.at(table, (row.reshape(-1), c.nxt), c.w)
         alpha = 1.0 - level
@@ -725,7 +725,7 @@ class MTD(SequenceEstimator):
 
 
 def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None = None,
-        n_states: int | None = None, variant: str = "shared", independent: bool = False, restarts: int = 10,
+        n_symbols: int | None = None, variant: str = "shared", independent: bool = False, restarts: int = 10,
         init: Any = "counts", tol: float = 1e-9, max_iter: int = 10_000, weights: Any = None,
         rng: Any = None, n_jobs: int | None = None, missing: Any = None, pad: Any = None) -> MTD:
     """Maximum-likelihood fit of an MTD model by EM: ``MTD(order, ...).fit(sequences, sample_weight=weights)``.
@@ -736,7 +736,7 @@ def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None 
         Integer codes in [0, S), or labels (strings or other sortable hashable symbols; a Categorical keeps
         its category order, otherwise the sorted labels are the states, docs/math.md §7.9; the fit's
         ``classes_`` holds them). Each sequence is conditioned on its own first ``max(lags)`` tokens.
-    order, lags, n_states, variant, independent, restarts, init, tol, max_iter
+    order, lags, n_symbols, variant, independent, restarts, init, tol, max_iter
         As for :class:`MTD`.
     weights : array (n_sequences,), or one weight per token in the layout of ``sequences``, optional
         Non-negative finite weights (``sample_weight`` of :meth:`MTD.fit`): one per sequence (multiplying its
@@ -763,7 +763,7 @@ def fit(sequences: Any, order: int | None = None, *, lags: Sequence[int] | None 
     >>> bool(f.converged_), f.model_.lags
     (True, (1, 2))
     """
-    est = MTD(order, lags=lags, n_states=n_states, variant=variant, independent=independent, restarts=restarts,
+    est = MTD(order, lags=lags, n_symbols=n_symbols, variant=variant, independent=independent, restarts=restarts,
               tol=tol, max_iter=max_iter, init=init, random_state=as_rng(rng), n_jobs=n_jobs, missing=missing,
               pad=pad)
     est._validate_params()
