@@ -12,7 +12,7 @@ NumPy 2.1 on, whose main namespace follows the standard (:func:`numpy_namespace`
   against it: :func:`exclusive_cumsum` (in-place NumPy / torch cumulative sums) and
   :func:`weighted_rows` (NumPy ``bincount @ table``, torch ``embedding_bag``).
 
-The contract (the README and docs/math.md state it for users):
+The contract (docs/guide/backends.md and docs/math.md state it for users):
 
 1. The *data arguments* of a function are ``C`` (likelihood, estimators, exact Bayes), or
    ``tokens`` and ``pi`` (functions that take tokens), or ``p`` and ``q`` (:func:`mtdmath.kl`).

@@ -456,7 +456,7 @@ def corrected_one_step_md(C: Any, alpha: Any) -> Any:
     On the no-evidence path ``C[i] = b_i(1 + ε d_i)`` it equals the Bayes posterior mean at
     orders ε⁰, ε¹ and ε² (one-step MD matches only ε⁰ and ε¹): ``python -m proofs_check`` row
     K.2 checks this symbolically and through this function. Far from that regime (long
-    contexts, where g̃ ~ n) the quadratic correction is not a good approximation; the README
+    contexts, where g̃ ~ n) the quadratic correction is not a good approximation; docs/math.md §3.8
     reports where it helps.
 
     Parameters

@@ -1,4 +1,4 @@
-"""The measured tables of the fitting README section: interval coverage, lag-set recovery and search time,
+"""The measured tables of docs/guide/peers.md: interval coverage, lag-set recovery and search time,
 fit_icl recovery, and the stalling case's fit times. Writes JSON (every number) and prints markdown.
 
 Usage (repository root)::
@@ -49,7 +49,7 @@ def stalling_chain(S: int, m: int, n: int, seed: int, lam_conc: float) -> np.nda
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(HERE / "results_fitting.json"))
-    ap.add_argument("--quick", action="store_true", help="fewer seeds (a smoke run, not for the README)")
+    ap.add_argument("--quick", action="store_true", help="fewer seeds (a smoke run, not for the docs)")
     args = ap.parse_args()
     q = args.quick
     out: dict = {"numpy": np.__version__, "quick": q}

@@ -1,4 +1,4 @@
-"""The README's real-data example: yearly sunspot numbers (shipped inside statsmodels, no download) in terciles
+"""The real-data example of the README and docs/guide/fitting.md: yearly sunspot numbers (shipped inside statsmodels, no download) in terciles
 labelled "low" / "mid" / "high", the lag search, the model comparison table and the fitted lag weights with
 95 % Wald intervals (``sunspots_lag_weights.png`` and every plotted number in ``sunspots_lag_weights.json``,
 written to the current directory). Run: ``python bench/peers/sunspots_example.py``. Needs statsmodels

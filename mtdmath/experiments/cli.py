@@ -367,7 +367,7 @@ def _fmt(v: list[float]) -> str:
 
 
 def summary_markdown(s: dict[str, Any]) -> str:
-    """Markdown tables of the summary (pasted into the README)."""
+    """Markdown tables of the summary (docs/figures/summary.md, included in docs/guide/paper.md)."""
     lines = []
     labels = s.get("labels", {})
 

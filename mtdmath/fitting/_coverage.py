@@ -1,4 +1,4 @@
-"""Coverage experiment for the observed-information Wald intervals (used by the tests and the README table).
+"""Coverage experiment for the observed-information Wald intervals (used by the tests and the table in docs/guide/peers.md).
 
 For a setting, draw ``n_sets`` data sets from one fixed true model, fit each, and count how often the 95 %
 interval of each target covers its true value. Targets: lam[0] and every pi entry for a shared model (both
