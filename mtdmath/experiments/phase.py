@@ -91,7 +91,7 @@ class PhaseConfig(PriorConfig):
     lr: PositiveFloat = field(default=1e-2, metadata={"help": "peak learning rate (AdamW, warm-up, cosine)"})
     warmup: NonNegativeInt = field(default=100, metadata={"help": "linear warm-up steps"})
     n_probe: Sequences = field(default=256, metadata={"help": "sequences the learned steps are read on"})
-    n_boot: Sequences = field(default=8, metadata={"help": "bootstrap resamples of the constant-step optimum"})
+    n_boot: Sequences = field(default=200, metadata={"help": "bootstrap resamples of the constant-step optimum"})
     backend: Literal["local", "ray"] = field(default="local", metadata={
         "help": "local (a process pool of JOBS workers) or ray (one Ray task per job)"})
     jobs: Threads = field(default=2, metadata={"help": "parallel workers (local) or CPUs of a locally started Ray"})
