@@ -10,8 +10,8 @@ from .likelihood import gradient, hessian, kl, log_likelihood, responsibilities
 from .model import lag_factors, predictive, random_transition_matrix, sample, sample_icl
 from .stepsize import optimal_step, predicted_step
 
-# The namespaces load on first use (PEP 562): mtdmath.nn and mtdmath.experiments import torch
-# (~1.5 s), and the NumPy core, proofs_check and the fitting code do not need it.
+# The namespaces load on first use (PEP 562): mtdmath.nn and mtdmath.experiments import torch,
+# which is slow to import, and the NumPy core, proofs_check and the fitting code do not need it.
 _NAMESPACES = ("fitting", "nn", "experiments")
 
 

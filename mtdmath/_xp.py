@@ -69,9 +69,9 @@ __all__ = [
 
 #: NumPy's own main namespace follows the Array API standard from NumPy 2.1 (``astype``,
 #: ``cumulative_sum``, ``clip(min=, max=)``, ``device=`` keywords): there it is used as it is.
-#: array-api-compat's wrapper of it, needed only by older NumPy, costs about 0.1 s of CPU the
-#: first time a process asks for it (building it walks NumPy's lazy submodules: f2py, testing,
-#: ...), which was most of the cold-start cost of a small fit.
+#: array-api-compat's wrapper of it, needed only by older NumPy, is expensive the first time a
+#: process asks for it (building it walks NumPy's lazy submodules: f2py, testing, ...), which was
+#: most of the cold-start cost of a small fit (docs/guide/performance.md).
 PLAIN_NUMPY = tuple(int(v) for v in np.__version__.split(".")[:2]) >= (2, 1)
 
 

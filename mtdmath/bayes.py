@@ -30,10 +30,9 @@ from . import _xp
 DEFAULT_MAX_BYTES = 2 * 2**30
 #: the compiled recursion splits each level over threads when the last level has this many states:
 #: every level ends in a barrier, and next to a busy process each barrier waits for a descheduled
-#: worker (m = 4, n = 185, 1.1 M states: ten times slower at two threads than at one); levels of
-#: 16 M states (tens of milliseconds each) absorb that
+#: worker, which only levels this large absorb (docs/guide/performance.md has the measurements)
 _PARALLEL_STATES = 1 << 24
-#: the batch-parallel route needs this many cell updates in all (a few milliseconds; one barrier per call)
+#: the batch-parallel route needs this many cell updates in all (one barrier per call must be absorbed)
 _BATCH_WORK = 1 << 21
 
 

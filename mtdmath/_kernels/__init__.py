@@ -20,10 +20,9 @@ _started = False
 
 
 #: below this much work (the caller's unit; for the fit, restart x component x tuple cells of one
-#: EM map) a process that has not imported numba yet does not import it: importing numba and
-#: loading the cached EM kernel costs about 0.4 s of CPU, and a whole NumPy fit of this size costs
-#: about as much more than the kernel's (measured, 10 restarts: 0.23-0.38 s more at 2e4 cells,
-#: 0.7 s more at 2e5; docs/guide/performance.md), so above it the import pays within the first fit
+#: EM map) a process that has not imported numba yet does not import it: below it, importing numba
+#: and loading the cached EM kernel cost more than the NumPy fit saves by it; above it the import
+#: pays for itself within the first fit (docs/guide/performance.md has the measurements)
 COLD_WORK = 50_000
 
 

@@ -19,11 +19,10 @@ import math
 import numba as nb
 import numpy as np
 
-#: cells (restarts x components x distinct tuples) below which a call runs serially. On an idle
-#: machine a parallel launch costs tens of microseconds and a cell about a nanosecond; but next
-#: to a busy process every launch waits for a descheduled worker (milliseconds): at 1.7e6 cells
-#: per call (the S = 10, m = 4, n = 1e5 fit, about 5 ms) two threads were 1.5x slower than one
-#: (bench/test_bench_busy.py). Threads are used only where one call is long enough to absorb that
+#: cells (restarts x components x distinct tuples) below which a call runs serially. A parallel
+#: launch is cheap on idle cores, but next to a busy process every launch waits for a descheduled
+#: worker, which a call of the S = 10, m = 4, n = 1e5 fit's size cannot absorb (bench/test_bench_busy.py
+#: and docs/guide/performance.md measure it). Threads are used only where one call is long enough
 SERIAL_CELLS = 20_000_000
 
 
