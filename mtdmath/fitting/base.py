@@ -168,8 +168,14 @@ class SequenceEstimator:
             weights give exactly the fit of the data with each (context, next) tuple repeated that often.
         """
         self._validate_params()
-        return self._fit_parsed(parse(X, y, lengths, sample_weight, missing=getattr(self, "missing", None),
-                                      pad=getattr(self, "pad", None)))
+        return self._fit_parsed(self._parse(X, y, lengths, sample_weight))
+
+    def _parse(self, X: Any, y: Any = None, lengths: Any = None, sample_weight: Any = None, *,
+               fitted: bool = False) -> Parsed:
+        """``X`` parsed with this estimator's data options (``missing``, ``pad`` where the estimator has
+        them); ``fitted``: in the fitted states and labels."""
+        return parse(X, y, lengths, sample_weight, classes=self._labels if fitted else None, fitted=fitted,
+                     missing=getattr(self, "missing", None), pad=getattr(self, "pad", None))
 
     def _fit_parsed(self, parsed: Parsed):
         """Fit on parsed data (every fitting entry point goes through here or :meth:`fit_counts`)."""
@@ -208,8 +214,7 @@ class SequenceEstimator:
         """``X`` in the fitted states (labels of fit; a token outside them raises), counted for the model's
         lags, every sequence conditioned on its first ``max(order, burn_in)`` tokens."""
         self._check_fitted()
-        parsed = parse(X, y, lengths, sample_weight, classes=self._labels, fitted=True,
-                       missing=getattr(self, "missing", None), pad=getattr(self, "pad", None))
+        parsed = self._parse(X, y, lengths, sample_weight, fitted=True)
         S = self.n_symbols_
         if parsed.top >= S:
             raise ValueError(f"X holds the token {parsed.top}, outside this model's states 0..{S - 1}")
@@ -228,9 +233,7 @@ class SequenceEstimator:
         With ``missing``, data that hold a missing token raise ``ValueError`` (:meth:`score` drops their
         transitions)."""
         self._check_fitted()
-        missing = getattr(self, "missing", None)
-        parsed = parse(X, y, lengths, classes=self._labels, fitted=True, missing=missing,
-                       pad=getattr(self, "pad", None))
+        parsed = self._parse(X, y, lengths, fitted=True)
         # a missing token removes itself from the runs (or its row from a design matrix)
         cut = parsed.full_lengths is not None and sum(parsed.full_lengths) != sum(q.shape[0] for q in parsed.seqs)
         if cut or parsed.dropped_rows:

@@ -339,10 +339,9 @@ class MTD(SequenceEstimator):
         if not isinstance(warm_start, (bool, np.bool_)):
             raise ValueError(f"warm_start must be a bool (got {warm_start!r})")
         self._validate_params()
-        missing, pad = getattr(self, "missing", None), getattr(self, "pad", None)
         if "model_" not in vars(self):
-            return self._fit_parsed(parse(X, y, lengths, sample_weight, missing=missing, pad=pad))
-        parsed = parse(X, y, lengths, sample_weight, classes=self._labels, fitted=True, missing=missing, pad=pad)
+            return self._fit_parsed(self._parse(X, y, lengths, sample_weight))
+        parsed = self._parse(X, y, lengths, sample_weight, fitted=True)
         S = self.n_symbols_
         if parsed.top >= S:
             raise ValueError(f"X holds the token {parsed.top}, outside the states 0..{S - 1} of the first batch; "
